@@ -1,0 +1,199 @@
+//! Building graphs in code: each added node is type-checked by its op's shape rule,
+//! so a builder can only make graphs that verify.
+
+use super::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
+use super::{is_value_name, Def, Graph, Init, TensorType, Value, ValueId};
+use std::collections::HashSet;
+
+/// Incrementally builds a [`Graph`].
+pub struct Builder {
+    graph: Graph,
+    names: HashSet<String>,
+    next_anon: usize,
+}
+
+impl Builder {
+    /// An empty graph called `name`.
+    pub fn new(name: &str) -> Builder {
+        Builder {
+            graph: Graph {
+                name: name.to_string(),
+                values: Vec::new(),
+                outputs: Vec::new(),
+            },
+            names: HashSet::new(),
+            next_anon: 0,
+        }
+    }
+
+    /// The graph so far.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The type of `id`.
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        self.graph.ty(id)
+    }
+
+    fn fresh_name(&mut self) -> String {
+        loop {
+            let name = self.next_anon.to_string();
+            self.next_anon += 1;
+            if !self.names.contains(&name) {
+                return name;
+            }
+        }
+    }
+
+    fn push(&mut self, name: Option<&str>, ty: TensorType, def: Def) -> Result<ValueId, String> {
+        let name = match name {
+            Some(n) if !is_value_name(n) => return Err(format!("'{n}' is not a valid value name")),
+            Some(n) if self.names.contains(n) => {
+                return Err(format!("value '%{n}' is already defined"))
+            }
+            Some(n) => n.to_string(),
+            None => self.fresh_name(),
+        };
+        self.names.insert(name.clone());
+        self.graph.values.push(Value { name, ty, def });
+        Ok(ValueId(self.graph.values.len() as u32 - 1))
+    }
+
+    /// Adds an input.
+    pub fn input(&mut self, name: &str, ty: TensorType) -> Result<ValueId, String> {
+        self.push(Some(name), ty, Def::Input)
+    }
+
+    /// Adds a parameter (static float shape required).
+    pub fn param(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
+        check_param_type(&ty)?;
+        self.push(Some(name), ty, Def::Param(init))
+    }
+
+    /// Adds a node; `name` and `declared` are optional. Returns the error of the op's
+    /// shape rule, or a mismatch between the declared and the inferred type.
+    pub fn node(
+        &mut self,
+        name: Option<&str>,
+        op: Op,
+        operands: &[ValueId],
+        declared: Option<TensorType>,
+    ) -> Result<ValueId, String> {
+        if let Some(bad) = operands
+            .iter()
+            .find(|o| o.index() >= self.graph.values.len())
+        {
+            return Err(format!("operand {bad} is not defined"));
+        }
+        let types: Vec<&TensorType> = operands.iter().map(|&o| self.graph.ty(o)).collect();
+        let ty = op.infer(&types, declared.as_ref())?;
+        if let Some(d) = &declared {
+            if *d != ty {
+                return Err(format!("declared type {d} but '{}' gives {ty}", op.name()));
+            }
+        }
+        self.push(
+            name,
+            ty,
+            Def::Node {
+                op,
+                operands: operands.to_vec(),
+            },
+        )
+    }
+
+    /// Adds an anonymous node whose type is inferred; panics if the op's shape rule
+    /// rejects it. For code (like decompositions) that only combines well-typed values.
+    pub fn add(&mut self, op: Op, operands: &[ValueId]) -> ValueId {
+        let name = op.name();
+        self.node(None, op, operands, None)
+            .unwrap_or_else(|e| panic!("internal: well-typed '{name}' rejected: {e}"))
+    }
+
+    /// Like [`Builder::add`], for ops that need a declared type.
+    pub fn add_typed(&mut self, op: Op, operands: &[ValueId], ty: TensorType) -> ValueId {
+        let name = op.name();
+        self.node(None, op, operands, Some(ty))
+            .unwrap_or_else(|e| panic!("internal: well-typed '{name}' rejected: {e}"))
+    }
+
+    /// Marks `id` as an output.
+    pub fn output(&mut self, id: ValueId) -> Result<(), String> {
+        if self.graph.outputs.contains(&id) {
+            return Err(format!(
+                "'%{}' is already an output",
+                self.graph.value(id).name
+            ));
+        }
+        self.graph.outputs.push(id);
+        Ok(())
+    }
+
+    /// The finished graph.
+    pub fn finish(self) -> Graph {
+        self.graph
+    }
+
+    // Shorthands for well-typed construction.
+
+    /// `op x`.
+    pub fn unary(&mut self, op: UnaryOp, x: ValueId) -> ValueId {
+        self.add(Op::Unary(op), &[x])
+    }
+
+    /// `op a, b`.
+    pub fn binary(&mut self, op: BinaryOp, a: ValueId, b: ValueId) -> ValueId {
+        self.add(Op::Binary(op), &[a, b])
+    }
+
+    /// `op a, b` (a comparison).
+    pub fn compare(&mut self, op: CompareOp, a: ValueId, b: ValueId) -> ValueId {
+        self.add(Op::Compare(op), &[a, b])
+    }
+
+    /// A constant of type `ty` holding `value` everywhere.
+    pub fn splat(&mut self, value: f64, ty: TensorType) -> ValueId {
+        self.add_typed(
+            Op::Constant {
+                values: vec![value],
+            },
+            &[],
+            ty,
+        )
+    }
+
+    /// `op x, splat(value)`.
+    pub fn binary_scalar(&mut self, op: BinaryOp, x: ValueId, value: f64) -> ValueId {
+        let c = self.splat(value, self.ty(x).clone());
+        self.binary(op, x, c)
+    }
+
+    /// A reduction over `axes`.
+    pub fn reduce(&mut self, op: ReduceOp, x: ValueId, axes: Vec<usize>) -> ValueId {
+        self.add(Op::Reduce { op, axes }, &[x])
+    }
+
+    /// Broadcasts `x` to `ty`, operand axis `i` going to result axis `dims[i]`.
+    pub fn broadcast(&mut self, x: ValueId, dims: Vec<usize>, ty: TensorType) -> ValueId {
+        self.add_typed(Op::Broadcast { dims }, &[x], ty)
+    }
+
+    /// Broadcasts `x`, which is `like` with `axis` removed, back to `like`'s shape.
+    pub fn broadcast_back(&mut self, x: ValueId, like: ValueId, axis: usize) -> ValueId {
+        let ty = self.ty(like).with_dtype(self.ty(x).dtype);
+        let dims = (0..ty.rank()).filter(|&i| i != axis).collect();
+        self.broadcast(x, dims, ty)
+    }
+}
+
+/// Parameters are what the runtime allocates and trains: static shapes, float dtypes.
+pub fn check_param_type(ty: &TensorType) -> Result<(), String> {
+    if ty.shape.as_static().is_none() {
+        return Err(format!("a parameter needs a static shape, found {ty}"));
+    }
+    if !ty.dtype.is_float() {
+        return Err(format!("a parameter needs a float dtype, found {ty}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Graphs: a list of values in definition order (SSA), and the outputs.
+//!
+//! Invariants (checked by [`crate::ir::verify`]): names are unique and valid; every
+//! operand is defined before its use, so the value list is a topological order; every
+//! stored type is what the op's shape rule gives; parameters have static float types.
+
+use super::ops::Op;
+use super::TensorType;
+use std::fmt;
+
+/// Identifies a value of one graph: its index in [`Graph::values`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    /// The index into [`Graph::values`].
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// How a parameter gets its first value. The runtime draws random initialisers from a
+/// seed derived from the run's seed and the parameter's name, so they are reproducible.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Uniform in `[low, high)`.
+    Uniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+    },
+    /// Normal with the given mean and standard deviation.
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        std: f64,
+    },
+}
+
+/// Where a value comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Def {
+    /// Fed by the caller on every run (data, labels).
+    Input,
+    /// A trainable parameter with its initialiser; the runtime owns its storage.
+    Param(Init),
+    /// Computed by an op from earlier values.
+    Node {
+        /// The operation.
+        op: Op,
+        /// Its operands, all defined earlier.
+        operands: Vec<ValueId>,
+    },
+}
+
+/// A named, typed value and its definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    /// Unique name (`x`, `layers.0.attn.wq`, `12`).
+    pub name: String,
+    /// The value's type.
+    pub ty: TensorType,
+    /// Where it comes from.
+    pub def: Def,
+}
+
+/// A dataflow graph: values in definition order and the outputs it returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Graph {
+    /// The graph's name (the model's).
+    pub name: String,
+    /// All values; operands always precede their users.
+    pub values: Vec<Value>,
+    /// The returned values, in order.
+    pub outputs: Vec<ValueId>,
+}
+
+impl Graph {
+    /// The value `id`.
+    pub fn value(&self, id: ValueId) -> &Value {
+        &self.values[id.index()]
+    }
+
+    /// The type of value `id`.
+    pub fn ty(&self, id: ValueId) -> &TensorType {
+        &self.value(id).ty
+    }
+
+    /// Every value id in definition order.
+    pub fn ids(&self) -> impl Iterator<Item = ValueId> + '_ {
+        (0..self.values.len() as u32).map(ValueId)
+    }
+
+    /// The value named `name`.
+    pub fn find(&self, name: &str) -> Option<ValueId> {
+        self.ids().find(|&id| self.value(id).name == name)
+    }
+
+    /// The inputs, in order.
+    pub fn inputs(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.ids()
+            .filter(|&id| matches!(self.value(id).def, Def::Input))
+    }
+
+    /// The parameters, in order.
+    pub fn params(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.ids()
+            .filter(|&id| matches!(self.value(id).def, Def::Param(_)))
+    }
+
+    /// Number of op nodes.
+    pub fn node_count(&self) -> usize {
+        self.values
+            .iter()
+            .filter(|v| matches!(v.def, Def::Node { .. }))
+            .count()
+    }
+}
+
+/// True if `name` can name a value: letters, digits, `_` and `.` (`layers.0.wq`, `12`).
+pub fn is_value_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}

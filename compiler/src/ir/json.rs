@@ -1,0 +1,220 @@
+//! The JSON form of graphs: the same content as the text form, for tools.
+//!
+//! Values refer to each other by name; attributes use the op's own attribute mapping
+//! (shared with the text form). Non-finite floats are written as the strings `"inf"`,
+//! `"-inf"` and `"nan"`, since JSON has no literal for them.
+
+use super::{Attr, Builder, Def, Graph, Init, Op, TensorType, ValueId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value as Json};
+use std::collections::HashMap;
+
+#[derive(Serialize, Deserialize)]
+struct GraphJson {
+    graph: String,
+    values: Vec<ValueJson>,
+    outputs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ValueJson {
+    name: String,
+    #[serde(rename = "type")]
+    ty: TensorType,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    init: Option<Map<String, Json>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    operands: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    attrs: Map<String, Json>,
+}
+
+fn float_json(x: f64) -> Json {
+    match Number::from_f64(x) {
+        Some(n) => Json::Number(n),
+        None => Json::String(super::format_float(x)),
+    }
+}
+
+fn attr_json(a: &Attr) -> Json {
+    match a {
+        Attr::Int(i) => Json::from(*i),
+        Attr::Float(x) => float_json(*x),
+        Attr::Bool(b) => Json::Bool(*b),
+        Attr::Ints(xs) => Json::Array(xs.iter().map(|&i| Json::from(i)).collect()),
+        Attr::Floats(xs) => Json::Array(xs.iter().map(|&x| float_json(x)).collect()),
+        Attr::Word(w) => Json::String(w.clone()),
+    }
+}
+
+fn json_float(j: &Json) -> Option<f64> {
+    match j {
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn json_attr(key: &str, j: &Json) -> Result<Attr, String> {
+    let bad = || format!("attribute '{key}' has an unsupported JSON value {j}");
+    Ok(match j {
+        Json::Bool(b) => Attr::Bool(*b),
+        Json::Number(n) if n.is_i64() => Attr::Int(n.as_i64().ok_or_else(bad)?),
+        Json::String(s) if s.parse::<f64>().is_ok() => Attr::Float(s.parse().map_err(|_| bad())?),
+        Json::String(s) => Attr::Word(s.clone()),
+        Json::Array(xs) if xs.iter().all(|x| x.as_i64().is_some()) => {
+            Attr::Ints(xs.iter().filter_map(Json::as_i64).collect())
+        }
+        Json::Array(xs) => Attr::Floats(
+            xs.iter()
+                .map(|x| json_float(x).ok_or_else(bad))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => Attr::Float(json_float(j).ok_or_else(bad)?),
+    })
+}
+
+fn init_json(init: &Init) -> Map<String, Json> {
+    let mut m = Map::new();
+    let (kind, args): (&str, &[(&str, f64)]) = match init {
+        Init::Zeros => ("zeros", &[]),
+        Init::Ones => ("ones", &[]),
+        Init::Uniform { low, high } => ("uniform", &[("low", *low), ("high", *high)]),
+        Init::Normal { mean, std } => ("normal", &[("mean", *mean), ("std", *std)]),
+    };
+    m.insert("kind".into(), Json::String(kind.into()));
+    for (k, v) in args {
+        m.insert((*k).into(), float_json(*v));
+    }
+    m
+}
+
+fn json_init(m: &Map<String, Json>) -> Result<Init, String> {
+    let num = |k: &str| {
+        m.get(k)
+            .and_then(json_float)
+            .ok_or_else(|| format!("initialiser needs a number '{k}'"))
+    };
+    match m.get("kind").and_then(Json::as_str) {
+        Some("zeros") => Ok(Init::Zeros),
+        Some("ones") => Ok(Init::Ones),
+        Some("uniform") => Ok(Init::Uniform {
+            low: num("low")?,
+            high: num("high")?,
+        }),
+        Some("normal") => Ok(Init::Normal {
+            mean: num("mean")?,
+            std: num("std")?,
+        }),
+        other => Err(format!("unknown initialiser kind {other:?}")),
+    }
+}
+
+/// The JSON form of `graph`, pretty-printed (deterministic: same graph, same bytes).
+pub fn to_json(graph: &Graph) -> String {
+    let name = |id: ValueId| graph.value(id).name.clone();
+    let values = graph
+        .values
+        .iter()
+        .map(|v| {
+            let mut j = ValueJson {
+                name: v.name.clone(),
+                ty: v.ty.clone(),
+                kind: String::new(),
+                init: None,
+                op: None,
+                operands: Vec::new(),
+                attrs: Map::new(),
+            };
+            match &v.def {
+                Def::Input => j.kind = "input".into(),
+                Def::Param(init) => {
+                    j.kind = "param".into();
+                    j.init = Some(init_json(init));
+                }
+                Def::Node { op, operands } => {
+                    j.kind = "node".into();
+                    j.op = Some(op.name().into());
+                    j.operands = operands.iter().map(|&o| name(o)).collect();
+                    j.attrs = op
+                        .attrs()
+                        .iter()
+                        .map(|(k, a)| (k.to_string(), attr_json(a)))
+                        .collect();
+                }
+            }
+            j
+        })
+        .collect();
+    let g = GraphJson {
+        graph: graph.name.clone(),
+        values,
+        outputs: graph.outputs.iter().map(|&o| name(o)).collect(),
+    };
+    let mut s = serde_json::to_string_pretty(&g).expect("graph JSON has only string keys");
+    s.push('\n');
+    s
+}
+
+/// Reads the JSON form back, type-checking every value and verifying the graph.
+pub fn from_json(text: &str) -> Result<Graph, String> {
+    let g: GraphJson =
+        serde_json::from_str(text).map_err(|e| format!("{}:{}: {e}", e.line(), e.column()))?;
+    let mut b = Builder::new(&g.graph);
+    let mut ids: HashMap<String, ValueId> = HashMap::new();
+    let lookup = |ids: &HashMap<String, ValueId>, n: &str| {
+        ids.get(n)
+            .copied()
+            .ok_or_else(|| format!("value '%{n}' is not defined"))
+    };
+    for v in &g.values {
+        let at = |m: String| format!("value '%{}': {m}", v.name);
+        let id = match v.kind.as_str() {
+            "input" => b.input(&v.name, v.ty.clone()),
+            "param" => {
+                let init = json_init(
+                    v.init
+                        .as_ref()
+                        .ok_or_else(|| at("a param needs 'init'".into()))?,
+                )
+                .map_err(at)?;
+                b.param(&v.name, v.ty.clone(), init)
+            }
+            "node" => {
+                let op_name =
+                    v.op.as_deref()
+                        .ok_or_else(|| at("a node needs 'op'".into()))?;
+                let attrs = v
+                    .attrs
+                    .iter()
+                    .map(|(k, j)| json_attr(k, j).map(|a| (k.clone(), a)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(at)?;
+                let op = Op::from_parts(op_name, attrs).map_err(at)?;
+                let operands = v
+                    .operands
+                    .iter()
+                    .map(|n| lookup(&ids, n))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(at)?;
+                b.node(Some(&v.name), op, &operands, Some(v.ty.clone()))
+            }
+            other => {
+                return Err(at(format!(
+                    "unknown kind '{other}' (expected input, param or node)"
+                )))
+            }
+        }
+        .map_err(at)?;
+        ids.insert(v.name.clone(), id);
+    }
+    for o in &g.outputs {
+        b.output(lookup(&ids, o)?)?;
+    }
+    let graph = b.finish();
+    super::verify(&graph).map_err(|e| e.message)?;
+    Ok(graph)
+}

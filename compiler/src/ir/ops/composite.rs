@@ -1,0 +1,393 @@
+//! Composite ops: named patterns that users and importers think in (`softmax`,
+//! `layer_norm`, `attention`). Each one is *defined* by its decomposition into
+//! primitives below; the reference interpreter evaluates exactly that decomposition,
+//! so a composite has one meaning. Later stages may keep a composite whole (to fuse
+//! it) but must compute what its decomposition computes.
+
+use super::elementwise::named_enum;
+use super::{expect_arity, BinaryOp, CompareOp, Op, ReduceOp, ShapeResult, UnaryOp};
+use crate::ir::attr::{Attr, AttrReader};
+use crate::ir::{Builder, DType, TensorType, ValueId};
+
+named_enum! {
+    /// The kinds of composite, by name.
+    CompositeKind {
+        /// `max(x, 0)`.
+        Relu = "relu",
+        /// `1 / (1 + exp(-x))`.
+        Sigmoid = "sigmoid",
+        /// `x * sigmoid(x)`.
+        Silu = "silu",
+        /// Gaussian error linear unit.
+        Gelu = "gelu",
+        /// `exp(x - max) / sum(exp(x - max))` along an axis.
+        Softmax = "softmax",
+        /// `x - max - log(sum(exp(x - max)))` along an axis.
+        LogSoftmax = "log_softmax",
+        /// Normalise the last axis to zero mean and unit variance, then scale and shift.
+        LayerNorm = "layer_norm",
+        /// Divide the last axis by its root mean square, then scale.
+        RmsNorm = "rms_norm",
+        /// Mean over positions of `-log_softmax(logits)[label]`.
+        CrossEntropy = "cross_entropy",
+        /// `softmax(q kᵀ · scale [+ causal mask]) v`.
+        Attention = "attention",
+    }
+}
+
+/// A composite op with its attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Composite {
+    /// `relu %x`.
+    Relu,
+    /// `sigmoid %x`.
+    Sigmoid,
+    /// `silu %x`.
+    Silu,
+    /// `gelu %x {approximate = none|tanh}`.
+    Gelu {
+        /// The tanh approximation instead of the exact erf form.
+        tanh: bool,
+    },
+    /// `softmax %x {axis}`.
+    Softmax {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `log_softmax %x {axis}`.
+    LogSoftmax {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `layer_norm %x, %gamma, %beta {eps}` over the last axis.
+    LayerNorm {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// `rms_norm %x, %gamma {eps}` over the last axis.
+    RmsNorm {
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// `cross_entropy %logits, %labels`: logits `[..., C]`, integer labels `[...]`; scalar mean.
+    CrossEntropy,
+    /// `attention %q, %k, %v {causal, scale}`: `[..., Tq, D]`, `[..., Tk, D]`, `[..., Tk, Dv]`.
+    /// The causal mask lets query `i` see keys `j <= i`.
+    Attention {
+        /// Mask out keys after the query position.
+        causal: bool,
+        /// Multiplies the scores (usually `1/sqrt(D)`).
+        scale: f64,
+    },
+}
+
+impl Composite {
+    /// Every composite's name.
+    pub const NAMES: &'static [&'static str] = &[
+        "relu",
+        "sigmoid",
+        "silu",
+        "gelu",
+        "softmax",
+        "log_softmax",
+        "layer_norm",
+        "rms_norm",
+        "cross_entropy",
+        "attention",
+    ];
+
+    /// The kind of this composite.
+    pub fn kind(&self) -> CompositeKind {
+        match self {
+            Composite::Relu => CompositeKind::Relu,
+            Composite::Sigmoid => CompositeKind::Sigmoid,
+            Composite::Silu => CompositeKind::Silu,
+            Composite::Gelu { .. } => CompositeKind::Gelu,
+            Composite::Softmax { .. } => CompositeKind::Softmax,
+            Composite::LogSoftmax { .. } => CompositeKind::LogSoftmax,
+            Composite::LayerNorm { .. } => CompositeKind::LayerNorm,
+            Composite::RmsNorm { .. } => CompositeKind::RmsNorm,
+            Composite::CrossEntropy => CompositeKind::CrossEntropy,
+            Composite::Attention { .. } => CompositeKind::Attention,
+        }
+    }
+
+    /// The name in the text form.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    pub(super) fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        match self {
+            Composite::Gelu { tanh } => {
+                vec![(
+                    "approximate",
+                    Attr::Word(if *tanh { "tanh" } else { "none" }.into()),
+                )]
+            }
+            Composite::Softmax { axis } | Composite::LogSoftmax { axis } => {
+                vec![("axis", Attr::Int(*axis as i64))]
+            }
+            Composite::LayerNorm { eps } | Composite::RmsNorm { eps } => {
+                vec![("eps", Attr::Float(*eps))]
+            }
+            Composite::Attention { causal, scale } => {
+                vec![
+                    ("causal", Attr::Bool(*causal)),
+                    ("scale", Attr::Float(*scale)),
+                ]
+            }
+            Composite::Relu | Composite::Sigmoid | Composite::Silu | Composite::CrossEntropy => {
+                vec![]
+            }
+        }
+    }
+
+    pub(super) fn from_parts(name: &str, a: &mut AttrReader) -> Result<Option<Composite>, String> {
+        let Some(kind) = CompositeKind::from_name(name) else {
+            return Ok(None);
+        };
+        Ok(Some(match kind {
+            CompositeKind::Relu => Composite::Relu,
+            CompositeKind::Sigmoid => Composite::Sigmoid,
+            CompositeKind::Silu => Composite::Silu,
+            CompositeKind::Gelu => Composite::Gelu {
+                tanh: a.word("approximate", &["none", "tanh"])? == "tanh",
+            },
+            CompositeKind::Softmax => Composite::Softmax {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LogSoftmax => Composite::LogSoftmax {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LayerNorm => Composite::LayerNorm {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::RmsNorm => Composite::RmsNorm {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::CrossEntropy => Composite::CrossEntropy,
+            CompositeKind::Attention => Composite::Attention {
+                causal: a.bool("causal")?,
+                scale: a.float("scale")?,
+            },
+        }))
+    }
+
+    pub(super) fn infer(&self, x: &[&TensorType]) -> ShapeResult {
+        let float = |t: &TensorType| {
+            if t.dtype.is_float() {
+                Ok(())
+            } else {
+                Err(format!("'{}' needs float operands, found {t}", self.name()))
+            }
+        };
+        match self {
+            Composite::Relu | Composite::Sigmoid | Composite::Silu | Composite::Gelu { .. } => {
+                expect_arity(x, 1)?;
+                float(x[0])?;
+                Ok(x[0].clone())
+            }
+            Composite::Softmax { axis } | Composite::LogSoftmax { axis } => {
+                expect_arity(x, 1)?;
+                float(x[0])?;
+                if *axis >= x[0].rank() {
+                    return Err(format!("axis {axis} is out of range for {}", x[0]));
+                }
+                Ok(x[0].clone())
+            }
+            Composite::LayerNorm { .. } | Composite::RmsNorm { .. } => {
+                let n = if matches!(self, Composite::LayerNorm { .. }) {
+                    3
+                } else {
+                    2
+                };
+                expect_arity(x, n)?;
+                float(x[0])?;
+                let last = x[0]
+                    .dims()
+                    .last()
+                    .ok_or_else(|| format!("'{}' needs rank >= 1, found {}", self.name(), x[0]))?;
+                let want = TensorType::new(x[0].dtype, crate::ir::Shape(vec![last.clone()]));
+                for t in &x[1..] {
+                    if **t != want {
+                        return Err(format!(
+                            "'{}' scale and shift must be {want}, found {t}",
+                            self.name()
+                        ));
+                    }
+                }
+                Ok(x[0].clone())
+            }
+            Composite::CrossEntropy => {
+                expect_arity(x, 2)?;
+                let (logits, labels) = (x[0], x[1]);
+                float(logits)?;
+                let r = logits.rank();
+                if r == 0 || !labels.dtype.is_int() || labels.dims() != &logits.dims()[..r - 1] {
+                    return Err(format!(
+                        "'cross_entropy' needs logits [..., C] and integer labels [...], found {logits} and {labels}"
+                    ));
+                }
+                Ok(TensorType::scalar(logits.dtype))
+            }
+            Composite::Attention { .. } => {
+                expect_arity(x, 3)?;
+                let (q, k, v) = (x[0], x[1], x[2]);
+                let r = q.rank();
+                let ok = r >= 2
+                    && k.rank() == r
+                    && v.rank() == r
+                    && q.dtype == k.dtype
+                    && q.dtype == v.dtype
+                    && q.dtype.is_float()
+                    && q.dims()[..r - 2] == k.dims()[..r - 2]
+                    && q.dims()[..r - 2] == v.dims()[..r - 2]
+                    && q.dims()[r - 1] == k.dims()[r - 1]
+                    && k.dims()[r - 2] == v.dims()[r - 2];
+                if !ok {
+                    return Err(format!(
+                        "'attention' needs q [..., Tq, D], k [..., Tk, D], v [..., Tk, Dv] of one float dtype, found {q}, {k}, {v}"
+                    ));
+                }
+                let mut dims = q.dims()[..r - 1].to_vec();
+                dims.push(v.dims()[r - 1].clone());
+                Ok(q.with_shape(crate::ir::Shape(dims)))
+            }
+        }
+    }
+
+    /// Expands the composite applied to `x` into primitives added to `b`; returns the result.
+    /// `x` must already satisfy [`Op::infer`] for this composite.
+    pub fn decompose(&self, b: &mut Builder, x: &[ValueId]) -> ValueId {
+        match self {
+            Composite::Relu => {
+                let zero = b.splat(0.0, b.ty(x[0]).clone());
+                b.binary(BinaryOp::Max, x[0], zero)
+            }
+            Composite::Sigmoid => sigmoid(b, x[0]),
+            Composite::Silu => {
+                let s = sigmoid(b, x[0]);
+                b.binary(BinaryOp::Mul, x[0], s)
+            }
+            Composite::Gelu { tanh } => gelu(b, x[0], *tanh),
+            Composite::Softmax { axis } => {
+                let shifted = shift_by_max(b, x[0], *axis);
+                let e = b.unary(UnaryOp::Exp, shifted);
+                let s = b.reduce(ReduceOp::Sum, e, vec![*axis]);
+                let s = b.broadcast_back(s, x[0], *axis);
+                b.binary(BinaryOp::Div, e, s)
+            }
+            Composite::LogSoftmax { axis } => log_softmax(b, x[0], *axis),
+            Composite::LayerNorm { eps } => {
+                let last = b.ty(x[0]).rank() - 1;
+                let mean = b.reduce(ReduceOp::Mean, x[0], vec![last]);
+                let mean = b.broadcast_back(mean, x[0], last);
+                let centred = b.binary(BinaryOp::Sub, x[0], mean);
+                let sq = b.binary(BinaryOp::Mul, centred, centred);
+                let normed = scale_by_rsqrt_mean(b, centred, sq, *eps);
+                let y = scale_last_axis(b, normed, x[1], BinaryOp::Mul);
+                scale_last_axis(b, y, x[2], BinaryOp::Add)
+            }
+            Composite::RmsNorm { eps } => {
+                let sq = b.binary(BinaryOp::Mul, x[0], x[0]);
+                let normed = scale_by_rsqrt_mean(b, x[0], sq, *eps);
+                scale_last_axis(b, normed, x[1], BinaryOp::Mul)
+            }
+            Composite::CrossEntropy => cross_entropy(b, x[0], x[1]),
+            Composite::Attention { causal, scale } => attention(b, x, *causal, *scale),
+        }
+    }
+}
+
+fn sigmoid(b: &mut Builder, x: ValueId) -> ValueId {
+    let neg = b.unary(UnaryOp::Neg, x);
+    let e = b.unary(UnaryOp::Exp, neg);
+    let d = b.binary_scalar(BinaryOp::Add, e, 1.0);
+    b.unary(UnaryOp::Recip, d)
+}
+
+fn gelu(b: &mut Builder, x: ValueId, tanh: bool) -> ValueId {
+    let inner = if tanh {
+        // tanh(sqrt(2/pi) * (x + 0.044715 x^3))
+        let x2 = b.binary(BinaryOp::Mul, x, x);
+        let x3 = b.binary(BinaryOp::Mul, x2, x);
+        let c = b.binary_scalar(BinaryOp::Mul, x3, 0.044715);
+        let s = b.binary(BinaryOp::Add, x, c);
+        let s = b.binary_scalar(BinaryOp::Mul, s, (2.0 / std::f64::consts::PI).sqrt());
+        b.unary(UnaryOp::Tanh, s)
+    } else {
+        let s = b.binary_scalar(BinaryOp::Mul, x, std::f64::consts::FRAC_1_SQRT_2);
+        b.unary(UnaryOp::Erf, s)
+    };
+    let one_plus = b.binary_scalar(BinaryOp::Add, inner, 1.0);
+    let half_x = b.binary_scalar(BinaryOp::Mul, x, 0.5);
+    b.binary(BinaryOp::Mul, half_x, one_plus)
+}
+
+fn shift_by_max(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
+    let m = b.reduce(ReduceOp::Max, x, vec![axis]);
+    let m = b.broadcast_back(m, x, axis);
+    b.binary(BinaryOp::Sub, x, m)
+}
+
+fn log_softmax(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
+    let shifted = shift_by_max(b, x, axis);
+    let e = b.unary(UnaryOp::Exp, shifted);
+    let s = b.reduce(ReduceOp::Sum, e, vec![axis]);
+    let l = b.unary(UnaryOp::Log, s);
+    let l = b.broadcast_back(l, x, axis);
+    b.binary(BinaryOp::Sub, shifted, l)
+}
+
+/// `x * rsqrt(mean_last(sq) + eps)`, the shared core of layer_norm and rms_norm.
+fn scale_by_rsqrt_mean(b: &mut Builder, x: ValueId, sq: ValueId, eps: f64) -> ValueId {
+    let last = b.ty(x).rank() - 1;
+    let ms = b.reduce(ReduceOp::Mean, sq, vec![last]);
+    let ms = b.binary_scalar(BinaryOp::Add, ms, eps);
+    let r = b.unary(UnaryOp::Rsqrt, ms);
+    let r = b.broadcast_back(r, x, last);
+    b.binary(BinaryOp::Mul, x, r)
+}
+
+/// `x op broadcast(v)` for `v` of shape `[last dim of x]`.
+fn scale_last_axis(b: &mut Builder, x: ValueId, v: ValueId, op: BinaryOp) -> ValueId {
+    let ty = b.ty(x).clone();
+    let v = b.broadcast(v, vec![ty.rank() - 1], ty);
+    b.binary(op, x, v)
+}
+
+fn cross_entropy(b: &mut Builder, logits: ValueId, labels: ValueId) -> ValueId {
+    let lt = b.ty(logits).clone();
+    let last = lt.rank() - 1;
+    let logp = log_softmax(b, logits, last);
+    let label_ty = b.ty(labels).dtype;
+    let classes = b.add_typed(Op::Iota { axis: last }, &[], lt.with_dtype(label_ty));
+    let labels = b.broadcast_back(labels, logits, last);
+    let hit = b.compare(CompareOp::Eq, classes, labels);
+    let zero = b.splat(0.0, lt.clone());
+    let picked = b.add(Op::Select, &[hit, logp, zero]);
+    let picked = b.reduce(ReduceOp::Sum, picked, vec![last]);
+    let mean = b.reduce(ReduceOp::Mean, picked, (0..last).collect());
+    b.unary(UnaryOp::Neg, mean)
+}
+
+fn attention(b: &mut Builder, x: &[ValueId], causal: bool, scale: f64) -> ValueId {
+    let (q, k, v) = (x[0], x[1], x[2]);
+    let r = b.ty(q).rank();
+    let mut perm: Vec<usize> = (0..r).collect();
+    perm.swap(r - 2, r - 1);
+    let kt = b.add(Op::Permute { perm }, &[k]);
+    let scores = b.add(Op::MatMul, &[q, kt]);
+    let mut scores = b.binary_scalar(BinaryOp::Mul, scores, scale);
+    if causal {
+        let st = b.ty(scores).clone();
+        let rows = b.add_typed(Op::Iota { axis: r - 2 }, &[], st.with_dtype(DType::I32));
+        let cols = b.add_typed(Op::Iota { axis: r - 1 }, &[], st.with_dtype(DType::I32));
+        let visible = b.compare(CompareOp::Ge, rows, cols);
+        let masked = b.splat(f64::NEG_INFINITY, st);
+        scores = b.add(Op::Select, &[visible, scores, masked]);
+    }
+    let p = Composite::Softmax { axis: r - 1 }.decompose(b, &[scores]);
+    b.add(Op::MatMul, &[p, v])
+}

@@ -1,0 +1,152 @@
+//! Movement ops: they rearrange, repeat or cut elements without computing new values.
+//!
+//! `reshape`, `broadcast` (and `cast`) take their result type from the node's declared
+//! type; the others derive it from their operands and attributes.
+
+use super::{expect_arity, ShapeResult};
+use crate::ir::{Dim, Shape, TensorType};
+
+pub(super) fn infer_reshape(x: &[&TensorType], declared: &TensorType) -> ShapeResult {
+    expect_arity(x, 1)?;
+    if x[0].dtype != declared.dtype {
+        return Err(format!("'reshape' keeps the dtype: {} -> {declared}", x[0]));
+    }
+    if x[0].shape.numel() != declared.shape.numel() {
+        return Err(format!(
+            "'reshape' must keep the element count: {} has {}, {declared} has {}",
+            x[0],
+            x[0].shape.numel(),
+            declared.shape.numel()
+        ));
+    }
+    Ok(declared.clone())
+}
+
+/// Checks that `perm` is a permutation of `0..rank`.
+pub(crate) fn check_perm(perm: &[usize], rank: usize) -> Result<(), String> {
+    let mut seen = vec![false; rank];
+    if perm.len() != rank {
+        return Err(format!(
+            "'permute' needs {rank} axes in 'perm', found {perm:?}"
+        ));
+    }
+    for &p in perm {
+        if p >= rank || std::mem::replace(&mut seen[p], true) {
+            return Err(format!(
+                "'perm' = {perm:?} is not a permutation of 0..{rank}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn infer_permute(perm: &[usize], x: &[&TensorType]) -> ShapeResult {
+    expect_arity(x, 1)?;
+    check_perm(perm, x[0].rank())?;
+    Ok(x[0].with_shape(Shape(
+        perm.iter().map(|&p| x[0].dims()[p].clone()).collect(),
+    )))
+}
+
+/// `broadcast`: operand axis `i` becomes result axis `dims[i]`; its size must equal that
+/// result axis or be 1 (then it is repeated). Result axes not named in `dims` are new.
+pub(super) fn infer_broadcast(
+    dims: &[usize],
+    x: &[&TensorType],
+    declared: &TensorType,
+) -> ShapeResult {
+    expect_arity(x, 1)?;
+    let (src, dst) = (x[0], declared);
+    if src.dtype != dst.dtype {
+        return Err(format!("'broadcast' keeps the dtype: {src} -> {dst}"));
+    }
+    if dims.len() != src.rank() {
+        return Err(format!(
+            "'broadcast' needs one entry in 'dims' per operand axis ({}), found {dims:?}",
+            src.rank()
+        ));
+    }
+    super::reduce::check_axes(dims, dst.rank())
+        .map_err(|e| format!("'dims' of 'broadcast': {e}"))?;
+    for (i, &d) in dims.iter().enumerate() {
+        let (s, t) = (&src.dims()[i], &dst.dims()[d]);
+        if s != t && *s != Dim::fixed(1) {
+            return Err(format!(
+                "'broadcast' cannot stretch axis {i} of {src} (size {s}) to size {t}"
+            ));
+        }
+    }
+    Ok(dst.clone())
+}
+
+fn static_axis(op: &str, t: &TensorType, axis: usize) -> Result<u64, String> {
+    let d = t
+        .dims()
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} is out of range for {t}"))?;
+    d.as_static()
+        .ok_or_else(|| format!("'{op}' needs a static size on axis {axis}, found {d}"))
+}
+
+/// `slice` keeps indices `start, start+step, ...` below `end` along one axis.
+pub(super) fn infer_slice(
+    axis: usize,
+    start: u64,
+    end: u64,
+    step: u64,
+    x: &[&TensorType],
+) -> ShapeResult {
+    expect_arity(x, 1)?;
+    let n = static_axis("slice", x[0], axis)?;
+    if step == 0 || start > end || end > n {
+        return Err(format!(
+            "'slice' needs 0 <= start <= end <= {n} and step >= 1, found start {start}, end {end}, step {step}"
+        ));
+    }
+    let mut dims = x[0].dims().to_vec();
+    dims[axis] = Dim::fixed((end - start).div_ceil(step));
+    Ok(x[0].with_shape(Shape(dims)))
+}
+
+pub(super) fn infer_concat(axis: usize, x: &[&TensorType]) -> ShapeResult {
+    let first = x.first().ok_or("'concat' needs at least one operand")?;
+    if axis >= first.rank() {
+        return Err(format!("axis {axis} is out of range for {first}"));
+    }
+    let mut total = Dim::fixed(0);
+    for t in x {
+        let same_elsewhere = t.rank() == first.rank()
+            && t.dtype == first.dtype
+            && (0..t.rank()).all(|i| i == axis || t.dims()[i] == first.dims()[i]);
+        if !same_elsewhere {
+            return Err(format!(
+                "'concat' operands must agree except on axis {axis}: {first} vs {t}"
+            ));
+        }
+        total = total.add(&t.dims()[axis]).ok_or_else(|| {
+            format!(
+                "'concat' cannot add sizes {total} and {} on axis {axis}",
+                t.dims()[axis]
+            )
+        })?;
+    }
+    let mut dims = first.dims().to_vec();
+    dims[axis] = total;
+    Ok(first.with_shape(Shape(dims)))
+}
+
+/// `pad` adds `low` elements before and `high` after along one axis, filled with `value`.
+pub(super) fn infer_pad(axis: usize, low: u64, high: u64, x: &[&TensorType]) -> ShapeResult {
+    expect_arity(x, 1)?;
+    let t = x[0];
+    let d = t
+        .dims()
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} is out of range for {t}"))?;
+    let grown = d
+        .add(&Dim::fixed(low + high))
+        .ok_or_else(|| format!("'pad' cannot grow symbolic size {d} by {}", low + high))?;
+    let mut dims = t.dims().to_vec();
+    dims[axis] = grown;
+    Ok(t.with_shape(Shape(dims)))
+}

@@ -1,0 +1,52 @@
+//! Reductions over a set of axes. The reduced axes are removed from the shape
+//! (no keep-dims form: `broadcast` restores them where needed).
+
+use super::{expect_arity, ShapeResult};
+use crate::ir::{Shape, TensorType};
+
+super::elementwise::named_enum! {
+    /// How a reduction combines elements.
+    ReduceOp {
+        /// Sum.
+        Sum = "reduce_sum",
+        /// Maximum (`-inf` for an empty reduction).
+        Max = "reduce_max",
+        /// Arithmetic mean.
+        Mean = "reduce_mean",
+    }
+}
+
+/// Checks that `axes` is strictly increasing and within `rank`.
+pub(crate) fn check_axes(axes: &[usize], rank: usize) -> Result<(), String> {
+    for (i, &a) in axes.iter().enumerate() {
+        if a >= rank {
+            return Err(format!("axis {a} is out of range for rank {rank}"));
+        }
+        if i > 0 && axes[i - 1] >= a {
+            return Err(format!("axes must be strictly increasing, found {axes:?}"));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn infer_reduce(op: ReduceOp, axes: &[usize], x: &[&TensorType]) -> ShapeResult {
+    expect_arity(x, 1)?;
+    check_axes(axes, x[0].rank())?;
+    if op == ReduceOp::Mean && !x[0].dtype.is_float() {
+        return Err(format!(
+            "'reduce_mean' needs a float operand, found {}",
+            x[0]
+        ));
+    }
+    if x[0].dtype == crate::ir::DType::Bool {
+        return Err(format!("'{}' is not defined on bool", op.name()));
+    }
+    let dims = x[0]
+        .dims()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, d)| d.clone())
+        .collect();
+    Ok(x[0].with_shape(Shape(dims)))
+}

@@ -1,0 +1,76 @@
+//! The verifier: checks every invariant of [`Graph`] and says precisely which value
+//! breaks which rule. Passes may assume a verified graph; every pass's output is verified
+//! again in tests.
+
+use super::{check_param_type, is_value_name, Def, Graph, TensorType, ValueId};
+use std::collections::HashSet;
+use thiserror::Error;
+
+/// A broken invariant, at a value (or at the graph as a whole when `value` is `None`).
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{message}")]
+pub struct VerifyError {
+    /// The offending value, if one is to blame.
+    pub value: Option<ValueId>,
+    /// What is wrong, naming the value.
+    pub message: String,
+}
+
+/// Checks `graph`: unique valid names, operands defined before use, stored types equal
+/// to the shape rules' results, static float parameters, at least one distinct output.
+pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
+    let mut names = HashSet::new();
+    for id in graph.ids() {
+        let v = graph.value(id);
+        let fail = |message: String| VerifyError {
+            value: Some(id),
+            message: format!("%{}: {message}", v.name),
+        };
+        if !is_value_name(&v.name) {
+            return Err(fail("invalid value name".into()));
+        }
+        if !names.insert(v.name.as_str()) {
+            return Err(fail("defined more than once".into()));
+        }
+        match &v.def {
+            Def::Input => {}
+            Def::Param(_) => check_param_type(&v.ty).map_err(fail)?,
+            Def::Node { op, operands } => {
+                if let Some(late) = operands.iter().find(|o| **o >= id) {
+                    return Err(fail(format!("operand {late} is used before it is defined")));
+                }
+                let types: Vec<&TensorType> = operands.iter().map(|&o| graph.ty(o)).collect();
+                let inferred = op.infer(&types, Some(&v.ty)).map_err(fail)?;
+                if inferred != v.ty {
+                    return Err(fail(format!(
+                        "stored type {} but '{}' gives {inferred}",
+                        v.ty,
+                        op.name()
+                    )));
+                }
+            }
+        }
+    }
+    if graph.outputs.is_empty() {
+        return Err(VerifyError {
+            value: None,
+            message: format!("graph @{} has no output", graph.name),
+        });
+    }
+    let mut seen = HashSet::new();
+    for &o in &graph.outputs {
+        if o.index() >= graph.values.len() {
+            return Err(VerifyError {
+                value: None,
+                message: format!("output {o} does not exist"),
+            });
+        }
+        if !seen.insert(o) {
+            return Err(VerifyError {
+                value: Some(o),
+                message: format!("%{} is listed as an output twice", graph.value(o).name),
+            });
+        }
+    }
+    Ok(())
+}

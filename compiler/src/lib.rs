@@ -1,0 +1,10 @@
+//! smelt's compiler: the graph IR and the passes over it.
+//!
+//! The IR lives in [`ir`]: element types, shapes with symbolic dimensions, the op set,
+//! graphs with a builder, the verifier, and two serial forms (the canonical text form
+//! of `*.sir` files and a JSON form). Later stages (autodiff, the e-graph optimiser,
+//! scheduling and code generation) take a verified [`ir::Graph`] and return their own
+//! output type; none of them reaches back into another's internals.
+#![warn(missing_docs)]
+
+pub mod ir;

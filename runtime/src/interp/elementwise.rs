@@ -1,0 +1,172 @@
+//! Meaning of the elementwise ops (see `compiler::ir::ops::elementwise`).
+
+use super::{wrap_int, Ctx};
+use crate::tensor::{Data, Tensor};
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
+use smelt_compiler::ir::DType;
+
+/// The error function (musl's implementation, through the `libm` crate).
+fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+pub(super) fn unary(ctx: Ctx, op: UnaryOp, x: &Tensor) -> Tensor {
+    if let Data::Int(v) = &x.data {
+        let f = |a: i64| match op {
+            UnaryOp::Neg => a.wrapping_neg(),
+            _ => a.wrapping_abs(),
+        };
+        let data = v.iter().map(|&a| wrap_int(x.dtype, f(a))).collect();
+        return Tensor {
+            data: Data::Int(data),
+            ..x.clone()
+        };
+    }
+    let f = |a: f64| match op {
+        UnaryOp::Neg => -a,
+        UnaryOp::Abs => a.abs(),
+        UnaryOp::Exp => a.exp(),
+        UnaryOp::Log => a.ln(),
+        UnaryOp::Sqrt => a.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / a.sqrt(),
+        UnaryOp::Recip => 1.0 / a,
+        UnaryOp::Tanh => a.tanh(),
+        UnaryOp::Erf => erf(a),
+        UnaryOp::Sin => a.sin(),
+        UnaryOp::Cos => a.cos(),
+    };
+    ctx.floats(
+        x.dtype,
+        x.shape.clone(),
+        x.floats().iter().map(|&a| f(a)).collect(),
+    )
+}
+
+fn float_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Max if a.is_nan() || b.is_nan() => f64::NAN,
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min if a.is_nan() || b.is_nan() => f64::NAN,
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Pow => a.powf(b),
+    }
+}
+
+fn int_binary(op: BinaryOp, a: i64, b: i64) -> Result<i64, String> {
+    Ok(match op {
+        BinaryOp::Add => a.wrapping_add(b),
+        BinaryOp::Sub => a.wrapping_sub(b),
+        BinaryOp::Mul => a.wrapping_mul(b),
+        BinaryOp::Div if b == 0 => return Err("integer division by zero".into()),
+        BinaryOp::Div => a.wrapping_div(b),
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Pow if b < 0 => return Err(format!("integer power with negative exponent {b}")),
+        BinaryOp::Pow => a.wrapping_pow(b.min(u32::MAX as i64) as u32),
+    })
+}
+
+pub(super) fn binary(ctx: Ctx, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    match (&a.data, &b.data) {
+        (Data::Int(x), Data::Int(y)) => {
+            let data = x
+                .iter()
+                .zip(y)
+                .map(|(&p, &q)| int_binary(op, p, q).map(|r| wrap_int(a.dtype, r)))
+                .collect::<Result<_, _>>()?;
+            Ok(Tensor {
+                data: Data::Int(data),
+                ..a.clone()
+            })
+        }
+        _ => {
+            let values = a
+                .floats()
+                .iter()
+                .zip(b.floats())
+                .map(|(&p, &q)| float_binary(op, p, q))
+                .collect();
+            Ok(ctx.floats(a.dtype, a.shape.clone(), values))
+        }
+    }
+}
+
+pub(super) fn compare(op: CompareOp, a: &Tensor, b: &Tensor) -> Tensor {
+    let cmp = |p: f64, q: f64| match op {
+        CompareOp::Eq => p == q,
+        CompareOp::Ne => p != q,
+        CompareOp::Lt => p < q,
+        CompareOp::Le => p <= q,
+        CompareOp::Gt => p > q,
+        CompareOp::Ge => p >= q,
+    };
+    let data = match (&a.data, &b.data) {
+        // Compare i64 exactly (f64 would merge neighbours above 2^53).
+        (Data::Int(x), Data::Int(y)) => x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| cmp_ord(op, p.cmp(q)))
+            .collect(),
+        _ => (0..a.numel())
+            .map(|i| cmp(a.data.get_f64(i), b.data.get_f64(i)))
+            .collect(),
+    };
+    Tensor {
+        dtype: DType::Bool,
+        shape: a.shape.clone(),
+        data: Data::Bool(data),
+    }
+}
+
+fn cmp_ord(op: CompareOp, o: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        CompareOp::Eq => o == Equal,
+        CompareOp::Ne => o != Equal,
+        CompareOp::Lt => o == Less,
+        CompareOp::Le => o != Greater,
+        CompareOp::Gt => o == Greater,
+        CompareOp::Ge => o != Less,
+    }
+}
+
+pub(super) fn select(c: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
+    let Data::Bool(cond) = &c.data else {
+        unreachable!("select's condition is bool (verified)")
+    };
+    let n = a.numel();
+    let index: Vec<usize> = (0..n).map(|i| if cond[i] { i } else { n + i }).collect();
+    let both = match (&a.data, &b.data) {
+        (Data::Float(x), Data::Float(y)) => Data::Float([x.as_slice(), y].concat()),
+        (Data::Int(x), Data::Int(y)) => Data::Int([x.as_slice(), y].concat()),
+        (Data::Bool(x), Data::Bool(y)) => Data::Bool([x.as_slice(), y].concat()),
+        _ => unreachable!("select's branches have one type (verified)"),
+    };
+    Tensor {
+        data: both.pick(&index),
+        ..a.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn erf_matches_known_values() {
+        let cases = [
+            (0.0, 0.0),
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (2.0, 0.9953222650189527),
+            (3.0, 0.9999779095030014),
+            (-1.5, -0.9661051464753108),
+        ];
+        for (x, want) in cases {
+            let got = super::erf(x);
+            assert!((got - want).abs() < 1e-15, "erf({x}) = {got}, want {want}");
+        }
+    }
+}

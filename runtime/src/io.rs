@@ -1,0 +1,292 @@
+//! Tensor files: NumPy `.npy` and safetensors.
+
+use crate::tensor::{Data, Tensor};
+use smelt_compiler::ir::DType;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use thiserror::Error;
+
+/// A tensor file could not be read or written.
+#[derive(Debug, Error)]
+#[error("{path}: {message}")]
+pub struct IoError {
+    /// The file.
+    pub path: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn err(path: &Path, message: impl ToString) -> IoError {
+    IoError {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads a `.npy` file (f64, f32, f16, i64, i32, u8, i8 and bool elements; C order).
+pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
+    let file = File::open(path).map_err(|e| err(path, e))?;
+    let npy = npyz::NpyFile::new(BufReader::new(file))
+        .map_err(|e| err(path, format!("not a valid .npy file: {e}")))?;
+    if npy.order() != npyz::Order::C {
+        return Err(err(
+            path,
+            "Fortran-order arrays are not supported; save with np.ascontiguousarray",
+        ));
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = npy.dtype().descr();
+    let bad = |e: std::io::Error| err(path, format!("cannot read the data: {e}"));
+    let floats = |dtype, v: Vec<f64>| Tensor {
+        dtype,
+        shape: shape.clone(),
+        data: Data::Float(v),
+    };
+    let ints = |dtype, v: Vec<i64>| Tensor {
+        dtype,
+        shape: shape.clone(),
+        data: Data::Int(v),
+    };
+    let t = match descr.trim_start_matches(['<', '|', '=']) {
+        "f8" => floats(DType::F32, npy.into_vec::<f64>().map_err(bad)?).rounded_from_f64(),
+        "f4" => floats(
+            DType::F32,
+            npy.into_vec::<f32>()
+                .map_err(bad)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        ),
+        "f2" => floats(
+            DType::F16,
+            npy.into_vec::<half::f16>()
+                .map_err(bad)?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        ),
+        "i8" => ints(DType::I64, npy.into_vec::<i64>().map_err(bad)?),
+        "i4" => ints(
+            DType::I32,
+            npy.into_vec::<i32>()
+                .map_err(bad)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        "u1" => ints(
+            DType::I32,
+            npy.into_vec::<u8>()
+                .map_err(bad)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        "i1" => ints(
+            DType::I32,
+            npy.into_vec::<i8>()
+                .map_err(bad)?
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        ),
+        "b1" => Tensor {
+            dtype: DType::Bool,
+            shape: shape.clone(),
+            data: Data::Bool(npy.into_vec::<bool>().map_err(bad)?),
+        },
+        _ => return Err(err(path, format!("unsupported .npy dtype '{descr}'"))),
+    };
+    Ok(t)
+}
+
+impl Tensor {
+    /// f64 data stored as the f32 it will be used as.
+    fn rounded_from_f64(self) -> Tensor {
+        let Data::Float(v) = self.data else {
+            unreachable!("called on floats")
+        };
+        Tensor::from_f64(DType::F32, self.shape, v)
+    }
+}
+
+/// Writes `t` as `.npy` (f32 for f32, f64 never; f16 for f16; bf16 and f8 widened to f32).
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), IoError> {
+    use npyz::WriterBuilder;
+    let file = File::create(path).map_err(|e| err(path, e))?;
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    let mut w = BufWriter::new(file);
+    let io = |e: std::io::Error| err(path, e);
+    macro_rules! write_as {
+        ($ty:ty, $iter:expr) => {{
+            let mut out = npyz::WriteOptions::<$ty>::new()
+                .default_dtype()
+                .shape(&shape)
+                .writer(&mut w)
+                .begin_nd()
+                .map_err(io)?;
+            out.extend($iter).map_err(io)?;
+            out.finish().map_err(io)?;
+        }};
+    }
+    match (&t.data, t.dtype) {
+        (Data::Float(v), DType::F16) => {
+            write_as!(half::f16, v.iter().map(|&x| half::f16::from_f64(x)))
+        }
+        (Data::Float(v), _) => write_as!(f32, v.iter().map(|&x| x as f32)),
+        (Data::Int(v), DType::I32) => write_as!(i32, v.iter().map(|&x| x as i32)),
+        (Data::Int(v), _) => write_as!(i64, v.iter().copied()),
+        (Data::Bool(v), _) => write_as!(bool, v.iter().copied()),
+    }
+    w.flush().map_err(io)
+}
+
+/// Reads every tensor of a safetensors file, by name.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
+    use safetensors::Dtype as S;
+    let bytes = std::fs::read(path).map_err(|e| err(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    for name in names {
+        let view = st.tensor(&name).map_err(|e| err(path, e))?;
+        let shape = view.shape().to_vec();
+        let raw = view.data();
+        let chunks = |n: usize| raw.chunks_exact(n);
+        let (dtype, data) = match view.dtype() {
+            S::F32 => (
+                DType::F32,
+                Data::Float(
+                    chunks(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                        .collect(),
+                ),
+            ),
+            S::F64 => (
+                DType::F32,
+                Data::Float(
+                    chunks(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32 as f64)
+                        .collect(),
+                ),
+            ),
+            S::F16 => (
+                DType::F16,
+                Data::Float(
+                    chunks(2)
+                        .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64())
+                        .collect(),
+                ),
+            ),
+            S::BF16 => (
+                DType::BF16,
+                Data::Float(
+                    chunks(2)
+                        .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64())
+                        .collect(),
+                ),
+            ),
+            S::I32 => (
+                DType::I32,
+                Data::Int(
+                    chunks(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                        .collect(),
+                ),
+            ),
+            S::I64 => (
+                DType::I64,
+                Data::Int(
+                    chunks(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+            ),
+            S::BOOL => (
+                DType::Bool,
+                Data::Bool(raw.iter().map(|&b| b != 0).collect()),
+            ),
+            other => {
+                return Err(err(
+                    path,
+                    format!("tensor '{name}' has unsupported dtype {other:?}"),
+                ))
+            }
+        };
+        out.push((name, Tensor { dtype, shape, data }));
+    }
+    Ok(out)
+}
+
+/// Writes tensors to a safetensors file (the caller makes it atomic if it must be).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), IoError> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype as S;
+    let encoded: Vec<(String, S, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let (dtype, bytes): (S, Vec<u8>) = match (&t.data, t.dtype) {
+                (Data::Float(v), DType::F16) => (
+                    S::F16,
+                    v.iter()
+                        .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
+                        .collect(),
+                ),
+                (Data::Float(v), DType::BF16) => (
+                    S::BF16,
+                    v.iter()
+                        .flat_map(|&x| half::bf16::from_f64(x).to_le_bytes())
+                        .collect(),
+                ),
+                (Data::Float(v), _) => (
+                    S::F32,
+                    v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+                ),
+                (Data::Int(v), DType::I32) => (
+                    S::I32,
+                    v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                ),
+                (Data::Int(v), _) => (S::I64, v.iter().flat_map(|&x| x.to_le_bytes()).collect()),
+                (Data::Bool(v), _) => (S::BOOL, v.iter().map(|&b| u8::from(b)).collect()),
+            };
+            (name.clone(), dtype, t.shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = encoded
+        .iter()
+        .map(|(n, d, s, b)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(path, e))
+        })
+        .collect::<Result<_, _>>()?;
+    safetensors::serialize_to_file(views, &None, path).map_err(|e| err(path, e))
+}
+
+/// Reads a tensor file by extension: `.npy`, or `.safetensors` holding one tensor
+/// (or one named `name`).
+pub fn read_tensor_file(path: &Path, name: &str) -> Result<Tensor, IoError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => read_npy(path),
+        Some("safetensors") => {
+            let mut all = read_safetensors(path)?;
+            if let Some(i) = all.iter().position(|(n, _)| n == name) {
+                return Ok(all.swap_remove(i).1);
+            }
+            match all.len() {
+                1 => Ok(all.pop().expect("one tensor").1),
+                n => Err(err(
+                    path,
+                    format!("holds {n} tensors and none is named '{name}'"),
+                )),
+            }
+        }
+        _ => Err(err(
+            path,
+            "unknown tensor file type (expected .npy or .safetensors)",
+        )),
+    }
+}

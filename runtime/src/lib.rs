@@ -1,0 +1,12 @@
+//! smelt's runtime: tensors, tensor files, parameter initialisation and the reference
+//! interpreter ([`interp`]), which defines what every op computes.
+#![warn(missing_docs)]
+
+pub mod interp;
+pub mod io;
+pub mod params;
+pub mod rng;
+pub mod tensor;
+
+pub use interp::{run, Precision, RunError};
+pub use tensor::{Data, Tensor};

@@ -1,0 +1,166 @@
+//! `smelt run`: run a model on given inputs.
+
+use super::load_model;
+use smelt_compiler::ir::Def;
+use smelt_frontend::{Diagnostic, Model};
+use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
+use smelt_runtime::{interp, params, Precision, RunError, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model file (.sir or .json).
+    model: PathBuf,
+    /// An input or parameter value: NAME=FILE (.npy, or .safetensors). Repeat for each.
+    #[arg(long = "input", value_name = "NAME=FILE")]
+    inputs: Vec<String>,
+    /// Parameter values from a safetensors file (tensors named like the parameters).
+    /// Parameters not given anywhere are initialised from their declared initialisers.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Write each output as OUTPUT_NAME.npy into this directory (created if missing).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Where to run. `interp` is the reference interpreter; `cpu` is the CPU backend,
+    /// which runs on the interpreter until the compiled CPU backend lands.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Seed for parameter initialisers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Arithmetic precision of f32 values in the interpreter.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Device {
+    Cpu,
+    Interp,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F64,
+}
+
+pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let model = load_model(&args.model)?;
+    let graph = &model.graph;
+    let mut feeds: HashMap<String, Tensor> = HashMap::new();
+    let mut origin: HashMap<String, String> = HashMap::new();
+    if let Some(w) = &args.weights {
+        let shown = w.display().to_string();
+        for (name, t) in read_safetensors(w).map_err(|e| Diagnostic::in_file(&e.path, e.message))? {
+            match graph.find(&name).map(|id| &graph.value(id).def) {
+                Some(Def::Param(_)) => {
+                    origin.insert(name.clone(), shown.clone());
+                    feeds.insert(name, t);
+                }
+                _ => {
+                    return Err(Diagnostic::in_file(
+                        &shown,
+                        format!(
+                            "holds tensor '{name}', but the model has no parameter of that name"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    for spec in &args.inputs {
+        let (name, file) = spec.split_once('=').ok_or_else(|| {
+            Diagnostic::plain(format!("--input expects NAME=FILE, found '{spec}'"))
+        })?;
+        let path = PathBuf::from(file);
+        let t =
+            read_tensor_file(&path, name).map_err(|e| Diagnostic::in_file(&e.path, e.message))?;
+        if graph.find(name).is_none() {
+            let known: Vec<String> = graph
+                .inputs()
+                .map(|id| graph.value(id).name.clone())
+                .collect();
+            return Err(Diagnostic::plain(format!(
+                "--input {name}: the model has no input or parameter '{name}' (inputs: {})",
+                known.join(", ")
+            )));
+        }
+        origin.insert(name.to_string(), file.to_string());
+        feeds.insert(name.to_string(), t);
+    }
+    for (name, t) in params::init_params(graph, args.seed) {
+        feeds.entry(name).or_insert(t);
+    }
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F64 => Precision::F64,
+    };
+    let _ = args.device; // Both devices run the interpreter for now (see --help).
+    let outputs =
+        interp::run(graph, &feeds, precision).map_err(|e| run_error(&model, &origin, e))?;
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Diagnostic::in_file(
+                &dir.display().to_string(),
+                format!("cannot create directory: {e}"),
+            )
+        })?;
+    }
+    for (&id, t) in graph.outputs.iter().zip(&outputs) {
+        let name = &graph.value(id).name;
+        println!("{name}: {}", summary(t));
+        if let Some(dir) = &args.output_dir {
+            let path = dir.join(format!("{name}.npy"));
+            write_npy(&path, t).map_err(|e| Diagnostic::in_file(&e.path, e.message))?;
+        }
+    }
+    Ok(())
+}
+
+/// Points run errors at the model line that declares the value, naming the given file.
+fn run_error(model: &Model, origin: &HashMap<String, String>, e: RunError) -> Diagnostic {
+    match &e {
+        RunError::Missing {
+            value, kind, name, ..
+        } => model.diagnostic_at(
+            *value,
+            format!(
+                "{e}; give it with --input {name}=FILE{}",
+                if *kind == "param" {
+                    " or --weights"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        RunError::Mismatch { value, name, .. } => {
+            let from = origin
+                .get(name)
+                .map(|f| format!(" (from {f})"))
+                .unwrap_or_default();
+            model.diagnostic_at(*value, format!("{e}{from}"))
+        }
+        RunError::Eval { value, .. } => model.diagnostic_at(*value, e.to_string()),
+        RunError::Unknown(_) | RunError::Unbound(_) => Diagnostic::plain(e.to_string()),
+    }
+}
+
+/// `f32[2, 10] min -1.2 mean 0.01 max 1.9`, or the value of a scalar.
+fn summary(t: &Tensor) -> String {
+    let v = t.to_f64_vec();
+    if v.len() == 1 {
+        return format!("{} = {}", t.type_string(), v[0]);
+    }
+    if v.is_empty() {
+        return format!("{} (empty)", t.type_string());
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    format!(
+        "{} min {min:.6} mean {mean:.6} max {max:.6}",
+        t.type_string()
+    )
+}

@@ -1,0 +1,47 @@
+//! The `smelt` command line: argument parsing and printing only; the work happens in
+//! the frontend, compiler and runtime crates.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// smelt: a deep-learning compiler. Reads model files, shows the IR of every stage, runs models.
+#[derive(Parser)]
+#[command(name = "smelt", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  smelt dump-ir examples/mlp.sir\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy --output-dir out/"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's IR at a compiler stage, as text or JSON.
+    #[command(
+        after_help = "Examples:\n  smelt dump-ir examples/mlp.sir\n  smelt dump-ir examples/mlp.sir --format json -o mlp.json"
+    )]
+    DumpIr(commands::dump_ir::Args),
+    /// Run a model on input tensors and write its outputs.
+    #[command(
+        after_help = "Examples:\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy --weights mlp.safetensors --output-dir out/"
+    )]
+    Run(commands::run::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::DumpIr(args) => commands::dump_ir::main(args),
+        Command::Run(args) => commands::run::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(diagnostic) => {
+            eprintln!("{diagnostic}");
+            ExitCode::from(2)
+        }
+    }
+}
