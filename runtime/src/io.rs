@@ -36,7 +36,15 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
         ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let descr = npy.dtype().descr();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => {
+            return Err(err(
+                path,
+                format!("structured .npy dtype {} is not supported", other.descr()),
+            ))
+        }
+    };
     let bad = |e: std::io::Error| err(path, format!("cannot read the data: {e}"));
     let floats = |dtype, v: Vec<f64>| Tensor {
         dtype,

@@ -70,6 +70,8 @@ pub enum Composite {
         eps: f64,
     },
     /// `cross_entropy %logits, %labels`: logits `[..., C]`, integer labels `[...]`; scalar mean.
+    /// Labels pick their class by comparison with class ids (a one-hot mask), so a label
+    /// outside `0..C` picks nothing and contributes 0; loaders validate labels instead.
     CrossEntropy,
     /// `attention %q, %k, %v {causal, scale}`: `[..., Tq, D]`, `[..., Tk, D]`, `[..., Tk, Dv]`.
     /// The causal mask lets query `i` see keys `j <= i`.

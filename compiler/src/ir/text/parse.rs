@@ -66,14 +66,12 @@ pub fn parse(src: &str) -> Result<Parsed, ParseError> {
         builder: Builder::new(""),
         by_name: HashMap::new(),
         positions: Vec::new(),
+        close_pos: Pos::default(),
     };
     let graph = p.file()?;
     let positions = p.positions;
     if let Err(e) = verify(&graph) {
-        let pos = e
-            .value
-            .map(|v| positions[v.index()])
-            .unwrap_or(p.toks[p.at].1);
+        let pos = e.value.map(|v| positions[v.index()]).unwrap_or(p.close_pos);
         return Err(ParseError::new(pos, e.message));
     }
     Ok(Parsed { graph, positions })
@@ -85,6 +83,8 @@ struct Parser {
     builder: Builder,
     by_name: HashMap<String, ValueId>,
     positions: Vec<Pos>,
+    /// Where the graph's closing `}` is: graph-level errors point there.
+    close_pos: Pos,
 }
 
 type PResult<T> = Result<T, ParseError>;
@@ -173,7 +173,11 @@ impl Parser {
         self.builder = Builder::new(&name);
         self.expect('{')?;
         self.end_of_line()?;
-        while !self.eat('}') {
+        loop {
+            self.close_pos = self.pos();
+            if self.eat('}') {
+                break;
+            }
             if *self.peek() == Tok::Eof {
                 return self.unexpected("'}' closing the graph");
             }

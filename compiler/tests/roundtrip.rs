@@ -1,0 +1,218 @@
+//! Property: for random well-typed graphs, the text form and the JSON form round-trip
+//! exactly (print → parse → print is byte-identical; JSON → graph gives the same graph).
+
+use proptest::prelude::*;
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp};
+use smelt_compiler::ir::{
+    json, text, verify, Builder, DType, Dim, Graph, Init, Op, Shape, TensorType, ValueId,
+};
+
+/// Interprets a list of random choices as graph-building steps. Steps whose op rejects
+/// the chosen operands are skipped, so every produced graph is well-typed.
+fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
+    let mut b = Builder::new("random");
+    let dims = [Dim::sym("B"), Dim::fixed(3), Dim::fixed(4)];
+    let x = b
+        .input(
+            "x",
+            TensorType::new(DType::F32, Shape(vec![dims[0].clone(), dims[1].clone()])),
+        )
+        .unwrap();
+    let w = b
+        .param(
+            "layer.0.w",
+            TensorType::fixed(DType::F32, &[3, 4]),
+            Init::Uniform {
+                low: -0.5,
+                high: 0.5,
+            },
+        )
+        .unwrap();
+    b.param(
+        "bias",
+        TensorType::fixed(DType::F32, &[4]),
+        Init::Normal {
+            mean: 0.0,
+            std: 0.02,
+        },
+    )
+    .unwrap();
+    b.input(
+        "idx",
+        TensorType::new(DType::I32, Shape(vec![dims[0].clone()])),
+    )
+    .unwrap();
+    b.node(None, Op::MatMul, &[x, w], None).unwrap();
+    let mut last = ValueId(0);
+    for &(kind, a, c, f) in choices {
+        let n = b.graph().values.len() as u32;
+        let pick = |i: u8| ValueId(u32::from(i) % n);
+        let (va, vc) = (pick(a), pick(c));
+        let ta = b.ty(va).clone();
+        let rank = ta.rank();
+        let axis = usize::from(c) % rank.max(1);
+        let (op, operands, declared): (Op, Vec<ValueId>, Option<TensorType>) = match kind % 16 {
+            0 => (
+                Op::Unary(UnaryOp::ALL[usize::from(c) % UnaryOp::ALL.len()]),
+                vec![va],
+                None,
+            ),
+            1 => (
+                Op::Binary(BinaryOp::ALL[usize::from(a) % BinaryOp::ALL.len()]),
+                vec![va, vc],
+                None,
+            ),
+            2 => (
+                Op::Compare(CompareOp::ALL[usize::from(c) % CompareOp::ALL.len()]),
+                vec![va, va],
+                None,
+            ),
+            3 => (
+                Op::Reduce {
+                    op: ReduceOp::ALL[usize::from(a) % 3],
+                    axes: vec![axis],
+                },
+                vec![va],
+                None,
+            ),
+            4 => (Op::MatMul, vec![va, vc], None),
+            5 => {
+                let mut perm: Vec<usize> = (0..rank).collect();
+                perm.rotate_left(axis);
+                (Op::Permute { perm }, vec![va], None)
+            }
+            6 => {
+                let mut dims = vec![Dim::fixed(2)];
+                dims.extend(ta.dims().iter().cloned());
+                (
+                    Op::Broadcast {
+                        dims: (1..=rank).collect(),
+                    },
+                    vec![va],
+                    Some(ta.with_shape(Shape(dims))),
+                )
+            }
+            7 => (
+                Op::Reshape,
+                vec![va],
+                Some(ta.with_shape(Shape(vec![ta.shape.numel()]))),
+            ),
+            8 => (
+                Op::Slice {
+                    axis,
+                    start: 1,
+                    end: 3,
+                    step: 1 + u64::from(a % 2),
+                },
+                vec![va],
+                None,
+            ),
+            9 => (Op::Concat { axis }, vec![va, va], None),
+            10 => (
+                Op::Pad {
+                    axis,
+                    low: 1,
+                    high: u64::from(a % 3),
+                    value: f,
+                },
+                vec![va],
+                None,
+            ),
+            11 => (Op::Constant { values: vec![f] }, vec![], Some(ta.clone())),
+            12 => (Op::Iota { axis }, vec![], Some(ta.with_dtype(DType::I32))),
+            13 => (
+                Op::RandomNormal {
+                    mean: f,
+                    std: 0.5,
+                    seed: u64::from(a),
+                },
+                vec![],
+                Some(ta.clone()),
+            ),
+            14 => (Op::Composite(Composite::Softmax { axis }), vec![va], None),
+            _ => (
+                Op::Composite(Composite::Gelu { tanh: a % 2 == 0 }),
+                vec![va],
+                None,
+            ),
+        };
+        if let Ok(id) = b.node(None, op, &operands, declared) {
+            last = id;
+        }
+    }
+    b.output(last).unwrap();
+    b.finish()
+}
+
+fn special_float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<f64>(),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(-0.0),
+        Just(1e-300),
+        (-10.0..10.0f64),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn text_form_round_trips(choices in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), special_float()), 0..40)) {
+        let g = build(&choices);
+        verify(&g).unwrap();
+        let printed = text::print(&g);
+        let parsed = text::parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        prop_assert_eq!(text::print(&parsed.graph), printed);
+    }
+
+    #[test]
+    fn json_form_round_trips(choices in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), special_float()), 0..40)) {
+        let g = build(&choices);
+        let j = json::to_json(&g);
+        let back = json::from_json(&j).unwrap_or_else(|e| panic!("{e}\n{j}"));
+        prop_assert_eq!(text::print(&back), text::print(&g));
+        prop_assert_eq!(json::to_json(&back), j);
+    }
+
+    #[test]
+    fn the_parser_never_panics(src in "\\PC{0,200}") {
+        let _ = text::parse(&src);
+    }
+
+    #[test]
+    fn mutated_graphs_never_panic(choices in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u8>(), -2.0..2.0f64), 0..12), cut in any::<u16>(), byte in any::<u8>()) {
+        let printed = text::print(&build(&choices));
+        let mut bytes = printed.into_bytes();
+        let at = usize::from(cut) % bytes.len();
+        bytes[at] = byte;
+        let _ = text::parse(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn random_graphs_are_not_trivial() {
+    // Guards the generator: a fixed choice list must yield a graph using many op kinds.
+    let choices: Vec<(u8, u8, u8, f64)> = (0..64u8)
+        .map(|i| {
+            (
+                i,
+                i.wrapping_mul(7),
+                i.wrapping_mul(13),
+                f64::from(i) / 8.0 - 2.0,
+            )
+        })
+        .collect();
+    let g = build(&choices);
+    let printed = text::print(&g);
+    let kinds: std::collections::BTreeSet<&str> = g
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            smelt_compiler::ir::Def::Node { op, .. } => Some(op.name()),
+            _ => None,
+        })
+        .collect();
+    assert!(kinds.len() >= 10, "only {kinds:?}:\n{printed}");
+}
