@@ -41,6 +41,10 @@ fn check(body: &str, inputs: &[(&str, Tensor)], shape: &[usize], want: &[f64]) {
     }
 }
 
+/// An independent formula for an elementwise op.
+type Formula = fn(f64) -> f64;
+type BoxedFormula = Box<dyn Fn(f64) -> f64>;
+
 /// `x` rounded to f32, as an f32 tensor stores it.
 fn f32r(x: f64) -> f64 {
     x as f32 as f64
@@ -53,7 +57,7 @@ fn x4() -> Tensor {
 #[test]
 fn unary_math_matches_std() {
     let xs = [0.5, -1.25, 2.0, 3.5];
-    let cases: [(&str, fn(f64) -> f64); 11] = [
+    let cases: [(&str, Formula); 11] = [
         ("neg", |x| -x),
         ("abs", f64::abs),
         ("exp", f64::exp),
@@ -376,7 +380,7 @@ fn softmax(row: &[f64]) -> Vec<f64> {
 fn activation_composites_match_their_formulas() {
     let xs = [0.5, -1.25, 2.0, 3.5];
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
-    let cases: Vec<(&str, Box<dyn Fn(f64) -> f64>)> = vec![
+    let cases: Vec<(&str, BoxedFormula)> = vec![
         ("relu", Box::new(|x: f64| x.max(0.0))),
         ("sigmoid", Box::new(sig)),
         ("silu", Box::new(move |x: f64| x * sig(x))),
