@@ -43,6 +43,22 @@ fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
     )
     .unwrap();
     b.node(None, Op::MatMul, &[x, w], None).unwrap();
+    let moment = b
+        .state(
+            "layer.0.w.m",
+            TensorType::fixed(DType::F32, &[3, 4]),
+            Init::Zeros,
+        )
+        .unwrap();
+    let next = b
+        .node(
+            Some("layer.0.w.m.next"),
+            Op::Binary(BinaryOp::Add),
+            &[moment, w],
+            None,
+        )
+        .unwrap();
+    b.update(moment, next).unwrap();
     let mut last = ValueId(0);
     for &(kind, a, c, f) in choices {
         let n = b.graph().values.len() as u32;

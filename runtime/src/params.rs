@@ -2,18 +2,19 @@
 
 use crate::rng;
 use crate::tensor::Tensor;
-use smelt_compiler::ir::{Def, Graph, Init};
+use smelt_compiler::ir::{Graph, Init};
 use std::collections::HashMap;
 
-/// Initial values for every parameter of `graph`. A random initialiser draws from a
+/// Initial values for every parameter and state value of `graph`. A random initialiser draws from a
 /// stream seeded by `seed` and the parameter's name, so adding or reordering
 /// parameters does not change the others' values.
 pub fn init_params(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
     graph
         .params()
+        .chain(graph.states())
         .map(|id| {
             let v = graph.value(id);
-            let Def::Param(init) = &v.def else {
+            let Some(init) = v.def.init() else {
                 unreachable!("params() yields params")
             };
             let dims =

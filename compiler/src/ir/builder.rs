@@ -20,6 +20,7 @@ impl Builder {
                 name: name.to_string(),
                 values: Vec::new(),
                 outputs: Vec::new(),
+                updates: Vec::new(),
             },
             names: HashSet::new(),
             next_anon: 0,
@@ -69,6 +70,44 @@ impl Builder {
     pub fn param(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
         check_param_type(&ty)?;
         self.push(Some(name), ty, Def::Param(init))
+    }
+
+    /// Adds a persistent state value (static float shape required).
+    pub fn state(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
+        check_param_type(&ty)?;
+        self.push(Some(name), ty, Def::State(init))
+    }
+
+    /// Continues building `graph`: new values are appended after its values.
+    pub fn from_graph(graph: Graph) -> Builder {
+        let names = graph.values.iter().map(|v| v.name.clone()).collect();
+        Builder {
+            graph,
+            names,
+            next_anon: 0,
+        }
+    }
+
+    /// Declares that parameter or state `target` takes `value` after a run.
+    pub fn update(&mut self, target: ValueId, value: ValueId) -> Result<(), String> {
+        let (t, v) = (self.graph.value(target), self.graph.value(value));
+        if !matches!(t.def, Def::Param(_) | Def::State(_)) {
+            return Err(format!(
+                "'%{}' is not a param or state, so it cannot be updated",
+                t.name
+            ));
+        }
+        if t.ty != v.ty {
+            return Err(format!(
+                "update of '%{}' ({}) with '%{}' of type {}",
+                t.name, t.ty, v.name, v.ty
+            ));
+        }
+        if self.graph.updates.iter().any(|(x, _)| *x == target) {
+            return Err(format!("'%{}' is updated twice", t.name));
+        }
+        self.graph.updates.push((target, value));
+        Ok(())
     }
 
     /// Adds a node; `name` and `declared` are optional. Returns the error of the op's

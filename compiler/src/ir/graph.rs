@@ -56,6 +56,9 @@ pub enum Def {
     Input,
     /// A trainable parameter with its initialiser; the runtime owns its storage.
     Param(Init),
+    /// Persistent state that is not trained (optimiser moments): the runtime keeps it
+    /// between runs, and the graph's `updates` assign its next value.
+    State(Init),
     /// Computed by an op from earlier values.
     Node {
         /// The operation.
@@ -85,6 +88,9 @@ pub struct Graph {
     pub values: Vec<Value>,
     /// The returned values, in order.
     pub outputs: Vec<ValueId>,
+    /// In-place updates `(target, value)`: after a run, parameter or state `target`
+    /// holds `value` (a training step's new weights and optimiser moments).
+    pub updates: Vec<(ValueId, ValueId)>,
 }
 
 impl Graph {
@@ -120,12 +126,28 @@ impl Graph {
             .filter(|&id| matches!(self.value(id).def, Def::Param(_)))
     }
 
+    /// The persistent state values, in order.
+    pub fn states(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.ids()
+            .filter(|&id| matches!(self.value(id).def, Def::State(_)))
+    }
+
     /// Number of op nodes.
     pub fn node_count(&self) -> usize {
         self.values
             .iter()
             .filter(|v| matches!(v.def, Def::Node { .. }))
             .count()
+    }
+}
+
+impl Def {
+    /// The initialiser of a parameter or state value.
+    pub fn init(&self) -> Option<&Init> {
+        match self {
+            Def::Param(init) | Def::State(init) => Some(init),
+            _ => None,
+        }
     }
 }
 

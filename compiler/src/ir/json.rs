@@ -14,6 +14,14 @@ struct GraphJson {
     graph: String,
     values: Vec<ValueJson>,
     outputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    updates: Vec<UpdateJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UpdateJson {
+    target: String,
+    value: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,8 +139,13 @@ pub fn to_json(graph: &Graph) -> String {
             };
             match &v.def {
                 Def::Input => j.kind = "input".into(),
-                Def::Param(init) => {
-                    j.kind = "param".into();
+                Def::Param(init) | Def::State(init) => {
+                    j.kind = if matches!(v.def, Def::Param(_)) {
+                        "param"
+                    } else {
+                        "state"
+                    }
+                    .into();
                     j.init = Some(init_json(init));
                 }
                 Def::Node { op, operands } => {
@@ -153,6 +166,14 @@ pub fn to_json(graph: &Graph) -> String {
         graph: graph.name.clone(),
         values,
         outputs: graph.outputs.iter().map(|&o| name(o)).collect(),
+        updates: graph
+            .updates
+            .iter()
+            .map(|&(t, v)| UpdateJson {
+                target: name(t),
+                value: name(v),
+            })
+            .collect(),
     };
     let mut s = serde_json::to_string_pretty(&g).expect("graph JSON has only string keys");
     s.push('\n');
@@ -174,14 +195,17 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
         let at = |m: String| format!("value '%{}': {m}", v.name);
         let id = match v.kind.as_str() {
             "input" => b.input(&v.name, v.ty.clone()),
-            "param" => {
-                let init = json_init(
-                    v.init
-                        .as_ref()
-                        .ok_or_else(|| at("a param needs 'init'".into()))?,
-                )
-                .map_err(at)?;
-                b.param(&v.name, v.ty.clone(), init)
+            "param" | "state" => {
+                let init = v
+                    .init
+                    .as_ref()
+                    .ok_or_else(|| at(format!("a {} needs 'init'", v.kind)))?;
+                let init = json_init(init).map_err(at)?;
+                if v.kind == "param" {
+                    b.param(&v.name, v.ty.clone(), init)
+                } else {
+                    b.state(&v.name, v.ty.clone(), init)
+                }
             }
             "node" => {
                 let op_name =
@@ -204,7 +228,7 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
             }
             other => {
                 return Err(at(format!(
-                    "unknown kind '{other}' (expected input, param or node)"
+                    "unknown kind '{other}' (expected input, param, state or node)"
                 )))
             }
         }
@@ -213,6 +237,9 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
     }
     for o in &g.outputs {
         b.output(lookup(&ids, o)?)?;
+    }
+    for u in &g.updates {
+        b.update(lookup(&ids, &u.target)?, lookup(&ids, &u.value)?)?;
     }
     let graph = b.finish();
     super::verify(&graph).map_err(|e| e.message)?;

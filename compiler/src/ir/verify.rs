@@ -34,7 +34,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         }
         match &v.def {
             Def::Input => {}
-            Def::Param(_) => check_param_type(&v.ty).map_err(fail)?,
+            Def::Param(_) | Def::State(_) => check_param_type(&v.ty).map_err(fail)?,
             Def::Node { op, operands } => {
                 if let Some(late) = operands.iter().find(|o| **o >= id) {
                     return Err(fail(format!("operand {late} is used before it is defined")));
@@ -70,6 +70,38 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 value: Some(o),
                 message: format!("%{} is listed as an output twice", graph.value(o).name),
             });
+        }
+    }
+    let mut targets = HashSet::new();
+    for &(target, value) in &graph.updates {
+        let n = graph.values.len();
+        if target.index() >= n || value.index() >= n {
+            return Err(VerifyError {
+                value: None,
+                message: "an update names a value that does not exist".into(),
+            });
+        }
+        let (t, v) = (graph.value(target), graph.value(value));
+        let fail = |message: String| {
+            Err(VerifyError {
+                value: Some(target),
+                message,
+            })
+        };
+        if !matches!(t.def, Def::Param(_) | Def::State(_)) {
+            return fail(format!(
+                "%{} is updated but is not a param or state",
+                t.name
+            ));
+        }
+        if t.ty != v.ty {
+            return fail(format!(
+                "%{} ({}) is updated with %{} of type {}",
+                t.name, t.ty, v.name, v.ty
+            ));
+        }
+        if !targets.insert(target) {
+            return fail(format!("%{} is updated twice", t.name));
         }
     }
     Ok(())

@@ -176,10 +176,10 @@ pub fn bind_shapes(graph: &Graph, feeds: &HashMap<String, Tensor>) -> Result<Bin
         .filter(|&id| !matches!(graph.value(id).def, Def::Node { .. }))
         .map(|id| {
             let v = graph.value(id);
-            let kind = if matches!(v.def, Def::Input) {
-                "input"
-            } else {
-                "param"
+            let kind = match v.def {
+                Def::Input => "input",
+                Def::Param(_) => "param",
+                _ => "state",
             };
             feeds
                 .get(&v.name)
@@ -234,6 +234,16 @@ pub fn bind_shapes(graph: &Graph, feeds: &HashMap<String, Tensor>) -> Result<Bin
     Ok(bindings)
 }
 
+/// The results of one run: the outputs in order, and the new values of updated
+/// parameters and state, by name.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// The graph's outputs, in order.
+    pub outputs: Vec<Tensor>,
+    /// `(name, new value)` for each of the graph's updates, in order.
+    pub updates: Vec<(String, Tensor)>,
+}
+
 /// Runs `graph` on `feeds` (every input and parameter, by name) and returns the outputs
 /// in order.
 pub fn run(
@@ -241,13 +251,22 @@ pub fn run(
     feeds: &HashMap<String, Tensor>,
     precision: Precision,
 ) -> Result<Vec<Tensor>, RunError> {
+    execute(graph, feeds, precision).map(|e| e.outputs)
+}
+
+/// Runs `graph` on `feeds` and returns its outputs and its updates.
+pub fn execute(
+    graph: &Graph,
+    feeds: &HashMap<String, Tensor>,
+    precision: Precision,
+) -> Result<Execution, RunError> {
     let bindings = bind_shapes(graph, feeds)?;
     let ctx = Ctx { precision };
     let mut env: Vec<Option<Tensor>> = vec![None; graph.values.len()];
     for id in graph.ids() {
         let v = graph.value(id);
         let value = match &v.def {
-            Def::Input | Def::Param(_) => {
+            Def::Input | Def::Param(_) | Def::State(_) => {
                 let t = &feeds[&v.name];
                 match &t.data {
                     // Given floats are rounded like any computed value of that dtype.
@@ -274,15 +293,15 @@ pub fn run(
         };
         env[id.index()] = Some(value);
     }
-    Ok(graph
-        .outputs
-        .iter()
-        .map(|o| {
-            env[o.index()]
-                .take()
-                .expect("outputs are defined and distinct (verified)")
-        })
-        .collect())
+    let value = |id: ValueId| env[id.index()].clone().expect("every value is computed");
+    Ok(Execution {
+        outputs: graph.outputs.iter().map(|&o| value(o)).collect(),
+        updates: graph
+            .updates
+            .iter()
+            .map(|&(t, v)| (graph.value(t).name.clone(), value(v)))
+            .collect(),
+    })
 }
 
 /// Evaluates one op whose result has `dtype` and the concrete `shape`.

@@ -201,15 +201,25 @@ impl Parser {
                     .map_err(|m| ParseError::new(pos, m))?;
                 self.define(name, id, pos);
             }
-            Tok::Word(w) if w == "param" => {
+            Tok::Word(w) if w == "param" || w == "state" => {
                 let (name, ty) = self.typed_name()?;
                 self.expect('=')?;
                 let init = self.init()?;
-                let id = self
-                    .builder
-                    .param(&name, ty, init)
-                    .map_err(|m| ParseError::new(pos, m))?;
+                let id = if w == "param" {
+                    self.builder.param(&name, ty, init)
+                } else {
+                    self.builder.state(&name, ty, init)
+                }
+                .map_err(|m| ParseError::new(pos, m))?;
                 self.define(name, id, pos);
+            }
+            Tok::Word(w) if w == "update" => {
+                let (target, tpos) = self.operand()?;
+                self.expect('=')?;
+                let (value, _) = self.operand()?;
+                self.builder
+                    .update(target, value)
+                    .map_err(|m| ParseError::new(tpos, m))?;
             }
             Tok::Word(w) if w == "output" => loop {
                 let (id, opos) = self.operand()?;
@@ -223,7 +233,8 @@ impl Parser {
             Tok::Value(name) => self.node(name, pos)?,
             _ => {
                 self.at -= 1;
-                return self.unexpected("'input', 'param', 'output' or '%name = ...'");
+                return self
+                    .unexpected("'input', 'param', 'state', 'output', 'update' or '%name = ...'");
             }
         }
         self.end_of_line()

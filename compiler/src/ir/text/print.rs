@@ -9,6 +9,9 @@ pub fn print(graph: &Graph) -> String {
     for v in &graph.values {
         match &v.def {
             Def::Input => writeln!(out, "  input %{}: {}", v.name, v.ty),
+            Def::State(init) => {
+                writeln!(out, "  state %{}: {} = {}", v.name, v.ty, print_init(init))
+            }
             Def::Param(init) => {
                 writeln!(out, "  param %{}: {} = {}", v.name, v.ty, print_init(init))
             }
@@ -31,6 +34,9 @@ pub fn print(graph: &Graph) -> String {
     }
     let outputs: Vec<String> = graph.outputs.iter().map(|&o| name(o)).collect();
     writeln!(out, "  output {}", outputs.join(", ")).unwrap();
+    for &(target, value) in &graph.updates {
+        writeln!(out, "  update {} = {}", name(target), name(value)).unwrap();
+    }
     out.push_str("}\n");
     out
 }
