@@ -7,4 +7,5 @@
 //! output type; none of them reaches back into another's internals.
 #![warn(missing_docs)]
 
+pub mod autodiff;
 pub mod ir;

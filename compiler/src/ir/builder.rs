@@ -213,6 +213,30 @@ impl Builder {
         self.add(Op::Reduce { op, axes }, &[x])
     }
 
+    /// Zeros of `x`'s type.
+    pub fn zeros_like(&mut self, x: ValueId) -> ValueId {
+        self.splat(0.0, self.ty(x).clone())
+    }
+
+    /// `x` with its last two axes swapped.
+    pub fn transpose_last(&mut self, x: ValueId) -> ValueId {
+        let r = self.ty(x).rank();
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        self.add(Op::Permute { perm }, &[x])
+    }
+
+    /// Renames value `id` if `name` is free; returns whether it did.
+    pub fn rename(&mut self, id: ValueId, name: &str) -> bool {
+        if !is_value_name(name) || self.names.contains(name) {
+            return false;
+        }
+        let old = std::mem::replace(&mut self.graph.values[id.index()].name, name.to_string());
+        self.names.remove(&old);
+        self.names.insert(name.to_string());
+        true
+    }
+
     /// Broadcasts `x` to `ty`, operand axis `i` going to result axis `dims[i]`.
     pub fn broadcast(&mut self, x: ValueId, dims: Vec<usize>, ty: TensorType) -> ValueId {
         self.add_typed(Op::Broadcast { dims }, &[x], ty)

@@ -161,3 +161,158 @@ pub(super) fn infer_cast(x: &[&TensorType], declared: &TensorType) -> ShapeResul
     }
     Ok(declared.clone())
 }
+
+// Gradients (vector-Jacobian products): `g` is the adjoint of the result `y`.
+
+use crate::ir::{Builder, ValueId};
+
+pub(super) fn vjp_unary(
+    op: UnaryOp,
+    b: &mut Builder,
+    x: ValueId,
+    y: ValueId,
+    g: ValueId,
+) -> ValueId {
+    use BinaryOp::{Div, Mul, Sub};
+    match op {
+        UnaryOp::Neg => b.unary(UnaryOp::Neg, g),
+        UnaryOp::Abs => {
+            let zero = b.zeros_like(x);
+            let nonneg = b.compare(CompareOp::Ge, x, zero);
+            let ng = b.unary(UnaryOp::Neg, g);
+            b.add(super::Op::Select, &[nonneg, g, ng])
+        }
+        UnaryOp::Exp => b.binary(Mul, g, y),
+        UnaryOp::Log => b.binary(Div, g, x),
+        UnaryOp::Sqrt => {
+            let t = b.binary(Div, g, y);
+            b.binary_scalar(Mul, t, 0.5)
+        }
+        UnaryOp::Rsqrt => {
+            // d/dx x^(-1/2) = -1/2 x^(-3/2) = -1/2 * y / x
+            let t = b.binary(Mul, g, y);
+            let t = b.binary(Div, t, x);
+            b.binary_scalar(Mul, t, -0.5)
+        }
+        UnaryOp::Recip => {
+            let yy = b.binary(Mul, y, y);
+            let t = b.binary(Mul, g, yy);
+            b.unary(UnaryOp::Neg, t)
+        }
+        UnaryOp::Tanh => {
+            let yy = b.binary(Mul, y, y);
+            let one = b.splat(1.0, b.ty(y).clone());
+            let d = b.binary(Sub, one, yy);
+            b.binary(Mul, g, d)
+        }
+        UnaryOp::Erf => {
+            let xx = b.binary(Mul, x, x);
+            let nxx = b.unary(UnaryOp::Neg, xx);
+            let e = b.unary(UnaryOp::Exp, nxx);
+            let d = b.binary_scalar(Mul, e, std::f64::consts::FRAC_2_SQRT_PI);
+            b.binary(Mul, g, d)
+        }
+        UnaryOp::Sin => {
+            let c = b.unary(UnaryOp::Cos, x);
+            b.binary(Mul, g, c)
+        }
+        UnaryOp::Cos => {
+            let s = b.unary(UnaryOp::Sin, x);
+            let t = b.binary(Mul, g, s);
+            b.unary(UnaryOp::Neg, t)
+        }
+    }
+}
+
+pub(super) fn vjp_binary(
+    op: BinaryOp,
+    b: &mut Builder,
+    (l, r): (ValueId, ValueId),
+    y: ValueId,
+    g: ValueId,
+    needs: &[bool],
+) -> Vec<Option<ValueId>> {
+    use BinaryOp::*;
+    let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+    let mut out = vec![None, None];
+    match op {
+        Add => out = vec![Some(g), Some(g)],
+        Sub => {
+            out[0] = Some(g);
+            if want(1) {
+                out[1] = Some(b.unary(UnaryOp::Neg, g));
+            }
+        }
+        Mul => {
+            if want(0) {
+                out[0] = Some(b.binary(Mul, g, r));
+            }
+            if want(1) {
+                out[1] = Some(b.binary(Mul, g, l));
+            }
+        }
+        Div => {
+            if want(0) {
+                out[0] = Some(b.binary(Div, g, r));
+            }
+            if want(1) {
+                // d(l/r)/dr = -y/r
+                let t = b.binary(Mul, g, y);
+                let t = b.binary(Div, t, r);
+                out[1] = Some(b.unary(UnaryOp::Neg, t));
+            }
+        }
+        Max | Min => {
+            // The adjoint goes to the operand that was chosen; ties go to the left one.
+            let cmp = if op == Max {
+                CompareOp::Ge
+            } else {
+                CompareOp::Le
+            };
+            let left = b.compare(cmp, l, r);
+            let zero = b.zeros_like(g);
+            if want(0) {
+                out[0] = Some(b.add(super::Op::Select, &[left, g, zero]));
+            }
+            if want(1) {
+                out[1] = Some(b.add(super::Op::Select, &[left, zero, g]));
+            }
+        }
+        Pow => {
+            if want(0) {
+                // d(l^r)/dl = r * l^(r-1)
+                let rm1 = b.binary_scalar(Sub, r, 1.0);
+                let p = b.binary(Pow, l, rm1);
+                let t = b.binary(Mul, r, p);
+                out[0] = Some(b.binary(Mul, g, t));
+            }
+            if want(1) {
+                // d(l^r)/dr = y * ln l
+                let ln = b.unary(UnaryOp::Log, l);
+                let t = b.binary(Mul, y, ln);
+                out[1] = Some(b.binary(Mul, g, t));
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn vjp_select(
+    b: &mut Builder,
+    c: ValueId,
+    g: ValueId,
+    needs: &[bool],
+) -> Vec<Option<ValueId>> {
+    let zero = b.zeros_like(g);
+    let pick = |b: &mut Builder, i: usize, ops: [ValueId; 3]| {
+        needs[i].then(|| b.add(super::Op::Select, &ops))
+    };
+    vec![None, pick(b, 1, [c, g, zero]), pick(b, 2, [c, zero, g])]
+}
+
+pub(super) fn vjp_cast(b: &mut Builder, x: ValueId, g: ValueId) -> Option<ValueId> {
+    let ty = b.ty(x).clone();
+    ty.dtype
+        .is_float()
+        .then(|| b.add_typed(super::Op::Cast, &[g], ty))
+}

@@ -47,3 +47,29 @@ pub(super) fn infer_scatter_add(axis: usize, x: &[&TensorType]) -> ShapeResult {
     }
     Ok(base.clone())
 }
+
+use super::Op;
+use crate::ir::{Builder, ValueId};
+
+/// The table's adjoint scatters `g` back to the rows that were read.
+pub(super) fn vjp_gather(
+    axis: usize,
+    b: &mut Builder,
+    (table, idx): (ValueId, ValueId),
+    g: ValueId,
+) -> ValueId {
+    let zero = b.zeros_like(table);
+    b.add(Op::ScatterAdd { axis }, &[zero, idx, g])
+}
+
+/// `base` receives `g` unchanged; each update receives `g` at its position.
+pub(super) fn vjp_scatter_add(
+    axis: usize,
+    b: &mut Builder,
+    idx: ValueId,
+    g: ValueId,
+    needs: &[bool],
+) -> Vec<Option<ValueId>> {
+    let dupd = needs[2].then(|| b.add(Op::Gather { axis }, &[g, idx]));
+    vec![Some(g), None, dupd]
+}

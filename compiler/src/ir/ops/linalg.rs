@@ -4,7 +4,7 @@
 //! broadcasting is explicit in the IR.
 
 use super::{expect_arity, ShapeResult};
-use crate::ir::TensorType;
+use crate::ir::{Builder, Op, TensorType, ValueId};
 use crate::ir::{DType, Shape};
 
 pub(super) fn infer_matmul(x: &[&TensorType]) -> ShapeResult {
@@ -34,4 +34,22 @@ pub(super) fn infer_matmul(x: &[&TensorType]) -> ShapeResult {
     let mut dims = a.dims()[..r - 1].to_vec();
     dims.push(b.dims()[r - 1].clone());
     Ok(a.with_shape(Shape(dims)))
+}
+
+/// `da = g bᵀ`, `db = aᵀ g` (over the last two axes).
+pub(super) fn vjp_matmul(
+    b: &mut Builder,
+    (l, r): (ValueId, ValueId),
+    g: ValueId,
+    needs: &[bool],
+) -> Vec<Option<ValueId>> {
+    let dl = needs[0].then(|| {
+        let rt = b.transpose_last(r);
+        b.add(Op::MatMul, &[g, rt])
+    });
+    let dr = needs[1].then(|| {
+        let lt = b.transpose_last(l);
+        b.add(Op::MatMul, &[lt, g])
+    });
+    vec![dl, dr]
 }

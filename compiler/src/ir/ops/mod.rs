@@ -25,7 +25,7 @@ pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
 pub use reduce::ReduceOp;
 
 use super::attr::{Attr, AttrReader};
-use super::TensorType;
+use super::{Builder, TensorType, ValueId};
 
 /// The result of a shape rule: the inferred type or a message saying what is wrong.
 pub type ShapeResult = Result<TensorType, String>;
@@ -353,6 +353,55 @@ impl Op {
             }
             Op::Composite(c) => c.infer(operands),
         }
+    }
+
+    /// The gradient rule (vector-Jacobian product). Given operands `x`, the result `y`
+    /// and the adjoint `g` of `y`, adds nodes to `b` that compute the adjoint of each
+    /// operand for which `needs[i]` holds (others may be `None`). Returns `Ok(None)` for
+    /// composites, which are differentiated through their decomposition.
+    pub fn vjp(
+        &self,
+        b: &mut Builder,
+        x: &[ValueId],
+        y: ValueId,
+        g: ValueId,
+        needs: &[bool],
+    ) -> Result<Option<Vec<Option<ValueId>>>, String> {
+        let one = |v: ValueId| vec![Some(v)];
+        Ok(Some(match self {
+            Op::Unary(u) => one(elementwise::vjp_unary(*u, b, x[0], y, g)),
+            Op::Binary(op) => elementwise::vjp_binary(*op, b, (x[0], x[1]), y, g, needs),
+            Op::Compare(_) => vec![None, None],
+            Op::Select => elementwise::vjp_select(b, x[0], g, needs),
+            Op::Cast => vec![elementwise::vjp_cast(b, x[0], g)],
+            Op::Reduce { op, axes } => one(reduce::vjp_reduce(*op, axes, b, x[0], y, g)),
+            Op::MatMul => linalg::vjp_matmul(b, (x[0], x[1]), g, needs),
+            Op::Reshape => one(movement::vjp_reshape(b, x[0], g)),
+            Op::Permute { perm } => one(movement::vjp_permute(perm, b, g)),
+            Op::Broadcast { dims } => one(movement::vjp_broadcast(dims, b, x[0], g)),
+            Op::Slice {
+                axis,
+                start,
+                end,
+                step,
+            } => one(movement::vjp_slice(
+                (*axis, *start, *end, *step),
+                b,
+                x[0],
+                g,
+            )?),
+            Op::Concat { axis } => movement::vjp_concat(*axis, b, x, g)?,
+            Op::Pad { axis, low, .. } => one(movement::vjp_pad(*axis, *low, b, x[0], g)?),
+            Op::Gather { axis } => {
+                vec![Some(indexing::vjp_gather(*axis, b, (x[0], x[1]), g)), None]
+            }
+            Op::ScatterAdd { axis } => indexing::vjp_scatter_add(*axis, b, x[1], g, needs),
+            Op::Constant { .. }
+            | Op::Iota { .. }
+            | Op::RandomUniform { .. }
+            | Op::RandomNormal { .. } => vec![],
+            Op::Composite(_) => return Ok(None),
+        }))
     }
 
     /// Every op name the text form knows, sorted (for "did you mean" hints and docs).

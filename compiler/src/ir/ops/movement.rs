@@ -150,3 +150,116 @@ pub(super) fn infer_pad(axis: usize, low: u64, high: u64, x: &[&TensorType]) -> 
     dims[axis] = grown;
     Ok(t.with_shape(Shape(dims)))
 }
+
+// Gradients: each movement op's adjoint moves the adjoint back.
+
+use super::{Op, ReduceOp};
+use crate::ir::{Builder, DType, ValueId};
+
+pub(super) fn vjp_reshape(b: &mut Builder, x: ValueId, g: ValueId) -> ValueId {
+    let ty = b.ty(x).clone();
+    b.add_typed(Op::Reshape, &[g], ty)
+}
+
+pub(super) fn vjp_permute(perm: &[usize], b: &mut Builder, g: ValueId) -> ValueId {
+    let mut inverse = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    b.add(Op::Permute { perm: inverse }, &[g])
+}
+
+/// Sums the adjoint over new and stretched axes, then restores the operand's size-1 axes.
+pub(super) fn vjp_broadcast(dims: &[usize], b: &mut Builder, x: ValueId, g: ValueId) -> ValueId {
+    let (xt, gt) = (b.ty(x).clone(), b.ty(g).clone());
+    let summed: Vec<usize> = (0..gt.rank())
+        .filter(|&a| match dims.iter().position(|&d| d == a) {
+            None => true,
+            Some(i) => xt.dims()[i] != gt.dims()[a],
+        })
+        .collect();
+    let s = b.reduce(ReduceOp::Sum, g, summed);
+    if *b.ty(s) == xt {
+        s
+    } else {
+        b.add_typed(Op::Reshape, &[s], xt)
+    }
+}
+
+pub(super) fn vjp_slice(
+    (axis, start, end, step): (usize, u64, u64, u64),
+    b: &mut Builder,
+    x: ValueId,
+    g: ValueId,
+) -> Result<ValueId, String> {
+    let xt = b.ty(x).clone();
+    let n = xt.dims()[axis]
+        .as_static()
+        .ok_or("slice of a symbolic axis")?;
+    if step == 1 {
+        return Ok(b.add(
+            Op::Pad {
+                axis,
+                low: start,
+                high: n - end,
+                value: 0.0,
+            },
+            &[g],
+        ));
+    }
+    // Strided: scatter the adjoint to positions start, start+step, ...
+    let len = b.ty(g).dims()[axis].clone();
+    let positions = crate::ir::TensorType::new(DType::I32, crate::ir::Shape(vec![len]));
+    let idx = b.add_typed(Op::Iota { axis: 0 }, &[], positions);
+    let idx = b.binary_scalar(super::BinaryOp::Mul, idx, step as f64);
+    let idx = b.binary_scalar(super::BinaryOp::Add, idx, start as f64);
+    let zero = b.zeros_like(x);
+    Ok(b.add(Op::ScatterAdd { axis }, &[zero, idx, g]))
+}
+
+pub(super) fn vjp_concat(
+    axis: usize,
+    b: &mut Builder,
+    x: &[ValueId],
+    g: ValueId,
+) -> Result<Vec<Option<ValueId>>, String> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    for &part in x {
+        let n = b.ty(part).dims()[axis]
+            .as_static()
+            .ok_or("concat along a symbolic axis")?;
+        out.push(Some(b.add(
+            Op::Slice {
+                axis,
+                start: at,
+                end: at + n,
+                step: 1,
+            },
+            &[g],
+        )));
+        at += n;
+    }
+    Ok(out)
+}
+
+pub(super) fn vjp_pad(
+    axis: usize,
+    low: u64,
+    b: &mut Builder,
+    x: ValueId,
+    g: ValueId,
+) -> Result<ValueId, String> {
+    let n = b.ty(x).dims()[axis]
+        .as_static()
+        .ok_or("pad of a symbolic axis")?;
+    Ok(b.add(
+        Op::Slice {
+            axis,
+            start: low,
+            end: low + n,
+            step: 1,
+        },
+        &[g],
+    ))
+}

@@ -50,3 +50,45 @@ pub(super) fn infer_reduce(op: ReduceOp, axes: &[usize], x: &[&TensorType]) -> S
         .collect();
     Ok(x[0].with_shape(Shape(dims)))
 }
+
+// Gradients: the adjoint is spread back over the reduced axes.
+
+use crate::ir::ops::{BinaryOp, CompareOp, Op};
+use crate::ir::{Builder, ValueId};
+
+pub(super) fn vjp_reduce(
+    op: ReduceOp,
+    axes: &[usize],
+    b: &mut Builder,
+    x: ValueId,
+    y: ValueId,
+    g: ValueId,
+) -> ValueId {
+    let xt = b.ty(x).clone();
+    let kept: Vec<usize> = (0..xt.rank()).filter(|a| !axes.contains(a)).collect();
+    let spread = b.broadcast(g, kept.clone(), xt.clone());
+    match op {
+        ReduceOp::Sum => spread,
+        ReduceOp::Mean => {
+            let count = Shape(axes.iter().map(|&a| xt.dims()[a].clone()).collect()).numel();
+            match count.as_static() {
+                Some(n) => b.binary_scalar(BinaryOp::Mul, spread, 1.0 / n as f64),
+                None => {
+                    // A symbolic count (mean over the batch) is known only at run time:
+                    // count it by summing ones.
+                    let ones = b.splat(1.0, xt.clone());
+                    let n = b.reduce(ReduceOp::Sum, ones, axes.to_vec());
+                    let n = b.broadcast(n, kept, xt);
+                    b.binary(BinaryOp::Div, spread, n)
+                }
+            }
+        }
+        ReduceOp::Max => {
+            // Every position equal to the maximum receives the adjoint.
+            let ymax = b.broadcast(y, kept, xt);
+            let hit = b.compare(CompareOp::Eq, x, ymax);
+            let zero = b.zeros_like(spread);
+            b.add(Op::Select, &[hit, spread, zero])
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Gradient checks: for every op and for the example models, the gradients from
+//! `compiler::autodiff` agree with central finite differences computed by the reference
+//! interpreter in f64 (relative error < 1e-6), on random inputs.
+
+use smelt_compiler::autodiff::differentiate;
+use smelt_compiler::ir::ops::{BinaryOp, ReduceOp};
+use smelt_compiler::ir::{text, Builder, DType, Graph, Op, TensorType, ValueId};
+use smelt_runtime::{interp, params, Data, Precision, Tensor};
+use std::collections::HashMap;
+
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// A float tensor that is *not* rounded to f32, so f64 perturbations are exact.
+fn exact(shape: &[usize], values: Vec<f64>) -> Tensor {
+    Tensor {
+        dtype: DType::F32,
+        shape: shape.to_vec(),
+        data: Data::Float(values),
+    }
+}
+
+fn scalar_loss(g: &Graph, feeds: &HashMap<String, Tensor>) -> f64 {
+    interp::run(g, feeds, Precision::F64).unwrap()[0].to_f64_vec()[0]
+}
+
+/// Checks d(loss)/d(name) for every `name` in `wrt` against central differences on
+/// `coords` coordinates of each (all when `None`).
+fn compare(
+    g: &Graph,
+    loss: ValueId,
+    feeds: &HashMap<String, Tensor>,
+    wrt: &[&str],
+    coords: Option<usize>,
+    h: f64,
+) {
+    let ids: Vec<ValueId> = wrt
+        .iter()
+        .map(|n| g.find(n).unwrap_or_else(|| panic!("no %{n}")))
+        .collect();
+    let grads = differentiate(g, loss, &ids).unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)));
+    let mut with_grads = grads.graph.clone();
+    with_grads.outputs = grads.grads.iter().map(|&(_, gr)| gr).collect();
+    let ad = interp::run(&with_grads, feeds, Precision::F64).unwrap();
+    let mut forward = g.clone();
+    forward.outputs = vec![loss];
+    for (k, name) in wrt.iter().enumerate() {
+        let ad = ad[k].to_f64_vec();
+        let base = feeds[*name].to_f64_vec();
+        let n = base.len();
+        let picked: Vec<usize> = match coords {
+            None => (0..n).collect(),
+            Some(c) => (0..c).map(|i| (i * 7919 + 13) % n).collect(),
+        };
+        let mut fd = Vec::new();
+        for &i in &picked {
+            let mut at = |delta: f64| {
+                let mut f = feeds.clone();
+                let mut v = base.clone();
+                v[i] += delta;
+                f.insert(name.to_string(), exact(&feeds[*name].shape, v));
+                scalar_loss(&forward, &f)
+            };
+            fd.push((at(h) - at(-h)) / (2.0 * h));
+        }
+        let scale = fd
+            .iter()
+            .chain(picked.iter().map(|&i| &ad[i]))
+            .fold(1e-12f64, |m, v| m.max(v.abs()));
+        for (j, &i) in picked.iter().enumerate() {
+            let err = (ad[i] - fd[j]).abs() / scale;
+            assert!(
+                err < 1e-6,
+                "d/d{name}[{i}]: autodiff {} vs finite difference {} (rel. error {err:e})\n{}",
+                ad[i],
+                fd[j],
+                text::print(g)
+            );
+        }
+    }
+}
+
+/// Gradient check of `body` (graph lines defining `%y` from inputs), with loss
+/// `sum(y * w)` for a random `w`. `inputs` gives each input's shape and value range.
+fn check(body: &str, inputs: &[(&str, &[usize], (f64, f64))], wrt: &[&str]) {
+    let decl: String = inputs
+        .iter()
+        .map(|(n, s, _)| {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("  input %{n}: f32[{}]\n", dims.join(", "))
+        })
+        .collect();
+    let src = format!("graph @t {{\n{decl}{body}\n  output %y\n}}\n");
+    let g = text::parse(&src)
+        .unwrap_or_else(|e| panic!("{e}\n{src}"))
+        .graph;
+    let y = g.find("y").unwrap();
+    let mut b = Builder::from_graph(g);
+    let yt = b.ty(y).clone();
+    let w = b.input("w", yt.clone()).unwrap();
+    let prod = b.binary(BinaryOp::Mul, y, w);
+    let loss = b.reduce(ReduceOp::Sum, prod, (0..yt.rank()).collect());
+    let mut g = b.finish();
+    g.outputs = vec![loss];
+    let mut rng = Rng(0x9e3779b97f4a7c15 ^ body.len() as u64);
+    let mut feeds = HashMap::new();
+    for (n, s, (lo, hi)) in inputs {
+        let count: usize = s.iter().product();
+        feeds.insert(
+            n.to_string(),
+            exact(s, (0..count).map(|_| rng.uniform(*lo, *hi)).collect()),
+        );
+    }
+    let ws = yt
+        .shape
+        .as_static()
+        .unwrap()
+        .iter()
+        .map(|&d| d as usize)
+        .collect::<Vec<_>>();
+    let count: usize = ws.iter().product();
+    feeds.insert(
+        "w".into(),
+        exact(&ws, (0..count).map(|_| rng.uniform(-1.0, 1.0)).collect()),
+    );
+    compare(&g, loss, &feeds, wrt, None, 1e-6);
+}
+
+const ANY: (f64, f64) = (-2.0, 2.0);
+const POS: (f64, f64) = (0.5, 2.0);
+
+#[test]
+fn unary_ops() {
+    for op in ["neg", "exp", "tanh", "erf", "sin", "cos"] {
+        check(&format!("  %y = {op} %x"), &[("x", &[2, 3], ANY)], &["x"]);
+    }
+    for op in ["abs", "log", "sqrt", "rsqrt", "recip"] {
+        check(&format!("  %y = {op} %x"), &[("x", &[2, 3], POS)], &["x"]);
+    }
+}
+
+#[test]
+fn binary_ops() {
+    for op in ["add", "sub", "mul", "div", "max", "min"] {
+        check(
+            &format!("  %y = {op} %a, %b"),
+            &[("a", &[5], ANY), ("b", &[5], POS)],
+            &["a", "b"],
+        );
+    }
+    check(
+        "  %y = pow %a, %b",
+        &[("a", &[5], POS), ("b", &[5], ANY)],
+        &["a", "b"],
+    );
+    check("  %y = mul %a, %a", &[("a", &[5], ANY)], &["a"]);
+}
+
+#[test]
+fn select_and_cast() {
+    check(
+        "  %c = gt %a, %b\n  %y = select %c, %a, %b",
+        &[("a", &[6], ANY), ("b", &[6], ANY)],
+        &["a", "b"],
+    );
+    check("  %y: f32[2, 3] = cast %x", &[("x", &[2, 3], ANY)], &["x"]);
+}
+
+#[test]
+fn reductions() {
+    check(
+        "  %y: f32[2] = reduce_sum %x {axes = [1]}",
+        &[("x", &[2, 3], ANY)],
+        &["x"],
+    );
+    check(
+        "  %y: f32[3] = reduce_mean %x {axes = [0]}",
+        &[("x", &[2, 3], ANY)],
+        &["x"],
+    );
+    check(
+        "  %y: f32[2, 4] = reduce_max %x {axes = [1]}",
+        &[("x", &[2, 3, 4], ANY)],
+        &["x"],
+    );
+    check(
+        "  %y: f32[] = reduce_mean %x {axes = [0, 1, 2]}",
+        &[("x", &[2, 3, 4], ANY)],
+        &["x"],
+    );
+}
+
+#[test]
+fn matmul() {
+    check(
+        "  %y = matmul %a, %b",
+        &[("a", &[2, 3, 4], ANY), ("b", &[2, 4, 5], ANY)],
+        &["a", "b"],
+    );
+    check("  %y = matmul %a, %a", &[("a", &[3, 3], ANY)], &["a"]);
+}
+
+#[test]
+fn movement_ops() {
+    let x = [("x", &[2usize, 3, 4][..], ANY)];
+    check("  %y: f32[6, 4] = reshape %x", &x, &["x"]);
+    check("  %y = permute %x {perm = [2, 0, 1]}", &x, &["x"]);
+    check(
+        "  %y: f32[5, 2, 3, 4] = broadcast %x {dims = [1, 2, 3]}",
+        &x,
+        &["x"],
+    );
+    check(
+        "  %y: f32[2, 3, 4] = broadcast %x {dims = [0, 1]}",
+        &[("x", &[2, 1], ANY)],
+        &["x"],
+    );
+    check(
+        "  %y = slice %x {axis = 2, start = 1, end = 4, step = 1}",
+        &x,
+        &["x"],
+    );
+    check(
+        "  %y = slice %x {axis = 1, start = 0, end = 3, step = 2}",
+        &x,
+        &["x"],
+    );
+    check(
+        "  %y = concat %x, %z {axis = 1}",
+        &[("x", &[2, 3], ANY), ("z", &[2, 2], ANY)],
+        &["x", "z"],
+    );
+    check(
+        "  %y = pad %x {axis = 0, low = 1, high = 2, value = 0.5}",
+        &x,
+        &["x"],
+    );
+}
+
+#[test]
+fn gather_and_scatter_add() {
+    let src = "graph @t {\n  input %t: f32[4, 3]\n  input %u: f32[2, 2, 3]\n  %i: i32[2, 2] = constant {value = [3.0, 0.0, 3.0, 1.0]}\n  %g = gather %t, %i {axis = 0}\n  %s = scatter_add %t, %i, %u {axis = 0}\n  %gs: f32[] = reduce_sum %g {axes = [0, 1, 2]}\n  %sq = mul %s, %s\n  %ss: f32[] = reduce_sum %sq {axes = [0, 1]}\n  %loss = add %gs, %ss\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let mut rng = Rng(5);
+    let mut feeds = HashMap::new();
+    feeds.insert(
+        "t".to_string(),
+        exact(&[4, 3], (0..12).map(|_| rng.uniform(-1.0, 1.0)).collect()),
+    );
+    feeds.insert(
+        "u".to_string(),
+        exact(
+            &[2, 2, 3],
+            (0..12).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+        ),
+    );
+    let loss = g.find("loss").unwrap();
+    compare(&g, loss, &feeds, &["t", "u"], None, 1e-6);
+}
+
+#[test]
+fn composite_ops() {
+    let x = [("x", &[2usize, 5][..], ANY)];
+    for op in [
+        "relu",
+        "sigmoid",
+        "silu",
+        "gelu %x {approximate = none}",
+        "gelu %x {approximate = tanh}",
+        "softmax %x {axis = 1}",
+        "softmax %x {axis = 0}",
+        "log_softmax %x {axis = 1}",
+    ] {
+        let line = if op.contains("%x") {
+            format!("  %y = {op}")
+        } else {
+            format!("  %y = {op} %x")
+        };
+        check(&line, &x, &["x"]);
+    }
+    let norm = [
+        ("x", &[2usize, 5][..], ANY),
+        ("g", &[5usize][..], POS),
+        ("b", &[5usize][..], ANY),
+    ];
+    check(
+        "  %y = layer_norm %x, %g, %b {eps = 1e-5}",
+        &norm,
+        &["x", "g", "b"],
+    );
+    check(
+        "  %y = rms_norm %x, %g {eps = 1e-6}",
+        &norm[..2],
+        &["x", "g"],
+    );
+    check(
+        "  %l: i32[3] = constant {value = [4.0, 0.0, 2.0]}\n  %y = cross_entropy %x, %l",
+        &[("x", &[3, 5], ANY)],
+        &["x"],
+    );
+    let qkv = [
+        ("q", &[2usize, 4, 3][..], ANY),
+        ("k", &[2usize, 4, 3][..], ANY),
+        ("v", &[2usize, 4, 2][..], ANY),
+    ];
+    check(
+        "  %y = attention %q, %k, %v {causal = true, scale = 0.5}",
+        &qkv,
+        &["q", "k", "v"],
+    );
+    check(
+        "  %y = attention %q, %k, %v {causal = false, scale = 0.5}",
+        &qkv,
+        &["q", "k", "v"],
+    );
+}
+
+#[test]
+fn symbolic_batch_mean() {
+    // The adjoint of a mean over a symbolic axis divides by the size known at run time.
+    let src = "graph @t {\n  input %x: f32[B, 3]\n  %m: f32[3] = reduce_mean %x {axes = [0]}\n  %sq = mul %m, %m\n  %loss: f32[] = reduce_sum %sq {axes = [0]}\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let mut rng = Rng(77);
+    let feeds: HashMap<String, Tensor> = [(
+        "x".to_string(),
+        exact(&[4, 3], (0..12).map(|_| rng.uniform(-1.0, 1.0)).collect()),
+    )]
+    .into();
+    compare(&g, g.find("loss").unwrap(), &feeds, &["x"], None, 1e-6);
+}
+
+#[test]
+fn example_mlp_parameters() {
+    let g = smelt_frontend_free_load("examples/mlp.sir");
+    let mut feeds = params::init_params(&g, 1);
+    for t in feeds.values_mut() {
+        *t = exact(&t.shape, t.to_f64_vec());
+    }
+    let mut rng = Rng(3);
+    feeds.insert(
+        "x".into(),
+        exact(
+            &[2, 784],
+            (0..2 * 784).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+        ),
+    );
+    feeds.insert(
+        "labels".into(),
+        Tensor::from_i64(DType::I32, vec![2], vec![3, 7]),
+    );
+    let loss = g.find("loss").unwrap();
+    compare(
+        &g,
+        loss,
+        &feeds,
+        &["w1", "b1", "w2", "b2", "w3", "b3"],
+        Some(6),
+        1e-6,
+    );
+}
+
+/// Reads a `.sir` example without the frontend crate (a runtime test needs only the IR).
+fn smelt_frontend_free_load(path: &str) -> Graph {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    text::parse(&std::fs::read_to_string(full).unwrap())
+        .unwrap()
+        .graph
+}
+
+#[test]
+fn gradients_of_unused_parameters_are_zero() {
+    let mut b = Builder::new("t");
+    let x = b.input("x", TensorType::fixed(DType::F32, &[3])).unwrap();
+    let w = b
+        .param(
+            "unused",
+            TensorType::fixed(DType::F32, &[2]),
+            smelt_compiler::ir::Init::Ones,
+        )
+        .unwrap();
+    let loss = b.reduce(ReduceOp::Sum, x, vec![0]);
+    b.output(loss).unwrap();
+    let g = b.finish();
+    let grads = differentiate(&g, loss, &[w]).unwrap();
+    let gw = grads.grads[0].1;
+    assert!(
+        matches!(&grads.graph.value(gw).def, smelt_compiler::ir::Def::Node { op: Op::Constant { values }, .. } if values == &[0.0])
+    );
+}
