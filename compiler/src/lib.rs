@@ -9,3 +9,4 @@
 
 pub mod autodiff;
 pub mod ir;
+pub mod passes;

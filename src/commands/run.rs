@@ -3,6 +3,7 @@
 use super::load_model;
 use smelt_compiler::ir::Def;
 use smelt_frontend::{Diagnostic, Model};
+use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
 use smelt_runtime::{interp, params, Precision, RunError, Tensor};
 use std::collections::HashMap;
@@ -22,14 +23,14 @@ pub struct Args {
     /// Write each output as OUTPUT_NAME.npy into this directory (created if missing).
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Where to run. `interp` is the reference interpreter; `cpu` is the CPU backend,
-    /// which runs on the interpreter until the compiled CPU backend lands.
+    /// Where to run: `cpu` (f32 kernels, both cores) or `interp` (the reference
+    /// interpreter, every dtype, `--precision f64` available).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Seed for parameter initialisers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Arithmetic precision of f32 values in the interpreter.
+    /// Arithmetic precision of f32 values in the interpreter (`--device interp`).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
 }
@@ -97,9 +98,15 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         PrecisionArg::F32 => Precision::F32,
         PrecisionArg::F64 => Precision::F64,
     };
-    let _ = args.device; // Both devices run the interpreter for now (see --help).
-    let outputs =
-        interp::run(graph, &feeds, precision).map_err(|e| run_error(&model, &origin, e))?;
+    let outputs = match args.device {
+        Device::Interp => interp::run(graph, &feeds, precision),
+        Device::Cpu => {
+            let program =
+                CpuProgram::compile(graph).map_err(|e| Diagnostic::plain(e.to_string()))?;
+            program.run(&feeds).map(|e| e.outputs)
+        }
+    }
+    .map_err(|e| run_error(&model, &origin, e))?;
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).map_err(|e| {
             Diagnostic::in_file(

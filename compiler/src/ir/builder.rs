@@ -9,6 +9,8 @@ use std::collections::HashSet;
 pub struct Builder {
     graph: Graph,
     names: HashSet<String>,
+    /// Names that generated names must avoid (values that will be added later).
+    reserved: HashSet<String>,
     next_anon: usize,
 }
 
@@ -23,6 +25,7 @@ impl Builder {
                 updates: Vec::new(),
             },
             names: HashSet::new(),
+            reserved: HashSet::new(),
             next_anon: 0,
         }
     }
@@ -41,7 +44,7 @@ impl Builder {
         loop {
             let name = self.next_anon.to_string();
             self.next_anon += 1;
-            if !self.names.contains(&name) {
+            if !self.names.contains(&name) && !self.reserved.contains(&name) {
                 return name;
             }
         }
@@ -78,12 +81,18 @@ impl Builder {
         self.push(Some(name), ty, Def::State(init))
     }
 
+    /// Keeps generated names clear of `names`, which the caller will add later.
+    pub fn reserve_names<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        self.reserved.extend(names.into_iter().cloned());
+    }
+
     /// Continues building `graph`: new values are appended after its values.
     pub fn from_graph(graph: Graph) -> Builder {
         let names = graph.values.iter().map(|v| v.name.clone()).collect();
         Builder {
             graph,
             names,
+            reserved: HashSet::new(),
             next_anon: 0,
         }
     }

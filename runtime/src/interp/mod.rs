@@ -122,7 +122,7 @@ impl Ctx {
 }
 
 /// Wraps an integer to the range of `dtype` (two's complement), like a real machine.
-pub(crate) fn wrap_int(dtype: DType, x: i64) -> i64 {
+pub fn wrap_int(dtype: DType, x: i64) -> i64 {
     match dtype {
         DType::I32 => x as i32 as i64,
         _ => x,

@@ -1,0 +1,5 @@
+//! Graph → graph passes that lower the IR toward code generation.
+
+pub mod decompose;
+
+pub use decompose::decompose;

@@ -1,0 +1,612 @@
+//! Kernels of the CPU backend, one per primitive op, on `f32` (and `i64`/`bool`) buffers.
+//! Their meaning is the interpreter's (`runtime/src/interp/`); tests hold them to it.
+
+use super::{Buf, Val};
+use crate::interp::wrap_int;
+use crate::rng;
+use rayon::prelude::*;
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
+use smelt_compiler::ir::DType;
+
+/// Below this many elements, threads cost more than they save.
+const PARALLEL_MIN: usize = 1 << 15;
+
+fn map_f32(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if x.len() >= PARALLEL_MIN {
+        x.par_iter().map(|&a| f(a)).collect()
+    } else {
+        x.iter().map(|&a| f(a)).collect()
+    }
+}
+
+fn zip_f32(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if a.len() >= PARALLEL_MIN {
+        a.par_iter()
+            .zip(b.par_iter())
+            .map(|(&p, &q)| f(p, q))
+            .collect()
+    } else {
+        a.iter().zip(b).map(|(&p, &q)| f(p, q)).collect()
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Copies the elements at `offset + Σ idx[a]·strides[a]` for every index of `shape`, in
+/// row-major order. Permute, broadcast (stride 0) and slice are all this one loop.
+fn strided_copy<T: Copy + Send + Sync>(
+    src: &[T],
+    offset: usize,
+    strides: &[usize],
+    shape: &[usize],
+) -> Vec<T> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    if shape.is_empty() {
+        out.push(src[offset]);
+        return out;
+    }
+    let r = shape.len();
+    let (inner, inner_stride) = (shape[r - 1], strides[r - 1]);
+    let mut idx = vec![0usize; r - 1];
+    let mut base = offset;
+    loop {
+        match inner_stride {
+            1 => out.extend_from_slice(&src[base..base + inner]),
+            0 => out.extend(std::iter::repeat_n(src[base], inner)),
+            s => out.extend((0..inner).map(|j| src[base + j * s])),
+        }
+        // Advance the odometer over the outer axes.
+        let mut ax = r - 1;
+        loop {
+            if ax == 0 {
+                return out;
+            }
+            ax -= 1;
+            idx[ax] += 1;
+            base += strides[ax];
+            if idx[ax] < shape[ax] {
+                break;
+            }
+            base -= strides[ax] * shape[ax];
+            idx[ax] = 0;
+        }
+    }
+}
+
+fn copy_buf(b: &Buf, offset: usize, strides: &[usize], shape: &[usize]) -> Buf {
+    match b {
+        Buf::F32(v) => Buf::F32(strided_copy(v, offset, strides, shape)),
+        Buf::Int(v) => Buf::Int(strided_copy(v, offset, strides, shape)),
+        Buf::Bool(v) => Buf::Bool(strided_copy(v, offset, strides, shape)),
+    }
+}
+
+pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result<Buf, String> {
+    Ok(match op {
+        Op::Unary(u) => unary(*u, x[0], dtype),
+        Op::Binary(b) => binary(*b, x[0], x[1], dtype)?,
+        Op::Compare(c) => compare(*c, x[0], x[1]),
+        Op::Select => select(x[0], x[1], x[2]),
+        Op::Cast => cast(x[0], dtype),
+        Op::Reduce { op, axes } => reduce(*op, axes, x[0], dtype),
+        Op::MatMul => matmul(x[0], x[1], shape),
+        Op::Reshape => x[0].buf.clone(),
+        Op::Permute { perm } => {
+            let s = strides(&x[0].shape);
+            copy_buf(
+                &x[0].buf,
+                0,
+                &perm.iter().map(|&p| s[p]).collect::<Vec<_>>(),
+                shape,
+            )
+        }
+        Op::Broadcast { dims } => {
+            let s = strides(&x[0].shape);
+            let mut out_strides = vec![0; shape.len()];
+            for (i, &d) in dims.iter().enumerate() {
+                if x[0].shape[i] != 1 {
+                    out_strides[d] = s[i];
+                }
+            }
+            copy_buf(&x[0].buf, 0, &out_strides, shape)
+        }
+        Op::Slice {
+            axis, start, step, ..
+        } => {
+            let mut s = strides(&x[0].shape);
+            let offset = *start as usize * s[*axis];
+            s[*axis] *= *step as usize;
+            copy_buf(&x[0].buf, offset, &s, shape)
+        }
+        Op::Concat { axis } => concat(*axis, x, shape),
+        Op::Pad {
+            axis,
+            low,
+            high,
+            value,
+        } => pad(*axis, *low as usize, *high as usize, *value, x[0], dtype),
+        Op::Gather { axis } => gather(*axis, x[0], x[1])?,
+        Op::ScatterAdd { axis } => scatter_add(*axis, x[0], x[1], x[2])?,
+        Op::Constant { values } => {
+            let n: usize = shape.iter().product();
+            let v = if values.len() == 1 {
+                vec![values[0]; n]
+            } else {
+                values.clone()
+            };
+            numbers(dtype, v)
+        }
+        Op::Iota { axis } => {
+            let s = strides(shape);
+            let n: usize = shape.iter().product();
+            numbers(
+                dtype,
+                (0..n)
+                    .map(|i| ((i / s[*axis]) % shape[*axis]) as f64)
+                    .collect(),
+            )
+        }
+        Op::RandomUniform { low, high, seed } => {
+            let n = shape.iter().product::<usize>() as u64;
+            Buf::F32(
+                (0..n)
+                    .map(|i| (low + (high - low) * rng::uniform01(*seed, i)) as f32)
+                    .collect(),
+            )
+        }
+        Op::RandomNormal { mean, std, seed } => {
+            let n = shape.iter().product::<usize>() as u64;
+            Buf::F32(
+                (0..n)
+                    .map(|i| (mean + std * rng::normal01(*seed, i)) as f32)
+                    .collect(),
+            )
+        }
+        Op::Composite(c) => unreachable!(
+            "composites are decomposed before the cpu backend runs ({})",
+            c.name()
+        ),
+    })
+}
+
+fn numbers(dtype: DType, v: Vec<f64>) -> Buf {
+    if dtype.is_float() {
+        Buf::F32(v.into_iter().map(|a| a as f32).collect())
+    } else if dtype.is_int() {
+        Buf::Int(v.into_iter().map(|a| wrap_int(dtype, a as i64)).collect())
+    } else {
+        Buf::Bool(v.into_iter().map(|a| a != 0.0).collect())
+    }
+}
+
+fn unary(op: UnaryOp, x: &Val, dtype: DType) -> Buf {
+    if let Buf::Int(v) = &x.buf {
+        let f = |a: i64| {
+            if op == UnaryOp::Neg {
+                a.wrapping_neg()
+            } else {
+                a.wrapping_abs()
+            }
+        };
+        return Buf::Int(v.iter().map(|&a| wrap_int(dtype, f(a))).collect());
+    }
+    let x = x.f32();
+    Buf::F32(match op {
+        UnaryOp::Neg => map_f32(x, |a| -a),
+        UnaryOp::Abs => map_f32(x, f32::abs),
+        UnaryOp::Exp => map_f32(x, f32::exp),
+        UnaryOp::Log => map_f32(x, f32::ln),
+        UnaryOp::Sqrt => map_f32(x, f32::sqrt),
+        UnaryOp::Rsqrt => map_f32(x, |a| 1.0 / a.sqrt()),
+        UnaryOp::Recip => map_f32(x, |a| 1.0 / a),
+        UnaryOp::Tanh => map_f32(x, f32::tanh),
+        UnaryOp::Erf => map_f32(x, libm::erff),
+        UnaryOp::Sin => map_f32(x, f32::sin),
+        UnaryOp::Cos => map_f32(x, f32::cos),
+    })
+}
+
+fn binary(op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
+    if let (Buf::Int(p), Buf::Int(q)) = (&a.buf, &b.buf) {
+        let r = p
+            .iter()
+            .zip(q)
+            .map(|(&x, &y)| {
+                Ok(wrap_int(
+                    dtype,
+                    match op {
+                        BinaryOp::Add => x.wrapping_add(y),
+                        BinaryOp::Sub => x.wrapping_sub(y),
+                        BinaryOp::Mul => x.wrapping_mul(y),
+                        BinaryOp::Div if y == 0 => {
+                            return Err("integer division by zero".to_string())
+                        }
+                        BinaryOp::Div => x.wrapping_div(y),
+                        BinaryOp::Max => x.max(y),
+                        BinaryOp::Min => x.min(y),
+                        BinaryOp::Pow if y < 0 => {
+                            return Err(format!("integer power with negative exponent {y}"))
+                        }
+                        BinaryOp::Pow => x.wrapping_pow(y.min(u32::MAX as i64) as u32),
+                    },
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(Buf::Int(r));
+    }
+    let (p, q) = (a.f32(), b.f32());
+    Ok(Buf::F32(match op {
+        BinaryOp::Add => zip_f32(p, q, |x, y| x + y),
+        BinaryOp::Sub => zip_f32(p, q, |x, y| x - y),
+        BinaryOp::Mul => zip_f32(p, q, |x, y| x * y),
+        BinaryOp::Div => zip_f32(p, q, |x, y| x / y),
+        BinaryOp::Max => zip_f32(p, q, |x, y| {
+            if x.is_nan() || y.is_nan() {
+                f32::NAN
+            } else {
+                x.max(y)
+            }
+        }),
+        BinaryOp::Min => zip_f32(p, q, |x, y| {
+            if x.is_nan() || y.is_nan() {
+                f32::NAN
+            } else {
+                x.min(y)
+            }
+        }),
+        BinaryOp::Pow => zip_f32(p, q, f32::powf),
+    }))
+}
+
+fn compare(op: CompareOp, a: &Val, b: &Val) -> Buf {
+    fn cmp<T: PartialOrd>(op: CompareOp, x: T, y: T) -> bool {
+        match op {
+            CompareOp::Eq => x == y,
+            CompareOp::Ne => x != y,
+            CompareOp::Lt => x < y,
+            CompareOp::Le => x <= y,
+            CompareOp::Gt => x > y,
+            CompareOp::Ge => x >= y,
+        }
+    }
+    Buf::Bool(match (&a.buf, &b.buf) {
+        (Buf::F32(p), Buf::F32(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
+        (Buf::Int(p), Buf::Int(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
+        (Buf::Bool(p), Buf::Bool(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
+        _ => unreachable!("compared operands have one type (verified)"),
+    })
+}
+
+fn select(c: &Val, a: &Val, b: &Val) -> Buf {
+    let Buf::Bool(c) = &c.buf else {
+        unreachable!("condition is bool (verified)")
+    };
+    fn pick<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
+        c.iter()
+            .zip(a.iter().zip(b))
+            .map(|(&k, (&x, &y))| if k { x } else { y })
+            .collect()
+    }
+    match (&a.buf, &b.buf) {
+        (Buf::F32(p), Buf::F32(q)) => Buf::F32(pick(c, p, q)),
+        (Buf::Int(p), Buf::Int(q)) => Buf::Int(pick(c, p, q)),
+        (Buf::Bool(p), Buf::Bool(q)) => Buf::Bool(pick(c, p, q)),
+        _ => unreachable!("select's branches have one type (verified)"),
+    }
+}
+
+fn cast(x: &Val, dtype: DType) -> Buf {
+    let v: Vec<f64> = match &x.buf {
+        Buf::F32(v) => v.iter().map(|&a| f64::from(a)).collect(),
+        Buf::Int(v) => v.iter().map(|&a| a as f64).collect(),
+        Buf::Bool(v) => v.iter().map(|&a| f64::from(u8::from(a))).collect(),
+    };
+    numbers(dtype, v)
+}
+
+/// Reduces rows of length `len`; the reduced axes are first moved to the end.
+fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
+    let r = x.shape.len();
+    let kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
+    let len: usize = axes.iter().map(|&a| x.shape[a]).product();
+    let trailing = axes
+        .iter()
+        .enumerate()
+        .all(|(i, &a)| a == r - axes.len() + i);
+    let moved;
+    let buf = if trailing {
+        &x.buf
+    } else {
+        let s = strides(&x.shape);
+        let order: Vec<usize> = kept.iter().chain(axes).copied().collect();
+        let shape: Vec<usize> = order.iter().map(|&a| x.shape[a]).collect();
+        moved = copy_buf(
+            &x.buf,
+            0,
+            &order.iter().map(|&a| s[a]).collect::<Vec<_>>(),
+            &shape,
+        );
+        &moved
+    };
+    match buf {
+        Buf::F32(v) => {
+            let row = |chunk: &[f32]| -> f32 {
+                match op {
+                    ReduceOp::Max => chunk.iter().fold(f32::NEG_INFINITY, |m, &a| {
+                        if a.is_nan() || m.is_nan() {
+                            f32::NAN
+                        } else {
+                            m.max(a)
+                        }
+                    }),
+                    ReduceOp::Sum => chunk.iter().map(|&a| f64::from(a)).sum::<f64>() as f32,
+                    ReduceOp::Mean => {
+                        (chunk.iter().map(|&a| f64::from(a)).sum::<f64>() / len as f64) as f32
+                    }
+                }
+            };
+            if len == 0 {
+                let rows: usize = kept.iter().map(|&a| x.shape[a]).product();
+                let empty = if op == ReduceOp::Max {
+                    f32::NEG_INFINITY
+                } else if op == ReduceOp::Mean {
+                    f32::NAN
+                } else {
+                    0.0
+                };
+                return Buf::F32(vec![empty; rows]);
+            }
+            if v.len() >= PARALLEL_MIN {
+                Buf::F32(v.par_chunks(len).map(row).collect())
+            } else {
+                Buf::F32(v.chunks(len).map(row).collect())
+            }
+        }
+        Buf::Int(v) => {
+            let rows: usize = kept.iter().map(|&a| x.shape[a]).product();
+            Buf::Int(
+                (0..rows)
+                    .map(|i| {
+                        let chunk = &v[i * len..(i + 1) * len];
+                        let t = if op == ReduceOp::Max {
+                            chunk.iter().copied().fold(i64::MIN, i64::max)
+                        } else {
+                            chunk.iter().fold(0i64, |s, &a| s.wrapping_add(a))
+                        };
+                        wrap_int(dtype, t)
+                    })
+                    .collect(),
+            )
+        }
+        Buf::Bool(_) => unreachable!("reductions are not defined on bool (verified)"),
+    }
+}
+
+fn matmul(a: &Val, b: &Val, shape: &[usize]) -> Buf {
+    let r = a.shape.len();
+    let (m, k, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+    let batch: usize = shape[..r - 2].iter().product();
+    if let (Buf::Int(p), Buf::Int(q)) = (&a.buf, &b.buf) {
+        let mut out = vec![0i64; batch * m * n];
+        for bi in 0..batch {
+            for i in 0..m {
+                for kk in 0..k {
+                    let s = p[bi * m * k + i * k + kk];
+                    for j in 0..n {
+                        out[bi * m * n + i * n + j] = out[bi * m * n + i * n + j]
+                            .wrapping_add(s.wrapping_mul(q[bi * k * n + kk * n + j]));
+                    }
+                }
+            }
+        }
+        return Buf::Int(out);
+    }
+    let (p, q) = (a.f32(), b.f32());
+    let mut out = vec![0f32; batch * m * n];
+    let threads = if m * n * k >= 1 << 18 {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    for bi in 0..batch {
+        let (pa, qb) = (
+            &p[bi * m * k..(bi + 1) * m * k],
+            &q[bi * k * n..(bi + 1) * k * n],
+        );
+        let dst = &mut out[bi * m * n..(bi + 1) * m * n];
+        // SAFETY: the three slices hold exactly m×k, k×n and m×n row-major elements,
+        // matching the dimensions and strides given; `dst` is not aliased.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                pa.as_ptr(),
+                1,
+                k as isize,
+                qb.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    Buf::F32(out)
+}
+
+/// Splits a shape around `axis` into (outer count, axis size, inner count).
+fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
+    let (outer, _, inner) = around(shape, axis);
+    fn join<T: Copy>(parts: Vec<(&[T], usize)>, outer: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::new();
+        for o in 0..outer {
+            for (v, n) in &parts {
+                out.extend_from_slice(&v[o * n * inner..(o + 1) * n * inner]);
+            }
+        }
+        out
+    }
+    let n = |p: &Val| p.shape[axis];
+    match &parts[0].buf {
+        Buf::F32(_) => Buf::F32(join(
+            parts.iter().map(|p| (p.f32(), n(p))).collect(),
+            outer,
+            inner,
+        )),
+        Buf::Int(_) => Buf::Int(join(
+            parts
+                .iter()
+                .map(|p| {
+                    (
+                        match &p.buf {
+                            Buf::Int(v) => &v[..],
+                            _ => unreachable!("one dtype"),
+                        },
+                        n(p),
+                    )
+                })
+                .collect(),
+            outer,
+            inner,
+        )),
+        Buf::Bool(_) => Buf::Bool(join(
+            parts
+                .iter()
+                .map(|p| {
+                    (
+                        match &p.buf {
+                            Buf::Bool(v) => &v[..],
+                            _ => unreachable!("one dtype"),
+                        },
+                        n(p),
+                    )
+                })
+                .collect(),
+            outer,
+            inner,
+        )),
+    }
+}
+
+fn pad(axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) -> Buf {
+    let (outer, n, inner) = around(&x.shape, axis);
+    fn fill<T: Copy>(
+        v: &[T],
+        fill: T,
+        outer: usize,
+        n: usize,
+        inner: usize,
+        low: usize,
+        high: usize,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * (n + low + high) * inner);
+        for o in 0..outer {
+            out.extend(std::iter::repeat_n(fill, low * inner));
+            out.extend_from_slice(&v[o * n * inner..(o + 1) * n * inner]);
+            out.extend(std::iter::repeat_n(fill, high * inner));
+        }
+        out
+    }
+    match (&x.buf, numbers(dtype, vec![value])) {
+        (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(v, f[0], outer, n, inner, low, high)),
+        (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(v, f[0], outer, n, inner, low, high)),
+        (Buf::Bool(v), Buf::Bool(f)) => Buf::Bool(fill(v, f[0], outer, n, inner, low, high)),
+        _ => unreachable!("the fill value has the operand's dtype"),
+    }
+}
+
+fn indices(idx: &Val, n: usize, axis: usize) -> Result<&[i64], String> {
+    let Buf::Int(v) = &idx.buf else {
+        unreachable!("indices are integers (verified)")
+    };
+    match v.iter().find(|&&i| i < 0 || i as usize >= n) {
+        Some(i) => Err(format!("index {i} is out of range 0..{n} on axis {axis}")),
+        None => Ok(v),
+    }
+}
+
+fn gather(axis: usize, table: &Val, idx: &Val) -> Result<Buf, String> {
+    let (outer, n, inner) = around(&table.shape, axis);
+    let ids = indices(idx, n, axis)?;
+    fn take<T: Copy>(t: &[T], ids: &[i64], outer: usize, n: usize, inner: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * ids.len() * inner);
+        for o in 0..outer {
+            for &i in ids {
+                let at = (o * n + i as usize) * inner;
+                out.extend_from_slice(&t[at..at + inner]);
+            }
+        }
+        out
+    }
+    Ok(match &table.buf {
+        Buf::F32(t) => Buf::F32(take(t, ids, outer, n, inner)),
+        Buf::Int(t) => Buf::Int(take(t, ids, outer, n, inner)),
+        Buf::Bool(t) => Buf::Bool(take(t, ids, outer, n, inner)),
+    })
+}
+
+fn scatter_add(axis: usize, base: &Val, idx: &Val, upd: &Val) -> Result<Buf, String> {
+    let (outer, n, inner) = around(&base.shape, axis);
+    let ids = indices(idx, n, axis)?;
+    let k = ids.len();
+    Ok(match (&base.buf, &upd.buf) {
+        (Buf::F32(b), Buf::F32(u)) => {
+            let mut out = b.clone();
+            for o in 0..outer {
+                for (j, &i) in ids.iter().enumerate() {
+                    let dst = (o * n + i as usize) * inner;
+                    let src = (o * k + j) * inner;
+                    for (d, s) in out[dst..dst + inner].iter_mut().zip(&u[src..src + inner]) {
+                        *d += *s;
+                    }
+                }
+            }
+            Buf::F32(out)
+        }
+        (Buf::Int(b), Buf::Int(u)) => {
+            let mut out = b.clone();
+            for o in 0..outer {
+                for (j, &i) in ids.iter().enumerate() {
+                    for c in 0..inner {
+                        let d = &mut out[(o * n + i as usize) * inner + c];
+                        *d = d.wrapping_add(u[(o * k + j) * inner + c]);
+                    }
+                }
+            }
+            Buf::Int(out)
+        }
+        _ => unreachable!("scatter_add on numbers of one dtype (verified)"),
+    })
+}
