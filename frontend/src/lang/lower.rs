@@ -22,6 +22,8 @@ const MAX_LOOP: i64 = 4096;
 const MAX_CALL_DEPTH: usize = 64;
 /// Most values a program may create (stops runaway unrolling).
 const MAX_VALUES: usize = 2_000_000;
+/// Most loop iterations in a whole program (stops nested loops from running for ages).
+const MAX_ITERATIONS: u64 = 1_000_000;
 
 /// How names in a type that are not bound yet are treated.
 enum DimMode<'a> {
@@ -50,6 +52,7 @@ pub struct Lowerer<'p> {
     overrides: HashMap<String, String>,
     prefix: Vec<String>,
     call_depth: usize,
+    iterations: u64,
     /// Names from `let`, applied to anonymous values when the graph is finished.
     let_names: HashMap<ValueId, String>,
     outputs: Vec<(String, ValueId, Pos)>,
@@ -82,6 +85,7 @@ pub fn lower(
         overrides: overrides.clone(),
         prefix: Vec::new(),
         call_depth: 0,
+        iterations: 0,
         let_names: HashMap::new(),
         outputs: Vec::new(),
         loss: None,
@@ -462,6 +466,11 @@ impl<'p> Lowerer<'p> {
         };
         let mut result = Ok(());
         for i in from..to {
+            self.iterations += 1;
+            if self.iterations > MAX_ITERATIONS {
+                result = fail(start.pos, format!("the program runs more than {MAX_ITERATIONS} loop iterations"));
+                break;
+            }
             if scope.is_some() {
                 self.prefix.push(i.to_string());
             }

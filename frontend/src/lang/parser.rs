@@ -17,7 +17,7 @@ pub const KEYWORDS: &[&str] = &[
 ];
 
 /// Deepest nesting of expressions and blocks, so hostile input cannot overflow the stack.
-const MAX_DEPTH: usize = 200;
+const MAX_DEPTH: usize = 128;
 
 /// Parses a whole program.
 pub fn parse(src: &str) -> LangResult<Program> {
@@ -349,13 +349,19 @@ impl Parser {
     }
 
     fn additive(&mut self) -> LangResult<Expr> {
+        let entered = self.depth;
         let mut lhs = self.multiplicative()?;
         loop {
             let op = match self.peek() {
                 Tok::Sym("+") => BinOp::Add,
                 Tok::Sym("-") => BinOp::Sub,
-                _ => return Ok(lhs),
+                _ => {
+                    self.depth = entered;
+                    return Ok(lhs);
+                }
             };
+            // Each operator nests the tree one level deeper: count it like a bracket.
+            self.enter()?;
             let pos = self.bump().pos;
             let rhs = self.multiplicative()?;
             lhs = binary(op, lhs, rhs, pos);
@@ -363,14 +369,19 @@ impl Parser {
     }
 
     fn multiplicative(&mut self) -> LangResult<Expr> {
+        let entered = self.depth;
         let mut lhs = self.unary()?;
         loop {
             let op = match self.peek() {
                 Tok::Sym("*") => BinOp::Mul,
                 Tok::Sym("/") => BinOp::Div,
                 Tok::Sym("@") => BinOp::MatMul,
-                _ => return Ok(lhs),
+                _ => {
+                    self.depth = entered;
+                    return Ok(lhs);
+                }
             };
+            self.enter()?;
             let pos = self.bump().pos;
             let rhs = self.unary()?;
             lhs = binary(op, lhs, rhs, pos);
@@ -392,16 +403,25 @@ impl Parser {
     }
 
     fn postfix(&mut self) -> LangResult<Expr> {
+        let entered = self.depth;
         let mut e = self.primary()?;
+        let result = self.postfix_rest(&mut e);
+        self.depth = entered;
+        result.map(|()| e)
+    }
+
+    fn postfix_rest(&mut self, e: &mut Expr) -> LangResult<()> {
         loop {
             let same_line = self.pos().line == self.prev_line();
             if self.is_sym("[") && same_line {
+                self.enter()?;
                 self.bump();
                 let items = self.index_items()?;
                 let pos = e.pos;
-                e = Expr {
+                let base = std::mem::replace(e, Expr { kind: ExprKind::Bool(false), pos });
+                *e = Expr {
                     kind: ExprKind::Index {
-                        base: Box::new(e),
+                        base: Box::new(base),
                         items,
                     },
                     pos,
@@ -413,7 +433,7 @@ impl Parser {
                     *scope = Some(scope_name);
                 }
             } else {
-                return Ok(e);
+                return Ok(());
             }
         }
     }
