@@ -40,13 +40,21 @@ fn dump_ir_prints_the_gpt_graph_and_honours_set() {
 #[test]
 fn run_executes_the_mlp_on_given_inputs() {
     let dir = temp_dir("run");
-    let x: Vec<f64> = (0..2 * 784).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect();
+    let x: Vec<f64> = (0..2 * 784)
+        .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+        .collect();
     // Inputs travel in one safetensors file (this branch's .npy reader predates the
     // fix for npyz's quoted dtype descriptions).
     let inputs = dir.join("inputs.safetensors");
     let tensors = [
-        ("x".to_string(), Tensor::from_f64(DType::F32, vec![2, 784], x)),
-        ("labels".to_string(), Tensor::from_i64(DType::I32, vec![2], vec![3, 7])),
+        (
+            "x".to_string(),
+            Tensor::from_f64(DType::F32, vec![2, 784], x),
+        ),
+        (
+            "labels".to_string(),
+            Tensor::from_i64(DType::I32, vec![2], vec![3, 7]),
+        ),
     ];
     write_safetensors(&inputs, &tensors).unwrap();
     let arg = |n: &str| format!("{n}={}", inputs.display());
@@ -74,9 +82,21 @@ fn run_executes_the_mlp_on_given_inputs() {
 fn user_errors_exit_with_code_2_and_a_located_diagnostic() {
     let dir = temp_dir("errors");
     let cases = [
-        ("shape.smelt", "input x: f32[B, 4]\nparam w: f32[5, 2] = zeros\noutput y = x @ w\n", ":3:14: error: '@' contraction sizes differ"),
-        ("name.smelt", "input x: f32[2]\noutput y = relu(xx)\n", ":2:17: error: unknown name 'xx'"),
-        ("syntax.smelt", "input x f32[2]\n", ":1:9: error: expected ':'"),
+        (
+            "shape.smelt",
+            "input x: f32[B, 4]\nparam w: f32[5, 2] = zeros\noutput y = x @ w\n",
+            ":3:14: error: '@' contraction sizes differ",
+        ),
+        (
+            "name.smelt",
+            "input x: f32[2]\noutput y = relu(xx)\n",
+            ":2:17: error: unknown name 'xx'",
+        ),
+        (
+            "syntax.smelt",
+            "input x f32[2]\n",
+            ":1:9: error: expected ':'",
+        ),
     ];
     for (file, src, want) in cases {
         let path = dir.join(file);
@@ -84,7 +104,10 @@ fn user_errors_exit_with_code_2_and_a_located_diagnostic() {
         let o = smelt(&["dump-ir", path.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{file}");
         let err = stderr(&o);
-        assert!(err.lines().next().unwrap_or("").contains(want), "{file}: {err}");
+        assert!(
+            err.lines().next().unwrap_or("").contains(want),
+            "{file}: {err}"
+        );
         assert!(err.contains('^'), "{file}: {err}");
     }
     let o = smelt(&["dump-ir", "examples/mlp.smelt", "--set", "hiden=3"]);

@@ -130,7 +130,13 @@ fn load_smelt(
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let name: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     match lang::compile(&text, &name, overrides) {
         Ok(lowered) => Ok(Model {

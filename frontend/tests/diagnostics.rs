@@ -119,6 +119,7 @@ const CASES: &[(&str, &str, usize, usize)] = &[
     ("input x: f32[2]\ninput x: f32[3]", "'x' is already defined", 2, 1),
     ("config n = 2\nconfig n = 3", "config 'n' is defined twice", 2, 1),
     ("let y = x\n[1]", "expected a statement", 2, 1),
+    ("config n = zeros([2])", "a config must be a number or a boolean, found a tensor", 1, 12),
 ];
 
 #[test]
@@ -139,18 +140,29 @@ fn malformed_programs_give_the_intended_diagnostic() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn unknown_and_ill_typed_overrides_are_reported() {
     let src = "config n = 2\ninput x: f32[n]\noutput y = relu(x)";
     let set = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
-    let e = compile(src, "t", &set("m", "3")).err().expect("unknown config");
+    let e = compile(src, "t", &set("m", "3"))
+        .err()
+        .expect("unknown config");
     assert!(e.message.contains("no config 'm'"), "{}", e.message);
-    let e = compile(src, "t", &set("n", "2.5")).err().expect("float for int");
+    let e = compile(src, "t", &set("n", "2.5"))
+        .err()
+        .expect("float for int");
     assert!(e.message.contains("expected an integer"), "{}", e.message);
-    let g = compile(src, "t", &set("n", "7")).expect("valid override").graph;
+    let g = compile(src, "t", &set("n", "7"))
+        .expect("valid override")
+        .graph;
     assert_eq!(g.ty(g.find("x").unwrap()).to_string(), "f32[7]");
 }
 
@@ -163,7 +175,13 @@ fn diagnostics_render_file_line_col_and_a_caret() {
     let err = smelt_frontend::load(&path).err().expect("fails");
     let text = err.to_string();
     let first = text.lines().next().unwrap();
-    assert!(first.contains("bad.smelt:2:17: error: unknown name 'z'"), "{text}");
-    assert!(text.contains("2 | output y = relu(z)\n  |                 ^"), "{text}");
+    assert!(
+        first.contains("bad.smelt:2:17: error: unknown name 'z'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 | output y = relu(z)\n  |                 ^"),
+        "{text}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -40,6 +40,9 @@ fn every_smelt_block_in_the_language_reference_compiles_and_runs() {
     }
     let all: String = blocks.iter().map(|(_, s)| s.as_str()).collect();
     for (name, _) in BUILTINS {
-        assert!(all.contains(&format!("{name}(")), "built-in '{name}' has no example in docs/language.md");
+        assert!(
+            all.contains(&format!("{name}(")),
+            "built-in '{name}' has no example in docs/language.md"
+        );
     }
 }

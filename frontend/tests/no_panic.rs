@@ -19,11 +19,59 @@ fn examples() -> Vec<String> {
 
 /// Fragments that the language uses, so random programs get past the lexer often.
 const PIECES: &[&str] = &[
-    "input ", "param ", "let ", "for ", "fn ", "output ", "loss ", "return ", "config ", " as ",
-    " in ", "x", "y", "B", "f32", "i32", "[", "]", "(", ")", "{", "}", ",", ":", "=", "+", "-",
-    "*", "/", "@", "..", "...", "0", "1", "128", "0.5", "\n", "relu(", "softmax(", "reshape(",
-    "zeros", "normal(", "top_k_mask(", "rope(", "attention(", "causal_mask(", "axis=", "-1",
-    "\"tanh\"", "#", "99999999999999999999", "1e400", "embedding(",
+    "input ",
+    "param ",
+    "let ",
+    "for ",
+    "fn ",
+    "output ",
+    "loss ",
+    "return ",
+    "config ",
+    " as ",
+    " in ",
+    "x",
+    "y",
+    "B",
+    "f32",
+    "i32",
+    "[",
+    "]",
+    "(",
+    ")",
+    "{",
+    "}",
+    ",",
+    ":",
+    "=",
+    "+",
+    "-",
+    "*",
+    "/",
+    "@",
+    "..",
+    "...",
+    "0",
+    "1",
+    "128",
+    "0.5",
+    "\n",
+    "relu(",
+    "softmax(",
+    "reshape(",
+    "zeros",
+    "normal(",
+    "top_k_mask(",
+    "rope(",
+    "attention(",
+    "causal_mask(",
+    "axis=",
+    "-1",
+    "\"tanh\"",
+    "#",
+    "99999999999999999999",
+    "1e400",
+    "embedding(",
 ];
 
 #[derive(Debug, Clone)]
@@ -60,10 +108,14 @@ fn apply(src: &str, edits: &[Edit]) -> String {
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         any::<usize>().prop_map(Edit::Delete),
-        (any::<usize>(), prop_oneof![any::<char>(), proptest::char::range(' ', '~')])
+        (
+            any::<usize>(),
+            prop_oneof![any::<char>(), proptest::char::range(' ', '~')]
+        )
             .prop_map(|(i, c)| Edit::Insert(i, c)),
         (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Edit::Swap(i, j)),
-        (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(a, b, c)| Edit::Splice(a, b, c)),
+        (any::<usize>(), any::<usize>(), any::<usize>())
+            .prop_map(|(a, b, c)| Edit::Splice(a, b, c)),
     ]
 }
 
@@ -105,7 +157,11 @@ fn load_reports_bad_files_without_panicking() {
     let dir = std::env::temp_dir().join(format!("smelt-fuzz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("broken.smelt");
-    std::fs::write(&path, apply(&examples()[1], &[Edit::Delete(300), Edit::Swap(10, 900)])).unwrap();
+    std::fs::write(
+        &path,
+        apply(&examples()[1], &[Edit::Delete(300), Edit::Swap(10, 900)]),
+    )
+    .unwrap();
     let _ = smelt_frontend::load(&path);
     std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
     assert!(smelt_frontend::load(&path).is_err());

@@ -32,7 +32,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("layer_norm", "layer_norm(x, gain, bias, eps=1e-5)"),
     ("rms_norm", "rms_norm(x, gain, eps=1e-6)"),
     ("cross_entropy", "cross_entropy(logits, labels)"),
-    ("attention", "attention(q, k, v, causal=false, scale=1/sqrt(D))"),
+    (
+        "attention",
+        "attention(q, k, v, causal=false, scale=1/sqrt(D))",
+    ),
     ("causal_mask", "causal_mask(scores)"),
     ("embedding", "embedding(table, ids)"),
     ("gather", "gather(x, ids, axis=0)"),
@@ -84,15 +87,25 @@ struct CallArgs {
 
 impl CallArgs {
     fn err(&self, pos: Pos, msg: impl std::fmt::Display) -> LangError {
-        LangError::new(pos, format!("{}: {msg} (usage: {})", self.func, signature(&self.func)))
+        LangError::new(
+            pos,
+            format!("{}: {msg} (usage: {})", self.func, signature(&self.func)),
+        )
     }
 
     /// Checks the positional count and that every keyword is one of `keywords`.
     fn shape(&self, min: usize, max: usize, keywords: &[&str]) -> LangResult<()> {
         let n = self.positional.len();
         if n < min || n > max {
-            let want = if min == max { min.to_string() } else { format!("{min} to {max}") };
-            return Err(self.err(self.pos, format!("expected {want} positional argument(s), found {n}")));
+            let want = if min == max {
+                min.to_string()
+            } else {
+                format!("{min} to {max}")
+            };
+            return Err(self.err(
+                self.pos,
+                format!("expected {want} positional argument(s), found {n}"),
+            ));
         }
         for (k, _, p) in &self.keywords {
             if !keywords.contains(&k.as_str()) {
@@ -110,28 +123,41 @@ impl CallArgs {
     fn tensor(&self, i: usize) -> LangResult<ValueId> {
         match self.at(i) {
             (Val::Tensor(id), _) => Ok(*id),
-            (other, p) => Err(self.err(p, format!("argument {} must be a tensor, found {}", i + 1, other.kind()))),
+            (other, p) => Err(self.err(
+                p,
+                format!(
+                    "argument {} must be a tensor, found {}",
+                    i + 1,
+                    other.kind()
+                ),
+            )),
         }
     }
 
     fn keyword(&self, name: &str) -> Option<(&Val, Pos)> {
-        self.keywords.iter().find(|(k, _, _)| k == name).map(|(_, v, p)| (v, *p))
+        self.keywords
+            .iter()
+            .find(|(k, _, _)| k == name)
+            .map(|(_, v, p)| (v, *p))
     }
 
     fn int(&self, name: &str, default: i64) -> LangResult<i64> {
         match self.keyword(name) {
             None => Ok(default),
             Some((Val::Int(n), _)) => Ok(*n),
-            Some((other, p)) => Err(self.err(p, format!("'{name}' must be an integer, found {}", other.kind()))),
+            Some((other, p)) => Err(self.err(
+                p,
+                format!("'{name}' must be an integer, found {}", other.kind()),
+            )),
         }
     }
 
     fn float(&self, name: &str, default: f64) -> LangResult<f64> {
         match self.keyword(name) {
             None => Ok(default),
-            Some((v, p)) => v
-                .as_f64()
-                .ok_or_else(|| self.err(p, format!("'{name}' must be a number, found {}", v.kind()))),
+            Some((v, p)) => v.as_f64().ok_or_else(|| {
+                self.err(p, format!("'{name}' must be a number, found {}", v.kind()))
+            }),
         }
     }
 
@@ -139,7 +165,10 @@ impl CallArgs {
         match self.keyword(name) {
             None => Ok(default),
             Some((Val::Bool(b), _)) => Ok(*b),
-            Some((other, p)) => Err(self.err(p, format!("'{name}' must be true or false, found {}", other.kind()))),
+            Some((other, p)) => Err(self.err(
+                p,
+                format!("'{name}' must be true or false, found {}", other.kind()),
+            )),
         }
     }
 
@@ -147,15 +176,29 @@ impl CallArgs {
         match self.keyword(name) {
             None => Ok(default),
             Some((Val::DType(d), _)) => Ok(*d),
-            Some((other, p)) => Err(self.err(p, format!("'{name}' must be a dtype like f32, found {}", other.kind()))),
+            Some((other, p)) => Err(self.err(
+                p,
+                format!("'{name}' must be a dtype like f32, found {}", other.kind()),
+            )),
         }
     }
 }
 
 impl<'p> Lowerer<'p> {
     /// Lowers a call of built-in `func`.
-    pub(super) fn call_builtin(&mut self, env: &mut Env, func: &str, args: &[Arg], pos: Pos) -> LangResult<Val> {
-        let mut call = CallArgs { func: func.to_string(), pos, positional: Vec::new(), keywords: Vec::new() };
+    pub(super) fn call_builtin(
+        &mut self,
+        env: &mut Env,
+        func: &str,
+        args: &[Arg],
+        pos: Pos,
+    ) -> LangResult<Val> {
+        let mut call = CallArgs {
+            func: func.to_string(),
+            pos,
+            positional: Vec::new(),
+            keywords: Vec::new(),
+        };
         for a in args {
             let v = self.eval(env, &a.value)?;
             match &a.name {
@@ -164,15 +207,17 @@ impl<'p> Lowerer<'p> {
                 }
                 Some(k) => call.keywords.push((k.clone(), v, a.pos)),
                 None if !call.keywords.is_empty() => {
-                    return Err(call.err(a.pos, "positional arguments must come before keyword arguments"))
+                    return Err(call.err(
+                        a.pos,
+                        "positional arguments must come before keyword arguments",
+                    ))
                 }
                 None => call.positional.push((v, a.pos)),
             }
         }
-        self.builtin(&call).map(|v| {
-            self.mark(pos);
-            v
-        })
+        let v = self.builtin(&call)?;
+        self.mark(pos);
+        Ok(v)
     }
 
     fn builtin(&mut self, c: &CallArgs) -> LangResult<Val> {
@@ -195,7 +240,9 @@ impl<'p> Lowerer<'p> {
         if let Some(op) = unary(&c.func) {
             c.shape(1, 1, &[])?;
             if let Some(x) = c.at(0).0.as_f64() {
-                return fold_unary(op, x).map(Val::Float).ok_or_else(|| c.err(pos, "cannot be computed at compile time"));
+                return fold_unary(op, x)
+                    .map(Val::Float)
+                    .ok_or_else(|| c.err(pos, "cannot be computed at compile time"));
             }
             let x = c.tensor(0)?;
             let ty = self.ty(x);
@@ -205,11 +252,16 @@ impl<'p> Lowerer<'p> {
             return self.node(Op::Unary(op), &[x], None, pos).map(Val::Tensor);
         }
         let composite = |me: &mut Self, comp: Composite, operands: &[ValueId]| {
-            me.node(Op::Composite(comp), operands, None, pos).map(Val::Tensor)
+            me.node(Op::Composite(comp), operands, None, pos)
+                .map(Val::Tensor)
         };
         match c.func.as_str() {
             "relu" | "sigmoid" | "silu" | "gelu" => {
-                let kws: &[&str] = if c.func == "gelu" { &["approximate"] } else { &[] };
+                let kws: &[&str] = if c.func == "gelu" {
+                    &["approximate"]
+                } else {
+                    &[]
+                };
                 c.shape(1, 1, kws)?;
                 let x = self.float_tensor(c, 0)?;
                 let comp = match c.func.as_str() {
@@ -221,7 +273,9 @@ impl<'p> Lowerer<'p> {
                             None => false,
                             Some((Val::Str(s), _)) if s == "none" => false,
                             Some((Val::Str(s), _)) if s == "tanh" => true,
-                            Some((_, p)) => return Err(c.err(p, "'approximate' must be \"none\" or \"tanh\"")),
+                            Some((_, p)) => {
+                                return Err(c.err(p, "'approximate' must be \"none\" or \"tanh\""))
+                            }
                         },
                     },
                 };
@@ -231,7 +285,11 @@ impl<'p> Lowerer<'p> {
                 c.shape(1, 1, &["axis"])?;
                 let x = self.float_tensor(c, 0)?;
                 let axis = self.axis(&self.ty(x), c.int("axis", -1)?, pos)?;
-                let comp = if c.func == "softmax" { Composite::Softmax { axis } } else { Composite::LogSoftmax { axis } };
+                let comp = if c.func == "softmax" {
+                    Composite::Softmax { axis }
+                } else {
+                    Composite::LogSoftmax { axis }
+                };
                 composite(self, comp, &[x])
             }
             "layer_norm" | "rms_norm" => {
@@ -250,12 +308,21 @@ impl<'p> Lowerer<'p> {
                     let gt = self.ty(g);
                     if gt != want {
                         let what = if i == 1 { "gain" } else { "bias" };
-                        return Err(c.err(c.at(i).1, format!("the {what} must be {want} (the last axis of {ty}), found {gt}")));
+                        return Err(c.err(
+                            c.at(i).1,
+                            format!(
+                                "the {what} must be {want} (the last axis of {ty}), found {gt}"
+                            ),
+                        ));
                     }
                     operands.push(g);
                 }
                 let eps = c.float("eps", if ln { 1e-5 } else { 1e-6 })?;
-                let comp = if ln { Composite::LayerNorm { eps } } else { Composite::RmsNorm { eps } };
+                let comp = if ln {
+                    Composite::LayerNorm { eps }
+                } else {
+                    Composite::RmsNorm { eps }
+                };
                 composite(self, comp, &operands)
             }
             "cross_entropy" => {
@@ -265,17 +332,29 @@ impl<'p> Lowerer<'p> {
                 let (lt, yt) = (self.ty(logits), self.ty(labels));
                 let r = lt.rank();
                 if r == 0 {
-                    return Err(c.err(c.at(0).1, format!("logits must have a class axis, found {lt}")));
+                    return Err(c.err(
+                        c.at(0).1,
+                        format!("logits must have a class axis, found {lt}"),
+                    ));
                 }
                 let want = Shape(lt.dims()[..r - 1].to_vec());
                 if !yt.dtype.is_int() || yt.shape != want {
-                    return Err(c.err(c.at(1).1, format!("labels for logits {lt} must be integers of shape {want}, found {yt}")));
+                    return Err(c.err(
+                        c.at(1).1,
+                        format!(
+                            "labels for logits {lt} must be integers of shape {want}, found {yt}"
+                        ),
+                    ));
                 }
                 composite(self, Composite::CrossEntropy, &[logits, labels])
             }
             "attention" => {
                 c.shape(3, 3, &["causal", "scale"])?;
-                let (q, k, v) = (self.float_tensor(c, 0)?, self.float_tensor(c, 1)?, self.float_tensor(c, 2)?);
+                let (q, k, v) = (
+                    self.float_tensor(c, 0)?,
+                    self.float_tensor(c, 1)?,
+                    self.float_tensor(c, 2)?,
+                );
                 let qt = self.ty(q);
                 let causal = c.bool("causal", false)?;
                 let scale = match c.keyword("scale") {
@@ -301,13 +380,17 @@ impl<'p> Lowerer<'p> {
                 let ids = c.tensor(1)?;
                 let (tt, it) = (self.ty(table), self.ty(ids));
                 if is_emb && tt.rank() != 2 {
-                    return Err(c.err(c.at(0).1, format!("the table must be [rows, dim], found {tt}")));
+                    return Err(c.err(
+                        c.at(0).1,
+                        format!("the table must be [rows, dim], found {tt}"),
+                    ));
                 }
                 if !it.dtype.is_int() {
                     return Err(c.err(c.at(1).1, format!("ids must be integers, found {it}")));
                 }
                 let axis = self.axis(&tt, c.int("axis", 0)?, pos)?;
-                self.node(Op::Gather { axis }, &[table, ids], None, pos).map(Val::Tensor)
+                self.node(Op::Gather { axis }, &[table, ids], None, pos)
+                    .map(Val::Tensor)
             }
             "rope" => {
                 c.shape(1, 1, &["base"])?;
@@ -320,7 +403,11 @@ impl<'p> Lowerer<'p> {
                 let x = self.float_tensor(c, 0)?;
                 let k = match c.at(1) {
                     (Val::Int(k), _) => *k,
-                    (other, p) => return Err(c.err(p, format!("k must be an integer, found {}", other.kind()))),
+                    (other, p) => {
+                        return Err(
+                            c.err(p, format!("k must be an integer, found {}", other.kind()))
+                        )
+                    }
                 };
                 Ok(Val::Tensor(self.top_k_mask(x, k, c)?))
             }
@@ -349,12 +436,18 @@ impl<'p> Lowerer<'p> {
                 let cond = c.tensor(0)?;
                 let ct = self.ty(cond);
                 if ct.dtype != DType::Bool {
-                    return Err(c.err(c.at(0).1, format!("the condition must be bool (e.g. a < b), found {ct}")));
+                    return Err(c.err(
+                        c.at(0).1,
+                        format!("the condition must be bool (e.g. a < b), found {ct}"),
+                    ));
                 }
                 let (a, b) = self.tensor_pair(c, 1, 2)?;
                 let (at, bt) = (self.ty(a), self.ty(b));
                 if at.dtype != bt.dtype {
-                    return Err(c.err(pos, format!("both branches must have one dtype, found {at} and {bt}")));
+                    return Err(c.err(
+                        pos,
+                        format!("both branches must have one dtype, found {at} and {bt}"),
+                    ));
                 }
                 let shape = broadcast_shapes(&ct.shape, &at.shape)
                     .and_then(|s| broadcast_shapes(&s, &bt.shape))
@@ -362,7 +455,8 @@ impl<'p> Lowerer<'p> {
                 let cond = self.broadcast_to(cond, &shape, pos)?;
                 let a = self.broadcast_to(a, &shape, pos)?;
                 let b = self.broadcast_to(b, &shape, pos)?;
-                self.node(Op::Select, &[cond, a, b], None, pos).map(Val::Tensor)
+                self.node(Op::Select, &[cond, a, b], None, pos)
+                    .map(Val::Tensor)
             }
             "reshape" => {
                 c.shape(2, 2, &[])?;
@@ -386,16 +480,23 @@ impl<'p> Lowerer<'p> {
                 let x = c.tensor(0)?;
                 let ty = self.ty(x);
                 let Val::List(items) = c.at(1).0 else {
-                    return Err(c.err(c.at(1).1, "the permutation must be a list like [0, 2, 1, 3]"));
+                    return Err(c.err(
+                        c.at(1).1,
+                        "the permutation must be a list like [0, 2, 1, 3]",
+                    ));
                 };
                 let mut perm = Vec::new();
                 for item in items {
                     let Val::Int(a) = item else {
-                        return Err(c.err(c.at(1).1, format!("axes must be integers, found {}", item.kind())));
+                        return Err(c.err(
+                            c.at(1).1,
+                            format!("axes must be integers, found {}", item.kind()),
+                        ));
                     };
                     perm.push(self.axis(&ty, *a, c.at(1).1)?);
                 }
-                self.node(Op::Permute { perm }, &[x], None, pos).map(Val::Tensor)
+                self.node(Op::Permute { perm }, &[x], None, pos)
+                    .map(Val::Tensor)
             }
             "transpose" => {
                 c.shape(1, 1, &["a", "b"])?;
@@ -408,7 +509,8 @@ impl<'p> Lowerer<'p> {
                 let b = self.axis(&ty, c.int("b", -1)?, pos)?;
                 let mut perm: Vec<usize> = (0..ty.rank()).collect();
                 perm.swap(a, b);
-                self.node(Op::Permute { perm }, &[x], None, pos).map(Val::Tensor)
+                self.node(Op::Permute { perm }, &[x], None, pos)
+                    .map(Val::Tensor)
             }
             "concat" => {
                 c.shape(1, 1, &["axis"])?;
@@ -419,14 +521,20 @@ impl<'p> Lowerer<'p> {
                 for item in items {
                     match item {
                         Val::Tensor(id) => ids.push(*id),
-                        other => return Err(c.err(c.at(0).1, format!("expected tensors, found {}", other.kind()))),
+                        other => {
+                            return Err(c.err(
+                                c.at(0).1,
+                                format!("expected tensors, found {}", other.kind()),
+                            ))
+                        }
                     }
                 }
                 let Some(&first) = ids.first() else {
                     return Err(c.err(c.at(0).1, "needs at least one tensor"));
                 };
                 let axis = self.axis(&self.ty(first), c.int("axis", -1)?, pos)?;
-                self.node(Op::Concat { axis }, &ids, None, pos).map(Val::Tensor)
+                self.node(Op::Concat { axis }, &ids, None, pos)
+                    .map(Val::Tensor)
             }
             "cast" => {
                 c.shape(2, 2, &[])?;
@@ -439,17 +547,20 @@ impl<'p> Lowerer<'p> {
             }
             "arange" => {
                 c.shape(1, 1, &["dtype"])?;
-                let n = dim_of(c.at(0).0).map_err(|k| c.err(c.at(0).1, format!("n must be a size, found {k}")))?;
+                let n = dim_of(c.at(0).0)
+                    .map_err(|k| c.err(c.at(0).1, format!("n must be a size, found {k}")))?;
                 let dtype = c.dtype("dtype", DType::I32)?;
                 let ty = TensorType::new(dtype, Shape(vec![n]));
-                self.node(Op::Iota { axis: 0 }, &[], Some(ty), pos).map(Val::Tensor)
+                self.node(Op::Iota { axis: 0 }, &[], Some(ty), pos)
+                    .map(Val::Tensor)
             }
             "zeros" | "ones" => {
                 c.shape(1, 1, &["dtype"])?;
                 let shape = Shape(self.dim_list(c, 0)?);
                 let ty = TensorType::new(c.dtype("dtype", DType::F32)?, shape);
                 let v = if c.func == "ones" { 1.0 } else { 0.0 };
-                self.node(Op::Constant { values: vec![v] }, &[], Some(ty), pos).map(Val::Tensor)
+                self.node(Op::Constant { values: vec![v] }, &[], Some(ty), pos)
+                    .map(Val::Tensor)
             }
             other => Err(c.err(pos, format!("built-in '{other}' is not implemented"))),
         }
@@ -459,7 +570,10 @@ impl<'p> Lowerer<'p> {
         let id = c.tensor(i)?;
         let ty = self.ty(id);
         if !ty.dtype.is_float() {
-            return Err(c.err(c.at(i).1, format!("argument {} must be a float tensor, found {ty}", i + 1)));
+            return Err(c.err(
+                c.at(i).1,
+                format!("argument {} must be a float tensor, found {ty}", i + 1),
+            ));
         }
         Ok(id)
     }
@@ -483,11 +597,21 @@ impl<'p> Lowerer<'p> {
     fn dim_list(&self, c: &CallArgs, i: usize) -> LangResult<Vec<Dim>> {
         let (v, p) = c.at(i);
         let Val::List(items) = v else {
-            return Err(c.err(p, format!("expected a list of sizes like [B, 128], found {}", v.kind())));
+            return Err(c.err(
+                p,
+                format!("expected a list of sizes like [B, 128], found {}", v.kind()),
+            ));
         };
         let dims = items
             .iter()
-            .map(|d| dim_of(d).map_err(|k| c.err(p, format!("sizes must be integers or dimensions, found {k}"))))
+            .map(|d| {
+                dim_of(d).map_err(|k| {
+                    c.err(
+                        p,
+                        format!("sizes must be integers or dimensions, found {k}"),
+                    )
+                })
+            })
             .collect::<LangResult<Vec<Dim>>>()?;
         super::shapes::check_numel(&Shape(dims.clone())).map_err(|m| c.err(p, m))?;
         Ok(dims)
@@ -497,7 +621,10 @@ impl<'p> Lowerer<'p> {
     fn reshape_target(&self, x: ValueId, c: &CallArgs) -> LangResult<Shape> {
         let (v, p) = c.at(1);
         let Val::List(items) = v else {
-            return Err(c.err(p, format!("expected a list of sizes like [B, 128], found {}", v.kind())));
+            return Err(c.err(
+                p,
+                format!("expected a list of sizes like [B, 128], found {}", v.kind()),
+            ));
         };
         let mut dims = Vec::new();
         let mut infer = None;
@@ -506,20 +633,39 @@ impl<'p> Lowerer<'p> {
                 infer = Some(i);
                 dims.push(Dim::fixed(1));
             } else {
-                dims.push(dim_of(d).map_err(|k| c.err(p, format!("sizes must be integers, dimensions or one -1, found {k}")))?);
+                dims.push(dim_of(d).map_err(|k| {
+                    c.err(
+                        p,
+                        format!("sizes must be integers, dimensions or one -1, found {k}"),
+                    )
+                })?);
             }
         }
         let xt = self.ty(x);
         super::shapes::check_numel(&Shape(dims.clone())).map_err(|m| c.err(p, m))?;
         if let Some(i) = infer {
             let known = Shape(dims.clone()).numel();
-            dims[i] = super::shapes::div_dims(&xt.shape.numel(), &known)
-                .ok_or_else(|| c.err(p, format!("cannot infer -1: {} elements of {xt} are not a multiple of {known}", xt.shape.numel())))?;
+            dims[i] = super::shapes::div_dims(&xt.shape.numel(), &known).ok_or_else(|| {
+                c.err(
+                    p,
+                    format!(
+                        "cannot infer -1: {} elements of {xt} are not a multiple of {known}",
+                        xt.shape.numel()
+                    ),
+                )
+            })?;
         }
         let shape = Shape(dims);
         super::shapes::check_numel(&shape).map_err(|m| c.err(p, m))?;
         if shape.numel() != xt.shape.numel() {
-            return Err(c.err(p, format!("cannot reshape {xt} ({} elements) to {shape} ({} elements)", xt.shape.numel(), shape.numel())));
+            return Err(c.err(
+                p,
+                format!(
+                    "cannot reshape {xt} ({} elements) to {shape} ({} elements)",
+                    xt.shape.numel(),
+                    shape.numel()
+                ),
+            ));
         }
         Ok(shape)
     }
@@ -539,17 +685,35 @@ impl<'p> Lowerer<'p> {
                 let mut axes = Vec::new();
                 for item in items {
                     let Val::Int(a) = item else {
-                        return Err(c.err(p, format!("axes must be integers, found {}", item.kind())));
+                        return Err(
+                            c.err(p, format!("axes must be integers, found {}", item.kind()))
+                        );
                     };
                     axes.push(self.axis(&ty, *a, p)?);
                 }
                 axes
             }
-            Some((other, p)) => return Err(c.err(p, format!("'axis' must be an integer or a list, found {}", other.kind()))),
+            Some((other, p)) => {
+                return Err(c.err(
+                    p,
+                    format!(
+                        "'axis' must be an integer or a list, found {}",
+                        other.kind()
+                    ),
+                ))
+            }
         };
         axes.sort_unstable();
         axes.dedup();
-        let r = self.node(Op::Reduce { op, axes: axes.clone() }, &[x], None, c.pos)?;
+        let r = self.node(
+            Op::Reduce {
+                op,
+                axes: axes.clone(),
+            },
+            &[x],
+            None,
+            c.pos,
+        )?;
         if !c.bool("keepdim", false)? {
             return Ok(r);
         }
@@ -557,7 +721,13 @@ impl<'p> Lowerer<'p> {
             .dims()
             .iter()
             .enumerate()
-            .map(|(i, d)| if axes.contains(&i) { Dim::fixed(1) } else { d.clone() })
+            .map(|(i, d)| {
+                if axes.contains(&i) {
+                    Dim::fixed(1)
+                } else {
+                    d.clone()
+                }
+            })
             .collect();
         self.reshape(r, Shape(dims), c.pos)
     }
@@ -567,7 +737,10 @@ impl<'p> Lowerer<'p> {
         let st = self.ty(s);
         let r = st.rank();
         if r < 2 {
-            return Err(c.err(c.at(0).1, format!("scores must be [..., queries, keys], found {st}")));
+            return Err(c.err(
+                c.at(0).1,
+                format!("scores must be [..., queries, keys], found {st}"),
+            ));
         }
         let it = st.with_dtype(DType::I32);
         let rows = self.node(Op::Iota { axis: r - 2 }, &[], Some(it.clone()), c.pos)?;
@@ -585,7 +758,12 @@ impl<'p> Lowerer<'p> {
         let r = xt.rank();
         let d = match (r >= 2).then(|| xt.dims()[r - 1].as_static()).flatten() {
             Some(d) if d % 2 == 0 && d > 0 && d <= 1 << 16 => d,
-            _ => return Err(c.err(c.at(0).1, format!("needs [..., T, D] with a static, even D (at most 65536), found {xt}"))),
+            _ => {
+                return Err(c.err(
+                    c.at(0).1,
+                    format!("needs [..., T, D] with a static, even D (at most 65536), found {xt}"),
+                ))
+            }
         };
         if !(base.is_finite() && base > 0.0) {
             return Err(c.err(pos, format!("'base' must be positive, found {base}")));
@@ -593,7 +771,9 @@ impl<'p> Lowerer<'p> {
         let half = d / 2;
         let t = xt.dims()[r - 2].clone();
         let table = TensorType::new(xt.dtype, Shape(vec![t, Dim::fixed(half)]));
-        let freqs: Vec<f64> = (0..half).map(|j| base.powf(-2.0 * j as f64 / d as f64)).collect();
+        let freqs: Vec<f64> = (0..half)
+            .map(|j| base.powf(-2.0 * j as f64 / d as f64))
+            .collect();
         let freq_ty = TensorType::new(xt.dtype, Shape(vec![Dim::fixed(half)]));
         let freq = self.node(Op::Constant { values: freqs }, &[], Some(freq_ty), pos)?;
         let freq = self.broadcast_to(freq, &table.shape, pos)?;
@@ -606,10 +786,35 @@ impl<'p> Lowerer<'p> {
         let sin = self.node(Op::Unary(UnaryOp::Sin), &[angle], None, pos)?;
         let cos = self.broadcast_to(cos, &half_shape, pos)?;
         let sin = self.broadcast_to(sin, &half_shape, pos)?;
-        let x1 = self.node(Op::Slice { axis: r - 1, start: 0, end: half, step: 1 }, &[x], None, pos)?;
-        let x2 = self.node(Op::Slice { axis: r - 1, start: half, end: d, step: 1 }, &[x], None, pos)?;
+        let x1 = self.node(
+            Op::Slice {
+                axis: r - 1,
+                start: 0,
+                end: half,
+                step: 1,
+            },
+            &[x],
+            None,
+            pos,
+        )?;
+        let x2 = self.node(
+            Op::Slice {
+                axis: r - 1,
+                start: half,
+                end: d,
+                step: 1,
+            },
+            &[x],
+            None,
+            pos,
+        )?;
         let mul = |me: &mut Self, a, b| me.node(Op::Binary(BinaryOp::Mul), &[a, b], None, pos);
-        let (x1c, x2s, x2c, x1s) = (mul(self, x1, cos)?, mul(self, x2, sin)?, mul(self, x2, cos)?, mul(self, x1, sin)?);
+        let (x1c, x2s, x2c, x1s) = (
+            mul(self, x1, cos)?,
+            mul(self, x2, sin)?,
+            mul(self, x2, cos)?,
+            mul(self, x1, sin)?,
+        );
         let lo = self.node(Op::Binary(BinaryOp::Sub), &[x1c, x2s], None, pos)?;
         let hi = self.node(Op::Binary(BinaryOp::Add), &[x2c, x1s], None, pos)?;
         self.node(Op::Concat { axis: r - 1 }, &[lo, hi], None, pos)
@@ -622,18 +827,32 @@ impl<'p> Lowerer<'p> {
         let xt = self.ty(x);
         let r = xt.rank();
         if r == 0 {
-            return Err(c.err(c.at(0).1, format!("needs a tensor of rank >= 1, found {xt}")));
+            return Err(c.err(
+                c.at(0).1,
+                format!("needs a tensor of rank >= 1, found {xt}"),
+            ));
         }
         let size = xt.dims()[r - 1].as_static().unwrap_or(u64::MAX);
         if k < 1 || k as u64 > size || k > 4096 {
-            return Err(c.err(c.at(1).1, format!("k must be between 1 and the last axis of {xt}, found {k}")));
+            return Err(c.err(
+                c.at(1).1,
+                format!("k must be between 1 and the last axis of {xt}, found {k}"),
+            ));
         }
         let mut mask = self.splat(&Val::Float(0.0), &xt, pos)?;
         let one = self.splat(&Val::Float(1.0), &xt, pos)?;
         let gone = self.splat(&Val::Float(f64::NEG_INFINITY), &xt, pos)?;
         let mut rest = x;
         for _ in 0..k {
-            let m = self.node(Op::Reduce { op: ReduceOp::Max, axes: vec![r - 1] }, &[rest], None, pos)?;
+            let m = self.node(
+                Op::Reduce {
+                    op: ReduceOp::Max,
+                    axes: vec![r - 1],
+                },
+                &[rest],
+                None,
+                pos,
+            )?;
             let dims = (0..r - 1).collect();
             let m = self.node(Op::Broadcast { dims }, &[m], Some(xt.clone()), pos)?;
             let hit = self.node(Op::Compare(CompareOp::Eq), &[rest, m], None, pos)?;

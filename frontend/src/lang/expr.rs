@@ -70,7 +70,10 @@ impl<'p> Lowerer<'p> {
                     known.extend(self.function_names());
                     return fail(
                         e.pos,
-                        format!("unknown function '{func}'{}", suggest(func, known.iter().map(|s| s.as_str()))),
+                        format!(
+                            "unknown function '{func}'{}",
+                            suggest(func, known.iter().map(|s| s.as_str()))
+                        ),
                     );
                 }
             }
@@ -90,7 +93,10 @@ impl<'p> Lowerer<'p> {
             return Ok(Val::DType(d));
         }
         if self.user_function(name).is_some() || super::builtins::is_builtin(name) {
-            return fail(pos, format!("'{name}' is a function; call it as {name}(...)"));
+            return fail(
+                pos,
+                format!("'{name}' is a function; call it as {name}(...)"),
+            );
         }
         fail(
             pos,
@@ -126,7 +132,12 @@ impl<'p> Lowerer<'p> {
     }
 
     /// `x` broadcast numpy-style (aligned at the last axis) to `shape`.
-    pub(super) fn broadcast_to(&mut self, x: ValueId, shape: &Shape, pos: Pos) -> LangResult<ValueId> {
+    pub(super) fn broadcast_to(
+        &mut self,
+        x: ValueId,
+        shape: &Shape,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
         let ty = self.ty(x);
         if ty.shape == *shape {
             return Ok(x);
@@ -136,7 +147,12 @@ impl<'p> Lowerer<'p> {
         }
         let offset = shape.rank() - ty.rank();
         let dims = (offset..shape.rank()).collect();
-        self.node(Op::Broadcast { dims }, &[x], Some(ty.with_shape(shape.clone())), pos)
+        self.node(
+            Op::Broadcast { dims },
+            &[x],
+            Some(ty.with_shape(shape.clone())),
+            pos,
+        )
     }
 
     /// A constant of type `ty` holding the compile-time value `v` everywhere.
@@ -149,8 +165,16 @@ impl<'p> Lowerer<'p> {
             other => {
                 return fail(
                     pos,
-                    format!("cannot use {} where a {} tensor is expected{}", describe(other), ty.dtype,
-                        if ty.dtype.is_int() { "; convert the tensor with cast(x, f32)" } else { "" }),
+                    format!(
+                        "cannot use {} where a {} tensor is expected{}",
+                        describe(other),
+                        ty.dtype,
+                        if ty.dtype.is_int() {
+                            "; convert the tensor with cast(x, f32)"
+                        } else {
+                            ""
+                        }
+                    ),
                 )
             }
         };
@@ -159,7 +183,10 @@ impl<'p> Lowerer<'p> {
 
     fn negate(&mut self, v: Val, pos: Pos) -> LangResult<Val> {
         Ok(match v {
-            Val::Int(n) => Val::Int(n.checked_neg().ok_or_else(|| LangError::new(pos, "integer overflow"))?),
+            Val::Int(n) => Val::Int(
+                n.checked_neg()
+                    .ok_or_else(|| LangError::new(pos, "integer overflow"))?,
+            ),
             Val::Float(x) => Val::Float(-x),
             Val::Tensor(id) => {
                 let ty = self.ty(id);
@@ -168,28 +195,45 @@ impl<'p> Lowerer<'p> {
                 }
                 Val::Tensor(self.node(Op::Unary(UnaryOp::Neg), &[id], None, pos)?)
             }
-            other => return fail(pos, format!("'-' needs a number or a tensor, found {}", other.kind())),
+            other => {
+                return fail(
+                    pos,
+                    format!("'-' needs a number or a tensor, found {}", other.kind()),
+                )
+            }
         })
     }
 
     /// `a op b`: folded for constants, broadcast and lowered for tensors.
     pub(super) fn binary(&mut self, op: BinOp, a: Val, b: Val, pos: Pos) -> LangResult<Val> {
         match (&a, &b) {
-            (Val::Tensor(x), Val::Tensor(y)) => self.tensor_binary(op, *x, *y, pos).map(Val::Tensor),
+            (Val::Tensor(x), Val::Tensor(y)) => {
+                self.tensor_binary(op, *x, *y, pos).map(Val::Tensor)
+            }
             (Val::Tensor(x), c) | (c, Val::Tensor(x)) => {
                 if op == BinOp::MatMul {
                     return fail(pos, format!("'@' needs two tensors, found {}", c.kind()));
                 }
                 let ty = self.ty(*x);
                 let k = self.splat(c, &ty, pos)?;
-                let (l, r) = if matches!(a, Val::Tensor(_)) { (*x, k) } else { (k, *x) };
+                let (l, r) = if matches!(a, Val::Tensor(_)) {
+                    (*x, k)
+                } else {
+                    (k, *x)
+                };
                 self.tensor_binary(op, l, r, pos).map(Val::Tensor)
             }
             _ => fold(op, &a, &b).map_err(|m| LangError::new(pos, m)),
         }
     }
 
-    fn tensor_binary(&mut self, op: BinOp, x: ValueId, y: ValueId, pos: Pos) -> LangResult<ValueId> {
+    fn tensor_binary(
+        &mut self,
+        op: BinOp,
+        x: ValueId,
+        y: ValueId,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
         let (tx, ty) = (self.ty(x), self.ty(y));
         if tx.dtype != ty.dtype {
             return fail(
@@ -213,7 +257,10 @@ impl<'p> Lowerer<'p> {
             _ => None,
         };
         if arith.is_some() && tx.dtype == DType::Bool {
-            return fail(pos, format!("'{}' is not defined on bool tensors ({tx})", op.symbol()));
+            return fail(
+                pos,
+                format!("'{}' is not defined on bool tensors ({tx})", op.symbol()),
+            );
         }
         let x = self.broadcast_to(x, &shape, pos)?;
         let y = self.broadcast_to(y, &shape, pos)?;
@@ -230,10 +277,22 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Elementwise `op` of two tensors after broadcasting them (for `maximum`, `pow`...).
-    pub(super) fn broadcast_binary(&mut self, op: BinaryOp, x: ValueId, y: ValueId, pos: Pos) -> LangResult<ValueId> {
+    pub(super) fn broadcast_binary(
+        &mut self,
+        op: BinaryOp,
+        x: ValueId,
+        y: ValueId,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
         let (tx, ty) = (self.ty(x), self.ty(y));
         if tx.dtype != ty.dtype {
-            return fail(pos, format!("operands of '{}' have different dtypes: {tx} and {ty}", op.name()));
+            return fail(
+                pos,
+                format!(
+                    "operands of '{}' have different dtypes: {tx} and {ty}",
+                    op.name()
+                ),
+            );
         }
         let shape = broadcast_shapes(&tx.shape, &ty.shape).map_err(|m| LangError::new(pos, m))?;
         let x = self.broadcast_to(x, &shape, pos)?;
@@ -247,7 +306,10 @@ impl<'p> Lowerer<'p> {
     fn matmul(&mut self, x: ValueId, y: ValueId, pos: Pos) -> LangResult<ValueId> {
         let (tx, ty) = (self.ty(x), self.ty(y));
         if tx.rank() == 0 || ty.rank() == 0 {
-            return fail(pos, format!("'@' needs operands of rank >= 1, found {tx} and {ty}"));
+            return fail(
+                pos,
+                format!("'@' needs operands of rank >= 1, found {tx} and {ty}"),
+            );
         }
         if tx.dtype == DType::Bool {
             return fail(pos, format!("'@' is not defined on bool tensors ({tx})"));
@@ -255,12 +317,18 @@ impl<'p> Lowerer<'p> {
         let one = Dim::fixed(1);
         // Promote vectors to matrices, remembering which unit axes to drop afterwards.
         let (x, drop_m) = if tx.rank() == 1 {
-            (self.reshape(x, Shape(vec![one.clone(), tx.dims()[0].clone()]), pos)?, true)
+            (
+                self.reshape(x, Shape(vec![one.clone(), tx.dims()[0].clone()]), pos)?,
+                true,
+            )
         } else {
             (x, false)
         };
         let (y, drop_n) = if ty.rank() == 1 {
-            (self.reshape(y, Shape(vec![ty.dims()[0].clone(), one.clone()]), pos)?, true)
+            (
+                self.reshape(y, Shape(vec![ty.dims()[0].clone(), one.clone()]), pos)?,
+                true,
+            )
         } else {
             (y, false)
         };
@@ -290,8 +358,9 @@ impl<'p> Lowerer<'p> {
             self.reshape(prod, Shape(dims), pos)?
         } else {
             let batch_y = Shape(ay.dims()[..ry - 2].to_vec());
-            let batch = broadcast_shapes(&batch_x, &batch_y)
-                .map_err(|e| LangError::new(pos, format!("'@' batch axes of {tx} and {ty}: {e}")))?;
+            let batch = broadcast_shapes(&batch_x, &batch_y).map_err(|e| {
+                LangError::new(pos, format!("'@' batch axes of {tx} and {ty}: {e}"))
+            })?;
             let mut sx = batch.0.clone();
             sx.extend([m.clone(), k_x.clone()]);
             let mut sy = batch.0.clone();
@@ -316,16 +385,28 @@ impl<'p> Lowerer<'p> {
     }
 
     /// `x[items]`: integers pick (and drop the axis), ranges slice, `...` skips axes.
-    fn index(&mut self, env: &mut Env, x: ValueId, items: &[IndexItem], pos: Pos) -> LangResult<ValueId> {
+    fn index(
+        &mut self,
+        env: &mut Env,
+        x: ValueId,
+        items: &[IndexItem],
+        pos: Pos,
+    ) -> LangResult<ValueId> {
         let ty = self.ty(x);
         let rank = ty.rank();
-        let explicit = items.iter().filter(|i| !matches!(i, IndexItem::Ellipsis(_))).count();
+        let explicit = items
+            .iter()
+            .filter(|i| !matches!(i, IndexItem::Ellipsis(_)))
+            .count();
         let ellipses = items.len() - explicit;
         if ellipses > 1 {
             return fail(pos, "an index may contain at most one '...'");
         }
         if explicit > rank {
-            return fail(pos, format!("too many indices for {ty}: {explicit} given, rank is {rank}"));
+            return fail(
+                pos,
+                format!("too many indices for {ty}: {explicit} given, rank is {rank}"),
+            );
         }
         let mut axis = 0;
         let mut out = x;
@@ -337,19 +418,42 @@ impl<'p> Lowerer<'p> {
                     let size = self.static_axis(&ty, axis, e.pos)?;
                     let i = self.const_int(env, e, "an index")?;
                     let at = wrap_index(i, size).ok_or_else(|| {
-                        LangError::new(e.pos, format!("index {i} is out of range for axis {axis} of {ty} (size {size})"))
+                        LangError::new(
+                            e.pos,
+                            format!(
+                                "index {i} is out of range for axis {axis} of {ty} (size {size})"
+                            ),
+                        )
                     })?;
-                    out = self.node(Op::Slice { axis, start: at, end: at + 1, step: 1 }, &[out], None, e.pos)?;
+                    out = self.node(
+                        Op::Slice {
+                            axis,
+                            start: at,
+                            end: at + 1,
+                            step: 1,
+                        },
+                        &[out],
+                        None,
+                        e.pos,
+                    )?;
                     dropped.push(axis);
                     axis += 1;
                 }
-                IndexItem::Range { start, end, step, pos: ipos } => {
+                IndexItem::Range {
+                    start,
+                    end,
+                    step,
+                    pos: ipos,
+                } => {
                     if start.is_none() && end.is_none() && step.is_none() {
                         axis += 1;
                         continue;
                     }
                     let size = self.static_axis(&ty, axis, *ipos)?;
-                    let mut bound = |s: &Option<Expr>, default: u64, me: &mut Self| -> LangResult<u64> {
+                    let mut bound = |s: &Option<Expr>,
+                                     default: u64,
+                                     me: &mut Self|
+                     -> LangResult<u64> {
                         match s {
                             None => Ok(default),
                             Some(e) => {
@@ -368,13 +472,25 @@ impl<'p> Lowerer<'p> {
                         None => 1,
                         Some(e) => match self.const_int(env, e, "a slice step")? {
                             s if s >= 1 => s as u64,
-                            s => return fail(e.pos, format!("a slice step must be >= 1, found {s}")),
+                            s => {
+                                return fail(e.pos, format!("a slice step must be >= 1, found {s}"))
+                            }
                         },
                     };
                     if lo > hi {
                         return fail(*ipos, format!("empty slice {lo}:{hi} on axis {axis} of {ty} (start must not exceed end)"));
                     }
-                    out = self.node(Op::Slice { axis, start: lo, end: hi, step: st }, &[out], None, *ipos)?;
+                    out = self.node(
+                        Op::Slice {
+                            axis,
+                            start: lo,
+                            end: hi,
+                            step: st,
+                        },
+                        &[out],
+                        None,
+                        *ipos,
+                    )?;
                     axis += 1;
                 }
             }
@@ -397,7 +513,12 @@ impl<'p> Lowerer<'p> {
     pub(super) fn static_axis(&self, ty: &TensorType, axis: usize, pos: Pos) -> LangResult<u64> {
         let d = &ty.dims()[axis];
         d.as_static().ok_or_else(|| {
-            LangError::new(pos, format!("axis {axis} of {ty} has run-time size {d}; indexing it needs a static size"))
+            LangError::new(
+                pos,
+                format!(
+                    "axis {axis} of {ty} has run-time size {d}; indexing it needs a static size"
+                ),
+            )
         })
     }
 
@@ -408,7 +529,11 @@ impl<'p> Lowerer<'p> {
 }
 
 fn wrap_index(i: i64, size: u64) -> Option<u64> {
-    let w = if i < 0 { i.checked_add(size as i64)? } else { i };
+    let w = if i < 0 {
+        i.checked_add(size as i64)?
+    } else {
+        i
+    };
     (w >= 0 && (w as u64) < size).then_some(w as u64)
 }
 
@@ -438,7 +563,12 @@ fn fold(op: BinOp, a: &Val, b: &Val) -> Result<Val, String> {
         });
     }
     let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
-        return Err(format!("'{}' cannot combine {} and {}", op.symbol(), a.kind(), b.kind()));
+        return Err(format!(
+            "'{}' cannot combine {} and {}",
+            op.symbol(),
+            a.kind(),
+            b.kind()
+        ));
     };
     Ok(match op {
         BinOp::Add => Val::Float(x + y),

@@ -133,8 +133,7 @@ mod tests {
             panic!()
         };
         assert!((high - (6.0f64 / 600.0).sqrt()).abs() < 1e-12);
-        let Init::Normal { std, .. } = initialiser("xavier_normal", &[], None, &ty).unwrap()
-        else {
+        let Init::Normal { std, .. } = initialiser("xavier_normal", &[], None, &ty).unwrap() else {
             panic!()
         };
         assert!((std - (2.0f64 / 800.0).sqrt()).abs() < 1e-12);

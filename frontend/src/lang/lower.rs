@@ -73,7 +73,10 @@ pub fn lower(
         if super::builtins::is_builtin(&f.name) {
             return fail(
                 f.pos,
-                format!("'{}' is a built-in function and cannot be redefined", f.name),
+                format!(
+                    "'{}' is a built-in function and cannot be redefined",
+                    f.name
+                ),
             );
         }
     }
@@ -91,10 +94,8 @@ pub fn lower(
         loss: None,
     };
     let mut env = Env::new();
-    if let Some(r) = l.exec_block(&mut env, &program.body, Context::Model)? {
-        // `return` outside a function is rejected in exec; this is unreachable in practice.
-        let _ = r;
-    }
+    // The model body cannot `return` (exec_block rejects it outside functions).
+    l.exec_block(&mut env, &program.body, Context::Model)?;
     if let Some(unused) = l.overrides.keys().min() {
         let known: Vec<&str> = l.configs.iter().map(|(n, _)| n.as_str()).collect();
         return Err(LangError::unlocated(format!(
@@ -173,8 +174,13 @@ impl<'p> Lowerer<'p> {
         for (id, name) in lets {
             rename(&mut graph, id, &name);
         }
+        // Values made after the last marked expression take the last known position.
+        let last = self.positions.last().copied().unwrap_or_default();
+        self.positions.resize(graph.values.len(), last);
         graph.outputs = self.loss.into_iter().collect();
-        graph.outputs.extend(self.outputs.iter().map(|(_, id, _)| *id));
+        graph
+            .outputs
+            .extend(self.outputs.iter().map(|(_, id, _)| *id));
         Lowered {
             graph,
             positions: self.positions,
@@ -193,7 +199,10 @@ impl<'p> Lowerer<'p> {
                     return fail(stmt.pos, "'return' is only allowed in a function");
                 }
                 if i + 1 != body.len() {
-                    return fail(stmt.pos, "'return' must be the last statement of a function");
+                    return fail(
+                        stmt.pos,
+                        "'return' must be the last statement of a function",
+                    );
                 }
                 return Ok(Some(self.eval(env, value)?));
             }
@@ -274,7 +283,11 @@ impl<'p> Lowerer<'p> {
                 } else if std::mem::discriminant(&old) != std::mem::discriminant(&new) {
                     return fail(
                         value.pos,
-                        format!("cannot assign {} to '{name}', which holds {}", new.kind(), old.kind()),
+                        format!(
+                            "cannot assign {} to '{name}', which holds {}",
+                            new.kind(),
+                            old.kind()
+                        ),
                     );
                 }
                 env.assign(name, new);
@@ -303,7 +316,10 @@ impl<'p> Lowerer<'p> {
                     return fail(stmt.pos, format!("output '{name}' is declared twice"));
                 }
                 if self.loss == Some(id) || self.outputs.iter().any(|(_, o, _)| *o == id) {
-                    return fail(stmt.pos, format!("output '{name}' repeats another output's value"));
+                    return fail(
+                        stmt.pos,
+                        format!("output '{name}' repeats another output's value"),
+                    );
                 }
                 self.outputs.push((name.clone(), id, stmt.pos));
                 // `output y = e` also binds `y`, so later statements can use it.
@@ -327,7 +343,10 @@ impl<'p> Lowerer<'p> {
                 self.loss = Some(id);
                 Ok(())
             }
-            StmtKind::Return { .. } => fail(stmt.pos, "'return' is only allowed as the last statement of a function"),
+            StmtKind::Return { .. } => fail(
+                stmt.pos,
+                "'return' is only allowed as the last statement of a function",
+            ),
         }
     }
 
@@ -343,6 +362,15 @@ impl<'p> Lowerer<'p> {
             return fail(pos, format!("config '{name}' is defined twice"));
         }
         let default = self.eval(env, value)?;
+        if !matches!(default, Val::Int(_) | Val::Float(_) | Val::Bool(_)) {
+            return fail(
+                value.pos,
+                format!(
+                    "a config must be a number or a boolean, found {}",
+                    default.kind()
+                ),
+            );
+        }
         let v = match self.overrides.remove(name) {
             None => default,
             Some(text) => {
@@ -354,22 +382,15 @@ impl<'p> Lowerer<'p> {
                 };
                 match default {
                     Val::Int(_) => Val::Int(text.trim().parse().map_err(|_| bad("an integer"))?),
-                    Val::Float(_) => {
-                        Val::Float(text.trim().parse().map_err(|_| bad("a number"))?)
-                    }
+                    Val::Float(_) => Val::Float(text.trim().parse().map_err(|_| bad("a number"))?),
                     Val::Bool(_) => {
                         Val::Bool(text.trim().parse().map_err(|_| bad("true or false"))?)
                     }
-                    _ => unreachable!("configs are checked to be numbers or booleans below"),
+                    // Checked above: a config is a number or a boolean.
+                    other => other,
                 }
             }
         };
-        if !matches!(v, Val::Int(_) | Val::Float(_) | Val::Bool(_)) {
-            return fail(
-                value.pos,
-                format!("a config must be a number or a boolean, found {}", v.kind()),
-            );
-        }
         self.configs.push((name.to_string(), v.clone()));
         env.define(name, v);
         Ok(())
@@ -430,7 +451,10 @@ impl<'p> Lowerer<'p> {
                 None => nums.push(x),
                 Some("mean") => mean = Some(x),
                 Some(other) => {
-                    return fail(a.pos, format!("initialiser '{name}' has no argument '{other}'"))
+                    return fail(
+                        a.pos,
+                        format!("initialiser '{name}' has no argument '{other}'"),
+                    )
                 }
             }
         }
@@ -468,7 +492,10 @@ impl<'p> Lowerer<'p> {
         for i in from..to {
             self.iterations += 1;
             if self.iterations > MAX_ITERATIONS {
-                result = fail(start.pos, format!("the program runs more than {MAX_ITERATIONS} loop iterations"));
+                result = fail(
+                    start.pos,
+                    format!("the program runs more than {MAX_ITERATIONS} loop iterations"),
+                );
                 break;
             }
             if scope.is_some() {
@@ -490,7 +517,10 @@ impl<'p> Lowerer<'p> {
                 break;
             }
             if self.b.graph().values.len() > MAX_VALUES {
-                result = fail(start.pos, format!("the program creates more than {MAX_VALUES} values"));
+                result = fail(
+                    start.pos,
+                    format!("the program creates more than {MAX_VALUES} values"),
+                );
                 break;
             }
         }
@@ -506,7 +536,10 @@ impl<'p> Lowerer<'p> {
             Val::Int(n) => Ok(n),
             other => fail(
                 e.pos,
-                format!("{what} must be a compile-time integer, found {}", other.kind()),
+                format!(
+                    "{what} must be a compile-time integer, found {}",
+                    other.kind()
+                ),
             ),
         }
     }
@@ -531,7 +564,13 @@ impl<'p> Lowerer<'p> {
             );
         }
         if self.call_depth >= MAX_CALL_DEPTH {
-            return fail(pos, format!("calls nest deeper than {MAX_CALL_DEPTH} (is '{}' recursive?)", f.name));
+            return fail(
+                pos,
+                format!(
+                    "calls nest deeper than {MAX_CALL_DEPTH} (is '{}' recursive?)",
+                    f.name
+                ),
+            );
         }
         let mut callee = Env::new();
         for (n, v) in &self.configs {
@@ -540,15 +579,19 @@ impl<'p> Lowerer<'p> {
         let mut bound: HashMap<String, Dim> = HashMap::new();
         for ((pname, te, _), (v, apos)) in f.params.iter().zip(args) {
             if te.dims.is_empty() && (te.dtype == "int" || te.dtype == "float") {
-                let ok = match (&v, te.dtype.as_str()) {
-                    (Val::Int(_), _) => true,
-                    (Val::Float(_), "float") => true,
-                    _ => false,
-                };
+                let ok = matches!(
+                    (&v, te.dtype.as_str()),
+                    (Val::Int(_), _) | (Val::Float(_), "float")
+                );
                 if !ok {
                     return fail(
                         apos,
-                        format!("argument '{pname}' of '{}' must be a compile-time {}, found {}", f.name, te.dtype, v.kind()),
+                        format!(
+                            "argument '{pname}' of '{}' must be a compile-time {}, found {}",
+                            f.name,
+                            te.dtype,
+                            v.kind()
+                        ),
                     );
                 }
                 let v = match (v, te.dtype.as_str()) {
@@ -558,7 +601,8 @@ impl<'p> Lowerer<'p> {
                 callee.define(pname, v);
                 continue;
             }
-            let id = self.expect_tensor(&v, apos, &format!("argument '{pname}' of '{}'", f.name))?;
+            let id =
+                self.expect_tensor(&v, apos, &format!("argument '{pname}' of '{}'", f.name))?;
             let actual = self.ty(id);
             self.match_signature(&callee, te, &actual, &mut bound, apos, pname, &f.name)?;
             callee.define(pname, Val::Tensor(id));
@@ -581,7 +625,10 @@ impl<'p> Lowerer<'p> {
             self.prefix.pop();
         }
         let result = result?.ok_or_else(|| {
-            LangError::new(f.pos, format!("function '{}' must end with 'return EXPR'", f.name))
+            LangError::new(
+                f.pos,
+                format!("function '{}' must end with 'return EXPR'", f.name),
+            )
         })?;
         if let Some(rt) = &f.ret {
             let want = self.resolve_type(&callee, rt, DimMode::Bound)?;
@@ -649,7 +696,12 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Turns a written type into an IR type.
-    fn resolve_type(&mut self, env: &Env, te: &TypeExpr, mut mode: DimMode) -> LangResult<TensorType> {
+    fn resolve_type(
+        &mut self,
+        env: &Env,
+        te: &TypeExpr,
+        mut mode: DimMode,
+    ) -> LangResult<TensorType> {
         let dtype = parse_dtype(&te.dtype, te.pos)?;
         let mut dims = Vec::with_capacity(te.dims.len());
         for d in &te.dims {
@@ -706,12 +758,21 @@ impl<'p> Lowerer<'p> {
     }
 
     /// Converts `v` to a tensor of type `want` (constants become splats), or says why not.
-    pub(super) fn coerce_to(&mut self, v: Val, want: &TensorType, pos: Pos, what: &str) -> LangResult<Val> {
+    pub(super) fn coerce_to(
+        &mut self,
+        v: Val,
+        want: &TensorType,
+        pos: Pos,
+        what: &str,
+    ) -> LangResult<Val> {
         match v {
             Val::Tensor(id) => {
                 let got = self.ty(id);
                 if got != *want {
-                    return fail(pos, format!("{what} is annotated {want}, but its value has type {got}"));
+                    return fail(
+                        pos,
+                        format!("{what} is annotated {want}, but its value has type {got}"),
+                    );
                 }
                 Ok(v)
             }
@@ -726,7 +787,10 @@ impl<'p> Lowerer<'p> {
     pub(super) fn expect_tensor(&self, v: &Val, pos: Pos, what: &str) -> LangResult<ValueId> {
         match v {
             Val::Tensor(id) => Ok(*id),
-            other => fail(pos, format!("{what} must be a tensor, found {}", other.kind())),
+            other => fail(
+                pos,
+                format!("{what} must be a tensor, found {}", other.kind()),
+            ),
         }
     }
 

@@ -33,5 +33,11 @@ pub fn compile(
     overrides: &HashMap<String, String>,
 ) -> Result<Lowered, LangError> {
     let program = parser::parse(src)?;
-    lower::lower(&program, name, overrides)
+    let lowered = lower::lower(&program, name, overrides)?;
+    // The builder checks every node as it is added; this also covers the renaming of
+    // values after lowering, so a bug here is reported instead of producing a bad graph.
+    smelt_compiler::ir::verify(&lowered.graph).map_err(|e| {
+        LangError::unlocated(format!("internal error: the lowered graph does not verify: {e}"))
+    })?;
+    Ok(lowered)
 }

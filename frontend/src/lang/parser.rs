@@ -12,8 +12,8 @@ use smelt_compiler::ir::text::Pos;
 
 /// Words with a fixed meaning that cannot name variables.
 pub const KEYWORDS: &[&str] = &[
-    "config", "input", "param", "let", "for", "in", "as", "output", "loss", "return", "fn",
-    "true", "false",
+    "config", "input", "param", "let", "for", "in", "as", "output", "loss", "return", "fn", "true",
+    "false",
 ];
 
 /// Deepest nesting of expressions and blocks, so hostile input cannot overflow the stack.
@@ -127,7 +127,10 @@ impl Parser {
     fn enter(&mut self) -> LangResult<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return fail(self.pos(), format!("nesting deeper than {MAX_DEPTH} levels"));
+            return fail(
+                self.pos(),
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            );
         }
         Ok(())
     }
@@ -142,10 +145,16 @@ impl Parser {
             self.expect_sym(":")?;
             // `int` and `float` parameters take compile-time numbers (sizes, scales).
             let ty = match self.peek() {
-                Tok::Ident(w) if (w == "int" || w == "float") && self.peek_at(1) != &Tok::Sym("[") => {
+                Tok::Ident(w)
+                    if (w == "int" || w == "float") && self.peek_at(1) != &Tok::Sym("[") =>
+                {
                     let dtype = w.clone();
                     let pos = self.bump().pos;
-                    TypeExpr { dtype, pos, dims: Vec::new() }
+                    TypeExpr {
+                        dtype,
+                        pos,
+                        dims: Vec::new(),
+                    }
                 }
                 _ => self.type_expr()?,
             };
@@ -418,7 +427,13 @@ impl Parser {
                 self.bump();
                 let items = self.index_items()?;
                 let pos = e.pos;
-                let base = std::mem::replace(e, Expr { kind: ExprKind::Bool(false), pos });
+                let base = std::mem::replace(
+                    e,
+                    Expr {
+                        kind: ExprKind::Bool(false),
+                        pos,
+                    },
+                );
                 *e = Expr {
                     kind: ExprKind::Index {
                         base: Box::new(base),

@@ -74,10 +74,9 @@ pub fn div_dims(a: &Dim, b: &Dim) -> Option<Dim> {
         let i = rest.iter().position(|r| r == s)?;
         rest.remove(i);
     }
-    Some(
-        rest.iter()
-            .fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| d.mul(&Dim::sym(s))),
-    )
+    Some(rest.iter().fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| {
+        d.mul(&Dim::sym(s))
+    }))
 }
 
 /// Checks that the static part of the element count of `shape` stays below

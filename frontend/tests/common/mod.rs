@@ -48,11 +48,7 @@ impl Rng {
 /// Runs `graph` with every symbolic dimension bound to `size`, float inputs uniform in
 /// [-1, 1), integer inputs uniform in `[0, int_bound(name))`, and parameters from their
 /// initialisers. Returns the outputs by name.
-pub fn run(
-    graph: &Graph,
-    size: u64,
-    int_bound: impl Fn(&str) -> i64,
-) -> HashMap<String, Tensor> {
+pub fn run(graph: &Graph, size: u64, int_bound: impl Fn(&str) -> i64) -> HashMap<String, Tensor> {
     let mut rng = Rng::new(7);
     let mut bindings = Bindings::new();
     for id in graph.inputs() {
