@@ -37,7 +37,9 @@ pub fn compile(
     // The builder checks every node as it is added; this also covers the renaming of
     // values after lowering, so a bug here is reported instead of producing a bad graph.
     smelt_compiler::ir::verify(&lowered.graph).map_err(|e| {
-        LangError::unlocated(format!("internal error: the lowered graph does not verify: {e}"))
+        LangError::unlocated(format!(
+            "internal error: the lowered graph does not verify: {e}"
+        ))
     })?;
     Ok(lowered)
 }
