@@ -4,14 +4,17 @@
 //! |---|---|
 //! | `.sir` | the IR's canonical text form ([`smelt_compiler::ir::text`]) |
 //! | `.json` | the IR's JSON form ([`smelt_compiler::ir::json`]) |
+//! | `.smelt` | the smelt model language ([`lang`], `docs/language.md`) |
 //!
 //! Every reader returns a verified graph, plus (for text sources) where each value is
 //! defined, so later errors about a value can point at its line.
 #![warn(missing_docs)]
 
 pub mod diagnostic;
+pub mod lang;
 
 use smelt_compiler::ir::{json, text, Graph, ValueId};
+use std::collections::HashMap;
 use std::path::Path;
 use thiserror::Error;
 
@@ -54,8 +57,26 @@ impl Model {
 #[error("{0}")]
 pub struct LoadError(pub Diagnostic);
 
+/// Config values given on the command line (`--set NAME=VALUE`), by name.
+pub type Overrides = HashMap<String, String>;
+
+/// Parses one `--set NAME=VALUE` argument.
+pub fn parse_override(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("--set expects NAME=VALUE, found '{arg}'")),
+    }
+}
+
 /// Loads a model file, choosing the reader by extension.
 pub fn load(path: &Path) -> Result<Model, LoadError> {
+    load_with(path, &Overrides::new())
+}
+
+/// Loads a model file with config overrides (only `.smelt` models have configs).
+pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         LoadError(Diagnostic::in_file(
@@ -63,7 +84,17 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
             format!("cannot read model file: {e}"),
         ))
     })?;
-    match path.extension().and_then(|e| e.to_str()) {
+    let ext = path.extension().and_then(|e| e.to_str());
+    if ext != Some("smelt") {
+        if let Some(name) = overrides.keys().min() {
+            return Err(LoadError(Diagnostic::in_file(
+                &shown,
+                format!("--set {name}: only .smelt models have configs"),
+            )));
+        }
+    }
+    match ext {
+        Some("smelt") => load_smelt(path, shown, text, overrides),
         Some("sir") => match text::parse(&text) {
             Ok(parsed) => Ok(Model {
                 graph: parsed.graph,
@@ -84,7 +115,41 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
             .map_err(|m| LoadError(Diagnostic::in_file(&shown, m))),
         _ => Err(LoadError(Diagnostic::in_file(
             &shown,
-            "unknown model file type (expected .sir or .json)",
+            "unknown model file type (expected .smelt, .sir or .json)",
         ))),
+    }
+}
+
+/// Compiles a `.smelt` source; the graph is named after the file stem.
+fn load_smelt(
+    path: &Path,
+    shown: String,
+    text: String,
+    overrides: &Overrides,
+) -> Result<Model, LoadError> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match lang::compile(&text, &name, overrides) {
+        Ok(lowered) => Ok(Model {
+            graph: lowered.graph,
+            path: shown,
+            source: Some(Source {
+                text,
+                positions: lowered.positions,
+            }),
+        }),
+        Err(e) => Err(LoadError(match e.pos {
+            Some(pos) => Diagnostic::at(&shown, &text, pos, e.message),
+            None => Diagnostic::in_file(&shown, e.message),
+        })),
     }
 }

@@ -7,8 +7,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.sir or .json).
+    /// The model file (.smelt, .sir or .json).
     model: PathBuf,
+    /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
     /// The compiler stage to print.
     #[arg(long, value_enum, default_value_t = Stage::Parsed)]
     stage: Stage,
@@ -35,7 +38,7 @@ enum Format {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, &args.sets)?;
     let graph = match args.stage {
         Stage::Parsed => model.graph,
     };

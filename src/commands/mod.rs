@@ -7,9 +7,14 @@ pub mod run;
 use smelt_frontend::{Diagnostic, Model};
 use std::path::Path;
 
-/// Loads a model file or returns its diagnostic.
-pub fn load_model(path: &Path) -> Result<Model, Diagnostic> {
-    smelt_frontend::load(path).map_err(|e| e.0)
+/// Loads a model file with `--set NAME=VALUE` config overrides, or returns its diagnostic.
+pub fn load_model(path: &Path, sets: &[String]) -> Result<Model, Diagnostic> {
+    let mut overrides = smelt_frontend::Overrides::new();
+    for arg in sets {
+        let (name, value) = smelt_frontend::parse_override(arg).map_err(Diagnostic::plain)?;
+        overrides.insert(name, value);
+    }
+    smelt_frontend::load_with(path, &overrides).map_err(|e| e.0)
 }
 
 /// Writes `text` to `path`, or to stdout when `path` is `None`.

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.sir or .json).
+    /// The model file (.smelt, .sir or .json).
     model: PathBuf,
+    /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
     /// An input or parameter value: NAME=FILE (.npy, or .safetensors). Repeat for each.
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
@@ -48,7 +51,7 @@ enum PrecisionArg {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let model = load_model(&args.model)?;
+    let model = load_model(&args.model, &args.sets)?;
     let graph = &model.graph;
     let mut feeds: HashMap<String, Tensor> = HashMap::new();
     let mut origin: HashMap<String, String> = HashMap::new();

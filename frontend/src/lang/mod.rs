@@ -1,0 +1,45 @@
+//! The smelt model language (`.smelt` files): configs, inputs, parameters, functions
+//! with typed tensor arguments, `for` loops that stack layers, numpy-style operators
+//! and built-ins for the common layers. See `docs/language.md` for the full reference.
+//!
+//! Pipeline, one module per step: [`lexer`] (text to tokens), [`parser`] (tokens to
+//! [`ast`]), then lowering ([`lower`], with [`expr`], [`builtins`], [`init`] and the
+//! shape rules in [`shapes`]), which type-checks every operation while it builds the
+//! graph. All of them report a [`LangError`] at a source position.
+
+pub mod ast;
+mod builtins;
+pub mod error;
+mod expr;
+mod init;
+pub mod lexer;
+mod lower;
+pub mod parser;
+mod shapes;
+mod value;
+
+pub use builtins::BUILTINS;
+pub use error::LangError;
+pub use init::INITIALISERS;
+pub use lower::Lowered;
+
+use std::collections::HashMap;
+
+/// Compiles the source of a `.smelt` program into a graph called `name`, with the
+/// config values in `overrides` (name to value text, as given to `--set`).
+pub fn compile(
+    src: &str,
+    name: &str,
+    overrides: &HashMap<String, String>,
+) -> Result<Lowered, LangError> {
+    let program = parser::parse(src)?;
+    let lowered = lower::lower(&program, name, overrides)?;
+    // The builder checks every node as it is added; this also covers the renaming of
+    // values after lowering, so a bug here is reported instead of producing a bad graph.
+    smelt_compiler::ir::verify(&lowered.graph).map_err(|e| {
+        LangError::unlocated(format!(
+            "internal error: the lowered graph does not verify: {e}"
+        ))
+    })?;
+    Ok(lowered)
+}
