@@ -29,6 +29,16 @@ enum Command {
         after_help = "Examples:\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy --weights mlp.safetensors --output-dir out/"
     )]
     Run(commands::run::Args),
+    /// Train a model: forward, backward and optimiser compiled into one step.
+    #[command(
+        after_help = "Examples:\n  smelt train examples/gpt.smelt --data examples/data/genesis.txt --steps 200 --checkpoint ckpt\n  smelt train examples/mlp.smelt --data data.safetensors --optimizer sgd --lr 0.05 --log train.jsonl"
+    )]
+    Train(commands::train::Args),
+    /// Sample text from a byte-level language model checkpoint.
+    #[command(
+        after_help = "Examples:\n  smelt generate ckpt --prompt 'In the beginning' --tokens 300"
+    )]
+    Generate(commands::generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::DumpIr(args) => commands::dump_ir::main(args),
         Command::Run(args) => commands::run::main(args),
+        Command::Train(args) => commands::train::main(args),
+        Command::Generate(args) => commands::generate::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,13 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod engine;
 pub mod interp;
 pub mod io;
 pub mod params;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use interp::{run, Precision, RunError};
 pub use tensor::{Data, Tensor};

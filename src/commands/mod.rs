@@ -2,7 +2,9 @@
 //! prints before exiting with code 2.
 
 pub mod dump_ir;
+pub mod generate;
 pub mod run;
+pub mod train;
 
 use smelt_frontend::{Diagnostic, Model};
 use std::path::Path;

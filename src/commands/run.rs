@@ -5,6 +5,7 @@ use smelt_compiler::ir::Def;
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
+use smelt_runtime::train::Checkpoint;
 use smelt_runtime::{interp, params, Precision, RunError, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,21 +58,42 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let mut origin: HashMap<String, String> = HashMap::new();
     if let Some(w) = &args.weights {
         let shown = w.display().to_string();
-        for (name, t) in read_safetensors(w).map_err(|e| Diagnostic::in_file(&e.path, e.message))? {
-            match graph.find(&name).map(|id| &graph.value(id).def) {
-                Some(Def::Param(_)) => {
-                    origin.insert(name.clone(), shown.clone());
-                    feeds.insert(name, t);
-                }
-                _ => {
+        let is_param = |n: &str| {
+            matches!(
+                graph.find(n).map(|id| &graph.value(id).def),
+                Some(Def::Param(_))
+            )
+        };
+        let tensors: Vec<(String, Tensor)> = match Checkpoint::load(w) {
+            // A training checkpoint also holds optimiser state: take the parameters only,
+            // and all of them.
+            Ok(ckpt) => {
+                if let Some(id) = graph
+                    .params()
+                    .find(|id| !ckpt.tensors.contains_key(&graph.value(*id).name))
+                {
+                    let name = &graph.value(id).name;
                     return Err(Diagnostic::in_file(
                         &shown,
-                        format!(
-                            "holds tensor '{name}', but the model has no parameter of that name"
-                        ),
-                    ))
+                        format!("the checkpoint has no tensor for parameter '{name}'"),
+                    ));
                 }
+                ckpt.tensors
+                    .into_iter()
+                    .filter(|(n, _)| is_param(n))
+                    .collect()
             }
+            Err(_) => read_safetensors(w).map_err(|e| Diagnostic::in_file(&e.path, e.message))?,
+        };
+        for (name, t) in tensors {
+            if !is_param(&name) {
+                return Err(Diagnostic::in_file(
+                    &shown,
+                    format!("holds tensor '{name}', but the model has no parameter of that name"),
+                ));
+            }
+            origin.insert(name.clone(), shown.clone());
+            feeds.insert(name, t);
         }
     }
     for spec in &args.inputs {

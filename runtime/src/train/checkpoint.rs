@@ -1,0 +1,145 @@
+//! Checkpoints: every parameter and optimiser state tensor in one safetensors file,
+//! with the step, the model's IR and the run's settings in its metadata.
+//!
+//! Writing is atomic: the file is written to a temporary name in the same directory,
+//! synced, then renamed over the old checkpoint. A crash or a full disk mid-write
+//! leaves the previous checkpoint intact and readable.
+
+use super::TrainError;
+use crate::tensor::{Data, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The checkpoint file inside a checkpoint directory.
+pub const FILE: &str = "checkpoint.safetensors";
+
+/// A saved training state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// Training steps completed.
+    pub step: usize,
+    /// Parameter and state tensors by name.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Settings (`graph`: the forward IR text; `optimizer`, `seed`, `lr`, ...).
+    pub meta: BTreeMap<String, String>,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {e}", path.display()))
+}
+
+impl Checkpoint {
+    /// The file's bytes (safetensors).
+    pub fn encode(&self) -> Result<Vec<u8>, TrainError> {
+        use safetensors::tensor::TensorView;
+        use safetensors::Dtype;
+        let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let (dtype, bytes) = match &t.data {
+                    Data::Float(v) => (
+                        Dtype::F32,
+                        v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+                    ),
+                    Data::Int(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                    Data::Bool(v) => (Dtype::BOOL, v.iter().map(|&b| u8::from(b)).collect()),
+                };
+                (name.clone(), dtype, t.shape.clone(), bytes)
+            })
+            .collect();
+        let views = raw
+            .iter()
+            .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let mut meta: HashMap<String, String> = self.meta.clone().into_iter().collect();
+        meta.insert("smelt.step".into(), self.step.to_string());
+        safetensors::serialize(views, &Some(meta))
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))
+    }
+
+    /// Writes the checkpoint into `dir` atomically (see the module docs).
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        let bytes = self.encode()?;
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let tmp = dir.join(format!(".{FILE}.tmp-{}", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        write_atomically(file, &bytes, &tmp, &dir.join(FILE))
+    }
+
+    /// Reads the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Checkpoint, TrainError> {
+        let path = if dir.is_dir() {
+            dir.join(FILE)
+        } else {
+            dir.to_path_buf()
+        };
+        let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| io_err(&path, format!("not a checkpoint: {e}")))?;
+        let meta: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let step = meta
+            .get("smelt.step")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io_err(&path, "not a smelt checkpoint (no step in its metadata)"))?;
+        let tensors = crate::io::read_safetensors(&path)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?
+            .into_iter()
+            .collect();
+        Ok(Checkpoint {
+            step,
+            tensors,
+            meta,
+        })
+    }
+}
+
+/// Writes `bytes` to `file` (at `tmp`), syncs it and renames it to `dest`. On any error
+/// the temporary file is removed and `dest` is untouched.
+pub fn write_atomically<W: Write + SyncAll>(
+    mut file: W,
+    bytes: &[u8],
+    tmp: &Path,
+    dest: &Path,
+) -> Result<PathBuf, TrainError> {
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| file.flush())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(tmp, dest));
+    match result {
+        Ok(()) => {
+            if let Some(dir) = dest.parent() {
+                // Persist the rename itself (best effort: not every platform syncs directories).
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(dest.to_path_buf())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(io_err(
+                dest,
+                format!("checkpoint not written ({e}); the previous one is kept"),
+            ))
+        }
+    }
+}
+
+/// Files that can be flushed to stable storage.
+pub trait SyncAll {
+    /// Flushes data and metadata to disk.
+    fn sync_all(&self) -> std::io::Result<()>;
+}
+
+impl SyncAll for std::fs::File {
+    fn sync_all(&self) -> std::io::Result<()> {
+        std::fs::File::sync_all(self)
+    }
+}

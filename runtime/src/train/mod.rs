@@ -1,0 +1,223 @@
+//! Training: a compiled training step (forward, backward and optimiser update in one
+//! graph, from `compiler::autodiff::optimizer`) run in a loop over batches of data.
+//!
+//! The loop owns the parameters and optimiser state; after each step it replaces them
+//! with the step graph's updates. It feeds the learning rate from the schedule and the
+//! step number. Everything is determined by the seed: initial parameters, batches, and
+//! so the losses; a run resumed from a checkpoint continues exactly.
+
+pub mod checkpoint;
+pub mod data;
+pub mod schedule;
+
+pub use checkpoint::Checkpoint;
+pub use data::Dataset;
+pub use schedule::Schedule;
+
+use crate::engine::{Device, Engine};
+use crate::interp::RunError;
+use crate::params::init_params;
+use crate::tensor::Tensor;
+use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
+use smelt_compiler::autodiff::AutodiffError;
+use smelt_compiler::ir::{text, DType, Graph};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why training stopped.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The model cannot be trained (no loss, no parameters).
+    #[error("{0}")]
+    Model(#[from] AutodiffError),
+    /// The data cannot feed the model.
+    #[error("data: {0}")]
+    Data(String),
+    /// A step failed to run.
+    #[error("{0}")]
+    Run(#[from] RunError),
+    /// The backend cannot run the step.
+    #[error("{0}")]
+    Backend(String),
+    /// The loss became NaN or infinite; parameters are left as they were before the step.
+    #[error("step {step}: the loss is {loss}; stopping (parameters and checkpoints keep their last finite state)")]
+    NonFinite {
+        /// The step (1-based).
+        step: usize,
+        /// The loss.
+        loss: f64,
+    },
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+/// The settings of a training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Total steps of the run.
+    pub steps: usize,
+    /// Samples per batch.
+    pub batch: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Seed of parameters and batches.
+    pub seed: u64,
+    /// The optimiser.
+    pub optimizer: Optimizer,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The step just completed (1-based).
+    pub step: usize,
+    /// Its loss (before the update).
+    pub loss: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Wall time of the step.
+    pub seconds: f64,
+    /// Tokens (text) or samples processed.
+    pub tokens: usize,
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    config: TrainConfig,
+    forward: Graph,
+    step_graph: Graph,
+    engine: Engine,
+    state: HashMap<String, Tensor>,
+    completed: usize,
+    data: Dataset,
+}
+
+impl Trainer {
+    /// Starts a run of `forward` (a graph with a scalar loss) on `data`.
+    pub fn new(
+        forward: &Graph,
+        data: Dataset,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Trainer, TrainError> {
+        let step_graph = training_step(forward, &config.optimizer)?;
+        data.check(&step_graph, config.batch)?;
+        let engine =
+            Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
+        let state = init_params(&step_graph, config.seed);
+        Ok(Trainer {
+            config,
+            forward: forward.clone(),
+            step_graph,
+            engine,
+            state,
+            completed: 0,
+            data,
+        })
+    }
+
+    /// Continues a run from `ckpt`: its tensors replace the initial state (names and
+    /// types must match the model), and counting resumes at its step.
+    pub fn resume(
+        forward: &Graph,
+        data: Dataset,
+        config: TrainConfig,
+        device: Device,
+        ckpt: Checkpoint,
+    ) -> Result<Trainer, TrainError> {
+        let mut t = Trainer::new(forward, data, config, device)?;
+        for (name, current) in t.state.iter_mut() {
+            let saved = ckpt.tensors.get(name).ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "the checkpoint has no tensor '{name}' (is it from this model and optimiser?)"
+                ))
+            })?;
+            if saved.shape != current.shape || saved.dtype != current.dtype {
+                return Err(TrainError::Checkpoint(format!(
+                    "tensor '{name}' is {} in the checkpoint but {} in the model",
+                    saved.type_string(),
+                    current.type_string()
+                )));
+            }
+            *current = saved.clone();
+        }
+        t.completed = ckpt.step;
+        Ok(t)
+    }
+
+    /// Steps completed so far.
+    pub fn completed(&self) -> usize {
+        self.completed
+    }
+
+    /// The training-step graph (forward, backward, update).
+    pub fn step_graph(&self) -> &Graph {
+        &self.step_graph
+    }
+
+    /// Current parameter and state values.
+    pub fn state(&self) -> &HashMap<String, Tensor> {
+        &self.state
+    }
+
+    /// Runs the next step.
+    pub fn step(&mut self) -> Result<StepReport, TrainError> {
+        let start = Instant::now();
+        let step = self.completed + 1;
+        let lr = self
+            .config
+            .schedule
+            .lr(self.config.lr, step, self.config.steps);
+        let mut feeds = self.data.batch(
+            &self.step_graph,
+            self.config.batch,
+            self.config.seed,
+            self.completed,
+        );
+        feeds.extend(self.state.iter().map(|(k, v)| (k.clone(), v.clone())));
+        feeds.insert("lr".into(), Tensor::from_f64(DType::F32, vec![], vec![lr]));
+        feeds.insert(
+            "step".into(),
+            Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
+        );
+        let run = self.engine.run(&feeds)?;
+        let loss = run.outputs[0].to_f64_vec()[0];
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step, loss });
+        }
+        for (name, value) in run.updates {
+            self.state.insert(name, value);
+        }
+        self.completed = step;
+        Ok(StepReport {
+            step,
+            loss,
+            lr,
+            seconds: start.elapsed().as_secs_f64(),
+            tokens: self.config.batch * self.data.tokens_per_sample(&self.step_graph),
+        })
+    }
+
+    /// The current state as a checkpoint, with the forward graph and the settings.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let c = &self.config;
+        let meta = BTreeMap::from([
+            ("smelt.graph".to_string(), text::print(&self.forward)),
+            ("smelt.optimizer".to_string(), format!("{:?}", c.optimizer)),
+            ("smelt.seed".to_string(), c.seed.to_string()),
+            ("smelt.lr".to_string(), c.lr.to_string()),
+            ("smelt.batch".to_string(), c.batch.to_string()),
+            ("smelt.steps".to_string(), c.steps.to_string()),
+            ("smelt.schedule".to_string(), c.schedule.to_string()),
+        ]);
+        Checkpoint {
+            step: self.completed,
+            tensors: self.state.clone().into_iter().collect(),
+            meta,
+        }
+    }
+}

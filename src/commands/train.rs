@@ -1,0 +1,260 @@
+//! `smelt train`: compile a training step and run it over data.
+
+use super::load_model;
+use smelt_compiler::autodiff::optimizer::Optimizer;
+use smelt_compiler::ir::text;
+use smelt_frontend::Diagnostic;
+use smelt_runtime::engine::Device;
+use smelt_runtime::train::{
+    Checkpoint, Dataset, Schedule, StepReport, TrainConfig, TrainError, Trainer,
+};
+use smelt_runtime::Precision;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model file (.smelt, .sir or .json); it must output a scalar `loss`.
+    model: PathBuf,
+    /// Training data: a .txt file (byte-level tokens), a .safetensors file or a directory
+    /// of NAME.npy files (one tensor per model input, rows along axis 0).
+    #[arg(long)]
+    data: PathBuf,
+    /// Total number of steps (a resumed run continues up to this step).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Learning-rate schedule: constant, cosine, or cosine:WARMUP_STEPS.
+    #[arg(long, default_value = "constant")]
+    schedule: Schedule,
+    /// Seed of the initial parameters and of the batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The optimiser.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    optimizer: OptimizerArg,
+    /// Weight decay (decoupled for AdamW, L2 for SGD). Default: 0.01 for AdamW, 0 for SGD.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Append one JSON object per step to this file (`step`, `loss`, `lr`, `seconds`, ...).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Write checkpoints into this directory.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints (and one at the end).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Continue from the checkpoint in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Override a config constant of a .smelt model: NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OptimizerArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Interp,
+}
+
+fn fail(e: TrainError) -> Diagnostic {
+    Diagnostic::plain(e.to_string())
+}
+
+pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let model = load_model(&args.model, &args.sets)?;
+    if args.batch == 0 || args.steps == 0 || args.checkpoint_every == 0 {
+        return Err(Diagnostic::plain(
+            "--steps, --batch and --checkpoint-every must be at least 1",
+        ));
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(Diagnostic::plain(format!(
+            "--lr must be a positive number, found {}",
+            args.lr
+        )));
+    }
+    let optimizer = match args.optimizer {
+        OptimizerArg::Adamw => match Optimizer::adamw() {
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: args.weight_decay.unwrap_or(weight_decay),
+            },
+            other => other,
+        },
+        OptimizerArg::Sgd => Optimizer::Sgd {
+            momentum: args.momentum,
+            weight_decay: args.weight_decay.unwrap_or(0.0),
+        },
+    };
+    let config = TrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        schedule: args.schedule,
+        seed: args.seed,
+        optimizer,
+    };
+    let device = match args.device {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Interp => Device::Interp(Precision::F32),
+    };
+    let data = Dataset::load(&args.data).map_err(fail)?;
+    let mut trainer = match &args.resume {
+        None => Trainer::new(&model.graph, data, config, device),
+        Some(dir) => {
+            let ckpt = Checkpoint::load(dir).map_err(fail)?;
+            if ckpt.meta.get("smelt.graph") != Some(&text::print(&model.graph)) {
+                return Err(Diagnostic::plain(format!(
+                    "{}: the checkpoint was made from a different model (or different --set values)",
+                    dir.display()
+                )));
+            }
+            Trainer::resume(&model.graph, data, config, device, ckpt)
+        }
+    }
+    .map_err(fail)?;
+    let mut log = match &args.log {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| {
+                    Diagnostic::in_file(&p.display().to_string(), format!("cannot open log: {e}"))
+                })?,
+        ),
+        None => None,
+    };
+    let first = trainer.completed();
+    if first >= args.steps {
+        return Err(Diagnostic::plain(format!(
+            "the checkpoint is at step {first}; ask for more --steps to continue"
+        )));
+    }
+    let mut progress = Progress::new(first, args.steps);
+    let save = |trainer: &Trainer| -> Result<(), Diagnostic> {
+        if let Some(dir) = &args.checkpoint {
+            trainer.checkpoint().save(dir).map_err(fail)?;
+        }
+        Ok(())
+    };
+    while trainer.completed() < args.steps {
+        let report = match trainer.step() {
+            Ok(r) => r,
+            Err(e) => {
+                progress.finish();
+                return Err(fail(e));
+            }
+        };
+        if let Some(f) = &mut log {
+            let line = format!(
+                "{{\"step\":{},\"loss\":{},\"lr\":{},\"seconds\":{},\"tokens_per_second\":{}}}\n",
+                report.step,
+                report.loss,
+                report.lr,
+                report.seconds,
+                report.tokens as f64 / report.seconds
+            );
+            f.write_all(line.as_bytes())
+                .map_err(|e| Diagnostic::plain(format!("cannot write the log: {e}")))?;
+        }
+        progress.update(&report);
+        if report.step % args.checkpoint_every == 0 || report.step == args.steps {
+            save(&trainer)?;
+        }
+    }
+    progress.finish();
+    if let Some(dir) = &args.checkpoint {
+        eprintln!(
+            "checkpoint: {}",
+            dir.join(smelt_runtime::train::checkpoint::FILE).display()
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; plain lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    first: usize,
+    started: std::time::Instant,
+    tokens: usize,
+}
+
+impl Progress {
+    fn new(first: usize, total: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} step {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("the template is valid"),
+            );
+            bar.set_position(first as u64);
+            bar
+        });
+        Progress {
+            bar,
+            total,
+            first,
+            started: std::time::Instant::now(),
+            tokens: 0,
+        }
+    }
+
+    fn update(&mut self, r: &StepReport) {
+        self.tokens += r.tokens;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = self.tokens as f64 / elapsed;
+        let msg = format!("loss {:.4} lr {:.2e} {:.0} tok/s", r.loss, r.lr, rate);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step as u64);
+                bar.set_message(msg);
+            }
+            None => {
+                let every = (self.total / 20).max(1);
+                if r.step % every == 0 || r.step == self.total || r.step == self.first + 1 {
+                    let done = (r.step - self.first) as f64;
+                    let eta = elapsed / done * (self.total - r.step) as f64;
+                    eprintln!("step {}/{} {msg} ETA {eta:.0}s", r.step, self.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
