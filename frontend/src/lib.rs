@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod diagnostic;
+pub mod onnx;
 
 use smelt_compiler::ir::{json, text, Graph, ValueId};
 use std::path::Path;
@@ -56,7 +57,27 @@ pub struct LoadError(pub Diagnostic);
 
 /// Loads a model file, choosing the reader by extension.
 pub fn load(path: &Path) -> Result<Model, LoadError> {
+    load_with(path, &onnx::ImportOptions::default())
+}
+
+/// Like [`load`], with options for ONNX import (values of inputs to specialise on).
+pub fn load_with(path: &Path, options: &onnx::ImportOptions) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
+    if path.extension().and_then(|e| e.to_str()) == Some("onnx") {
+        let bytes = std::fs::read(path).map_err(|e| {
+            LoadError(Diagnostic::in_file(
+                &shown,
+                format!("cannot read model file: {e}"),
+            ))
+        })?;
+        return onnx::import_model(&bytes, options)
+            .map(|imported| Model {
+                graph: imported.graph,
+                path: shown.clone(),
+                source: None,
+            })
+            .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.message)));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         LoadError(Diagnostic::in_file(
             &shown,
@@ -84,7 +105,7 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
             .map_err(|m| LoadError(Diagnostic::in_file(&shown, m))),
         _ => Err(LoadError(Diagnostic::in_file(
             &shown,
-            "unknown model file type (expected .sir or .json)",
+            "unknown model file type (expected .sir, .json or .onnx)",
         ))),
     }
 }
