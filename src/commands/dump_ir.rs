@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.sir or .json).
+    /// The model file (.sir, .json or .onnx).
     model: PathBuf,
     /// The compiler stage to print.
     #[arg(long, value_enum, default_value_t = Stage::Parsed)]

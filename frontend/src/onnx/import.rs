@@ -103,10 +103,10 @@ impl NodeCtx<'_> {
     pub fn int(&self, name: &str) -> OpResult<Option<i64>> {
         match self.attr(name) {
             None => Ok(None),
-            Some(a) => a
-                .i
-                .map(Some)
-                .ok_or_else(|| Fail::from(format!("attribute '{name}' must be an integer"))),
+            Some(a) => {
+                a.i.map(Some)
+                    .ok_or_else(|| Fail::from(format!("attribute '{name}' must be an integer")))
+            }
         }
     }
 
@@ -119,10 +119,10 @@ impl NodeCtx<'_> {
     pub fn float_or(&self, name: &str, default: f64) -> OpResult<f64> {
         match self.attr(name) {
             None => Ok(default),
-            Some(a) => a
-                .f
-                .map(f64::from)
-                .ok_or_else(|| Fail::from(format!("attribute '{name}' must be a float"))),
+            Some(a) => {
+                a.f.map(f64::from)
+                    .ok_or_else(|| Fail::from(format!("attribute '{name}' must be a float")))
+            }
         }
     }
 
@@ -247,9 +247,9 @@ impl Importer {
     /// The static sizes of `id`, or an error naming the op that needs them.
     pub fn static_dims(&self, id: ValueId, why: &str) -> OpResult<Vec<u64>> {
         let ty = self.b.ty(id);
-        ty.shape.as_static().ok_or_else(|| {
-            Fail::Unsupported(format!("{why} needs static dimensions, found {ty}"))
-        })
+        ty.shape
+            .as_static()
+            .ok_or_else(|| Fail::Unsupported(format!("{why} needs static dimensions, found {ty}")))
     }
 
     /// Adds a node whose type the op infers.
@@ -331,12 +331,7 @@ impl Importer {
             return Ok(x);
         }
         if have.len() > dims.len() {
-            return Err(format!(
-                "cannot broadcast {} to rank {}",
-                self.ty(x),
-                dims.len()
-            )
-            .into());
+            return Err(format!("cannot broadcast {} to rank {}", self.ty(x), dims.len()).into());
         }
         let offset = dims.len() - have.len();
         let ty = self.ty(x).with_shape(Shape(dims.to_vec()));

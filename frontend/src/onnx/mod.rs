@@ -152,7 +152,8 @@ fn input_type(info: &ValueInfoProto, index: usize) -> Result<TensorType, OnnxErr
             format!("graph input {index} ('{name}'): {m}"),
         )
     };
-    let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref())
+    let Some(type_proto::Value::TensorType(t)) =
+        info.r#type.as_ref().and_then(|t| t.value.as_ref())
     else {
         return Err(unsupported("only tensor inputs are supported".into()));
     };
@@ -224,10 +225,9 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         while im.b.graph().find(&ir).is_some() {
             ir.push('_');
         }
-        let id = im
-            .b
-            .input(&ir, ty)
-            .map_err(|m| OnnxError::new(ErrorKind::Invalid, m))?;
+        let id =
+            im.b.input(&ir, ty)
+                .map_err(|m| OnnxError::new(ErrorKind::Invalid, m))?;
         im.slots.insert(
             onnx_name.clone(),
             Slot {
@@ -252,7 +252,10 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         };
         let mut id = im.value(&onnx_name).map_err(fail)?;
         // An output that is an input, or already an output, gets its own copy.
-        let is_node = matches!(im.b.graph().value(id).def, smelt_compiler::ir::Def::Node { .. });
+        let is_node = matches!(
+            im.b.graph().value(id).def,
+            smelt_compiler::ir::Def::Node { .. }
+        );
         if !is_node || im.b.graph().outputs.contains(&id) {
             let ty = im.ty(id);
             id = im.op_typed(Op::Reshape, &[id], ty).map_err(fail)?;
@@ -289,10 +292,7 @@ fn import_node(
             format!("{place}: op '{op_type}' of domain '{domain}' is not supported"),
         ));
     }
-    let ctx = NodeCtx {
-        proto: node,
-        opset,
-    };
+    let ctx = NodeCtx { proto: node, opset };
     let first_new = im.b.graph().values.len();
     let results = ops::import_op(im, &ctx).map_err(|f| match f {
         Fail::Unsupported(m) => OnnxError::new(ErrorKind::Unsupported, format!("{place}: {m}")),

@@ -210,11 +210,7 @@ fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<ConstData, String> {
         u64::from_le_bytes(b)
     };
     Ok(match code {
-        FLOAT => ConstData::Float(
-            words
-                .map(|c| f32::from_bits(le(c) as u32) as f64)
-                .collect(),
-        ),
+        FLOAT => ConstData::Float(words.map(|c| f32::from_bits(le(c) as u32) as f64).collect()),
         FLOAT16 => ConstData::Float(
             words
                 .map(|c| half::f16::from_bits(le(c) as u16).to_f64())
@@ -233,7 +229,11 @@ fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<ConstData, String> {
         INT32 => ConstData::Int(words.map(|c| i64::from(le(c) as u32 as i32)).collect()),
         UINT32 => ConstData::Int(words.map(|c| le(c) as i64).collect()),
         INT64 => ConstData::Int(words.map(|c| le(c) as i64).collect()),
-        UINT64 => ConstData::Int(words.map(|c| uint64_value(le(c))).collect::<Result<_, _>>()?),
+        UINT64 => ConstData::Int(
+            words
+                .map(|c| uint64_value(le(c)))
+                .collect::<Result<_, _>>()?,
+        ),
         BOOL => ConstData::Bool(words.map(|c| c[0] != 0).collect()),
         _ => return Err(format!("cannot decode {}", onnx_type_name(code))),
     })
@@ -267,7 +267,9 @@ fn decode_typed(code: i32, t: &TensorProto, n: usize) -> Result<ConstData, Strin
                 .map(|&x| half::bf16::from_bits(x as u16).to_f64())
                 .collect(),
         ),
-        FLOAT8E4M3FN => ConstData::Float(int32s()?.iter().map(|&x| f8e4m3_to_f64(x as u8)).collect()),
+        FLOAT8E4M3FN => {
+            ConstData::Float(int32s()?.iter().map(|&x| f8e4m3_to_f64(x as u8)).collect())
+        }
         INT8 | INT16 | UINT8 | UINT16 | INT32 => {
             ConstData::Int(int32s()?.iter().map(|&x| i64::from(x)).collect())
         }

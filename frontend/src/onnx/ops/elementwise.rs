@@ -198,9 +198,7 @@ fn cast(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>
         let like = im.input(node, 1)?;
         im.ty(like).dtype
     } else {
-        let to = node
-            .int("to")?
-            .ok_or("'Cast' needs attribute 'to'")?;
+        let to = node.int("to")?.ok_or("'Cast' needs attribute 'to'")?;
         ir_dtype(to as i32).map_err(crate::onnx::import::Fail::Unsupported)?
     };
     let from = im.ty(x).dtype;

@@ -129,7 +129,12 @@ fn einsum(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     };
     let terms: Vec<&str> = lhs.split(',').collect();
     if terms.len() != node.input_count() {
-        return Err(format!("einsum '{equation}' has {} terms for {} inputs", terms.len(), node.input_count()).into());
+        return Err(format!(
+            "einsum '{equation}' has {} terms for {} inputs",
+            terms.len(),
+            node.input_count()
+        )
+        .into());
     }
     let mut ellipsis_rank = 0;
     let mut operands = Vec::new();
@@ -141,12 +146,18 @@ fn einsum(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
         }
         operands.push(take_diagonals(im, x, labels)?);
     }
-    let ell: Vec<char> = (0..ellipsis_rank).map(|i| ellipsis_label(i, ellipsis_rank)).collect();
+    let ell: Vec<char> = (0..ellipsis_rank)
+        .map(|i| ellipsis_label(i, ellipsis_rank))
+        .collect();
     let out_labels: Vec<char> = match &rhs {
         Some(r) => {
             let mut dummy = 0;
             let letters = r.replace("...", "").len();
-            term_labels(r, letters + if r.contains("...") { ellipsis_rank } else { 0 }, &mut dummy)?
+            term_labels(
+                r,
+                letters + if r.contains("...") { ellipsis_rank } else { 0 },
+                &mut dummy,
+            )?
         }
         None => {
             // Implicit output: the ellipsis, then letters used once, alphabetically.

@@ -22,7 +22,8 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "Reshape" => {
             let x = im.input(node, 0)?;
             let shape = if node.opset < 5 {
-                node.ints("shape").ok_or("'Reshape' needs attribute 'shape'")?
+                node.ints("shape")
+                    .ok_or("'Reshape' needs attribute 'shape'")?
             } else {
                 im.const_input(node, 1)?
                     .ok_or("'Reshape' needs a shape input")?
@@ -197,8 +198,12 @@ fn reshape_dims(input: &[Dim], shape: &[i64], allow_zero: bool) -> OpResult<Vec<
     if unknown == 1 {
         let total = Shape(input.to_vec()).numel();
         let known = Shape(dims.iter().flatten().cloned().collect()).numel();
-        let inferred = divide(&total, &known)
-            .ok_or_else(|| format!("cannot infer the -1 of reshape shape {shape:?} from input [{}]", Shape(input.to_vec())))?;
+        let inferred = divide(&total, &known).ok_or_else(|| {
+            format!(
+                "cannot infer the -1 of reshape shape {shape:?} from input [{}]",
+                Shape(input.to_vec())
+            )
+        })?;
         for d in &mut dims {
             if d.is_none() {
                 *d = Some(inferred.clone());
@@ -218,10 +223,9 @@ fn divide(a: &Dim, b: &Dim) -> Option<Dim> {
         let i = syms.iter().position(|x| x == s)?;
         syms.remove(i);
     }
-    Some(
-        syms.iter()
-            .fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| d.mul(&Dim::sym(s))),
-    )
+    Some(syms.iter().fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| {
+        d.mul(&Dim::sym(s))
+    }))
 }
 
 fn split(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
@@ -242,7 +246,9 @@ fn split(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
     let sizes = if !sizes.is_empty() {
         sizes
     } else {
-        let parts = node.int("num_outputs")?.map_or(outputs, |k| k.max(1) as u64);
+        let parts = node
+            .int("num_outputs")?
+            .map_or(outputs, |k| k.max(1) as u64);
         if parts == 0 {
             return Err("'Split' has no outputs".into());
         }
@@ -455,7 +461,10 @@ fn fold_small_ints(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<C
     };
     Ok(match op {
         "Identity" => Some(first.clone()),
-        "Cast" => match node.int("to")?.map(|t| crate::onnx::tensor::ir_dtype(t as i32)) {
+        "Cast" => match node
+            .int("to")?
+            .map(|t| crate::onnx::tensor::ir_dtype(t as i32))
+        {
             Some(Ok(t)) if t.is_int() => Some(ints(first.as_i64s(), first.shape.clone(), t)),
             _ => None,
         },
@@ -499,4 +508,3 @@ fn fold_small_ints(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<C
         _ => None,
     })
 }
-

@@ -10,7 +10,9 @@ use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>>> {
     match op {
         "Softmax" | "LogSoftmax" => one(softmax(im, node, op == "LogSoftmax")?),
-        "LayerNormalization" | "RMSNormalization" => normalization(im, node, op == "RMSNormalization"),
+        "LayerNormalization" | "RMSNormalization" => {
+            normalization(im, node, op == "RMSNormalization")
+        }
         "SoftmaxCrossEntropyLoss" => cross_entropy(im, node),
         "Attention" => attention(im, node),
         "Trilu" => one(trilu(im, node)?),
@@ -32,7 +34,10 @@ fn softmax(im: &mut Importer, node: &NodeCtx, log: bool) -> OpResult<ValueId> {
     let x = im.input(node, 0)?;
     let dims = im.dims(x);
     let legacy = node.opset < 13;
-    let axis = norm_axis(node.int_or("axis", if legacy { 1 } else { -1 })?, dims.len())?;
+    let axis = norm_axis(
+        node.int_or("axis", if legacy { 1 } else { -1 })?,
+        dims.len(),
+    )?;
     let (work, axis) = if legacy {
         let coerced = vec![product(&dims[..axis]), product(&dims[axis..])];
         (im.reshape(x, coerced)?, 1)
@@ -82,7 +87,10 @@ fn normalization(im: &mut Importer, node: &NodeCtx, rms: bool) -> OpResult<Optio
             Some(b) => vector(im, b)?,
             None => im.splat(0.0, work_dtype, vec![n.clone()])?,
         };
-        im.op(Op::Composite(Composite::LayerNorm { eps }), &[xf, scale, bias])?
+        im.op(
+            Op::Composite(Composite::LayerNorm { eps }),
+            &[xf, scale, bias],
+        )?
     };
     let y = im.reshape(y, dims.clone())?;
     let y = im.cast(y, ty.dtype)?;
@@ -90,15 +98,29 @@ fn normalization(im: &mut Importer, node: &NodeCtx, rms: bool) -> OpResult<Optio
     if !rms && (node.wants_output(1) || node.wants_output(2)) {
         // Mean and inverse standard deviation, with the normalised axes kept as 1s.
         let last = prefix.len();
-        let mean = im.op(Op::Reduce { op: ReduceOp::Mean, axes: vec![last] }, &[xf])?;
+        let mean = im.op(
+            Op::Reduce {
+                op: ReduceOp::Mean,
+                axes: vec![last],
+            },
+            &[xf],
+        )?;
         let mean_b = im.op_typed(
-            Op::Broadcast { dims: (0..last).collect() },
+            Op::Broadcast {
+                dims: (0..last).collect(),
+            },
             &[mean],
             im.ty(xf),
         )?;
         let centred = bin(im, BinaryOp::Sub, xf, mean_b)?;
         let sq = bin(im, BinaryOp::Mul, centred, centred)?;
-        let var = im.op(Op::Reduce { op: ReduceOp::Mean, axes: vec![last] }, &[sq])?;
+        let var = im.op(
+            Op::Reduce {
+                op: ReduceOp::Mean,
+                axes: vec![last],
+            },
+            &[sq],
+        )?;
         let e = im.splat_like(eps, var)?;
         let var = bin(im, BinaryOp::Add, var, e)?;
         let inv = im.op(Op::Unary(UnaryOp::Rsqrt), &[var])?;
@@ -139,7 +161,13 @@ fn cross_entropy(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>
     let hit = im.op(Op::Compare(CompareOp::Eq), &[classes, labels_b])?;
     let zero = im.splat_like(0.0, logp)?;
     let picked = im.op(Op::Select, &[hit, logp, zero])?;
-    let picked = im.op(Op::Reduce { op: ReduceOp::Sum, axes: vec![1] }, &[picked])?;
+    let picked = im.op(
+        Op::Reduce {
+            op: ReduceOp::Sum,
+            axes: vec![1],
+        },
+        &[picked],
+    )?;
     let mut loss = im.op(Op::Unary(UnaryOp::Neg), &[picked])?;
     let ignore = node.int("ignore_index")?;
     let weighted = weights.is_some() || ignore.is_some();
@@ -149,7 +177,13 @@ fn cross_entropy(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>
             Some(wt) => {
                 let wb = im.op_typed(Op::Broadcast { dims: vec![1] }, &[wt], st.clone())?;
                 let masked = im.op(Op::Select, &[hit, wb, zero])?;
-                im.op(Op::Reduce { op: ReduceOp::Sum, axes: vec![1] }, &[masked])?
+                im.op(
+                    Op::Reduce {
+                        op: ReduceOp::Sum,
+                        axes: vec![1],
+                    },
+                    &[masked],
+                )?
             }
             None => im.splat_like(1.0, loss)?,
         };
@@ -169,14 +203,38 @@ fn cross_entropy(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>
     let reduction = node.string("reduction")?.unwrap_or_else(|| "mean".into());
     let y = match reduction.as_str() {
         "none" => loss,
-        "sum" => im.op(Op::Reduce { op: ReduceOp::Sum, axes: all }, &[loss])?,
+        "sum" => im.op(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: all,
+            },
+            &[loss],
+        )?,
         "mean" => match w {
             Some(w) => {
-                let total = im.op(Op::Reduce { op: ReduceOp::Sum, axes: all.clone() }, &[loss])?;
-                let wsum = im.op(Op::Reduce { op: ReduceOp::Sum, axes: all }, &[w])?;
+                let total = im.op(
+                    Op::Reduce {
+                        op: ReduceOp::Sum,
+                        axes: all.clone(),
+                    },
+                    &[loss],
+                )?;
+                let wsum = im.op(
+                    Op::Reduce {
+                        op: ReduceOp::Sum,
+                        axes: all,
+                    },
+                    &[w],
+                )?;
                 bin(im, BinaryOp::Div, total, wsum)?
             }
-            None => im.op(Op::Reduce { op: ReduceOp::Mean, axes: all }, &[loss])?,
+            None => im.op(
+                Op::Reduce {
+                    op: ReduceOp::Mean,
+                    axes: all,
+                },
+                &[loss],
+            )?,
         },
         other => return Err(format!("unknown reduction '{other}'").into()),
     };
@@ -270,7 +328,12 @@ fn split_heads(im: &mut Importer, x: ValueId, heads: i64) -> OpResult<ValueId> {
     let h = hidden / heads as u64;
     let x = im.reshape(
         x,
-        vec![d[0].clone(), d[1].clone(), Dim::fixed(heads as u64), Dim::fixed(h)],
+        vec![
+            d[0].clone(),
+            d[1].clone(),
+            Dim::fixed(heads as u64),
+            Dim::fixed(h),
+        ],
     )?;
     im.permute(x, vec![0, 2, 1, 3])
 }
@@ -283,13 +346,30 @@ fn repeat_heads(im: &mut Importer, x: ValueId, reps: u64) -> OpResult<ValueId> {
     let d = im.dims(x);
     let x5 = im.reshape(
         x,
-        vec![d[0].clone(), d[1].clone(), Dim::fixed(1), d[2].clone(), d[3].clone()],
+        vec![
+            d[0].clone(),
+            d[1].clone(),
+            Dim::fixed(1),
+            d[2].clone(),
+            d[3].clone(),
+        ],
     )?;
-    let wide = vec![d[0].clone(), d[1].clone(), Dim::fixed(reps), d[2].clone(), d[3].clone()];
+    let wide = vec![
+        d[0].clone(),
+        d[1].clone(),
+        Dim::fixed(reps),
+        d[2].clone(),
+        d[3].clone(),
+    ];
     let x5 = im.broadcast_to(x5, &wide)?;
     im.reshape(
         x5,
-        vec![d[0].clone(), d[1].mul(&Dim::fixed(reps)), d[2].clone(), d[3].clone()],
+        vec![
+            d[0].clone(),
+            d[1].mul(&Dim::fixed(reps)),
+            d[2].clone(),
+            d[3].clone(),
+        ],
     )
 }
 
@@ -311,8 +391,12 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
         im.cast(v_in, work)?,
     );
     if three_d {
-        let qh = node.int("q_num_heads")?.ok_or("3-D 'Attention' needs q_num_heads")?;
-        let kvh = node.int("kv_num_heads")?.ok_or("3-D 'Attention' needs kv_num_heads")?;
+        let qh = node
+            .int("q_num_heads")?
+            .ok_or("3-D 'Attention' needs q_num_heads")?;
+        let kvh = node
+            .int("kv_num_heads")?
+            .ok_or("3-D 'Attention' needs kv_num_heads")?;
         q = split_heads(im, q, qh)?;
         k = split_heads(im, k, kvh)?;
         v = split_heads(im, v, kvh)?;
@@ -320,7 +404,9 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
     let past_len = match im.opt_input(node, 4)? {
         Some(pk) => {
             let pk32 = im.cast(pk, work)?;
-            let n = im.dims(pk)[2].as_static().ok_or("static past length needed")?;
+            let n = im.dims(pk)[2]
+                .as_static()
+                .ok_or("static past length needed")?;
             k = im.op(Op::Concat { axis: 2 }, &[pk32, k])?;
             n
         }
@@ -376,7 +462,12 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
         if have < skv {
             let axis = mt.rank() - 1;
             bias = im.op(
-                Op::Pad { axis, low: 0, high: skv - have, value: f64::NEG_INFINITY },
+                Op::Pad {
+                    axis,
+                    low: 0,
+                    high: skv - have,
+                    value: f64::NEG_INFINITY,
+                },
                 &[bias],
             )?;
         }
@@ -392,7 +483,11 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
         let limit = bin(im, BinaryOp::Add, rows, offset)?;
         let visible = im.op(Op::Compare(CompareOp::Le), &[cols, limit])?;
         let zero = im.splat(0.0, work, vec![Dim::fixed(sq), Dim::fixed(skv)])?;
-        let ninf = im.splat(f64::NEG_INFINITY, work, vec![Dim::fixed(sq), Dim::fixed(skv)])?;
+        let ninf = im.splat(
+            f64::NEG_INFINITY,
+            work,
+            vec![Dim::fixed(sq), Dim::fixed(skv)],
+        )?;
         let bias = im.op(Op::Select, &[visible, zero, ninf])?;
         let bias = im.broadcast_to(bias, &sd)?;
         scores = bin(im, BinaryOp::Add, scores, bias)?;
