@@ -307,6 +307,16 @@ fn f8e4m3_to_f64(bits: u8) -> f64 {
     sign * magnitude
 }
 
+/// Rounds `x` to float dtype `dtype`.
+pub fn round_float(dtype: DType, x: f64) -> f64 {
+    match dtype {
+        DType::F32 => x as f32 as f64,
+        DType::F16 => half::f16::from_f64(x).to_f64(),
+        DType::BF16 => half::bf16::from_f64(x).to_f64(),
+        _ => x,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,15 +339,5 @@ mod tests {
             ..Default::default()
         };
         assert!(decode_tensor(&t).unwrap_err().contains("7 bytes"));
-    }
-}
-
-/// Rounds `x` to float dtype `dtype`.
-pub fn round_float(dtype: DType, x: f64) -> f64 {
-    match dtype {
-        DType::F32 => x as f32 as f64,
-        DType::F16 => half::f16::from_f64(x).to_f64(),
-        DType::BF16 => half::bf16::from_f64(x).to_f64(),
-        _ => x,
     }
 }

@@ -124,9 +124,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
 fn pow(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     let (a, b) = (im.input(node, 0)?, im.input(node, 1)?);
     let (ta, tb) = (im.ty(a).dtype, im.ty(b).dtype);
-    let work = if ta == tb {
-        ta
-    } else if ta.is_float() {
+    let work = if ta == tb || ta.is_float() {
         ta
     } else if tb.is_float() {
         DType::F32
