@@ -5,6 +5,7 @@
 //! | `.sir` | the IR's canonical text form ([`smelt_compiler::ir::text`]) |
 //! | `.json` | the IR's JSON form ([`smelt_compiler::ir::json`]) |
 //! | `.smelt` | the smelt model language ([`lang`], `docs/language.md`) |
+//! | `.onnx` | ONNX models ([`onnx`]); initializers become constants |
 //!
 //! Every reader returns a verified graph, plus (for text sources) where each value is
 //! defined, so later errors about a value can point at its line.
@@ -12,6 +13,7 @@
 
 pub mod diagnostic;
 pub mod lang;
+pub mod onnx;
 
 use smelt_compiler::ir::{json, text, Graph, ValueId};
 use std::collections::HashMap;
@@ -78,12 +80,6 @@ pub fn load(path: &Path) -> Result<Model, LoadError> {
 /// Loads a model file with config overrides (only `.smelt` models have configs).
 pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        LoadError(Diagnostic::in_file(
-            &shown,
-            format!("cannot read model file: {e}"),
-        ))
-    })?;
     let ext = path.extension().and_then(|e| e.to_str());
     if ext != Some("smelt") {
         if let Some(name) = overrides.keys().min() {
@@ -93,6 +89,12 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
             )));
         }
     }
+    if ext == Some("onnx") {
+        return load_onnx(path, &onnx::ImportOptions::default());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LoadError(Diagnostic::in_file(&shown, format!("cannot read model file: {e}")))
+    })?;
     match ext {
         Some("smelt") => load_smelt(path, shown, text, overrides),
         Some("sir") => match text::parse(&text) {
@@ -115,12 +117,22 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
             .map_err(|m| LoadError(Diagnostic::in_file(&shown, m))),
         _ => Err(LoadError(Diagnostic::in_file(
             &shown,
-            "unknown model file type (expected .smelt, .sir or .json)",
+            "unknown model file type (expected .smelt, .sir, .json or .onnx)",
         ))),
     }
 }
 
 /// Compiles a `.smelt` source; the graph is named after the file stem.
+/// Imports an ONNX model with import options (input values to specialise shapes on).
+pub fn load_onnx(path: &Path, options: &onnx::ImportOptions) -> Result<Model, LoadError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| LoadError(Diagnostic::in_file(&shown, format!("cannot read model file: {e}"))))?;
+    onnx::import_model(&bytes, options)
+        .map(|imported| Model { graph: imported.graph, path: shown.clone(), source: None })
+        .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.message)))
+}
+
 fn load_smelt(
     path: &Path,
     shown: String,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.smelt, .sir or .json).
+    /// The model file (.smelt, .sir, .json or .onnx).
     model: PathBuf,
     /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
     #[arg(long = "set", value_name = "NAME=VALUE")]

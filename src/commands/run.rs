@@ -12,12 +12,12 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.smelt, .sir or .json).
+    /// The model file (.smelt, .sir, .json or .onnx).
     model: PathBuf,
     /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
-    /// An input or parameter value: NAME=FILE (.npy, or .safetensors). Repeat for each.
+    /// An input or parameter value: NAME=FILE (.npy, .safetensors, or an ONNX TensorProto .pb). Repeat for each.
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
     /// Parameter values from a safetensors file (tensors named like the parameters).
@@ -102,7 +102,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         })?;
         let path = PathBuf::from(file);
         let t =
-            read_tensor_file(&path, name).map_err(|e| Diagnostic::in_file(&e.path, e.message))?;
+            read_input_file(&path, name)?;
         if graph.find(name).is_none() {
             let known: Vec<String> = graph
                 .inputs()
@@ -149,6 +149,28 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         }
     }
     Ok(())
+}
+
+/// Reads an input tensor: ONNX `TensorProto` files (`.pb`) here, others by the runtime.
+fn read_input_file(path: &std::path::Path, name: &str) -> Result<Tensor, Diagnostic> {
+    if path.extension().and_then(|e| e.to_str()) != Some("pb") {
+        return read_tensor_file(path, name).map_err(|e| Diagnostic::in_file(&e.path, e.message));
+    }
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Diagnostic::in_file(&shown, format!("cannot read tensor file: {e}")))?;
+    let (_, c) = smelt_frontend::onnx::parse_tensor(&bytes)
+        .map_err(|e| Diagnostic::in_file(&shown, e.message))?;
+    let data = match c.data {
+        smelt_frontend::onnx::ConstData::Float(v) => smelt_runtime::Data::Float(v),
+        smelt_frontend::onnx::ConstData::Int(v) => smelt_runtime::Data::Int(v),
+        smelt_frontend::onnx::ConstData::Bool(v) => smelt_runtime::Data::Bool(v),
+    };
+    Ok(Tensor {
+        dtype: c.dtype,
+        shape: c.shape,
+        data,
+    })
 }
 
 /// Points run errors at the model line that declares the value, naming the given file.
