@@ -93,7 +93,10 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
         return load_onnx(path, &onnx::ImportOptions::default());
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
-        LoadError(Diagnostic::in_file(&shown, format!("cannot read model file: {e}")))
+        LoadError(Diagnostic::in_file(
+            &shown,
+            format!("cannot read model file: {e}"),
+        ))
     })?;
     match ext {
         Some("smelt") => load_smelt(path, shown, text, overrides),
@@ -126,10 +129,18 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
 /// Imports an ONNX model with import options (input values to specialise shapes on).
 pub fn load_onnx(path: &Path, options: &onnx::ImportOptions) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| LoadError(Diagnostic::in_file(&shown, format!("cannot read model file: {e}"))))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        LoadError(Diagnostic::in_file(
+            &shown,
+            format!("cannot read model file: {e}"),
+        ))
+    })?;
     onnx::import_model(&bytes, options)
-        .map(|imported| Model { graph: imported.graph, path: shown.clone(), source: None })
+        .map(|imported| Model {
+            graph: imported.graph,
+            path: shown.clone(),
+            source: None,
+        })
         .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.message)))
 }
 

@@ -172,7 +172,7 @@ fn diagnostics_render_file_line_col_and_a_caret() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.smelt");
     std::fs::write(&path, "input x: f32[2]\noutput y = relu(z)\n").unwrap();
-    let err = smelt_frontend::load(&path).err().expect("fails");
+    let err = smelt_frontend::load(&path).expect_err("fails");
     let text = err.to_string();
     let first = text.lines().next().unwrap();
     assert!(

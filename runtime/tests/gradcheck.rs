@@ -62,7 +62,7 @@ fn compare(
         };
         let mut fd = Vec::new();
         for &i in &picked {
-            let mut at = |delta: f64| {
+            let at = |delta: f64| {
                 let mut f = feeds.clone();
                 let mut v = base.clone();
                 v[i] += delta;

@@ -101,8 +101,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             Diagnostic::plain(format!("--input expects NAME=FILE, found '{spec}'"))
         })?;
         let path = PathBuf::from(file);
-        let t =
-            read_input_file(&path, name)?;
+        let t = read_input_file(&path, name)?;
         if graph.find(name).is_none() {
             let known: Vec<String> = graph
                 .inputs()
