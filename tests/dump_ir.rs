@@ -83,3 +83,50 @@ fn help_shows_examples() {
         );
     }
 }
+
+#[test]
+fn training_step_dumps_read_back_and_show_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in example_models() {
+        for args in [
+            vec!["--stage", "grad"],
+            vec![
+                "--train",
+                "--stage",
+                "decomposed",
+                "--optimizer",
+                "sgd",
+                "--momentum",
+                "0.9",
+            ],
+        ] {
+            let mut argv = vec!["dump-ir", model.as_str()];
+            argv.extend(args.iter().copied());
+            let first = dump(&argv);
+            assert!(
+                first.contains("  update %"),
+                "{model} {args:?}: the step updates parameters"
+            );
+            assert!(
+                first.contains("  input %lr: f32[]"),
+                "{model}: the learning rate is an input"
+            );
+            let path = dir.path().join("step.sir");
+            std::fs::write(&path, &first).unwrap();
+            assert_eq!(
+                dump(&["dump-ir", path.to_str().unwrap()]),
+                first,
+                "{model} {args:?}"
+            );
+        }
+    }
+    let grad = dump(&["dump-ir", "examples/mlp.smelt", "--stage", "grad"]);
+    for name in [
+        "%l1.w.grad",
+        "%l1.w.m.next",
+        "%l1.w.v.next",
+        "update %l1.w = %l1.w.next",
+    ] {
+        assert!(grad.contains(name), "the AdamW step names {name}");
+    }
+}

@@ -5,7 +5,8 @@
 use smelt_compiler::autodiff::differentiate;
 use smelt_compiler::ir::ops::{BinaryOp, ReduceOp};
 use smelt_compiler::ir::{text, Builder, DType, Graph, Op, TensorType, ValueId};
-use smelt_runtime::{interp, params, Data, Precision, Tensor};
+use smelt_runtime::gradcheck::{check_gradients, exact_f32};
+use smelt_runtime::{params, Tensor};
 use std::collections::HashMap;
 
 struct Rng(u64);
@@ -19,21 +20,11 @@ impl Rng {
     }
 }
 
-/// A float tensor that is *not* rounded to f32, so f64 perturbations are exact.
 fn exact(shape: &[usize], values: Vec<f64>) -> Tensor {
-    Tensor {
-        dtype: DType::F32,
-        shape: shape.to_vec(),
-        data: Data::Float(values),
-    }
+    exact_f32(shape, values)
 }
 
-fn scalar_loss(g: &Graph, feeds: &HashMap<String, Tensor>) -> f64 {
-    interp::run(g, feeds, Precision::F64).unwrap()[0].to_f64_vec()[0]
-}
-
-/// Checks d(loss)/d(name) for every `name` in `wrt` against central differences on
-/// `coords` coordinates of each (all when `None`).
+/// Checks d(loss)/d(name) for every `name` in `wrt` (relative error < 1e-6).
 fn compare(
     g: &Graph,
     loss: ValueId,
@@ -42,49 +33,8 @@ fn compare(
     coords: Option<usize>,
     h: f64,
 ) {
-    let ids: Vec<ValueId> = wrt
-        .iter()
-        .map(|n| g.find(n).unwrap_or_else(|| panic!("no %{n}")))
-        .collect();
-    let grads = differentiate(g, loss, &ids).unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)));
-    let mut with_grads = grads.graph.clone();
-    with_grads.outputs = grads.grads.iter().map(|&(_, gr)| gr).collect();
-    let ad = interp::run(&with_grads, feeds, Precision::F64).unwrap();
-    let mut forward = g.clone();
-    forward.outputs = vec![loss];
-    for (k, name) in wrt.iter().enumerate() {
-        let ad = ad[k].to_f64_vec();
-        let base = feeds[*name].to_f64_vec();
-        let n = base.len();
-        let picked: Vec<usize> = match coords {
-            None => (0..n).collect(),
-            Some(c) => (0..c).map(|i| (i * 7919 + 13) % n).collect(),
-        };
-        let mut fd = Vec::new();
-        for &i in &picked {
-            let at = |delta: f64| {
-                let mut f = feeds.clone();
-                let mut v = base.clone();
-                v[i] += delta;
-                f.insert(name.to_string(), exact(&feeds[*name].shape, v));
-                scalar_loss(&forward, &f)
-            };
-            fd.push((at(h) - at(-h)) / (2.0 * h));
-        }
-        let scale = fd
-            .iter()
-            .chain(picked.iter().map(|&i| &ad[i]))
-            .fold(1e-12f64, |m, v| m.max(v.abs()));
-        for (j, &i) in picked.iter().enumerate() {
-            let err = (ad[i] - fd[j]).abs() / scale;
-            assert!(
-                err < 1e-6,
-                "d/d{name}[{i}]: autodiff {} vs finite difference {} (rel. error {err:e})\n{}",
-                ad[i],
-                fd[j],
-                text::print(g)
-            );
-        }
+    if let Err(e) = check_gradients(g, loss, feeds, wrt, coords, h, 1e-6) {
+        panic!("{e}\n{}", text::print(g));
     }
 }
 

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod run;
 pub mod train;
 
+use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_frontend::{Diagnostic, Model};
 use std::path::Path;
 
@@ -31,6 +32,52 @@ pub fn write_output(path: Option<&Path>, text: &str) -> Result<(), Diagnostic> {
             // A closed pipe (`smelt dump-ir ... | head`) is not an error worth reporting.
             let _ = out.write_all(text.as_bytes());
             Ok(())
+        }
+    }
+}
+
+/// The optimiser flags shared by `train` and `dump-ir --train`.
+#[derive(clap::Args)]
+pub struct OptimizerArgs {
+    /// The optimiser.
+    #[arg(long = "optimizer", value_enum, default_value_t = OptimizerKind::Adamw)]
+    kind: OptimizerKind,
+    /// Weight decay (decoupled for AdamW, L2 for SGD). Default: 0.01 for AdamW, 0 for SGD.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+impl OptimizerArgs {
+    /// The optimiser these flags describe.
+    pub fn optimizer(&self) -> Optimizer {
+        match (self.kind, Optimizer::adamw()) {
+            (
+                OptimizerKind::Adamw,
+                Optimizer::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                },
+            ) => Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: self.weight_decay.unwrap_or(weight_decay),
+            },
+            _ => Optimizer::Sgd {
+                momentum: self.momentum,
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+            },
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `smelt train`: compile a training step and run it over data.
 
-use super::load_model;
-use smelt_compiler::autodiff::optimizer::Optimizer;
+use super::{load_model, OptimizerArgs};
 use smelt_compiler::ir::text;
 use smelt_frontend::Diagnostic;
 use smelt_runtime::engine::Device;
@@ -35,15 +34,8 @@ pub struct Args {
     /// Seed of the initial parameters and of the batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The optimiser.
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
-    optimizer: OptimizerArg,
-    /// Weight decay (decoupled for AdamW, L2 for SGD). Default: 0.01 for AdamW, 0 for SGD.
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
+    #[command(flatten)]
+    optimizer: OptimizerArgs,
     /// Append one JSON object per step to this file (`step`, `loss`, `lr`, `seconds`, ...).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -62,12 +54,6 @@ pub struct Args {
     /// Override a config constant of a .smelt model: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum OptimizerArg {
-    Adamw,
-    Sgd,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -93,26 +79,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             args.lr
         )));
     }
-    let optimizer = match args.optimizer {
-        OptimizerArg::Adamw => match Optimizer::adamw() {
-            Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: args.weight_decay.unwrap_or(weight_decay),
-            },
-            other => other,
-        },
-        OptimizerArg::Sgd => Optimizer::Sgd {
-            momentum: args.momentum,
-            weight_decay: args.weight_decay.unwrap_or(0.0),
-        },
-    };
+    let optimizer = args.optimizer.optimizer();
     let config = TrainConfig {
         steps: args.steps,
         batch: args.batch,

@@ -99,6 +99,7 @@ pub fn training_step(graph: &Graph, opt: &Optimizer) -> Result<Graph, AutodiffEr
                         .map_err(e)?;
                     let kept = b.binary_scalar(BinaryOp::Mul, v, momentum);
                     d = b.binary(BinaryOp::Add, kept, d);
+                    b.rename(d, &format!("{name}.momentum.next"));
                     updates.push((v, d));
                 }
                 let delta = b.binary(BinaryOp::Mul, lr_p, d);
@@ -119,6 +120,8 @@ pub fn training_step(graph: &Graph, opt: &Optimizer) -> Result<Graph, AutodiffEr
                 let m1 = moment(&mut b, m, grad, beta1);
                 let g2 = b.binary(BinaryOp::Mul, grad, grad);
                 let v1 = moment(&mut b, v, g2, beta2);
+                b.rename(m1, &format!("{name}.m.next"));
+                b.rename(v1, &format!("{name}.v.next"));
                 updates.push((m, m1));
                 updates.push((v, v1));
                 // Bias corrections 1 − β^t, computed once per parameter from `step`.
