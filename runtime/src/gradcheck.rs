@@ -75,7 +75,7 @@ pub fn check_gradients(
             .fold(1e-12f64, |m, v| m.max(v.abs()));
         for (j, &i) in picked.iter().enumerate() {
             let err = (ad[i] - fd[j]).abs() / scale;
-            if !(err < tol) {
+            if err.is_nan() || err >= tol {
                 return Err(format!(
                     "d/d{name}[{i}]: autodiff {} vs finite difference {} (rel. error {err:e})",
                     ad[i], fd[j]
