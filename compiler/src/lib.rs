@@ -9,4 +9,6 @@
 
 pub mod autodiff;
 pub mod ir;
+pub mod kernel;
 pub mod passes;
+pub mod schedule;

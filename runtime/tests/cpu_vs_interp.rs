@@ -1,5 +1,5 @@
-//! The CPU backend against the reference interpreter, op by op and on whole training
-//! steps, on fresh random inputs. Tolerance: |cpu − interp| ≤ 1e-4 · max(1, max|interp|)
+//! The CPU backend (fused kernels, and the op-by-op baseline) against the reference
+//! interpreter, op by op and on whole training steps, on fresh random inputs. Tolerance: |cpu − interp| ≤ 1e-4 · max(1, max|interp|)
 //! per output (f32 kernels differ from the f64-then-rounded oracle in summation order
 //! and in transcendental functions' last bits).
 
@@ -71,12 +71,22 @@ fn assert_close(what: &str, cpu: &Tensor, want: &Tensor) {
 
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
-    let got = CpuProgram::compile(g).unwrap().run(feeds).unwrap();
-    for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
-        assert_close(&format!("output {k} of\n{}", text::print(g)), c, w);
-    }
-    for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
-        assert_close(&format!("update of %{name}"), c, w);
+    // Fused kernels and the op-by-op baseline must both agree with the oracle.
+    for fuse in [true, false] {
+        let got = CpuProgram::compile_with(g, fuse)
+            .unwrap()
+            .run(feeds)
+            .unwrap();
+        for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
+            assert_close(
+                &format!("output {k} (fuse: {fuse}) of\n{}", text::print(g)),
+                c,
+                w,
+            );
+        }
+        for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
+            assert_close(&format!("update of %{name} (fuse: {fuse})"), c, w);
+        }
     }
 }
 
@@ -210,4 +220,14 @@ fn unsupported_dtypes_are_reported() {
         err.to_string().contains("bf16 is not supported yet"),
         "{err}"
     );
+}
+
+#[test]
+fn fusion_inlines_elementwise_chains() {
+    let src = "graph @t {\n  input %x: f32[B, 8]\n  input %b: f32[8]\n  %bb: f32[B, 8] = broadcast %b {dims = [1]}\n  %y = add %x, %bb\n  %z = gelu %y {approximate = tanh}\n  %s: f32[B] = reduce_sum %z {axes = [1]}\n  output %s\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let s = smelt_compiler::schedule::schedule(&g);
+    // broadcast + add + the whole tanh-GELU expansion: one kernel, then the reduction.
+    assert_eq!(s.counts(), (1, 1), "{}", s.to_text(&Default::default()));
+    compare(&g, &random_feeds(&g, 3, 5, 1));
 }

@@ -2,8 +2,9 @@
 
 use super::{load_model, write_output, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
-use smelt_compiler::ir::{json, text};
+use smelt_compiler::ir::{json, text, Bindings};
 use smelt_compiler::passes::decompose;
+use smelt_compiler::schedule::schedule;
 use smelt_frontend::Diagnostic;
 use std::path::PathBuf;
 
@@ -23,6 +24,9 @@ pub struct Args {
     train: bool,
     #[command(flatten)]
     optimizer: OptimizerArgs,
+    /// Sizes for symbolic dimensions in the memory plan: NAME=SIZE (unbound ones count as 1).
+    #[arg(long = "bind", value_name = "NAME=SIZE")]
+    binds: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -39,6 +43,8 @@ enum Stage {
     Grad,
     /// Composite ops expanded into primitives, as the CPU backend runs it.
     Decomposed,
+    /// Kernels (fused pointwise kernels and library calls) and the memory plan.
+    Scheduled,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -62,6 +68,30 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Stage::Grad => step(&model.graph)?,
         Stage::Decomposed if train => decompose(&step(&model.graph)?),
         Stage::Decomposed => decompose(&model.graph),
+        Stage::Scheduled => {
+            let g = if train {
+                step(&model.graph)?
+            } else {
+                model.graph.clone()
+            };
+            let mut bindings = Bindings::new();
+            for b in &args.binds {
+                let parsed = b
+                    .split_once('=')
+                    .and_then(|(k, v)| Some((k.to_string(), v.parse::<u64>().ok()?)));
+                let (k, v) = parsed.ok_or_else(|| {
+                    Diagnostic::plain(format!("--bind expects NAME=SIZE, found '{b}'"))
+                })?;
+                bindings.insert(k, v);
+            }
+            let text = schedule(&g).to_text(&bindings);
+            return match args.format {
+                Format::Text => write_output(args.output.as_deref(), &text),
+                Format::Json => Err(Diagnostic::plain(
+                    "--stage scheduled prints text only for now (use --format text)",
+                )),
+            };
+        }
     };
     let out = match args.format {
         Format::Text => text::print(&graph),

@@ -1,19 +1,21 @@
 //! The CPU backend: runs a graph op by op on `f32` buffers with fast kernels (matrix
 //! products through the `gemm` crate, both cores through `rayon`).
 //!
-//! Compiling a graph expands its composites (`compiler::passes::decompose`) and plans
-//! buffer lifetimes: each value is dropped after its last use, so peak memory follows
-//! the live set, not the graph size. Floats other than `f32` are not supported here
+//! Compiling a graph schedules it (`compiler::schedule`): composites are expanded,
+//! chains of elementwise ops are fused into pointwise kernels of the kernel IR (run by
+//! `fused.rs`), and the remaining ops run library kernels (`kernels.rs`). Each buffer is
+//! dropped after its last use, so peak memory follows the live set. Floats other than `f32` are not supported here
 //! (the interpreter runs them). Every kernel is tested against the reference
 //! interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
 //! The fused, JIT-compiled backend (issue 9) will replace the op-by-op loop.
 
+mod fused;
 mod kernels;
 
 use crate::interp::{bind_shapes, Execution, RunError};
 use crate::tensor::{Data, Tensor};
 use smelt_compiler::ir::{DType, Def, Graph, ValueId};
-use smelt_compiler::passes::decompose;
+use smelt_compiler::schedule::{schedule_with, Schedule, Step};
 use std::collections::HashMap;
 
 /// A buffer of the CPU backend.
@@ -53,9 +55,9 @@ impl Val {
 /// A graph prepared for the CPU backend.
 #[derive(Debug, Clone)]
 pub struct CpuProgram {
-    graph: Graph,
-    /// `last_use[v]`: the last node that reads value `v` (outputs and updates: never freed).
-    last_use: Vec<usize>,
+    schedule: Schedule,
+    /// `last_read[v]`: the last step that reads value `v` (outputs and updates: never).
+    last_read: Vec<usize>,
 }
 
 /// Why a graph cannot run on the CPU backend.
@@ -68,78 +70,99 @@ pub struct Unsupported {
     pub reason: String,
 }
 
+/// The values step `s` reads.
+fn reads<'a>(g: &'a Graph, s: &'a Step) -> &'a [ValueId] {
+    match s {
+        Step::Pointwise(k) => &k.inputs,
+        Step::Library(v) => match &g.value(*v).def {
+            Def::Node { operands, .. } => operands,
+            _ => &[],
+        },
+    }
+}
+
 impl CpuProgram {
     /// Prepares `graph` (which must verify).
     pub fn compile(graph: &Graph) -> Result<CpuProgram, Unsupported> {
-        let graph = decompose(graph);
-        for v in &graph.values {
-            if v.ty.dtype.is_float() && v.ty.dtype != DType::F32 {
-                return Err(Unsupported {
-                    value: v.name.clone(),
-                    reason: format!("{} is not supported yet", v.ty.dtype),
-                });
-            }
-        }
-        let n = graph.values.len();
-        let mut last_use: Vec<usize> = (0..n).collect();
-        for id in graph.ids() {
-            if let Def::Node { operands, .. } = &graph.value(id).def {
-                for o in operands {
-                    last_use[o.index()] = id.index();
-                }
-            }
-        }
-        for &o in graph
-            .outputs
-            .iter()
-            .chain(graph.updates.iter().map(|(_, v)| v))
-        {
-            last_use[o.index()] = usize::MAX;
-        }
-        Ok(CpuProgram { graph, last_use })
+        CpuProgram::compile_with(graph, true)
     }
 
-    /// The graph this program runs (composites expanded).
-    pub fn graph(&self) -> &Graph {
-        &self.graph
+    /// Like [`CpuProgram::compile`]; `fuse: false` runs every op as its own kernel.
+    pub fn compile_with(graph: &Graph, fuse: bool) -> Result<CpuProgram, Unsupported> {
+        if let Some(v) = graph
+            .values
+            .iter()
+            .find(|v| v.ty.dtype.is_float() && v.ty.dtype != DType::F32)
+        {
+            return Err(Unsupported {
+                value: v.name.clone(),
+                reason: format!("{} is not supported yet", v.ty.dtype),
+            });
+        }
+        let schedule = schedule_with(graph, fuse);
+        let g = &schedule.graph;
+        let mut last_read = vec![0usize; g.values.len()];
+        for (i, step) in schedule.steps.iter().enumerate() {
+            for r in reads(g, step) {
+                last_read[r.index()] = i;
+            }
+        }
+        for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
+            last_read[o.index()] = usize::MAX;
+        }
+        Ok(CpuProgram {
+            schedule,
+            last_read,
+        })
+    }
+
+    /// The schedule this program runs.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     /// Runs the program on `feeds` (every input, parameter and state value by name).
     pub fn run(&self, feeds: &HashMap<String, Tensor>) -> Result<Execution, RunError> {
-        let g = &self.graph;
+        let g = &self.schedule.graph;
         let bindings = bind_shapes(g, feeds)?;
         let mut env: Vec<Option<Val>> = vec![None; g.values.len()];
         for id in g.ids() {
-            let v = g.value(id);
+            if !matches!(g.value(id).def, Def::Node { .. }) {
+                env[id.index()] = Some(to_val(&feeds[&g.value(id).name]));
+            }
+        }
+        for (i, step) in self.schedule.steps.iter().enumerate() {
+            let out = step.output();
+            let v = g.value(out);
             let shape = v.ty.shape.eval(&bindings).map_err(RunError::Unbound)?;
-            let val = match &v.def {
-                Def::Input | Def::Param(_) | Def::State(_) => to_val(&feeds[&v.name]),
-                Def::Node { op, operands } => {
-                    let args: Vec<&Val> = operands
-                        .iter()
-                        .map(|o| {
-                            env[o.index()]
-                                .as_ref()
-                                .expect("operands are live until their last use")
-                        })
-                        .collect();
-                    let buf = kernels::eval(op, &args, v.ty.dtype, &shape).map_err(|message| {
+            let args: Vec<&Val> = reads(g, step)
+                .iter()
+                .map(|o| {
+                    env[o.index()]
+                        .as_ref()
+                        .expect("values are live until their last read")
+                })
+                .collect();
+            let buf = match step {
+                Step::Pointwise(k) => fused::run(k, &args, &shape),
+                Step::Library(_) => {
+                    let Def::Node { op, .. } = &v.def else {
+                        unreachable!("library steps are nodes")
+                    };
+                    kernels::eval(op, &args, v.ty.dtype, &shape).map_err(|message| {
                         RunError::Eval {
-                            value: id,
+                            value: out,
                             name: v.name.clone(),
                             message,
                         }
-                    })?;
-                    debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
-                    Val { buf, shape }
+                    })?
                 }
             };
-            env[id.index()] = Some(val);
-            if let Def::Node { operands, .. } = &v.def {
-                for o in operands {
-                    if self.last_use[o.index()] == id.index() {
-                        env[o.index()] = None;
-                    }
+            debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
+            env[out.index()] = Some(Val { buf, shape });
+            for r in reads(g, step) {
+                if self.last_read[r.index()] == i {
+                    env[r.index()] = None;
                 }
             }
         }

@@ -1,0 +1,235 @@
+//! Fusion: chains of elementwise ops, with the broadcasts, permutations, constants and
+//! indices between them, become single pointwise kernels.
+//!
+//! A fusable value is *materialised* (written to memory by its own kernel) when it is
+//! an output or update, when a non-fusable op reads it, or when several ops read it and
+//! it computes something (recomputing a constant, index, broadcast or permutation is
+//! free, so those are always inlined). Everything else is inlined into its users'
+//! kernels, so intermediate tensors never exist. Values nothing reads are dropped.
+
+use super::Step;
+use crate::ir::ops::BinaryOp;
+use crate::ir::{Def, Graph, Op, ValueId};
+use crate::kernel::{AxisMap, Expr, ExprId, PointwiseKernel};
+use std::collections::{BTreeSet, HashMap};
+
+/// True if value `v` of `g` can be computed inside a pointwise kernel. Integer division
+/// and power are left out: they can fail (division by zero), which only a library
+/// kernel reports.
+pub fn is_fusable(g: &Graph, v: ValueId) -> bool {
+    match node(g, v) {
+        Some((Op::Binary(BinaryOp::Div | BinaryOp::Pow), _)) if !g.ty(v).dtype.is_float() => false,
+        Some((op, _)) => fusable_op(op),
+        None => false,
+    }
+}
+
+fn fusable_op(op: &Op) -> bool {
+    match op {
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => true,
+        Op::Broadcast { .. } | Op::Permute { .. } | Op::Iota { .. } => true,
+        Op::Constant { values } => values.len() == 1,
+        _ => false,
+    }
+}
+
+/// Recomputing these inside every user costs (almost) nothing.
+fn is_free(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Broadcast { .. } | Op::Permute { .. } | Op::Iota { .. } | Op::Constant { .. }
+    )
+}
+
+fn node(g: &Graph, v: ValueId) -> Option<(&Op, &[ValueId])> {
+    match &g.value(v).def {
+        Def::Node { op, operands } => Some((op, operands)),
+        _ => None,
+    }
+}
+
+pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
+    let n = g.values.len();
+    let mut uses = vec![0usize; n];
+    let mut read_by_library = vec![false; n];
+    for id in g.ids() {
+        if let Some((_, operands)) = node(g, id) {
+            for o in operands {
+                uses[o.index()] += 1;
+                read_by_library[o.index()] |= !is_fusable(g, id);
+            }
+        }
+    }
+    let mut kept = vec![false; n];
+    for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
+        kept[o.index()] = true;
+    }
+    let materialised = |v: ValueId, op: &Op| {
+        !enabled
+            || kept[v.index()]
+            || read_by_library[v.index()]
+            || (uses[v.index()] > 1 && !is_free(op))
+    };
+    // Which nodes are needed at all: walk back from what is kept.
+    let mut live = kept.clone();
+    for id in g.ids().collect::<Vec<_>>().into_iter().rev() {
+        if live[id.index()] {
+            if let Some((_, operands)) = node(g, id) {
+                for o in operands {
+                    live[o.index()] = true;
+                }
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for id in g.ids() {
+        let Some((op, _)) = node(g, id) else { continue };
+        if !live[id.index()] {
+            continue;
+        }
+        if !is_fusable(g, id) {
+            steps.push(Step::Library(id));
+        } else if materialised(id, op) {
+            let is_boundary = |v: ValueId| match node(g, v) {
+                Some((op, _)) => is_fusable(g, v) && !materialised(v, op),
+                None => false,
+            };
+            steps.push(Step::Pointwise(KernelBuilder::build(g, id, &is_boundary)));
+        }
+    }
+    steps
+}
+
+struct KernelBuilder<'g> {
+    g: &'g Graph,
+    inputs: Vec<ValueId>,
+    exprs: Vec<(Expr, crate::ir::DType)>,
+    memo: HashMap<(ValueId, AxisMap), ExprId>,
+    fused_ops: BTreeSet<&'static str>,
+}
+
+impl<'g> KernelBuilder<'g> {
+    fn build(g: &'g Graph, root: ValueId, inlined: &dyn Fn(ValueId) -> bool) -> PointwiseKernel {
+        let mut b = KernelBuilder {
+            g,
+            inputs: Vec::new(),
+            exprs: Vec::new(),
+            memo: HashMap::new(),
+            fused_ops: BTreeSet::new(),
+        };
+        let rank = g.ty(root).rank();
+        b.expr(root, (0..rank).map(Some).collect(), true, inlined);
+        let mut name: Vec<&str> = b.fused_ops.iter().copied().take(4).collect();
+        if b.fused_ops.len() > 4 {
+            name.push("etc");
+        }
+        PointwiseKernel {
+            name: format!("fused_{}", name.join("_")),
+            inputs: b.inputs,
+            output: root,
+            exprs: b.exprs,
+        }
+    }
+
+    fn push(&mut self, e: Expr, v: ValueId) -> ExprId {
+        self.exprs.push((e, self.g.ty(v).dtype));
+        self.exprs.len() - 1
+    }
+
+    /// The expression for value `v`, whose axis `a` is indexed by kernel axis `map[a]`.
+    fn expr(
+        &mut self,
+        v: ValueId,
+        map: AxisMap,
+        root: bool,
+        inlined: &dyn Fn(ValueId) -> bool,
+    ) -> ExprId {
+        if let Some(&e) = self.memo.get(&(v, map.clone())) {
+            return e;
+        }
+        let e = match node(self.g, v) {
+            Some((op, operands)) if root || inlined(v) => {
+                self.fused_ops.insert(op.name());
+                let x = operands;
+                let same = |b: &mut Self, i: usize| b.expr(x[i], map.clone(), false, inlined);
+                let ex = match op {
+                    Op::Unary(u) => {
+                        let a = same(self, 0);
+                        Expr::Unary(*u, a)
+                    }
+                    Op::Binary(o) => {
+                        let (a, c) = (same(self, 0), same(self, 1));
+                        Expr::Binary(*o, a, c)
+                    }
+                    Op::Compare(o) => {
+                        let (a, c) = (same(self, 0), same(self, 1));
+                        Expr::Compare(*o, a, c)
+                    }
+                    Op::Select => {
+                        let (c, a, d) = (same(self, 0), same(self, 1), same(self, 2));
+                        Expr::Select(c, a, d)
+                    }
+                    Op::Cast => Expr::Cast(same(self, 0)),
+                    Op::Constant { values } => Expr::Const(values[0]),
+                    Op::Iota { axis } => Expr::Index(map[*axis]),
+                    Op::Broadcast { dims } => {
+                        let (src, dst) = (self.g.ty(x[0]), self.g.ty(v));
+                        let inner: AxisMap = dims
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &d)| {
+                                if src.dims()[j] == dst.dims()[d] {
+                                    map[d]
+                                } else {
+                                    None
+                                }
+                            })
+                            .collect();
+                        return self.remember(v, map, x[0], inner, inlined);
+                    }
+                    Op::Permute { perm } => {
+                        let mut inner = vec![None; perm.len()];
+                        for (k, &p) in perm.iter().enumerate() {
+                            inner[p] = map[k];
+                        }
+                        return self.remember(v, map, x[0], inner, inlined);
+                    }
+                    other => unreachable!("'{}' is not fusable", other.name()),
+                };
+                self.push(ex, v)
+            }
+            _ => {
+                let input = match self.inputs.iter().position(|&i| i == v) {
+                    Some(i) => i,
+                    None => {
+                        self.inputs.push(v);
+                        self.inputs.len() - 1
+                    }
+                };
+                self.push(
+                    Expr::Load {
+                        input,
+                        axes: map.clone(),
+                    },
+                    v,
+                )
+            }
+        };
+        self.memo.insert((v, map), e);
+        e
+    }
+
+    /// Movement ops compute nothing: `v` at `map` is its operand at `inner`.
+    fn remember(
+        &mut self,
+        v: ValueId,
+        map: AxisMap,
+        operand: ValueId,
+        inner: AxisMap,
+        inlined: &dyn Fn(ValueId) -> bool,
+    ) -> ExprId {
+        let e = self.expr(operand, inner, false, inlined);
+        self.memo.insert((v, map), e);
+        e
+    }
+}

@@ -1,0 +1,329 @@
+//! Evaluates pointwise kernels of the kernel IR (`compiler::kernel`) row by row: the
+//! innermost axis is a row, every expression is computed for a whole row at once into a
+//! reused scratch lane, and rows are spread over the cores. This is the CPU reference of
+//! the kernel IR: fused code generators (Cranelift, PTX) are tested against it.
+
+use super::{Buf, Val};
+use crate::interp::wrap_int;
+use rayon::prelude::*;
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
+use smelt_compiler::ir::DType;
+use smelt_compiler::kernel::{Expr, PointwiseKernel};
+
+/// One expression's values over a row.
+#[derive(Clone)]
+enum Lane {
+    F(Vec<f32>),
+    I(Vec<i64>),
+    B(Vec<bool>),
+}
+
+impl Lane {
+    fn f(&self) -> &[f32] {
+        match self {
+            Lane::F(v) => v,
+            _ => unreachable!("float operand (types are checked by the IR)"),
+        }
+    }
+    fn b(&self) -> &[bool] {
+        match self {
+            Lane::B(v) => v,
+            _ => unreachable!("bool operand (types are checked by the IR)"),
+        }
+    }
+    fn numbers(&self, j: usize) -> f64 {
+        match self {
+            Lane::F(v) => f64::from(v[j]),
+            Lane::I(v) => v[j] as f64,
+            Lane::B(v) => f64::from(u8::from(v[j])),
+        }
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// For a load: the stride along the row, and per outer kernel axis the stride.
+struct Access {
+    inner: usize,
+    outer: Vec<usize>,
+}
+
+/// Runs `k` with `inputs` (in `k.inputs` order) over the iteration space `shape`.
+pub(super) fn run(k: &PointwiseKernel, inputs: &[&Val], shape: &[usize]) -> Buf {
+    let rank = shape.len();
+    let len = if rank == 0 { 1 } else { shape[rank - 1] };
+    let n: usize = shape.iter().product();
+    let rows = if len == 0 { 0 } else { n / len };
+    let accesses: Vec<Option<Access>> = k
+        .exprs
+        .iter()
+        .map(|(e, _)| match e {
+            Expr::Load { input, axes } => {
+                let s = strides(&inputs[*input].shape);
+                let mut acc = Access {
+                    inner: 0,
+                    outer: vec![0; rank.saturating_sub(1)],
+                };
+                for (j, a) in axes.iter().enumerate() {
+                    match a {
+                        Some(k) if *k + 1 == rank => acc.inner += s[j],
+                        Some(k) => acc.outer[*k] += s[j],
+                        None => {}
+                    }
+                }
+                Some(acc)
+            }
+            _ => None,
+        })
+        .collect();
+    let out_dtype = k.exprs.last().expect("a kernel computes something").1;
+    let outer_shape = &shape[..rank.saturating_sub(1)];
+    let eval_rows = |first: usize, count: usize| -> Lane {
+        let mut lanes: Vec<Lane> = k.exprs.iter().map(|(_, dt)| empty(*dt, len)).collect();
+        let mut out = empty(out_dtype, len * count);
+        let mut idx = unravel(first, outer_shape);
+        for _ in 0..count {
+            for (i, (e, dt)) in k.exprs.iter().enumerate() {
+                let lane = eval(
+                    e,
+                    *dt,
+                    &lanes,
+                    accesses[i].as_ref(),
+                    inputs,
+                    &idx,
+                    rank,
+                    len,
+                );
+                lanes[i] = lane;
+            }
+            append(&mut out, lanes.last().expect("non-empty"));
+            advance(&mut idx, outer_shape);
+        }
+        out
+    };
+    // Enough rows per task to amortise the scheduling; one task for small kernels.
+    let per_task = (65536 / len.max(1)).max(1);
+    let parts: Vec<Lane> = if rows > per_task {
+        (0..rows.div_ceil(per_task))
+            .into_par_iter()
+            .map(|t| eval_rows(t * per_task, per_task.min(rows - t * per_task)))
+            .collect()
+    } else {
+        vec![eval_rows(0, rows)]
+    };
+    let mut out = empty(out_dtype, n);
+    for p in &parts {
+        append(&mut out, p);
+    }
+    match out {
+        Lane::F(v) => Buf::F32(v),
+        Lane::I(v) => Buf::Int(v),
+        Lane::B(v) => Buf::Bool(v),
+    }
+}
+
+fn empty(dt: DType, cap: usize) -> Lane {
+    if dt.is_float() {
+        Lane::F(Vec::with_capacity(cap))
+    } else if dt.is_int() {
+        Lane::I(Vec::with_capacity(cap))
+    } else {
+        Lane::B(Vec::with_capacity(cap))
+    }
+}
+
+fn append(out: &mut Lane, part: &Lane) {
+    match (out, part) {
+        (Lane::F(o), Lane::F(p)) => o.extend_from_slice(p),
+        (Lane::I(o), Lane::I(p)) => o.extend_from_slice(p),
+        (Lane::B(o), Lane::B(p)) => o.extend_from_slice(p),
+        _ => unreachable!("one dtype per kernel output"),
+    }
+}
+
+fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for a in (0..shape.len()).rev() {
+        idx[a] = flat % shape[a].max(1);
+        flat /= shape[a].max(1);
+    }
+    idx
+}
+
+fn advance(idx: &mut [usize], shape: &[usize]) {
+    for a in (0..shape.len()).rev() {
+        idx[a] += 1;
+        if idx[a] < shape[a] {
+            return;
+        }
+        idx[a] = 0;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    e: &Expr,
+    dt: DType,
+    lanes: &[Lane],
+    acc: Option<&Access>,
+    inputs: &[&Val],
+    idx: &[usize],
+    rank: usize,
+    len: usize,
+) -> Lane {
+    match e {
+        Expr::Load { input, .. } => {
+            let a = acc.expect("loads have accesses");
+            let base: usize = idx.iter().zip(&a.outer).map(|(i, s)| i * s).sum();
+            let positions = (0..len).map(|j| base + j * a.inner);
+            match &inputs[*input].buf {
+                Buf::F32(v) if a.inner == 1 => Lane::F(v[base..base + len].to_vec()),
+                Buf::F32(v) => Lane::F(positions.map(|p| v[p]).collect()),
+                Buf::Int(v) => Lane::I(positions.map(|p| v[p]).collect()),
+                Buf::Bool(v) => Lane::B(positions.map(|p| v[p]).collect()),
+            }
+        }
+        Expr::Const(c) => constant(dt, *c, len),
+        Expr::Index(axis) => {
+            let at = |j: usize| match axis {
+                Some(k) if *k + 1 == rank => j as f64,
+                Some(k) => idx[*k] as f64,
+                None => 0.0,
+            };
+            numbers(dt, (0..len).map(at))
+        }
+        Expr::Unary(op, x) => unary(*op, &lanes[*x], dt),
+        Expr::Binary(op, a, b) => binary(*op, &lanes[*a], &lanes[*b], dt),
+        Expr::Compare(op, a, b) => Lane::B(compare(*op, &lanes[*a], &lanes[*b], len)),
+        Expr::Select(c, a, b) => {
+            let c = lanes[*c].b();
+            match (&lanes[*a], &lanes[*b]) {
+                (Lane::F(x), Lane::F(y)) => {
+                    Lane::F((0..len).map(|j| if c[j] { x[j] } else { y[j] }).collect())
+                }
+                (Lane::I(x), Lane::I(y)) => {
+                    Lane::I((0..len).map(|j| if c[j] { x[j] } else { y[j] }).collect())
+                }
+                (Lane::B(x), Lane::B(y)) => {
+                    Lane::B((0..len).map(|j| if c[j] { x[j] } else { y[j] }).collect())
+                }
+                _ => unreachable!("select branches share a dtype"),
+            }
+        }
+        Expr::Cast(x) => numbers(dt, (0..len).map(|j| lanes[*x].numbers(j))),
+    }
+}
+
+fn constant(dt: DType, c: f64, len: usize) -> Lane {
+    numbers(dt, std::iter::repeat_n(c, len))
+}
+
+fn numbers(dt: DType, v: impl Iterator<Item = f64>) -> Lane {
+    if dt.is_float() {
+        Lane::F(v.map(|x| x as f32).collect())
+    } else if dt.is_int() {
+        Lane::I(v.map(|x| wrap_int(dt, x as i64)).collect())
+    } else {
+        Lane::B(v.map(|x| x != 0.0).collect())
+    }
+}
+
+fn unary(op: UnaryOp, x: &Lane, dt: DType) -> Lane {
+    if let Lane::I(v) = x {
+        return Lane::I(
+            v.iter()
+                .map(|&a| {
+                    wrap_int(
+                        dt,
+                        if op == UnaryOp::Neg {
+                            a.wrapping_neg()
+                        } else {
+                            a.wrapping_abs()
+                        },
+                    )
+                })
+                .collect(),
+        );
+    }
+    let f: fn(f32) -> f32 = match op {
+        UnaryOp::Neg => |a| -a,
+        UnaryOp::Abs => f32::abs,
+        UnaryOp::Exp => f32::exp,
+        UnaryOp::Log => f32::ln,
+        UnaryOp::Sqrt => f32::sqrt,
+        UnaryOp::Rsqrt => |a| 1.0 / a.sqrt(),
+        UnaryOp::Recip => |a| 1.0 / a,
+        UnaryOp::Tanh => f32::tanh,
+        UnaryOp::Erf => libm::erff,
+        UnaryOp::Sin => f32::sin,
+        UnaryOp::Cos => f32::cos,
+    };
+    Lane::F(x.f().iter().map(|&a| f(a)).collect())
+}
+
+fn binary(op: BinaryOp, a: &Lane, b: &Lane, dt: DType) -> Lane {
+    if let (Lane::I(x), Lane::I(y)) = (a, b) {
+        // Integer division and power can fail, so fusion leaves them to library kernels.
+        let f = |p: i64, q: i64| match op {
+            BinaryOp::Add => p.wrapping_add(q),
+            BinaryOp::Sub => p.wrapping_sub(q),
+            BinaryOp::Mul => p.wrapping_mul(q),
+            BinaryOp::Max => p.max(q),
+            BinaryOp::Min => p.min(q),
+            BinaryOp::Div | BinaryOp::Pow => unreachable!("integer {} is not fused", op.name()),
+        };
+        return Lane::I(
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| wrap_int(dt, f(p, q)))
+                .collect(),
+        );
+    }
+    let (x, y) = (a.f(), b.f());
+    let f: fn(f32, f32) -> f32 = match op {
+        BinaryOp::Add => |p, q| p + q,
+        BinaryOp::Sub => |p, q| p - q,
+        BinaryOp::Mul => |p, q| p * q,
+        BinaryOp::Div => |p, q| p / q,
+        BinaryOp::Max => |p, q| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.max(q)
+            }
+        },
+        BinaryOp::Min => |p, q| {
+            if p.is_nan() || q.is_nan() {
+                f32::NAN
+            } else {
+                p.min(q)
+            }
+        },
+        BinaryOp::Pow => f32::powf,
+    };
+    Lane::F(x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect())
+}
+
+fn compare(op: CompareOp, a: &Lane, b: &Lane, len: usize) -> Vec<bool> {
+    fn cmp<T: PartialOrd>(op: CompareOp, x: T, y: T) -> bool {
+        match op {
+            CompareOp::Eq => x == y,
+            CompareOp::Ne => x != y,
+            CompareOp::Lt => x < y,
+            CompareOp::Le => x <= y,
+            CompareOp::Gt => x > y,
+            CompareOp::Ge => x >= y,
+        }
+    }
+    match (a, b) {
+        (Lane::F(x), Lane::F(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
+        (Lane::I(x), Lane::I(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
+        _ => (0..len).map(|j| cmp(op, a.b()[j], b.b()[j])).collect(),
+    }
+}
