@@ -50,12 +50,10 @@ fn node(g: &Graph, v: ValueId) -> Option<(&Op, &[ValueId])> {
 
 pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
     let n = g.values.len();
-    let mut uses = vec![0usize; n];
     let mut read_by_library = vec![false; n];
     for id in g.ids() {
         if let Some((_, operands)) = node(g, id) {
             for o in operands {
-                uses[o.index()] += 1;
                 read_by_library[o.index()] |= !is_fusable(g, id);
             }
         }
@@ -64,40 +62,76 @@ pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
     for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
         kept[o.index()] = true;
     }
-    let materialised = |v: ValueId, op: &Op| {
-        !enabled
-            || kept[v.index()]
-            || read_by_library[v.index()]
-            || (uses[v.index()] > 1 && !is_free(op))
-    };
     // Which nodes are needed at all: walk back from what is kept.
     let mut live = kept.clone();
+    let mut users: Vec<Vec<ValueId>> = vec![Vec::new(); n];
     for id in g.ids().collect::<Vec<_>>().into_iter().rev() {
         if live[id.index()] {
             if let Some((_, operands)) = node(g, id) {
                 for o in operands {
                     live[o.index()] = true;
+                    users[o.index()].push(id);
                 }
             }
         }
     }
+    // Assign each fusable node to the kernel (identified by its root) that computes it,
+    // users first. A node whose users all sit in one kernel is inlined there (computed
+    // once, shared); free nodes are inlined into every kernel that needs them.
+    let mut group: Vec<Group> = vec![Group::None; n];
+    for id in g.ids().collect::<Vec<_>>().into_iter().rev() {
+        let Some((op, _)) = node(g, id) else { continue };
+        if !live[id.index()] || !is_fusable(g, id) {
+            continue;
+        }
+        let root = !enabled || kept[id.index()] || read_by_library[id.index()];
+        let mut kernels: BTreeSet<u32> = BTreeSet::new();
+        let mut shared = false;
+        for u in &users[id.index()] {
+            match group[u.index()] {
+                Group::In(r) => {
+                    kernels.insert(r.0);
+                }
+                Group::Everywhere => shared = true,
+                Group::None => {}
+            }
+        }
+        group[id.index()] = if root {
+            Group::In(id)
+        } else if is_free(op) && (shared || kernels.len() > 1) {
+            Group::Everywhere
+        } else if !shared && kernels.len() == 1 {
+            Group::In(ValueId(*kernels.iter().next().expect("one kernel")))
+        } else {
+            Group::In(id)
+        };
+    }
+    let inlined = |v: ValueId| {
+        matches!(group[v.index()], Group::In(r) if r != v) || group[v.index()] == Group::Everywhere
+    };
     let mut steps = Vec::new();
     for id in g.ids() {
-        let Some((op, _)) = node(g, id) else { continue };
-        if !live[id.index()] {
+        if node(g, id).is_none() || !live[id.index()] {
             continue;
         }
         if !is_fusable(g, id) {
             steps.push(Step::Library(id));
-        } else if materialised(id, op) {
-            let is_boundary = |v: ValueId| match node(g, v) {
-                Some((op, _)) => is_fusable(g, v) && !materialised(v, op),
-                None => false,
-            };
-            steps.push(Step::Pointwise(KernelBuilder::build(g, id, &is_boundary)));
+        } else if group[id.index()] == Group::In(id) {
+            steps.push(Step::Pointwise(KernelBuilder::build(g, id, &inlined)));
         }
     }
     steps
+}
+
+/// Which kernel computes a fusable node.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Group {
+    /// Not a fusable node (or not needed).
+    None,
+    /// Inside the kernel rooted at this value (its own root when materialised).
+    In(ValueId),
+    /// Recomputed inside every kernel that reads it (free ops).
+    Everywhere,
 }
 
 struct KernelBuilder<'g> {
