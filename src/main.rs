@@ -39,6 +39,10 @@ enum Command {
         after_help = "Examples:\n  smelt generate ckpt --prompt 'In the beginning' --tokens 300"
     )]
     Generate(commands::generate::Args),
+    /// Time the benchmark workloads (W1–W4) on the CPU backend, with ratios to the
+    /// op-by-op baseline measured in the same run.
+    #[command(after_help = "Examples:\n  smelt bench\n  smelt bench --workload matmul --iters 30")]
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::main(args),
         Command::Train(args) => commands::train::main(args),
         Command::Generate(args) => commands::generate::main(args),
+        Command::Bench(args) => commands::bench::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

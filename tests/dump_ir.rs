@@ -130,3 +130,36 @@ fn training_step_dumps_read_back_and_show_updates() {
         assert!(grad.contains(name), "the AdamW step names {name}");
     }
 }
+
+#[test]
+fn scheduled_stage_lists_kernels_and_memory() {
+    let out = dump(&[
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--train",
+        "--stage",
+        "scheduled",
+        "--bind",
+        "B=8",
+    ]);
+    assert!(out.contains("fused pointwise kernels"), "{out}");
+    assert!(out.contains("# memory: arena"), "{out}");
+    assert!(out.contains(": kernel fused_"), "{out}");
+}
+
+#[test]
+fn bench_harness_runs() {
+    // Speed is measured by `smelt bench`, not asserted here; this only proves the
+    // harness works end to end on the smallest workload.
+    let out = dump(&[
+        "bench",
+        "--workload",
+        "matmul",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(out.contains("| W3 matmul 1024³ |"), "{out}");
+    assert!(out.contains("speed-up"), "{out}");
+}

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each returns a [`Diagnostic`] on failure, which `main`
 //! prints before exiting with code 2.
 
+pub mod bench;
 pub mod dump_ir;
 pub mod generate;
 pub mod run;

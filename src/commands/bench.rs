@@ -1,0 +1,200 @@
+//! `smelt bench`: times the benchmark workloads W1–W4 (../shared/peers/README.md) on
+//! the CPU backend, against the op-by-op CPU backend measured in the same run.
+
+use super::load_model;
+use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
+use smelt_compiler::autodiff::{differentiate, find_loss};
+use smelt_compiler::ir::Graph;
+use smelt_frontend::Diagnostic;
+use smelt_runtime::cpu::CpuProgram;
+use smelt_runtime::{params, rng, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which workloads to time.
+    #[arg(long, value_enum, default_values_t = vec![Workload::Mlp, Workload::Gpt, Workload::Matmul, Workload::Moe])]
+    workload: Vec<Workload>,
+    /// Timed iterations per workload (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Skip the op-by-op baseline (faster; no ratio).
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Workload {
+    /// W1: MLP 784-1024-1024-10 training step, batch 128, SGD.
+    Mlp,
+    /// W2: GPT (2 layers, d_model 256) training step, batch 8, AdamW.
+    Gpt,
+    /// W3: 1024³ f32 matrix product.
+    Matmul,
+    /// W4: MoE (8 experts, top-2) forward and backward, 1024 tokens.
+    Moe,
+}
+
+struct Case {
+    name: &'static str,
+    graph: Graph,
+    feeds: HashMap<String, Tensor>,
+    gflop: f64,
+}
+
+fn random(
+    shape: &[usize],
+    name: &str,
+    int_max: Option<i64>,
+    dtype: smelt_compiler::ir::DType,
+) -> Tensor {
+    let n: usize = shape.iter().product();
+    let s = rng::seed_for(42, name);
+    match int_max {
+        Some(m) => Tensor::from_i64(
+            dtype,
+            shape.to_vec(),
+            (0..n as u64)
+                .map(|i| (rng::uniform01(s, i) * m as f64) as i64)
+                .collect(),
+        ),
+        None => Tensor::from_f64(
+            dtype,
+            shape.to_vec(),
+            (0..n as u64).map(|i| rng::normal01(s, i)).collect(),
+        ),
+    }
+}
+
+fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
+    let load = |p: &str| load_model(&root.join(p), &[]).map(|m| m.graph);
+    let fail = |e: smelt_compiler::autodiff::AutodiffError| Diagnostic::plain(e.to_string());
+    let (name, graph, batch, gflop) = match w {
+        Workload::Mlp => (
+            "W1 mlp train step",
+            training_step(&load("examples/mlp.smelt")?, &Optimizer::sgd()).map_err(fail)?,
+            128,
+            1.22,
+        ),
+        Workload::Gpt => (
+            "W2 gpt train step",
+            training_step(&load("examples/gpt.smelt")?, &Optimizer::adamw()).map_err(fail)?,
+            8,
+            11.3,
+        ),
+        Workload::Matmul => (
+            "W3 matmul 1024³",
+            load("examples/bench/matmul.sir")?,
+            1,
+            2.0 * 1024f64.powi(3) / 1e9,
+        ),
+        Workload::Moe => {
+            let g = load("examples/bench/moe_w4.smelt")?;
+            let loss = find_loss(&g).map_err(fail)?;
+            let params: Vec<_> = g.params().collect();
+            (
+                "W4 moe fwd+bwd",
+                differentiate(&g, loss, &params).map_err(fail)?.graph,
+                1024,
+                10.7,
+            )
+        }
+    };
+    let mut feeds = params::init_params(&graph, 0);
+    for id in graph.inputs() {
+        let v = graph.value(id);
+        let shape: Vec<usize> =
+            v.ty.dims()
+                .iter()
+                .map(|d| d.as_static().map_or(batch, |n| n as usize))
+                .collect();
+        let t = match v.name.as_str() {
+            "lr" => Tensor::from_f64(
+                v.ty.dtype,
+                vec![],
+                vec![if w == Workload::Mlp { 0.01 } else { 1e-3 }],
+            ),
+            "step" => Tensor::from_f64(v.ty.dtype, vec![], vec![1.0]),
+            "labels" => random(&shape, &v.name, Some(10), v.ty.dtype),
+            "tokens" => random(&shape, &v.name, Some(512), v.ty.dtype),
+            _ => random(&shape, &v.name, None, v.ty.dtype),
+        };
+        feeds.insert(v.name.clone(), t);
+    }
+    Ok(Case {
+        name,
+        graph,
+        feeds,
+        gflop,
+    })
+}
+
+/// Times `program` on `feeds`: first call (seconds), then the median and minimum (ms).
+fn time(
+    program: &CpuProgram,
+    feeds: &HashMap<String, Tensor>,
+    warmup: usize,
+    iters: usize,
+) -> Result<(f64, f64), Diagnostic> {
+    let run = || {
+        program
+            .run(feeds)
+            .map_err(|e| Diagnostic::plain(e.to_string()))
+    };
+    for _ in 0..warmup {
+        run()?;
+    }
+    let mut ms: Vec<f64> = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        run()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((ms[ms.len() / 2], ms[0]))
+}
+
+pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = if root.join("examples").is_dir() {
+        root
+    } else {
+        PathBuf::from(".")
+    };
+    println!("| workload | smelt median (min) ms | GFLOP/s | compile + first step s | op-by-op median ms | speed-up |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for &w in &args.workload {
+        let c = case(w, &root)?;
+        let start = Instant::now();
+        let fused = CpuProgram::compile(&c.graph).map_err(|e| Diagnostic::plain(e.to_string()))?;
+        fused
+            .run(&c.feeds)
+            .map_err(|e| Diagnostic::plain(e.to_string()))?;
+        let first = start.elapsed().as_secs_f64();
+        let (median, min) = time(&fused, &c.feeds, args.warmup, args.iters)?;
+        let baseline = if args.no_baseline {
+            None
+        } else {
+            let p = CpuProgram::compile_with(&c.graph, false)
+                .map_err(|e| Diagnostic::plain(e.to_string()))?;
+            Some(time(&p, &c.feeds, args.warmup.min(1), args.iters)?.0)
+        };
+        let (base, ratio) = match baseline {
+            Some(b) => (format!("{b:.1}"), format!("{:.2}×", b / median)),
+            None => ("—".into(), "—".into()),
+        };
+        println!(
+            "| {} | {median:.1} ({min:.1}) | {:.1} | {first:.2} | {base} | {ratio} |",
+            c.name,
+            c.gflop / (median / 1e3)
+        );
+    }
+    println!("\nspeed-up = op-by-op CPU backend (same kernels, no fusion) ÷ smelt, measured in this run.");
+    println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting.");
+    Ok(())
+}
