@@ -53,6 +53,8 @@ pub struct PointwiseKernel {
     pub inputs: Vec<ValueId>,
     /// The graph value it writes; its shape is the iteration space.
     pub output: ValueId,
+    /// The rank of the iteration space (the output's rank).
+    pub rank: usize,
     /// The expression DAG in evaluation order, each with its dtype; the last is stored.
     pub exprs: Vec<(Expr, DType)>,
 }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod autodiff;
+pub mod codegen;
 pub mod ir;
 pub mod kernel;
 pub mod passes;

@@ -85,7 +85,11 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
             );
         }
         for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
-            assert_close(&format!("update of %{name} (fuse: {fuse})"), c, w);
+            assert_close(
+                &format!("update of %{name} (fuse: {fuse}, jit: {jit})"),
+                c,
+                w,
+            );
         }
     }
 }

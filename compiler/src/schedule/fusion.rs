@@ -161,6 +161,7 @@ impl<'g> KernelBuilder<'g> {
             name: format!("fused_{}", name.join("_")),
             inputs: b.inputs,
             output: root,
+            rank,
             exprs: b.exprs,
         }
     }

@@ -6,6 +6,7 @@
 use super::{Buf, Val};
 use crate::interp::wrap_int;
 use rayon::prelude::*;
+use smelt_compiler::codegen::cranelift::JitKernel;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
 use smelt_compiler::ir::DType;
 use smelt_compiler::kernel::{Expr, PointwiseKernel};
@@ -325,5 +326,107 @@ fn compare(op: CompareOp, a: &Lane, b: &Lane, len: usize) -> Vec<bool> {
         (Lane::F(x), Lane::F(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
         (Lane::I(x), Lane::I(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
         _ => (0..len).map(|j| cmp(op, a.b()[j], b.b()[j])).collect(),
+    }
+}
+
+/// Runs `k` through its Cranelift-compiled row function: the same iteration as [`run`],
+/// with every row computed by native code.
+pub(super) fn run_jit(
+    k: &PointwiseKernel,
+    jit: &JitKernel,
+    inputs: &[&Val],
+    shape: &[usize],
+) -> Buf {
+    let rank = shape.len();
+    let len = if rank == 0 { 1 } else { shape[rank - 1] };
+    let n: usize = shape.iter().product();
+    let rows = if len == 0 { 0 } else { n / len };
+    let outer_shape = &shape[..rank.saturating_sub(1)];
+    // Addresses travel as integers so the closure below can cross threads; the buffers
+    // outlive the call.
+    let ptrs: Vec<usize> = inputs
+        .iter()
+        .map(|v| match &v.buf {
+            Buf::F32(x) => x.as_ptr() as usize,
+            Buf::Int(x) => x.as_ptr() as usize,
+            Buf::Bool(x) => x.as_ptr() as usize,
+        })
+        .collect();
+    let mut inner = vec![0i64; k.exprs.len()];
+    let mut outer_strides: Vec<Vec<usize>> = vec![Vec::new(); k.exprs.len()];
+    for (i, (e, _)) in k.exprs.iter().enumerate() {
+        if let Expr::Load { input, axes } = e {
+            let s = strides(&inputs[*input].shape);
+            outer_strides[i] = vec![0; rank.saturating_sub(1)];
+            for (j, a) in axes.iter().enumerate() {
+                match a {
+                    Some(a) if *a + 1 == rank => inner[i] += s[j] as i64,
+                    Some(a) => outer_strides[i][*a] += s[j],
+                    None => {}
+                }
+            }
+        }
+    }
+    let out_dtype = k.exprs.last().expect("a kernel computes something").1;
+    let elem = if out_dtype.is_float() {
+        4
+    } else if out_dtype.is_int() {
+        8
+    } else {
+        1
+    };
+    let mut out = empty_buf(out_dtype, n);
+    let out_addr = match &mut out {
+        Buf::F32(v) => v.as_mut_ptr() as usize,
+        Buf::Int(v) => v.as_mut_ptr() as usize,
+        Buf::Bool(v) => v.as_mut_ptr() as usize,
+    };
+    let row_fn = jit.row();
+    let do_rows = |first: usize, count: usize| {
+        let mut idx = unravel(first, outer_shape);
+        let mut bases = vec![0i64; k.exprs.len()];
+        let mut outer: Vec<i64> = vec![0; rank.max(1)];
+        for r in first..first + count {
+            for (i, s) in outer_strides.iter().enumerate() {
+                bases[i] = idx.iter().zip(s).map(|(a, b)| (a * b) as i64).sum();
+            }
+            for (a, &x) in idx.iter().enumerate() {
+                outer[a] = x as i64;
+            }
+            // SAFETY: `ptrs` point to live input buffers whose extents cover every
+            // offset the kernel computes (the axis maps come from verified shapes), and
+            // the output row `r` lies inside `out`, written by this task only.
+            unsafe {
+                row_fn(
+                    ptrs.as_ptr() as *const *const u8,
+                    bases.as_ptr(),
+                    inner.as_ptr(),
+                    outer.as_ptr(),
+                    (out_addr + r * len * elem) as *mut u8,
+                    len as i64,
+                );
+            }
+            advance(&mut idx, outer_shape);
+        }
+    };
+    let per_task = (65536 / len.max(1)).max(1);
+    if rows > per_task {
+        (0..rows.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|t| do_rows(t * per_task, per_task.min(rows - t * per_task)));
+    } else {
+        do_rows(0, rows);
+    }
+    out
+}
+
+/// A buffer of `n` elements of `dt`, each to be written before it is read.
+fn empty_buf(dt: DType, n: usize) -> Buf {
+    if dt.is_float() {
+        Buf::F32(vec![0.0; n])
+    } else if dt.is_int() {
+        Buf::Int(vec![0; n])
+    } else {
+        Buf::Bool(vec![false; n])
     }
 }

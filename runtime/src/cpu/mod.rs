@@ -14,7 +14,9 @@ mod kernels;
 
 use crate::interp::{bind_shapes, Execution, RunError};
 use crate::tensor::{Data, Tensor};
+use smelt_compiler::codegen::cranelift::{self, JitKernel};
 use smelt_compiler::ir::{DType, Def, Graph, ValueId};
+use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::{schedule_with, Schedule, Step};
 use std::collections::HashMap;
 
@@ -56,6 +58,9 @@ impl Val {
 #[derive(Debug, Clone)]
 pub struct CpuProgram {
     schedule: Schedule,
+    /// Native code for each step that is a pointwise kernel (`None` for library steps,
+    /// or when the kernel runs on the kernel-IR evaluator).
+    jit: Vec<Option<std::sync::Arc<JitKernel>>>,
     /// `last_read[v]`: the last step that reads value `v` (outputs and updates: never).
     last_read: Vec<usize>,
 }
@@ -87,8 +92,18 @@ impl CpuProgram {
         CpuProgram::compile_with(graph, true)
     }
 
-    /// Like [`CpuProgram::compile`]; `fuse: false` runs every op as its own kernel.
+    /// Like [`CpuProgram::compile`]; `fuse: false` runs every op as its own kernel, and
+    /// `jit: false` runs pointwise kernels on the kernel-IR evaluator instead of native code.
     pub fn compile_with(graph: &Graph, fuse: bool) -> Result<CpuProgram, Unsupported> {
+        CpuProgram::compile_options(graph, fuse, true)
+    }
+
+    /// See [`CpuProgram::compile_with`].
+    pub fn compile_options(
+        graph: &Graph,
+        fuse: bool,
+        jit: bool,
+    ) -> Result<CpuProgram, Unsupported> {
         if let Some(v) = graph
             .values
             .iter()
@@ -110,8 +125,19 @@ impl CpuProgram {
         for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
             last_read[o.index()] = usize::MAX;
         }
+        let jit = schedule
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Pointwise(k) if jit => {
+                    compile_kernel(k).map(|j| Some(std::sync::Arc::new(j)))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CpuProgram {
             schedule,
+            jit,
             last_read,
         })
     }
@@ -144,7 +170,10 @@ impl CpuProgram {
                 })
                 .collect();
             let buf = match step {
-                Step::Pointwise(k) => fused::run(k, &args, &shape),
+                Step::Pointwise(k) => match &self.jit[i] {
+                    Some(native) => fused::run_jit(k, native, &args, &shape),
+                    None => fused::run(k, &args, &shape),
+                },
                 Step::Library(_) => {
                     let Def::Node { op, .. } = &v.def else {
                         unreachable!("library steps are nodes")
@@ -181,6 +210,14 @@ impl CpuProgram {
                 .collect(),
         })
     }
+}
+
+/// Compiles a pointwise kernel to native code.
+fn compile_kernel(k: &PointwiseKernel) -> Result<JitKernel, Unsupported> {
+    cranelift::compile(k).map_err(|reason| Unsupported {
+        value: k.name.clone(),
+        reason,
+    })
 }
 
 fn to_val(t: &Tensor) -> Val {

@@ -1,0 +1,3 @@
+//! Code generation from the kernel IR.
+
+pub mod cranelift;
