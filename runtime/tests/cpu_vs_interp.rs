@@ -71,15 +71,19 @@ fn assert_close(what: &str, cpu: &Tensor, want: &Tensor) {
 
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
-    // Fused kernels and the op-by-op baseline must both agree with the oracle.
-    for fuse in [true, false] {
-        let got = CpuProgram::compile_with(g, fuse)
+    // Fused kernels (native code, and the kernel-IR evaluator) and the op-by-op baseline
+    // must all agree with the oracle.
+    for (fuse, jit) in [(true, true), (true, false), (false, true)] {
+        let got = CpuProgram::compile_options(g, fuse, jit)
             .unwrap()
             .run(feeds)
             .unwrap();
         for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
             assert_close(
-                &format!("output {k} (fuse: {fuse}) of\n{}", text::print(g)),
+                &format!(
+                    "output {k} (fuse: {fuse}, jit: {jit}) of\n{}",
+                    text::print(g)
+                ),
                 c,
                 w,
             );

@@ -60,7 +60,7 @@ pub(super) fn run(k: &PointwiseKernel, inputs: &[&Val], shape: &[usize]) -> Buf 
     let rank = shape.len();
     let len = if rank == 0 { 1 } else { shape[rank - 1] };
     let n: usize = shape.iter().product();
-    let rows = if len == 0 { 0 } else { n / len };
+    let rows = n.checked_div(len).unwrap_or(0);
     let accesses: Vec<Option<Access>> = k
         .exprs
         .iter()
@@ -340,7 +340,7 @@ pub(super) fn run_jit(
     let rank = shape.len();
     let len = if rank == 0 { 1 } else { shape[rank - 1] };
     let n: usize = shape.iter().product();
-    let rows = if len == 0 { 0 } else { n / len };
+    let rows = n.checked_div(len).unwrap_or(0);
     let outer_shape = &shape[..rank.saturating_sub(1)];
     // Addresses travel as integers so the closure below can cross threads; the buffers
     // outlive the call.
