@@ -3,6 +3,7 @@
 
 pub mod dump_ir;
 pub mod generate;
+pub mod plot;
 pub mod run;
 pub mod train;
 
