@@ -81,12 +81,23 @@ struct Slot {
     layer: usize,
     width: f64,
     dummy: bool,
-    up: Vec<usize>,
-    down: Vec<usize>,
+    /// Neighbours one layer up, each with the port where the edge enters this slot.
+    up: Vec<(usize, Port)>,
+    /// Neighbours one layer down, each with the port where the edge enters that slot.
+    down: Vec<(usize, Port)>,
 }
 
+/// Where an edge enters the top of its lower end, as a fraction of that box's width
+/// from its centre (`-0.35..0.35`); always 0 for dummies.
+type Port = f64;
+
+/// The share of a box's top along which entering edges are spread.
+const PORT_SPREAD: f64 = 0.7;
+
 /// Lays out nodes of the given sizes joined by `edges` `(from, to)`. Edges must point
-/// from a lower index to a higher one (definition order); others are not routed.
+/// from a lower index to a higher one (definition order); others are not routed. The
+/// edges into one node enter its top left to right in the order they are given (for a
+/// graph, operand order).
 pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> Layout {
     let n = sizes.len();
     let forward: Vec<(usize, usize)> = edges
@@ -95,6 +106,18 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
         .filter(|&(a, b)| a < b && b < n)
         .collect();
     let layer_of = assign_layers(n, &forward);
+    let mut incoming = vec![0usize; n];
+    for &(_, b) in &forward {
+        incoming[b] += 1;
+    }
+    let mut entered = vec![0usize; n];
+    let ports: Vec<Port> = forward
+        .iter()
+        .map(|&(_, b)| {
+            entered[b] += 1;
+            PORT_SPREAD * (entered[b] as f64 / (incoming[b] as f64 + 1.0) - 0.5)
+        })
+        .collect();
 
     // Real nodes keep their indices; dummies follow.
     let mut slots: Vec<Slot> = (0..n)
@@ -107,7 +130,7 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
         })
         .collect();
     let mut chains: Vec<Vec<usize>> = Vec::with_capacity(edges.len());
-    for &(a, b) in &forward {
+    for (&(a, b), &port) in forward.iter().zip(&ports) {
         let mut chain = vec![a];
         for layer in layer_of[a] + 1..layer_of[b] {
             slots.push(Slot {
@@ -121,8 +144,9 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
         }
         chain.push(b);
         for pair in chain.windows(2) {
-            slots[pair[0]].down.push(pair[1]);
-            slots[pair[1]].up.push(pair[0]);
+            let port = if pair[1] == b { port } else { 0.0 };
+            slots[pair[0]].down.push((pair[1], port));
+            slots[pair[1]].up.push((pair[0], port));
         }
         chains.push(chain);
     }
@@ -174,14 +198,14 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
     };
     let centres: Vec<Point> = (0..n).map(centre).collect();
 
-    let mut chain_of_edge = chains.into_iter();
+    let mut chain_of_edge = chains.into_iter().zip(ports);
     let routes = edges
         .iter()
         .map(|&(a, b)| {
             if !(a < b && b < n) {
                 return Vec::new();
             }
-            let chain = chain_of_edge.next().unwrap_or_default();
+            let (chain, port) = chain_of_edge.next().unwrap_or_default();
             let mut points = vec![Point {
                 x: centres[a].x,
                 y: centres[a].y + sizes[a].height / 2.0,
@@ -199,7 +223,7 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
                 });
             }
             points.push(Point {
-                x: centres[b].x,
+                x: centres[b].x + port * sizes[b].width,
                 y: centres[b].y - sizes[b].height / 2.0,
             });
             points
@@ -213,7 +237,8 @@ pub fn layered(sizes: &[Size], edges: &[(usize, usize)], spacing: Spacing) -> La
     }
 }
 
-/// Longest-path layers, then sources moved down to just above their first user.
+/// Longest-path layers; then nodes move down towards their users where that shortens
+/// the drawing's edges, and sources move to just above their first user.
 fn assign_layers(n: usize, edges: &[(usize, usize)]) -> Vec<usize> {
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -226,11 +251,32 @@ fn assign_layers(n: usize, edges: &[(usize, usize)]) -> Vec<usize> {
     for v in 0..n {
         layer[v] = preds[v].iter().map(|&p| layer[p] + 1).max().unwrap_or(0);
     }
-    for v in 0..n {
-        if preds[v].is_empty() {
-            if let Some(first_use) = succs[v].iter().map(|&s| layer[s]).min() {
-                layer[v] = first_use - 1;
+    // Sources are placed last, just above their first user, so edges from them cost
+    // little. Moving `v` down shortens each of its out-edges and lengthens each in-edge
+    // from a non-source; move when that is no loss, so that work which depends only on
+    // sources (an optimiser's `pow %beta1, %step`, `mul %beta, %w.m`) is drawn next to
+    // its use at the end of the backward pass rather than at the top.
+    for _ in 0..4 {
+        let mut moved = false;
+        for v in (0..n).rev() {
+            let Some(lowest) = succs[v].iter().map(|&s| layer[s]).min() else {
+                continue;
+            };
+            let anchored = preds[v].iter().filter(|&&p| !preds[p].is_empty()).count();
+            if lowest > layer[v] + 1 && succs[v].len() >= anchored {
+                layer[v] = lowest - 1;
+                moved = true;
             }
+        }
+        for v in 0..n {
+            if preds[v].is_empty() {
+                if let Some(first_use) = succs[v].iter().map(|&s| layer[s]).min() {
+                    layer[v] = first_use - 1;
+                }
+            }
+        }
+        if !moved {
+            break;
         }
     }
     layer
@@ -265,10 +311,18 @@ fn order_layers(slots: &[Slot], layers: &mut [Vec<usize>]) {
                     } else {
                         &slots[s].down
                     };
+                    // Looking down, aim at the port: a node whose edge enters the left
+                    // of its user sorts before one entering the right.
                     let key = if neighbours.is_empty() {
                         position[s] as f64
+                    } else if downward {
+                        neighbours.iter().map(|&(u, _)| position[u] as f64).sum::<f64>()
+                            / neighbours.len() as f64
                     } else {
-                        neighbours.iter().map(|&u| position[u] as f64).sum::<f64>()
+                        neighbours
+                            .iter()
+                            .map(|&(d, port)| position[d] as f64 + port)
+                            .sum::<f64>()
                             / neighbours.len() as f64
                     };
                     (key, s)
@@ -282,7 +336,8 @@ fn order_layers(slots: &[Slot], layers: &mut [Vec<usize>]) {
             }
         }
         let crossings = count_crossings(slots, layers, &position);
-        if crossings < best_crossings {
+        // Ties go to the later, more settled order.
+        if crossings <= best_crossings {
             best_crossings = crossings;
             best = layers.to_vec();
         }
@@ -291,18 +346,34 @@ fn order_layers(slots: &[Slot], layers: &mut [Vec<usize>]) {
 }
 
 /// Edge crossings between all pairs of neighbouring layers, counted with a Fenwick tree
-/// over the lower ends of the edges sorted by their upper ends.
+/// over the lower ends of the edges sorted by their upper ends. Two edges into one node
+/// cross when their ports are in the opposite order to their sources.
 fn count_crossings(slots: &[Slot], layers: &[Vec<usize>], position: &[usize]) -> u64 {
     let mut total = 0u64;
     for pair in layers.windows(2) {
-        let mut ends: Vec<(usize, usize)> = pair[0]
+        let mut ends: Vec<(usize, usize, f64)> = pair[0]
             .iter()
-            .flat_map(|&u| slots[u].down.iter().map(move |&d| (position[u], position[d])))
+            .flat_map(|&u| {
+                slots[u]
+                    .down
+                    .iter()
+                    .map(move |&(d, port)| (position[u], position[d], port))
+            })
             .collect();
-        ends.sort_unstable();
-        let size = pair[1].len();
+        // Rank the lower ends by position, then port.
+        let mut lower: Vec<(usize, f64)> = ends.iter().map(|&(_, d, p)| (d, p)).collect();
+        lower.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        lower.dedup();
+        let rank = |d: usize, p: f64| {
+            lower
+                .binary_search_by(|probe| probe.0.cmp(&d).then(probe.1.total_cmp(&p)))
+                .unwrap_or(0)
+        };
+        ends.sort_by(|a, b| (a.0, rank(a.1, a.2)).cmp(&(b.0, rank(b.1, b.2))));
+        let size = lower.len();
         let mut tree = vec![0u64; size + 1];
-        for (seen, &(_, lower)) in ends.iter().enumerate() {
+        for (seen, &(_, d, p)) in ends.iter().enumerate() {
+            let lower = rank(d, p);
             // Edges seen so far that end right of `lower` cross this one.
             let mut at_or_left = 0u64;
             let mut i = lower + 1;
@@ -365,16 +436,26 @@ fn position_layers(slots: &[Slot], layers: &[Vec<usize>], spacing: Spacing) -> V
             let mut targets = Vec::with_capacity(layer.len());
             let mut weights = Vec::with_capacity(layer.len());
             for &s in layer {
-                let neighbours: Vec<usize> = match (both, downward) {
-                    (true, _) => slots[s].up.iter().chain(&slots[s].down).copied().collect(),
-                    (false, true) => slots[s].up.clone(),
-                    (false, false) => slots[s].down.clone(),
+                // Each neighbour asks for the x that lines the edge up with its port:
+                // an upper neighbour sits above our port, we sit above a lower one's.
+                let above = slots[s]
+                    .up
+                    .iter()
+                    .map(|&(u, port)| (u, x[u] - port * slots[s].width));
+                let below = slots[s]
+                    .down
+                    .iter()
+                    .map(|&(d, port)| (d, x[d] + port * slots[d].width));
+                let wanted: Vec<(usize, f64)> = match (both, downward) {
+                    (true, _) => above.chain(below).collect(),
+                    (false, true) => above.collect(),
+                    (false, false) => below.collect(),
                 };
-                let total: f64 = neighbours.iter().map(|&t| pull(slots, s, t)).sum();
+                let total: f64 = wanted.iter().map(|&(t, _)| pull(slots, s, t)).sum();
                 if total > 0.0 {
-                    let mean = neighbours
+                    let mean = wanted
                         .iter()
-                        .map(|&t| pull(slots, s, t) * x[t])
+                        .map(|&(t, want)| pull(slots, s, t) * want)
                         .sum::<f64>()
                         / total;
                     targets.push(mean);

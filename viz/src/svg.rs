@@ -54,19 +54,14 @@ pub fn to_svg(view: &View) -> String {
             out,
             r#"<g class="edges" fill="none" stroke="{EDGE_COLOUR}" stroke-width="1.1">"#
         )?;
-        let ports = entry_ports(view, &layout.centres, &sizes);
-        for (e, route) in layout.routes.iter().enumerate() {
+        for route in &layout.routes {
             if route.len() < 2 {
                 continue;
-            }
-            let mut points = route.clone();
-            if let Some(last) = points.last_mut() {
-                last.x = ports[e];
             }
             writeln!(
                 out,
                 r#"<path class="edge" d="{}" marker-end="url(#arrow)"/>"#,
-                curve(&points)
+                curve(route)
             )?;
         }
         writeln!(out, "</g>")?;
@@ -85,25 +80,6 @@ fn box_size(lines: &[String]) -> Size {
         width: (chars as f64 * CHAR_WIDTH + 2.0 * PAD_X).max(60.0),
         height: lines.len() as f64 * LINE_HEIGHT + 2.0 * PAD_Y,
     }
-}
-
-/// Where each edge enters its target: spread along the top of the box in operand
-/// order, so `sub %a, %b` shows which operand is which.
-fn entry_ports(view: &View, centres: &[Point], sizes: &[Size]) -> Vec<f64> {
-    let mut incoming = vec![0usize; view.nodes.len()];
-    for &(_, to) in &view.edges {
-        incoming[to] += 1;
-    }
-    let mut seen = vec![0usize; view.nodes.len()];
-    view.edges
-        .iter()
-        .map(|&(_, to)| {
-            let k = seen[to];
-            seen[to] += 1;
-            let usable = sizes[to].width * 0.7;
-            centres[to].x - usable / 2.0 + usable * (k as f64 + 1.0) / (incoming[to] as f64 + 1.0)
-        })
-        .collect()
 }
 
 /// A smooth path through `points`: cubic pieces that leave and enter each point
