@@ -20,7 +20,10 @@ fn value_count(args: &[&str]) -> usize {
         .lines()
         .filter(|l| {
             let l = l.trim_start();
-            l.starts_with('%') || l.starts_with("input ") || l.starts_with("param ") || l.starts_with("state ")
+            l.starts_with('%')
+                || l.starts_with("input ")
+                || l.starts_with("param ")
+                || l.starts_with("state ")
         })
         .count()
 }
@@ -73,9 +76,19 @@ fn svg_is_xml_with_one_node_element_per_value() {
 fn gpt_training_step_renders_whole_and_focused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpt.svg");
-    let grad = ["dump-ir", "examples/gpt.smelt", "--train", "--stage", "grad"];
+    let grad = [
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--train",
+        "--stage",
+        "grad",
+    ];
     let started = std::time::Instant::now();
-    ok(&[&grad[..], &["--format", "svg", "-o", path.to_str().unwrap()]].concat());
+    ok(&[
+        &grad[..],
+        &["--format", "svg", "-o", path.to_str().unwrap()],
+    ]
+    .concat());
     let seconds = started.elapsed().as_secs_f64();
     assert!(seconds < 20.0, "rendering took {seconds:.1}s");
     let svg = std::fs::read_to_string(&path).unwrap();
@@ -93,17 +106,18 @@ fn gpt_training_step_renders_whole_and_focused() {
     assert!(nodes.contains(&"12".to_string()), "{nodes:?}");
     assert!(nodes.len() < 10, "{nodes:?}");
 
-    let err = expect_user_error(&smelt(&[
-        &grad[..],
-        &["--format", "dot", "--focus", "layers.0.Q"],
-    ]
-    .concat()));
+    let err = expect_user_error(&smelt(
+        &[&grad[..], &["--format", "dot", "--focus", "layers.0.Q"]].concat(),
+    ));
     assert!(
         err.contains("has no value named %layers.0.Q (did you mean %layers.0.q?)"),
         "{err}"
     );
     let err = expect_user_error(&smelt(&["dump-ir", "examples/mlp.sir", "--focus", "x"]));
-    assert!(err.contains("use it with --format dot or --format svg"), "{err}");
+    assert!(
+        err.contains("use it with --format dot or --format svg"),
+        "{err}"
+    );
 }
 
 /// `rows` samples of a 10-class task for `examples/mlp.smelt`, as `x.npy` and `labels.npy`.
@@ -148,7 +162,10 @@ fn training_writes_a_profile_trace_and_its_log_plots() {
     let events = trace["traceEvents"].as_array().unwrap();
     let complete: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
     for e in events {
-        assert!(e["pid"].is_u64() && e["tid"].is_u64() && e["name"].is_string(), "{e}");
+        assert!(
+            e["pid"].is_u64() && e["tid"].is_u64() && e["name"].is_string(),
+            "{e}"
+        );
     }
     for e in &complete {
         assert!(e["ts"].as_f64().unwrap() >= 0.0 && e["dur"].as_f64().unwrap() >= 0.0);
@@ -172,7 +189,13 @@ fn training_writes_a_profile_trace_and_its_log_plots() {
         .iter()
         .any(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == "cpu"));
 
-    ok(&["plot", &path("a.jsonl"), &path("b.jsonl"), "-o", &path("loss.svg")]);
+    ok(&[
+        "plot",
+        &path("a.jsonl"),
+        &path("b.jsonl"),
+        "-o",
+        &path("loss.svg"),
+    ]);
     let svg = std::fs::read_to_string(path("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let texts: Vec<&str> = doc
@@ -184,7 +207,12 @@ fn training_writes_a_profile_trace_and_its_log_plots() {
     for label in ["a.jsonl", "b.jsonl", "training loss", "learning rate"] {
         assert!(texts.contains(&label), "{label} in {texts:?}");
     }
-    assert!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count() >= 4);
+    assert!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .count()
+            >= 4
+    );
 
     std::fs::write(path("bad.jsonl"), "{\"step\":1,\"loss\":2}\nnot json\n").unwrap();
     let err = expect_user_error(&smelt(&["plot", &path("bad.jsonl")]));

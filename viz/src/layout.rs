@@ -316,7 +316,10 @@ fn order_layers(slots: &[Slot], layers: &mut [Vec<usize>]) {
                     let key = if neighbours.is_empty() {
                         position[s] as f64
                     } else if downward {
-                        neighbours.iter().map(|&(u, _)| position[u] as f64).sum::<f64>()
+                        neighbours
+                            .iter()
+                            .map(|&(u, _)| position[u] as f64)
+                            .sum::<f64>()
                             / neighbours.len() as f64
                     } else {
                         neighbours
@@ -351,7 +354,7 @@ fn order_layers(slots: &[Slot], layers: &mut [Vec<usize>]) {
 fn count_crossings(slots: &[Slot], layers: &[Vec<usize>], position: &[usize]) -> u64 {
     let mut total = 0u64;
     for pair in layers.windows(2) {
-        let mut ends: Vec<(usize, usize, f64)> = pair[0]
+        let ends: Vec<(usize, usize, f64)> = pair[0]
             .iter()
             .flat_map(|&u| {
                 slots[u]
@@ -369,11 +372,12 @@ fn count_crossings(slots: &[Slot], layers: &[Vec<usize>], position: &[usize]) ->
                 .binary_search_by(|probe| probe.0.cmp(&d).then(probe.1.total_cmp(&p)))
                 .unwrap_or(0)
         };
-        ends.sort_by(|a, b| (a.0, rank(a.1, a.2)).cmp(&(b.0, rank(b.1, b.2))));
+        let mut ranked: Vec<(usize, usize)> =
+            ends.iter().map(|&(u, d, p)| (u, rank(d, p))).collect();
+        ranked.sort_unstable();
         let size = lower.len();
         let mut tree = vec![0u64; size + 1];
-        for (seen, &(_, d, p)) in ends.iter().enumerate() {
-            let lower = rank(d, p);
+        for (seen, &(_, lower)) in ranked.iter().enumerate() {
             // Edges seen so far that end right of `lower` cross this one.
             let mut at_or_left = 0u64;
             let mut i = lower + 1;

@@ -83,10 +83,10 @@ pub fn parse_log(text: &str, path: &str) -> Result<Vec<LogPoint>, PlotError> {
         let record: serde_json::Value =
             serde_json::from_str(line).map_err(|e| fail(format!("not JSON: {e}")))?;
         let number = |key: &str| record.get(key).and_then(serde_json::Value::as_f64);
-        let step = number("step")
-            .ok_or_else(|| fail("expected a number field \"step\"".to_string()))?;
-        let loss = number("loss")
-            .ok_or_else(|| fail("expected a number field \"loss\"".to_string()))?;
+        let step =
+            number("step").ok_or_else(|| fail("expected a number field \"step\"".to_string()))?;
+        let loss =
+            number("loss").ok_or_else(|| fail("expected a number field \"loss\"".to_string()))?;
         points.push(LogPoint {
             step,
             loss,
@@ -143,6 +143,7 @@ fn draw(series: &[Series], svg: &mut String) -> DrawResult {
         .configure_mesh()
         .x_desc("step")
         .y_desc("loss")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
     for (k, s) in series.iter().enumerate() {
@@ -186,15 +187,13 @@ fn draw(series: &[Series], svg: &mut String) -> DrawResult {
         .configure_mesh()
         .x_desc("step")
         .y_desc("lr")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .y_label_formatter(&|v| format!("{v:.1e}"))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
     for (k, s) in series.iter().enumerate() {
         let colour = COLOURS[k % COLOURS.len()];
-        let line = s
-            .points
-            .iter()
-            .filter_map(|p| p.lr.map(|lr| (p.step, lr)));
+        let line = s.points.iter().filter_map(|p| p.lr.map(|lr| (p.step, lr)));
         lr_chart.draw_series(LineSeries::new(line, colour.stroke_width(2)))?;
     }
     root.present()?;
@@ -272,7 +271,10 @@ mod tests {
             .filter_map(|n| n.text())
             .map(str::trim)
             .collect();
-        assert!(texts.contains(&"first") && texts.contains(&"second"), "{texts:?}");
+        assert!(
+            texts.contains(&"first") && texts.contains(&"second"),
+            "{texts:?}"
+        );
         assert!(texts.contains(&"training loss"));
     }
 }

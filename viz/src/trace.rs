@@ -118,7 +118,9 @@ mod tests {
 
     /// Checks the fields that trace viewers need, as the Trace Event Format defines them.
     fn validate(trace: &Value) -> Vec<&Value> {
-        let events = trace["traceEvents"].as_array().expect("traceEvents is a list");
+        let events = trace["traceEvents"]
+            .as_array()
+            .expect("traceEvents is a list");
         let mut complete = Vec::new();
         for e in events {
             assert!(e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
@@ -168,7 +170,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [(&json!(1), &json!("stream 0")), (&json!(2), &json!("stream 1"))]
+            [
+                (&json!(1), &json!("stream 0")),
+                (&json!(2), &json!("stream 1"))
+            ]
         );
     }
 }
