@@ -19,9 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a model's IR at a compiler stage, as text or JSON.
+    /// Print a model's IR at a compiler stage, as text or JSON, or draw it (DOT, SVG).
     #[command(
-        after_help = "Examples:\n  smelt dump-ir examples/mlp.sir\n  smelt dump-ir examples/mlp.sir --format json -o mlp.json"
+        after_help = "Examples:\n  smelt dump-ir examples/mlp.sir\n  smelt dump-ir examples/mlp.sir --format json -o mlp.json\n  smelt dump-ir examples/mlp.sir --format svg -o mlp.svg\n  smelt dump-ir examples/gpt.smelt --train --stage grad --format svg --focus layers.0.q --depth 3 -o q.svg"
     )]
     DumpIr(commands::dump_ir::Args),
     /// Run a model on input tensors and write its outputs.
@@ -43,6 +43,11 @@ enum Command {
     /// op-by-op baseline measured in the same run.
     #[command(after_help = "Examples:\n  smelt bench\n  smelt bench --workload matmul --iters 30")]
     Bench(commands::bench::Args),
+    /// Draw training curves (loss and learning rate against step) from training logs.
+    #[command(
+        after_help = "Examples:\n  smelt plot train.jsonl -o loss.svg\n  smelt plot adamw.jsonl sgd.jsonl -o compare.svg"
+    )]
+    Plot(commands::plot::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::main(args),
         Command::Generate(args) => commands::generate::main(args),
         Command::Bench(args) => commands::bench::main(args),
+        Command::Plot(args) => commands::plot::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

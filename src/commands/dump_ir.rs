@@ -1,4 +1,4 @@
-//! `smelt dump-ir`: print the IR of a stage.
+//! `smelt dump-ir`: print the IR of a stage, as text, JSON, or a picture (DOT or SVG).
 
 use super::{load_model, write_output, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
@@ -6,6 +6,7 @@ use smelt_compiler::ir::{json, text, Bindings};
 use smelt_compiler::passes::decompose;
 use smelt_compiler::schedule::schedule;
 use smelt_frontend::Diagnostic;
+use smelt_viz::{Focus, View};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -33,6 +34,12 @@ pub struct Args {
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Draw only this value and its neighbourhood (dot and svg formats).
+    #[arg(long, value_name = "NAME")]
+    focus: Option<String>,
+    /// How many edges up (operands) and down (users) from --focus to draw.
+    #[arg(long, default_value_t = 2, requires = "focus")]
+    depth: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -53,6 +60,10 @@ enum Format {
     Text,
     /// The JSON form.
     Json,
+    /// Graphviz DOT (`dot -Tsvg`), with the same shapes and colours as `svg`.
+    Dot,
+    /// An SVG drawing, laid out by smelt itself; opens in a browser.
+    Svg,
 }
 
 /// Prints the requested stage.
@@ -93,9 +104,27 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             };
         }
     };
+    if args.focus.is_some() && matches!(args.format, Format::Text | Format::Json) {
+        return Err(Diagnostic::plain(
+            "--focus draws a neighbourhood: use it with --format dot or --format svg",
+        ));
+    }
+    let view = || match &args.focus {
+        Some(name) => View::focused(
+            &graph,
+            &Focus {
+                name: name.clone(),
+                depth: args.depth,
+            },
+        )
+        .map_err(|e| Diagnostic::in_file(&model.path, e.to_string())),
+        None => Ok(View::of(&graph)),
+    };
     let out = match args.format {
         Format::Text => text::print(&graph),
         Format::Json => json::to_json(&graph),
+        Format::Dot => smelt_viz::dot::to_dot(&view()?),
+        Format::Svg => smelt_viz::svg::to_svg(&view()?),
     };
     write_output(args.output.as_deref(), &out)
 }

@@ -8,6 +8,7 @@ use smelt_runtime::train::{
     Checkpoint, Dataset, Schedule, StepReport, TrainConfig, TrainError, Trainer,
 };
 use smelt_runtime::Precision;
+use smelt_viz::trace::{chrome_trace, Role, TraceEvent};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -39,6 +40,11 @@ pub struct Args {
     /// Append one JSON object per step to this file (`step`, `loss`, `lr`, `seconds`, ...).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Write a Chrome trace of measured step timing to this file (open it in
+    /// ui.perfetto.dev or chrome://tracing): each step on the `cpu` track, with its
+    /// phases (batch, run, apply) nested inside, and checkpoint writes.
+    #[arg(long, value_name = "FILE.json")]
+    profile: Option<PathBuf>,
     /// Write checkpoints into this directory.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -126,20 +132,33 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )));
     }
     let mut progress = Progress::new(first, args.steps);
-    let save = |trainer: &Trainer| -> Result<(), Diagnostic> {
+    let mut profile = args.profile.as_ref().map(|_| Profile::new());
+    let save = |trainer: &Trainer, profile: &mut Option<Profile>| -> Result<(), Diagnostic> {
         if let Some(dir) = &args.checkpoint {
+            let began = profile.as_ref().map(Profile::now);
             trainer.checkpoint().save(dir).map_err(fail)?;
+            if let (Some(p), Some(began)) = (profile.as_mut(), began) {
+                p.checkpoint(trainer.completed(), began);
+            }
         }
         Ok(())
     };
     while trainer.completed() < args.steps {
+        let began = profile.as_ref().map(Profile::now);
         let report = match trainer.step() {
             Ok(r) => r,
             Err(e) => {
                 progress.finish();
+                // Keep the timing of the steps that ran: it may show why this one failed.
+                if let (Some(path), Some(p)) = (&args.profile, &profile) {
+                    p.write(path)?;
+                }
                 return Err(fail(e));
             }
         };
+        if let (Some(p), Some(began)) = (profile.as_mut(), began) {
+            p.step(&report, began);
+        }
         if let Some(f) = &mut log {
             let line = format!(
                 "{{\"step\":{},\"loss\":{},\"lr\":{},\"seconds\":{},\"tokens_per_second\":{}}}\n",
@@ -154,10 +173,14 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         }
         progress.update(&report);
         if report.step % args.checkpoint_every == 0 || report.step == args.steps {
-            save(&trainer)?;
+            save(&trainer, &mut profile)?;
         }
     }
     progress.finish();
+    if let (Some(path), Some(p)) = (&args.profile, &profile) {
+        p.write(path)?;
+        eprintln!("profile: {}", path.display());
+    }
     if let Some(dir) = &args.checkpoint {
         eprintln!(
             "checkpoint: {}",
@@ -165,6 +188,71 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         );
     }
     Ok(())
+}
+
+/// Measured timing of a training run, as trace events on the `cpu` track.
+struct Profile {
+    origin: std::time::Instant,
+    events: Vec<TraceEvent>,
+}
+
+impl Profile {
+    fn new() -> Profile {
+        Profile {
+            origin: std::time::Instant::now(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Microseconds since the run began.
+    fn now(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64() * 1e6
+    }
+
+    /// Records a step that began at `began` (microseconds) and just ended.
+    fn step(&mut self, report: &StepReport, began: f64) {
+        let ended = self.now();
+        self.events.push(
+            TraceEvent::new(
+                format!("step {}", report.step),
+                "cpu",
+                Role::Compute,
+                began,
+                ended - began,
+            )
+            .with_arg("step", report.step)
+            .with_arg("loss", report.loss)
+            .with_arg("lr", report.lr)
+            .with_arg("tokens", report.tokens),
+        );
+        // The trainer times its phases from its own start, a moment after `began`,
+        // so they nest inside the step's span.
+        let inner_start = ended - report.seconds * 1e6;
+        for phase in &report.phases {
+            self.events.push(TraceEvent::new(
+                phase.name,
+                "cpu",
+                Role::Compute,
+                inner_start + phase.start * 1e6,
+                phase.seconds * 1e6,
+            ));
+        }
+    }
+
+    /// Records a checkpoint write of step `step` that began at `began`.
+    fn checkpoint(&mut self, step: usize, began: f64) {
+        let ended = self.now();
+        self.events.push(
+            TraceEvent::new("checkpoint", "cpu", Role::Comm, began, ended - began)
+                .with_arg("step", step),
+        );
+    }
+
+    fn write(&self, path: &std::path::Path) -> Result<(), Diagnostic> {
+        std::fs::write(path, chrome_trace("smelt train", &self.events)).map_err(|e| {
+            Diagnostic::in_file(&path.display().to_string(), format!("cannot write: {e}"))
+        })
+    }
 }
 
 /// A progress bar on a terminal; plain lines otherwise.

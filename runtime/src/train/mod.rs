@@ -83,6 +83,20 @@ pub struct StepReport {
     pub seconds: f64,
     /// Tokens (text) or samples processed.
     pub tokens: usize,
+    /// Where the step's time went, in order (for profiles).
+    pub phases: [Phase; 3],
+}
+
+/// One timed part of a training step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Phase {
+    /// What it did: `batch` (gather the batch and feeds), `run` (forward, backward and
+    /// optimiser), `apply` (keep the updated parameters and state).
+    pub name: &'static str,
+    /// When it began, in seconds after the step began.
+    pub start: f64,
+    /// How long it took, in seconds.
+    pub seconds: f64,
 }
 
 /// A training run in progress.
@@ -184,7 +198,9 @@ impl Trainer {
             "step".into(),
             Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
         );
+        let batch_end = start.elapsed().as_secs_f64();
         let run = self.engine.run(&feeds)?;
+        let run_end = start.elapsed().as_secs_f64();
         let loss = run.outputs[0].to_f64_vec()[0];
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step, loss });
@@ -192,6 +208,12 @@ impl Trainer {
         for (name, value) in run.updates {
             self.state.insert(name, value);
         }
+        let apply_end = start.elapsed().as_secs_f64();
+        let phase = |name, from: f64, to: f64| Phase {
+            name,
+            start: from,
+            seconds: to - from,
+        };
         self.completed = step;
         Ok(StepReport {
             step,
@@ -199,6 +221,11 @@ impl Trainer {
             lr,
             seconds: start.elapsed().as_secs_f64(),
             tokens: self.config.batch * self.data.tokens_per_sample(&self.step_graph),
+            phases: [
+                phase("batch", 0.0, batch_end),
+                phase("run", batch_end, run_end),
+                phase("apply", run_end, apply_end),
+            ],
         })
     }
 

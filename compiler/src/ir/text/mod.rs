@@ -27,4 +27,4 @@ mod parse;
 mod print;
 
 pub use parse::{parse, ParseError, Parsed, Pos};
-pub use print::print;
+pub use print::{print, print_init};
