@@ -9,8 +9,8 @@ use prost::Message;
 use smelt_compiler::ir::DType;
 use smelt_frontend::onnx::proto::{
     tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
 };
 use smelt_runtime::io::write_safetensors;
 use smelt_runtime::Tensor;
@@ -53,7 +53,10 @@ fn reshape_model() -> Vec<u8> {
             output: vec!["reshaped".into()],
             ..Default::default()
         }],
-        input: vec![value_info("data", FLOAT, &[2, 3]), value_info("shape", INT64, &[2])],
+        input: vec![
+            value_info("data", FLOAT, &[2, 3]),
+            value_info("shape", INT64, &[2]),
+        ],
         output: vec![ValueInfoProto {
             name: Some("reshaped".into()),
             ..Default::default()

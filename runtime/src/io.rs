@@ -293,3 +293,28 @@ pub fn read_tensor_file(path: &Path, name: &str) -> Result<Tensor, IoError> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f64 tensors keep their dtype and every bit through both file formats.
+    #[test]
+    fn f64_round_trips_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t = Tensor {
+            dtype: DType::F64,
+            shape: vec![3],
+            data: Data::Float(vec![0.1, 1.0 + f64::EPSILON, -1e300]),
+        };
+        let npy = dir.path().join("t.npy");
+        write_npy(&npy, &t).expect("npy written");
+        assert_eq!(read_npy(&npy).expect("npy read"), t);
+        let st = dir.path().join("t.safetensors");
+        write_safetensors(&st, &[("t".into(), t.clone())]).expect("safetensors written");
+        assert_eq!(
+            read_safetensors(&st).expect("safetensors read"),
+            [("t".into(), t)]
+        );
+    }
+}

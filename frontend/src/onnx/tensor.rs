@@ -257,7 +257,12 @@ fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<ConstData, String> {
     if let Some(bits) = packed_bits(code) {
         let per_byte = (8 / bits) as usize;
         check_len("bytes", raw.len(), n.div_ceil(per_byte))?;
-        return Ok(ConstData::Int(unpack_ints(code, bits, raw.iter().copied(), n)));
+        return Ok(ConstData::Int(unpack_ints(
+            code,
+            bits,
+            raw.iter().copied(),
+            n,
+        )));
     }
     let width = match code {
         FLOAT | INT32 | UINT32 => 4,
@@ -414,7 +419,10 @@ mod tests {
             raw_data: Some(vec![0x87, 0x0f]),
             ..Default::default()
         };
-        assert_eq!(decode_tensor(&int4).unwrap().data, ConstData::Int(vec![7, -8, -1]));
+        assert_eq!(
+            decode_tensor(&int4).unwrap().data,
+            ConstData::Int(vec![7, -8, -1])
+        );
         let uint2 = TensorProto {
             dims: vec![5],
             data_type: Some(code::UINT2),
