@@ -19,6 +19,7 @@ pub struct Args {
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
     /// An input or parameter value: NAME=FILE (.npy, .safetensors, or an ONNX TensorProto .pb). Repeat for each.
+    /// An ONNX model is imported with these values, so shapes computed from inputs are known.
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
     /// Parameter values from a safetensors file (tensors named like the parameters).
