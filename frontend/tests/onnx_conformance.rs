@@ -1,7 +1,8 @@
 //! ONNX backend conformance: runs the test cases shipped in the `onnx==1.22.0` wheel
 //! (`node`, and the whole-model suites `simple`, `pytorch-converted`,
-//! `pytorch-operator`) through the importer and the reference interpreter (f32), and
-//! compares with ONNX's tolerances (rtol 1e-3, atol 1e-7).
+//! `pytorch-operator`) through the importer and the reference interpreter (rounding
+//! each value to its dtype: f32 to f32, f64 kept), and compares with ONNX's tolerances
+//! (rtol 1e-3, atol 1e-7).
 //!
 //! The data is looked up in `$SMELT_ONNX_TESTDATA` (default `target/onnx-testdata`);
 //! `scripts/fetch-onnx-testdata.sh` puts it there. Without it the test is skipped,
@@ -72,28 +73,29 @@ const TARGET_OPS: &[&str] = &[
 /// pattern is a substring of the case name (an exception only excuses a case that does
 /// not pass; passing cases are counted as passes).
 const KNOWN_EXCEPTIONS: &[(&str, &str)] = &[
-    ("DOUBLE", "f64 tensors: the IR has no float64 dtype"),
-    ("float64", "f64 tensors: the IR has no float64 dtype"),
-    ("FLOAT8E4M3FNUZ", "the IR has no fnuz float8 dtype"),
-    ("FLOAT8E5M2", "the IR has no e5m2 float8 dtype"),
-    ("FLOAT4E2M1", "the IR has no 4-bit float dtype"),
-    ("FLOAT8E8M0", "the IR has no e8m0 dtype"),
+    // The issue asks for Cast between float and integer types. These cases cast between
+    // floats, to or from a float format the IR has no dtype for, so the result cannot
+    // be represented (holding them in a wider float would give the wrong dtype and skip
+    // their rounding, saturation and NaN rules).
     (
-        "INT4",
-        "packed 4-bit integers are not decoded (the IR has no 4-bit dtype)",
+        "FLOAT8E4M3FNUZ",
+        "float<->float cast: the IR has no float8 e4m3fnuz dtype",
     ),
     (
-        "INT2",
-        "packed 2-bit integers are not decoded (the IR has no 2-bit dtype)",
+        "FLOAT8E5M2",
+        "float<->float cast: the IR has no float8 e5m2 (or e5m2fnuz) dtype",
     ),
-    ("test_equal_string", "string tensors are not in the IR"),
-    ("test_cumsum_1d", "f64 test data"),
-    ("test_cumsum_2d_axis", "f64 test data"),
-    ("test_cumsum_2d_negative_axis", "f64 test data"),
-    ("test_einsum_", "f64 test data"),
     (
-        "test_attention_4d_diff_heads_mask4d_padded_kv",
-        "nonpad_kv_seqlen (opset 24) is not mapped yet",
+        "FLOAT4E2M1",
+        "float<->float cast: the IR has no 4-bit float (e2m1) dtype",
+    ),
+    (
+        "FLOAT8E8M0",
+        "float<->float cast: the IR has no float8 e8m0 (power-of-two scale) dtype",
+    ),
+    (
+        "test_equal_string",
+        "string tensors: the IR's tensors hold numbers and booleans only",
     ),
 ];
 

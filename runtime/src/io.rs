@@ -57,7 +57,7 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
         data: Data::Int(v),
     };
     let t = match descr.trim_start_matches(['<', '|', '=']) {
-        "f8" => floats(DType::F32, npy.into_vec::<f64>().map_err(bad)?).rounded_from_f64(),
+        "f8" => floats(DType::F64, npy.into_vec::<f64>().map_err(bad)?),
         "f4" => floats(
             DType::F32,
             npy.into_vec::<f32>()
@@ -109,17 +109,8 @@ pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
     Ok(t)
 }
 
-impl Tensor {
-    /// f64 data stored as the f32 it will be used as.
-    fn rounded_from_f64(self) -> Tensor {
-        let Data::Float(v) = self.data else {
-            unreachable!("called on floats")
-        };
-        Tensor::from_f64(DType::F32, self.shape, v)
-    }
-}
-
-/// Writes `t` as `.npy` (f32 for f32, f64 never; f16 for f16; bf16 and f8 widened to f32).
+/// Writes `t` as `.npy` (f64 for f64; f16 for f16; f32 for f32, and for bf16 and f8
+/// widened to f32).
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), IoError> {
     use npyz::WriterBuilder;
     let file = File::create(path).map_err(|e| err(path, e))?;
@@ -139,6 +130,7 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), IoError> {
         }};
     }
     match (&t.data, t.dtype) {
+        (Data::Float(v), DType::F64) => write_as!(f64, v.iter().copied()),
         (Data::Float(v), DType::F16) => {
             write_as!(half::f16, v.iter().map(|&x| half::f16::from_f64(x)))
         }
@@ -174,10 +166,10 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
                 ),
             ),
             S::F64 => (
-                DType::F32,
+                DType::F64,
                 Data::Float(
                     chunks(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32 as f64)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                         .collect(),
                 ),
             ),
@@ -237,6 +229,9 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         .iter()
         .map(|(name, t)| {
             let (dtype, bytes): (S, Vec<u8>) = match (&t.data, t.dtype) {
+                (Data::Float(v), DType::F64) => {
+                    (S::F64, v.iter().flat_map(|&x| x.to_le_bytes()).collect())
+                }
                 (Data::Float(v), DType::F16) => (
                     S::F16,
                     v.iter()
@@ -296,5 +291,30 @@ pub fn read_tensor_file(path: &Path, name: &str) -> Result<Tensor, IoError> {
             path,
             "unknown tensor file type (expected .npy or .safetensors)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f64 tensors keep their dtype and every bit through both file formats.
+    #[test]
+    fn f64_round_trips_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t = Tensor {
+            dtype: DType::F64,
+            shape: vec![3],
+            data: Data::Float(vec![0.1, 1.0 + f64::EPSILON, -1e300]),
+        };
+        let npy = dir.path().join("t.npy");
+        write_npy(&npy, &t).expect("npy written");
+        assert_eq!(read_npy(&npy).expect("npy read"), t);
+        let st = dir.path().join("t.safetensors");
+        write_safetensors(&st, &[("t".into(), t.clone())]).expect("safetensors written");
+        assert_eq!(
+            read_safetensors(&st).expect("safetensors read"),
+            [("t".into(), t)]
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Host tensors: a dtype, a static shape and row-major elements.
 //!
 //! Floats of every width are held as `f64`, already rounded to their dtype, so one code
-//! path serves f32, f16, bf16 and f8e4m3; integers are `i64`, booleans `bool`.
+//! path serves f64, f32, f16, bf16 and f8e4m3; integers are `i64`, booleans `bool`.
 
 use smelt_compiler::ir::DType;
 
@@ -121,10 +121,12 @@ impl Tensor {
     }
 }
 
-/// Rounds `x` to the nearest value of float dtype `dtype` (identity for f64 precision
-/// work is the caller's choice: see `interp::Precision`).
+/// Rounds `x` to the nearest value of float dtype `dtype` (identity for `f64`, which is
+/// the host representation; keeping `f32` values in f64 precision is the caller's choice:
+/// see `interp::Precision`).
 pub fn round_to(dtype: DType, x: f64) -> f64 {
     match dtype {
+        DType::F64 => x,
         DType::F32 => x as f32 as f64,
         DType::F16 => half::f16::from_f64(x).to_f64(),
         DType::BF16 => half::bf16::from_f64(x).to_f64(),

@@ -220,14 +220,17 @@ fn mlp_forward_and_training_steps() {
 
 #[test]
 fn unsupported_dtypes_are_reported() {
-    let g = text::parse("graph @t {\n  input %x: bf16[2]\n  %y = exp %x\n  output %y\n}\n")
-        .unwrap()
-        .graph;
-    let err = CpuProgram::compile(&g).unwrap_err();
-    assert!(
-        err.to_string().contains("bf16 is not supported yet"),
-        "{err}"
-    );
+    for dtype in ["bf16", "f64"] {
+        let source =
+            format!("graph @t {{\n  input %x: {dtype}[2]\n  %y = exp %x\n  output %y\n}}\n");
+        let g = text::parse(&source).unwrap().graph;
+        let err = CpuProgram::compile(&g).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("{dtype} is not supported yet")),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -523,3 +523,19 @@ fn f32_precision_rounds_every_result() {
     let y = interp::run(&g, &feeds, Precision::F32).unwrap();
     assert_eq!(y[0].to_f64_vec()[0], (0.1f32 + 0.1f32) as f64);
 }
+
+#[test]
+fn f64_values_keep_f64_precision_in_both_modes() {
+    let g = text::parse(
+        "graph @t {\n  input %a: f64[1]\n  %e = exp %a\n  %y = add %e, %a\n  output %y\n}\n",
+    )
+    .unwrap()
+    .graph;
+    let a = Tensor::from_f64(DType::F64, vec![1], vec![0.1]);
+    let feeds: HashMap<String, Tensor> = [("a".to_string(), a)].into();
+    for precision in [Precision::F32, Precision::F64] {
+        let y = interp::run(&g, &feeds, precision).unwrap();
+        assert_eq!(y[0].dtype, DType::F64);
+        assert_eq!(y[0].to_f64_vec()[0], 0.1f64.exp() + 0.1);
+    }
+}

@@ -98,7 +98,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             let text = schedule(&g).to_text(&bindings);
             return match args.format {
                 Format::Text => write_output(args.output.as_deref(), &text),
-                Format::Json => Err(Diagnostic::plain(
+                _ => Err(Diagnostic::plain(
                     "--stage scheduled prints text only for now (use --format text)",
                 )),
             };

@@ -2,13 +2,14 @@
 
 use super::load_model;
 use smelt_compiler::ir::Def;
+use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
 use smelt_runtime::train::Checkpoint;
-use smelt_runtime::{interp, params, Precision, RunError, Tensor};
+use smelt_runtime::{interp, params, Data, Precision, RunError, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,6 +19,7 @@ pub struct Args {
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
     /// An input or parameter value: NAME=FILE (.npy, .safetensors, or an ONNX TensorProto .pb). Repeat for each.
+    /// An ONNX model is imported with these values, so shapes computed from inputs are known.
     #[arg(long = "input", value_name = "NAME=FILE")]
     inputs: Vec<String>,
     /// Parameter values from a safetensors file (tensors named like the parameters).
@@ -52,7 +54,16 @@ enum PrecisionArg {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let model = load_model(&args.model, &args.sets)?;
+    // Inputs are read before the model: an ONNX model's shapes may depend on their values.
+    let mut given: Vec<(String, String, Tensor)> = Vec::new();
+    for spec in &args.inputs {
+        let (name, file) = spec.split_once('=').ok_or_else(|| {
+            Diagnostic::plain(format!("--input expects NAME=FILE, found '{spec}'"))
+        })?;
+        let t = read_input_file(&PathBuf::from(file), name)?;
+        given.push((name.to_string(), file.to_string(), t));
+    }
+    let model = load_with_inputs(&args.model, &args.sets, &given)?;
     let graph = &model.graph;
     let mut feeds: HashMap<String, Tensor> = HashMap::new();
     let mut origin: HashMap<String, String> = HashMap::new();
@@ -96,13 +107,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             feeds.insert(name, t);
         }
     }
-    for spec in &args.inputs {
-        let (name, file) = spec.split_once('=').ok_or_else(|| {
-            Diagnostic::plain(format!("--input expects NAME=FILE, found '{spec}'"))
-        })?;
-        let path = PathBuf::from(file);
-        let t = read_input_file(&path, name)?;
-        if graph.find(name).is_none() {
+    for (name, file, t) in given {
+        if graph.find(&name).is_none() {
             let known: Vec<String> = graph
                 .inputs()
                 .map(|id| graph.value(id).name.clone())
@@ -112,8 +118,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 known.join(", ")
             )));
         }
-        origin.insert(name.to_string(), file.to_string());
-        feeds.insert(name.to_string(), t);
+        origin.insert(name.clone(), file);
+        feeds.insert(name, t);
     }
     for (name, t) in params::init_params(graph, args.seed) {
         feeds.entry(name).or_insert(t);
@@ -150,8 +156,41 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     Ok(())
 }
 
+/// Loads the model. An ONNX model is imported with the given input values, so that
+/// shapes computed from graph inputs (a `Reshape` whose shape is an input) are known.
+fn load_with_inputs(
+    path: &Path,
+    sets: &[String],
+    given: &[(String, String, Tensor)],
+) -> Result<Model, Diagnostic> {
+    let is_onnx = path.extension().and_then(|e| e.to_str()) == Some("onnx");
+    // `--set` on an ONNX model is an error that `load_model` reports.
+    if !is_onnx || !sets.is_empty() {
+        return load_model(path, sets);
+    }
+    let input_values = given
+        .iter()
+        .map(|(name, _, t)| (name.clone(), to_const(t)))
+        .collect();
+    smelt_frontend::load_onnx(path, &ImportOptions { input_values }).map_err(|e| e.0)
+}
+
+/// A runtime tensor as an ONNX importer constant.
+fn to_const(t: &Tensor) -> Const {
+    let data = match &t.data {
+        Data::Float(v) => ConstData::Float(v.clone()),
+        Data::Int(v) => ConstData::Int(v.clone()),
+        Data::Bool(v) => ConstData::Bool(v.clone()),
+    };
+    Const {
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        data,
+    }
+}
+
 /// Reads an input tensor: ONNX `TensorProto` files (`.pb`) here, others by the runtime.
-fn read_input_file(path: &std::path::Path, name: &str) -> Result<Tensor, Diagnostic> {
+fn read_input_file(path: &Path, name: &str) -> Result<Tensor, Diagnostic> {
     if path.extension().and_then(|e| e.to_str()) != Some("pb") {
         return read_tensor_file(path, name).map_err(|e| Diagnostic::in_file(&e.path, e.message));
     }
@@ -161,9 +200,9 @@ fn read_input_file(path: &std::path::Path, name: &str) -> Result<Tensor, Diagnos
     let (_, c) = smelt_frontend::onnx::parse_tensor(&bytes)
         .map_err(|e| Diagnostic::in_file(&shown, e.message))?;
     let data = match c.data {
-        smelt_frontend::onnx::ConstData::Float(v) => smelt_runtime::Data::Float(v),
-        smelt_frontend::onnx::ConstData::Int(v) => smelt_runtime::Data::Int(v),
-        smelt_frontend::onnx::ConstData::Bool(v) => smelt_runtime::Data::Bool(v),
+        ConstData::Float(v) => Data::Float(v),
+        ConstData::Int(v) => Data::Int(v),
+        ConstData::Bool(v) => Data::Bool(v),
     };
     Ok(Tensor {
         dtype: c.dtype,

@@ -9,6 +9,8 @@ use std::fmt;
 pub enum DType {
     /// IEEE binary32.
     F32,
+    /// IEEE binary64.
+    F64,
     /// IEEE binary16.
     F16,
     /// bfloat16: binary32 with the low 16 mantissa bits dropped.
@@ -25,8 +27,9 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in the order used for canonical listings.
-    pub const ALL: [DType; 7] = [
+    pub const ALL: [DType; 8] = [
         DType::F32,
+        DType::F64,
         DType::F16,
         DType::BF16,
         DType::F8E4M3,
@@ -39,6 +42,7 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
+            DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
             DType::F8E4M3 => "f8e4m3",
@@ -55,7 +59,10 @@ impl DType {
 
     /// True for the floating-point types.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3)
+        matches!(
+            self,
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 | DType::F8E4M3
+        )
     }
 
     /// True for the integer types.
@@ -69,7 +76,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::F8E4M3 | DType::Bool => 1,
-            DType::I64 => 8,
+            DType::F64 | DType::I64 => 8,
         }
     }
 }

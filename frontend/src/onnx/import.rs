@@ -178,6 +178,9 @@ pub struct Importer {
     pub b: Builder,
     /// ONNX value names in scope.
     pub slots: HashMap<String, Slot>,
+    /// Declared ONNX element type codes (graph inputs, initializers, `value_info`), by
+    /// name: the IR type does not tell an int4 from an int32, `CastLike` needs to.
+    pub elem_types: HashMap<String, i32>,
 }
 
 impl Importer {

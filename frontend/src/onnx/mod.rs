@@ -15,8 +15,8 @@
 //! - **Broadcasting is made explicit** with `broadcast` nodes; negative axes are
 //!   normalised; composite ops (`softmax`, `layer_norm`, `attention`, ...) are used
 //!   where ONNX's op matches one, other ops are decomposed into primitives.
-//! - Element types: see [`tensor`] (narrow and unsigned integers are widened; f64 is
-//!   not supported).
+//! - Element types: see [`tensor`] (narrow and unsigned integers are widened; the
+//!   float8 variants other than e4m3fn, and 4-bit floats, are not supported).
 
 pub mod import;
 mod ops;
@@ -38,9 +38,10 @@ pub use tensor::{Const, ConstData};
 /// Options for [`import_model`].
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Values of graph inputs, by ONNX name, that the importer may use wherever ONNX
-    /// needs a value known at import time (a `Reshape`'s shape input). The inputs stay
-    /// inputs of the IR graph; ops that need them statically use these values.
+    /// Values of graph inputs, by ONNX name or by the name of the IR input made for
+    /// it, that the importer may use wherever ONNX needs a value known at import time
+    /// (a `Reshape`'s shape input). The inputs stay inputs of the IR graph; ops that
+    /// need them statically use these values.
     pub input_values: HashMap<String, Const>,
 }
 
@@ -180,6 +181,33 @@ fn input_type(info: &ValueInfoProto, index: usize) -> Result<TensorType, OnnxErr
     Ok(TensorType::new(dtype, Shape(dims)))
 }
 
+/// The element types the graph declares for its inputs, outputs, initializers and
+/// `value_info` entries, by ONNX name.
+fn declared_elem_types(graph: &proto::GraphProto) -> HashMap<String, i32> {
+    let mut types = HashMap::new();
+    for info in graph
+        .input
+        .iter()
+        .chain(&graph.output)
+        .chain(&graph.value_info)
+    {
+        if let (Some(name), Some(type_proto::Value::TensorType(t))) = (
+            &info.name,
+            info.r#type.as_ref().and_then(|t| t.value.as_ref()),
+        ) {
+            if let Some(code) = t.elem_type {
+                types.insert(name.clone(), code);
+            }
+        }
+    }
+    for init in &graph.initializer {
+        if let (Some(name), Some(code)) = (&init.name, init.data_type) {
+            types.insert(name.clone(), code);
+        }
+    }
+    types
+}
+
 /// Imports a decoded ONNX model.
 pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, OnnxError> {
     let graph = model
@@ -196,6 +224,7 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
     let mut im = Importer {
         b: Builder::new(&name),
         slots: HashMap::new(),
+        elem_types: declared_elem_types(graph),
     };
     for (i, init) in graph.initializer.iter().enumerate() {
         let init_name = init.name.clone().unwrap_or_default();
@@ -232,7 +261,11 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
             onnx_name.clone(),
             Slot {
                 id: Some(id),
-                konst: options.input_values.get(&onnx_name).cloned(),
+                konst: options
+                    .input_values
+                    .get(&onnx_name)
+                    .or_else(|| options.input_values.get(&ir))
+                    .cloned(),
             },
         );
         inputs.push((onnx_name, id));

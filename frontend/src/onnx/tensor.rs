@@ -1,10 +1,12 @@
 //! ONNX element types and `TensorProto` decoding into host constants.
 //!
-//! The IR has no f64, no unsigned and no narrow integer types. Narrow and unsigned
-//! integers are held in the smallest IR integer type that holds every value of theirs
-//! (int8, int16, uint8, uint16 -> i32; uint32, uint64 -> i64); wrap-around on overflow
-//! of the original type is not modelled. f64 and the exotic float formats (e5m2, fnuz,
-//! e2m1, e8m0, 2- and 4-bit integers) are rejected with a message naming them.
+//! The IR has no unsigned and no narrow integer types. Narrow and unsigned integers are
+//! held in the smallest IR integer type that holds every value of theirs (int2, int4,
+//! int8, int16, uint2, uint4, uint8, uint16 -> i32; uint32, uint64 -> i64); the packed
+//! 2- and 4-bit formats are unpacked into one i32 per element. Arithmetic does not wrap
+//! around at the original type's range; `Cast` to a narrow type does (see
+//! [`narrow_int_range`]). The exotic float formats (e5m2, the fnuz variants, e2m1, e8m0)
+//! are rejected with a message naming them.
 
 use super::proto::TensorProto;
 use smelt_compiler::ir::DType;
@@ -41,6 +43,14 @@ pub mod code {
     pub const BFLOAT16: i32 = 16;
     /// float8 e4m3fn.
     pub const FLOAT8E4M3FN: i32 = 17;
+    /// uint4, packed two per byte (first element in the low nibble).
+    pub const UINT4: i32 = 21;
+    /// int4, packed two per byte (first element in the low nibble).
+    pub const INT4: i32 = 22;
+    /// uint2, packed four per byte (first element in the lowest two bits).
+    pub const UINT2: i32 = 25;
+    /// int2, packed four per byte (first element in the lowest two bits).
+    pub const INT2: i32 = 26;
 }
 
 /// The ONNX name of element type `code` (for messages).
@@ -83,19 +93,67 @@ pub fn ir_dtype(code: i32) -> Result<DType, String> {
     use code::*;
     Ok(match code {
         FLOAT => DType::F32,
+        DOUBLE => DType::F64,
         FLOAT16 => DType::F16,
         BFLOAT16 => DType::BF16,
         FLOAT8E4M3FN => DType::F8E4M3,
-        INT8 | INT16 | UINT8 | UINT16 | INT32 => DType::I32,
+        INT2 | INT4 | INT8 | INT16 | UINT2 | UINT4 | UINT8 | UINT16 | INT32 => DType::I32,
         INT64 | UINT32 | UINT64 => DType::I64,
         BOOL => DType::Bool,
         _ => {
             return Err(format!(
-                "element type {} is not supported (the IR has f32, f16, bf16, f8e4m3, i32, i64 and bool)",
+                "element type {} is not supported (the IR has f64, f32, f16, bf16, f8e4m3, i32, i64 and bool)",
                 onnx_type_name(code)
             ))
         }
     })
+}
+
+/// The value range `(min, max)` of ONNX integer type `code` when the IR holds it in a
+/// wider integer type (the narrow and unsigned types below 32 bits), else `None`.
+pub fn narrow_int_range(code: i32) -> Option<(i64, i64)> {
+    use code::*;
+    Some(match code {
+        INT2 => (-2, 1),
+        UINT2 => (0, 3),
+        INT4 => (-8, 7),
+        UINT4 => (0, 15),
+        INT8 => (-128, 127),
+        UINT8 => (0, 255),
+        INT16 => (-32768, 32767),
+        UINT16 => (0, 65535),
+        _ => return None,
+    })
+}
+
+/// Bits per element of the packed sub-byte integer types, else `None`.
+fn packed_bits(code: i32) -> Option<u32> {
+    use code::*;
+    match code {
+        INT4 | UINT4 => Some(4),
+        INT2 | UINT2 => Some(2),
+        _ => None,
+    }
+}
+
+/// Unpacks `n` sub-byte integers of type `code` (`bits` wide, first element in the
+/// least significant bits) from `bytes`, sign-extending the signed types.
+fn unpack_ints(code: i32, bits: u32, bytes: impl Iterator<Item = u8>, n: usize) -> Vec<i64> {
+    let per_byte = (8 / bits) as usize;
+    let mask = (1u8 << bits) - 1;
+    let signed = matches!(code, code::INT4 | code::INT2);
+    bytes
+        .flat_map(|byte| (0..per_byte).map(move |k| (byte >> (k as u32 * bits)) & mask))
+        .take(n)
+        .map(|field| {
+            let v = i64::from(field);
+            if signed && v >= 1 << (bits - 1) {
+                v - (1 << bits)
+            } else {
+                v
+            }
+        })
+        .collect()
 }
 
 /// The elements of a constant.
@@ -196,6 +254,16 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const, String> {
 
 fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<ConstData, String> {
     use code::*;
+    if let Some(bits) = packed_bits(code) {
+        let per_byte = (8 / bits) as usize;
+        check_len("bytes", raw.len(), n.div_ceil(per_byte))?;
+        return Ok(ConstData::Int(unpack_ints(
+            code,
+            bits,
+            raw.iter().copied(),
+            n,
+        )));
+    }
     let width = match code {
         FLOAT | INT32 | UINT32 => 4,
         INT64 | UINT64 | DOUBLE => 8,
@@ -211,6 +279,7 @@ fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<ConstData, String> {
     };
     Ok(match code {
         FLOAT => ConstData::Float(words.map(|c| f32::from_bits(le(c) as u32) as f64).collect()),
+        DOUBLE => ConstData::Float(words.map(|c| f64::from_bits(le(c))).collect()),
         FLOAT16 => ConstData::Float(
             words
                 .map(|c| half::f16::from_bits(le(c) as u16).to_f64())
@@ -249,10 +318,21 @@ fn decode_typed(code: i32, t: &TensorProto, n: usize) -> Result<ConstData, Strin
         check_len("int32 values", t.int32_data.len(), n)?;
         Ok(&t.int32_data)
     };
+    if let Some(bits) = packed_bits(code) {
+        // Packed like raw data, one byte of elements per int32.
+        let per_byte = (8 / bits) as usize;
+        check_len("int32 values", t.int32_data.len(), n.div_ceil(per_byte))?;
+        let bytes = t.int32_data.iter().map(|&x| x as u8);
+        return Ok(ConstData::Int(unpack_ints(code, bits, bytes, n)));
+    }
     Ok(match code {
         FLOAT => {
             check_len("floats", t.float_data.len(), n)?;
             ConstData::Float(t.float_data.iter().map(|&x| f64::from(x)).collect())
+        }
+        DOUBLE => {
+            check_len("doubles", t.double_data.len(), n)?;
+            ConstData::Float(t.double_data.clone())
         }
         // Narrow types are stored one per int32 (floats as their bit patterns).
         FLOAT16 => ConstData::Float(
@@ -310,6 +390,7 @@ fn f8e4m3_to_f64(bits: u8) -> f64 {
 /// Rounds `x` to float dtype `dtype`.
 pub fn round_float(dtype: DType, x: f64) -> f64 {
     match dtype {
+        DType::F64 => x,
         DType::F32 => x as f32 as f64,
         DType::F16 => half::f16::from_f64(x).to_f64(),
         DType::BF16 => half::bf16::from_f64(x).to_f64(),
@@ -328,6 +409,43 @@ mod tests {
         assert_eq!(f8e4m3_to_f64(0x01), 2f64.powi(-9));
         assert!(f8e4m3_to_f64(0x7f).is_nan());
         assert_eq!(f8e4m3_to_f64(0xb8), -1.0);
+    }
+
+    #[test]
+    fn packed_sub_byte_integers_unpack_low_bits_first() {
+        let int4 = TensorProto {
+            dims: vec![3],
+            data_type: Some(code::INT4),
+            raw_data: Some(vec![0x87, 0x0f]),
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_tensor(&int4).unwrap().data,
+            ConstData::Int(vec![7, -8, -1])
+        );
+        let uint2 = TensorProto {
+            dims: vec![5],
+            data_type: Some(code::UINT2),
+            int32_data: vec![0x39, 0x03],
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_tensor(&uint2).unwrap().data,
+            ConstData::Int(vec![1, 2, 3, 0, 3])
+        );
+    }
+
+    #[test]
+    fn doubles_keep_full_precision() {
+        let x = 0.1f64;
+        let t = TensorProto {
+            dims: vec![1],
+            data_type: Some(code::DOUBLE),
+            raw_data: Some(x.to_le_bytes().to_vec()),
+            ..Default::default()
+        };
+        let c = decode_tensor(&t).unwrap();
+        assert_eq!((c.dtype, c.data), (DType::F64, ConstData::Float(vec![x])));
     }
 
     #[test]

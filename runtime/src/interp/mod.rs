@@ -26,7 +26,8 @@ pub enum Precision {
     #[default]
     F32,
     /// Keep `f32` values in `f64` (the high-precision reference). Narrower floats
-    /// (f16, bf16, f8e4m3) are storage formats and are rounded in both modes.
+    /// (f16, bf16, f8e4m3) are storage formats and are rounded in both modes; `f64`
+    /// values are computed in `f64` in both.
     F64,
 }
 

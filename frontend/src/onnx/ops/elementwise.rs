@@ -3,7 +3,7 @@
 
 use super::one;
 use crate::onnx::import::{unsupported, Importer, NodeCtx, OpResult, Out};
-use crate::onnx::tensor::{ir_dtype, Const, ConstData};
+use crate::onnx::tensor::{ir_dtype, narrow_int_range, Const, ConstData};
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, UnaryOp};
 use smelt_compiler::ir::{DType, Op, ValueId};
 
@@ -120,12 +120,15 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
 }
 
 /// `Pow` allows mixed base and exponent types; the result has the base's type. Mixed
-/// int/float pairs compute in f32, as numpy does before casting back.
+/// int/float pairs compute in f32 (f64 for an f64 exponent), as numpy does before
+/// casting back.
 fn pow(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     let (a, b) = (im.input(node, 0)?, im.input(node, 1)?);
     let (ta, tb) = (im.ty(a).dtype, im.ty(b).dtype);
     let work = if ta == tb || ta.is_float() {
         ta
+    } else if tb == DType::F64 {
+        DType::F64
     } else if tb.is_float() {
         DType::F32
     } else {
@@ -192,13 +195,23 @@ fn clip(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
 
 fn cast(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>>> {
     let x = im.input(node, 0)?;
-    let target = if op == "CastLike" {
+    // The ONNX element type aimed at, where known (a `CastLike` whose model does not
+    // declare its second input's type only tells the IR dtype).
+    let (target, target_code) = if op == "CastLike" {
         let like = im.input(node, 1)?;
-        im.ty(like).dtype
+        let code = node
+            .input_name(1)
+            .and_then(|name| im.elem_types.get(name).copied());
+        (im.ty(like).dtype, code)
     } else {
         let to = node.int("to")?.ok_or("'Cast' needs attribute 'to'")?;
-        ir_dtype(to as i32).map_err(crate::onnx::import::Fail::Unsupported)?
+        let to = i32::try_from(to).map_err(|_| format!("unknown element type {to}"))?;
+        let dtype = ir_dtype(to).map_err(crate::onnx::import::Fail::Unsupported)?;
+        (dtype, Some(to))
     };
+    if let Some((lo, hi)) = target_code.and_then(narrow_int_range) {
+        return one(cast_to_narrow_int(im, x, target, lo, hi)?);
+    }
     let from = im.ty(x).dtype;
     let mut x = x;
     // Casting to float8 saturates by default: clamp to the largest finite value first.
@@ -209,6 +222,35 @@ fn cast(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>
         x = im.op(Op::Binary(BinaryOp::Max), &[x, lo])?;
     }
     one(im.cast(x, target)?)
+}
+
+/// Casts `x` to an integer type whose values `lo..=hi` the IR holds in the wider
+/// `target`: floats are truncated toward zero (through i64), then the value wraps
+/// around modulo the type's range, as a two's-complement machine (and ONNX's reference
+/// data for int4, uint4, int2, uint2) does.
+fn cast_to_narrow_int(
+    im: &mut Importer,
+    x: ValueId,
+    target: DType,
+    lo: i64,
+    hi: i64,
+) -> OpResult<ValueId> {
+    let x = im.cast(x, DType::I64)?;
+    let span = (hi - lo + 1) as f64;
+    // ((x - lo) mod span) + lo, with a non-negative remainder: the IR's integer
+    // division truncates, so negative remainders are moved up by one span.
+    let low = im.splat_like(lo as f64, x)?;
+    let shifted = im.op(Op::Binary(BinaryOp::Sub), &[x, low])?;
+    let span_v = im.splat_like(span, x)?;
+    let quotient = im.op(Op::Binary(BinaryOp::Div), &[shifted, span_v])?;
+    let whole = im.op(Op::Binary(BinaryOp::Mul), &[quotient, span_v])?;
+    let rem = im.op(Op::Binary(BinaryOp::Sub), &[shifted, whole])?;
+    let zero = im.splat_like(0.0, x)?;
+    let negative = im.op(Op::Compare(CompareOp::Lt), &[rem, zero])?;
+    let lifted = im.op(Op::Binary(BinaryOp::Add), &[rem, span_v])?;
+    let rem = im.op(Op::Select, &[negative, lifted, rem])?;
+    let wrapped = im.op(Op::Binary(BinaryOp::Add), &[rem, low])?;
+    im.cast(wrapped, target)
 }
 
 fn constant(node: &NodeCtx) -> OpResult<Const> {

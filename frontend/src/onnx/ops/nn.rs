@@ -379,11 +379,13 @@ fn repeat_heads(im: &mut Importer, x: ValueId, reps: u64) -> OpResult<ValueId> {
 fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
     let q_in = im.input(node, 0)?;
     let (k_in, v_in) = (im.input(node, 1)?, im.input(node, 2)?);
-    if node.input_name(6).is_some() {
-        return crate::onnx::import::unsupported("'Attention' with nonpad_kv_seqlen");
-    }
     let out_dtype = im.ty(q_in).dtype;
-    let work = DType::F32;
+    // Narrow floats compute in f32 like the reference; f64 keeps its precision.
+    let work = if out_dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let three_d = im.ty(q_in).rank() == 3;
     let (mut q, mut k, mut v) = (
         im.cast(q_in, work)?,
@@ -471,6 +473,27 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
                 &[bias],
             )?;
         }
+        let bias = im.broadcast_to(bias, &sd)?;
+        scores = bin(im, BinaryOp::Add, scores, bias)?;
+    }
+    if let Some(seqlen) = im.opt_input(node, 6)? {
+        // `nonpad_kv_seqlen` (opset 24): batch entry b sees only its first
+        // `seqlen[b]` keys; the rest are padding.
+        let batch = sd[0].clone();
+        let dims = vec![batch.clone(), Dim::fixed(skv)];
+        let idx_ty = TensorType::new(DType::I64, Shape(dims.clone()));
+        let positions = im.op_typed(Op::Iota { axis: 1 }, &[], idx_ty)?;
+        let seqlen = im.cast(seqlen, DType::I64)?;
+        let seqlen = im.reshape(seqlen, vec![batch.clone(), Dim::fixed(1)])?;
+        let seqlen = im.broadcast_to(seqlen, &dims)?;
+        let real = im.op(Op::Compare(CompareOp::Lt), &[positions, seqlen])?;
+        let zero = im.splat(0.0, work, dims.clone())?;
+        let ninf = im.splat(f64::NEG_INFINITY, work, dims)?;
+        let bias = im.op(Op::Select, &[real, zero, ninf])?;
+        let bias = im.reshape(
+            bias,
+            vec![batch, Dim::fixed(1), Dim::fixed(1), Dim::fixed(skv)],
+        )?;
         let bias = im.broadcast_to(bias, &sd)?;
         scores = bin(im, BinaryOp::Add, scores, bias)?;
     }

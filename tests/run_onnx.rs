@@ -1,0 +1,132 @@
+//! `smelt run` on ONNX models: input files given with `--input` are also import-time
+//! values, so shapes computed from graph inputs (a `Reshape` whose shape is an input)
+//! are known.
+
+mod common;
+
+use common::{smelt, texts};
+use prost::Message;
+use smelt_compiler::ir::DType;
+use smelt_frontend::onnx::proto::{
+    tensor_shape_proto::{dimension, Dimension},
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use smelt_runtime::io::write_safetensors;
+use smelt_runtime::Tensor;
+use std::path::PathBuf;
+
+/// ONNX element type codes.
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+
+fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
+    let shape = TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(dimension::Value::DimValue(d)),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape: Some(shape),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `reshaped = Reshape(data, shape)` with `shape` a graph input, not an initializer.
+fn reshape_model() -> Vec<u8> {
+    let graph = GraphProto {
+        name: Some("reshape_by_input".into()),
+        node: vec![NodeProto {
+            op_type: Some("Reshape".into()),
+            input: vec!["data".into(), "shape".into()],
+            output: vec!["reshaped".into()],
+            ..Default::default()
+        }],
+        input: vec![
+            value_info("data", FLOAT, &[2, 3]),
+            value_info("shape", INT64, &[2]),
+        ],
+        output: vec![ValueInfoProto {
+            name: Some("reshaped".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("smelt-run-onnx-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn run_uses_input_files_as_import_time_values() {
+    let dir = temp_dir("reshape");
+    let model = dir.join("reshape.onnx");
+    std::fs::write(&model, reshape_model()).expect("model written");
+    let inputs = dir.join("inputs.safetensors");
+    let tensors = [
+        (
+            "data".to_string(),
+            Tensor::from_f64(DType::F32, vec![2, 3], (0..6).map(f64::from).collect()),
+        ),
+        (
+            "shape".to_string(),
+            Tensor::from_i64(DType::I64, vec![2], vec![3, 2]),
+        ),
+    ];
+    write_safetensors(&inputs, &tensors).expect("inputs written");
+    let given = |name: &str| format!("{name}={}", inputs.display());
+    for device in ["interp", "cpu"] {
+        let out = smelt(&[
+            "run",
+            model.to_str().expect("utf-8 path"),
+            "--input",
+            &given("data"),
+            "--input",
+            &given("shape"),
+            "--device",
+            device,
+        ]);
+        let (stdout, stderr) = texts(&out);
+        assert!(out.status.success(), "{device}: {stderr}");
+        assert!(
+            stdout.contains("reshaped: f32[3, 2] min 0.000000 mean 2.500000 max 5.000000"),
+            "{device}: {stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn run_without_the_shape_input_says_it_must_be_known() {
+    let dir = temp_dir("missing");
+    let model = dir.join("reshape.onnx");
+    std::fs::write(&model, reshape_model()).expect("model written");
+    let out = smelt(&["run", model.to_str().expect("utf-8 path")]);
+    let err = common::expect_user_error(&out);
+    assert!(err.contains("must be known at import time"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
