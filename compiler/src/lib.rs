@@ -9,4 +9,5 @@
 
 pub mod autodiff;
 pub mod ir;
+pub mod optimize;
 pub mod passes;

@@ -3,6 +3,7 @@
 use super::{load_model, write_output, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
 use smelt_compiler::ir::{json, text};
+use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
 use smelt_frontend::Diagnostic;
 use std::path::PathBuf;
@@ -23,6 +24,19 @@ pub struct Args {
     train: bool,
     #[command(flatten)]
     optimizer: OptimizerArgs,
+    /// With `--stage optimized`: print the rules that fired and the estimated cost
+    /// before and after to stderr (stdout keeps the IR alone).
+    #[arg(long)]
+    explain: bool,
+    /// Most e-graph rewrite iterations of `--stage optimized`.
+    #[arg(long, value_name = "N", default_value_t = Options::default().iter_limit)]
+    opt_iters: usize,
+    /// Most e-graph nodes of `--stage optimized`.
+    #[arg(long, value_name = "N", default_value_t = Options::default().node_limit)]
+    opt_nodes: usize,
+    /// Most milliseconds of rewriting in `--stage optimized`.
+    #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
+    opt_time_ms: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -39,6 +53,9 @@ enum Stage {
     Grad,
     /// Composite ops expanded into primitives, as the CPU backend runs it.
     Decomposed,
+    /// Decomposed, then rewritten by the e-graph optimiser into the cheapest equivalent
+    /// program under the CPU cost model (composites it recognises are folded back).
+    Optimized,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -62,6 +79,27 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Stage::Grad => step(&model.graph)?,
         Stage::Decomposed if train => decompose(&step(&model.graph)?),
         Stage::Decomposed => decompose(&model.graph),
+        Stage::Optimized => {
+            let decomposed = if train {
+                decompose(&step(&model.graph)?)
+            } else {
+                decompose(&model.graph)
+            };
+            let options = Options {
+                iter_limit: args.opt_iters,
+                node_limit: args.opt_nodes,
+                time_limit: std::time::Duration::from_millis(args.opt_time_ms),
+                ..Options::default()
+            };
+            let (graph, report) =
+                optimize(&decomposed, &RooflineTarget::cpu(), &options).map_err(|e| {
+                    Diagnostic::in_file(&model.path, format!("optimisation failed: {e}"))
+                })?;
+            if args.explain {
+                eprint!("{report}");
+            }
+            graph
+        }
     };
     let out = match args.format {
         Format::Text => text::print(&graph),
