@@ -1,9 +1,12 @@
 //! The e-class analysis: every class knows its tensor type (shape and dtype), and, when
 //! its value is one number repeated, that number (constant folding).
 //!
-//! Folding is done in `f64` and rounded to `f32`, so it is only applied to `f32`
-//! classes (the other float widths round differently; integers have their own
-//! wrapping rules). A folded class gets a `constant` node, which the extractor prefers
+//! Folding is done in `f64` and the folded constant keeps the `f64` result: the runtime
+//! rounds a constant to its dtype under its own precision rule, so the reference
+//! interpreter's high-precision mode sees the same numbers as before folding, and an
+//! `f32` run differs by at most the rounding of intermediate steps. Folding is only
+//! applied to `f32` classes (narrower floats round on every step, and integers have
+//! their own wrapping rules). A folded class gets a `constant` node, which the extractor prefers
 //! because it costs nothing to read.
 
 use super::lang::{Kind, OpKey, TensorNode};
@@ -39,10 +42,6 @@ pub fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, 
     }
 }
 
-fn round_f32(x: f64) -> f64 {
-    x as f32 as f64
-}
-
 fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
     Some(match op {
         UnaryOp::Neg => -x,
@@ -76,14 +75,12 @@ fn fold(egraph: &TensorGraph, node: &TensorNode, ty: &TensorType) -> Option<f64>
     let op = node.op()?;
     let child = |i: usize| egraph[node.children[i]].data.constant;
     match op {
-        Op::Constant { values } if values.len() == 1 && ty.dtype == DType::F32 => {
-            Some(round_f32(values[0]))
-        }
+        Op::Constant { values } if values.len() == 1 && ty.dtype == DType::F32 => Some(values[0]),
         // Moving a splat around leaves it a splat of the same number.
         Op::Reshape | Op::Permute { .. } | Op::Broadcast { .. } | Op::Slice { .. } => child(0),
         _ if ty.dtype != DType::F32 => None,
-        Op::Unary(u) => fold_unary(*u, child(0)?).map(round_f32),
-        Op::Binary(b) => Some(round_f32(fold_binary(*b, child(0)?, child(1)?))),
+        Op::Unary(u) => fold_unary(*u, child(0)?),
+        Op::Binary(b) => Some(fold_binary(*b, child(0)?, child(1)?)),
         _ => None,
     }
 }

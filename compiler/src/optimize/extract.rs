@@ -213,3 +213,42 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
     }
     finish(&table, roots, &sel)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::ops::{BinaryOp, UnaryOp};
+    use crate::ir::{DType, Op};
+    use crate::optimize::cost::RooflineTarget;
+    use crate::optimize::lang::OpKey;
+
+    fn node(eg: &mut TensorGraph, op: Op, children: Vec<Id>) -> Id {
+        eg.add(TensorNode::new(OpKey::op(op, None), children))
+    }
+
+    /// `m = x @ w` is an output anyway. Another output may be `exp(m)` or a chain of
+    /// two adds on `x`: alone, the adds are cheaper than exp plus the product (tree
+    /// cost), but with `m` already computed, `exp(m)` costs only the exp (DAG cost).
+    #[test]
+    fn dag_cost_reuses_what_tree_cost_pays_twice() {
+        let ty = TensorType::fixed(DType::F32, &[64, 64]);
+        let mut eg = TensorGraph::default();
+        let x = eg.add(TensorNode::new(OpKey::leaf("x", ty.clone()), vec![]));
+        let w = eg.add(TensorNode::new(OpKey::leaf("w", ty.clone()), vec![]));
+        let m = node(&mut eg, Op::MatMul, vec![x, w]);
+        let e = node(&mut eg, Op::Unary(UnaryOp::Exp), vec![m]);
+        let xx = node(&mut eg, Op::Binary(BinaryOp::Add), vec![x, x]);
+        let adds = node(&mut eg, Op::Binary(BinaryOp::Add), vec![xx, x]);
+        // Pretend they are equal: extraction only sees costs.
+        eg.union(e, adds);
+        eg.rebuild();
+        let roots = [eg.find(m), eg.find(e)];
+        let model = RooflineTarget::cpu();
+        let is_exp = |x: &Extraction| x.choice[&roots[1]].op() == Some(&Op::Unary(UnaryOp::Exp));
+        let tree = extract_tree(&eg, &roots, &model);
+        let dag = extract(&eg, &roots, &model);
+        assert!(!is_exp(&tree), "tree cost picks the adds");
+        assert!(is_exp(&dag), "DAG cost reuses the product");
+        assert!(dag.dag_seconds < tree.dag_seconds);
+    }
+}
