@@ -17,7 +17,7 @@ use super::cost::CostModel;
 use super::lang::TensorNode;
 use crate::ir::TensorType;
 use egg::{Id, Language};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The smallest cost of an op node, so that no op is free (free ops could form cycles
 /// that tree costs cannot tell apart).
@@ -33,13 +33,14 @@ pub struct Extraction {
 }
 
 struct Table {
-    /// Per class: its nodes (canonical children) and their own costs.
-    nodes: HashMap<Id, Vec<(TensorNode, f64)>>,
+    /// Per class: its nodes (canonical children) and their own costs. Ordered, so that
+    /// ties are broken the same way on every run (dumps must be reproducible).
+    nodes: BTreeMap<Id, Vec<(TensorNode, f64)>>,
 }
 
 impl Table {
     fn new(egraph: &TensorGraph, model: &dyn CostModel) -> Table {
-        let mut nodes = HashMap::new();
+        let mut nodes = BTreeMap::new();
         for class in egraph.classes() {
             let ty = &class.data.ty;
             let list = class

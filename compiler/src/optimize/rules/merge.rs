@@ -10,7 +10,7 @@
 
 use super::super::lang::Kind;
 use super::super::{TensorAnalysis, TensorGraph, TensorNode};
-use super::{add_build, ty, Build};
+use super::{add_build, ty, union_same_type, Build};
 use crate::ir::Op;
 use egg::{Applier, Id, MultiPattern, PatternAst, Rewrite, SearchMatches, Subst, Symbol, Var};
 
@@ -103,7 +103,7 @@ fn merge_one(egraph: &mut TensorGraph, subst: &Subst) -> Vec<Id> {
     let mut changed = Vec::new();
     for (target, part) in [(p, slice(0, n1)), (q, slice(n1, n1 + n2))] {
         if let Some(id) = add_build(egraph, &part) {
-            if egraph.union(target, id) {
+            if union_same_type(egraph, target, id) {
                 changed.push(target);
             }
         }

@@ -66,6 +66,12 @@ pub fn add_build(egraph: &mut TensorGraph, build: &Build) -> Option<Id> {
     }
 }
 
+/// Unions `a` and `b` if they have one type (a rule that claims otherwise is wrong, and
+/// is ignored rather than trusted); returns whether the e-graph changed.
+pub fn union_same_type(egraph: &mut TensorGraph, a: Id, b: Id) -> bool {
+    egraph[a].data.ty == egraph[b].data.ty && egraph.union(a, b)
+}
+
 /// A rule's search-and-build function: for class `id`, pairs `(class, expression)`
 /// whose members are equal.
 pub type Finder = Arc<dyn Fn(&TensorGraph, Id) -> Vec<(Id, Build)> + Send + Sync>;
@@ -107,7 +113,7 @@ impl Applier<TensorNode, TensorAnalysis> for ClassRule {
         let mut changed = Vec::new();
         for (target, build) in found {
             if let Some(id) = add_build(egraph, &build) {
-                if egraph.union(target, id) {
+                if union_same_type(egraph, target, id) {
                     changed.push(target);
                 }
             }
