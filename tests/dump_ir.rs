@@ -163,3 +163,40 @@ fn bench_harness_runs() {
     assert!(out.contains("| W3 matmul 1024³ |"), "{out}");
     assert!(out.contains("speed-up"), "{out}");
 }
+
+#[test]
+fn optimized_stage_prints_ir_that_reads_back_and_explains_to_stderr() {
+    let args = [
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--set",
+        "d_model=16",
+        "--set",
+        "d_mlp=32",
+        "--set",
+        "head_dim=4",
+        "--train",
+        "--stage",
+        "optimized",
+        "--explain",
+        "--opt-iters",
+        "4",
+        "--opt-nodes",
+        "20000",
+        "--opt-time-ms",
+        "5000",
+    ];
+    let out = smelt(&args);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("rules fired:"), "{stderr}");
+    assert!(
+        stderr.contains("cost before:") && stderr.contains("cost after:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("composite/recognise"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opt.sir");
+    std::fs::write(&path, &stdout).unwrap();
+    assert_eq!(dump(&["dump-ir", path.to_str().unwrap()]), stdout);
+}

@@ -11,5 +11,6 @@ pub mod autodiff;
 pub mod codegen;
 pub mod ir;
 pub mod kernel;
+pub mod optimize;
 pub mod passes;
 pub mod schedule;

@@ -3,6 +3,7 @@
 use super::{load_model, write_output, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
 use smelt_compiler::ir::{json, text, Bindings};
+use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
 use smelt_compiler::schedule::schedule;
 use smelt_frontend::Diagnostic;
@@ -28,6 +29,19 @@ pub struct Args {
     /// Sizes for symbolic dimensions in the memory plan: NAME=SIZE (unbound ones count as 1).
     #[arg(long = "bind", value_name = "NAME=SIZE")]
     binds: Vec<String>,
+    /// With `--stage optimized`: print the rules that fired and the estimated cost
+    /// before and after to stderr (stdout keeps the IR alone).
+    #[arg(long)]
+    explain: bool,
+    /// Most e-graph rewrite iterations of `--stage optimized`.
+    #[arg(long, value_name = "N", default_value_t = Options::default().iter_limit)]
+    opt_iters: usize,
+    /// Most e-graph nodes of `--stage optimized`.
+    #[arg(long, value_name = "N", default_value_t = Options::default().node_limit)]
+    opt_nodes: usize,
+    /// Most milliseconds of rewriting in `--stage optimized`.
+    #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
+    opt_time_ms: u64,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -52,6 +66,9 @@ enum Stage {
     Decomposed,
     /// Kernels (fused pointwise kernels and library calls) and the memory plan.
     Scheduled,
+    /// Decomposed, then rewritten by the e-graph optimiser into the cheapest equivalent
+    /// program under the CPU cost model (composites it recognises are folded back).
+    Optimized,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -79,6 +96,27 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Stage::Grad => step(&model.graph)?,
         Stage::Decomposed if train => decompose(&step(&model.graph)?),
         Stage::Decomposed => decompose(&model.graph),
+        Stage::Optimized => {
+            let decomposed = if train {
+                decompose(&step(&model.graph)?)
+            } else {
+                decompose(&model.graph)
+            };
+            let options = Options {
+                iter_limit: args.opt_iters,
+                node_limit: args.opt_nodes,
+                time_limit: std::time::Duration::from_millis(args.opt_time_ms),
+                ..Options::default()
+            };
+            let (graph, report) =
+                optimize(&decomposed, &RooflineTarget::cpu(), &options).map_err(|e| {
+                    Diagnostic::in_file(&model.path, format!("optimisation failed: {e}"))
+                })?;
+            if args.explain {
+                eprint!("{report}");
+            }
+            graph
+        }
         Stage::Scheduled => {
             let g = if train {
                 step(&model.graph)?

@@ -1,0 +1,155 @@
+//! The e-graph optimiser: rewrites a graph into a cheaper equivalent one.
+//!
+//! The graph is loaded into an e-graph ([`lang`], [`analysis`], [`convert`]), sound
+//! rewrite rules grouped by topic ([`rules`]) grow it within iteration, node and time
+//! limits, and a DAG-aware extractor ([`extract`]) picks the cheapest program under the
+//! target's cost model ([`cost`]). The result keeps the graph's interface (inputs,
+//! parameters, state, outputs and updates, by name) and the names of surviving values;
+//! [`Report`] says which rules fired and what the estimated cost was before and after.
+
+pub mod analysis;
+pub mod convert;
+pub mod cost;
+pub mod extract;
+pub mod lang;
+pub mod rules;
+
+pub use analysis::{Facts, TensorAnalysis, TensorGraph};
+pub use cost::{graph_cost, CostModel, GraphCost, RooflineTarget, Work};
+pub use lang::{OpKey, TensorNode};
+
+use crate::ir::Graph;
+use egg::{BackoffScheduler, Runner, StopReason};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Limits and switches of one optimisation run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Most rewrite iterations.
+    pub iter_limit: usize,
+    /// Most e-nodes; growth stops at this size.
+    pub node_limit: usize,
+    /// Most time spent rewriting (extraction comes on top and is fast).
+    pub time_limit: Duration,
+    /// Also use rules that hold only for finite values (`x - x = 0`, `x * 0 = 0`).
+    pub assume_finite: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            iter_limit: 8,
+            node_limit: 100_000,
+            time_limit: Duration::from_millis(1000),
+            assume_finite: false,
+        }
+    }
+}
+
+/// What an optimisation run did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// How often each rule changed the e-graph (rules that never did are left out).
+    pub rules_fired: BTreeMap<String, usize>,
+    /// The estimated cost of the input graph.
+    pub before: GraphCost,
+    /// The estimated cost of the result.
+    pub after: GraphCost,
+    /// Rewrite iterations run.
+    pub iterations: usize,
+    /// Why rewriting stopped.
+    pub stop_reason: String,
+    /// E-graph size at the end: nodes and classes.
+    pub egraph_nodes: usize,
+    /// Number of e-classes at the end.
+    pub egraph_classes: usize,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "rules fired:")?;
+        if self.rules_fired.is_empty() {
+            writeln!(f, "  (none)")?;
+        }
+        for (rule, n) in &self.rules_fired {
+            writeln!(f, "  {rule}: {n}")?;
+        }
+        writeln!(f, "cost before: {}", self.before)?;
+        writeln!(f, "cost after:  {}", self.after)?;
+        writeln!(
+            f,
+            "e-graph: {} iterations, stopped by {}, {} nodes in {} classes, {:.1} ms",
+            self.iterations,
+            self.stop_reason,
+            self.egraph_nodes,
+            self.egraph_classes,
+            self.elapsed.as_secs_f64() * 1e3
+        )
+    }
+}
+
+fn describe(reason: Option<&StopReason>) -> String {
+    match reason {
+        Some(StopReason::Saturated) => "saturation".into(),
+        Some(StopReason::IterationLimit(n)) => format!("the iteration limit ({n})"),
+        Some(StopReason::NodeLimit(n)) => format!("the node limit ({n})"),
+        Some(StopReason::TimeLimit(s)) => format!("the time limit ({:.0} ms)", s * 1e3),
+        Some(StopReason::Other(s)) => s.clone(),
+        None => "nothing".into(),
+    }
+}
+
+/// Optimises `graph` (which must verify) for the target described by `model`. The
+/// result never costs more than the input under `model`: when extraction finds
+/// nothing cheaper, the input is returned unchanged.
+pub fn optimize(
+    graph: &Graph,
+    model: &dyn CostModel,
+    options: &Options,
+) -> Result<(Graph, Report), String> {
+    let start = Instant::now();
+    let mut egraph = TensorGraph::default();
+    let classes = convert::add_graph(&mut egraph, graph);
+    let runner = Runner::default()
+        .with_egraph(egraph)
+        .with_iter_limit(options.iter_limit)
+        .with_node_limit(options.node_limit)
+        .with_time_limit(options.time_limit)
+        .with_scheduler(BackoffScheduler::default())
+        .run(&rules::all_rules(options.assume_finite));
+    let mut rules_fired = BTreeMap::new();
+    for it in &runner.iterations {
+        for (rule, n) in &it.applied {
+            if *n > 0 {
+                *rules_fired.entry(rule.to_string()).or_insert(0) += n;
+            }
+        }
+    }
+    let egraph = &runner.egraph;
+    let roots = convert::roots(egraph, graph, &classes);
+    let extraction = extract::extract(egraph, &roots, model);
+    let candidate = convert::to_graph(egraph, graph, &classes, &extraction)?;
+    let before = graph_cost(graph, model);
+    let candidate_cost = graph_cost(&candidate, model);
+    let result = if candidate_cost.seconds <= before.seconds {
+        candidate
+    } else {
+        graph.clone()
+    };
+    let after = graph_cost(&result, model);
+    let report = Report {
+        rules_fired,
+        before,
+        after,
+        iterations: runner.iterations.len(),
+        stop_reason: describe(runner.stop_reason.as_ref()),
+        egraph_nodes: egraph.total_number_of_nodes(),
+        egraph_classes: egraph.number_of_classes(),
+        elapsed: start.elapsed(),
+    };
+    Ok((result, report))
+}

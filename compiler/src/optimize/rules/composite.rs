@@ -1,0 +1,190 @@
+//! Recognising composite ops (`relu`, `sigmoid`, `silu`, `gelu`, `softmax`,
+//! `log_softmax`, `layer_norm`, `rms_norm`) in decomposed graphs, so that later stages
+//! can run them as one fused kernel.
+//!
+//! The patterns are not written by hand: for a class of type `T`, each candidate
+//! composite is decomposed (by [`Composite::decompose`], the definition of its
+//! meaning) on operands of the matching types, and that template is matched against
+//! the e-graph with its operands as pattern variables. Node keys include attributes,
+//! constants and declared types, so a match is exactly the definition.
+//!
+//! Invariant: bit-for-bit equal, since a composite means its decomposition (the
+//! interpreter runs exactly that). `cross_entropy` and `attention` are not recognised:
+//! their operand types cannot be derived from the result type alone.
+
+use super::super::lang::OpKey;
+use super::super::{TensorAnalysis, TensorGraph, TensorNode};
+use super::{class_rule, ty, Build};
+use crate::ir::ops::Composite;
+use crate::ir::{Builder, Def, Graph, Op, Shape, TensorType, ValueId};
+use egg::{Id, Rewrite};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A composite's decomposition on typed placeholder operands.
+struct Template {
+    composite: Composite,
+    graph: Graph,
+    root: ValueId,
+    /// The composite node's key (with the operand placeholders as its children).
+    key: OpKey,
+    /// Key of each value of `graph` that is a node (None for the placeholders).
+    keys: Vec<Option<OpKey>>,
+}
+
+fn candidates(t: &TensorType) -> Vec<(Composite, Vec<TensorType>)> {
+    if !t.dtype.is_float() {
+        return vec![];
+    }
+    let mut out = vec![
+        (Composite::Relu, vec![t.clone()]),
+        (Composite::Sigmoid, vec![t.clone()]),
+        (Composite::Silu, vec![t.clone()]),
+        (Composite::Gelu { tanh: false }, vec![t.clone()]),
+        (Composite::Gelu { tanh: true }, vec![t.clone()]),
+    ];
+    if let Some(last) = t.dims().last() {
+        let axis = t.rank() - 1;
+        out.push((Composite::Softmax { axis }, vec![t.clone()]));
+        out.push((Composite::LogSoftmax { axis }, vec![t.clone()]));
+        let vector = TensorType::new(t.dtype, Shape(vec![last.clone()]));
+        for eps in [1e-5, 1e-6] {
+            out.push((
+                Composite::LayerNorm { eps },
+                vec![t.clone(), vector.clone(), vector.clone()],
+            ));
+            out.push((Composite::RmsNorm { eps }, vec![t.clone(), vector.clone()]));
+        }
+    }
+    out
+}
+
+fn template(composite: Composite, operands: &[TensorType]) -> Option<Template> {
+    let mut b = Builder::new("template");
+    let ids: Vec<ValueId> = operands
+        .iter()
+        .enumerate()
+        .map(|(i, t)| b.input(&format!("x{i}"), t.clone()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let types: Vec<&TensorType> = operands.iter().collect();
+    Op::Composite(composite.clone()).infer(&types, None).ok()?;
+    let root = composite.decompose(&mut b, &ids);
+    let graph = b.finish();
+    let keys = graph
+        .values
+        .iter()
+        .map(|v| match &v.def {
+            Def::Node { op, .. } => Some(OpKey::op(op.clone(), Some(v.ty.clone()))),
+            _ => None,
+        })
+        .collect();
+    Some(Template {
+        key: OpKey::op(Op::Composite(composite.clone()), None),
+        composite,
+        graph,
+        root,
+        keys,
+    })
+}
+
+/// Matches template value `v` against class `class`, extending `binds` (operand
+/// placeholder index → class). Backtracks over the class's nodes.
+fn matches(
+    eg: &TensorGraph,
+    t: &Template,
+    v: ValueId,
+    class: Id,
+    binds: &mut Vec<Option<Id>>,
+) -> bool {
+    let class = eg.find(class);
+    let value = t.graph.value(v);
+    match &value.def {
+        Def::Node { operands, .. } => {
+            let Some(key) = &t.keys[v.index()] else {
+                return false;
+            };
+            for n in &eg[class].nodes {
+                if n.key != *key || n.children.len() != operands.len() {
+                    continue;
+                }
+                let saved = binds.clone();
+                if operands
+                    .iter()
+                    .zip(&n.children)
+                    .all(|(&o, &c)| matches(eg, t, o, c, binds))
+                {
+                    return true;
+                }
+                *binds = saved;
+            }
+            false
+        }
+        _ => {
+            let slot = v.index();
+            if &eg[class].data.ty != t.graph.ty(v) {
+                return false;
+            }
+            match binds[slot] {
+                Some(bound) => eg.find(bound) == class,
+                None => {
+                    binds[slot] = Some(class);
+                    true
+                }
+            }
+        }
+    }
+}
+
+type Cache = Mutex<HashMap<(String, TensorType), Option<Arc<Template>>>>;
+
+fn cached(cache: &Cache, composite: Composite, operands: Vec<TensorType>) -> Option<Arc<Template>> {
+    let key = (format!("{composite:?}"), operands[0].clone());
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key)
+        .or_insert_with(|| template(composite, &operands).map(Arc::new))
+        .clone()
+}
+
+fn recognise(eg: &TensorGraph, class: Id, cache: &Cache) -> Vec<(Id, Build)> {
+    let t = ty(eg, class).clone();
+    // Cheap filter: every template's root is an op node with a declared-type key.
+    if eg[class].nodes.iter().all(|n| n.op().is_none()) {
+        return vec![];
+    }
+    let mut found = Vec::new();
+    for (composite, operands) in candidates(&t) {
+        let Some(tmpl) = cached(cache, composite, operands) else {
+            continue;
+        };
+        let root_key = tmpl.keys[tmpl.root.index()].as_ref();
+        let nodes = &eg[class].nodes;
+        if nodes.iter().any(|n| n.key == tmpl.key)
+            || !nodes.iter().any(|n| Some(&n.key) == root_key)
+        {
+            continue;
+        }
+        let n_operands = tmpl.graph.inputs().count();
+        let mut binds = vec![None; tmpl.graph.values.len()];
+        if matches(eg, &tmpl, tmpl.root, class, &mut binds) {
+            let children: Option<Vec<Build>> = (0..n_operands)
+                .map(|i| binds[i].map(Build::Class))
+                .collect();
+            if let Some(children) = children {
+                found.push((
+                    class,
+                    Build::op(Op::Composite(tmpl.composite.clone()), children),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The rules.
+pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
+    let cache: Arc<Cache> = Arc::new(Mutex::new(HashMap::new()));
+    vec![class_rule("composite/recognise", move |eg, id| {
+        recognise(eg, id, &cache)
+    })]
+}

@@ -1,0 +1,125 @@
+//! Merging independent products that share an operand into one wider product, as
+//! Tensat does: `x @ w1` and `x @ w2` become slices of `x @ concat(w1, w2)` (fewer,
+//! larger kernels, for instance Q/K/V projections). The two products are found with
+//! an egg multi-pattern; the extractor keeps the merged form only where the target's
+//! cost model says it pays (launch cost saved against the copy of the weights).
+//!
+//! Invariant: bit-for-bit equal, since each output column is the same dot product.
+//! Only operands that are graph leaves (parameters, inputs) are merged, so merges do
+//! not cascade through previously merged products.
+
+use super::super::lang::Kind;
+use super::super::{TensorAnalysis, TensorGraph, TensorNode};
+use super::{add_build, ty, union_same_type, Build};
+use crate::ir::Op;
+use egg::{Applier, Id, MultiPattern, PatternAst, Rewrite, SearchMatches, Subst, Symbol, Var};
+
+fn var(name: &str) -> Var {
+    name.parse()
+        .unwrap_or_else(|e| panic!("internal: variable {name}: {e:?}"))
+}
+
+fn is_leaf(egraph: &TensorGraph, id: Id) -> bool {
+    egraph[id]
+        .nodes
+        .iter()
+        .any(|n| matches!(n.key.kind(), Kind::Leaf { .. }))
+}
+
+struct MergeSharedLeft;
+
+impl Applier<TensorNode, TensorAnalysis> for MergeSharedLeft {
+    fn apply_matches(
+        &self,
+        egraph: &mut TensorGraph,
+        matches: &[SearchMatches<TensorNode>],
+        _rule_name: Symbol,
+    ) -> Vec<Id> {
+        let mut changed = Vec::new();
+        for m in matches {
+            for subst in &m.substs {
+                changed.extend(merge_one(egraph, subst));
+            }
+        }
+        changed
+    }
+
+    fn apply_one(
+        &self,
+        egraph: &mut TensorGraph,
+        _eclass: Id,
+        subst: &Subst,
+        _ast: Option<&PatternAst<TensorNode>>,
+        _rule_name: Symbol,
+    ) -> Vec<Id> {
+        merge_one(egraph, subst)
+    }
+}
+
+fn merge_one(egraph: &mut TensorGraph, subst: &Subst) -> Vec<Id> {
+    let get = |v: &str| subst.get(var(v)).copied();
+    let (Some(p), Some(q), Some(w1), Some(w2)) = (get("?p"), get("?q"), get("?w1"), get("?w2"))
+    else {
+        return vec![];
+    };
+    let (w1, w2) = (egraph.find(w1), egraph.find(w2));
+    // Each unordered pair once, distinct operands only.
+    if w1 >= w2 || !is_leaf(egraph, w1) || !is_leaf(egraph, w2) {
+        return vec![];
+    }
+    let (t1, t2) = (ty(egraph, w1).clone(), ty(egraph, w2).clone());
+    let r = t1.rank();
+    if t2.rank() != r || t1.dims()[..r - 1] != t2.dims()[..r - 1] {
+        return vec![];
+    }
+    let (Some(n1), Some(n2)) = (t1.dims()[r - 1].as_static(), t2.dims()[r - 1].as_static()) else {
+        return vec![];
+    };
+    let Some(x) = get("?x") else { return vec![] };
+    let wide = Build::op(
+        Op::MatMul,
+        vec![
+            Build::Class(x),
+            Build::op(
+                Op::Concat { axis: r - 1 },
+                vec![Build::Class(w1), Build::Class(w2)],
+            ),
+        ],
+    );
+    let Some(wide) = add_build(egraph, &wide) else {
+        return vec![];
+    };
+    let slice = |start: u64, end: u64| {
+        Build::op(
+            Op::Slice {
+                axis: r - 1,
+                start,
+                end,
+                step: 1,
+            },
+            vec![Build::Class(wide)],
+        )
+    };
+    let mut changed = Vec::new();
+    for (target, part) in [(p, slice(0, n1)), (q, slice(n1, n1 + n2))] {
+        if let Some(id) = add_build(egraph, &part) {
+            if union_same_type(egraph, target, id) {
+                changed.push(target);
+            }
+        }
+    }
+    changed
+}
+
+/// The rules.
+pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
+    let pattern: MultiPattern<TensorNode> = "?p = (matmul ?x ?w1), ?q = (matmul ?x ?w2)"
+        .parse()
+        .unwrap_or_else(|e| panic!("internal: merge pattern: {e:?}"));
+    vec![Rewrite::new(
+        "merge/matmuls-sharing-left-operand",
+        pattern,
+        MergeSharedLeft,
+    )
+    .unwrap_or_else(|e| panic!("internal: merge rule: {e}"))]
+}

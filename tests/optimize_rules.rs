@@ -1,0 +1,255 @@
+//! Focused tests of the optimiser's rules, as a table: a small graph in the text form,
+//! the rule that must (or must not) fire, and the ops the optimised graph must consist
+//! of. Every case is also run in the reference interpreter before and after, which
+//! must agree (see `optimize_soundness.rs` for the tolerance).
+
+use smelt_compiler::ir::{text, Def, Graph};
+use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
+use smelt_compiler::passes::decompose;
+use smelt_runtime::interp::{execute, Precision};
+use smelt_runtime::{rng, Tensor};
+use std::collections::HashMap;
+
+struct Case {
+    /// The graph's body (between `graph @t {` and `}`).
+    body: &'static str,
+    /// Decompose composites first (to test recognition).
+    decompose: bool,
+    /// Use the rules that assume finite values.
+    finite: bool,
+    /// The rule, and whether it must fire (`true`) or must not (`false`).
+    rule: (&'static str, bool),
+    /// The op names of the result, sorted, space-separated.
+    ops: &'static str,
+}
+
+const fn case(body: &'static str, rule: (&'static str, bool), ops: &'static str) -> Case {
+    Case {
+        body,
+        decompose: false,
+        finite: false,
+        rule,
+        ops,
+    }
+}
+
+const X: &str = "input %x: f32[4, 8]\n";
+
+fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "%c: f32[4, 8] = constant {value = 1.0}\n%y = mul %x, %c\noutput %y",
+            ("algebra/mul-one", true),
+            "",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 2.0}\n%y = mul %c, %x\noutput %y",
+            ("algebra/mul-one", false),
+            "constant mul",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 0.0}\n%y = add %c, %x\noutput %y",
+            ("algebra/add-zero", true),
+            "",
+        ),
+        case(
+            "%a = neg %x\n%y = neg %a\noutput %y",
+            ("algebra/neg-neg", true),
+            "",
+        ),
+        case(
+            "%a = exp %x\n%b = neg %a\n%y = sub %x, %b\noutput %y",
+            ("algebra/sub-neg", true),
+            "add exp",
+        ),
+        case(
+            "%y = sub %x, %x\noutput %y",
+            ("algebra/sub-self", false),
+            "sub",
+        ),
+        Case {
+            finite: true,
+            ..case(
+                "%y = sub %x, %x\noutput %y",
+                ("algebra/sub-self", true),
+                "constant",
+            )
+        },
+        // Fires, but a memory-bound mul costs what the div costs, so the input stays.
+        case(
+            "%c: f32[4, 8] = constant {value = 4.0}\n%y = div %x, %c\noutput %y",
+            ("algebra/div-pow2-to-mul", true),
+            "constant div",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 3.0}\n%y = div %x, %c\noutput %y",
+            ("algebra/div-pow2-to-mul", false),
+            "constant div",
+        ),
+        // Constant folding (in the analysis): 2 + 3 becomes one constant.
+        case(
+            "%a: f32[4, 8] = constant {value = 2.0}\n%b: f32[4, 8] = constant {value = 3.0}\n%c = add %a, %b\n%y = mul %x, %c\noutput %y",
+            ("algebra/mul-one", false),
+            "constant mul",
+        ),
+        case(
+            "%a = permute %x {perm = [1, 0]}\n%y = permute %a {perm = [1, 0]}\noutput %y",
+            ("layout/permute-permute", true),
+            "",
+        ),
+        case(
+            "input %z: f32[2, 3, 4]\n%a = permute %z {perm = [1, 2, 0]}\n%y = permute %a {perm = [1, 2, 0]}\n%w = exp %y\noutput %w",
+            ("layout/permute-permute", true),
+            "exp permute",
+        ),
+        case(
+            "%a: f32[32] = reshape %x\n%b: f32[8, 4] = reshape %a\n%y = exp %b\noutput %y",
+            ("layout/reshape-reshape", true),
+            "exp reshape",
+        ),
+        case(
+            "input %w: f32[8, 4]\n%xt = permute %x {perm = [1, 0]}\n%wt = permute %w {perm = [1, 0]}\n%p = matmul %wt, %xt\n%y = permute %p {perm = [1, 0]}\noutput %y",
+            ("layout/transpose-of-matmul", true),
+            "matmul",
+        ),
+        case(
+            "input %w: f32[8, 4]\n%xt = permute %x {perm = [1, 0]}\n%y = matmul %w, %x\n%z = exp %xt\noutput %y, %z",
+            ("layout/transpose-of-matmul", false),
+            "exp matmul permute",
+        ),
+        // (A B) C with a thin middle: A (B C) does far fewer flops.
+        case(
+            "input %a: f32[256, 4]\ninput %b: f32[4, 256]\ninput %c: f32[256, 4]\n%ab = matmul %a, %b\n%y = matmul %ab, %c\noutput %y",
+            ("matmul/assoc-left-to-right", true),
+            "matmul matmul",
+        ),
+        case(
+            "input %a: f32[64, 64]\ninput %b: f32[64, 64]\ninput %c: f32[64, 64]\n%ab = matmul %a, %b\n%ac = matmul %a, %c\n%y = add %ab, %ac\noutput %y",
+            ("matmul/factor-shared-operand", true),
+            "add matmul",
+        ),
+        case(
+            "input %a: f32[64, 64]\ninput %b: f32[64, 64]\ninput %c: f32[64, 64]\ninput %d: f32[64, 64]\n%ab = matmul %a, %b\n%cd = matmul %c, %d\n%y = add %ab, %cd\noutput %y",
+            ("matmul/factor-shared-operand", false),
+            "add matmul matmul",
+        ),
+        case(
+            "input %h: f32[4, 8]\nparam %wq: f32[8, 8] = normal(0.0, 0.1)\nparam %wk: f32[8, 8] = normal(0.0, 0.1)\n%q = matmul %h, %wq\n%k = matmul %h, %wk\noutput %q, %k",
+            ("merge/matmuls-sharing-left-operand", true),
+            "matmul matmul",
+        ),
+        Case {
+            decompose: true,
+            ..case("%y = relu %x\noutput %y", ("composite/recognise", true), "relu")
+        },
+        Case {
+            decompose: true,
+            ..case(
+                "%y = softmax %x {axis = 1}\noutput %y",
+                ("composite/recognise", true),
+                "softmax",
+            )
+        },
+        Case {
+            decompose: true,
+            ..case(
+                "%y = gelu %x {approximate = tanh}\noutput %y",
+                ("composite/recognise", true),
+                "gelu",
+            )
+        },
+        Case {
+            decompose: true,
+            ..case(
+                "param %g: f32[8] = ones\nparam %b: f32[8] = zeros\n%y = layer_norm %x, %g, %b {eps = 1e-5}\noutput %y",
+                ("composite/recognise", true),
+                "layer_norm",
+            )
+        },
+        // Softmax over the first axis is not recognised as a last-axis softmax.
+        Case {
+            decompose: true,
+            ..case(
+                "%y = exp %x\n%s = reduce_sum %y {axes = [1]}\n%t: f32[4, 8] = broadcast %s {dims = [0]}\n%z = div %y, %t\noutput %z",
+                ("composite/recognise", false),
+                "broadcast div exp reduce_sum",
+            )
+        },
+    ]
+}
+
+fn feeds(g: &Graph) -> HashMap<String, Tensor> {
+    let mut f = HashMap::new();
+    for v in &g.values {
+        if matches!(v.def, Def::Node { .. }) {
+            continue;
+        }
+        let shape: Vec<usize> =
+            v.ty.dims()
+                .iter()
+                .map(|d| d.as_static().unwrap() as usize)
+                .collect();
+        let n = shape.iter().product();
+        let seed = rng::seed_for(7, &v.name);
+        let xs = (0..n)
+            .map(|i| 2.0 * rng::uniform01(seed, i as u64) - 1.0)
+            .collect();
+        f.insert(v.name.clone(), Tensor::from_f64(v.ty.dtype, shape, xs));
+    }
+    f
+}
+
+fn op_names(g: &Graph) -> String {
+    let mut names: Vec<&str> = g
+        .values
+        .iter()
+        .filter_map(|v| match &v.def {
+            Def::Node { op, .. } => Some(op.name()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.join(" ")
+}
+
+#[test]
+fn rule_table() {
+    let mut failures = Vec::new();
+    for (i, c) in cases().iter().enumerate() {
+        let src = format!("graph @t {{\n{X}{}\n}}\n", c.body);
+        let parsed = text::parse(&src).unwrap_or_else(|e| panic!("case {i}: {e:?}\n{src}"));
+        let g = if c.decompose {
+            decompose(&parsed.graph)
+        } else {
+            parsed.graph
+        };
+        let options = Options {
+            assume_finite: c.finite,
+            ..Options::default()
+        };
+        let (opt, report) = optimize(&g, &RooflineTarget::cpu(), &options).unwrap();
+        let (rule, must_fire) = c.rule;
+        let fired = report.rules_fired.contains_key(rule);
+        let shown = format!("case {i}:\n{src}\nresult:\n{}\n{report}", text::print(&opt));
+        if fired != must_fire {
+            failures.push(format!("rule {rule} fired: {fired}, {shown}"));
+        }
+        if op_names(&opt) != c.ops {
+            failures.push(format!(
+                "ops {:?} expected {:?}, {shown}",
+                op_names(&opt),
+                c.ops
+            ));
+        }
+        let f = feeds(&g);
+        let before = execute(&g, &f, Precision::F64).unwrap();
+        let after = execute(&opt, &f, Precision::F64).unwrap();
+        for (a, b) in before.outputs.iter().zip(&after.outputs) {
+            for (x, y) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+                let ok = c.finite || (x - y).abs() <= 1e-9 * (1.0 + x.abs());
+                assert!(ok, "values differ ({x} vs {y}), {shown}");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
