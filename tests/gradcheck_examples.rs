@@ -2,24 +2,15 @@
 //! in f64 (relative error < 1e-6) on random inputs, at small sizes (`--set`) so that the
 //! many forward evaluations stay fast. A few coordinates of every parameter are checked.
 
+mod common;
+
 use smelt_compiler::autodiff::find_loss;
 use smelt_compiler::ir::Graph;
-use smelt_frontend::{load_with, Overrides};
 use smelt_runtime::gradcheck::{check_gradients, exact_f32};
 use smelt_runtime::{params, rng, Tensor};
 use std::collections::HashMap;
-use std::path::Path;
 
-fn load(path: &str, sets: &[(&str, &str)]) -> Graph {
-    let overrides: Overrides = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    load_with(&full, &overrides)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .graph
-}
+use common::load_example as load;
 
 /// Parameters from their initialisers (made exact for f64 perturbation), plus random
 /// inputs: floats in [-1, 1], integers in [0, int_max).

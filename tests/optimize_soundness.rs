@@ -8,28 +8,19 @@
 //! constant folding uses Rust's `f64` math where the runtime may use `libm`, which
 //! moves results by a few ulps of `f64`, far below this bound.
 
+mod common;
+
 use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
 use smelt_compiler::ir::Graph;
 use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
-use smelt_frontend::{load_with, Overrides};
 use smelt_runtime::interp::{execute, Precision};
 use smelt_runtime::{params, rng, Tensor};
 use std::collections::HashMap;
-use std::path::Path;
 
 const TOLERANCE: f64 = 1e-9;
 
-fn load(path: &str, sets: &[(&str, &str)]) -> Graph {
-    let overrides: Overrides = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    load_with(&full, &overrides)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .graph
-}
+use common::load_example as load;
 
 /// Parameters and state moved away from their (often all-zero or all-one) initial
 /// values, and random inputs: floats in [-1, 1] (never all zero), ints in [0, int_max).

@@ -86,3 +86,15 @@ impl Rng {
         (0..12).map(|_| self.next_f64()).sum::<f64>() - 6.0
     }
 }
+
+/// Loads an example model with `--set`-style config overrides.
+pub fn load_example(path: &str, sets: &[(&str, &str)]) -> smelt_compiler::ir::Graph {
+    let overrides: smelt_frontend::Overrides = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    smelt_frontend::load_with(&full, &overrides)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .graph
+}
