@@ -92,13 +92,14 @@ impl CpuProgram {
         CpuProgram::compile_with(graph, true)
     }
 
-    /// Like [`CpuProgram::compile`]; `fuse: false` runs every op as its own kernel, and
-    /// `jit: false` runs pointwise kernels on the kernel-IR evaluator instead of native code.
+    /// Like [`CpuProgram::compile`]; `fuse: false` runs every op as its own kernel (the
+    /// op-by-op baseline of `smelt bench`).
     pub fn compile_with(graph: &Graph, fuse: bool) -> Result<CpuProgram, Unsupported> {
         CpuProgram::compile_options(graph, fuse, true)
     }
 
-    /// See [`CpuProgram::compile_with`].
+    /// Like [`CpuProgram::compile_with`]; `jit: false` runs pointwise kernels on the
+    /// kernel-IR evaluator instead of native code (the reference the JIT is tested against).
     pub fn compile_options(
         graph: &Graph,
         fuse: bool,
