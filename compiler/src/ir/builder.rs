@@ -99,22 +99,7 @@ impl Builder {
 
     /// Declares that parameter or state `target` takes `value` after a run.
     pub fn update(&mut self, target: ValueId, value: ValueId) -> Result<(), String> {
-        let (t, v) = (self.graph.value(target), self.graph.value(value));
-        if !matches!(t.def, Def::Param(_) | Def::State(_)) {
-            return Err(format!(
-                "'%{}' is not a param or state, so it cannot be updated",
-                t.name
-            ));
-        }
-        if t.ty != v.ty {
-            return Err(format!(
-                "update of '%{}' ({}) with '%{}' of type {}",
-                t.name, t.ty, v.name, v.ty
-            ));
-        }
-        if self.graph.updates.iter().any(|(x, _)| *x == target) {
-            return Err(format!("'%{}' is updated twice", t.name));
-        }
+        super::verify::check_update(&self.graph, target, value, &self.graph.updates)?;
         self.graph.updates.push((target, value));
         Ok(())
     }

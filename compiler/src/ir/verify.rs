@@ -81,28 +81,43 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 message: "an update names a value that does not exist".into(),
             });
         }
-        let (t, v) = (graph.value(target), graph.value(value));
-        let fail = |message: String| {
-            Err(VerifyError {
-                value: Some(target),
-                message,
-            })
-        };
-        if !matches!(t.def, Def::Param(_) | Def::State(_)) {
-            return fail(format!(
-                "%{} is updated but is not a param or state",
-                t.name
-            ));
-        }
-        if t.ty != v.ty {
-            return fail(format!(
-                "%{} ({}) is updated with %{} of type {}",
-                t.name, t.ty, v.name, v.ty
-            ));
-        }
+        check_update(graph, target, value, &graph.updates[..0]).map_err(|message| VerifyError {
+            value: Some(target),
+            message,
+        })?;
         if !targets.insert(target) {
-            return fail(format!("%{} is updated twice", t.name));
+            return Err(VerifyError {
+                value: Some(target),
+                message: format!("'%{}' is updated twice", graph.value(target).name),
+            });
         }
+    }
+    Ok(())
+}
+
+/// Checks one in-place update: `target` is a param or state value, `value` has its type,
+/// and `earlier` (the updates before it) does not already update it.
+pub(crate) fn check_update(
+    graph: &Graph,
+    target: ValueId,
+    value: ValueId,
+    earlier: &[(ValueId, ValueId)],
+) -> Result<(), String> {
+    let (t, v) = (graph.value(target), graph.value(value));
+    if !matches!(t.def, Def::Param(_) | Def::State(_)) {
+        return Err(format!(
+            "'%{}' is not a param or state, so it cannot be updated",
+            t.name
+        ));
+    }
+    if t.ty != v.ty {
+        return Err(format!(
+            "update of '%{}' ({}) with '%{}' of type {}",
+            t.name, t.ty, v.name, v.ty
+        ));
+    }
+    if earlier.iter().any(|(x, _)| *x == target) {
+        return Err(format!("'%{}' is updated twice", t.name));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! the kernel IR: fused code generators (Cranelift, PTX) are tested against it.
 
 use super::{Buf, Val};
-use crate::interp::wrap_int;
+use crate::interp::{holds, wrap_int};
 use rayon::prelude::*;
 use smelt_compiler::codegen::cranelift::JitKernel;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
@@ -312,20 +312,10 @@ fn binary(op: BinaryOp, a: &Lane, b: &Lane, dt: DType) -> Lane {
 }
 
 fn compare(op: CompareOp, a: &Lane, b: &Lane, len: usize) -> Vec<bool> {
-    fn cmp<T: PartialOrd>(op: CompareOp, x: T, y: T) -> bool {
-        match op {
-            CompareOp::Eq => x == y,
-            CompareOp::Ne => x != y,
-            CompareOp::Lt => x < y,
-            CompareOp::Le => x <= y,
-            CompareOp::Gt => x > y,
-            CompareOp::Ge => x >= y,
-        }
-    }
     match (a, b) {
-        (Lane::F(x), Lane::F(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
-        (Lane::I(x), Lane::I(y)) => (0..len).map(|j| cmp(op, x[j], y[j])).collect(),
-        _ => (0..len).map(|j| cmp(op, a.b()[j], b.b()[j])).collect(),
+        (Lane::F(x), Lane::F(y)) => (0..len).map(|j| holds(op, x[j], y[j])).collect(),
+        (Lane::I(x), Lane::I(y)) => (0..len).map(|j| holds(op, x[j], y[j])).collect(),
+        _ => (0..len).map(|j| holds(op, a.b()[j], b.b()[j])).collect(),
     }
 }
 

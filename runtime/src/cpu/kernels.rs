@@ -2,7 +2,7 @@
 //! Their meaning is the interpreter's (`runtime/src/interp/`); tests hold them to it.
 
 use super::{Buf, Val};
-use crate::interp::wrap_int;
+use crate::interp::{holds, wrap_int};
 use crate::rng;
 use rayon::prelude::*;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
@@ -269,20 +269,10 @@ fn binary(op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
 }
 
 fn compare(op: CompareOp, a: &Val, b: &Val) -> Buf {
-    fn cmp<T: PartialOrd>(op: CompareOp, x: T, y: T) -> bool {
-        match op {
-            CompareOp::Eq => x == y,
-            CompareOp::Ne => x != y,
-            CompareOp::Lt => x < y,
-            CompareOp::Le => x <= y,
-            CompareOp::Gt => x > y,
-            CompareOp::Ge => x >= y,
-        }
-    }
     Buf::Bool(match (&a.buf, &b.buf) {
-        (Buf::F32(p), Buf::F32(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
-        (Buf::Int(p), Buf::Int(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
-        (Buf::Bool(p), Buf::Bool(q)) => p.iter().zip(q).map(|(&x, &y)| cmp(op, x, y)).collect(),
+        (Buf::F32(p), Buf::F32(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
+        (Buf::Int(p), Buf::Int(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
+        (Buf::Bool(p), Buf::Bool(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
         _ => unreachable!("compared operands have one type (verified)"),
     })
 }

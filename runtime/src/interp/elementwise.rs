@@ -95,42 +95,31 @@ pub(super) fn binary(ctx: Ctx, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<T
     }
 }
 
+/// Whether `x op y` holds: the meaning of every comparison, shared by all backends
+/// (NaN compares unequal to everything, like IEEE).
+pub fn holds<T: PartialOrd>(op: CompareOp, x: T, y: T) -> bool {
+    match op {
+        CompareOp::Eq => x == y,
+        CompareOp::Ne => x != y,
+        CompareOp::Lt => x < y,
+        CompareOp::Le => x <= y,
+        CompareOp::Gt => x > y,
+        CompareOp::Ge => x >= y,
+    }
+}
+
 pub(super) fn compare(op: CompareOp, a: &Tensor, b: &Tensor) -> Tensor {
-    let cmp = |p: f64, q: f64| match op {
-        CompareOp::Eq => p == q,
-        CompareOp::Ne => p != q,
-        CompareOp::Lt => p < q,
-        CompareOp::Le => p <= q,
-        CompareOp::Gt => p > q,
-        CompareOp::Ge => p >= q,
-    };
     let data = match (&a.data, &b.data) {
         // Compare i64 exactly (f64 would merge neighbours above 2^53).
-        (Data::Int(x), Data::Int(y)) => x
-            .iter()
-            .zip(y)
-            .map(|(p, q)| cmp_ord(op, p.cmp(q)))
-            .collect(),
+        (Data::Int(x), Data::Int(y)) => x.iter().zip(y).map(|(p, q)| holds(op, p, q)).collect(),
         _ => (0..a.numel())
-            .map(|i| cmp(a.data.get_f64(i), b.data.get_f64(i)))
+            .map(|i| holds(op, a.data.get_f64(i), b.data.get_f64(i)))
             .collect(),
     };
     Tensor {
         dtype: DType::Bool,
         shape: a.shape.clone(),
         data: Data::Bool(data),
-    }
-}
-
-fn cmp_ord(op: CompareOp, o: std::cmp::Ordering) -> bool {
-    use std::cmp::Ordering::*;
-    match op {
-        CompareOp::Eq => o == Equal,
-        CompareOp::Ne => o != Equal,
-        CompareOp::Lt => o == Less,
-        CompareOp::Le => o != Greater,
-        CompareOp::Gt => o == Greater,
-        CompareOp::Ge => o != Less,
     }
 }
 

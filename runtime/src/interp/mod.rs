@@ -8,6 +8,7 @@
 //! Every fast path in smelt is tested against this module on random inputs.
 
 mod elementwise;
+pub use elementwise::holds;
 mod indexing;
 mod linalg;
 mod movement;
