@@ -30,28 +30,10 @@ fn feeds(g: &Graph, batch: usize, int_max: i64) -> HashMap<String, Tensor> {
         })
         .collect();
     for id in g.inputs() {
-        let v = g.value(id);
-        let shape: Vec<usize> =
-            v.ty.dims()
-                .iter()
-                .map(|d| d.as_static().map_or(batch, |n| n as usize))
-                .collect();
-        let n: usize = shape.iter().product();
-        let seed = rng::seed_for(1, &v.name);
-        let t = if v.ty.dtype.is_float() {
-            exact_f32(
-                &shape,
-                (0..n)
-                    .map(|i| 2.0 * rng::uniform01(seed, i as u64) - 1.0)
-                    .collect(),
-            )
-        } else {
-            let ints = (0..n)
-                .map(|i| (rng::uniform01(seed, i as u64) * int_max as f64) as i64)
-                .collect();
-            Tensor::from_i64(v.ty.dtype, shape, ints)
-        };
-        f.insert(v.name.clone(), t);
+        f.insert(
+            g.value(id).name.clone(),
+            common::random_input(g, id, batch, int_max),
+        );
     }
     f
 }

@@ -40,27 +40,12 @@ fn feeds(g: &Graph, batch: usize, int_max: i64) -> HashMap<String, Tensor> {
         .collect();
     for id in g.inputs() {
         let v = g.value(id);
-        let shape: Vec<usize> =
-            v.ty.dims()
-                .iter()
-                .map(|d| d.as_static().map_or(batch, |n| n as usize))
-                .collect();
-        let n: usize = shape.iter().product();
-        let seed = rng::seed_for(1, &v.name);
         let t = if v.name == "step" {
             // The optimiser's step counter starts at 1 (bias correction divides by
             // 1 - beta^step).
-            Tensor::from_f64(v.ty.dtype, shape, vec![3.0; n])
-        } else if v.ty.dtype.is_float() {
-            let xs = (0..n)
-                .map(|i| 2.0 * rng::uniform01(seed, i as u64) - 1.0)
-                .collect();
-            Tensor::from_f64(v.ty.dtype, shape, xs)
+            Tensor::from_f64(v.ty.dtype, vec![], vec![3.0])
         } else {
-            let ints = (0..n)
-                .map(|i| (rng::uniform01(seed, i as u64) * int_max as f64) as i64)
-                .collect();
-            Tensor::from_i64(v.ty.dtype, shape, ints)
+            common::random_input(g, id, batch, int_max)
         };
         f.insert(v.name.clone(), t);
     }

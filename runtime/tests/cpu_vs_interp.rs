@@ -3,6 +3,8 @@
 //! per output (f32 kernels differ from the f64-then-rounded oracle in summation order
 //! and in transcendental functions' last bits).
 
+mod common;
+
 use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
 use smelt_compiler::ir::{text, DType, Graph};
 use smelt_runtime::cpu::CpuProgram;
@@ -182,18 +184,9 @@ fn composite_ops() {
     check("input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y");
 }
 
-fn example(path: &str) -> Graph {
-    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    text::parse(&std::fs::read_to_string(full).unwrap())
-        .unwrap()
-        .graph
-}
-
 #[test]
 fn mlp_forward_and_training_steps() {
-    let g = example("examples/mlp.sir");
+    let g = common::example("examples/mlp.sir");
     let forward_feeds = random_feeds(&g, 7, 3, 10);
     compare(&g, &forward_feeds);
     for opt in [

@@ -2,6 +2,8 @@
 //! `compiler::autodiff` agree with central finite differences computed by the reference
 //! interpreter in f64 (relative error < 1e-6), on random inputs.
 
+mod common;
+
 use smelt_compiler::autodiff::differentiate;
 use smelt_compiler::ir::ops::{BinaryOp, ReduceOp};
 use smelt_compiler::ir::{text, Builder, DType, Graph, Op, TensorType, ValueId};
@@ -289,7 +291,7 @@ fn symbolic_batch_mean() {
 
 #[test]
 fn example_mlp_parameters() {
-    let g = smelt_frontend_free_load("examples/mlp.sir");
+    let g = common::example("examples/mlp.sir");
     let mut feeds = params::init_params(&g, 1);
     for t in feeds.values_mut() {
         *t = exact(&t.shape, t.to_f64_vec());
@@ -315,16 +317,6 @@ fn example_mlp_parameters() {
         Some(6),
         1e-6,
     );
-}
-
-/// Reads a `.sir` example without the frontend crate (a runtime test needs only the IR).
-fn smelt_frontend_free_load(path: &str) -> Graph {
-    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    text::parse(&std::fs::read_to_string(full).unwrap())
-        .unwrap()
-        .graph
 }
 
 #[test]

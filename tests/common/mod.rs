@@ -33,8 +33,8 @@ pub fn expect_user_error(out: &Output) -> String {
     err
 }
 
-/// Writes a `.npy` file of f32 values.
-pub fn write_f32_npy(path: &Path, shape: &[u64], values: &[f32]) {
+/// Writes a `.npy` file of any element type NumPy knows.
+pub fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) {
     use npyz::WriterBuilder;
     let mut f = std::fs::File::create(path).unwrap();
     let mut w = npyz::WriteOptions::new()
@@ -47,18 +47,14 @@ pub fn write_f32_npy(path: &Path, shape: &[u64], values: &[f32]) {
     w.finish().unwrap();
 }
 
+/// Writes a `.npy` file of f32 values.
+pub fn write_f32_npy(path: &Path, shape: &[u64], values: &[f32]) {
+    write_npy(path, shape, values)
+}
+
 /// Writes a `.npy` file of i32 values.
 pub fn write_i32_npy(path: &Path, shape: &[u64], values: &[i32]) {
-    use npyz::WriterBuilder;
-    let mut f = std::fs::File::create(path).unwrap();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(&mut f)
-        .begin_nd()
-        .unwrap();
-    w.extend(values.iter().copied()).unwrap();
-    w.finish().unwrap();
+    write_npy(path, shape, values)
 }
 
 /// Reads a `.npy` file of f32 values with its shape.
@@ -97,4 +93,34 @@ pub fn load_example(path: &str, sets: &[(&str, &str)]) -> smelt_compiler::ir::Gr
     smelt_frontend::load_with(&full, &overrides)
         .unwrap_or_else(|e| panic!("{e}"))
         .graph
+}
+
+/// A random value for graph input `id`: floats uniform in [-1, 1) (never all zero),
+/// integers uniform in [0, int_max); symbolic dimensions take the size `batch`.
+/// Seeded by the input's name, so every test sees the same data.
+pub fn random_input(
+    g: &smelt_compiler::ir::Graph,
+    id: smelt_compiler::ir::ValueId,
+    batch: usize,
+    int_max: i64,
+) -> smelt_runtime::Tensor {
+    use smelt_runtime::{gradcheck::exact_f32, rng, Tensor};
+    let v = g.value(id);
+    let shape: Vec<usize> =
+        v.ty.dims()
+            .iter()
+            .map(|d| d.as_static().map_or(batch, |n| n as usize))
+            .collect();
+    let n: usize = shape.iter().product();
+    let seed = rng::seed_for(1, &v.name);
+    let draw = |i: usize| rng::uniform01(seed, i as u64);
+    if v.ty.dtype.is_float() {
+        exact_f32(&shape, (0..n).map(|i| 2.0 * draw(i) - 1.0).collect())
+    } else {
+        Tensor::from_i64(
+            v.ty.dtype,
+            shape,
+            (0..n).map(|i| (draw(i) * int_max as f64) as i64).collect(),
+        )
+    }
 }

@@ -234,16 +234,8 @@ impl<'p> Lowerer<'p> {
         y: ValueId,
         pos: Pos,
     ) -> LangResult<ValueId> {
-        let (tx, ty) = (self.ty(x), self.ty(y));
-        if tx.dtype != ty.dtype {
-            return fail(
-                pos,
-                format!(
-                    "operands of '{}' have different dtypes: {tx} and {ty} (convert one with cast(x, {}))",
-                    op.symbol(), tx.dtype
-                ),
-            );
-        }
+        let tx = self.same_dtype(x, y, op.symbol(), true, pos)?;
+        let ty = self.ty(y);
         if op == BinOp::MatMul {
             return self.matmul(x, y, pos);
         }
@@ -262,8 +254,7 @@ impl<'p> Lowerer<'p> {
                 format!("'{}' is not defined on bool tensors ({tx})", op.symbol()),
             );
         }
-        let x = self.broadcast_to(x, &shape, pos)?;
-        let y = self.broadcast_to(y, &shape, pos)?;
+        let (x, y) = self.broadcast_both(x, y, &shape, pos)?;
         let ir_op = match (arith, op) {
             (Some(a), _) => Op::Binary(a),
             (None, BinOp::Eq) => Op::Compare(CompareOp::Eq),
@@ -284,20 +275,49 @@ impl<'p> Lowerer<'p> {
         y: ValueId,
         pos: Pos,
     ) -> LangResult<ValueId> {
+        let tx = self.same_dtype(x, y, op.name(), false, pos)?;
+        let shape =
+            broadcast_shapes(&tx.shape, &self.ty(y).shape).map_err(|m| LangError::new(pos, m))?;
+        let (x, y) = self.broadcast_both(x, y, &shape, pos)?;
+        self.node(Op::Binary(op), &[x, y], None, pos)
+    }
+
+    /// The type of `x`, after checking that `y` has the same dtype (`hint`: suggest a cast).
+    fn same_dtype(
+        &self,
+        x: ValueId,
+        y: ValueId,
+        what: &str,
+        hint: bool,
+        pos: Pos,
+    ) -> LangResult<TensorType> {
         let (tx, ty) = (self.ty(x), self.ty(y));
         if tx.dtype != ty.dtype {
+            let cast = if hint {
+                format!(" (convert one with cast(x, {}))", tx.dtype)
+            } else {
+                String::new()
+            };
             return fail(
                 pos,
-                format!(
-                    "operands of '{}' have different dtypes: {tx} and {ty}",
-                    op.name()
-                ),
+                format!("operands of '{what}' have different dtypes: {tx} and {ty}{cast}"),
             );
         }
-        let shape = broadcast_shapes(&tx.shape, &ty.shape).map_err(|m| LangError::new(pos, m))?;
-        let x = self.broadcast_to(x, &shape, pos)?;
-        let y = self.broadcast_to(y, &shape, pos)?;
-        self.node(Op::Binary(op), &[x, y], None, pos)
+        Ok(tx)
+    }
+
+    /// Both operands broadcast to `shape`.
+    fn broadcast_both(
+        &mut self,
+        x: ValueId,
+        y: ValueId,
+        shape: &Shape,
+        pos: Pos,
+    ) -> LangResult<(ValueId, ValueId)> {
+        Ok((
+            self.broadcast_to(x, shape, pos)?,
+            self.broadcast_to(y, shape, pos)?,
+        ))
     }
 
     /// numpy `matmul`: vectors gain and lose a unit axis; a 2-D right operand is shared
