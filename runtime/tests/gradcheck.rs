@@ -11,16 +11,7 @@ use smelt_runtime::gradcheck::{check_gradients, exact_f32};
 use smelt_runtime::{params, Tensor};
 use std::collections::HashMap;
 
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
-    }
-}
+use common::Rng;
 
 fn exact(shape: &[usize], values: Vec<f64>) -> Tensor {
     exact_f32(shape, values)

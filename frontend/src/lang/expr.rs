@@ -7,7 +7,7 @@ use super::lower::Lowerer;
 use super::shapes::{broadcast_shapes, check_numel, mul_dims, normalize_axis};
 use super::value::{Env, Val};
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
-use smelt_compiler::ir::text::Pos;
+use smelt_compiler::ir::text::{edit_distance, Pos};
 use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 
 impl<'p> Lowerer<'p> {
@@ -621,19 +621,4 @@ pub(super) fn suggest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> S
         Some((_, k)) => format!(" (did you mean '{k}'?)"),
         None => String::new(),
     }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }

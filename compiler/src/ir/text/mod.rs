@@ -26,5 +26,5 @@ mod lex;
 mod parse;
 mod print;
 
-pub use parse::{parse, ParseError, Parsed, Pos};
+pub use parse::{edit_distance, parse, ParseError, Parsed, Pos};
 pub use print::{print, print_init};
