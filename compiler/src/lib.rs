@@ -9,6 +9,7 @@
 
 pub mod autodiff;
 pub mod codegen;
+pub mod gpu;
 pub mod ir;
 pub mod kernel;
 pub mod optimize;

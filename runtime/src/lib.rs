@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod engine;
+pub mod gpusim;
 pub mod gradcheck;
 pub mod interp;
 pub mod io;

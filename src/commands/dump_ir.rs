@@ -2,6 +2,7 @@
 
 use super::{load_model, write_output, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
+use smelt_compiler::gpu::{GpuProgram, GpuTarget, SmPlan};
 use smelt_compiler::ir::{json, text, Bindings};
 use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
@@ -26,9 +27,17 @@ pub struct Args {
     train: bool,
     #[command(flatten)]
     optimizer: OptimizerArgs,
-    /// Sizes for symbolic dimensions in the memory plan: NAME=SIZE (unbound ones count as 1).
+    /// Sizes for symbolic dimensions in the memory plan and GPU kernels: NAME=SIZE
+    /// (unbound ones count as 1).
     #[arg(long = "bind", value_name = "NAME=SIZE")]
     binds: Vec<String>,
+    /// With `--stage scheduled`: the machine to schedule for. A GPU target prints its
+    /// SM plan (stream, grid, block, shared memory and SM budget of every kernel).
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    target: Target,
+    /// SMs reserved for communication kernels on a GPU target (even; default 20).
+    #[arg(long, value_name = "N")]
+    comm_sms: Option<u32>,
     /// With `--stage optimized`: print the rules that fired and the estimated cost
     /// before and after to stderr (stdout keeps the IR alone).
     #[arg(long)]
@@ -71,6 +80,31 @@ enum Stage {
     Optimized,
 }
 
+/// Machines `--stage scheduled` can plan for.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// This machine's CPU backend.
+    Cpu,
+    /// NVIDIA H800 SXM (132 SMs, NVLink cut to 400 GB/s).
+    H800,
+    /// NVIDIA H100 SXM.
+    H100,
+    /// NVIDIA H200 SXM.
+    H200,
+}
+
+impl Target {
+    /// The GPU description, or `None` for the CPU.
+    pub fn gpu(self) -> Option<GpuTarget> {
+        match self {
+            Target::Cpu => None,
+            Target::H800 => Some(GpuTarget::h800()),
+            Target::H100 => Some(GpuTarget::h100()),
+            Target::H200 => Some(GpuTarget::h200()),
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     /// The canonical text form (`.sir`), which parses back to the same graph.
@@ -81,6 +115,9 @@ enum Format {
     Dot,
     /// An SVG drawing, laid out by smelt itself; opens in a browser.
     Svg,
+    /// A Chrome trace of the SM plan (`--stage scheduled` with a GPU target): one
+    /// track per stream; open in Perfetto or chrome://tracing.
+    Trace,
 }
 
 /// Prints the requested stage.
@@ -123,21 +160,29 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             } else {
                 model.graph.clone()
             };
-            let mut bindings = Bindings::new();
-            for b in &args.binds {
-                let parsed = b
-                    .split_once('=')
-                    .and_then(|(k, v)| Some((k.to_string(), v.parse::<u64>().ok()?)));
-                let (k, v) = parsed.ok_or_else(|| {
-                    Diagnostic::plain(format!("--bind expects NAME=SIZE, found '{b}'"))
-                })?;
-                bindings.insert(k, v);
+            let bindings = parse_bindings(&args.binds)?;
+            let scheduled = schedule(&g);
+            if let Some(target) = args.target.gpu() {
+                let plan = gpu_plan(&scheduled, &bindings, &target, args.comm_sms)
+                    .map_err(|e| Diagnostic::in_file(&model.path, e))?;
+                let out = match args.format {
+                    Format::Text => plan.to_text(),
+                    Format::Json => {
+                        serde_json::to_string_pretty(&plan).expect("plans serialise") + "\n"
+                    }
+                    Format::Trace => plan_trace(&g.name, &plan),
+                    Format::Dot | Format::Svg => {
+                        return Err(Diagnostic::plain(
+                            "--stage scheduled with a GPU target prints text, json or trace",
+                        ))
+                    }
+                };
+                return write_output(args.output.as_deref(), &out);
             }
-            let text = schedule(&g).to_text(&bindings);
             return match args.format {
-                Format::Text => write_output(args.output.as_deref(), &text),
+                Format::Text => write_output(args.output.as_deref(), &scheduled.to_text(&bindings)),
                 _ => Err(Diagnostic::plain(
-                    "--stage scheduled prints text only for now (use --format text)",
+                    "--stage scheduled for the CPU prints text (GPU targets: text, json, trace)",
                 )),
             };
         }
@@ -159,10 +204,80 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         None => Ok(View::of(&graph)),
     };
     let out = match args.format {
+        Format::Trace => {
+            return Err(Diagnostic::plain(
+                "--format trace draws an SM plan: use it with --stage scheduled --target h800",
+            ))
+        }
         Format::Text => text::print(&graph),
         Format::Json => json::to_json(&graph),
         Format::Dot => smelt_viz::dot::to_dot(&view()?),
         Format::Svg => smelt_viz::svg::to_svg(&view()?),
     };
     write_output(args.output.as_deref(), &out)
+}
+
+/// `--bind NAME=SIZE` flags as bindings.
+pub fn parse_bindings(binds: &[String]) -> Result<Bindings, Diagnostic> {
+    let mut bindings = Bindings::new();
+    for b in binds {
+        let parsed = b
+            .split_once('=')
+            .and_then(|(k, v)| Some((k.to_string(), v.parse::<u64>().ok()?)));
+        let (k, v) = parsed
+            .ok_or_else(|| Diagnostic::plain(format!("--bind expects NAME=SIZE, found '{b}'")))?;
+        bindings.insert(k, v);
+    }
+    Ok(bindings)
+}
+
+/// Binds every symbol of `g` that `bindings` leaves open to 1.
+pub fn bind_all(g: &smelt_compiler::ir::Graph, bindings: &Bindings) -> Bindings {
+    let mut all = bindings.clone();
+    for v in &g.values {
+        for d in v.ty.dims() {
+            for s in d.syms() {
+                all.entry(s.clone()).or_insert(1);
+            }
+        }
+    }
+    all
+}
+
+/// The SM plan of a schedule on a GPU target.
+pub fn gpu_plan(
+    scheduled: &smelt_compiler::schedule::Schedule,
+    bindings: &Bindings,
+    target: &GpuTarget,
+    comm_sms: Option<u32>,
+) -> Result<SmPlan, String> {
+    let program = GpuProgram::new(scheduled, &bind_all(&scheduled.graph, bindings))?;
+    SmPlan::new(
+        &program,
+        target,
+        comm_sms.unwrap_or(target.default_comm_sms),
+    )
+}
+
+/// The plan as a Chrome trace: one track per stream, events carrying launch parameters.
+fn plan_trace(name: &str, plan: &SmPlan) -> String {
+    use smelt_compiler::gpu::lower::Role;
+    use smelt_viz::trace::{chrome_trace, Role as TraceRole, TraceEvent};
+    let events: Vec<TraceEvent> = plan
+        .launches
+        .iter()
+        .map(|l| {
+            let (role, track) = match l.role {
+                Role::Compute => (TraceRole::Compute, format!("stream {} (compute)", l.stream)),
+                Role::Comm => (TraceRole::Comm, format!("stream {} (comm)", l.stream)),
+            };
+            TraceEvent::new(&l.name, track, role, l.start_us, l.duration_us)
+                .with_arg("grid", serde_json::json!(l.grid))
+                .with_arg("block", serde_json::json!(l.block))
+                .with_arg("shared_bytes", l.shared_bytes)
+                .with_arg("sm_budget", l.sm_budget)
+                .with_arg("stream", l.stream)
+        })
+        .collect();
+    chrome_trace(&format!("{name} on {}", plan.target), &events)
 }

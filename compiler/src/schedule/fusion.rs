@@ -268,3 +268,9 @@ impl<'g> KernelBuilder<'g> {
         e
     }
 }
+
+/// The pointwise kernel of node `v` alone (its operands are loaded, nothing inlined):
+/// how a backend runs an elementwise op that fusion left as a library step.
+pub fn single_op_kernel(g: &Graph, v: ValueId) -> PointwiseKernel {
+    KernelBuilder::build(g, v, &|_| false)
+}

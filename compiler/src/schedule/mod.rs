@@ -9,7 +9,7 @@
 mod fusion;
 pub mod memory;
 
-pub use fusion::is_fusable;
+pub use fusion::{is_fusable, single_op_kernel};
 pub use memory::MemoryPlan;
 
 use crate::ir::{Bindings, Graph, ValueId};

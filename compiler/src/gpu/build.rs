@@ -1,0 +1,379 @@
+//! Building kernels in code: registers are allocated on demand, structured control flow
+//! takes closures, and every helper returns the register it defines.
+
+use super::kir::*;
+
+/// Builds one [`Kernel`].
+pub struct KernelBuilder {
+    kernel: Kernel,
+    /// Open blocks: the innermost receives new statements.
+    blocks: Vec<Vec<Stmt>>,
+}
+
+impl KernelBuilder {
+    /// A kernel named `name` for blocks of `block` threads.
+    pub fn new(name: &str, block: u32) -> KernelBuilder {
+        KernelBuilder {
+            kernel: Kernel {
+                name: name.to_string(),
+                params: Vec::new(),
+                shared: Vec::new(),
+                regs: Vec::new(),
+                body: Vec::new(),
+                block,
+                min_blocks_per_sm: None,
+                needs_sm90a: false,
+            },
+            blocks: vec![Vec::new()],
+        }
+    }
+
+    /// Threads per block.
+    pub fn block(&self) -> u32 {
+        self.kernel.block
+    }
+
+    /// Declares a global buffer parameter of `len` elements.
+    pub fn param(&mut self, name: &str, elem: Elem, len: usize) -> Space {
+        self.kernel.params.push(BufferParam {
+            name: name.to_string(),
+            elem,
+            len,
+        });
+        Space::Global(self.kernel.params.len() - 1)
+    }
+
+    /// Declares a shared array of `len` elements.
+    pub fn shared(&mut self, name: &str, elem: Elem, len: usize) -> Space {
+        self.kernel.shared.push(SharedArray {
+            name: name.to_string(),
+            elem,
+            len,
+        });
+        Space::Shared(self.kernel.shared.len() - 1)
+    }
+
+    /// Asks for `n` resident blocks per SM (`.minnctapersm`).
+    pub fn min_blocks_per_sm(&mut self, n: u32) {
+        self.kernel.min_blocks_per_sm = Some(n);
+    }
+
+    /// A fresh register.
+    pub fn reg(&mut self, ty: Ty) -> Reg {
+        self.kernel.regs.push(ty);
+        Reg(self.kernel.regs.len() as u32 - 1)
+    }
+
+    /// The type of an operand.
+    pub fn ty(&self, o: impl Into<Operand>) -> Ty {
+        self.kernel.operand_ty(o.into())
+    }
+
+    /// The element type of a memory space.
+    pub fn elem(&self, s: Space) -> Elem {
+        match s {
+            Space::Global(p) => self.kernel.params[p].elem,
+            Space::Shared(a) => self.kernel.shared[a].elem,
+        }
+    }
+
+    /// Appends an instruction.
+    pub fn push(&mut self, i: Inst) {
+        self.blocks
+            .last_mut()
+            .expect("a block is open")
+            .push(Stmt::Inst(i));
+    }
+
+    /// `dst = special register`.
+    pub fn special(&mut self, reg: Special) -> Reg {
+        let dst = self.reg(Ty::I32);
+        self.push(Inst::Special { dst, reg });
+        dst
+    }
+
+    /// A new register holding `src`.
+    pub fn mov(&mut self, src: impl Into<Operand>) -> Reg {
+        let src = src.into();
+        let dst = self.reg(self.ty(src));
+        self.push(Inst::Mov { dst, src });
+        dst
+    }
+
+    /// `dst = src` for an existing register.
+    pub fn assign(&mut self, dst: Reg, src: impl Into<Operand>) {
+        self.push(Inst::Mov {
+            dst,
+            src: src.into(),
+        });
+    }
+
+    /// `op a`.
+    pub fn un(&mut self, op: UnOp, a: impl Into<Operand>) -> Reg {
+        let src = a.into();
+        let dst = self.reg(self.ty(src));
+        self.push(Inst::Unary { op, dst, src });
+        dst
+    }
+
+    /// `a op b` (the result has `a`'s type).
+    pub fn bin(&mut self, op: BinOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        let (a, b) = (a.into(), b.into());
+        let dst = self.reg(self.ty(a));
+        self.push(Inst::Binary { op, dst, a, b });
+        dst
+    }
+
+    /// `dst = dst op b`, in place (accumulators).
+    pub fn update(&mut self, op: BinOp, dst: Reg, b: impl Into<Operand>) {
+        self.push(Inst::Binary {
+            op,
+            dst,
+            a: dst.into(),
+            b: b.into(),
+        });
+    }
+
+    /// `a + b`.
+    pub fn add(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        self.bin(BinOp::Add, a, b)
+    }
+
+    /// `a * b`.
+    pub fn mul(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        self.bin(BinOp::Mul, a, b)
+    }
+
+    /// `a / b` (integers: toward zero).
+    pub fn div(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        self.bin(BinOp::Div, a, b)
+    }
+
+    /// `a % b`.
+    pub fn rem(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        self.bin(BinOp::Rem, a, b)
+    }
+
+    /// `a * b + c`.
+    pub fn fma(
+        &mut self,
+        a: impl Into<Operand>,
+        b: impl Into<Operand>,
+        c: impl Into<Operand>,
+    ) -> Reg {
+        let dst = self.reg(Ty::F32);
+        self.push(Inst::Fma {
+            dst,
+            a: a.into(),
+            b: b.into(),
+            c: c.into(),
+        });
+        dst
+    }
+
+    /// `a cmp b` as a predicate.
+    pub fn setp(&mut self, cmp: Cmp, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        let dst = self.reg(Ty::Pred);
+        self.push(Inst::Setp {
+            cmp,
+            dst,
+            a: a.into(),
+            b: b.into(),
+        });
+        dst
+    }
+
+    /// `cond ? a : b`.
+    pub fn selp(&mut self, cond: Reg, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
+        let (a, b) = (a.into(), b.into());
+        let dst = self.reg(self.ty(a));
+        self.push(Inst::Selp { dst, a, b, cond });
+        dst
+    }
+
+    /// `src` converted to `ty`.
+    pub fn cvt(&mut self, ty: Ty, src: Reg) -> Reg {
+        if self.ty(src) == ty {
+            return src;
+        }
+        let dst = self.reg(ty);
+        self.push(Inst::Cvt { dst, src });
+        dst
+    }
+
+    /// Loads one element.
+    pub fn ld(&mut self, space: Space, index: impl Into<Operand>) -> Reg {
+        self.ld_vec(space, index, 1)[0]
+    }
+
+    /// Loads `n` consecutive elements (a vector access; `index` must be a multiple of `n`).
+    pub fn ld_vec(&mut self, space: Space, index: impl Into<Operand>, n: usize) -> Vec<Reg> {
+        let ty = self.elem(space).reg_ty();
+        let dst: Vec<Reg> = (0..n).map(|_| self.reg(ty)).collect();
+        self.push(Inst::Ld {
+            dst: dst.clone(),
+            space,
+            index: index.into(),
+        });
+        dst
+    }
+
+    /// Loads two consecutive 16-bit floats packed in one `b32` (even `index`).
+    pub fn ld_pair(&mut self, space: Space, index: impl Into<Operand>) -> Reg {
+        let dst = self.reg(Ty::B32);
+        self.push(Inst::Ld {
+            dst: vec![dst],
+            space,
+            index: index.into(),
+        });
+        dst
+    }
+
+    /// Stores one element.
+    pub fn st(&mut self, space: Space, index: impl Into<Operand>, v: impl Into<Operand>) {
+        self.push(Inst::St {
+            space,
+            index: index.into(),
+            src: vec![v.into()],
+        });
+    }
+
+    /// Stores consecutive elements (a vector access).
+    pub fn st_vec(&mut self, space: Space, index: impl Into<Operand>, v: Vec<Operand>) {
+        self.push(Inst::St {
+            space,
+            index: index.into(),
+            src: v,
+        });
+    }
+
+    /// `mem[index] += v` atomically.
+    pub fn atom_add(&mut self, space: Space, index: impl Into<Operand>, v: impl Into<Operand>) {
+        self.push(Inst::AtomAdd {
+            space,
+            index: index.into(),
+            src: v.into(),
+        });
+    }
+
+    /// The value of `src` in lane `laneid ^ mask`.
+    pub fn shfl_xor(&mut self, src: Reg, mask: i32) -> Reg {
+        let dst = self.reg(self.ty(src));
+        self.push(Inst::ShflXor { dst, src, mask });
+        dst
+    }
+
+    /// A block-wide barrier.
+    pub fn bar(&mut self) {
+        self.push(Inst::Bar);
+    }
+
+    /// Packs two f32 into one `b32` of 16-bit floats.
+    pub fn pack(&mut self, lo: impl Into<Operand>, hi: impl Into<Operand>, elem: Elem) -> Reg {
+        let dst = self.reg(Ty::B32);
+        self.push(Inst::Pack {
+            dst,
+            lo: lo.into(),
+            hi: hi.into(),
+            elem,
+        });
+        dst
+    }
+
+    fn nested(&mut self, body: impl FnOnce(&mut Self)) -> Vec<Stmt> {
+        self.blocks.push(Vec::new());
+        body(self);
+        self.blocks.pop().expect("the block opened above")
+    }
+
+    /// Runs `then` in the threads where `cond` holds.
+    pub fn if_then(&mut self, cond: Reg, then: impl FnOnce(&mut Self)) {
+        self.if_else(cond, then, |_| {});
+    }
+
+    /// Runs `then` where `cond` holds and `otherwise` elsewhere.
+    pub fn if_else(
+        &mut self,
+        cond: Reg,
+        then: impl FnOnce(&mut Self),
+        otherwise: impl FnOnce(&mut Self),
+    ) {
+        let then = self.nested(then);
+        let otherwise = self.nested(otherwise);
+        self.blocks
+            .last_mut()
+            .expect("a block is open")
+            .push(Stmt::If {
+                cond,
+                then,
+                otherwise,
+            });
+    }
+
+    /// `for (i = from; i < to; i += step) body(i)` on `i32`.
+    pub fn for_range(
+        &mut self,
+        from: impl Into<Operand>,
+        to: impl Into<Operand>,
+        step: impl Into<Operand>,
+        body: impl FnOnce(&mut Self, Reg),
+    ) {
+        let var = self.reg(Ty::I32);
+        let body = self.nested(|b| body(b, var));
+        self.blocks
+            .last_mut()
+            .expect("a block is open")
+            .push(Stmt::Loop {
+                var,
+                from: from.into(),
+                to: to.into(),
+                step: step.into(),
+                body,
+            });
+    }
+
+    /// The grid-stride loop: `body(i)` for every `i` in `0..n`, spread over all threads
+    /// of the grid, whatever the grid's size (so the SM plan may cap it).
+    pub fn grid_stride(&mut self, n: usize, body: impl FnOnce(&mut Self, Reg)) {
+        self.grid_stride_by(n, 1, body);
+    }
+
+    /// Like [`KernelBuilder::grid_stride`] with `per` consecutive threads per item
+    /// (a warp per row: `per = 32`); `body` gets the item index.
+    pub fn grid_stride_by(&mut self, n: usize, per: u32, body: impl FnOnce(&mut Self, Reg)) {
+        let tid = self.special(Special::Tid);
+        let ntid = self.special(Special::Ntid);
+        let ctaid = self.special(Special::Ctaid);
+        let nctaid = self.special(Special::Nctaid);
+        let per_block = self.div(ntid, per as i32);
+        let first = self.mul(ctaid, per_block);
+        let mine = self.div(tid, per as i32);
+        let first = self.add(first, mine);
+        let stride = self.mul(nctaid, per_block);
+        self.for_range(first, i32_of(n), stride, body);
+    }
+
+    /// The finished kernel (its typing is checked: a failure is a bug in a lowering).
+    pub fn finish(mut self) -> Kernel {
+        assert_eq!(self.blocks.len(), 1, "unbalanced blocks");
+        self.kernel.body = self.blocks.pop().expect("the top block");
+        if let Err(e) = self.kernel.check() {
+            panic!("generated an ill-typed kernel: {e}");
+        }
+        self.kernel
+    }
+}
+
+/// `n` as an `i32` immediate; sizes above 2^31 - 1 elements are rejected before lowering.
+pub fn i32_of(n: usize) -> i32 {
+    i32::try_from(n).expect("sizes are checked against i32::MAX before lowering")
+}
+
+impl KernelBuilder {
+    /// `src` rounded to the precision of the 16-bit float `elem`.
+    pub fn round(&mut self, src: Reg, elem: Elem) -> Reg {
+        let dst = self.reg(Ty::F32);
+        self.push(Inst::Round { dst, src, elem });
+        dst
+    }
+}

@@ -1,0 +1,581 @@
+//! The GPU kernel IR: one thread's program, as PTX sees it, with structured control flow.
+//!
+//! A [`Kernel`] is what every thread of a launch runs. Its instructions map one to one
+//! onto PTX instructions (`ptx.rs` prints them) and have exact CPU meanings (`eval.rs`
+//! runs them over a modelled grid), so the logic of a kernel is tested on the CPU and
+//! the PTX printer only translates. Control flow is structured (`If`, `Loop`), which
+//! keeps both the printer and the evaluator small and makes divergence explicit.
+//!
+//! Invariants (checked by [`Kernel::check`]):
+//! - every register has one type, and each instruction's operands have the types its
+//!   opcode requires;
+//! - memory is addressed by *element index* (`i32`) into a typed buffer parameter or
+//!   shared array; a vector access of `n` elements needs an index that is a multiple
+//!   of `n` (the evaluator checks alignment and bounds at run time);
+//! - 16-bit float buffers are read into `f32` registers (or, two at a time, into `b32`
+//!   registers for tensor-core fragments) and written from `f32` registers, rounding
+//!   to nearest even.
+
+use std::fmt;
+
+/// A virtual register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Reg(pub u32);
+
+/// Register types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ty {
+    /// A predicate.
+    Pred,
+    /// 32-bit signed integer.
+    I32,
+    /// 64-bit signed integer.
+    I64,
+    /// IEEE binary32.
+    F32,
+    /// Two packed 16-bit floats (tensor-core fragments).
+    B32,
+}
+
+/// Element types of memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    /// binary32.
+    F32,
+    /// binary16.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 32-bit signed integer.
+    I32,
+    /// 64-bit signed integer.
+    I64,
+    /// A byte (booleans: 0 or 1).
+    U8,
+}
+
+impl Elem {
+    /// Size in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 | Elem::I32 => 4,
+            Elem::F16 | Elem::BF16 => 2,
+            Elem::I64 => 8,
+            Elem::U8 => 1,
+        }
+    }
+
+    /// The register type a scalar load of this element gives.
+    pub fn reg_ty(self) -> Ty {
+        match self {
+            Elem::F32 | Elem::F16 | Elem::BF16 => Ty::F32,
+            Elem::I32 | Elem::U8 => Ty::I32,
+            Elem::I64 => Ty::I64,
+        }
+    }
+
+    /// True for the 16-bit floats.
+    pub fn is_half(self) -> bool {
+        matches!(self, Elem::F16 | Elem::BF16)
+    }
+}
+
+/// A kernel parameter: a pointer to a global buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferParam {
+    /// Name in the PTX (`p_<name>`).
+    pub name: String,
+    /// Element type.
+    pub elem: Elem,
+    /// Number of elements (bounds for the evaluator; not passed to the kernel).
+    pub len: usize,
+}
+
+/// A statically sized shared-memory array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedArray {
+    /// Name in the PTX (`s_<name>`).
+    pub name: String,
+    /// Element type.
+    pub elem: Elem,
+    /// Number of elements.
+    pub len: usize,
+}
+
+/// Special registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Special {
+    /// Thread index in the block (`%tid.x`).
+    Tid,
+    /// Threads per block (`%ntid.x`).
+    Ntid,
+    /// Block index in the grid (`%ctaid.x`).
+    Ctaid,
+    /// Blocks in the grid (`%nctaid.x`).
+    Nctaid,
+    /// The SM the block runs on (`%smid`; diagnostics only).
+    SmId,
+}
+
+/// An instruction operand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Operand {
+    /// A register.
+    Reg(Reg),
+    /// An `f32` immediate.
+    F32(f32),
+    /// An `i32` immediate.
+    I32(i32),
+    /// An `i64` immediate.
+    I64(i64),
+}
+
+impl From<Reg> for Operand {
+    fn from(r: Reg) -> Operand {
+        Operand::Reg(r)
+    }
+}
+
+impl From<i32> for Operand {
+    fn from(v: i32) -> Operand {
+        Operand::I32(v)
+    }
+}
+
+impl From<f32> for Operand {
+    fn from(v: f32) -> Operand {
+        Operand::F32(v)
+    }
+}
+
+/// Unary opcodes. Float ones: `Sqrt` and `Rcp` round to nearest; `Rsqrt`, `Ex2`,
+/// `Lg2`, `Sin`, `Cos` are PTX's `.approx` forms (the evaluator computes them exactly;
+/// the hardware is within 2 ulp, or 2^-21 absolute for sin/cos).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    /// Negation.
+    Neg,
+    /// Absolute value.
+    Abs,
+    /// Bitwise not (integers) or logical not (predicates).
+    Not,
+    /// Square root.
+    Sqrt,
+    /// 1/sqrt(x).
+    Rsqrt,
+    /// 1/x.
+    Rcp,
+    /// 2^x.
+    Ex2,
+    /// log2(x).
+    Lg2,
+    /// sin(x).
+    Sin,
+    /// cos(x).
+    Cos,
+}
+
+/// Binary opcodes. Integer `Div`/`Rem` truncate toward zero (division by zero is
+/// undefined on the GPU; kernels never divide by a value they did not check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    /// a + b.
+    Add,
+    /// a - b.
+    Sub,
+    /// a * b (low half for integers).
+    Mul,
+    /// a / b (floats round to nearest).
+    Div,
+    /// Remainder (integers).
+    Rem,
+    /// Minimum (floats: PTX `min`, which returns the non-NaN operand).
+    Min,
+    /// Maximum.
+    Max,
+    /// Bitwise and (or logical, on predicates).
+    And,
+    /// Bitwise or.
+    Or,
+    /// Bitwise xor.
+    Xor,
+    /// Shift left.
+    Shl,
+    /// Arithmetic shift right.
+    Shr,
+}
+
+/// Comparison opcodes. On floats every comparison but `Ne` is false when an operand
+/// is NaN, and `Ne` is true (the IR's meaning, `interp::holds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cmp {
+    /// a == b.
+    Eq,
+    /// a != b.
+    Ne,
+    /// a < b.
+    Lt,
+    /// a <= b.
+    Le,
+    /// a > b.
+    Gt,
+    /// a >= b.
+    Ge,
+}
+
+/// Where a memory access goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// Global memory: the buffer parameter with this index.
+    Global(usize),
+    /// Shared memory: the shared array with this index.
+    Shared(usize),
+}
+
+/// One instruction. Fields are named after PTX's operands (`dst`, `a`, `b`, ...).
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inst {
+    /// `dst = src`.
+    Mov { dst: Reg, src: Operand },
+    /// `dst = special register`.
+    Special { dst: Reg, reg: Special },
+    /// `dst = op src`.
+    Unary { op: UnOp, dst: Reg, src: Operand },
+    /// `dst = a op b`; for `Shl`/`Shr`, `b` is an `i32` shift count.
+    Binary {
+        op: BinOp,
+        dst: Reg,
+        a: Operand,
+        b: Operand,
+    },
+    /// `dst = a * b + c`, rounded once (f32).
+    Fma {
+        dst: Reg,
+        a: Operand,
+        b: Operand,
+        c: Operand,
+    },
+    /// `dst (pred) = a cmp b`.
+    Setp {
+        cmp: Cmp,
+        dst: Reg,
+        a: Operand,
+        b: Operand,
+    },
+    /// `dst = cond ? a : b`.
+    Selp {
+        dst: Reg,
+        a: Operand,
+        b: Operand,
+        cond: Reg,
+    },
+    /// `dst = src` converted: float→int truncates toward zero (NaN gives 0), int→float
+    /// and i64→i32 (wrapping) as usual, pred→int gives 0/1.
+    Cvt { dst: Reg, src: Reg },
+    /// Loads `dst.len()` (1, 2 or 4) consecutive elements starting at `index`.
+    Ld {
+        dst: Vec<Reg>,
+        space: Space,
+        index: Operand,
+    },
+    /// Stores `src` to consecutive elements starting at `index`.
+    St {
+        space: Space,
+        index: Operand,
+        src: Vec<Operand>,
+    },
+    /// `mem[index] += src` atomically (global f32 or i32/i64 buffers).
+    AtomAdd {
+        space: Space,
+        index: Operand,
+        src: Operand,
+    },
+    /// `dst = src` of lane `laneid ^ mask` of the warp (`shfl.sync.bfly`, all lanes).
+    ShflXor { dst: Reg, src: Reg, mask: i32 },
+    /// Block-wide barrier (`bar.sync 0`); every thread of the block must reach it.
+    Bar,
+    /// `dst = src` rounded to the precision of a 16-bit float `elem` (still f32).
+    Round { dst: Reg, src: Reg, elem: Elem },
+    /// Packs two f32 into a `b32` of two 16-bit floats (`lo` in the low half).
+    Pack {
+        dst: Reg,
+        lo: Operand,
+        hi: Operand,
+        elem: Elem,
+    },
+    /// Warp-wide tensor-core product `d = a·b + c` of shape m16n8k16 (`mma.sync`,
+    /// row-major A, column-major B, 16-bit inputs of `elem`, f32 accumulators), with
+    /// PTX's fragment layout.
+    Mma {
+        d: [Reg; 4],
+        a: [Reg; 4],
+        b: [Reg; 2],
+        c: [Reg; 4],
+        elem: Elem,
+    },
+}
+
+/// A statement: an instruction or structured control flow.
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// One instruction.
+    Inst(Inst),
+    /// Runs `then` in the threads where `cond` holds, `otherwise` in the others.
+    If {
+        cond: Reg,
+        then: Vec<Stmt>,
+        otherwise: Vec<Stmt>,
+    },
+    /// `for (var = from; var < to; var += step) body`, on `i32`.
+    Loop {
+        var: Reg,
+        from: Operand,
+        to: Operand,
+        step: Operand,
+        body: Vec<Stmt>,
+    },
+}
+
+/// A GPU kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// The entry's name (a PTX identifier).
+    pub name: String,
+    /// Global buffers, in parameter order.
+    pub params: Vec<BufferParam>,
+    /// Shared arrays.
+    pub shared: Vec<SharedArray>,
+    /// Register types, indexed by `Reg`.
+    pub regs: Vec<Ty>,
+    /// The body.
+    pub body: Vec<Stmt>,
+    /// Threads per block this kernel is written for (`.maxntid`; the launch uses it).
+    pub block: u32,
+    /// Blocks that should be resident on one SM (`.minnctapersm`), if any.
+    pub min_blocks_per_sm: Option<u32>,
+    /// True if it uses `sm_90a`-only instructions.
+    pub needs_sm90a: bool,
+}
+
+impl Kernel {
+    /// The type of register `r`.
+    pub fn ty(&self, r: Reg) -> Ty {
+        self.regs[r.0 as usize]
+    }
+
+    /// The type of an operand.
+    pub fn operand_ty(&self, o: Operand) -> Ty {
+        match o {
+            Operand::Reg(r) => self.ty(r),
+            Operand::F32(_) => Ty::F32,
+            Operand::I32(_) => Ty::I32,
+            Operand::I64(_) => Ty::I64,
+        }
+    }
+
+    /// Bytes of shared memory the kernel declares.
+    pub fn shared_bytes(&self) -> usize {
+        self.shared.iter().map(|s| s.len * s.elem.bytes()).sum()
+    }
+
+    /// True if it issues tensor-core instructions.
+    pub fn uses_tensor_cores(&self) -> bool {
+        fn any(body: &[Stmt]) -> bool {
+            body.iter().any(|s| match s {
+                Stmt::Inst(i) => matches!(i, Inst::Mma { .. }),
+                Stmt::If {
+                    then, otherwise, ..
+                } => any(then) || any(otherwise),
+                Stmt::Loop { body, .. } => any(body),
+            })
+        }
+        any(&self.body)
+    }
+
+    /// Checks the typing invariants; the error names the offending instruction.
+    pub fn check(&self) -> Result<(), String> {
+        check_block(self, &self.body).map_err(|e| format!("kernel {}: {e}", self.name))
+    }
+}
+
+fn check_block(k: &Kernel, body: &[Stmt]) -> Result<(), String> {
+    for s in body {
+        match s {
+            Stmt::Inst(i) => check_inst(k, i).map_err(|e| format!("{e} in {i:?}"))?,
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                expect(
+                    k.ty(*cond) == Ty::Pred,
+                    "an if condition must be a predicate",
+                )?;
+                check_block(k, then)?;
+                check_block(k, otherwise)?;
+            }
+            Stmt::Loop {
+                var,
+                from,
+                to,
+                step,
+                body,
+            } => {
+                for o in [Operand::Reg(*var), *from, *to, *step] {
+                    expect(k.operand_ty(o) == Ty::I32, "loop bounds must be i32")?;
+                }
+                check_block(k, body)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expect(ok: bool, what: &str) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.to_string())
+    }
+}
+
+fn check_inst(k: &Kernel, i: &Inst) -> Result<(), String> {
+    let t = |o: Operand| k.operand_ty(o);
+    let mem_elem = |s: Space| match s {
+        Space::Global(p) => k.params.get(p).map(|b| b.elem),
+        Space::Shared(a) => k.shared.get(a).map(|b| b.elem),
+    };
+    match i {
+        Inst::Mov { dst, src } => expect(k.ty(*dst) == t(*src), "mov types differ"),
+        Inst::Special { dst, .. } => expect(k.ty(*dst) == Ty::I32, "special registers are i32"),
+        Inst::Unary { op, dst, src } => {
+            let ty = k.ty(*dst);
+            expect(ty == t(*src), "unary types differ")?;
+            match op {
+                UnOp::Neg | UnOp::Abs => expect(ty != Ty::Pred && ty != Ty::B32, "bad type"),
+                UnOp::Not => expect(ty != Ty::F32 && ty != Ty::B32, "not needs ints or preds"),
+                _ => expect(ty == Ty::F32, "float op on non-float"),
+            }
+        }
+        Inst::Binary { op, dst, a, b } => {
+            let ty = k.ty(*dst);
+            expect(ty == t(*a), "binary operand type differs")?;
+            match op {
+                BinOp::Shl | BinOp::Shr => expect(
+                    t(*b) == Ty::I32 && matches!(ty, Ty::I32 | Ty::I64),
+                    "bad shift",
+                ),
+                BinOp::And | BinOp::Or | BinOp::Xor => expect(
+                    ty == t(*b) && ty != Ty::F32 && ty != Ty::B32,
+                    "bad logic op",
+                ),
+                BinOp::Rem => expect(ty == t(*b) && matches!(ty, Ty::I32 | Ty::I64), "bad rem"),
+                _ => expect(
+                    ty == t(*b) && matches!(ty, Ty::I32 | Ty::I64 | Ty::F32),
+                    "bad arith",
+                ),
+            }
+        }
+        Inst::Fma { dst, a, b, c } => expect(
+            [k.ty(*dst), t(*a), t(*b), t(*c)]
+                .iter()
+                .all(|&x| x == Ty::F32),
+            "fma is f32",
+        ),
+        Inst::Setp { dst, a, b, .. } => {
+            expect(k.ty(*dst) == Ty::Pred, "setp writes a predicate")?;
+            expect(t(*a) == t(*b) && t(*a) != Ty::B32, "setp operands differ")
+        }
+        Inst::Selp { dst, a, b, cond } => {
+            expect(k.ty(*cond) == Ty::Pred, "selp needs a predicate")?;
+            expect(k.ty(*dst) == t(*a) && t(*a) == t(*b), "selp types differ")
+        }
+        Inst::Cvt { dst, src } => expect(
+            k.ty(*dst) != Ty::Pred && k.ty(*dst) != Ty::B32 && k.ty(*src) != Ty::B32,
+            "bad conversion",
+        ),
+        Inst::Ld { dst, space, index } => {
+            let e = mem_elem(*space).ok_or("no such buffer")?;
+            expect(t(*index) == Ty::I32, "indices are i32")?;
+            expect(
+                matches!(dst.len(), 1 | 2 | 4),
+                "vector width must be 1, 2 or 4",
+            )?;
+            let want = if k.ty(dst[0]) == Ty::B32 && e.is_half() {
+                Ty::B32
+            } else {
+                e.reg_ty()
+            };
+            expect(dst.iter().all(|&r| k.ty(r) == want), "load type mismatch")
+        }
+        Inst::St { space, index, src } => {
+            let e = mem_elem(*space).ok_or("no such buffer")?;
+            expect(t(*index) == Ty::I32, "indices are i32")?;
+            expect(
+                matches!(src.len(), 1 | 2 | 4),
+                "vector width must be 1, 2 or 4",
+            )?;
+            expect(
+                src.iter().all(|&o| t(o) == e.reg_ty()),
+                "store type mismatch",
+            )
+        }
+        Inst::AtomAdd { space, index, src } => {
+            let e = mem_elem(*space).ok_or("no such buffer")?;
+            expect(matches!(space, Space::Global(_)), "atomics are global")?;
+            expect(
+                matches!(e, Elem::F32 | Elem::I32 | Elem::I64),
+                "atomic add type",
+            )?;
+            expect(
+                t(*index) == Ty::I32 && t(*src) == e.reg_ty(),
+                "atomic operand types",
+            )
+        }
+        Inst::ShflXor { dst, src, mask } => {
+            expect(k.ty(*dst) == k.ty(*src), "shuffle types differ")?;
+            expect(
+                matches!(k.ty(*dst), Ty::F32 | Ty::I32 | Ty::B32),
+                "shuffles move b32",
+            )?;
+            expect((0..32).contains(mask), "lane mask must be below 32")
+        }
+        Inst::Bar => Ok(()),
+        Inst::Round { dst, src, elem } => {
+            expect(elem.is_half(), "rounding is to 16-bit floats")?;
+            expect(
+                k.ty(*dst) == Ty::F32 && k.ty(*src) == Ty::F32,
+                "rounding is on f32",
+            )
+        }
+        Inst::Pack { dst, lo, hi, elem } => {
+            expect(elem.is_half(), "pack makes 16-bit floats")?;
+            expect(
+                k.ty(*dst) == Ty::B32 && t(*lo) == Ty::F32 && t(*hi) == Ty::F32,
+                "pack",
+            )
+        }
+        Inst::Mma { d, a, b, c, elem } => {
+            expect(elem.is_half(), "mma inputs are 16-bit floats")?;
+            expect(
+                a.iter().chain(b).all(|&r| k.ty(r) == Ty::B32)
+                    && d.iter().chain(c).all(|&r| k.ty(r) == Ty::F32),
+                "mma fragment types",
+            )
+        }
+    }
+}
+
+impl fmt::Display for Ty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ty::Pred => "pred",
+            Ty::I32 => "i32",
+            Ty::I64 => "i64",
+            Ty::F32 => "f32",
+            Ty::B32 => "b32",
+        })
+    }
+}

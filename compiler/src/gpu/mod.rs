@@ -1,0 +1,33 @@
+//! The GPU path: Hopper kernels as PTX text, and the SM plan that launches them.
+//!
+//! ```text
+//! Schedule ──lower──▶ GpuProgram (KernelCalls of kir::Kernel) ──ptx──▶ .ptx module
+//!                          │                        └──eval──▶ CPU run of the same kernels
+//!                          └──plan (GpuTarget, --comm-sms)──▶ SmPlan: stream, grid, SM budget
+//! ```
+//!
+//! - `kir.rs`: the kernel IR (one thread's program, PTX-shaped, structured control flow).
+//! - `build.rs`: building kernels in code.
+//! - `math.rs`: the IR's float functions in PTX's fast instructions.
+//! - `lower/`: schedule steps to kernels, one file per op family.
+//! - `eval.rs`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
+//!   barriers, race detection) that tests kernel logic without a GPU.
+//! - `ptx.rs`: kernel IR to PTX text.
+//! - `program.rs`: a lowered graph with its buffers; simulation in the evaluator.
+//! - `plan.rs`: the SM plan.
+//! - `target.rs`: H800, H100 and H200 descriptions.
+
+pub mod build;
+pub mod eval;
+pub mod kir;
+pub mod lower;
+pub mod math;
+pub mod plan;
+pub mod program;
+pub mod ptx;
+pub mod ptxas;
+pub mod target;
+
+pub use plan::SmPlan;
+pub use program::GpuProgram;
+pub use target::GpuTarget;

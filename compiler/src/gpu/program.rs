@@ -1,0 +1,160 @@
+//! A graph compiled for the GPU: its kernels in schedule order, the buffers they bind,
+//! and the constant data uploaded before the first launch.
+
+use super::eval::{self, Data};
+use super::kir::Elem;
+use super::lower::{elem_of, lower_step, KernelCall, Shapes};
+use crate::ir::ops::Op;
+use crate::ir::{Bindings, Def, Graph, ValueId};
+use crate::schedule::Schedule;
+use std::collections::HashMap;
+
+/// What fills a buffer before the program runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Contents {
+    /// Given by the caller (inputs, parameters, optimiser state).
+    Given,
+    /// A constant's values (one value: splat).
+    Constant(Vec<f64>),
+    /// Written by a kernel.
+    Computed,
+}
+
+/// One device buffer: a graph value.
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    /// The value it holds.
+    pub value: ValueId,
+    /// Element type.
+    pub elem: Elem,
+    /// Elements.
+    pub len: usize,
+    /// How it is filled.
+    pub contents: Contents,
+}
+
+/// A compiled GPU program.
+#[derive(Clone, Debug)]
+pub struct GpuProgram {
+    /// The scheduled graph (composites expanded) the kernels refer to.
+    pub graph: Graph,
+    /// Every value's concrete shape.
+    pub shapes: Shapes,
+    /// Buffers of the values kernels read or write, or the caller gives or takes.
+    pub buffers: Vec<Buffer>,
+    /// Kernel launches in a valid order.
+    pub calls: Vec<KernelCall>,
+}
+
+impl GpuProgram {
+    /// Lowers a schedule with every symbol bound by `bindings`.
+    pub fn new(schedule: &Schedule, bindings: &Bindings) -> Result<GpuProgram, String> {
+        let g = &schedule.graph;
+        let mut shapes = Vec::with_capacity(g.values.len());
+        for v in &g.values {
+            shapes.push(
+                v.ty.shape.eval(bindings).map_err(|e| {
+                    format!("%{}: {e} (bind every symbol, e.g. --bind B=8)", v.name)
+                })?,
+            );
+        }
+        let mut calls = Vec::new();
+        for (i, step) in schedule.steps.iter().enumerate() {
+            calls.extend(lower_step(g, &shapes, i, step)?);
+        }
+        let mut used: Vec<ValueId> = calls.iter().flat_map(|c| c.args.clone()).collect();
+        used.extend(g.outputs.iter().copied());
+        for (target, value) in &g.updates {
+            used.push(*target);
+            used.push(*value);
+        }
+        used.sort();
+        used.dedup();
+        let mut buffers = Vec::new();
+        for v in used {
+            let contents = match &g.value(v).def {
+                Def::Input | Def::Param(_) | Def::State(_) => Contents::Given,
+                Def::Node {
+                    op: Op::Constant { values },
+                    ..
+                } => Contents::Constant(values.clone()),
+                Def::Node { .. } => Contents::Computed,
+            };
+            buffers.push(Buffer {
+                value: v,
+                elem: elem_of(g.ty(v).dtype)?,
+                len: shapes[v.index()].iter().product(),
+                contents,
+            });
+        }
+        Ok(GpuProgram {
+            graph: g.clone(),
+            shapes,
+            buffers,
+            calls,
+        })
+    }
+
+    /// All kernels, in launch order.
+    pub fn kernels(&self) -> Vec<super::kir::Kernel> {
+        self.calls.iter().map(|c| c.kernel.clone()).collect()
+    }
+
+    /// Runs the program in the kernel-IR evaluator: `given` holds the inputs,
+    /// parameters and state; each call gets `grid(call)` blocks. Returns every buffer.
+    pub fn simulate(
+        &self,
+        given: &HashMap<ValueId, Data>,
+        grid: impl Fn(&KernelCall) -> u32,
+    ) -> Result<HashMap<ValueId, Data>, String> {
+        let mut mem: HashMap<ValueId, Data> = HashMap::new();
+        for buf in &self.buffers {
+            let data = match &buf.contents {
+                Contents::Given => given.get(&buf.value).cloned().ok_or_else(|| {
+                    format!("no data given for %{}", self.graph.value(buf.value).name)
+                })?,
+                Contents::Constant(values) => constant(buf, values),
+                Contents::Computed => Data::zeros(buf.elem, buf.len),
+            };
+            mem.insert(buf.value, data);
+        }
+        for call in &self.calls {
+            let mut args: Vec<Data> = call
+                .args
+                .iter()
+                .map(|v| mem.get(v).cloned().expect("every argument has a buffer"))
+                .collect();
+            eval::run(&call.kernel, grid(call), 132, &mut args)?;
+            // Only the first argument is written.
+            mem.insert(call.args[0], args.swap_remove(0));
+        }
+        Ok(mem)
+    }
+}
+
+fn constant(buf: &Buffer, values: &[f64]) -> Data {
+    let at = |i: usize| {
+        if values.len() == 1 {
+            values[0]
+        } else {
+            values[i]
+        }
+    };
+    let n = buf.len;
+    match buf.elem {
+        Elem::F32 => Data::F32((0..n).map(|i| at(i) as f32).collect()),
+        Elem::F16 => Data::F16(
+            (0..n)
+                .map(|i| half::f16::from_f64(at(i)).to_bits())
+                .collect(),
+        ),
+        Elem::BF16 => Data::BF16(
+            (0..n)
+                .map(|i| half::bf16::from_f64(at(i)).to_bits())
+                .collect(),
+        ),
+        Elem::I32 => Data::I32((0..n).map(|i| at(i) as i64 as i32).collect()),
+        Elem::I64 => Data::I64((0..n).map(|i| at(i) as i64).collect()),
+        Elem::U8 => Data::U8((0..n).map(|i| u8::from(at(i) != 0.0)).collect()),
+    }
+}

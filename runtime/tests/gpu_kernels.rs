@@ -1,0 +1,237 @@
+//! GPU kernels, family by family, checked without a GPU: each graph is lowered to
+//! kernels, run in the kernel-IR evaluator (grid, blocks, lockstep threads, shared
+//! memory, barriers, race checks) with the SM plan's grids, and compared with the
+//! reference interpreter on fresh random inputs; the PTX of every kernel is assembled
+//! by `ptxas -arch=sm_90` (required in CI; skipped with a printed reason elsewhere).
+//!
+//! Tolerance: |gpu − interp| ≤ tol · max(1, max|interp|), tol = 1e-4 for f32 (f32
+//! accumulation order, fast `ex2`/`lg2`-based functions), 2e-2 for bf16 (8-bit
+//! mantissas; the tensor-core path accumulates in f32 and rounds once).
+
+mod common;
+
+use common::Rng;
+use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
+use smelt_compiler::ir::{text, Graph};
+use smelt_compiler::schedule::schedule;
+use smelt_runtime::{gpusim, interp, Precision, Tensor};
+use std::collections::HashMap;
+
+fn random_feeds(g: &Graph, seed: u64, bind: usize, int_max: i64) -> HashMap<String, Tensor> {
+    let mut rng = Rng(seed);
+    let mut feeds = HashMap::new();
+    for id in g.inputs() {
+        let v = g.value(id);
+        let shape: Vec<usize> =
+            v.ty.dims()
+                .iter()
+                .map(|d| d.as_static().map(|n| n as usize).unwrap_or(bind))
+                .collect();
+        let n: usize = shape.iter().product();
+        let t = if v.ty.dtype.is_float() {
+            Tensor::from_f64(
+                v.ty.dtype,
+                shape,
+                (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect(),
+            )
+        } else {
+            Tensor::from_i64(
+                v.ty.dtype,
+                shape,
+                (0..n)
+                    .map(|_| (rng.uniform(0.0, int_max as f64) as i64).min(int_max - 1))
+                    .collect(),
+            )
+        };
+        feeds.insert(v.name.clone(), t);
+    }
+    feeds
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let (c, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let scale = w.iter().fold(
+        1.0f64,
+        |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
+    );
+    for (i, (a, b)) in c.iter().zip(&w).enumerate() {
+        let same_special = (a.is_nan() && b.is_nan()) || (a.is_infinite() && a == b);
+        assert!(
+            same_special || (a - b).abs() <= tol * scale,
+            "{what}[{i}]: gpu {a} vs interpreter {b}"
+        );
+    }
+}
+
+/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available.
+fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
+    let Some(ptxas) = ptxas::find() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas is required in CI (.ci/run installs nvidia-cuda-nvcc-cu12)"
+        );
+        eprintln!(
+            "skipping ptxas: not found (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)"
+        );
+        return;
+    };
+    let bindings = interp::bind_shapes(g, feeds).unwrap();
+    let program = GpuProgram::new(&schedule(g), &bindings).unwrap();
+    let kernels = program.kernels();
+    let module = ptx::module(&kernels);
+    let reports = ptxas::assemble(&ptxas, &module, ptx::arch(&kernels))
+        .unwrap_or_else(|e| panic!("ptxas rejected the module:\n{e}\n{module}"));
+    assert_eq!(reports.len(), kernels.len(), "one report per kernel");
+}
+
+fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
+    let want = interp::execute(g, feeds, Precision::F32).unwrap();
+    let target = GpuTarget::h800();
+    // The plan's grids (capped at the compute SMs), and a grid of 1 block, which makes
+    // every grid-stride loop take many turns.
+    for comm_sms in [20, 130] {
+        let got = gpusim::execute(g, feeds, &target, comm_sms)
+            .unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)));
+        for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
+            assert_close(
+                &format!("output {k} (comm_sms {comm_sms}) of\n{}", text::print(g)),
+                c,
+                w,
+                tol,
+            );
+        }
+        for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
+            assert_close(&format!("update of %{name}"), c, w, tol);
+        }
+    }
+    assemble(g, feeds);
+}
+
+fn check_tol(body: &str, bind: usize, tol: f64) {
+    let src = format!("graph @t {{\n{body}\n}}\n");
+    let g = text::parse(&src)
+        .unwrap_or_else(|e| panic!("{e}\n{src}"))
+        .graph;
+    for seed in [1, 2] {
+        compare(&g, &random_feeds(&g, seed, bind, 4), tol);
+    }
+}
+
+fn check(body: &str) {
+    check_tol(body, 3, 1e-4);
+}
+
+#[test]
+fn fused_elementwise_kernels() {
+    for op in [
+        "neg", "abs", "exp", "tanh", "erf", "sin", "cos", "relu", "sigmoid", "silu",
+    ] {
+        check(&format!("input %x: f32[B, 8]\n%y = {op} %x\noutput %y"));
+    }
+    for op in ["log", "sqrt", "rsqrt", "recip"] {
+        check(&format!(
+            "input %x: f32[B, 5]\n%a = abs %x\n%y = {op} %a\noutput %y"
+        ));
+    }
+    for op in [
+        "add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt", "ge", "ne",
+    ] {
+        check(&format!(
+            "input %a: f32[B, 5]\ninput %b: f32[B, 5]\n%y = {op} %a, %b\noutput %y"
+        ));
+    }
+    check("input %a: i32[7]\ninput %b: i32[7]\n%c = add %a, %b\n%d = mul %c, %a\n%y = neg %d\noutput %y");
+    check("input %a: i64[6]\ninput %b: i64[6]\n%c = max %a, %b\n%y = sub %c, %b\noutput %y");
+    check("input %a: f32[6]\ninput %b: f32[6]\n%c = gt %a, %b\n%y = select %c, %a, %b\noutput %y");
+    check("input %a: f32[6]\n%i: i32[6] = cast %a\n%y: f32[6] = cast %i\n%z: bool[6] = cast %a\noutput %y, %z");
+    // Broadcasts and permutes inside one kernel; rows of 8 take the 16-byte path.
+    check("input %x: f32[B, 8]\ninput %b: f32[8]\n%bb: f32[B, 8] = broadcast %b {dims = [1]}\n%y = add %x, %bb\n%t = permute %y {perm = [1, 0]}\noutput %t");
+    check("%y: i32[3, 4] = iota {axis = 1}\n%z: f32[3, 4] = cast %y\noutput %z");
+}
+
+#[test]
+fn fused_elementwise_uses_vector_access_when_rows_allow() {
+    let g = text::parse("graph @t {\n input %x: f32[4, 8]\n %y = exp %x\n output %y\n}\n")
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    let module = ptx::module(&program.kernels());
+    assert!(module.contains("ld.global.v4.f32"), "{module}");
+    assert!(module.contains("st.global.v4.f32"), "{module}");
+    let g = text::parse("graph @t {\n input %x: f32[4, 7]\n %y = exp %x\n output %y\n}\n")
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    let module = ptx::module(&program.kernels());
+    assert!(
+        !module.contains(".v4."),
+        "rows of 7 cannot use 16-byte access:\n{module}"
+    );
+}
+
+#[test]
+fn row_reduction_kernels() {
+    for (axes, ty) in [
+        ("[1]", "f32[B, 4]"),
+        ("[0]", "f32[5, 4]"),
+        ("[0, 2]", "f32[5]"),
+        ("[0, 1, 2]", "f32[]"),
+    ] {
+        for op in ["reduce_sum", "reduce_max", "reduce_mean"] {
+            check(&format!(
+                "input %x: f32[B, 5, 4]\n%y: {ty} = {op} %x {{axes = {axes}}}\noutput %y"
+            ));
+        }
+    }
+    // A few long rows: a block per row, warps meeting in shared memory.
+    for op in ["reduce_sum", "reduce_max"] {
+        check_tol(
+            &format!("input %x: f32[2, 5000]\n%y: f32[2] = {op} %x {{axes = [1]}}\noutput %y"),
+            1,
+            1e-4,
+        );
+    }
+    check("input %x: i64[B, 6]\n%y: i64[B] = reduce_sum %x {axes = [1]}\noutput %y");
+    // The composites that are row reductions, with their neighbours.
+    check("input %x: f32[B, 6]\n%y = softmax %x {axis = 1}\n%z = log_softmax %x {axis = 0}\noutput %y, %z");
+    check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");
+}
+
+#[test]
+fn matmul_kernels() {
+    check("input %a: f32[2, B, 7]\ninput %b: f32[2, 7, 5]\n%y = matmul %a, %b\noutput %y");
+    check("input %a: f32[70, 33]\ninput %b: f32[33, 65]\n%y = matmul %a, %b\noutput %y");
+    // Tensor cores: bf16 and f16 inputs, f32 accumulation; edges are zero-filled.
+    check_tol(
+        "input %a: bf16[70, 40]\ninput %b: bf16[40, 72]\n%y = matmul %a, %b\noutput %y",
+        1,
+        2e-2,
+    );
+    check_tol(
+        "input %a: f16[2, 16, 32]\ninput %b: f16[2, 32, 8]\n%y = matmul %a, %b\noutput %y",
+        1,
+        2e-2,
+    );
+}
+
+#[test]
+fn movement_and_indexing_kernels() {
+    let x = "input %x: f32[B, 5, 4]\n";
+    check(&format!("{x}%y: f32[B, 20] = reshape %x\noutput %y"));
+    check(&format!(
+        "{x}%y = slice %x {{axis = 1, start = 1, end = 5, step = 2}}\noutput %y"
+    ));
+    check(&format!("{x}%y = concat %x, %x {{axis = 2}}\noutput %y"));
+    check(&format!(
+        "{x}%y = pad %x {{axis = 1, low = 2, high = 1, value = -1.5}}\noutput %y"
+    ));
+    check("input %t: f32[4, 3]\ninput %i: i32[B, 2]\n%y = gather %t, %i {axis = 0}\noutput %y");
+    check("input %t: f32[3, 4]\ninput %i: i64[5]\n%y = gather %t, %i {axis = 1}\noutput %y");
+    check("input %t: f32[4, 3]\ninput %i: i32[B]\ninput %u: f32[B, 3]\n%y = scatter_add %t, %i, %u {axis = 0}\noutput %y");
+}
+
+#[test]
+fn attention_composite() {
+    check("input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y");
+}
