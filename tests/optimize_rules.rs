@@ -138,6 +138,19 @@ fn cases() -> Vec<Case> {
             ("layout/transpose-of-matmul", false),
             "exp matmul permute",
         ),
+        // A transposed product read by a reduction: (x w)ᵀ = wᵀ xᵀ, whose transposes
+        // the product reads in place, saves materialising the transpose.
+        case(
+            "input %w: f32[8, 16]\n%p = matmul %x, %w\n%t = permute %p {perm = [1, 0]}\n%y = reduce_sum %t {axes = [1]}\noutput %y",
+            ("layout/transpose-of-matmul", true),
+            "matmul permute permute reduce_sum",
+        ),
+        // Not a swap of the last two axes: no product of transposes to fold.
+        case(
+            "input %z: f32[2, 4, 8]\ninput %w: f32[2, 8, 16]\n%p = matmul %z, %w\n%t = permute %p {perm = [1, 0, 2]}\n%y = reduce_sum %t {axes = [2]}\noutput %y",
+            ("layout/transpose-of-matmul", false),
+            "matmul permute reduce_sum",
+        ),
         // (A B) C with a thin middle: A (B C) does far fewer flops.
         case(
             "input %a: f32[256, 4]\ninput %b: f32[4, 256]\ninput %c: f32[256, 4]\n%ab = matmul %a, %b\n%y = matmul %ab, %c\noutput %y",
