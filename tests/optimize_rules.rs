@@ -215,6 +215,32 @@ fn cases() -> Vec<Case> {
             ("composite/recognise", true),
             "broadcast constant eq iota log_softmax neg reduce_sum reduce_sum select",
         ),
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 6, 8]\ninput %v: f32[2, 6, 3]\n%y = attention %q, %k, %v {causal = false, scale = 0.5}\noutput %y",
+                ("composite/recognise", true),
+                "attention",
+            )
+        },
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 4, 8]\ninput %v: f32[2, 4, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.125}\noutput %y",
+                ("composite/recognise", true),
+                "attention",
+            )
+        },
+        // Scores divided by 3 are not scores multiplied by a scale (1/3 is inexact):
+        // only the softmax is recognised.
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 6, 8]\ninput %v: f32[2, 6, 3]\n%kt = permute %k {perm = [0, 2, 1]}\n%s = matmul %q, %kt\n%c: f32[2, 4, 6] = constant {value = 3.0}\n%d = div %s, %c\n%p = softmax %d {axis = 2}\n%y = matmul %p, %v\noutput %y",
+                ("composite/recognise", true),
+                "constant div matmul matmul permute softmax",
+            )
+        },
         // Softmax over the first axis is not recognised as a last-axis softmax.
         Case {
             decompose: true,

@@ -12,15 +12,16 @@
 //! scalar, so its logits type is read off the e-graph instead: the class of the
 //! `reduce_sum` under the `reduce_mean` under the final `neg` (the shape of its
 //! decomposition); the labels are integers of the logits' shape without the class axis.
+//! `attention` likewise: its operand types, its scale (a splat constant) and whether it
+//! is causal are read off the product of probabilities and values at its root.
 //!
 //! Invariant: bit-for-bit equal, since a composite means its decomposition (the
-//! interpreter runs exactly that). `attention` is not recognised: its scale is an
-//! attribute that the result type does not determine.
+//! interpreter runs exactly that).
 
 use super::super::lang::OpKey;
 use super::super::{TensorAnalysis, TensorGraph, TensorNode};
-use super::{class_rule, nodes_where, ty, Build};
-use crate::ir::ops::{Composite, ReduceOp, UnaryOp};
+use super::{class_rule, constant, nodes_where, ty, Build};
+use crate::ir::ops::{BinaryOp, Composite, ReduceOp, UnaryOp};
 use crate::ir::{Builder, DType, Def, Graph, Op, Shape, TensorType, ValueId};
 use egg::{Id, Rewrite};
 use std::collections::HashMap;
@@ -53,6 +54,9 @@ fn candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> 
         (Composite::Gelu { tanh: false }, vec![t.clone()]),
         (Composite::Gelu { tanh: true }, vec![t.clone()]),
     ];
+    if t.rank() >= 2 {
+        out.extend(attention_candidates(eg, class));
+    }
     if let Some(last) = t.dims().last() {
         let axis = t.rank() - 1;
         out.push((Composite::Softmax { axis }, vec![t.clone()]));
@@ -93,6 +97,52 @@ fn cross_entropy_candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<
                     let c = (Composite::CrossEntropy, vec![logits.clone(), labels]);
                     if !out.contains(&c) {
                         out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first child of each node of `class` with op `op`, and the node's other children.
+fn operands_of(eg: &TensorGraph, class: Id, op: Op) -> Vec<&[Id]> {
+    nodes_where(eg, class, move |o| *o == op)
+        .map(|n| n.children.as_slice())
+        .collect()
+}
+
+/// `attention` candidates: the class is `matmul(softmax(scores), v)` where `scores` is
+/// `matmul(q, transpose(k)) * scale`, possibly masked by a `select` (causal).
+fn attention_candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
+    let mut out = Vec::new();
+    for pv in operands_of(eg, class, Op::MatMul) {
+        // softmax(s) = e / broadcast(sum(e)), e = exp(s - broadcast(max(s))).
+        let divs = operands_of(eg, pv[0], Op::Binary(BinaryOp::Div));
+        let exps = divs
+            .iter()
+            .flat_map(|d| below(eg, d[0], |o| *o == Op::Unary(UnaryOp::Exp)));
+        let subs = exps.flat_map(|e| operands_of(eg, e, Op::Binary(BinaryOp::Sub)));
+        for scores in subs.map(|s| s[0]).collect::<Vec<_>>() {
+            let masked = operands_of(eg, scores, Op::Select);
+            let scaled = masked.iter().map(|m| (true, m[1])).chain([(false, scores)]);
+            for (causal, scaled) in scaled.collect::<Vec<_>>() {
+                for qk in operands_of(eg, scaled, Op::Binary(BinaryOp::Mul)) {
+                    let Some(scale) = constant(eg, qk[1]) else {
+                        continue;
+                    };
+                    for q_kt in operands_of(eg, qk[0], Op::MatMul) {
+                        for k in below(eg, q_kt[1], |o| matches!(o, Op::Permute { .. })) {
+                            let types = vec![
+                                ty(eg, q_kt[0]).clone(),
+                                ty(eg, k).clone(),
+                                ty(eg, pv[1]).clone(),
+                            ];
+                            let c = (Composite::Attention { causal, scale }, types);
+                            if !out.contains(&c) {
+                                out.push(c);
+                            }
+                        }
                     }
                 }
             }
