@@ -35,6 +35,27 @@ const fn case(body: &'static str, rule: (&'static str, bool), ops: &'static str)
 
 const X: &str = "input %x: f32[4, 8]\n";
 
+/// `cross_entropy %x, %t` as `decompose` writes it, except that the batch is summed
+/// where cross-entropy takes the mean.
+const CROSS_ENTROPY_SUMMED: &str = "input %t: i32[4]
+%0: f32[4] = reduce_max %x {axes = [1]}
+%1: f32[4, 8] = broadcast %0 {dims = [0]}
+%2: f32[4, 8] = sub %x, %1
+%3: f32[4, 8] = exp %2
+%4: f32[4] = reduce_sum %3 {axes = [1]}
+%5: f32[4] = log %4
+%6: f32[4, 8] = broadcast %5 {dims = [0]}
+%7: f32[4, 8] = sub %2, %6
+%8: i32[4, 8] = iota {axis = 1}
+%9: i32[4, 8] = broadcast %t {dims = [0]}
+%10: bool[4, 8] = eq %8, %9
+%11: f32[4, 8] = constant {value = 0.0}
+%12: f32[4, 8] = select %10, %7, %11
+%13: f32[4] = reduce_sum %12 {axes = [1]}
+%14: f32[] = reduce_sum %13 {axes = [0]}
+%y: f32[] = neg %14
+output %y";
+
 fn cases() -> Vec<Case> {
     vec![
         case(
@@ -117,6 +138,19 @@ fn cases() -> Vec<Case> {
             ("layout/transpose-of-matmul", false),
             "exp matmul permute",
         ),
+        // A transposed product read by a reduction: (x w)ᵀ = wᵀ xᵀ, whose transposes
+        // the product reads in place, saves materialising the transpose.
+        case(
+            "input %w: f32[8, 16]\n%p = matmul %x, %w\n%t = permute %p {perm = [1, 0]}\n%y = reduce_sum %t {axes = [1]}\noutput %y",
+            ("layout/transpose-of-matmul", true),
+            "matmul permute permute reduce_sum",
+        ),
+        // Not a swap of the last two axes: no product of transposes to fold.
+        case(
+            "input %z: f32[2, 4, 8]\ninput %w: f32[2, 8, 16]\n%p = matmul %z, %w\n%t = permute %p {perm = [1, 0, 2]}\n%y = reduce_sum %t {axes = [2]}\noutput %y",
+            ("layout/transpose-of-matmul", false),
+            "matmul permute reduce_sum",
+        ),
         // (A B) C with a thin middle: A (B C) does far fewer flops.
         case(
             "input %a: f32[256, 4]\ninput %b: f32[4, 256]\ninput %c: f32[256, 4]\n%ab = matmul %a, %b\n%y = matmul %ab, %c\noutput %y",
@@ -166,6 +200,47 @@ fn cases() -> Vec<Case> {
                 "layer_norm",
             )
         },
+        Case {
+            decompose: true,
+            ..case(
+                "input %t: i32[4]\n%y = cross_entropy %x, %t\noutput %y",
+                ("composite/recognise", true),
+                "cross_entropy",
+            )
+        },
+        // Cross-entropy's decomposition with a sum instead of the final mean is not
+        // cross_entropy (its log_softmax part still is log_softmax).
+        case(
+            CROSS_ENTROPY_SUMMED,
+            ("composite/recognise", true),
+            "broadcast constant eq iota log_softmax neg reduce_sum reduce_sum select",
+        ),
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 6, 8]\ninput %v: f32[2, 6, 3]\n%y = attention %q, %k, %v {causal = false, scale = 0.5}\noutput %y",
+                ("composite/recognise", true),
+                "attention",
+            )
+        },
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 4, 8]\ninput %v: f32[2, 4, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.125}\noutput %y",
+                ("composite/recognise", true),
+                "attention",
+            )
+        },
+        // Scores divided by 3 are not scores multiplied by a scale (1/3 is inexact):
+        // only the softmax is recognised.
+        Case {
+            decompose: true,
+            ..case(
+                "input %q: f32[2, 4, 8]\ninput %k: f32[2, 6, 8]\ninput %v: f32[2, 6, 3]\n%kt = permute %k {perm = [0, 2, 1]}\n%s = matmul %q, %kt\n%c: f32[2, 4, 6] = constant {value = 3.0}\n%d = div %s, %c\n%p = softmax %d {axis = 2}\n%y = matmul %p, %v\noutput %y",
+                ("composite/recognise", true),
+                "constant div matmul matmul permute softmax",
+            )
+        },
         // Softmax over the first axis is not recognised as a last-axis softmax.
         Case {
             decompose: true,
@@ -191,10 +266,17 @@ fn feeds(g: &Graph) -> HashMap<String, Tensor> {
                 .collect();
         let n = shape.iter().product();
         let seed = rng::seed_for(7, &v.name);
-        let xs = (0..n)
+        let xs: Vec<f64> = (0..n)
             .map(|i| 2.0 * rng::uniform01(seed, i as u64) - 1.0)
             .collect();
-        f.insert(v.name.clone(), Tensor::from_f64(v.ty.dtype, shape, xs));
+        // Integer inputs are class labels: spread over [0, 8), the class count here.
+        let t = if v.ty.dtype.is_int() {
+            let labels = xs.iter().map(|x| ((x + 1.0) * 4.0) as i64).collect();
+            Tensor::from_i64(v.ty.dtype, shape, labels)
+        } else {
+            Tensor::from_f64(v.ty.dtype, shape, xs)
+        };
+        f.insert(v.name.clone(), t);
     }
     f
 }

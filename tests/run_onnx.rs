@@ -9,16 +9,18 @@ use prost::Message;
 use smelt_compiler::ir::DType;
 use smelt_frontend::onnx::proto::{
     tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use smelt_runtime::io::write_safetensors;
+use smelt_runtime::io::{read_npy, write_safetensors};
 use smelt_runtime::Tensor;
 use std::path::PathBuf;
 
 /// ONNX element type codes.
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
+const STRING: i32 = 8;
+const BOOL: i32 = 9;
 
 fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
     let shape = TensorShapeProto {
@@ -128,5 +130,70 @@ fn run_without_the_shape_input_says_it_must_be_known() {
     let out = smelt(&["run", model.to_str().expect("utf-8 path")]);
     let err = common::expect_user_error(&out);
     assert!(err.contains("must be known at import time"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `same = Equal(a, b)` on string inputs.
+fn equal_strings_model() -> Vec<u8> {
+    let graph = GraphProto {
+        name: Some("equal_strings".into()),
+        node: vec![NodeProto {
+            op_type: Some("Equal".into()),
+            input: vec!["a".into(), "b".into()],
+            output: vec!["same".into()],
+            ..Default::default()
+        }],
+        input: vec![value_info("a", STRING, &[3]), value_info("b", STRING, &[3])],
+        output: vec![value_info("same", BOOL, &[3])],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(19),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn string_tensor(name: &str, strings: &[&str]) -> Vec<u8> {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![strings.len() as i64],
+        data_type: Some(STRING),
+        string_data: strings.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn run_reads_string_tensor_files() {
+    let dir = temp_dir("strings");
+    let model = dir.join("equal.onnx");
+    std::fs::write(&model, equal_strings_model()).expect("model written");
+    let (a, b) = (dir.join("a.pb"), dir.join("b.pb"));
+    std::fs::write(&a, string_tensor("a", &["cat", "dog", "ému"])).expect("a written");
+    std::fs::write(&b, string_tensor("b", &["cat", "cow", "ému"])).expect("b written");
+    let saved = dir.join("out");
+    let out = smelt(&[
+        "run",
+        model.to_str().expect("utf-8 path"),
+        "--input",
+        &format!("a={}", a.display()),
+        "--input",
+        &format!("b={}", b.display()),
+        "--output-dir",
+        saved.to_str().expect("utf-8 path"),
+    ]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("same: bool[3]"), "{stdout}");
+    let same = read_npy(&saved.join("same.npy")).expect("output written");
+    assert_eq!(same.dtype, DType::Bool);
+    assert_eq!(same.to_f64_vec(), [1.0, 0.0, 1.0]);
     std::fs::remove_dir_all(&dir).ok();
 }

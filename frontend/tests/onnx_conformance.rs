@@ -93,10 +93,6 @@ const KNOWN_EXCEPTIONS: &[(&str, &str)] = &[
         "FLOAT8E8M0",
         "float<->float cast: the IR has no float8 e8m0 (power-of-two scale) dtype",
     ),
-    (
-        "test_equal_string",
-        "string tensors: the IR's tensors hold numbers and booleans only",
-    ),
 ];
 
 const RTOL: f64 = 1e-3;

@@ -217,6 +217,56 @@ fn unsupported_dtypes_are_reported() {
     }
 }
 
+/// A transpose (last two axes swapped) feeding a `matmul` is read in place by the
+/// product, with no step of its own; any other permutation is materialised. Each case:
+/// the body, the number of steps, and how the schedule shows the product.
+#[test]
+fn matmul_reads_transposes_in_place() {
+    let cases = [
+        (
+            "input %a: f32[7, 5]\ninput %b: f32[7, 3]\n%at = permute %a {perm = [1, 0]}\n%y = matmul %at, %b\noutput %y",
+            1,
+            "matmul (%a^T, %b)",
+        ),
+        (
+            "input %a: f32[2, B, 4]\ninput %b: f32[2, 6, 4]\n%bt = permute %b {perm = [0, 2, 1]}\n%y = matmul %a, %bt\noutput %y",
+            1,
+            "matmul (%a, %b^T)",
+        ),
+        (
+            "input %a: f32[3, 40, 64]\ninput %b: f32[3, 96, 40]\n%at = permute %a {perm = [0, 2, 1]}\n%bt = permute %b {perm = [0, 2, 1]}\n%y = matmul %at, %bt\noutput %y",
+            1,
+            "matmul (%a^T, %b^T)",
+        ),
+        (
+            "input %a: i32[5, 4]\ninput %b: i32[3, 5]\n%at = permute %a {perm = [1, 0]}\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %at, %bt\noutput %y",
+            1,
+            "matmul (%a^T, %b^T)",
+        ),
+        // Read elsewhere too: the exp kernel reads it through its own strides.
+        (
+            "input %a: f32[7, 5]\ninput %b: f32[7, 3]\n%at = permute %a {perm = [1, 0]}\n%y = matmul %at, %b\n%z = exp %at\noutput %y, %z",
+            2,
+            "matmul (%a^T, %b)",
+        ),
+        // Not a swap of the last two axes: materialised, then multiplied.
+        (
+            "input %a: f32[5, 2, 5]\ninput %b: f32[5, 5, 3]\n%at = permute %a {perm = [2, 1, 0]}\n%y = matmul %at, %b\noutput %y",
+            2,
+            "matmul (%at, %b)",
+        ),
+    ];
+    for (body, steps, shown) in cases {
+        let src = format!("graph @t {{\n{body}\n}}\n");
+        let g = text::parse(&src).unwrap().graph;
+        let s = smelt_compiler::schedule::schedule(&g);
+        let text = s.to_text(&Default::default());
+        assert_eq!(s.steps.len(), steps, "{text}");
+        assert!(text.contains(shown), "{text}");
+        check(body);
+    }
+}
+
 #[test]
 fn fusion_inlines_elementwise_chains() {
     let src = "graph @t {\n  input %x: f32[B, 8]\n  input %b: f32[8]\n  %bb: f32[B, 8] = broadcast %b {dims = [1]}\n  %y = add %x, %bb\n  %z = gelu %y {approximate = tanh}\n  %s: f32[B] = reduce_sum %z {axes = [1]}\n  output %s\n}\n";

@@ -4,9 +4,11 @@
 //!
 //! Every op is assumed to run as its own kernel that reads its operands from memory and
 //! writes its result (no fusion yet), except `reshape` and splat constants, which are
-//! metadata. Symbolic dimensions are costed at [`RooflineTarget::symbol_size`].
+//! metadata, and ops that every reader folds into its own read ([`CostModel::folds_into`]:
+//! a transpose feeding only matrix products). Symbolic dimensions are costed at [`RooflineTarget::symbol_size`].
 
-use crate::ir::{Builder, Def, Dim, Graph, Op, TensorType};
+use crate::ir::ops::movement::swaps_last_two;
+use crate::ir::{Builder, Def, Dim, Graph, Op, TensorType, ValueId};
 use std::fmt;
 
 /// The work of one op or a whole graph.
@@ -38,6 +40,13 @@ pub trait CostModel: Sync {
 
     /// Estimated seconds for `work` on this target.
     fn seconds(&self, work: &Work) -> f64;
+
+    /// True if `consumer` reads the result of `producer` straight from `producer`'s
+    /// operand, so that `producer` costs nothing when only such consumers read it.
+    fn folds_into(&self, producer: &Op, consumer: &Op) -> bool {
+        let _ = (producer, consumer);
+        false
+    }
 }
 
 /// A roofline target: `max(flops / peak, bytes / bandwidth) + kernels * launch`.
@@ -153,6 +162,12 @@ impl CostModel for RooflineTarget {
     fn seconds(&self, w: &Work) -> f64 {
         (w.flops / self.peak_flops).max(w.bytes / self.bandwidth) + w.kernels * self.launch_seconds
     }
+
+    /// The CPU backend's matrix product reads a transposed operand through strides
+    /// (`schedule/transpose.rs`).
+    fn folds_into(&self, producer: &Op, consumer: &Op) -> bool {
+        matches!(producer, Op::Permute { perm } if swaps_last_two(perm)) && *consumer == Op::MatMul
+    }
 }
 
 /// The estimated cost of a whole graph.
@@ -180,17 +195,94 @@ impl fmt::Display for GraphCost {
     }
 }
 
-/// The cost of running every op of `graph` once.
+/// The cost of running every op of `graph` once, except ops folded into all their
+/// readers (which need no kernel).
 pub fn graph_cost(graph: &Graph, model: &dyn CostModel) -> GraphCost {
+    let folded = folded_values(graph, model);
     let mut total = GraphCost::default();
-    for v in &graph.values {
+    for (v, id) in graph.values.iter().zip(graph.ids()) {
         if let Def::Node { op, operands } = &v.def {
+            total.ops += 1;
+            if folded[id.index()] {
+                continue;
+            }
             let tys: Vec<&TensorType> = operands.iter().map(|&o| graph.ty(o)).collect();
             let w = model.work(op, &tys, &v.ty);
             total.work = total.work + w;
-            total.ops += 1;
             total.seconds += model.seconds(&w);
         }
     }
     total
+}
+
+/// Per value: a node that is read, only by consumers that fold it into their read, and
+/// is neither an output nor an update.
+fn folded_values(graph: &Graph, model: &dyn CostModel) -> Vec<bool> {
+    let op = |id: ValueId| match &graph.value(id).def {
+        Def::Node { op, .. } => Some(op),
+        _ => None,
+    };
+    let mut read = vec![false; graph.values.len()];
+    let mut materialised = vec![false; graph.values.len()];
+    for &o in graph
+        .outputs
+        .iter()
+        .chain(graph.updates.iter().map(|(_, v)| v))
+    {
+        materialised[o.index()] = true;
+    }
+    for id in graph.ids() {
+        if let Def::Node {
+            op: consumer,
+            operands,
+        } = &graph.value(id).def
+        {
+            for &o in operands {
+                read[o.index()] = true;
+                let folds = op(o).is_some_and(|p| model.folds_into(p, consumer));
+                materialised[o.index()] |= !folds;
+            }
+        }
+    }
+    read.iter()
+        .zip(&materialised)
+        .map(|(&r, &m)| r && !m)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::text;
+
+    /// Kernels counted for a graph body over `%a: f32[2, 6, 4]` and `%b: f32[2, 6, 5]`.
+    fn kernels(body: &str) -> f64 {
+        let src =
+            format!("graph @t {{\ninput %a: f32[2, 6, 4]\ninput %b: f32[2, 6, 5]\n{body}\n}}\n");
+        let g = text::parse(&src).unwrap_or_else(|e| panic!("{e}")).graph;
+        graph_cost(&g, &RooflineTarget::cpu()).work.kernels
+    }
+
+    #[test]
+    fn a_transpose_read_only_by_matmuls_is_free() {
+        let at = "%at = permute %a {perm = [0, 2, 1]}\n";
+        let check = |body: &str, expect: f64| {
+            assert_eq!(kernels(&format!("{at}{body}")), expect, "{body}");
+        };
+        check("%y = matmul %at, %b\noutput %y", 1.0);
+        check(
+            "%y = matmul %at, %b\n%z = matmul %at, %b\n%s = add %y, %z\noutput %s",
+            3.0,
+        );
+        // Read by an elementwise op too, or an output itself: it runs.
+        check("%y = matmul %at, %b\n%e = exp %at\noutput %y, %e", 3.0);
+        check("%y = matmul %at, %b\noutput %y, %at", 2.0);
+    }
+
+    #[test]
+    fn other_permutations_feeding_a_matmul_run() {
+        let body = "%ap = permute %a {perm = [1, 0, 2]}\n%bp = permute %b {perm = [1, 0, 2]}\n%at = permute %ap {perm = [0, 2, 1]}\n%y = matmul %at, %bp\noutput %y";
+        // `%at` folds; the axis-0/1 swaps do not.
+        assert_eq!(kernels(body), 3.0);
+    }
 }

@@ -11,6 +11,10 @@
 //!    a node whose operands are already computed by the selected program (they cost
 //!    nothing more), when the switch lowers the DAG cost and creates no cycle (the new
 //!    operands must not depend on the class under the current selection).
+//!
+//! A class whose chosen node every chosen reader folds into its own read
+//! ([`CostModel::folds_into`], a transpose feeding matrix products) costs nothing: it
+//! never runs as a kernel. Roots are always materialised.
 
 use super::analysis::TensorGraph;
 use super::cost::CostModel;
@@ -32,14 +36,15 @@ pub struct Extraction {
     pub dag_seconds: f64,
 }
 
-struct Table {
+struct Table<'m> {
     /// Per class: its nodes (canonical children) and their own costs. Ordered, so that
     /// ties are broken the same way on every run (dumps must be reproducible).
     nodes: BTreeMap<Id, Vec<(TensorNode, f64)>>,
+    model: &'m dyn CostModel,
 }
 
-impl Table {
-    fn new(egraph: &TensorGraph, model: &dyn CostModel) -> Table {
+impl<'m> Table<'m> {
+    fn new(egraph: &TensorGraph, model: &'m dyn CostModel) -> Table<'m> {
         let mut nodes = BTreeMap::new();
         for class in egraph.classes() {
             let ty = &class.data.ty;
@@ -61,7 +66,15 @@ impl Table {
                 .collect();
             nodes.insert(class.id, list);
         }
-        Table { nodes }
+        Table { nodes, model }
+    }
+
+    /// Whether `reader` folds `node` (a child's chosen node) into its read.
+    fn folds(&self, node: &TensorNode, reader: &TensorNode) -> bool {
+        match (node.op(), reader.op()) {
+            (Some(p), Some(c)) => self.model.folds_into(p, c),
+            _ => false,
+        }
     }
 
     /// Best tree cost and node index of every class that has a finite cost.
@@ -98,20 +111,42 @@ impl Table {
         &self.nodes[&id][i]
     }
 
-    /// The classes reachable from `roots` under `sel`, and their summed own costs.
+    /// The classes reachable from `roots` under `sel`, and their summed own costs
+    /// (classes folded into all their readers count nothing).
     fn reachable(&self, roots: &[Id], sel: &HashMap<Id, usize>) -> (HashSet<Id>, f64) {
         let mut seen = HashSet::new();
+        let mut materialised: HashSet<Id> = roots.iter().copied().collect();
         let mut stack: Vec<Id> = roots.to_vec();
-        let mut cost = 0.0;
         while let Some(id) = stack.pop() {
             if !seen.insert(id) {
                 continue;
             }
-            let (n, own) = self.node(id, sel[&id]);
-            cost += own;
-            stack.extend(n.children.iter().copied());
+            let (n, _) = self.node(id, sel[&id]);
+            for &c in &n.children {
+                if !self.folds(&self.node(c, sel[&c]).0, n) {
+                    materialised.insert(c);
+                }
+                stack.push(c);
+            }
         }
+        let cost = seen
+            .iter()
+            .filter(|id| materialised.contains(id))
+            .map(|id| self.node(*id, sel[id]).1)
+            .sum();
         (seen, cost)
+    }
+
+    /// The tree cost of class `c` as an operand of `reader`: without the best node's
+    /// own cost when `reader` folds it into its read.
+    fn operand_cost(&self, best: &HashMap<Id, (f64, usize)>, c: Id, reader: &TensorNode) -> f64 {
+        let (tree, i) = best[&c];
+        let (node, own) = self.node(c, i);
+        if self.folds(node, reader) {
+            tree - own
+        } else {
+            tree
+        }
     }
 
     /// Whether `target` is reachable from `from` under `sel`.
@@ -192,7 +227,7 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
                     + distinct
                         .iter()
                         .filter(|c| !used.contains(c))
-                        .map(|c| best[c].0)
+                        .map(|&c| table.operand_cost(&best, c, n))
                         .sum::<f64>();
                 if marginal >= could_free || table.reaches(&n.children, id, &sel) {
                     continue;

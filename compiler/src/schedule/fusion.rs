@@ -7,7 +7,7 @@
 //! free, so those are always inlined). Everything else is inlined into its users'
 //! kernels, so intermediate tensors never exist. Values nothing reads are dropped.
 
-use super::Step;
+use super::{transpose, Step};
 use crate::ir::ops::BinaryOp;
 use crate::ir::{Def, Graph, Op, ValueId};
 use crate::kernel::{AxisMap, Expr, ExprId, PointwiseKernel};
@@ -50,12 +50,12 @@ fn node(g: &Graph, v: ValueId) -> Option<(&Op, &[ValueId])> {
 
 pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
     let n = g.values.len();
+    // What each node's step reads: a matmul reads through the transposes it folds.
+    let reads: Vec<Vec<ValueId>> = g.ids().map(|id| transpose::reads(g, id)).collect();
     let mut read_by_library = vec![false; n];
     for id in g.ids() {
-        if let Some((_, operands)) = node(g, id) {
-            for o in operands {
-                read_by_library[o.index()] |= !is_fusable(g, id);
-            }
+        for o in &reads[id.index()] {
+            read_by_library[o.index()] |= !is_fusable(g, id);
         }
     }
     let mut kept = vec![false; n];
@@ -67,11 +67,9 @@ pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
     let mut users: Vec<Vec<ValueId>> = vec![Vec::new(); n];
     for id in g.ids().collect::<Vec<_>>().into_iter().rev() {
         if live[id.index()] {
-            if let Some((_, operands)) = node(g, id) {
-                for o in operands {
-                    live[o.index()] = true;
-                    users[o.index()].push(id);
-                }
+            for &o in &reads[id.index()] {
+                live[o.index()] = true;
+                users[o.index()].push(id);
             }
         }
     }
@@ -114,7 +112,13 @@ pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
         if node(g, id).is_none() || !live[id.index()] {
             continue;
         }
-        if !is_fusable(g, id) {
+        if let Some((Op::MatMul, operands)) = node(g, id) {
+            steps.push(Step::MatMul {
+                output: id,
+                lhs: transpose::matmul_operand(g, operands[0]),
+                rhs: transpose::matmul_operand(g, operands[1]),
+            });
+        } else if !is_fusable(g, id) {
             steps.push(Step::Library(id));
         } else if group[id.index()] == Group::In(id) {
             steps.push(Step::Pointwise(KernelBuilder::build(g, id, &inlined)));

@@ -3,7 +3,7 @@
 //! (outputs and updates live to the end); buffers whose lifetimes do not overlap share
 //! space (greedy first fit, largest first).
 
-use super::{Schedule, Step};
+use super::Schedule;
 use crate::ir::{Bindings, Def, Graph, ValueId};
 use std::fmt::Write;
 
@@ -42,14 +42,7 @@ impl MemoryPlan {
         let n = s.steps.len();
         let mut last = vec![0usize; g.values.len()];
         for (i, step) in s.steps.iter().enumerate() {
-            let reads: Vec<ValueId> = match step {
-                Step::Pointwise(k) => k.inputs.clone(),
-                Step::Library(v) => match &g.value(*v).def {
-                    Def::Node { operands, .. } => operands.clone(),
-                    _ => Vec::new(),
-                },
-            };
-            for r in reads {
+            for r in step.reads(g) {
                 last[r.index()] = last[r.index()].max(i);
             }
         }

@@ -2,12 +2,14 @@
 //!
 //! [`schedule`] expands composites, fuses chains of elementwise, broadcast and
 //! permute ops into [`PointwiseKernel`]s (`fusion.rs`), leaves the other ops (matmul,
-//! reductions, gathers, reshapes) as library calls, and plans buffer memory by liveness
+//! reductions, gathers, reshapes) as library calls, folds transposes into the matrix
+//! products that read them (`transpose.rs`), and plans buffer memory by liveness
 //! (`memory.rs`). The CPU backend runs a schedule; `smelt dump-ir --stage scheduled`
 //! prints it.
 
 mod fusion;
 pub mod memory;
+mod transpose;
 
 pub use fusion::{is_fusable, single_op_kernel};
 pub use memory::MemoryPlan;
@@ -22,8 +24,27 @@ use std::fmt::Write;
 pub enum Step {
     /// A fused elementwise kernel.
     Pointwise(PointwiseKernel),
-    /// A graph node run by a library kernel (matmul, reduction, gather, ...).
+    /// A graph node run by a library kernel (reduction, gather, ...).
     Library(ValueId),
+    /// A `matmul` node, whose operands the kernel reads directly, each possibly through
+    /// a transpose folded into the read.
+    MatMul {
+        /// The product.
+        output: ValueId,
+        /// The left operand.
+        lhs: MatMulOperand,
+        /// The right operand.
+        rhs: MatMulOperand,
+    },
+}
+
+/// What a [`Step::MatMul`] reads for one operand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatMulOperand {
+    /// The value read.
+    pub value: ValueId,
+    /// Read with its last two axes swapped (the operand is `permute` of `value`).
+    pub transposed: bool,
 }
 
 impl Step {
@@ -32,6 +53,16 @@ impl Step {
         match self {
             Step::Pointwise(k) => k.output,
             Step::Library(v) => *v,
+            Step::MatMul { output, .. } => *output,
+        }
+    }
+
+    /// The values this step reads, in operand order.
+    pub fn reads(&self, g: &Graph) -> Vec<ValueId> {
+        match self {
+            Step::Pointwise(k) => k.inputs.clone(),
+            Step::Library(v) => transpose::reads(g, *v),
+            Step::MatMul { lhs, rhs, .. } => vec![lhs.value, rhs.value],
         }
     }
 }
@@ -100,15 +131,29 @@ impl Schedule {
                     s.push_str(&k.to_text(name));
                 }
                 Step::Library(v) => {
-                    let crate::ir::Def::Node { op, operands } = &g.value(*v).def else {
+                    let crate::ir::Def::Node { op, .. } = &g.value(*v).def else {
                         unreachable!("library steps are nodes")
                     };
-                    let ins: Vec<String> = operands.iter().map(|&o| name(o)).collect();
+                    let ins: Vec<String> = step.reads(g).into_iter().map(name).collect();
                     let _ = writeln!(
                         s,
                         "  step {i}: {} ({}) -> {}: {}",
                         op.name(),
                         ins.join(", "),
+                        name(out),
+                        g.ty(out)
+                    );
+                }
+                Step::MatMul { lhs, rhs, .. } => {
+                    // `%a^T`: read transposed, no transpose materialised.
+                    let read = |o: &MatMulOperand| {
+                        format!("{}{}", name(o.value), if o.transposed { "^T" } else { "" })
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  step {i}: matmul ({}, {}) -> {}: {}",
+                        read(lhs),
+                        read(rhs),
                         name(out),
                         g.ty(out)
                     );

@@ -179,7 +179,8 @@ pub struct Importer {
     /// ONNX value names in scope.
     pub slots: HashMap<String, Slot>,
     /// Declared ONNX element type codes (graph inputs, initializers, `value_info`), by
-    /// name: the IR type does not tell an int4 from an int32, `CastLike` needs to.
+    /// name, plus `STRING` for the results of nodes that give strings: the IR type does
+    /// not tell an int4 from an int32 (`CastLike` needs to) or strings from `i64` keys.
     pub elem_types: HashMap<String, i32>,
 }
 

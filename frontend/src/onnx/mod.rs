@@ -20,6 +20,7 @@
 
 pub mod import;
 mod ops;
+mod strings;
 pub mod tensor;
 
 /// Rust types generated from `onnx-ml.proto`.
@@ -327,10 +328,17 @@ fn import_node(
     }
     let ctx = NodeCtx { proto: node, opset };
     let first_new = im.b.graph().values.len();
-    let results = ops::import_op(im, &ctx).map_err(|f| match f {
+    let fail = |f: Fail| match f {
         Fail::Unsupported(m) => OnnxError::new(ErrorKind::Unsupported, format!("{place}: {m}")),
         Fail::Invalid(m) => OnnxError::new(ErrorKind::Invalid, format!("{place}: {m}")),
-    })?;
+    };
+    let gives_strings = strings::check_node(&ctx, &im.elem_types).map_err(fail)?;
+    let results = ops::import_op(im, &ctx).map_err(fail)?;
+    if gives_strings {
+        for out in node.output.iter().filter(|n| !n.is_empty()) {
+            im.elem_types.insert(out.clone(), tensor::code::STRING);
+        }
+    }
     for (i, out) in results.into_iter().enumerate() {
         let Some(out_name) = node.output.get(i).filter(|n| !n.is_empty()) else {
             continue;

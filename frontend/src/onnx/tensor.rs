@@ -6,7 +6,8 @@
 //! 2- and 4-bit formats are unpacked into one i32 per element. Arithmetic does not wrap
 //! around at the original type's range; `Cast` to a narrow type does (see
 //! [`narrow_int_range`]). The exotic float formats (e5m2, the fnuz variants, e2m1, e8m0)
-//! are rejected with a message naming them.
+//! are rejected with a message naming them. Strings are held as `i64` hashed keys
+//! (see `strings.rs`).
 
 use super::proto::TensorProto;
 use smelt_compiler::ir::DType;
@@ -98,7 +99,7 @@ pub fn ir_dtype(code: i32) -> Result<DType, String> {
         BFLOAT16 => DType::BF16,
         FLOAT8E4M3FN => DType::F8E4M3,
         INT2 | INT4 | INT8 | INT16 | UINT2 | UINT4 | UINT8 | UINT16 | INT32 => DType::I32,
-        INT64 | UINT32 | UINT64 => DType::I64,
+        INT64 | UINT32 | UINT64 | STRING => DType::I64,
         BOOL => DType::Bool,
         _ => {
             return Err(format!(
@@ -358,6 +359,15 @@ fn decode_typed(code: i32, t: &TensorProto, n: usize) -> Result<ConstData, Strin
             check_len("int64 values", t.int64_data.len(), n)?;
             ConstData::Int(t.int64_data.clone())
         }
+        STRING => {
+            check_len("strings", t.string_data.len(), n)?;
+            ConstData::Int(
+                t.string_data
+                    .iter()
+                    .map(|s| super::strings::key(s))
+                    .collect(),
+            )
+        }
         UINT32 | UINT64 => {
             check_len("uint64 values", t.uint64_data.len(), n)?;
             ConstData::Int(
@@ -433,6 +443,22 @@ mod tests {
             decode_tensor(&uint2).unwrap().data,
             ConstData::Int(vec![1, 2, 3, 0, 3])
         );
+    }
+
+    #[test]
+    fn strings_decode_to_their_keys() {
+        let t = TensorProto {
+            dims: vec![2],
+            data_type: Some(code::STRING),
+            string_data: vec![b"cat".to_vec(), b"dog".to_vec()],
+            ..Default::default()
+        };
+        let c = decode_tensor(&t).unwrap();
+        let keys = vec![
+            super::super::strings::key(b"cat"),
+            super::super::strings::key(b"dog"),
+        ];
+        assert_eq!((c.dtype, c.data), (DType::I64, ConstData::Int(keys)));
     }
 
     #[test]

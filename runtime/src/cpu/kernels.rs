@@ -99,7 +99,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         Op::Select => select(x[0], x[1], x[2]),
         Op::Cast => cast(x[0], dtype),
         Op::Reduce { op, axes } => reduce(*op, axes, x[0], dtype),
-        Op::MatMul => matmul(x[0], x[1], shape),
+        Op::MatMul => matmul(x[0], false, x[1], false, shape),
         Op::Reshape => x[0].buf.clone(),
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
@@ -382,19 +382,36 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
     }
 }
 
-fn matmul(a: &Val, b: &Val, shape: &[usize]) -> Buf {
-    let r = a.shape.len();
-    let (m, k, n) = (a.shape[r - 2], a.shape[r - 1], b.shape[r - 1]);
+/// Strides (rows, columns) of one `rows × cols` matrix of a row-major buffer, read
+/// as stored or transposed (then the buffer holds the `cols × rows` matrix).
+fn matrix_strides(rows: usize, cols: usize, transposed: bool) -> (usize, usize) {
+    if transposed {
+        (1, rows)
+    } else {
+        (cols, 1)
+    }
+}
+
+/// The batched product `op(a) · op(b)`, where `op` transposes the last two axes of an
+/// operand whose flag is set; `shape` is the result's shape.
+pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> Buf {
+    let r = shape.len();
+    let (m, n) = (shape[r - 2], shape[r - 1]);
+    let k = if ta { a.shape[r - 2] } else { a.shape[r - 1] };
     let batch: usize = shape[..r - 2].iter().product();
+    let (a_rs, a_cs) = matrix_strides(m, k, ta);
+    let (b_rs, b_cs) = matrix_strides(k, n, tb);
     if let (Buf::Int(p), Buf::Int(q)) = (&a.buf, &b.buf) {
         let mut out = vec![0i64; batch * m * n];
         for bi in 0..batch {
+            let (p, q) = (&p[bi * m * k..], &q[bi * k * n..]);
+            let o = &mut out[bi * m * n..(bi + 1) * m * n];
             for i in 0..m {
                 for kk in 0..k {
-                    let s = p[bi * m * k + i * k + kk];
+                    let s = p[i * a_rs + kk * a_cs];
                     for j in 0..n {
-                        out[bi * m * n + i * n + j] = out[bi * m * n + i * n + j]
-                            .wrapping_add(s.wrapping_mul(q[bi * k * n + kk * n + j]));
+                        o[i * n + j] =
+                            o[i * n + j].wrapping_add(s.wrapping_mul(q[kk * b_rs + j * b_cs]));
                     }
                 }
             }
@@ -419,8 +436,9 @@ fn matmul(a: &Val, b: &Val, shape: &[usize]) -> Buf {
             &q[bi * k * n..(bi + 1) * k * n],
         );
         let dst = &mut out[bi * m * n..(bi + 1) * m * n];
-        // SAFETY: the three slices hold exactly m×k, k×n and m×n row-major elements,
-        // matching the dimensions and strides given; `dst` is not aliased.
+        // SAFETY: the three slices hold exactly m×k, k×n and m×n elements, and the
+        // strides given (row-major, or column-major for a transposed operand) address
+        // only those; `dst` is not aliased.
         unsafe {
             gemm::gemm(
                 m,
@@ -431,11 +449,11 @@ fn matmul(a: &Val, b: &Val, shape: &[usize]) -> Buf {
                 n as isize,
                 false,
                 pa.as_ptr(),
-                1,
-                k as isize,
+                a_cs as isize,
+                a_rs as isize,
                 qb.as_ptr(),
-                1,
-                n as isize,
+                b_cs as isize,
+                b_rs as isize,
                 0.0,
                 1.0,
                 false,

@@ -75,17 +75,6 @@ pub struct Unsupported {
     pub reason: String,
 }
 
-/// The values step `s` reads.
-fn reads<'a>(g: &'a Graph, s: &'a Step) -> &'a [ValueId] {
-    match s {
-        Step::Pointwise(k) => &k.inputs,
-        Step::Library(v) => match &g.value(*v).def {
-            Def::Node { operands, .. } => operands,
-            _ => &[],
-        },
-    }
-}
-
 impl CpuProgram {
     /// Prepares `graph` (which must verify).
     pub fn compile(graph: &Graph) -> Result<CpuProgram, Unsupported> {
@@ -119,7 +108,7 @@ impl CpuProgram {
         let g = &schedule.graph;
         let mut last_read = vec![0usize; g.values.len()];
         for (i, step) in schedule.steps.iter().enumerate() {
-            for r in reads(g, step) {
+            for r in step.reads(g) {
                 last_read[r.index()] = i;
             }
         }
@@ -162,7 +151,8 @@ impl CpuProgram {
             let out = step.output();
             let v = g.value(out);
             let shape = v.ty.shape.eval(&bindings).map_err(RunError::Unbound)?;
-            let args: Vec<&Val> = reads(g, step)
+            let reads = step.reads(g);
+            let args: Vec<&Val> = reads
                 .iter()
                 .map(|o| {
                     env[o.index()]
@@ -187,10 +177,13 @@ impl CpuProgram {
                         }
                     })?
                 }
+                Step::MatMul { lhs, rhs, .. } => {
+                    kernels::matmul(args[0], lhs.transposed, args[1], rhs.transposed, &shape)
+                }
             };
             debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
             env[out.index()] = Some(Val { buf, shape });
-            for r in reads(g, step) {
+            for r in reads {
                 if self.last_read[r.index()] == i {
                     env[r.index()] = None;
                 }

@@ -79,6 +79,16 @@ pub(super) fn infer_broadcast(
     Ok(dst.clone())
 }
 
+/// True if `perm` swaps the last two axes and keeps the others: a matrix transpose,
+/// which matrix-product kernels can read in place through strides.
+pub fn swaps_last_two(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2
+        && perm[r - 2] == r - 1
+        && perm[r - 1] == r - 2
+        && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+}
+
 fn static_axis(op: &str, t: &TensorType, axis: usize) -> Result<u64, String> {
     let d = t
         .dims()

@@ -1,6 +1,6 @@
 //! Recognising composite ops (`relu`, `sigmoid`, `silu`, `gelu`, `softmax`,
-//! `log_softmax`, `layer_norm`, `rms_norm`) in decomposed graphs, so that later stages
-//! can run them as one fused kernel.
+//! `log_softmax`, `layer_norm`, `rms_norm`, `cross_entropy`) in decomposed graphs, so
+//! that later stages can run them as one fused kernel.
 //!
 //! The patterns are not written by hand: for a class of type `T`, each candidate
 //! composite is decomposed (by [`Composite::decompose`], the definition of its
@@ -8,15 +8,21 @@
 //! the e-graph with its operands as pattern variables. Node keys include attributes,
 //! constants and declared types, so a match is exactly the definition.
 //!
+//! Most candidates' operand types follow from the result type. `cross_entropy` gives a
+//! scalar, so its logits type is read off the e-graph instead: the class of the
+//! `reduce_sum` under the `reduce_mean` under the final `neg` (the shape of its
+//! decomposition); the labels are integers of the logits' shape without the class axis.
+//! `attention` likewise: its operand types, its scale (a splat constant) and whether it
+//! is causal are read off the product of probabilities and values at its root.
+//!
 //! Invariant: bit-for-bit equal, since a composite means its decomposition (the
-//! interpreter runs exactly that). `cross_entropy` and `attention` are not recognised:
-//! their operand types cannot be derived from the result type alone.
+//! interpreter runs exactly that).
 
 use super::super::lang::OpKey;
 use super::super::{TensorAnalysis, TensorGraph, TensorNode};
-use super::{class_rule, ty, Build};
-use crate::ir::ops::Composite;
-use crate::ir::{Builder, Def, Graph, Op, Shape, TensorType, ValueId};
+use super::{class_rule, constant, nodes_where, ty, Build};
+use crate::ir::ops::{BinaryOp, Composite, ReduceOp, UnaryOp};
+use crate::ir::{Builder, DType, Def, Graph, Op, Shape, TensorType, ValueId};
 use egg::{Id, Rewrite};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,9 +38,14 @@ struct Template {
     keys: Vec<Option<OpKey>>,
 }
 
-fn candidates(t: &TensorType) -> Vec<(Composite, Vec<TensorType>)> {
+/// The composites (with operand types) that class `class` might be an application of.
+fn candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
+    let t = ty(eg, class);
     if !t.dtype.is_float() {
         return vec![];
+    }
+    if t.rank() == 0 {
+        return cross_entropy_candidates(eg, class);
     }
     let mut out = vec![
         (Composite::Relu, vec![t.clone()]),
@@ -43,6 +54,9 @@ fn candidates(t: &TensorType) -> Vec<(Composite, Vec<TensorType>)> {
         (Composite::Gelu { tanh: false }, vec![t.clone()]),
         (Composite::Gelu { tanh: true }, vec![t.clone()]),
     ];
+    if t.rank() >= 2 {
+        out.extend(attention_candidates(eg, class));
+    }
     if let Some(last) = t.dims().last() {
         let axis = t.rank() - 1;
         out.push((Composite::Softmax { axis }, vec![t.clone()]));
@@ -54,6 +68,84 @@ fn candidates(t: &TensorType) -> Vec<(Composite, Vec<TensorType>)> {
                 vec![t.clone(), vector.clone(), vector.clone()],
             ));
             out.push((Composite::RmsNorm { eps }, vec![t.clone(), vector.clone()]));
+        }
+    }
+    out
+}
+
+/// The class reached from `class` through a node whose op satisfies `pick` (first child).
+fn below(eg: &TensorGraph, class: Id, pick: impl Fn(&Op) -> bool) -> Vec<Id> {
+    nodes_where(eg, class, pick)
+        .map(|n| n.children[0])
+        .collect()
+}
+
+/// `cross_entropy` candidates for a scalar class: `neg(reduce_mean(reduce_sum(s)))`
+/// gives the logits type as the type of `s`; labels may be either integer type.
+fn cross_entropy_candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
+    let reduce = |op: ReduceOp| move |o: &Op| matches!(o, Op::Reduce { op: r, .. } if *r == op);
+    let mut out = Vec::new();
+    for mean in below(eg, class, |o| *o == Op::Unary(UnaryOp::Neg)) {
+        for sum in below(eg, mean, reduce(ReduceOp::Mean)) {
+            for picked in below(eg, sum, reduce(ReduceOp::Sum)) {
+                let logits = ty(eg, picked).clone();
+                let Some((_, rows)) = logits.dims().split_last() else {
+                    continue;
+                };
+                for label in [DType::I32, DType::I64] {
+                    let labels = TensorType::new(label, Shape(rows.to_vec()));
+                    let c = (Composite::CrossEntropy, vec![logits.clone(), labels]);
+                    if !out.contains(&c) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first child of each node of `class` with op `op`, and the node's other children.
+fn operands_of(eg: &TensorGraph, class: Id, op: Op) -> Vec<&[Id]> {
+    nodes_where(eg, class, move |o| *o == op)
+        .map(|n| n.children.as_slice())
+        .collect()
+}
+
+/// `attention` candidates: the class is `matmul(softmax(scores), v)` where `scores` is
+/// `matmul(q, transpose(k)) * scale`, possibly masked by a `select` (causal).
+fn attention_candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
+    let mut out = Vec::new();
+    for pv in operands_of(eg, class, Op::MatMul) {
+        // softmax(s) = e / broadcast(sum(e)), e = exp(s - broadcast(max(s))).
+        let divs = operands_of(eg, pv[0], Op::Binary(BinaryOp::Div));
+        let exps = divs
+            .iter()
+            .flat_map(|d| below(eg, d[0], |o| *o == Op::Unary(UnaryOp::Exp)));
+        let subs = exps.flat_map(|e| operands_of(eg, e, Op::Binary(BinaryOp::Sub)));
+        for scores in subs.map(|s| s[0]).collect::<Vec<_>>() {
+            let masked = operands_of(eg, scores, Op::Select);
+            let scaled = masked.iter().map(|m| (true, m[1])).chain([(false, scores)]);
+            for (causal, scaled) in scaled.collect::<Vec<_>>() {
+                for qk in operands_of(eg, scaled, Op::Binary(BinaryOp::Mul)) {
+                    let Some(scale) = constant(eg, qk[1]) else {
+                        continue;
+                    };
+                    for q_kt in operands_of(eg, qk[0], Op::MatMul) {
+                        for k in below(eg, q_kt[1], |o| matches!(o, Op::Permute { .. })) {
+                            let types = vec![
+                                ty(eg, q_kt[0]).clone(),
+                                ty(eg, k).clone(),
+                                ty(eg, pv[1]).clone(),
+                            ];
+                            let c = (Composite::Attention { causal, scale }, types);
+                            if !out.contains(&c) {
+                                out.push(c);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     out
@@ -136,10 +228,10 @@ fn matches(
     }
 }
 
-type Cache = Mutex<HashMap<(String, TensorType), Option<Arc<Template>>>>;
+type Cache = Mutex<HashMap<(String, Vec<TensorType>), Option<Arc<Template>>>>;
 
 fn cached(cache: &Cache, composite: Composite, operands: Vec<TensorType>) -> Option<Arc<Template>> {
-    let key = (format!("{composite:?}"), operands[0].clone());
+    let key = (format!("{composite:?}"), operands.clone());
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
     map.entry(key)
         .or_insert_with(|| template(composite, &operands).map(Arc::new))
@@ -147,13 +239,12 @@ fn cached(cache: &Cache, composite: Composite, operands: Vec<TensorType>) -> Opt
 }
 
 fn recognise(eg: &TensorGraph, class: Id, cache: &Cache) -> Vec<(Id, Build)> {
-    let t = ty(eg, class).clone();
     // Cheap filter: every template's root is an op node with a declared-type key.
     if eg[class].nodes.iter().all(|n| n.op().is_none()) {
         return vec![];
     }
     let mut found = Vec::new();
-    for (composite, operands) in candidates(&t) {
+    for (composite, operands) in candidates(eg, class) {
         let Some(tmpl) = cached(cache, composite, operands) else {
             continue;
         };

@@ -15,11 +15,7 @@ fn is_identity(perm: &[usize]) -> bool {
     perm.iter().enumerate().all(|(i, &p)| i == p)
 }
 
-/// True if `perm` swaps the last two axes and keeps the others.
-fn is_last_swap(perm: &[usize]) -> bool {
-    let r = perm.len();
-    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && is_identity(&perm[..r - 2])
-}
+use crate::ir::ops::movement::swaps_last_two as is_last_swap;
 
 fn last_swap(rank: usize) -> Vec<usize> {
     let mut p: Vec<usize> = (0..rank).collect();
