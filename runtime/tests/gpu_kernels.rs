@@ -202,6 +202,9 @@ fn row_reduction_kernels() {
 fn matmul_kernels() {
     check("input %a: f32[2, B, 7]\ninput %b: f32[2, 7, 5]\n%y = matmul %a, %b\noutput %y");
     check("input %a: f32[70, 33]\ninput %b: f32[33, 65]\n%y = matmul %a, %b\noutput %y");
+    // Transposes folded into the operand loads.
+    check("input %a: f32[9, B]\ninput %b: f32[5, 9]\n%at = permute %a {perm = [1, 0]}\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %at, %bt\noutput %y");
+    check_tol("input %a: bf16[2, 40, 20]\ninput %b: bf16[2, 40, 24]\n%at = permute %a {perm = [0, 2, 1]}\n%y = matmul %at, %b\noutput %y", 1, 2e-2);
     // Tensor cores: bf16 and f16 inputs, f32 accumulation; edges are zero-filled.
     check_tol(
         "input %a: bf16[70, 40]\ninput %b: bf16[40, 72]\n%y = matmul %a, %b\noutput %y",

@@ -8,6 +8,7 @@ use super::{elem_of, KernelCall, Role, Shapes};
 use crate::gpu::build::KernelBuilder;
 use crate::gpu::kir::{Cmp, Elem, Inst, Operand, Reg, Space, Special};
 use crate::ir::{Graph, ValueId};
+use crate::schedule::MatMulOperand;
 
 const TILE: usize = 64;
 const KSTEP: usize = 16;
@@ -19,6 +20,10 @@ struct Dims {
     m: usize,
     n: usize,
     k: usize,
+    /// The operand buffers hold Aᵀ (K × M) or Bᵀ (N × K): a transpose folded into
+    /// the loads.
+    a_transposed: bool,
+    b_transposed: bool,
 }
 
 impl Dims {
@@ -32,17 +37,21 @@ pub(super) fn lower(
     g: &Graph,
     shapes: &Shapes,
     v: ValueId,
-    operands: &[ValueId],
+    lhs: MatMulOperand,
+    rhs: MatMulOperand,
 ) -> Result<KernelCall, String> {
-    let (a, bv) = (operands[0], operands[1]);
+    let (a, bv) = (lhs.value, rhs.value);
+    let sc = &shapes[v.index()];
+    let r = sc.len();
     let sa = &shapes[a.index()];
-    let sb = &shapes[bv.index()];
-    let r = sa.len();
+    let k = if lhs.transposed { sa[r - 2] } else { sa[r - 1] };
     let dims = Dims {
-        batch: sa[..r - 2].iter().product(),
-        m: sa[r - 2],
-        k: sa[r - 1],
-        n: sb[r - 1],
+        batch: sc[..r - 2].iter().product(),
+        m: sc[r - 2],
+        k,
+        n: sc[r - 1],
+        a_transposed: lhs.transposed,
+        b_transposed: rhs.transposed,
     };
     let in_elem = elem_of(g.ty(a).dtype)?;
     let out_elem = elem_of(g.ty(v).dtype)?;
@@ -90,7 +99,8 @@ fn tile_origin(b: &mut KernelBuilder, d: Dims, tile: Reg) -> TileOrigin {
     }
 }
 
-/// Loads `src[base + row * cols + col]`, or 0 outside `rows × cols`.
+/// Loads element (`row`, `col`) of a `rows × cols` matrix at `base`, or 0 outside it;
+/// `transposed`: the buffer holds the matrix transposed (`cols × rows`).
 #[allow(clippy::too_many_arguments)]
 fn load_or_zero(
     b: &mut KernelBuilder,
@@ -98,16 +108,21 @@ fn load_or_zero(
     base: Reg,
     row: Reg,
     col: Reg,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
+    transposed: bool,
 ) -> Reg {
     let value = b.mov(0.0f32);
     let in_rows = b.setp(Cmp::Lt, row, rows as i32);
     let in_cols = b.setp(Cmp::Lt, col, cols as i32);
     let inside = b.bin(crate::gpu::kir::BinOp::And, in_rows, in_cols);
     b.if_then(inside, |b| {
-        let at = b.mul(row, cols as i32);
-        let at = b.add(at, col);
+        let at = if transposed {
+            let at = b.mul(col, rows as i32);
+            b.add(at, row)
+        } else {
+            let at = b.mul(row, cols as i32);
+            b.add(at, col)
+        };
         let at = b.add(at, base);
         let x = b.ld(src, at);
         b.assign(value, x);
@@ -159,13 +174,13 @@ fn simt(name: &str, d: Dims, out_elem: Elem) -> crate::gpu::kir::Kernel {
                 // A: 64 rows × 16 columns; B: 16 rows × 64 columns.
                 let (m, kk) = (b.div(e, KSTEP as i32), b.rem(e, KSTEP as i32));
                 let (row, col) = (b.add(o.m0, m), b.add(k0, kk));
-                let x = load_or_zero(b, a, o.a_base, row, col, d.m, d.k);
+                let x = load_or_zero(b, a, o.a_base, row, col, (d.m, d.k), d.a_transposed);
                 let at = b.mul(kk, TILE as i32);
                 let at = b.add(at, m);
                 b.st(sa, at, x);
                 let (kk, n) = (b.div(e, TILE as i32), b.rem(e, TILE as i32));
                 let (row, col) = (b.add(k0, kk), b.add(o.n0, n));
-                let y = load_or_zero(b, bm, o.b_base, row, col, d.k, d.n);
+                let y = load_or_zero(b, bm, o.b_base, row, col, (d.k, d.n), d.b_transposed);
                 let at = b.mul(kk, TILE as i32);
                 let at = b.add(at, n);
                 b.st(sb, at, y);
@@ -235,13 +250,13 @@ fn tensor_core(name: &str, d: Dims, in_elem: Elem, out_elem: Elem) -> crate::gpu
                 let e = b.add(tid, (i * THREADS) as i32);
                 let (m, kk) = (b.div(e, KSTEP as i32), b.rem(e, KSTEP as i32));
                 let (row, col) = (b.add(o.m0, m), b.add(k0, kk));
-                let x = load_or_zero(b, a, o.a_base, row, col, d.m, d.k);
+                let x = load_or_zero(b, a, o.a_base, row, col, (d.m, d.k), d.a_transposed);
                 let at = b.mul(m, ROW as i32);
                 let at = b.add(at, kk);
                 b.st(sa, at, x);
                 let (kk, n) = (b.div(e, TILE as i32), b.rem(e, TILE as i32));
                 let (row, col) = (b.add(k0, kk), b.add(o.n0, n));
-                let y = load_or_zero(b, bm, o.b_base, row, col, d.k, d.n);
+                let y = load_or_zero(b, bm, o.b_base, row, col, (d.k, d.n), d.b_transposed);
                 let at = b.mul(n, ROW as i32);
                 let at = b.add(at, kk);
                 b.st(sb, at, y);

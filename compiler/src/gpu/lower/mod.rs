@@ -14,7 +14,7 @@ use super::build::KernelBuilder;
 use super::kir::{Elem, Kernel, Operand, Reg, Ty};
 use crate::ir::ops::Op;
 use crate::ir::{DType, Def, Graph, ValueId};
-use crate::schedule::Step;
+use crate::schedule::{MatMulOperand, Step};
 
 /// Whether a kernel computes or communicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +94,9 @@ pub fn lower_step(
     }
     match step {
         Step::Pointwise(k) => Ok(vec![pointwise::lower(&name, g, shapes, k)?]),
+        Step::MatMul { output, lhs, rhs } => {
+            Ok(vec![matmul::lower(&name, g, shapes, *output, *lhs, *rhs)?])
+        }
         Step::Library(v) => {
             let Def::Node { op, operands } = &g.value(*v).def else {
                 unreachable!("library steps are nodes")
@@ -104,13 +107,9 @@ pub fn lower_step(
 }
 
 fn step_values(g: &Graph, step: &Step) -> Vec<ValueId> {
-    match step {
-        Step::Pointwise(k) => k.inputs.iter().copied().chain([k.output]).collect(),
-        Step::Library(v) => match &g.value(*v).def {
-            Def::Node { operands, .. } => operands.iter().copied().chain([*v]).collect(),
-            _ => vec![*v],
-        },
-    }
+    let mut values = step.reads(g);
+    values.push(step.output());
+    values
 }
 
 fn library(
@@ -126,7 +125,20 @@ fn library(
             vec![pointwise::lower_single(name, g, shapes, v)?]
         }
         Op::Reduce { op, axes } => vec![reduce::lower(name, g, shapes, v, *op, axes)?],
-        Op::MatMul => vec![matmul::lower(name, g, shapes, v, operands)?],
+        Op::MatMul => {
+            let plain = |value| MatMulOperand {
+                value,
+                transposed: false,
+            };
+            vec![matmul::lower(
+                name,
+                g,
+                shapes,
+                v,
+                plain(operands[0]),
+                plain(operands[1]),
+            )?]
+        }
         Op::Reshape => vec![movement::copy(name, g, shapes, v, operands[0])?],
         Op::Slice {
             axis, start, step, ..
