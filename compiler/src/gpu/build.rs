@@ -139,14 +139,20 @@ impl KernelBuilder {
         self.bin(BinOp::Add, a, b)
     }
 
-    /// `a * b`.
+    /// `a * b` (a register times the integer 1 is the register itself).
     pub fn mul(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
-        self.bin(BinOp::Mul, a, b)
+        match (a.into(), b.into()) {
+            (Operand::Reg(r), Operand::I32(1)) => r,
+            (a, b) => self.bin(BinOp::Mul, a, b),
+        }
     }
 
-    /// `a / b` (integers: toward zero).
+    /// `a / b` (integers: toward zero; a register over the integer 1 is itself).
     pub fn div(&mut self, a: impl Into<Operand>, b: impl Into<Operand>) -> Reg {
-        self.bin(BinOp::Div, a, b)
+        match (a.into(), b.into()) {
+            (Operand::Reg(r), Operand::I32(1)) => r,
+            (a, b) => self.bin(BinOp::Div, a, b),
+        }
     }
 
     /// `a % b`.

@@ -745,3 +745,89 @@ fn convert(to: Ty, from: Ty, x: u64) -> u64 {
         _ => unreachable!("conversions are checked"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::build::KernelBuilder;
+
+    /// Thread `t` writes `shared[t]`, then reads its neighbour's element into `out[t]`,
+    /// with or without a barrier between.
+    fn neighbour_exchange(barrier: bool) -> Kernel {
+        let mut b = KernelBuilder::new("exchange", 64);
+        let out = b.param("out", Elem::F32, 64);
+        let s = b.shared("s", Elem::F32, 64);
+        let t = b.special(Special::Tid);
+        let x = b.cvt(Ty::F32, t);
+        b.st(s, t, x);
+        if barrier {
+            b.bar();
+        }
+        let next = b.add(t, 1);
+        let next = b.rem(next, 64);
+        let y = b.ld(s, next);
+        b.st(out, t, y);
+        b.finish()
+    }
+
+    #[test]
+    fn a_missing_barrier_is_a_race() {
+        let mut mem = [Data::zeros(Elem::F32, 64)];
+        let err = run(&neighbour_exchange(false), 1, 1, &mut mem).unwrap_err();
+        assert!(err.contains("shared-memory race on s[1]"), "{err}");
+        let mut mem = [Data::zeros(Elem::F32, 64)];
+        run(&neighbour_exchange(true), 1, 1, &mut mem).unwrap();
+        let Data::F32(v) = &mem[0] else {
+            unreachable!()
+        };
+        assert_eq!(v[63], 0.0);
+        assert_eq!(v[5], 6.0);
+    }
+
+    #[test]
+    fn a_barrier_in_divergent_code_is_an_error() {
+        let mut b = KernelBuilder::new("divergent", 64);
+        b.param("out", Elem::F32, 1);
+        let t = b.special(Special::Tid);
+        let low = b.setp(Cmp::Lt, t, 32);
+        b.if_then(low, |b| b.bar());
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 1)]).unwrap_err();
+        assert!(
+            err.contains("bar.sync reached by only part of the block"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn misaligned_and_out_of_bounds_accesses_are_errors() {
+        for (index, why) in [(2, "misaligned"), (8, "outside")] {
+            let mut b = KernelBuilder::new("access", 32);
+            let buf = b.param("buf", Elem::F32, 8);
+            b.ld_vec(buf, index, 4);
+            let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 8)]).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn shuffles_need_whole_warps() {
+        let mut b = KernelBuilder::new("shuffle", 64);
+        let out = b.param("out", Elem::I32, 64);
+        let t = b.special(Special::Tid);
+        let other = b.shfl_xor(t, 1);
+        b.st(out, t, other);
+        let mut mem = [Data::zeros(Elem::I32, 64)];
+        run(&b.finish(), 1, 1, &mut mem).unwrap();
+        assert_eq!(mem[0], Data::I32((0..64).map(|t| t ^ 1).collect()));
+
+        let mut b = KernelBuilder::new("partial", 64);
+        b.param("out", Elem::I32, 1);
+        let t = b.special(Special::Tid);
+        let few = b.setp(Cmp::Lt, t, 3);
+        b.if_then(few, |b| {
+            b.shfl_xor(t, 1);
+        });
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::I32, 1)]).unwrap_err();
+        assert!(err.contains("only part of a warp"), "{err}");
+    }
+}

@@ -1,0 +1,45 @@
+//! Snapshots of the PTX of small kernels, one per kernel family: a diff shows exactly
+//! what a change to lowering or printing does to the generated code. (That the PTX
+//! assembles, and computes what the interpreter does, is tested with ptxas and the
+//! kernel-IR evaluator in runtime/tests/gpu_kernels.rs.)
+
+use smelt_compiler::gpu::{ptx, GpuProgram};
+use smelt_compiler::ir::text;
+use smelt_compiler::schedule::schedule;
+
+/// The PTX module of a graph given as the body of a `.sir` graph.
+fn module(body: &str) -> String {
+    let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    ptx::module(&program.kernels())
+}
+
+#[test]
+fn fused_elementwise_with_vector_access() {
+    insta::assert_snapshot!(module(
+        "input %x: f32[2, 8]\ninput %b: f32[8]\n%bb: f32[2, 8] = broadcast %b {dims = [1]}\n%y = add %x, %bb\n%z = exp %y\noutput %z"
+    ));
+}
+
+#[test]
+fn warp_row_reduction() {
+    insta::assert_snapshot!(module(
+        "input %x: f32[4, 100]\n%y: f32[4] = reduce_max %x {axes = [1]}\noutput %y"
+    ));
+}
+
+#[test]
+fn tensor_core_matmul() {
+    insta::assert_snapshot!(module(
+        "input %a: bf16[16, 16]\ninput %b: bf16[16, 8]\n%y = matmul %a, %b\noutput %y"
+    ));
+}
+
+#[test]
+fn gather() {
+    insta::assert_snapshot!(module(
+        "input %t: f32[10, 4]\ninput %i: i64[3]\n%y = gather %t, %i {axis = 0}\noutput %y"
+    ));
+}

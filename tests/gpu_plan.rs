@@ -1,0 +1,133 @@
+//! `smelt dump-ir --stage scheduled --target h800`: the SM plan in text, JSON and as a
+//! Chrome trace, and the checks on `--comm-sms`.
+
+mod common;
+
+use common::{expect_user_error, smelt, texts};
+
+fn plan_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--train",
+        "--stage",
+        "scheduled",
+        "--target",
+        "h800",
+        "--bind",
+        "B=8",
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = smelt(&args);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn json_lists_every_launch_with_its_sm_budget() {
+    let plan = plan_json(&[]);
+    assert_eq!(plan["sms"], 132);
+    assert_eq!(plan["comm_sms"], 20);
+    let launches = plan["launches"].as_array().unwrap();
+    assert!(
+        launches.len() > 100,
+        "a GPT training step has hundreds of kernels"
+    );
+    for l in launches {
+        for field in [
+            "name",
+            "role",
+            "stream",
+            "grid",
+            "block",
+            "shared_bytes",
+            "sm_budget",
+        ] {
+            assert!(!l[field].is_null(), "{field} missing in {l}");
+        }
+        assert_eq!(l["role"], "compute");
+        assert_eq!(l["stream"], 0);
+        assert_eq!(l["sm_budget"], 112);
+        // Compute kernels never need more than the compute SMs' resident blocks.
+        let grid = l["grid"][0].as_u64().unwrap();
+        let block = l["block"][0].as_u64().unwrap();
+        assert!(grid >= 1 && grid * block <= 112 * 2048, "{l}");
+    }
+    // A bigger reservation shrinks every compute kernel's budget.
+    let plan = plan_json(&["--comm-sms", "32"]);
+    assert!(plan["launches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["sm_budget"] == 100));
+}
+
+#[test]
+fn text_and_trace_show_the_same_plan() {
+    let base = [
+        "dump-ir",
+        "examples/mlp.smelt",
+        "--stage",
+        "scheduled",
+        "--target",
+        "h200",
+        "--bind",
+        "B=64",
+    ];
+    let out = smelt(&base);
+    let (text, _) = texts(&out);
+    assert!(
+        text.starts_with(
+            "plan for h200: 132 SMs, 112 compute on stream 0, 20 communication on stream 1"
+        ),
+        "{text}"
+    );
+    let launches = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .count();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let mut args = base.to_vec();
+    args.extend(["--format", "trace", "-o", path.to_str().unwrap()]);
+    let out = smelt(&args);
+    assert!(out.status.success(), "{}", texts(&out).1);
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let spans: Vec<&serde_json::Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    assert_eq!(spans.len(), launches);
+    for e in spans {
+        for field in ["name", "ts", "dur", "pid", "tid", "cat"] {
+            assert!(!e[field].is_null(), "{field} missing in {e}");
+        }
+        for arg in ["grid", "block", "shared_bytes", "sm_budget"] {
+            assert!(!e["args"][arg].is_null(), "{arg} missing in {e}");
+        }
+    }
+}
+
+#[test]
+fn comm_sms_must_be_even_and_leave_compute() {
+    for (n, want) in [("7", "must be even"), ("132", "leaves no SM for compute")] {
+        let out = smelt(&[
+            "dump-ir",
+            "examples/mlp.smelt",
+            "--stage",
+            "scheduled",
+            "--target",
+            "h800",
+            "--comm-sms",
+            n,
+        ]);
+        let err = expect_user_error(&out);
+        assert!(err.contains(want), "{err}");
+    }
+}
