@@ -131,3 +131,56 @@ fn comm_sms_must_be_even_and_leave_compute() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn moe_all_to_all_runs_on_the_reserved_sms_and_overlaps_compute() {
+    let out = smelt(&[
+        "dump-ir",
+        "examples/moe.smelt",
+        "--stage",
+        "scheduled",
+        "--target",
+        "h800",
+        "--bind",
+        "N=4096",
+        "--format",
+        "json",
+    ]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let launches = plan["launches"].as_array().unwrap();
+    let comm: Vec<&serde_json::Value> = launches.iter().filter(|l| l["role"] == "comm").collect();
+    // Dispatch and combine for each of the 8 routed experts.
+    assert_eq!(comm.len(), 16, "{stdout}");
+    for l in &comm {
+        assert_eq!(l["stream"], 1);
+        assert_eq!(l["grid"][0], 20, "exactly one block per reserved SM");
+        assert_eq!(l["sm_budget"], 20);
+    }
+    // Compute kernels that read a combine's result wait for its event.
+    let waiting = launches
+        .iter()
+        .filter(|l| l["role"] == "compute" && !l["waits_for"].as_array().unwrap().is_empty())
+        .count();
+    assert!(waiting >= 8, "{stdout}");
+    // Some communication runs while stream 0 computes.
+    let span = |l: &serde_json::Value| {
+        let s = l["start_us"].as_f64().unwrap();
+        (s, s + l["duration_us"].as_f64().unwrap())
+    };
+    let overlapping = comm
+        .iter()
+        .filter(|c| {
+            let (a, b) = span(c);
+            launches
+                .iter()
+                .filter(|l| l["role"] == "compute")
+                .any(|l| span(l).0 < b && a < span(l).1)
+        })
+        .count();
+    assert!(
+        overlapping > 0,
+        "no communication overlaps compute:\n{stdout}"
+    );
+}

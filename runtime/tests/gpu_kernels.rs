@@ -235,6 +235,12 @@ fn movement_and_indexing_kernels() {
 }
 
 #[test]
+fn communication_kernels() {
+    check("input %x: f32[B, 8]\n%y = all_to_all %x {axis = 0}\n%z = exp %y\n%w = all_to_all %z {axis = 0}\noutput %w");
+    check("input %x: bf16[3, 5]\n%y = all_to_all %x {axis = 1}\noutput %y");
+}
+
+#[test]
 fn attention_composite() {
     check("input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y");
 }

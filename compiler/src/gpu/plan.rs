@@ -211,6 +211,11 @@ fn estimate_seconds(
             (n * e) as f64
         })
         .sum();
+    if call.role == Role::Comm {
+        // What one rank sends crosses NVLink (the loopback copy is the stand-in).
+        let sent = bytes / 2.0;
+        return sent / target.nvlink_bandwidth + target.launch_seconds;
+    }
     let uses = f64::from(grid.min(budget)) / f64::from(target.sms);
     let peak = if call.kernel.uses_tensor_cores() {
         target.bf16_flops

@@ -151,7 +151,8 @@ impl CostModel for RooflineTarget {
             | Op::Concat { .. }
             | Op::Pad { .. }
             | Op::Gather { .. }
-            | Op::ScatterAdd { .. } => kernel(0.0, moved),
+            | Op::ScatterAdd { .. }
+            | Op::AllToAll { .. } => kernel(0.0, moved),
             Op::Iota { .. } | Op::RandomUniform { .. } | Op::RandomNormal { .. } => {
                 kernel(n, self.bytes(result))
             }

@@ -39,6 +39,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("causal_mask", "causal_mask(scores)"),
     ("embedding", "embedding(table, ids)"),
     ("gather", "gather(x, ids, axis=0)"),
+    ("all_to_all", "all_to_all(x, axis=0)"),
     ("rope", "rope(x, base=10000.0)"),
     ("top_k_mask", "top_k_mask(x, k)"),
     ("sum", "sum(x, axis=all, keepdim=false)"),
@@ -390,6 +391,13 @@ impl<'p> Lowerer<'p> {
                 }
                 let axis = self.axis(&tt, c.int("axis", 0)?, pos)?;
                 self.node(Op::Gather { axis }, &[table, ids], None, pos)
+                    .map(Val::Tensor)
+            }
+            "all_to_all" => {
+                c.shape(1, 1, &["axis"])?;
+                let x = c.tensor(0)?;
+                let axis = self.axis(&self.ty(x), c.int("axis", 0)?, pos)?;
+                self.node(Op::AllToAll { axis }, &[x], None, pos)
                     .map(Val::Tensor)
             }
             "rope" => {

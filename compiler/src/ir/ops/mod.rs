@@ -10,8 +10,10 @@
 //! | [`movement`] | `reshape`, `permute`, `broadcast`, `slice`, `concat`, `pad` |
 //! | [`indexing`] | `gather`, `scatter_add` |
 //! | [`source`] | `constant`, `iota`, `random_uniform`, `random_normal` |
+//! | [`collective`] | `all_to_all` (communication between ranks) |
 //! | [`composite`] | `relu`, `softmax`, `layer_norm`, `cross_entropy`, `attention`, ... (expand to the above) |
 
+pub mod collective;
 pub mod composite;
 pub mod elementwise;
 pub mod indexing;
@@ -136,6 +138,11 @@ pub enum Op {
         /// Stream seed.
         seed: u64,
     },
+    /// The expert-parallel exchange along `axis` (a loopback with one rank).
+    AllToAll {
+        /// The axis split into one chunk per rank.
+        axis: usize,
+    },
     /// A named composite that expands to primitives ([`Composite::decompose`]).
     Composite(Composite),
 }
@@ -163,6 +170,7 @@ impl Op {
             Op::Iota { .. } => "iota",
             Op::RandomUniform { .. } => "random_uniform",
             Op::RandomNormal { .. } => "random_normal",
+            Op::AllToAll { .. } => "all_to_all",
             Op::Composite(c) => c.name(),
         }
     }
@@ -203,6 +211,7 @@ impl Op {
             Op::Concat { axis }
             | Op::Gather { axis }
             | Op::ScatterAdd { axis }
+            | Op::AllToAll { axis }
             | Op::Iota { axis } => {
                 vec![("axis", int(*axis as u64))]
             }
@@ -295,6 +304,9 @@ impl Op {
                 "iota" => Op::Iota {
                     axis: a.index("axis")?,
                 },
+                "all_to_all" => Op::AllToAll {
+                    axis: a.index("axis")?,
+                },
                 "random_uniform" => Op::RandomUniform {
                     low: a.float("low")?,
                     high: a.float("high")?,
@@ -351,6 +363,7 @@ impl Op {
             Op::RandomUniform { .. } | Op::RandomNormal { .. } => {
                 source::infer_random(self.name(), operands, declared_ty()?)
             }
+            Op::AllToAll { axis } => collective::infer_all_to_all(*axis, operands),
             Op::Composite(c) => c.infer(operands),
         }
     }
@@ -396,6 +409,7 @@ impl Op {
                 vec![Some(indexing::vjp_gather(*axis, b, (x[0], x[1]), g)), None]
             }
             Op::ScatterAdd { axis } => indexing::vjp_scatter_add(*axis, b, x[1], g, needs),
+            Op::AllToAll { axis } => one(collective::vjp_all_to_all(*axis, b, g)),
             Op::Constant { .. }
             | Op::Iota { .. }
             | Op::RandomUniform { .. }
@@ -429,6 +443,7 @@ impl Op {
                 "iota",
                 "random_uniform",
                 "random_normal",
+                "all_to_all",
             ])
             .collect();
         names.sort_unstable();
