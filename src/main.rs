@@ -29,6 +29,12 @@ enum Command {
         after_help = "Examples:\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy\n  smelt run examples/mlp.sir --input x=x.npy --input labels=labels.npy --weights mlp.safetensors --output-dir out/"
     )]
     Run(commands::run::Args),
+    /// Compile a model, or with --train its training step, into an artefact that `smelt run`
+    /// and `smelt train` take in place of the model file (no recompilation).
+    #[command(
+        after_help = "The artefact holds the scheduled program (graphs, fused kernels in kernel IR, settings) with a\nformat version and a content hash; loading it only JIT-compiles the kernels again.\n\nExamples:\n  smelt compile examples/mlp.sir --target cpu -o mlp.smeltc\n  smelt run mlp.smeltc --input x=x.npy --input labels=labels.npy\n  smelt compile examples/gpt.smelt --train --optimizer adamw --target cpu -o gpt-train.smeltc\n  smelt train gpt-train.smeltc --data examples/data/genesis.txt --steps 100"
+    )]
+    Compile(commands::compile::Args),
     /// Train a model: forward, backward and optimiser compiled into one step.
     #[command(
         after_help = "Examples:\n  smelt train examples/gpt.smelt --data examples/data/genesis.txt --steps 200 --checkpoint ckpt\n  smelt train examples/mlp.smelt --data data.safetensors --optimizer sgd --lr 0.05 --log train.jsonl"
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::DumpIr(args) => commands::dump_ir::main(args),
         Command::Run(args) => commands::run::main(args),
+        Command::Compile(args) => commands::compile::main(args),
         Command::Train(args) => commands::train::main(args),
         Command::Generate(args) => commands::generate::main(args),
         Command::Bench(args) => commands::bench::main(args),

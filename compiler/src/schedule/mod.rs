@@ -8,6 +8,7 @@
 
 mod fusion;
 pub mod memory;
+pub mod serial;
 
 pub use fusion::is_fusable;
 pub use memory::MemoryPlan;

@@ -105,7 +105,14 @@ impl CpuProgram {
         fuse: bool,
         jit: bool,
     ) -> Result<CpuProgram, Unsupported> {
-        if let Some(v) = graph
+        CpuProgram::from_schedule(schedule_with(graph, fuse), jit)
+    }
+
+    /// Prepares an already scheduled graph (as stored in a compiled artefact): only the
+    /// pointwise kernels are compiled to native code (`jit: false`: evaluated instead).
+    pub fn from_schedule(schedule: Schedule, jit: bool) -> Result<CpuProgram, Unsupported> {
+        let g = &schedule.graph;
+        if let Some(v) = g
             .values
             .iter()
             .find(|v| v.ty.dtype.is_float() && v.ty.dtype != DType::F32)
@@ -115,8 +122,6 @@ impl CpuProgram {
                 reason: format!("{} is not supported yet", v.ty.dtype),
             });
         }
-        let schedule = schedule_with(graph, fuse);
-        let g = &schedule.graph;
         let mut last_read = vec![0usize; g.values.len()];
         for (i, step) in schedule.steps.iter().enumerate() {
             for r in reads(g, step) {
