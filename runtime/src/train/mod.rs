@@ -107,6 +107,8 @@ pub struct Trainer {
     step_graph: Graph,
     engine: Engine,
     state: HashMap<String, Tensor>,
+    /// The names in `state` (parameters and optimiser state).
+    state_names: std::collections::HashSet<String>,
     completed: usize,
     data: Dataset,
 }
@@ -175,12 +177,14 @@ impl Trainer {
         config: TrainConfig,
     ) -> Trainer {
         let state = init_params(&step_graph, config.seed);
+        let state_names = state.keys().cloned().collect();
         Trainer {
             config,
             forward,
             step_graph,
             engine,
             state,
+            state_names,
             completed: 0,
             data,
         }
@@ -256,15 +260,22 @@ impl Trainer {
             self.config.seed,
             self.completed,
         );
-        feeds.extend(self.state.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The state moves into the feeds and back (no copy); the updates replace it.
+        feeds.extend(self.state.drain());
         feeds.insert("lr".into(), Tensor::from_f64(DType::F32, vec![], vec![lr]));
         feeds.insert(
             "step".into(),
             Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
         );
         let batch_end = start.elapsed().as_secs_f64();
-        let run = self.engine.run(&feeds)?;
+        let run = self.engine.run(&feeds);
         let run_end = start.elapsed().as_secs_f64();
+        for (name, value) in feeds {
+            if self.state_names.contains(&name) {
+                self.state.insert(name, value);
+            }
+        }
+        let run = run?;
         let loss = run.outputs[0].to_f64_vec()[0];
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step, loss });
