@@ -80,7 +80,7 @@ fn fail(e: TrainError) -> Diagnostic {
 pub fn main(args: Args) -> Result<(), Diagnostic> {
     // Either a compiled training step (artefact) or a model to compile now.
     let source = if is_artefact(&args.model) {
-        Source::Compiled(load_train_artefact(&args)?)
+        Source::Compiled(Box::new(load_train_artefact(&args)?))
     } else {
         Source::Model(load_model(&args.model, &args.sets)?.graph)
     };
@@ -96,11 +96,11 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )));
     }
     let optimizer = match &source {
-        Source::Compiled(Compiled {
-            purpose: Purpose::Train(opt),
-            ..
-        }) => opt.clone(),
-        _ => args.optimizer.optimizer(),
+        Source::Compiled(c) => match &c.purpose {
+            Purpose::Train(opt) => opt.clone(),
+            Purpose::Run => unreachable!("load_train_artefact refuses run artefacts"),
+        },
+        Source::Model(_) => args.optimizer.optimizer(),
     };
     let config = TrainConfig {
         steps: args.steps,
@@ -129,7 +129,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     };
     let data = Dataset::load(&args.data).map_err(fail)?;
     let mut trainer = match (source, args.device) {
-        (Source::Compiled(c), _) => Trainer::from_compiled(c, data, config),
+        (Source::Compiled(c), _) => Trainer::from_compiled(*c, data, config),
         (Source::Model(g), DeviceArg::Cpu) => {
             let compiled = compile_cpu(&g, Purpose::Train(optimizer), &args.cache)?;
             Trainer::from_compiled(compiled, data, config)
@@ -221,7 +221,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
 
 /// What `train` runs: a compiled training step, or a model graph to compile.
 enum Source {
-    Compiled(Compiled),
+    Compiled(Box<Compiled>),
     Model(Graph),
 }
 
