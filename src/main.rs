@@ -30,7 +30,7 @@ enum Command {
     )]
     Run(commands::run::Args),
     /// Compile a model, or with --train its training step, into an artefact that `smelt run`
-    /// and `smelt train` take in place of the model file (no recompilation).
+    /// and `smelt train` take in place of the model file (skipping autodiff and scheduling).
     #[command(
         after_help = "The artefact holds the scheduled program (graphs, fused kernels in kernel IR, settings) with a\nformat version and a content hash; loading it only JIT-compiles the kernels again.\n\nExamples:\n  smelt compile examples/mlp.sir --target cpu -o mlp.smeltc\n  smelt run mlp.smeltc --input x=x.npy --input labels=labels.npy\n  smelt compile examples/gpt.smelt --train --optimizer adamw --target cpu -o gpt-train.smeltc\n  smelt train gpt-train.smeltc --data examples/data/genesis.txt --steps 100"
     )]
