@@ -219,4 +219,21 @@ fn a_second_run_hits_the_cache_and_a_changed_model_misses() {
     assert!(!note.contains("compile cache"), "{note}");
     assert_eq!(bypassed, first);
     assert_eq!(entries(), 2);
+    // A cache that cannot be written is a warning; the run goes on.
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let args = [
+        "run",
+        "examples/mlp.smelt",
+        "--input",
+        &x,
+        "--input",
+        &labels,
+    ];
+    let (out, note) = ok(smelt_with_cache(&args, &blocked));
+    assert!(
+        note.contains("warning: compile cache: miss, not stored"),
+        "{note}"
+    );
+    assert_eq!(out, first);
 }
