@@ -276,3 +276,39 @@ fn fusion_inlines_elementwise_chains() {
     assert_eq!(s.counts(), (1, 1), "{}", s.to_text(&Default::default()));
     compare(&g, &random_feeds(&g, 3, 5, 1));
 }
+
+/// The f32x4 path of the JIT and its scalar tail: rows shorter than, equal to and
+/// longer than four lanes, with contiguous and broadcast loads, comparisons feeding
+/// `select` and casts, transcendentals split into lanes, and a permuted load that keeps
+/// the scalar path.
+#[test]
+fn vectorised_kernels_and_their_tails() {
+    use smelt_compiler::codegen::cranelift::vectorized;
+    use smelt_compiler::schedule::{schedule, Step};
+    for n in [1, 3, 4, 5, 17, 64] {
+        let graphs = [
+            (true, format!("input %x: f32[B, {n}]\ninput %y: f32[B, {n}]\ninput %b: f32[{n}]\ninput %s: f32[B]\n%bb: f32[B, {n}] = broadcast %b {{dims = [1]}}\n%ss: f32[B, {n}] = broadcast %s {{dims = [0]}}\n%a = add %x, %bb\n%m = mul %a, %ss\n%e = exp %m\n%t = tanh %y\n%p = max %e, %t\n%q = sub %p, %ss\n%c = gt %x, %y\n%sel = select %c, %q, %a\n%f: f32[B, {n}] = cast %c\n%o = add %sel, %f\noutput %o")),
+            (true, format!("input %x: f32[B, {n}]\ninput %y: f32[B, {n}]\n%a = abs %x\n%one: f32[B, {n}] = constant {{value = 1.0}}\n%a1 = add %a, %one\n%r = sqrt %a1\n%rs = rsqrt %a1\n%rc = recip %a1\n%w = pow %a1, %y\n%n = neg %w\n%mn = min %n, %rs\n%d = div %mn, %a1\n%s1 = add %d, %r\n%o = add %s1, %rc\noutput %o")),
+            (false, format!("input %x: f32[{n}, B]\ninput %y: f32[B, {n}]\n%t = permute %x {{perm = [1, 0]}}\n%o = mul %t, %y\noutput %o")),
+        ];
+        for (simd, body) in graphs {
+            let src = format!("graph @t {{\n{body}\n}}\n");
+            let g = text::parse(&src)
+                .unwrap_or_else(|e| panic!("{e}\n{src}"))
+                .graph;
+            let s = schedule(&g);
+            let kernels: Vec<bool> = s
+                .steps
+                .iter()
+                .filter_map(|st| match st {
+                    Step::Pointwise(k) => Some(vectorized(k)),
+                    Step::Library(_) | Step::MatMul { .. } => None,
+                })
+                .collect();
+            assert_eq!(kernels, vec![simd], "{}", s.to_text(&Default::default()));
+            for seed in [1, 2] {
+                compare(&g, &random_feeds(&g, seed, 3, 4));
+            }
+        }
+    }
+}

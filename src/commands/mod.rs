@@ -2,6 +2,7 @@
 //! prints before exiting with code 2.
 
 pub mod bench;
+pub mod compile;
 pub mod dump_ir;
 pub mod generate;
 pub mod plot;
@@ -9,7 +10,10 @@ pub mod run;
 pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
+use smelt_compiler::ir::Graph;
 use smelt_frontend::{Diagnostic, Model};
+use smelt_runtime::compiled::cache::{Cache, Outcome};
+use smelt_runtime::compiled::{Compiled, Purpose};
 use std::path::Path;
 
 /// Loads a model file with `--set NAME=VALUE` config overrides, or returns its diagnostic.
@@ -38,18 +42,18 @@ pub fn write_output(path: Option<&Path>, text: &str) -> Result<(), Diagnostic> {
     }
 }
 
-/// The optimiser flags shared by `train` and `dump-ir --train`.
+/// The optimiser flags shared by `train`, `compile --train` and `dump-ir --train`.
 #[derive(clap::Args)]
 pub struct OptimizerArgs {
-    /// The optimiser.
-    #[arg(long = "optimizer", value_enum, default_value_t = OptimizerKind::Adamw)]
-    kind: OptimizerKind,
+    /// The optimiser [default: adamw].
+    #[arg(long = "optimizer", value_enum)]
+    kind: Option<OptimizerKind>,
     /// Weight decay (decoupled for AdamW, L2 for SGD). Default: 0.01 for AdamW, 0 for SGD.
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
+    /// SGD momentum [default: 0].
+    #[arg(long)]
+    momentum: Option<f64>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -61,7 +65,10 @@ enum OptimizerKind {
 impl OptimizerArgs {
     /// The optimiser these flags describe.
     pub fn optimizer(&self) -> Optimizer {
-        match (self.kind, Optimizer::adamw()) {
+        match (
+            self.kind.unwrap_or(OptimizerKind::Adamw),
+            Optimizer::adamw(),
+        ) {
             (
                 OptimizerKind::Adamw,
                 Optimizer::AdamW {
@@ -77,9 +84,55 @@ impl OptimizerArgs {
                 weight_decay: self.weight_decay.unwrap_or(weight_decay),
             },
             _ => Optimizer::Sgd {
-                momentum: self.momentum,
+                momentum: self.momentum.unwrap_or(0.0),
                 weight_decay: self.weight_decay.unwrap_or(0.0),
             },
         }
     }
+
+    /// True if any optimiser flag was given (a compiled artefact fixes the optimiser).
+    pub fn given(&self) -> bool {
+        self.kind.is_some() || self.weight_decay.is_some() || self.momentum.is_some()
+    }
+}
+
+/// The compile-cache flags shared by `run` and `train`.
+#[derive(clap::Args)]
+pub struct CacheArgs {
+    /// Compile afresh and leave the compile cache alone ($SMELT_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/smelt, else ~/.cache/smelt).
+    #[arg(long)]
+    no_cache: bool,
+    /// Say on stderr whether the compiled program came from the compile cache.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Compiles `forward` for the CPU backend, through the compile cache unless disabled.
+pub fn compile_cpu(
+    forward: &Graph,
+    purpose: Purpose,
+    flags: &CacheArgs,
+) -> Result<Compiled, Diagnostic> {
+    let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.0);
+    let cache = if flags.no_cache {
+        None
+    } else {
+        Cache::from_env()
+    };
+    let Some(cache) = cache else {
+        return Compiled::compile(forward, purpose).map_err(fail);
+    };
+    let (compiled, outcome) = cache.compile(forward, purpose).map_err(fail)?;
+    match &outcome {
+        Outcome::NotStored(_) => eprintln!("warning: {outcome}"),
+        _ if flags.verbose => eprintln!("{outcome}"),
+        _ => {}
+    }
+    Ok(compiled)
+}
+
+/// Loads a compiled artefact, or returns its diagnostic.
+pub fn load_compiled(path: &Path) -> Result<Compiled, Diagnostic> {
+    Compiled::load(path).map_err(|e| Diagnostic::plain(e.0))
 }

@@ -1,9 +1,10 @@
 //! `smelt run`: run a model on given inputs.
 
-use super::load_model;
+use super::{compile_cpu, load_compiled, load_model, CacheArgs};
 use smelt_compiler::ir::Def;
 use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
+use smelt_runtime::compiled::{is_artefact, Purpose};
 use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
 use smelt_runtime::train::Checkpoint;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.smelt, .sir, .json or .onnx).
+    /// The model file (.smelt, .sir, .json or .onnx), or an artefact from `smelt compile`.
     model: PathBuf,
     /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
     #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -39,6 +40,8 @@ pub struct Args {
     /// Arithmetic precision of f32 values in the interpreter (`--device interp`).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -63,7 +66,14 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         let t = read_input_file(&PathBuf::from(file), name)?;
         given.push((name.to_string(), file.to_string(), t));
     }
-    let model = load_with_inputs(&args.model, &args.sets, &given)?;
+    // A compiled artefact brings its program; a model file is compiled (or found in the
+    // compile cache) below.
+    let (model, mut program) = if is_artefact(&args.model) {
+        let (model, program) = load_run_artefact(&args)?;
+        (model, Some(program))
+    } else {
+        (load_with_inputs(&args.model, &args.sets, &given)?, None)
+    };
     let graph = &model.graph;
     let mut feeds: HashMap<String, Tensor> = HashMap::new();
     let mut origin: HashMap<String, String> = HashMap::new();
@@ -131,8 +141,10 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let outputs = match args.device {
         Device::Interp => interp::run(graph, &feeds, precision),
         Device::Cpu => {
-            let program =
-                CpuProgram::compile(graph).map_err(|e| Diagnostic::plain(e.to_string()))?;
+            let program = match program.take() {
+                Some(p) => p,
+                None => compile_cpu(graph, Purpose::Run, &args.cache)?.program,
+            };
             program.run(&feeds).map(|e| e.outputs)
         }
     }
@@ -154,6 +166,37 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         }
     }
     Ok(())
+}
+
+/// Loads a compiled artefact for `run`: it must be compiled without `--train`, and
+/// settings fixed at compile time cannot be given again.
+fn load_run_artefact(args: &Args) -> Result<(Model, CpuProgram), Diagnostic> {
+    let shown = args.model.display().to_string();
+    if !args.sets.is_empty() {
+        return Err(Diagnostic::in_file(
+            &shown,
+            "--set applies when compiling; this is a compiled artefact",
+        ));
+    }
+    if matches!(args.device, Device::Interp) {
+        return Err(Diagnostic::in_file(
+            &shown,
+            "a compiled artefact runs on --device cpu; give the model file to use the interpreter",
+        ));
+    }
+    let compiled = load_compiled(&args.model)?;
+    if compiled.purpose != Purpose::Run {
+        return Err(Diagnostic::in_file(
+            &shown,
+            "this artefact holds a training step (compiled with --train); use smelt train",
+        ));
+    }
+    let model = Model {
+        graph: compiled.forward,
+        path: shown,
+        source: None,
+    };
+    Ok((model, compiled.program))
 }
 
 /// Loads the model. An ONNX model is imported with the given input values, so that

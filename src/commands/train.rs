@@ -1,8 +1,10 @@
 //! `smelt train`: compile a training step and run it over data.
 
-use super::{load_model, OptimizerArgs};
+use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptimizerArgs};
 use smelt_compiler::ir::text;
+use smelt_compiler::ir::Graph;
 use smelt_frontend::Diagnostic;
+use smelt_runtime::compiled::{is_artefact, Compiled, Purpose};
 use smelt_runtime::engine::Device;
 use smelt_runtime::train::{
     Checkpoint, Dataset, Schedule, StepReport, TrainConfig, TrainError, Trainer,
@@ -14,7 +16,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.smelt, .sir or .json); it must output a scalar `loss`.
+    /// The model file (.smelt, .sir or .json), which must output a scalar `loss`, or an
+    /// artefact from `smelt compile --train` (its optimiser is the one compiled in).
     model: PathBuf,
     /// Training data: a .txt file (byte-level tokens), a .safetensors file or a directory
     /// of NAME.npy files (one tensor per model input, rows along axis 0).
@@ -60,6 +63,8 @@ pub struct Args {
     /// Override a config constant of a .smelt model: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -73,7 +78,12 @@ fn fail(e: TrainError) -> Diagnostic {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let model = load_model(&args.model, &args.sets)?;
+    // Either a compiled training step (artefact) or a model to compile now.
+    let source = if is_artefact(&args.model) {
+        Source::Compiled(Box::new(load_train_artefact(&args)?))
+    } else {
+        Source::Model(load_model(&args.model, &args.sets)?.graph)
+    };
     if args.batch == 0 || args.steps == 0 || args.checkpoint_every == 0 {
         return Err(Diagnostic::plain(
             "--steps, --batch and --checkpoint-every must be at least 1",
@@ -85,34 +95,53 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             args.lr
         )));
     }
-    let optimizer = args.optimizer.optimizer();
+    let optimizer = match &source {
+        Source::Compiled(c) => match &c.purpose {
+            Purpose::Train(opt) => opt.clone(),
+            Purpose::Run => unreachable!("load_train_artefact refuses run artefacts"),
+        },
+        Source::Model(_) => args.optimizer.optimizer(),
+    };
     let config = TrainConfig {
         steps: args.steps,
         batch: args.batch,
         lr: args.lr,
         schedule: args.schedule,
         seed: args.seed,
-        optimizer,
+        optimizer: optimizer.clone(),
     };
-    let device = match args.device {
-        DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Interp => Device::Interp(Precision::F32),
-    };
-    let data = Dataset::load(&args.data).map_err(fail)?;
-    let mut trainer = match &args.resume {
-        None => Trainer::new(&model.graph, data, config, device),
+    let ckpt = match &args.resume {
+        None => None,
         Some(dir) => {
             let ckpt = Checkpoint::load(dir).map_err(fail)?;
-            if ckpt.meta.get("smelt.graph") != Some(&text::print(&model.graph)) {
+            let forward = match &source {
+                Source::Compiled(c) => &c.forward,
+                Source::Model(g) => g,
+            };
+            if ckpt.meta.get("smelt.graph") != Some(&text::print(forward)) {
                 return Err(Diagnostic::plain(format!(
                     "{}: the checkpoint was made from a different model (or different --set values)",
                     dir.display()
                 )));
             }
-            Trainer::resume(&model.graph, data, config, device, ckpt)
+            Some(ckpt)
+        }
+    };
+    let data = Dataset::load(&args.data).map_err(fail)?;
+    let mut trainer = match (source, args.device) {
+        (Source::Compiled(c), _) => Trainer::from_compiled(*c, data, config),
+        (Source::Model(g), DeviceArg::Cpu) => {
+            let compiled = compile_cpu(&g, Purpose::Train(optimizer), &args.cache)?;
+            Trainer::from_compiled(compiled, data, config)
+        }
+        (Source::Model(g), DeviceArg::Interp) => {
+            Trainer::new(&g, data, config, Device::Interp(Precision::F32))
         }
     }
     .map_err(fail)?;
+    if let Some(ckpt) = ckpt {
+        trainer.restore(ckpt).map_err(fail)?;
+    }
     let mut log = match &args.log {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -188,6 +217,46 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         );
     }
     Ok(())
+}
+
+/// What `train` runs: a compiled training step, or a model graph to compile.
+enum Source {
+    Compiled(Box<Compiled>),
+    Model(Graph),
+}
+
+/// Loads a compiled artefact for `train`: it must hold a training step, and settings
+/// fixed at compile time (`--set`, the optimiser) cannot be given again.
+fn load_train_artefact(args: &Args) -> Result<Compiled, Diagnostic> {
+    let shown = args.model.display().to_string();
+    let fixed = |what: &str| {
+        Diagnostic::in_file(
+            &shown,
+            format!("{what} applies when compiling; this is a compiled artefact"),
+        )
+    };
+    if !args.sets.is_empty() {
+        return Err(fixed("--set"));
+    }
+    if args.optimizer.given() {
+        return Err(fixed(
+            "the optimiser (--optimizer, --weight-decay, --momentum)",
+        ));
+    }
+    if matches!(args.device, DeviceArg::Interp) {
+        return Err(Diagnostic::in_file(
+            &shown,
+            "a compiled artefact runs on --device cpu; give the model file to use the interpreter",
+        ));
+    }
+    let compiled = load_compiled(&args.model)?;
+    if compiled.purpose == Purpose::Run {
+        return Err(Diagnostic::in_file(
+            &shown,
+            "this artefact was compiled without --train; compile it with smelt compile --train",
+        ));
+    }
+    Ok(compiled)
 }
 
 /// Measured timing of a training run, as trace events on the `cpu` track.

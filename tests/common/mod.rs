@@ -6,11 +6,22 @@ use std::process::{Command, Output};
 
 /// Runs the `smelt` binary in the repository root with `args`.
 pub fn smelt(args: &[&str]) -> Output {
+    smelt_with_cache(args, &cache_dir())
+}
+
+/// Runs the `smelt` binary with `args` and its compile cache in `cache`.
+pub fn smelt_with_cache(args: &[&str], cache: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SMELT_CACHE_DIR", cache)
         .output()
         .expect("the smelt binary runs")
+}
+
+/// The compile cache directory of the CLI tests (kept out of the user's cache).
+pub fn cache_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("smelt-cache")
 }
 
 /// Stdout and stderr as text.

@@ -9,6 +9,7 @@
 
 mod fusion;
 pub mod memory;
+pub mod serial;
 mod transpose;
 
 pub use fusion::{is_fusable, single_op_kernel};

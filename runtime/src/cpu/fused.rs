@@ -365,7 +365,8 @@ pub(super) fn run_jit(
     } else {
         1
     };
-    let mut out = empty_buf(out_dtype, n);
+    // Written in full by the rows below before its length is set: no zero-fill.
+    let mut out = unfilled_buf(out_dtype, n);
     let out_addr = match &mut out {
         Buf::F32(v) => v.as_mut_ptr() as usize,
         Buf::Int(v) => v.as_mut_ptr() as usize,
@@ -407,16 +408,25 @@ pub(super) fn run_jit(
     } else {
         do_rows(0, rows);
     }
+    // SAFETY: the rows cover all `n` elements, and the row functions wrote each one
+    // (booleans as 0 or 1, valid `bool`s).
+    unsafe {
+        match &mut out {
+            Buf::F32(v) => v.set_len(n),
+            Buf::Int(v) => v.set_len(n),
+            Buf::Bool(v) => v.set_len(n),
+        }
+    }
     out
 }
 
-/// A buffer of `n` elements of `dt`, each to be written before it is read.
-fn empty_buf(dt: DType, n: usize) -> Buf {
+/// An empty buffer of `dt` with room for `n` elements.
+fn unfilled_buf(dt: DType, n: usize) -> Buf {
     if dt.is_float() {
-        Buf::F32(vec![0.0; n])
+        Buf::F32(Vec::with_capacity(n))
     } else if dt.is_int() {
-        Buf::Int(vec![0; n])
+        Buf::Int(Vec::with_capacity(n))
     } else {
-        Buf::Bool(vec![false; n])
+        Buf::Bool(Vec::with_capacity(n))
     }
 }

@@ -19,6 +19,7 @@ use smelt_compiler::ir::{DType, Def, Graph, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::{schedule_with, Schedule, Step};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A buffer of the CPU backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,7 +61,7 @@ pub struct CpuProgram {
     schedule: Schedule,
     /// Native code for each step that is a pointwise kernel (`None` for library steps,
     /// or when the kernel runs on the kernel-IR evaluator).
-    jit: Vec<Option<std::sync::Arc<JitKernel>>>,
+    jit: Vec<Option<Arc<JitKernel>>>,
     /// `last_read[v]`: the last step that reads value `v` (outputs and updates: never).
     last_read: Vec<usize>,
 }
@@ -94,7 +95,14 @@ impl CpuProgram {
         fuse: bool,
         jit: bool,
     ) -> Result<CpuProgram, Unsupported> {
-        if let Some(v) = graph
+        CpuProgram::from_schedule(schedule_with(graph, fuse), jit)
+    }
+
+    /// Prepares an already scheduled graph (as stored in a compiled artefact): only the
+    /// pointwise kernels are compiled to native code (`jit: false`: evaluated instead).
+    pub fn from_schedule(schedule: Schedule, jit: bool) -> Result<CpuProgram, Unsupported> {
+        let g = &schedule.graph;
+        if let Some(v) = g
             .values
             .iter()
             .find(|v| v.ty.dtype.is_float() && v.ty.dtype != DType::F32)
@@ -104,8 +112,6 @@ impl CpuProgram {
                 reason: format!("{} is not supported yet", v.ty.dtype),
             });
         }
-        let schedule = schedule_with(graph, fuse);
-        let g = &schedule.graph;
         let mut last_read = vec![0usize; g.values.len()];
         for (i, step) in schedule.steps.iter().enumerate() {
             for r in step.reads(g) {
@@ -115,13 +121,24 @@ impl CpuProgram {
         for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
             last_read[o.index()] = usize::MAX;
         }
+        // Native code depends only on a kernel's body, not on the values it reads or
+        // their shapes, so kernels with equal bodies (the same update for every
+        // parameter, the same block in every layer) share one compilation.
+        let mut compiled: HashMap<String, Arc<JitKernel>> = HashMap::new();
+        let mut native = |k: &PointwiseKernel| -> Result<Arc<JitKernel>, Unsupported> {
+            let body = format!("{:?}", (k.rank, &k.exprs));
+            if let Some(j) = compiled.get(&body) {
+                return Ok(j.clone());
+            }
+            let j = Arc::new(compile_kernel(k)?);
+            compiled.insert(body, j.clone());
+            Ok(j)
+        };
         let jit = schedule
             .steps
             .iter()
             .map(|s| match s {
-                Step::Pointwise(k) if jit => {
-                    compile_kernel(k).map(|j| Some(std::sync::Arc::new(j)))
-                }
+                Step::Pointwise(k) if jit => native(k).map(Some),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -14,6 +14,7 @@ pub use checkpoint::Checkpoint;
 pub use data::Dataset;
 pub use schedule::Schedule;
 
+use crate::compiled::{Compiled, Purpose};
 use crate::engine::{Device, Engine};
 use crate::interp::RunError;
 use crate::params::init_params;
@@ -106,6 +107,8 @@ pub struct Trainer {
     step_graph: Graph,
     engine: Engine,
     state: HashMap<String, Tensor>,
+    /// The names in `state` (parameters and optimiser state).
+    state_names: std::collections::HashSet<String>,
     completed: usize,
     data: Dataset,
 }
@@ -122,16 +125,69 @@ impl Trainer {
         data.check(&step_graph, config.batch)?;
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
-        let state = init_params(&step_graph, config.seed);
-        Ok(Trainer {
+        Ok(Trainer::with_engine(
+            forward.clone(),
+            step_graph,
+            engine,
+            data,
             config,
-            forward: forward.clone(),
+        ))
+    }
+
+    /// Starts a run of a compiled training step (`smelt compile --train`, the compile
+    /// cache); its optimiser must be the one in `config`.
+    pub fn from_compiled(
+        compiled: Compiled,
+        data: Dataset,
+        config: TrainConfig,
+    ) -> Result<Trainer, TrainError> {
+        match &compiled.purpose {
+            Purpose::Train(opt) if *opt == config.optimizer => {}
+            Purpose::Train(opt) => {
+                return Err(TrainError::Backend(format!(
+                    "the program was compiled for optimiser {opt:?}, not {:?}",
+                    config.optimizer
+                )))
+            }
+            Purpose::Run => {
+                return Err(TrainError::Backend(
+                    "the program was compiled without --train".into(),
+                ))
+            }
+        }
+        // The scheduled graph has the step graph's inputs, parameters, state and
+        // updates under the same names, so it feeds batches and initialisers as well.
+        let step_graph = compiled.program.schedule().graph.clone();
+        data.check(&step_graph, config.batch)?;
+        let engine = Engine::Cpu(compiled.program);
+        Ok(Trainer::with_engine(
+            compiled.forward,
+            step_graph,
+            engine,
+            data,
+            config,
+        ))
+    }
+
+    fn with_engine(
+        forward: Graph,
+        step_graph: Graph,
+        engine: Engine,
+        data: Dataset,
+        config: TrainConfig,
+    ) -> Trainer {
+        let state = init_params(&step_graph, config.seed);
+        let state_names = state.keys().cloned().collect();
+        Trainer {
+            config,
+            forward,
             step_graph,
             engine,
             state,
+            state_names,
             completed: 0,
             data,
-        })
+        }
     }
 
     /// Continues a run from `ckpt`: its tensors replace the initial state (names and
@@ -144,7 +200,14 @@ impl Trainer {
         ckpt: Checkpoint,
     ) -> Result<Trainer, TrainError> {
         let mut t = Trainer::new(forward, data, config, device)?;
-        for (name, current) in t.state.iter_mut() {
+        t.restore(ckpt)?;
+        Ok(t)
+    }
+
+    /// Replaces the state with `ckpt`'s tensors (names and types must match the model)
+    /// and resumes counting at its step.
+    pub fn restore(&mut self, ckpt: Checkpoint) -> Result<(), TrainError> {
+        for (name, current) in self.state.iter_mut() {
             let saved = ckpt.tensors.get(name).ok_or_else(|| {
                 TrainError::Checkpoint(format!(
                     "the checkpoint has no tensor '{name}' (is it from this model and optimiser?)"
@@ -159,8 +222,13 @@ impl Trainer {
             }
             *current = saved.clone();
         }
-        t.completed = ckpt.step;
-        Ok(t)
+        self.completed = ckpt.step;
+        Ok(())
+    }
+
+    /// The model graph being trained (what checkpoints record).
+    pub fn forward(&self) -> &Graph {
+        &self.forward
     }
 
     /// Steps completed so far.
@@ -192,15 +260,22 @@ impl Trainer {
             self.config.seed,
             self.completed,
         );
-        feeds.extend(self.state.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // The state moves into the feeds and back (no copy); the updates replace it.
+        feeds.extend(self.state.drain());
         feeds.insert("lr".into(), Tensor::from_f64(DType::F32, vec![], vec![lr]));
         feeds.insert(
             "step".into(),
             Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
         );
         let batch_end = start.elapsed().as_secs_f64();
-        let run = self.engine.run(&feeds)?;
+        let run = self.engine.run(&feeds);
         let run_end = start.elapsed().as_secs_f64();
+        for (name, value) in feeds {
+            if self.state_names.contains(&name) {
+                self.state.insert(name, value);
+            }
+        }
+        let run = run?;
         let loss = run.outputs[0].to_f64_vec()[0];
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step, loss });

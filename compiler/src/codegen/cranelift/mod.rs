@@ -1,0 +1,297 @@
+//! Cranelift JIT for pointwise kernels of the kernel IR.
+//!
+//! Each kernel becomes one native function that computes one *row* (a run along the
+//! innermost axis) of its output:
+//!
+//! ```text
+//! extern "C" fn(ptrs: *const *const u8, // input buffers, in `kernel.inputs` order
+//!               bases: *const i64,      // per expression: element offset of a load at the row start
+//!               inner: *const i64,      // per expression: element stride of a load along the row
+//!               outer: *const i64,      // per kernel axis: the row's index on that axis
+//!               out: *mut u8,           // the output row
+//!               len: i64)               // elements in the row
+//! ```
+//!
+//! The caller walks the rows (and spreads them over threads); all expressions are kept
+//! in registers inside the loop. Element types: f32 for floats, i64 for integers (i32
+//! values are wrapped to 32 bits after each operation, as the interpreter does), u8 for
+//! booleans. Transcendental functions call into Rust's implementations.
+//!
+//! `scalar.rs` emits the loop body for one element; `vector.rs` emits it for four
+//! (`f32x4`) when every access allows it, and then the scalar body runs the row's tail.
+
+mod scalar;
+mod vector;
+
+use crate::ir::ops::UnaryOp;
+use crate::ir::DType;
+use crate::kernel::{Expr, PointwiseKernel};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module};
+
+/// The signature of a compiled row function.
+pub type RowFn =
+    unsafe extern "C" fn(*const *const u8, *const i64, *const i64, *const i64, *mut u8, i64);
+
+/// A compiled kernel; owns its executable memory.
+pub struct JitKernel {
+    // Kept alive for `row`: dropping the module would unmap the code.
+    _module: JITModule,
+    row: RowFn,
+}
+
+impl std::fmt::Debug for JitKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JitKernel")
+    }
+}
+
+// SAFETY: the module is only read after finalisation and the function is pure.
+unsafe impl Send for JitKernel {}
+unsafe impl Sync for JitKernel {}
+
+impl JitKernel {
+    /// The row function.
+    pub fn row(&self) -> RowFn {
+        self.row
+    }
+}
+
+extern "C" fn smelt_expf(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn smelt_logf(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn smelt_tanhf(x: f32) -> f32 {
+    x.tanh()
+}
+extern "C" fn smelt_erff(x: f32) -> f32 {
+    libm::erff(x)
+}
+extern "C" fn smelt_sinf(x: f32) -> f32 {
+    x.sin()
+}
+extern "C" fn smelt_cosf(x: f32) -> f32 {
+    x.cos()
+}
+extern "C" fn smelt_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+const UNARY_CALLS: [(UnaryOp, &str); 6] = [
+    (UnaryOp::Exp, "smelt_expf"),
+    (UnaryOp::Log, "smelt_logf"),
+    (UnaryOp::Tanh, "smelt_tanhf"),
+    (UnaryOp::Erf, "smelt_erff"),
+    (UnaryOp::Sin, "smelt_sinf"),
+    (UnaryOp::Cos, "smelt_cosf"),
+];
+
+fn ty(dt: DType) -> Type {
+    if dt.is_float() {
+        types::F32
+    } else if dt.is_int() {
+        types::I64
+    } else {
+        types::I8
+    }
+}
+
+fn size(dt: DType) -> i64 {
+    if dt.is_float() {
+        4
+    } else if dt.is_int() {
+        8
+    } else {
+        1
+    }
+}
+
+/// True if `k` is compiled with `f32x4` vectors (four elements per iteration, then a
+/// scalar tail), false if it runs one element at a time.
+pub fn vectorized(k: &PointwiseKernel) -> bool {
+    vector::vectorizable(k)
+}
+
+/// Compiles `k` (whose floats must all be f32) to native code for this machine.
+pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
+    let err = |e: &dyn std::fmt::Display| format!("cranelift: {e}");
+    let mut flags = settings::builder();
+    flags.set("opt_level", "speed").map_err(|e| err(&e))?;
+    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    let isa = cranelift_native::builder()
+        .map_err(|e| err(&e))?
+        .finish(settings::Flags::new(flags))
+        .map_err(|e| err(&e))?;
+    let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+    jb.symbol("smelt_expf", smelt_expf as *const u8);
+    jb.symbol("smelt_logf", smelt_logf as *const u8);
+    jb.symbol("smelt_tanhf", smelt_tanhf as *const u8);
+    jb.symbol("smelt_erff", smelt_erff as *const u8);
+    jb.symbol("smelt_sinf", smelt_sinf as *const u8);
+    jb.symbol("smelt_cosf", smelt_cosf as *const u8);
+    jb.symbol("smelt_powf", smelt_powf as *const u8);
+    let mut module = JITModule::new(jb);
+    let ptr = module.target_config().pointer_type();
+    let mut ctx = module.make_context();
+    for _ in 0..5 {
+        ctx.func.signature.params.push(AbiParam::new(ptr));
+    }
+    ctx.func.signature.params.push(AbiParam::new(types::I64));
+
+    // External math functions, declared once per module.
+    let mut unary_sig = module.make_signature();
+    unary_sig.params.push(AbiParam::new(types::F32));
+    unary_sig.returns.push(AbiParam::new(types::F32));
+    let mut binary_sig = unary_sig.clone();
+    binary_sig.params.push(AbiParam::new(types::F32));
+    let mut unary_ids = Vec::new();
+    for (op, name) in UNARY_CALLS {
+        unary_ids.push((
+            op,
+            module
+                .declare_function(name, Linkage::Import, &unary_sig)
+                .map_err(|e| err(&e))?,
+        ));
+    }
+    let pow_id = module
+        .declare_function("smelt_powf", Linkage::Import, &binary_sig)
+        .map_err(|e| err(&e))?;
+    let id = module
+        .declare_function("row", Linkage::Export, &ctx.func.signature)
+        .map_err(|e| err(&e))?;
+
+    let frontend_config = module.target_config();
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let unary_refs: Vec<_> = unary_ids
+            .iter()
+            .map(|(op, f)| (*op, module.declare_func_in_func(*f, b.func)))
+            .collect();
+        let pow_ref = module.declare_func_in_func(pow_id, b.func);
+        let entry = b.create_block();
+        let vheader = b.create_block();
+        let vbody = b.create_block();
+        let header = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.append_block_param(vheader, types::I64);
+        b.append_block_param(header, types::I64);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let (ptrs, bases, inner, outer, out, len) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let flags = MemFlagsData::trusted();
+        // Loop-invariant parts of every load: the row's start address and byte stride.
+        let mut load_at = vec![None; k.exprs.len()];
+        for (i, (e, dt)) in k.exprs.iter().enumerate() {
+            if let Expr::Load { input, .. } = e {
+                let buf = b.ins().load(ptr, flags, ptrs, (*input * 8) as i32);
+                let base = b.ins().load(types::I64, flags, bases, (i * 8) as i32);
+                let stride = b.ins().load(types::I64, flags, inner, (i * 8) as i32);
+                let base_bytes = b.ins().imul_imm_s(base, size(*dt));
+                let start = b.ins().iadd(buf, base_bytes);
+                let stride_bytes = b.ins().imul_imm_s(stride, size(*dt));
+                load_at[i] = Some((start, stride_bytes));
+            }
+        }
+        let env = Env {
+            load_at,
+            outer,
+            out,
+            flags,
+            unary_refs,
+            pow_ref,
+        };
+        let zero = b.ins().iconst(types::I64, 0);
+        let vectorize = vector::vectorizable(k);
+        b.ins()
+            .jump(if vectorize { vheader } else { header }, &[zero.into()]);
+
+        // Four elements while at least four remain ...
+        b.switch_to_block(vheader);
+        let j = b.block_params(vheader)[0];
+        let next = b.ins().iadd_imm_s(j, vector::LANES);
+        let fits = b.ins().icmp(IntCC::SignedLessThanOrEqual, next, len);
+        b.ins().brif(fits, vbody, &[], header, &[j.into()]);
+        b.switch_to_block(vbody);
+        if vectorize {
+            vector::emit_quad(&mut b, &env, k, j)?;
+        }
+        b.ins().jump(vheader, &[next.into()]);
+
+        // ... then one at a time.
+        b.switch_to_block(header);
+        let j = b.block_params(header)[0];
+        let more = b.ins().icmp(IntCC::SignedLessThan, j, len);
+        b.ins().brif(more, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        scalar::emit_element(&mut b, &env, k, j)?;
+        let next = b.ins().iadd_imm_s(j, 1);
+        b.ins().jump(header, &[next.into()]);
+
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(frontend_config);
+    }
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| err(&format!("{e:?}")))?;
+    module.clear_context(&mut ctx);
+    module.finalize_definitions().map_err(|e| err(&e))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was just defined with exactly the `RowFn` signature.
+    let row = unsafe { std::mem::transmute::<*const u8, RowFn>(code) };
+    Ok(JitKernel {
+        _module: module,
+        row,
+    })
+}
+
+/// What the loop bodies share: per-load row addresses, the function's pointers and
+/// the math functions they call.
+pub(super) struct Env {
+    /// Per expression: a load's start address in the row and its byte stride.
+    load_at: Vec<Option<(Value, Value)>>,
+    /// Per kernel axis: the row's index on that axis.
+    outer: Value,
+    /// The output row.
+    out: Value,
+    /// Flags of scalar accesses (aligned, non-trapping).
+    flags: MemFlagsData,
+    unary_refs: Vec<(UnaryOp, FuncRef)>,
+    pow_ref: FuncRef,
+}
+
+impl Env {
+    /// The row's index on outer kernel axis `a`.
+    fn outer_index(&self, b: &mut FunctionBuilder, a: usize) -> Value {
+        b.ins()
+            .load(types::I64, self.flags, self.outer, (a * 8) as i32)
+    }
+
+    /// Calls the Rust implementation of a transcendental unary op on an f32.
+    fn call_unary(&self, b: &mut FunctionBuilder, op: UnaryOp, x: Value) -> Value {
+        let f = self
+            .unary_refs
+            .iter()
+            .find(|(o, _)| *o == op)
+            .expect("every other unary op calls out")
+            .1;
+        let call = b.ins().call(f, &[x]);
+        b.inst_results(call)[0]
+    }
+
+    /// Calls `powf` on two f32s.
+    fn call_pow(&self, b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+        let call = b.ins().call(self.pow_ref, &[x, y]);
+        b.inst_results(call)[0]
+    }
+}

@@ -1,0 +1,268 @@
+//! Compiled artefacts: a program for the CPU backend, scheduled once and stored, so
+//! later runs skip autodiff, decomposition and fusion (`smelt compile`, the compile
+//! cache in `cache.rs`).
+//!
+//! An artefact stores the *scheduled program*, not machine code: the model graph as
+//! loaded, the scheduled graph (after autodiff and decomposition), its steps with their
+//! kernel IR, and the settings used. Loading parses both graphs and JIT-compiles the
+//! pointwise kernels again, which is cheap; the memory plan is not stored because the
+//! CPU backend does not allocate from it.
+//!
+//! The file is a short text header and a JSON payload:
+//!
+//! ```text
+//! smelt-compiled
+//! format 1
+//! length <payload bytes>
+//! fnv128 <hash of the payload, 32 hex digits>
+//! {"smelt_version": ..., "target": "cpu", "purpose": ..., "forward": ..., "schedule": ...}
+//! ```
+//!
+//! A file with another magic line, another format version, a payload of the wrong
+//! length or hash, or another smelt version is refused with a message that says so.
+
+pub mod cache;
+pub mod hash;
+
+use crate::cpu::CpuProgram;
+use serde_json::{json, Value};
+use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
+use smelt_compiler::ir::{text, Graph};
+use smelt_compiler::schedule::serial;
+use std::path::Path;
+
+/// The first line of every artefact.
+const MAGIC: &str = "smelt-compiled\n";
+/// The payload layout version; bump it whenever the layout or meaning changes.
+pub const FORMAT: u32 = 1;
+/// The smelt version that writes and reads artefacts.
+pub const SMELT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a program computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Purpose {
+    /// The model itself (`smelt run`).
+    Run,
+    /// One training step with this optimiser (`smelt train`).
+    Train(Optimizer),
+}
+
+impl Purpose {
+    /// A canonical description, part of the payload and of cache keys.
+    fn to_json(&self) -> Value {
+        match self {
+            Purpose::Run => json!("run"),
+            Purpose::Train(Optimizer::Sgd {
+                momentum,
+                weight_decay,
+            }) => json!({ "train": { "sgd": {
+                "momentum": momentum.to_bits(), "weight_decay": weight_decay.to_bits() } } }),
+            Purpose::Train(Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }) => json!({ "train": { "adamw": {
+                "beta1": beta1.to_bits(), "beta2": beta2.to_bits(), "eps": eps.to_bits(),
+                "weight_decay": weight_decay.to_bits() } } }),
+        }
+    }
+
+    fn from_json(v: &Value) -> Result<Purpose, String> {
+        if v == "run" {
+            return Ok(Purpose::Run);
+        }
+        let bad = || format!("unknown purpose {v}");
+        let f = |o: &Value, k: &str| o[k].as_u64().map(f64::from_bits).ok_or_else(bad);
+        let t = &v["train"];
+        if let Some(o) = t.get("sgd") {
+            Ok(Purpose::Train(Optimizer::Sgd {
+                momentum: f(o, "momentum")?,
+                weight_decay: f(o, "weight_decay")?,
+            }))
+        } else if let Some(o) = t.get("adamw") {
+            Ok(Purpose::Train(Optimizer::AdamW {
+                beta1: f(o, "beta1")?,
+                beta2: f(o, "beta2")?,
+                eps: f(o, "eps")?,
+                weight_decay: f(o, "weight_decay")?,
+            }))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+/// A program compiled for the CPU backend, with what it was compiled from.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// What it computes.
+    pub purpose: Purpose,
+    /// The model graph as loaded (the graph checkpoints and `--weights` refer to).
+    pub forward: Graph,
+    /// The runnable program.
+    pub program: CpuProgram,
+}
+
+/// Why an artefact could not be made or read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArtefactError(pub String);
+
+impl Compiled {
+    /// Compiles `forward` (verified) for `purpose`: autodiff and the optimiser update
+    /// for training, then scheduling and the JIT.
+    pub fn compile(forward: &Graph, purpose: Purpose) -> Result<Compiled, ArtefactError> {
+        let graph = match &purpose {
+            Purpose::Run => forward.clone(),
+            Purpose::Train(opt) => {
+                training_step(forward, opt).map_err(|e| ArtefactError(e.to_string()))?
+            }
+        };
+        let program = CpuProgram::compile(&graph).map_err(|e| ArtefactError(e.to_string()))?;
+        Ok(Compiled {
+            purpose,
+            forward: forward.clone(),
+            program,
+        })
+    }
+
+    /// The cache key of compiling `forward` for `purpose`: a hash of the canonical text
+    /// of the graph, the settings, the artefact format and the smelt version.
+    pub fn cache_key(forward: &Graph, purpose: &Purpose) -> String {
+        let mut h = hash::Hasher::default();
+        h.field(SMELT_VERSION);
+        h.field(&FORMAT.to_string());
+        h.field("cpu");
+        h.field(&purpose.to_json().to_string());
+        h.field(&text::print(forward));
+        h.hex()
+    }
+
+    /// The artefact file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let payload = json!({
+            "smelt_version": SMELT_VERSION,
+            "target": "cpu",
+            "purpose": self.purpose.to_json(),
+            "forward": text::print(&self.forward),
+            "schedule": serial::to_json(self.program.schedule()),
+        })
+        .to_string();
+        let mut out = format!(
+            "{MAGIC}format {FORMAT}\nlength {}\nfnv128 {}\n",
+            payload.len(),
+            hash::hex(payload.as_bytes())
+        )
+        .into_bytes();
+        out.extend_from_slice(payload.as_bytes());
+        out
+    }
+
+    /// Reads an artefact file's bytes, checking its header, length, hash and version.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Compiled, ArtefactError> {
+        let fail = |m: String| ArtefactError(m);
+        let rest = bytes
+            .strip_prefix(MAGIC.as_bytes())
+            .ok_or_else(|| fail("not a smelt compiled artefact (no 'smelt-compiled' header; make one with smelt compile)".into()))?;
+        let (format, rest) = header_line(rest, "format")?;
+        if format != FORMAT.to_string() {
+            return Err(fail(format!(
+                "artefact format {format}, but this smelt reads format {FORMAT}; compile the model again"
+            )));
+        }
+        let (length, rest) = header_line(rest, "length")?;
+        let (hash, payload) = header_line(rest, "fnv128")?;
+        let length: usize = length
+            .parse()
+            .map_err(|_| fail(format!("corrupt header: length '{length}'")))?;
+        if payload.len() != length {
+            return Err(fail(format!(
+                "truncated or corrupt: the header promises {length} payload bytes, the file has {}",
+                payload.len()
+            )));
+        }
+        if hash::hex(payload) != hash {
+            return Err(fail(
+                "corrupt: the content hash does not match (the file was changed after it was written)".into(),
+            ));
+        }
+        let v: Value =
+            serde_json::from_slice(payload).map_err(|e| fail(format!("corrupt payload: {e}")))?;
+        let version = v["smelt_version"].as_str().unwrap_or("an unknown version");
+        if version != SMELT_VERSION {
+            return Err(fail(format!(
+                "compiled by smelt {version}, but this is smelt {SMELT_VERSION}; compile the model again"
+            )));
+        }
+        if v["target"] != "cpu" {
+            return Err(fail(format!(
+                "compiled for target {}, not cpu",
+                v["target"]
+            )));
+        }
+        let purpose = Purpose::from_json(&v["purpose"]).map_err(fail)?;
+        let forward = text::parse(v["forward"].as_str().unwrap_or_default())
+            .map_err(|e| fail(format!("corrupt model graph: {e}")))?
+            .graph;
+        let schedule = serial::from_json(&v["schedule"]).map_err(fail)?;
+        let program = CpuProgram::from_schedule(schedule, true).map_err(|e| fail(e.to_string()))?;
+        Ok(Compiled {
+            purpose,
+            forward,
+            program,
+        })
+    }
+
+    /// Writes the artefact to `path` atomically (a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> Result<(), ArtefactError> {
+        write_atomic(path, &self.to_bytes())
+            .map_err(|e| ArtefactError(format!("{}: cannot write: {e}", path.display())))
+    }
+
+    /// Reads the artefact at `path`; errors name the file.
+    pub fn load(path: &Path) -> Result<Compiled, ArtefactError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ArtefactError(format!("{}: cannot read: {e}", path.display())))?;
+        Compiled::from_bytes(&bytes)
+            .map_err(|e| ArtefactError(format!("{}: {}", path.display(), e.0)))
+    }
+}
+
+/// True if `bytes` begin like an artefact (so a CLI can tell one from a model file).
+pub fn is_artefact(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; MAGIC.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == MAGIC.as_bytes())
+}
+
+/// Splits `KEY VALUE\n` off the front of `bytes`.
+fn header_line<'a>(bytes: &'a [u8], key: &str) -> Result<(String, &'a [u8]), ArtefactError> {
+    let corrupt = || ArtefactError(format!("truncated or corrupt header: no '{key}' line"));
+    let end = bytes.iter().position(|&b| b == b'\n').ok_or_else(corrupt)?;
+    let line = std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt())?;
+    let value = line
+        .strip_prefix(key)
+        .and_then(|v| v.strip_prefix(' '))
+        .ok_or_else(corrupt)?;
+    Ok((value.to_string(), &bytes[end + 1..]))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so
+/// readers see the old file or the new one, never a partial one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Unique per process and per call, so concurrent writers never share a temporary.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
