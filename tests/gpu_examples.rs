@@ -12,7 +12,6 @@ use common::load_example as load;
 use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget, SmPlan};
 use smelt_compiler::ir::{Bindings, DType, Graph};
-use smelt_compiler::schedule::schedule;
 use smelt_runtime::{gpusim, interp, params, Precision, Tensor};
 use std::collections::HashMap;
 
@@ -34,7 +33,7 @@ fn assemble(g: &Graph, b: &Bindings) {
         eprintln!("skipping ptxas for {}: not found (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)", g.name);
         return;
     };
-    let program = GpuProgram::new(&schedule(g), b).unwrap();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), b).unwrap();
     SmPlan::new(&program, &GpuTarget::h800(), 20).unwrap();
     let kernels = program.kernels();
     let module = ptx::module(&kernels);

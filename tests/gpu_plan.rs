@@ -184,3 +184,69 @@ fn moe_all_to_all_runs_on_the_reserved_sms_and_overlaps_compute() {
         "no communication overlaps compute:\n{stdout}"
     );
 }
+
+#[test]
+fn compile_emits_a_ptx_module_and_its_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("ptx");
+    let out = smelt(&[
+        "compile",
+        "examples/mlp.smelt",
+        "--train",
+        "--target",
+        "h800",
+        "--emit",
+        "ptx",
+        "--bind",
+        "B=64",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (_, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let ptx_file = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "ptx"))
+        .expect("a .ptx file");
+    let ptx = std::fs::read_to_string(ptx_file).unwrap();
+    assert!(
+        ptx.contains(".version 8.0") && ptx.contains(".target sm_90"),
+        "{ptx}"
+    );
+    let plan_file = files
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".plan.json"))
+        .expect("a plan");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plan_file).unwrap()).unwrap();
+    let launches = plan["launches"].as_array().unwrap();
+    assert_eq!(ptx.matches(".visible .entry").count(), launches.len());
+    if let Some(ptxas) = smelt_compiler::gpu::ptxas::find() {
+        let reports = smelt_compiler::gpu::ptxas::assemble(&ptxas, &ptx, "sm_90").unwrap();
+        assert_eq!(reports.len(), launches.len());
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "ptxas is required in CI");
+        eprintln!("skipping ptxas: not found");
+    }
+}
+
+#[test]
+fn compile_for_a_gpu_needs_emit_ptx() {
+    let out = smelt(&[
+        "compile",
+        "examples/mlp.smelt",
+        "--target",
+        "h100",
+        "-o",
+        "x",
+    ]);
+    let err = expect_user_error(&out);
+    assert!(err.contains("--emit ptx"), "{err}");
+    let out = smelt(&["compile", "examples/mlp.smelt", "--emit", "ptx", "-o", "x"]);
+    let err = expect_user_error(&out);
+    assert!(err.contains("needs a GPU target"), "{err}");
+}

@@ -5,14 +5,13 @@
 
 use smelt_compiler::gpu::{ptx, GpuProgram};
 use smelt_compiler::ir::text;
-use smelt_compiler::schedule::schedule;
 
 /// The PTX module of a graph given as the body of a `.sir` graph.
 fn module(body: &str) -> String {
     let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
         .unwrap()
         .graph;
-    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(&g), &Default::default()).unwrap();
     ptx::module(&program.kernels())
 }
 

@@ -10,7 +10,6 @@ use smelt_compiler::gpu::plan::grid_for;
 use smelt_compiler::gpu::program::Contents;
 use smelt_compiler::gpu::{GpuProgram, GpuTarget};
 use smelt_compiler::ir::{DType, Graph, ValueId};
-use smelt_compiler::schedule::schedule;
 use std::collections::HashMap;
 
 /// A host tensor as device memory of `elem`.
@@ -72,7 +71,8 @@ pub fn execute(
         name: graph.name.clone(),
         message,
     };
-    let program = GpuProgram::new(&schedule(graph), &bindings).map_err(fail)?;
+    let program =
+        GpuProgram::new(&smelt_compiler::gpu::schedule(graph), &bindings).map_err(fail)?;
     let g = &program.graph;
     let given: HashMap<ValueId, DeviceData> = program
         .buffers

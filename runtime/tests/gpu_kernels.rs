@@ -13,7 +13,6 @@ mod common;
 use common::Rng;
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
 use smelt_compiler::ir::{text, Graph};
-use smelt_compiler::schedule::schedule;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
 
@@ -77,7 +76,7 @@ fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
         return;
     };
     let bindings = interp::bind_shapes(g, feeds).unwrap();
-    let program = GpuProgram::new(&schedule(g), &bindings).unwrap();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), &bindings).unwrap();
     let kernels = program.kernels();
     let module = ptx::module(&kernels);
     let reports = ptxas::assemble(&ptxas, &module, ptx::arch(&kernels))
@@ -155,14 +154,14 @@ fn fused_elementwise_uses_vector_access_when_rows_allow() {
     let g = text::parse("graph @t {\n input %x: f32[4, 8]\n %y = exp %x\n output %y\n}\n")
         .unwrap()
         .graph;
-    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(&g), &Default::default()).unwrap();
     let module = ptx::module(&program.kernels());
     assert!(module.contains("ld.global.v4.f32"), "{module}");
     assert!(module.contains("st.global.v4.f32"), "{module}");
     let g = text::parse("graph @t {\n input %x: f32[4, 7]\n %y = exp %x\n output %y\n}\n")
         .unwrap()
         .graph;
-    let program = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(&g), &Default::default()).unwrap();
     let module = ptx::module(&program.kernels());
     assert!(
         !module.contains(".v4."),

@@ -161,8 +161,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 model.graph.clone()
             };
             let bindings = parse_bindings(&args.binds)?;
-            let scheduled = schedule(&g);
             if let Some(target) = args.target.gpu() {
+                let scheduled = smelt_compiler::gpu::schedule(&g);
                 let plan = gpu_plan(&scheduled, &bindings, &target, args.comm_sms)
                     .map_err(|e| Diagnostic::in_file(&model.path, e))?;
                 let out = match args.format {
@@ -180,7 +180,9 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 return write_output(args.output.as_deref(), &out);
             }
             return match args.format {
-                Format::Text => write_output(args.output.as_deref(), &scheduled.to_text(&bindings)),
+                Format::Text => {
+                    write_output(args.output.as_deref(), &schedule(&g).to_text(&bindings))
+                }
                 _ => Err(Diagnostic::plain(
                     "--stage scheduled for the CPU prints text (GPU targets: text, json, trace)",
                 )),

@@ -29,5 +29,17 @@ pub mod ptxas;
 pub mod target;
 
 pub use plan::SmPlan;
+
+use crate::ir::Graph;
+use crate::schedule::{schedule_graph, Schedule};
+
+/// The GPU's schedule of `graph`: like the CPU's, except that composites with a fused
+/// GPU kernel (none yet beyond the primitives) stay whole.
+pub fn schedule(graph: &Graph) -> Schedule {
+    schedule_graph(&crate::passes::decompose::decompose_except(
+        graph,
+        &|_, _| false,
+    ))
+}
 pub use program::GpuProgram;
 pub use target::GpuTarget;

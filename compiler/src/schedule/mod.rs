@@ -91,6 +91,16 @@ pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
     Schedule { graph, steps }
 }
 
+/// Fuses an already expanded graph (a backend that keeps some composites expands the
+/// others itself; the kept ones become library steps).
+pub fn schedule_graph(graph: &Graph) -> Schedule {
+    let steps = fusion::fuse(graph, true);
+    Schedule {
+        graph: graph.clone(),
+        steps,
+    }
+}
+
 impl Schedule {
     /// Number of fused kernels and of library steps.
     pub fn counts(&self) -> (usize, usize) {

@@ -183,7 +183,7 @@ fn library(
 }
 
 /// A PTX identifier made from a value name.
-pub(crate) fn identifier(name: &str) -> String {
+pub fn identifier(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
