@@ -42,3 +42,10 @@ fn gather() {
         "input %t: f32[10, 4]\ninput %i: i64[3]\n%y = gather %t, %i {axis = 0}\noutput %y"
     ));
 }
+
+#[test]
+fn fused_causal_attention() {
+    insta::assert_snapshot!(module(
+        "input %q: f32[1, 8, 8]\ninput %k: f32[1, 8, 8]\ninput %v: f32[1, 8, 8]\n%y = attention %q, %k, %v {causal = true, scale = 0.35}\noutput %y"
+    ));
+}

@@ -240,6 +240,31 @@ fn communication_kernels() {
 }
 
 #[test]
-fn attention_composite() {
-    check("input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y");
+fn fused_attention_kernel() {
+    let causal = "input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y";
+    // It is one kernel, not the decomposition's matmuls and softmax.
+    let g = text::parse(&format!("graph @t {{\n{causal}\n}}\n"))
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(
+        &smelt_compiler::gpu::schedule(&g),
+        &[("B".to_string(), 2)].into(),
+    )
+    .unwrap();
+    assert_eq!(
+        program.calls.len(),
+        1,
+        "{:?}",
+        program
+            .kernels()
+            .iter()
+            .map(|k| &k.name)
+            .collect::<Vec<_>>()
+    );
+    check(causal);
+    // Several key tiles (S > 32), rows that do not fill the last block, heads past 32
+    // lanes, non-causal, and 16-bit inputs.
+    check("input %q: f32[2, 3, 37, 40]\ninput %k: f32[2, 3, 70, 40]\ninput %v: f32[2, 3, 70, 72]\n%y = attention %q, %k, %v {causal = false, scale = 0.15}\noutput %y");
+    check("input %q: f32[B, 67, 16]\ninput %k: f32[B, 67, 16]\ninput %v: f32[B, 67, 16]\n%y = attention %q, %k, %v {causal = true, scale = 0.25}\noutput %y");
+    check_tol("input %q: bf16[2, 40, 32]\ninput %k: bf16[2, 40, 32]\ninput %v: bf16[2, 40, 32]\n%y = attention %q, %k, %v {causal = true, scale = 0.18}\noutput %y", 1, 2e-2);
 }

@@ -269,6 +269,17 @@ impl KernelBuilder {
         dst
     }
 
+    /// The value of `src` in lane `lane`.
+    pub fn shfl_idx(&mut self, src: Reg, lane: impl Into<Operand>) -> Reg {
+        let dst = self.reg(self.ty(src));
+        self.push(Inst::ShflIdx {
+            dst,
+            src,
+            lane: lane.into(),
+        });
+        dst
+    }
+
     /// A block-wide barrier.
     pub fn bar(&mut self) {
         self.push(Inst::Bar);

@@ -298,6 +298,15 @@ impl<'a> Block<'a> {
                 }
                 return Ok(());
             }
+            Inst::ShflIdx { dst, src, lane } => {
+                self.whole_warps(mask, "shfl.sync")?;
+                let s = self.regs[src.0 as usize].clone();
+                for t in active(mask) {
+                    let from = t - t % 32 + (self.get(*lane, t) as usize % 32);
+                    self.set(*dst, t, s[from]);
+                }
+                return Ok(());
+            }
             Inst::Bar => {
                 if mask.contains(&false) {
                     return Err("bar.sync reached by only part of the block".into());
@@ -424,7 +433,7 @@ impl<'a> Block<'a> {
                 let v = self.get(*src, t);
                 self.memory(*space).atomic_add(i, v);
             }
-            Inst::ShflXor { .. } | Inst::Bar | Inst::Mma { .. } => {
+            Inst::ShflXor { .. } | Inst::ShflIdx { .. } | Inst::Bar | Inst::Mma { .. } => {
                 unreachable!("collective instructions are run per warp or block")
             }
         }

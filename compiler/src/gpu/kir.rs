@@ -293,6 +293,8 @@ pub enum Inst {
     },
     /// `dst = src` of lane `laneid ^ mask` of the warp (`shfl.sync.bfly`, all lanes).
     ShflXor { dst: Reg, src: Reg, mask: i32 },
+    /// `dst = src` of lane `lane` of the warp (`shfl.sync.idx`, all lanes).
+    ShflIdx { dst: Reg, src: Reg, lane: Operand },
     /// Block-wide barrier (`bar.sync 0`); every thread of the block must reach it.
     Bar,
     /// `dst = src` rounded to the precision of a 16-bit float `elem` (still f32).
@@ -541,6 +543,14 @@ fn check_inst(k: &Kernel, i: &Inst) -> Result<(), String> {
                 "shuffles move b32",
             )?;
             expect((0..32).contains(mask), "lane mask must be below 32")
+        }
+        Inst::ShflIdx { dst, src, lane } => {
+            expect(k.ty(*dst) == k.ty(*src), "shuffle types differ")?;
+            expect(
+                matches!(k.ty(*dst), Ty::F32 | Ty::I32 | Ty::B32),
+                "shuffles move b32",
+            )?;
+            expect(t(*lane) == Ty::I32, "the source lane is i32")
         }
         Inst::Bar => Ok(()),
         Inst::Round { dst, src, elem } => {

@@ -34,12 +34,14 @@ use crate::ir::Graph;
 use crate::schedule::{schedule_graph, Schedule};
 
 /// The GPU's schedule of `graph`: like the CPU's, except that composites with a fused
-/// GPU kernel (none yet beyond the primitives) stay whole.
+/// GPU kernel (attention, within the kernel's head-size limit) stay whole.
 pub fn schedule(graph: &Graph) -> Schedule {
-    schedule_graph(&crate::passes::decompose::decompose_except(
-        graph,
-        &|_, _| false,
-    ))
+    use crate::ir::ops::Composite;
+    let keep = |c: &Composite, types: &[&crate::ir::TensorType]| {
+        matches!(c, Composite::Attention { .. }) && lower::attention::supported(types)
+    };
+    schedule_graph(&crate::passes::decompose::decompose_except(graph, &keep))
 }
+
 pub use program::GpuProgram;
 pub use target::GpuTarget;

@@ -398,6 +398,14 @@ impl<'a> Printer<'a> {
                 let (d, s) = (self.reg(*dst).to_string(), self.reg(*src).to_string());
                 self.line(&format!("shfl.sync.bfly.b32 \t{d}, {s}, {mask}, 31, -1"));
             }
+            Inst::ShflIdx { dst, src, lane } => {
+                let (d, s, l) = (
+                    self.reg(*dst).to_string(),
+                    self.reg(*src).to_string(),
+                    self.op(*lane),
+                );
+                self.line(&format!("shfl.sync.idx.b32 \t{d}, {s}, {l}, 31, -1"));
+            }
             Inst::Bar => self.line("bar.sync \t0"),
             Inst::Mma { d, a, b, c, elem } => {
                 let list = |regs: &[Reg]| {

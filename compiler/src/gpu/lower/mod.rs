@@ -5,6 +5,7 @@
 //! it is correct for any grid size: the SM plan may cap a compute kernel's grid at the
 //! compute SMs' share without the kernel knowing.
 
+pub mod attention;
 mod collective;
 mod matmul;
 mod movement;
@@ -168,6 +169,11 @@ fn library(
         )?],
         Op::Gather { axis } => vec![movement::gather(name, g, shapes, v, operands, *axis)?],
         Op::ScatterAdd { axis } => movement::scatter_add(name, g, shapes, v, operands, *axis)?,
+        Op::Composite(crate::ir::ops::Composite::Attention { causal, scale }) => {
+            vec![attention::lower(
+                name, g, shapes, v, operands, *causal, *scale,
+            )?]
+        }
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
         // Uploaded with the program's data; no kernel.
         Op::Constant { .. } => Vec::new(),
