@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod gpusim;
 pub mod gradcheck;

@@ -54,9 +54,12 @@ pub struct Args {
     /// Continue from the checkpoint in this directory.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Where to run.
+    /// Where to run: `cpu`, `interp`, `cuda` (an NVIDIA GPU) or `gpusim` (the GPU
+    /// kernels simulated on the CPU; slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    gpu: super::GpuArgs,
     /// Override a config constant of a .smelt model: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
@@ -66,6 +69,8 @@ pub struct Args {
 enum DeviceArg {
     Cpu,
     Interp,
+    Gpusim,
+    Cuda,
 }
 
 fn fail(e: TrainError) -> Diagnostic {
@@ -97,6 +102,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let device = match args.device {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Interp => Device::Interp(Precision::F32),
+        DeviceArg::Gpusim => Device::GpuSim(args.gpu.options()),
+        DeviceArg::Cuda => Device::Cuda(args.gpu.options()),
     };
     let data = Dataset::load(&args.data).map_err(fail)?;
     let mut trainer = match &args.resume {
