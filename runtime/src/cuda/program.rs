@@ -50,6 +50,11 @@ pub struct CudaProgram {
     pub streams: Streams,
 }
 
+// SAFETY: the raw driver handles (streams, events, device pointers) are not tied to a
+// thread; every method makes the context current on the calling thread first, and
+// `CudaRunner` hands the program to one thread at a time through its mutex.
+unsafe impl Send for CudaProgram {}
+
 /// The module's kernels, one entry per name (calls may share a kernel).
 fn unique_kernels(program: &GpuProgram) -> Result<Vec<Kernel>, CudaError> {
     let mut seen: HashMap<&str, &Kernel> = HashMap::new();
