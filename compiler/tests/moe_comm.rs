@@ -66,10 +66,10 @@ fn reference_dispatch(c: &Case) -> (Vec<f32>, Vec<i32>) {
     let mut out = vec![0.0f32; l.experts * l.capacity * l.dim];
     let mut slots = vec![-1i32; l.tokens * l.top_k];
     let mut fill = vec![0usize; l.experts];
-    for p in 0..l.tokens * l.top_k {
+    for (p, slot) in slots.iter_mut().enumerate() {
         let e = c.ids[p] as usize;
         if fill[e] < l.capacity {
-            slots[p] = fill[e] as i32;
+            *slot = fill[e] as i32;
             let (src, dst) = (p / l.top_k * l.dim, (e * l.capacity + fill[e]) * l.dim);
             out[dst..dst + l.dim].copy_from_slice(&c.tokens[src..src + l.dim]);
         }
