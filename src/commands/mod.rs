@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod dump_ir;
 pub mod generate;
+pub mod gpu_check;
 pub mod plot;
 pub mod run;
 pub mod train;

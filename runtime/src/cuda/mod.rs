@@ -12,6 +12,7 @@
 //! - `green.rs`: the green-context partition through the raw driver bindings.
 //! - `streams.rs`: the compute and communication streams on that partition.
 //! - `program.rs`: loading, uploading, launching and downloading a program.
+//! - `probe.rs`: hand-made launches and CUDA-event timing for `smelt gpu-check`.
 //!
 //! cudarc loads `libcuda` lazily (`dynamic-loading`), so smelt builds and links on a
 //! machine without CUDA; only `--device cuda` needs a driver.
@@ -20,9 +21,12 @@ mod driver;
 mod green;
 mod memory;
 pub mod partition;
+pub mod probe;
 mod program;
 mod streams;
 
 pub use driver::{driver_present, CudaError, Gpu};
+pub use memory::DeviceBuffer;
 pub use partition::{Granularity, Partition};
 pub use program::{CudaProgram, CudaRunner};
+pub use streams::{Lane, Streams};

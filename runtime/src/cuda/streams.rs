@@ -5,6 +5,15 @@ use super::green::{self, GreenStream};
 use super::partition::{choose, Fallback, Partition, GREEN_SYMBOLS};
 use cudarc::driver::{result, sys};
 
+/// One of the two streams, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Stream 0: compute kernels.
+    Compute,
+    /// Stream 1: communication kernels.
+    Comm,
+}
+
 /// What keeps the streams alive.
 #[derive(Debug)]
 enum Owner {
@@ -93,6 +102,14 @@ impl Streams {
             partition,
             owner: Owner::Plain,
         })
+    }
+
+    /// The stream of a lane.
+    pub fn lane(&self, lane: Lane) -> sys::CUstream {
+        match lane {
+            Lane::Compute => self.compute,
+            Lane::Comm => self.comm,
+        }
     }
 
     /// The stream of plan stream number `s`.
