@@ -84,9 +84,11 @@ impl GreenStream {
             sys::cuDevResourceGenerateDesc(desc.as_mut_ptr(), &mut part, 1)
         })?;
         let mut ctx = MaybeUninit::<sys::CUgreenCtx>::zeroed();
-        // SAFETY: the descriptor was just generated for this device; flags 0 = default.
+        // CUDA 12.x drivers require CU_GREEN_CTX_DEFAULT_STREAM (later ones accept it).
+        let flags = sys::CUgreenCtxCreate_flags::CU_GREEN_CTX_DEFAULT_STREAM as u32;
+        // SAFETY: the descriptor was just generated for this device.
         check_raw("cuGreenCtxCreate", unsafe {
-            sys::cuGreenCtxCreate(ctx.as_mut_ptr(), desc.assume_init(), device, 0)
+            sys::cuGreenCtxCreate(ctx.as_mut_ptr(), desc.assume_init(), device, flags)
         })?;
         // SAFETY: written by the successful call.
         let ctx = unsafe { ctx.assume_init() };

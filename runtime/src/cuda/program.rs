@@ -55,6 +55,15 @@ pub struct CudaProgram {
 // `CudaRunner` hands the program to one thread at a time through its mutex.
 unsafe impl Send for CudaProgram {}
 
+impl Drop for CudaProgram {
+    fn drop(&mut self) {
+        // Runs before the fields drop: free buffers only once no launch uses them, with
+        // the context current on whichever thread drops the program.
+        let _ = self.gpu.ctx.bind_to_thread();
+        let _ = self.streams.synchronize();
+    }
+}
+
 /// The module's kernels, one entry per name (calls may share a kernel).
 fn unique_kernels(program: &GpuProgram) -> Result<Vec<Kernel>, CudaError> {
     let mut seen: HashMap<&str, &Kernel> = HashMap::new();
