@@ -58,6 +58,8 @@ fn split_one(
 }
 
 /// The hardware's partition granularity, from two trial splits (nothing is created).
+/// The CUDA 12.8 `CUdevSmResource` holds only `smCount` (`minSmPartitionSize` and
+/// `smCoscheduledAlignment` arrived with 13.0), so the driver is asked instead.
 pub fn granularity(device: sys::CUdevice) -> Result<Granularity, CudaError> {
     let all = device_sms(device)?;
     let (smallest, _) = split_one(&all, 1)?;
