@@ -121,3 +121,51 @@ fn gpusim_runs_the_gpu_kernels_to_the_interpreters_outputs() {
         );
     }
 }
+
+fn logged_losses(log: &Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let rest = l.split("\"loss\":").nth(1).unwrap();
+            rest.split([',', '}']).next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn training_on_gpusim_follows_the_cpu_losses() {
+    // The whole device path of `train`: parameters and optimiser state up, the step's
+    // kernels, updates back; two steps, so the second uses the first's updates.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    mlp_data(&data);
+    let mut losses = Vec::new();
+    for device in ["cpu", "gpusim"] {
+        let log = dir.path().join(format!("{device}.jsonl"));
+        let out = smelt(&[
+            "train",
+            "examples/mlp.smelt",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--log",
+            log.to_str().unwrap(),
+            "--device",
+            device,
+        ]);
+        assert!(out.status.success(), "{device}: {}", texts(&out).1);
+        losses.push(logged_losses(&log));
+    }
+    assert_eq!(losses[0].len(), 2);
+    assert_ne!(
+        losses[0][0], losses[0][1],
+        "the first step changed the parameters"
+    );
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "cpu {a} vs gpusim {b}");
+    }
+}
