@@ -54,6 +54,10 @@ enum Command {
         after_help = "Examples:\n  smelt plot train.jsonl -o loss.svg\n  smelt plot adamw.jsonl sgd.jsonl -o compare.svg"
     )]
     Plot(commands::plot::Args),
+    /// Measure the GPU path on a real GPU: bf16 matmul time, where communication CTAs
+    /// run, the slowdown of reserving SMs, and all-to-all/compute overlap.
+    #[command(after_help = "Example:\n  smelt gpu-check --target h200 --comm-sms 24")]
+    GpuCheck(commands::gpu_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::main(args),
         Command::Bench(args) => commands::bench::main(args),
         Command::Plot(args) => commands::plot::main(args),
+        Command::GpuCheck(args) => commands::gpu_check::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

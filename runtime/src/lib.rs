@@ -4,6 +4,7 @@
 
 pub mod compiled;
 pub mod cpu;
+pub mod cuda;
 pub mod engine;
 pub mod gpusim;
 pub mod gradcheck;

@@ -4,6 +4,9 @@
 //! reference interpreter on fresh random inputs; the PTX of every kernel is assembled
 //! by `ptxas -arch=sm_90` (required in CI; skipped with a printed reason elsewhere).
 //!
+//! `SMELT_GPU_TEST_DEVICE=cuda` runs the same graphs on a real GPU instead of the
+//! evaluator (`scripts/gpu-check.sh` does; it needs a 132-SM Hopper GPU).
+//!
 //! Tolerance: |gpu − interp| ≤ tol · max(1, max|interp|), tol = 1e-4 for f32 (f32
 //! accumulation order, fast `ex2`/`lg2`-based functions), 2e-2 for bf16 (8-bit
 //! mantissas; the tensor-core path accumulates in f32 and rounds once).
@@ -13,6 +16,8 @@ mod common;
 use common::Rng;
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
 use smelt_compiler::ir::{text, Graph};
+use smelt_runtime::engine::{Device, Engine, GpuOptions};
+use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
 
@@ -84,14 +89,32 @@ fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
     assert_eq!(reports.len(), kernels.len(), "one report per kernel");
 }
 
+/// Runs on the GPU path: the evaluator, or a real GPU when asked for.
+fn run_gpu(g: &Graph, feeds: &HashMap<String, Tensor>, comm_sms: u32) -> Execution {
+    let got = match std::env::var("SMELT_GPU_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            let options = GpuOptions {
+                target: "h200",
+                comm_sms,
+            };
+            Engine::new(g, Device::Cuda(options))
+                .unwrap_or_else(|e| panic!("SMELT_GPU_TEST_DEVICE=cuda: {e}"))
+                .run(feeds)
+        }
+        Ok(other) if other != "gpusim" => {
+            panic!("SMELT_GPU_TEST_DEVICE={other}: use cuda or gpusim")
+        }
+        _ => gpusim::execute(g, feeds, &GpuTarget::h800(), comm_sms),
+    };
+    got.unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)))
+}
+
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
-    let target = GpuTarget::h800();
     // The plan's grids (capped at the compute SMs), and a grid of 1 block, which makes
     // every grid-stride loop take many turns.
     for comm_sms in [20, 130] {
-        let got = gpusim::execute(g, feeds, &target, comm_sms)
-            .unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)));
+        let got = run_gpu(g, feeds, comm_sms);
         for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
             assert_close(
                 &format!("output {k} (comm_sms {comm_sms}) of\n{}", text::print(g)),

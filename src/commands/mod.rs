@@ -5,6 +5,7 @@ pub mod bench;
 pub mod compile;
 pub mod dump_ir;
 pub mod generate;
+pub mod gpu_check;
 pub mod plot;
 pub mod run;
 pub mod train;
@@ -14,6 +15,7 @@ use smelt_compiler::ir::Graph;
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose};
+use smelt_runtime::engine::GpuOptions;
 use std::path::Path;
 
 /// Loads a model file with `--set NAME=VALUE` config overrides, or returns its diagnostic.
@@ -135,4 +137,41 @@ pub fn compile_cpu(
 /// Loads a compiled artefact, or returns its diagnostic.
 pub fn load_compiled(path: &Path) -> Result<Compiled, Diagnostic> {
     Compiled::load(path).map_err(|e| Diagnostic::plain(e.0))
+}
+
+/// GPU options shared by `run` and `train` (`--device gpusim|cuda`).
+#[derive(clap::Args, Clone, Copy)]
+pub struct GpuArgs {
+    /// The GPU to plan for with `--device cuda|gpusim` (its SM count must match the GPU's).
+    #[arg(long, value_enum, default_value_t = GpuTargetArg::H200)]
+    pub target: GpuTargetArg,
+    /// SMs reserved for communication kernels (even; default: the target's, 20).
+    #[arg(long)]
+    pub comm_sms: Option<u32>,
+}
+
+/// A GPU target name.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GpuTargetArg {
+    H800,
+    H100,
+    H200,
+}
+
+impl GpuArgs {
+    /// The runtime's GPU options.
+    pub fn options(&self) -> GpuOptions {
+        let target = match self.target {
+            GpuTargetArg::H800 => "h800",
+            GpuTargetArg::H100 => "h100",
+            GpuTargetArg::H200 => "h200",
+        };
+        let default = smelt_compiler::gpu::GpuTarget::by_name(target)
+            .map(|t| t.default_comm_sms)
+            .unwrap_or(20);
+        GpuOptions {
+            target,
+            comm_sms: self.comm_sms.unwrap_or(default),
+        }
+    }
 }

@@ -6,6 +6,7 @@ use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::{is_artefact, Purpose};
 use smelt_runtime::cpu::CpuProgram;
+use smelt_runtime::engine::{Device as EngineDevice, Engine};
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
 use smelt_runtime::train::Checkpoint;
 use smelt_runtime::{interp, params, Data, Precision, RunError, Tensor};
@@ -30,10 +31,13 @@ pub struct Args {
     /// Write each output as OUTPUT_NAME.npy into this directory (created if missing).
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// Where to run: `cpu` (f32 kernels, both cores) or `interp` (the reference
-    /// interpreter, every dtype, `--precision f64` available).
+    /// Where to run: `cpu` (f32 kernels, both cores), `interp` (the reference
+    /// interpreter, every dtype, `--precision f64` available), `cuda` (an NVIDIA GPU)
+    /// or `gpusim` (the GPU kernels simulated on the CPU; slow).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    #[command(flatten)]
+    gpu: super::GpuArgs,
     /// Seed for parameter initialisers.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -48,6 +52,8 @@ pub struct Args {
 enum Device {
     Cpu,
     Interp,
+    Gpusim,
+    Cuda,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -146,6 +152,15 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 None => compile_cpu(graph, Purpose::Run, &args.cache)?.program,
             };
             program.run(&feeds).map(|e| e.outputs)
+        }
+        Device::Gpusim | Device::Cuda => {
+            let device = match args.device {
+                Device::Cuda => EngineDevice::Cuda(args.gpu.options()),
+                _ => EngineDevice::GpuSim(args.gpu.options()),
+            };
+            let engine =
+                Engine::new(graph, device).map_err(|e| Diagnostic::plain(e.to_string()))?;
+            engine.run(&feeds).map(|e| e.outputs)
         }
     }
     .map_err(|e| run_error(&model, &origin, e))?;

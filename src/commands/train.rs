@@ -57,9 +57,12 @@ pub struct Args {
     /// Continue from the checkpoint in this directory.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Where to run.
+    /// Where to run: `cpu`, `interp`, `cuda` (an NVIDIA GPU) or `gpusim` (the GPU
+    /// kernels simulated on the CPU; slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    #[command(flatten)]
+    gpu: super::GpuArgs,
     /// Override a config constant of a .smelt model: NAME=VALUE (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
@@ -71,6 +74,8 @@ pub struct Args {
 enum DeviceArg {
     Cpu,
     Interp,
+    Gpusim,
+    Cuda,
 }
 
 fn fail(e: TrainError) -> Diagnostic {
@@ -136,6 +141,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         }
         (Source::Model(g), DeviceArg::Interp) => {
             Trainer::new(&g, data, config, Device::Interp(Precision::F32))
+        }
+        (Source::Model(g), DeviceArg::Gpusim) => {
+            Trainer::new(&g, data, config, Device::GpuSim(args.gpu.options()))
+        }
+        (Source::Model(g), DeviceArg::Cuda) => {
+            Trainer::new(&g, data, config, Device::Cuda(args.gpu.options()))
         }
     }
     .map_err(fail)?;

@@ -387,6 +387,29 @@ pub fn i32_of(n: usize) -> i32 {
 }
 
 impl KernelBuilder {
+    /// Sets the global i32 flag at `index` to `v`, publishing earlier writes.
+    pub fn set_flag(&mut self, space: Space, index: impl Into<Operand>, v: impl Into<Operand>) {
+        self.push(Inst::SetFlag {
+            space,
+            index: index.into(),
+            src: v.into(),
+        });
+    }
+
+    /// Spins until the global i32 flag at `index` is at least `at_least`.
+    pub fn wait_flag(
+        &mut self,
+        space: Space,
+        index: impl Into<Operand>,
+        at_least: impl Into<Operand>,
+    ) {
+        self.push(Inst::WaitFlag {
+            space,
+            index: index.into(),
+            at_least: at_least.into(),
+        });
+    }
+
     /// `src` rounded to the precision of the 16-bit float `elem`.
     pub fn round(&mut self, src: Reg, elem: Elem) -> Reg {
         let dst = self.reg(Ty::F32);

@@ -433,6 +433,29 @@ impl<'a> Block<'a> {
                 let v = self.get(*src, t);
                 self.memory(*space).atomic_add(i, v);
             }
+            Inst::SetFlag { space, index, src } => {
+                let i = self.address(*space, self.get(*index, t), 1)?;
+                let v = self.get(*src, t);
+                self.memory(*space).write(i, v);
+            }
+            Inst::WaitFlag {
+                space,
+                index,
+                at_least,
+            } => {
+                // Launches and blocks run one after another here, so a flag not yet
+                // set will never be: on a GPU this thread would spin forever.
+                let i = self.address(*space, self.get(*index, t), 1)?;
+                let (have, want) = (
+                    self.memory(*space).read(i) as u32 as i32,
+                    self.get(*at_least, t) as u32 as i32,
+                );
+                if have < want {
+                    return Err(format!(
+                        "thread {t} waits for flag {i} to reach {want}, but it is {have} and nothing earlier sets it (deadlock)"
+                    ));
+                }
+            }
             Inst::ShflXor { .. } | Inst::ShflIdx { .. } | Inst::Bar | Inst::Mma { .. } => {
                 unreachable!("collective instructions are run per warp or block")
             }

@@ -291,6 +291,21 @@ pub enum Inst {
         index: Operand,
         src: Operand,
     },
+    /// Sets a flag: stores `src` to a global i32 after every earlier write of this
+    /// thread (and, after a barrier, of its block) is visible GPU-wide
+    /// (`st.release.gpu`).
+    SetFlag {
+        space: Space,
+        index: Operand,
+        src: Operand,
+    },
+    /// Spins until the global i32 flag at `index` is at least `at_least`
+    /// (`ld.acquire.gpu` in a loop); later reads see what the setter wrote before it.
+    WaitFlag {
+        space: Space,
+        index: Operand,
+        at_least: Operand,
+    },
     /// `dst = src` of lane `laneid ^ mask` of the warp (`shfl.sync.bfly`, all lanes).
     ShflXor { dst: Reg, src: Reg, mask: i32 },
     /// `dst = src` of lane `lane` of the warp (`shfl.sync.idx`, all lanes).
@@ -553,6 +568,25 @@ fn check_inst(k: &Kernel, i: &Inst) -> Result<(), String> {
             expect(t(*lane) == Ty::I32, "the source lane is i32")
         }
         Inst::Bar => Ok(()),
+        Inst::SetFlag {
+            space,
+            index,
+            src: value,
+        }
+        | Inst::WaitFlag {
+            space,
+            index,
+            at_least: value,
+        } => {
+            expect(
+                matches!(space, Space::Global(_)) && mem_elem(*space) == Some(Elem::I32),
+                "flags are global i32",
+            )?;
+            expect(
+                t(*index) == Ty::I32 && t(*value) == Ty::I32,
+                "flag operands are i32",
+            )
+        }
         Inst::Round { dst, src, elem } => {
             expect(elem.is_half(), "rounding is to 16-bit floats")?;
             expect(

@@ -10,6 +10,7 @@
 //! - `build.rs`: building kernels in code.
 //! - `math.rs`: the IR's float functions in PTX's fast instructions.
 //! - `lower/`: schedule steps to kernels, one file per op family.
+//! - `comm/`: communication kernels (MoE all-to-all) behind a transport trait.
 //! - `eval.rs`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
 //!   barriers, race detection) that tests kernel logic without a GPU.
 //! - `ptx.rs`: kernel IR to PTX text.
@@ -18,6 +19,7 @@
 //! - `target.rs`: H800, H100 and H200 descriptions.
 
 pub mod build;
+pub mod comm;
 pub mod eval;
 pub mod kir;
 pub mod lower;

@@ -132,7 +132,9 @@ impl GpuProgram {
     }
 }
 
-fn constant(buf: &Buffer, values: &[f64]) -> Data {
+/// A constant buffer's initial contents (one value: splat), for every device that
+/// fills it (the evaluator here, the CUDA runtime).
+pub fn constant(buf: &Buffer, values: &[f64]) -> Data {
     let at = |i: usize| {
         if values.len() == 1 {
             values[0]

@@ -407,6 +407,24 @@ impl<'a> Printer<'a> {
                 self.line(&format!("shfl.sync.idx.b32 \t{d}, {s}, {l}, 31, -1"));
             }
             Inst::Bar => self.line("bar.sync \t0"),
+            Inst::SetFlag { space, index, src } => {
+                let addr = self.address(*space, *index, 4);
+                let v = self.op(*src);
+                self.line(&format!("st.release.gpu.global.s32 \t{addr}, {v}"));
+            }
+            Inst::WaitFlag {
+                space,
+                index,
+                at_least,
+            } => {
+                let addr = self.address(*space, *index, 4);
+                let want = self.op(*at_least);
+                let (have, p, n) = (self.temp32(), self.temp_pred(), self.label());
+                let _ = writeln!(self.body, "$L{n}_spin:");
+                self.line(&format!("ld.acquire.gpu.global.s32 \t{have}, {addr}"));
+                self.line(&format!("setp.lt.s32 \t{p}, {have}, {want}"));
+                self.line(&format!("@{p} bra \t$L{n}_spin"));
+            }
             Inst::Mma { d, a, b, c, elem } => {
                 let list = |regs: &[Reg]| {
                     let v: Vec<&str> = regs.iter().map(|&r| self.reg(r)).collect();

@@ -1,0 +1,220 @@
+//! Hand-made launches for measurements (`smelt gpu-check`): kernels outside a
+//! `GpuProgram` (communication kernels, the `%smid` recorder) on chosen streams, and
+//! CUDA-event timing.
+
+use super::driver::{check, check_raw, CudaError, Gpu};
+use super::memory::DeviceBuffer;
+use super::streams::{Lane, Streams};
+use cudarc::driver::{result, sys, CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+use smelt_compiler::gpu::build::KernelBuilder;
+use smelt_compiler::gpu::kir::{Elem, Kernel, Special};
+use smelt_compiler::gpu::ptx;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// A module of kernels, launchable by name.
+#[derive(Debug)]
+pub struct KernelSet {
+    _module: Arc<CudaModule>,
+    functions: HashMap<String, (CudaFunction, u32)>,
+}
+
+impl KernelSet {
+    /// Loads `kernels` into `gpu`'s context.
+    pub fn load(gpu: &Gpu, kernels: &[Kernel]) -> Result<KernelSet, CudaError> {
+        check("making the context current", gpu.ctx.bind_to_thread())?;
+        let module = check(
+            "PTX module load (cuModuleLoadData)",
+            gpu.ctx.load_module(Ptx::from_src(ptx::module(kernels))),
+        )?;
+        let mut functions = HashMap::new();
+        for k in kernels {
+            let f = check(
+                &format!("cuModuleGetFunction({})", k.name),
+                module.load_function(&k.name),
+            )?;
+            functions.insert(k.name.clone(), (f, k.block));
+        }
+        Ok(KernelSet {
+            _module: module,
+            functions,
+        })
+    }
+
+    /// Launches kernel `name` with `grid` blocks on a lane of `streams`, one buffer per
+    /// parameter.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: u32,
+        streams: &Streams,
+        lane: Lane,
+        buffers: &[&DeviceBuffer],
+    ) -> Result<(), CudaError> {
+        let stream = streams.lane(lane);
+        let (f, block) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| CudaError(format!("no kernel {name} loaded")))?;
+        let mut addresses: Vec<sys::CUdeviceptr> = buffers.iter().map(|b| b.ptr).collect();
+        let mut params: Vec<*mut c_void> = addresses
+            .iter_mut()
+            .map(|a| a as *mut sys::CUdeviceptr as *mut c_void)
+            .collect();
+        // SAFETY: the caller passes one buffer per parameter, as the kernel declares.
+        let r = unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                (grid, 1, 1),
+                (*block, 1, 1),
+                0,
+                stream,
+                &mut params,
+            )
+        };
+        check(&format!("launch of {name} (cuLaunchKernel)"), r)
+    }
+}
+
+/// A pair of timing events.
+#[derive(Debug)]
+pub struct Stopwatch {
+    start: sys::CUevent,
+    end: sys::CUevent,
+}
+
+impl Stopwatch {
+    /// Two events with timing enabled.
+    pub fn new() -> Result<Stopwatch, CudaError> {
+        let flags = || sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = check("cuEventCreate", result::event::create(flags()))?;
+        let end = match check("cuEventCreate", result::event::create(flags())) {
+            Ok(e) => e,
+            Err(err) => {
+                // SAFETY: created above, unused.
+                let _ = unsafe { result::event::destroy(start) };
+                return Err(err);
+            }
+        };
+        Ok(Stopwatch { start, end })
+    }
+
+    /// Milliseconds of GPU time from the start event (recorded on `from`, which both
+    /// streams wait for) until both streams have finished what `work` enqueues.
+    pub fn time(
+        &self,
+        streams: &Streams,
+        from: Lane,
+        work: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<f32, CudaError> {
+        let until = [streams.compute, streams.comm];
+        let from = streams.lane(from);
+        // SAFETY: live events and streams throughout.
+        unsafe {
+            check("cuEventRecord", result::event::record(self.start, from))?;
+            for &s in until.iter().filter(|&&s| s != from) {
+                check_raw(
+                    "cuStreamWaitEvent",
+                    sys::cuStreamWaitEvent(s, self.start, 0),
+                )?;
+            }
+            work()?;
+            // The end waits for every stream: record on each, join into `from`.
+            for &s in until.iter().filter(|&&s| s != from) {
+                check("cuEventRecord", result::event::record(self.end, s))?;
+                check_raw(
+                    "cuStreamWaitEvent",
+                    sys::cuStreamWaitEvent(from, self.end, 0),
+                )?;
+            }
+            check("cuEventRecord", result::event::record(self.end, from))?;
+            check("cuEventSynchronize", result::event::synchronize(self.end))?;
+            check(
+                "cuEventElapsedTime",
+                result::event::elapsed(self.start, self.end),
+            )
+        }
+    }
+}
+
+impl Drop for Stopwatch {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = result::event::destroy(self.start);
+            let _ = result::event::destroy(self.end);
+        }
+    }
+}
+
+/// The median of `samples` (sorted in place).
+pub fn median(samples: &mut [f32]) -> f32 {
+    samples.sort_by(f32::total_cmp);
+    match samples.len() {
+        0 => f32::NAN,
+        n if n % 2 == 1 => samples[n / 2],
+        n => (samples[n / 2 - 1] + samples[n / 2]) / 2.0,
+    }
+}
+
+/// A kernel that records each block's `%smid` into `smids[ctaid]` and spins for
+/// `spin` iterations of dependent arithmetic, so concurrent launches stay resident
+/// together long enough to share the GPU.
+pub fn smid_recorder(name: &str, blocks: usize) -> Kernel {
+    let mut b = KernelBuilder::new(name, 128);
+    let smids = b.param("smids", Elem::I32, blocks);
+    let sink = b.param("sink", Elem::F32, blocks);
+    let spin = b.param("spin", Elem::I32, 1);
+    let tid = b.special(Special::Tid);
+    let ctaid = b.special(Special::Ctaid);
+    let sm = b.special(Special::SmId);
+    let turns = b.ld(spin, 0);
+    let x = b.mov(1.0f32);
+    b.for_range(0, turns, 1, |b, _| {
+        let y = b.fma(x, 0.999_999f32, 1e-7f32);
+        b.assign(x, y);
+    });
+    let leader = b.setp(smelt_compiler::gpu::kir::Cmp::Eq, tid, 0);
+    let inside = b.setp(
+        smelt_compiler::gpu::kir::Cmp::Lt,
+        ctaid,
+        smelt_compiler::gpu::build::i32_of(blocks),
+    );
+    b.if_then(leader, |b| {
+        b.if_then(inside, |b| {
+            b.st(smids, ctaid, sm);
+            b.st(sink, ctaid, x);
+        })
+    });
+    b.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smelt_compiler::gpu::eval::{self, Data};
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&mut []).is_nan());
+    }
+
+    #[test]
+    fn the_smid_recorder_writes_each_blocks_sm() {
+        let k = smid_recorder("smid_probe", 6);
+        let mut bufs = vec![
+            Data::I32(vec![-1; 6]),
+            Data::F32(vec![0.0; 6]),
+            Data::I32(vec![3]),
+        ];
+        // The evaluator places blocks round-robin over the SMs it is given.
+        eval::run(&k, 6, 4, &mut bufs).unwrap();
+        assert_eq!(bufs[0], Data::I32(vec![0, 1, 2, 3, 0, 1]));
+        // The spin ran: each turn moves x from 1 towards 0.1.
+        assert!(matches!(&bufs[1], Data::F32(v) if v.iter().all(|&x| x < 1.0 && x > 0.99)));
+    }
+}
