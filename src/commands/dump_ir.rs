@@ -31,8 +31,9 @@ pub struct Args {
     /// (unbound ones count as 1).
     #[arg(long = "bind", value_name = "NAME=SIZE")]
     binds: Vec<String>,
-    /// With `--stage scheduled`: the machine to schedule for. A GPU target prints its
-    /// SM plan (stream, grid, block, shared memory and SM budget of every kernel).
+    /// The machine to compile for. With `--stage scheduled`, a GPU target prints its SM
+    /// plan (stream, grid, block, shared memory and SM budget of every kernel); with
+    /// `--stage optimized`, the optimiser costs programs with the target's roofline.
     #[arg(long, value_enum, default_value_t = Target::Cpu)]
     target: Target,
     /// SMs reserved for communication kernels on a GPU target (even; default 20).
@@ -145,10 +146,13 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 time_limit: std::time::Duration::from_millis(args.opt_time_ms),
                 ..Options::default()
             };
-            let (graph, report) =
-                optimize(&decomposed, &RooflineTarget::cpu(), &options).map_err(|e| {
-                    Diagnostic::in_file(&model.path, format!("optimisation failed: {e}"))
-                })?;
+            let cost_model = args
+                .target
+                .gpu()
+                .map_or_else(RooflineTarget::cpu, |t| t.roofline());
+            let (graph, report) = optimize(&decomposed, &cost_model, &options).map_err(|e| {
+                Diagnostic::in_file(&model.path, format!("optimisation failed: {e}"))
+            })?;
             if args.explain {
                 eprint!("{report}");
             }
