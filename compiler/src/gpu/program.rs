@@ -62,6 +62,7 @@ impl GpuProgram {
         for (i, step) in schedule.steps.iter().enumerate() {
             calls.extend(lower_step(g, &shapes, i, step)?);
         }
+        let calls = hoist_communication(calls);
         let mut used: Vec<ValueId> = calls.iter().flat_map(|c| c.args.clone()).collect();
         used.extend(g.outputs.iter().copied());
         for (target, value) in &g.updates {
@@ -130,6 +131,27 @@ impl GpuProgram {
         }
         Ok(mem)
     }
+}
+
+/// Issues each communication call right after the last call it reads from. Streams run
+/// in issue order, so a dispatch issued late would queue behind a combine that waits for
+/// compute, and compute would then wait for the dispatch; issued early, it overlaps the
+/// compute before it. Every buffer holds one value written once, so moving a call up
+/// to just after its producers keeps every read after its write.
+fn hoist_communication(calls: Vec<KernelCall>) -> Vec<KernelCall> {
+    let mut out: Vec<KernelCall> = Vec::with_capacity(calls.len());
+    for call in calls {
+        if call.role != super::lower::Role::Comm {
+            out.push(call);
+            continue;
+        }
+        let after = out
+            .iter()
+            .rposition(|c| call.args[1..].contains(&c.args[0]))
+            .map_or(0, |i| i + 1);
+        out.insert(after, call);
+    }
+    out
 }
 
 /// A constant buffer's initial contents (one value: splat), for every device that
