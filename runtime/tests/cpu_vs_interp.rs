@@ -11,56 +11,6 @@ use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::{interp, params, Precision, Tensor};
 use std::collections::HashMap;
 
-use common::Rng;
-
-/// Random feeds for every input (floats in [-2, 2], ints in [0, int_max)) and
-/// initialised parameters and state.
-fn random_feeds(g: &Graph, seed: u64, bind: usize, int_max: i64) -> HashMap<String, Tensor> {
-    let mut rng = Rng(seed);
-    let mut feeds = params::init_params(g, seed);
-    for id in g.inputs() {
-        let v = g.value(id);
-        let shape: Vec<usize> =
-            v.ty.dims()
-                .iter()
-                .map(|d| d.as_static().map(|n| n as usize).unwrap_or(bind))
-                .collect();
-        let n: usize = shape.iter().product();
-        let t = if v.ty.dtype.is_float() {
-            Tensor::from_f64(
-                v.ty.dtype,
-                shape,
-                (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect(),
-            )
-        } else {
-            Tensor::from_i64(
-                v.ty.dtype,
-                shape,
-                (0..n)
-                    .map(|_| (rng.uniform(0.0, int_max as f64) as i64).min(int_max - 1))
-                    .collect(),
-            )
-        };
-        feeds.insert(v.name.clone(), t);
-    }
-    feeds
-}
-
-fn assert_close(what: &str, cpu: &Tensor, want: &Tensor) {
-    assert_eq!(cpu.shape, want.shape, "{what}: shape");
-    let (c, w) = (cpu.to_f64_vec(), want.to_f64_vec());
-    let scale = w.iter().fold(
-        1.0f64,
-        |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
-    );
-    for (i, (a, b)) in c.iter().zip(&w).enumerate() {
-        let same_special = (a.is_nan() && b.is_nan()) || (a.is_infinite() && a == b);
-        assert!(
-            same_special || (a - b).abs() <= 1e-4 * scale,
-            "{what}[{i}]: cpu {a} vs interpreter {b}"
-        );
-    }
-}
 
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
@@ -72,20 +22,22 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
             .run(feeds)
             .unwrap();
         for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
-            assert_close(
+            common::assert_close(
                 &format!(
                     "output {k} (fuse: {fuse}, jit: {jit}) of\n{}",
                     text::print(g)
                 ),
                 c,
                 w,
+                1e-4,
             );
         }
         for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
-            assert_close(
+            common::assert_close(
                 &format!("update of %{name} (fuse: {fuse}, jit: {jit})"),
                 c,
                 w,
+                1e-4,
             );
         }
     }
@@ -97,7 +49,7 @@ fn check(body: &str) {
         .unwrap_or_else(|e| panic!("{e}\n{src}"))
         .graph;
     for seed in [1, 2] {
-        compare(&g, &random_feeds(&g, seed, 3, 4));
+        compare(&g, &common::random_feeds(&g, seed, 3, 4));
     }
 }
 
@@ -178,7 +130,7 @@ fn composite_ops() {
 #[test]
 fn mlp_forward_and_training_steps() {
     let g = common::example("examples/mlp.sir");
-    let forward_feeds = random_feeds(&g, 7, 3, 10);
+    let forward_feeds = common::random_feeds(&g, 7, 3, 10);
     compare(&g, &forward_feeds);
     for opt in [
         Optimizer::adamw(),
@@ -274,7 +226,7 @@ fn fusion_inlines_elementwise_chains() {
     let s = smelt_compiler::schedule::schedule(&g);
     // broadcast + add + the whole tanh-GELU expansion: one kernel, then the reduction.
     assert_eq!(s.counts(), (1, 1), "{}", s.to_text(&Default::default()));
-    compare(&g, &random_feeds(&g, 3, 5, 1));
+    compare(&g, &common::random_feeds(&g, 3, 5, 1));
 }
 
 /// The f32x4 path of the JIT and its scalar tail: rows shorter than, equal to and
@@ -307,7 +259,7 @@ fn vectorised_kernels_and_their_tails() {
                 .collect();
             assert_eq!(kernels, vec![simd], "{}", s.to_text(&Default::default()));
             for seed in [1, 2] {
-                compare(&g, &random_feeds(&g, seed, 3, 4));
+                compare(&g, &common::random_feeds(&g, seed, 3, 4));
             }
         }
     }

@@ -13,60 +13,12 @@
 
 mod common;
 
-use common::Rng;
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
 use smelt_compiler::ir::{text, Graph};
 use smelt_runtime::engine::{Device, Engine, GpuOptions};
 use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
-
-fn random_feeds(g: &Graph, seed: u64, bind: usize, int_max: i64) -> HashMap<String, Tensor> {
-    let mut rng = Rng(seed);
-    let mut feeds = HashMap::new();
-    for id in g.inputs() {
-        let v = g.value(id);
-        let shape: Vec<usize> =
-            v.ty.dims()
-                .iter()
-                .map(|d| d.as_static().map(|n| n as usize).unwrap_or(bind))
-                .collect();
-        let n: usize = shape.iter().product();
-        let t = if v.ty.dtype.is_float() {
-            Tensor::from_f64(
-                v.ty.dtype,
-                shape,
-                (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect(),
-            )
-        } else {
-            Tensor::from_i64(
-                v.ty.dtype,
-                shape,
-                (0..n)
-                    .map(|_| (rng.uniform(0.0, int_max as f64) as i64).min(int_max - 1))
-                    .collect(),
-            )
-        };
-        feeds.insert(v.name.clone(), t);
-    }
-    feeds
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
-    assert_eq!(got.shape, want.shape, "{what}: shape");
-    let (c, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let scale = w.iter().fold(
-        1.0f64,
-        |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
-    );
-    for (i, (a, b)) in c.iter().zip(&w).enumerate() {
-        let same_special = (a.is_nan() && b.is_nan()) || (a.is_infinite() && a == b);
-        assert!(
-            same_special || (a - b).abs() <= tol * scale,
-            "{what}[{i}]: gpu {a} vs interpreter {b}"
-        );
-    }
-}
 
 /// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available.
 fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
@@ -116,7 +68,7 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
     for comm_sms in [20, 130] {
         let got = run_gpu(g, feeds, comm_sms);
         for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
-            assert_close(
+            common::assert_close(
                 &format!("output {k} (comm_sms {comm_sms}) of\n{}", text::print(g)),
                 c,
                 w,
@@ -124,7 +76,7 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
             );
         }
         for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
-            assert_close(&format!("update of %{name}"), c, w, tol);
+            common::assert_close(&format!("update of %{name}"), c, w, tol);
         }
     }
     assemble(g, feeds);
@@ -136,7 +88,7 @@ fn check_tol(body: &str, bind: usize, tol: f64) {
         .unwrap_or_else(|e| panic!("{e}\n{src}"))
         .graph;
     for seed in [1, 2] {
-        compare(&g, &random_feeds(&g, seed, bind, 4), tol);
+        compare(&g, &common::random_feeds(&g, seed, bind, 4), tol);
     }
 }
 

@@ -26,3 +26,65 @@ impl Rng {
         lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
+
+/// Random feeds for every input (floats in [-2, 2], ints in [0, int_max)) and
+/// initialised parameters and state; symbolic dimensions take the size `bind`.
+pub fn random_feeds(
+    g: &Graph,
+    seed: u64,
+    bind: usize,
+    int_max: i64,
+) -> std::collections::HashMap<String, smelt_runtime::Tensor> {
+    use smelt_runtime::{params, Tensor};
+    let mut rng = Rng(seed);
+    let mut feeds = params::init_params(g, seed);
+    for id in g.inputs() {
+        let v = g.value(id);
+        let shape: Vec<usize> =
+            v.ty.dims()
+                .iter()
+                .map(|d| d.as_static().map(|n| n as usize).unwrap_or(bind))
+                .collect();
+        let n: usize = shape.iter().product();
+        let t = if v.ty.dtype.is_float() {
+            Tensor::from_f64(
+                v.ty.dtype,
+                shape,
+                (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect(),
+            )
+        } else {
+            Tensor::from_i64(
+                v.ty.dtype,
+                shape,
+                (0..n)
+                    .map(|_| (rng.uniform(0.0, int_max as f64) as i64).min(int_max - 1))
+                    .collect(),
+            )
+        };
+        feeds.insert(v.name.clone(), t);
+    }
+    feeds
+}
+
+/// Asserts |got − want| ≤ tol · max(1, max|want|) elementwise (NaN matches NaN, and an
+/// infinity itself).
+pub fn assert_close(
+    what: &str,
+    got: &smelt_runtime::Tensor,
+    want: &smelt_runtime::Tensor,
+    tol: f64,
+) {
+    assert_eq!(got.shape, want.shape, "{what}: shape");
+    let (c, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let scale = w.iter().fold(
+        1.0f64,
+        |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
+    );
+    for (i, (a, b)) in c.iter().zip(&w).enumerate() {
+        let same_special = (a.is_nan() && b.is_nan()) || (a.is_infinite() && a == b);
+        assert!(
+            same_special || (a - b).abs() <= tol * scale,
+            "{what}[{i}]: backend {a} vs interpreter {b}"
+        );
+    }
+}
