@@ -11,7 +11,6 @@ use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::{interp, params, Precision, Tensor};
 use std::collections::HashMap;
 
-
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
     // Fused kernels (native code, and the kernel-IR evaluator) and the op-by-op baseline
@@ -263,4 +262,32 @@ fn vectorised_kernels_and_their_tails() {
             }
         }
     }
+}
+
+#[test]
+fn fusion_expands_small_powers_and_keeps_scalars_apart() {
+    use smelt_compiler::kernel::Expr;
+    use smelt_compiler::schedule::Step;
+    // x^3 (tanh-GELU's cube) becomes two multiplies; x^2.5 stays a power.
+    for (power, pows) in [("3.0", 0), ("2.0", 0), ("2.5", 1)] {
+        let src = format!("graph @t {{\n  input %x: f32[B, 8]\n  %c: f32[B, 8] = constant {{value = {power}}}\n  %y = pow %x, %c\n  output %y\n}}\n");
+        let g = text::parse(&src).unwrap().graph;
+        let s = smelt_compiler::schedule::schedule(&g);
+        let Step::Pointwise(k) = &s.steps[0] else {
+            panic!("one fused kernel")
+        };
+        let n = k
+            .exprs
+            .iter()
+            .filter(|(e, _)| matches!(e, Expr::Binary(smelt_compiler::ir::ops::BinaryOp::Pow, ..)))
+            .count();
+        assert_eq!(n, pows, "x^{power}: {}", s.to_text(&Default::default()));
+        compare(&g, &common::random_feeds(&g, 4, 3, 1));
+    }
+    // beta^step is computed once, then read by the big kernel as a broadcast scalar.
+    let src = "graph @t {\n  input %x: f32[B, 8]\n  input %step: f32[]\n  %beta: f32[] = constant {value = 0.9}\n  %p = pow %beta, %step\n  %pb: f32[B, 8] = broadcast %p {dims = []}\n  %y = mul %x, %pb\n  output %y\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let s = smelt_compiler::schedule::schedule(&g);
+    assert_eq!(s.counts(), (2, 0), "{}", s.to_text(&Default::default()));
+    compare(&g, &common::random_feeds(&g, 5, 3, 1));
 }

@@ -82,7 +82,15 @@ pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
         if !live[id.index()] || !is_fusable(g, id) {
             continue;
         }
-        let root = !enabled || kept[id.index()] || read_by_library[id.index()];
+        // A single element that computes something (AdamW's `beta ^ step`) gets its
+        // own kernel: inlined behind a broadcast it would be recomputed per element.
+        let single = g
+            .ty(id)
+            .shape
+            .as_static()
+            .is_some_and(|d| d.iter().product::<u64>() == 1);
+        let root =
+            !enabled || kept[id.index()] || read_by_library[id.index()] || (single && !is_free(op));
         let mut kernels: BTreeSet<u32> = BTreeSet::new();
         let mut shared = false;
         for u in &users[id.index()] {
@@ -198,7 +206,8 @@ impl<'g> KernelBuilder<'g> {
                     }
                     Op::Binary(o) => {
                         let (a, c) = (same(self, 0), same(self, 1));
-                        Expr::Binary(*o, a, c)
+                        self.small_power(*o, a, c, v)
+                            .unwrap_or(Expr::Binary(*o, a, c))
                     }
                     Op::Compare(o) => {
                         let (a, c) = (same(self, 0), same(self, 1));
@@ -256,6 +265,24 @@ impl<'g> KernelBuilder<'g> {
         };
         self.memo.insert((v, map), e);
         e
+    }
+
+    /// `a ^ 2` and `a ^ 3` of a float as products (tanh-GELU's cube): `powf` costs
+    /// tens of cycles per element, a multiply one, and the result differs by at most
+    /// an ulp per multiply.
+    fn small_power(&mut self, op: BinaryOp, a: ExprId, c: ExprId, v: ValueId) -> Option<Expr> {
+        let power = match self.exprs[c].0 {
+            Expr::Const(p) if op == BinaryOp::Pow && self.g.ty(v).dtype.is_float() => p,
+            _ => return None,
+        };
+        match power {
+            2.0 => Some(Expr::Binary(BinaryOp::Mul, a, a)),
+            3.0 => {
+                let square = self.push(Expr::Binary(BinaryOp::Mul, a, a), v);
+                Some(Expr::Binary(BinaryOp::Mul, square, a))
+            }
+            _ => None,
+        }
     }
 
     /// Movement ops compute nothing: `v` at `map` is its operand at `inner`.
