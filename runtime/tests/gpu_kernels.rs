@@ -167,7 +167,29 @@ fn row_reduction_kernels() {
         );
     }
     check("input %x: i64[B, 6]\n%y: i64[B] = reduce_sum %x {axes = [1]}\noutput %y");
-    // The composites that are row reductions, with their neighbours.
+    // The composites that normalise rows are one fused kernel each.
+    let norms = "input %x: f32[B, 70]\ninput %g: f32[70]\ninput %b: f32[70]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\n%s = softmax %x {axis = 1}\n%l = log_softmax %x {axis = 1}\noutput %y, %z, %s, %l";
+    let g = text::parse(&format!("graph @t {{\n{norms}\n}}\n"))
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(
+        &smelt_compiler::gpu::schedule(&g),
+        &[("B".to_string(), 3)].into(),
+    )
+    .unwrap();
+    assert_eq!(
+        program.calls.len(),
+        4,
+        "{:?}",
+        program
+            .kernels()
+            .iter()
+            .map(|k| &k.name)
+            .collect::<Vec<_>>()
+    );
+    check(norms);
+    check_tol("input %x: bf16[5, 40]\ninput %g: bf16[40]\n%z = rms_norm %x, %g {eps = 1e-6}\n%s = softmax %x {axis = 1}\noutput %z, %s", 1, 2e-2);
+    // Along another axis, softmax is decomposed (reductions and pointwise kernels).
     check("input %x: f32[B, 6]\n%y = softmax %x {axis = 1}\n%z = log_softmax %x {axis = 0}\noutput %y, %z");
     check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");
 }

@@ -11,6 +11,7 @@ mod matmul;
 mod movement;
 mod pointwise;
 mod reduce;
+pub mod rows;
 
 use super::build::KernelBuilder;
 use super::kir::{Elem, Kernel, Operand, Reg, Ty};
@@ -174,6 +175,12 @@ fn library(
                 name, g, shapes, v, operands, *causal, *scale,
             )?]
         }
+        Op::Composite(
+            c @ (crate::ir::ops::Composite::Softmax { .. }
+            | crate::ir::ops::Composite::LogSoftmax { .. }
+            | crate::ir::ops::Composite::LayerNorm { .. }
+            | crate::ir::ops::Composite::RmsNorm { .. }),
+        ) => vec![rows::lower(name, g, shapes, v, operands, c)?],
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
         // Uploaded with the program's data; no kernel.
         Op::Constant { .. } => Vec::new(),

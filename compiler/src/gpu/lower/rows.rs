@@ -1,0 +1,139 @@
+//! Fused row kernels for the composites that normalise along the last axis: softmax,
+//! log_softmax, layer_norm and rms_norm. A warp takes a row: each pass strides the
+//! lanes over the row and meets in a butterfly of shuffles, and the last pass writes
+//! the result, so the row statistics never go through memory (the decomposition needs
+//! a reduction kernel per statistic and pointwise kernels between them).
+
+use super::{blocks_for, elem_of, KernelCall, Role, Shapes, BLOCK};
+use crate::gpu::build::KernelBuilder;
+use crate::gpu::kir::{BinOp, Elem, Reg, Special, UnOp};
+use crate::gpu::math;
+use crate::ir::ops::Composite;
+use crate::ir::{Graph, TensorType, ValueId};
+
+/// True if `c` over operands of `types` has a fused row kernel: it normalises along
+/// the last axis, and its operands are floats the GPU stores.
+pub fn supported(c: &Composite, types: &[&TensorType]) -> bool {
+    let along_last = match c {
+        Composite::Softmax { axis } | Composite::LogSoftmax { axis } => {
+            types.first().is_some_and(|t| *axis + 1 == t.rank())
+        }
+        Composite::LayerNorm { .. } | Composite::RmsNorm { .. } => true,
+        _ => false,
+    };
+    along_last
+        && types.iter().all(|t| {
+            elem_of(t.dtype).is_ok_and(|e| matches!(e, Elem::F32 | Elem::F16 | Elem::BF16))
+        })
+}
+
+pub(super) fn lower(
+    name: &str,
+    g: &Graph,
+    shapes: &Shapes,
+    v: ValueId,
+    operands: &[ValueId],
+    c: &Composite,
+) -> Result<KernelCall, String> {
+    let shape = &shapes[v.index()];
+    let len = *shape.last().unwrap_or(&1);
+    let rows: usize = shape.iter().product::<usize>() / len.max(1);
+    let mut b = KernelBuilder::new(name, BLOCK);
+    let out = b.param("out", elem_of(g.ty(v).dtype)?, rows * len);
+    let mut ins = Vec::new();
+    for (i, &o) in operands.iter().enumerate() {
+        let n = shapes[o.index()].iter().product();
+        ins.push(b.param(&format!("in{i}"), elem_of(g.ty(o).dtype)?, n));
+    }
+    let tid = b.special(Special::Tid);
+    let lane = b.rem(tid, 32);
+    let width = len as i32;
+    b.grid_stride_by(rows, 32, |b, row| {
+        let base = b.mul(row, width);
+        // `sum over the row of f(x)`, in every lane.
+        let row_sum = |b: &mut KernelBuilder,
+                       op: BinOp,
+                       init: f32,
+                       f: &dyn Fn(&mut KernelBuilder, Reg) -> Reg| {
+            let acc = b.mov(init);
+            b.for_range(lane, width, 32, |b, j| {
+                let at = b.add(base, j);
+                let x = b.ld(ins[0], at);
+                let y = f(b, x);
+                b.update(op, acc, y);
+            });
+            for mask in [16, 8, 4, 2, 1] {
+                let other = b.shfl_xor(acc, mask);
+                b.update(op, acc, other);
+            }
+            acc
+        };
+        // Writes `f(x, j)` over the row.
+        let write = |b: &mut KernelBuilder, f: &dyn Fn(&mut KernelBuilder, Reg, Reg) -> Reg| {
+            b.for_range(lane, width, 32, |b, j| {
+                let at = b.add(base, j);
+                let x = b.ld(ins[0], at);
+                let y = f(b, x, j);
+                b.st(out, at, y);
+            });
+        };
+        match c {
+            Composite::Softmax { .. } | Composite::LogSoftmax { .. } => {
+                let max = row_sum(b, BinOp::Max, f32::NEG_INFINITY, &|_, x| x);
+                let sum = row_sum(b, BinOp::Add, 0.0, &|b, x| {
+                    let d = b.bin(BinOp::Sub, x, max);
+                    math::exp(b, d)
+                });
+                if matches!(c, Composite::Softmax { .. }) {
+                    write(b, &|b, x, _| {
+                        let d = b.bin(BinOp::Sub, x, max);
+                        let e = math::exp(b, d);
+                        b.div(e, sum)
+                    });
+                } else {
+                    let log_sum = math::unary(b, crate::ir::ops::UnaryOp::Log, sum);
+                    write(b, &|b, x, _| {
+                        let d = b.bin(BinOp::Sub, x, max);
+                        b.bin(BinOp::Sub, d, log_sum)
+                    });
+                }
+            }
+            Composite::LayerNorm { eps } | Composite::RmsNorm { eps } => {
+                let layer = matches!(c, Composite::LayerNorm { .. });
+                let mean = if layer {
+                    let s = row_sum(b, BinOp::Add, 0.0, &|_, x| x);
+                    b.div(s, len as f32)
+                } else {
+                    b.mov(0.0f32)
+                };
+                let sq = row_sum(b, BinOp::Add, 0.0, &|b, x| {
+                    let d = b.bin(BinOp::Sub, x, mean);
+                    b.mul(d, d)
+                });
+                let ms = b.div(sq, len as f32);
+                let ms = b.add(ms, *eps as f32);
+                let r = b.un(UnOp::Rsqrt, ms);
+                write(b, &|b, x, j| {
+                    let d = b.bin(BinOp::Sub, x, mean);
+                    let n = b.mul(d, r);
+                    let gain = b.ld(ins[1], j);
+                    let y = b.mul(n, gain);
+                    if layer {
+                        let bias = b.ld(ins[2], j);
+                        b.add(y, bias)
+                    } else {
+                        y
+                    }
+                });
+            }
+            _ => unreachable!("only supported composites are kept whole"),
+        }
+    });
+    Ok(KernelCall {
+        kernel: b.finish(),
+        args: std::iter::once(v).chain(operands.iter().copied()).collect(),
+        work_blocks: blocks_for(rows, 32, BLOCK),
+        role: Role::Compute,
+        flops: (rows * len * 8) as f64,
+    })
+}
