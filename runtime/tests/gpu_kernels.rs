@@ -189,6 +189,23 @@ fn row_reduction_kernels() {
     );
     check(norms);
     check_tol("input %x: bf16[5, 40]\ninput %g: bf16[40]\n%z = rms_norm %x, %g {eps = 1e-6}\n%s = softmax %x {axis = 1}\noutput %z, %s", 1, 2e-2);
+    // Cross-entropy: one kernel, rows summed atomically; labels 5 and 6 are outside
+    // the 5 classes and pick nothing, as in the decomposition.
+    let ce = "input %x: f32[B, 7, 5]\ninput %t: i32[B, 7]\n%l = cross_entropy %x, %t\noutput %l";
+    let g = text::parse(&format!("graph @t {{\n{ce}\n}}\n"))
+        .unwrap()
+        .graph;
+    let program = GpuProgram::new(
+        &smelt_compiler::gpu::schedule(&g),
+        &[("B".to_string(), 3)].into(),
+    )
+    .unwrap();
+    assert_eq!(program.calls.len(), 1);
+    let src = format!("graph @t {{\n{ce}\n}}\n");
+    let g = text::parse(&src).unwrap().graph;
+    for seed in [3, 4] {
+        compare(&g, &common::random_feeds(&g, seed, 3, 7), 1e-4);
+    }
     // Along another axis, softmax is decomposed (reductions and pointwise kernels).
     check("input %x: f32[B, 6]\n%y = softmax %x {axis = 1}\n%z = log_softmax %x {axis = 0}\noutput %y, %z");
     check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");

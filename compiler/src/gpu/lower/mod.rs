@@ -179,7 +179,8 @@ fn library(
             c @ (crate::ir::ops::Composite::Softmax { .. }
             | crate::ir::ops::Composite::LogSoftmax { .. }
             | crate::ir::ops::Composite::LayerNorm { .. }
-            | crate::ir::ops::Composite::RmsNorm { .. }),
+            | crate::ir::ops::Composite::RmsNorm { .. }
+            | crate::ir::ops::Composite::CrossEntropy),
         ) => vec![rows::lower(name, g, shapes, v, operands, c)?],
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
         // Uploaded with the program's data; no kernel.

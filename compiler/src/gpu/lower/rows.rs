@@ -1,12 +1,13 @@
 //! Fused row kernels for the composites that normalise along the last axis: softmax,
-//! log_softmax, layer_norm and rms_norm. A warp takes a row: each pass strides the
+//! log_softmax, layer_norm, rms_norm, and cross_entropy (whose rows then meet in one
+//! atomic sum, in no fixed order). A warp takes a row: each pass strides the
 //! lanes over the row and meets in a butterfly of shuffles, and the last pass writes
 //! the result, so the row statistics never go through memory (the decomposition needs
 //! a reduction kernel per statistic and pointwise kernels between them).
 
 use super::{blocks_for, elem_of, KernelCall, Role, Shapes, BLOCK};
 use crate::gpu::build::KernelBuilder;
-use crate::gpu::kir::{BinOp, Elem, Reg, Special, UnOp};
+use crate::gpu::kir::{BinOp, Cmp, Elem, Reg, Special, UnOp};
 use crate::gpu::math;
 use crate::ir::ops::Composite;
 use crate::ir::{Graph, TensorType, ValueId};
@@ -19,6 +20,13 @@ pub fn supported(c: &Composite, types: &[&TensorType]) -> bool {
             types.first().is_some_and(|t| *axis + 1 == t.rank())
         }
         Composite::LayerNorm { .. } | Composite::RmsNorm { .. } => true,
+        // The loss is summed with f32 atomics.
+        Composite::CrossEntropy => {
+            return types
+                .first()
+                .is_some_and(|t| t.dtype == crate::ir::DType::F32)
+                && types.get(1).is_some_and(|t| elem_of(t.dtype).is_ok())
+        }
         _ => false,
     };
     along_last
@@ -35,11 +43,13 @@ pub(super) fn lower(
     operands: &[ValueId],
     c: &Composite,
 ) -> Result<KernelCall, String> {
-    let shape = &shapes[v.index()];
+    // Rows run along the last axis of the (first) operand.
+    let shape = &shapes[operands[0].index()];
     let len = *shape.last().unwrap_or(&1);
     let rows: usize = shape.iter().product::<usize>() / len.max(1);
     let mut b = KernelBuilder::new(name, BLOCK);
-    let out = b.param("out", elem_of(g.ty(v).dtype)?, rows * len);
+    let out_len = shapes[v.index()].iter().product();
+    let out = b.param("out", elem_of(g.ty(v).dtype)?, out_len);
     let mut ins = Vec::new();
     for (i, &o) in operands.iter().enumerate() {
         let n = shapes[o.index()].iter().product();
@@ -124,6 +134,31 @@ pub(super) fn lower(
                     } else {
                         y
                     }
+                });
+            }
+            Composite::CrossEntropy => {
+                let max = row_sum(b, BinOp::Max, f32::NEG_INFINITY, &|_, x| x);
+                let sum = row_sum(b, BinOp::Add, 0.0, &|b, x| {
+                    let d = b.bin(BinOp::Sub, x, max);
+                    math::exp(b, d)
+                });
+                let log_sum = math::unary(b, crate::ir::ops::UnaryOp::Log, sum);
+                // -log p(label) / rows, from lane 0; a label outside the classes picks
+                // nothing (the decomposition's one-hot is all zeros there).
+                let label = b.ld(ins[1], row);
+                let label = b.cvt(crate::gpu::kir::Ty::I32, label);
+                let low = b.setp(Cmp::Ge, label, 0);
+                let high = b.setp(Cmp::Lt, label, width);
+                let valid = b.bin(BinOp::And, low, high);
+                let first = b.setp(Cmp::Eq, lane, 0);
+                let pick = b.bin(BinOp::And, valid, first);
+                b.if_then(pick, |b| {
+                    let at = b.add(base, label);
+                    let x = b.ld(ins[0], at);
+                    let d = b.bin(BinOp::Sub, x, max);
+                    let logp = b.bin(BinOp::Sub, d, log_sum);
+                    let share = b.mul(logp, -1.0 / rows.max(1) as f32);
+                    b.atom_add(out, 0, share);
                 });
             }
             _ => unreachable!("only supported composites are kept whole"),
