@@ -130,6 +130,33 @@ fn load_or_zero(
     value
 }
 
+/// Stages one k-step into shared memory: A's 64 × 16 tile at rows `m0..`, columns
+/// `k0..` and B's 16 × 64 tile at rows `k0..`, columns `n0..`, zeros past the edges;
+/// each thread of the block copies its share, and `a_at(m, k)` / `b_at(k, n)` say where
+/// an element goes in the shared tiles.
+fn stage_k_step(
+    b: &mut KernelBuilder,
+    (d, o, k0): (&Dims, &TileOrigin, Reg),
+    (tid, threads): (Reg, u32),
+    [(a, sa), (bm, sb)]: [(Space, Space); 2],
+    a_at: &dyn Fn(&mut KernelBuilder, Reg, Reg) -> Reg,
+    b_at: &dyn Fn(&mut KernelBuilder, Reg, Reg) -> Reg,
+) {
+    for i in 0..(TILE * KSTEP) / threads as usize {
+        let e = b.add(tid, i as i32 * threads as i32);
+        let (m, kk) = (b.div(e, KSTEP as i32), b.rem(e, KSTEP as i32));
+        let (row, col) = (b.add(o.m0, m), b.add(k0, kk));
+        let x = load_or_zero(b, a, o.a_base, row, col, (d.m, d.k), d.a_transposed);
+        let at = a_at(b, m, kk);
+        b.st(sa, at, x);
+        let (kk, n) = (b.div(e, TILE as i32), b.rem(e, TILE as i32));
+        let (row, col) = (b.add(k0, kk), b.add(o.n0, n));
+        let y = load_or_zero(b, bm, o.b_base, row, col, (d.k, d.n), d.b_transposed);
+        let at = b_at(b, kk, n);
+        b.st(sb, at, y);
+    }
+}
+
 /// Stores `value` to `dst[base + row * cols + col]` if inside `rows × cols`.
 fn store_inside(
     b: &mut KernelBuilder,
@@ -169,22 +196,19 @@ fn simt(name: &str, d: Dims, out_elem: Elem) -> crate::gpu::kir::Kernel {
         let o = tile_origin(b, d, tile);
         let acc: Vec<Reg> = (0..16).map(|_| b.mov(0.0f32)).collect();
         b.for_range(0, d.k as i32, KSTEP as i32, |b, k0| {
-            for i in 0..4 {
-                let e = b.add(tid, (i * THREADS) as i32);
-                // A: 64 rows × 16 columns; B: 16 rows × 64 columns.
-                let (m, kk) = (b.div(e, KSTEP as i32), b.rem(e, KSTEP as i32));
-                let (row, col) = (b.add(o.m0, m), b.add(k0, kk));
-                let x = load_or_zero(b, a, o.a_base, row, col, (d.m, d.k), d.a_transposed);
-                let at = b.mul(kk, TILE as i32);
-                let at = b.add(at, m);
-                b.st(sa, at, x);
-                let (kk, n) = (b.div(e, TILE as i32), b.rem(e, TILE as i32));
-                let (row, col) = (b.add(k0, kk), b.add(o.n0, n));
-                let y = load_or_zero(b, bm, o.b_base, row, col, (d.k, d.n), d.b_transposed);
-                let at = b.mul(kk, TILE as i32);
-                let at = b.add(at, n);
-                b.st(sb, at, y);
-            }
+            // k-major tiles: A at `k * 64 + m`, B at `k * 64 + n`.
+            let k_major = |b: &mut KernelBuilder, k: Reg, mn: Reg| {
+                let at = b.mul(k, TILE as i32);
+                b.add(at, mn)
+            };
+            stage_k_step(
+                b,
+                (&d, &o, k0),
+                (tid, THREADS),
+                [(a, sa), (bm, sb)],
+                &|b, m, k| k_major(b, k, m),
+                &k_major,
+            );
             b.bar();
             b.for_range(0, KSTEP as i32, 1, |b, kk| {
                 let base = b.mul(kk, TILE as i32);
@@ -246,21 +270,19 @@ fn tensor_core(name: &str, d: Dims, in_elem: Elem, out_elem: Elem) -> crate::gpu
         let o = tile_origin(b, d, tile);
         let acc: Vec<[Reg; 4]> = (0..8).map(|_| [0; 4].map(|_| b.mov(0.0f32))).collect();
         b.for_range(0, d.k as i32, KSTEP as i32, |b, k0| {
-            for i in 0..8 {
-                let e = b.add(tid, (i * THREADS) as i32);
-                let (m, kk) = (b.div(e, KSTEP as i32), b.rem(e, KSTEP as i32));
-                let (row, col) = (b.add(o.m0, m), b.add(k0, kk));
-                let x = load_or_zero(b, a, o.a_base, row, col, (d.m, d.k), d.a_transposed);
-                let at = b.mul(m, ROW as i32);
-                let at = b.add(at, kk);
-                b.st(sa, at, x);
-                let (kk, n) = (b.div(e, TILE as i32), b.rem(e, TILE as i32));
-                let (row, col) = (b.add(k0, kk), b.add(o.n0, n));
-                let y = load_or_zero(b, bm, o.b_base, row, col, (d.k, d.n), d.b_transposed);
-                let at = b.mul(n, ROW as i32);
-                let at = b.add(at, kk);
-                b.st(sb, at, y);
-            }
+            // Row-major A (m × k) and n-major B (n × k), rows padded to `ROW`.
+            let padded = |b: &mut KernelBuilder, mn: Reg, k: Reg| {
+                let at = b.mul(mn, ROW as i32);
+                b.add(at, k)
+            };
+            stage_k_step(
+                b,
+                (&d, &o, k0),
+                (tid, THREADS),
+                [(a, sa), (bm, sb)],
+                &padded,
+                &|b, k, n| padded(b, n, k),
+            );
             b.bar();
             let pair = |b: &mut KernelBuilder, s: Space, row: Reg, col: Operand| {
                 let at = b.mul(row, ROW as i32);
