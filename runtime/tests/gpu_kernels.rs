@@ -92,6 +92,16 @@ fn check_tol(body: &str, bind: usize, tol: f64) {
     }
 }
 
+/// The kernels the GPU path generates for a graph body, with `B` bound to `batch`.
+fn kernel_names(body: &str, batch: u64) -> Vec<String> {
+    let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
+        .unwrap()
+        .graph;
+    let bindings = [("B".to_string(), batch)].into();
+    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(&g), &bindings).unwrap();
+    program.kernels().into_iter().map(|k| k.name).collect()
+}
+
 fn check(body: &str) {
     check_tol(body, 3, 1e-4);
 }
@@ -169,38 +179,18 @@ fn row_reduction_kernels() {
     check("input %x: i64[B, 6]\n%y: i64[B] = reduce_sum %x {axes = [1]}\noutput %y");
     // The composites that normalise rows are one fused kernel each.
     let norms = "input %x: f32[B, 70]\ninput %g: f32[70]\ninput %b: f32[70]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\n%s = softmax %x {axis = 1}\n%l = log_softmax %x {axis = 1}\noutput %y, %z, %s, %l";
-    let g = text::parse(&format!("graph @t {{\n{norms}\n}}\n"))
-        .unwrap()
-        .graph;
-    let program = GpuProgram::new(
-        &smelt_compiler::gpu::schedule(&g),
-        &[("B".to_string(), 3)].into(),
-    )
-    .unwrap();
     assert_eq!(
-        program.calls.len(),
+        kernel_names(norms, 3).len(),
         4,
         "{:?}",
-        program
-            .kernels()
-            .iter()
-            .map(|k| &k.name)
-            .collect::<Vec<_>>()
+        kernel_names(norms, 3)
     );
     check(norms);
     check_tol("input %x: bf16[5, 40]\ninput %g: bf16[40]\n%z = rms_norm %x, %g {eps = 1e-6}\n%s = softmax %x {axis = 1}\noutput %z, %s", 1, 2e-2);
     // Cross-entropy: one kernel, rows summed atomically; labels 5 and 6 are outside
     // the 5 classes and pick nothing, as in the decomposition.
     let ce = "input %x: f32[B, 7, 5]\ninput %t: i32[B, 7]\n%l = cross_entropy %x, %t\noutput %l";
-    let g = text::parse(&format!("graph @t {{\n{ce}\n}}\n"))
-        .unwrap()
-        .graph;
-    let program = GpuProgram::new(
-        &smelt_compiler::gpu::schedule(&g),
-        &[("B".to_string(), 3)].into(),
-    )
-    .unwrap();
-    assert_eq!(program.calls.len(), 1);
+    assert_eq!(kernel_names(ce, 3).len(), 1, "{:?}", kernel_names(ce, 3));
     let src = format!("graph @t {{\n{ce}\n}}\n");
     let g = text::parse(&src).unwrap().graph;
     for seed in [3, 4] {
@@ -257,23 +247,11 @@ fn communication_kernels() {
 fn fused_attention_kernel() {
     let causal = "input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y";
     // It is one kernel, not the decomposition's matmuls and softmax.
-    let g = text::parse(&format!("graph @t {{\n{causal}\n}}\n"))
-        .unwrap()
-        .graph;
-    let program = GpuProgram::new(
-        &smelt_compiler::gpu::schedule(&g),
-        &[("B".to_string(), 2)].into(),
-    )
-    .unwrap();
     assert_eq!(
-        program.calls.len(),
+        kernel_names(causal, 2).len(),
         1,
         "{:?}",
-        program
-            .kernels()
-            .iter()
-            .map(|k| &k.name)
-            .collect::<Vec<_>>()
+        kernel_names(causal, 2)
     );
     check(causal);
     // Several key tiles (S > 32), rows that do not fill the last block, heads past 32
