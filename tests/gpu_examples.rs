@@ -91,15 +91,6 @@ fn simulate(g: &Graph, batch: usize, int_max: i64) {
     }
 }
 
-const SMALL_GPT: [(&str, &str); 6] = [
-    ("d_model", "16"),
-    ("heads", "2"),
-    ("head_dim", "8"),
-    ("d_mlp", "32"),
-    ("layers", "1"),
-    ("vocab", "32"),
-];
-
 #[test]
 fn mlp() {
     let g = load("examples/mlp.smelt", &[]);
@@ -117,7 +108,7 @@ fn gpt() {
     let b = bindings(&[("B", 8)]);
     assemble(&g, &b);
     assemble(&train(&g), &b);
-    let small = load("examples/gpt.smelt", &SMALL_GPT);
+    let small = load("examples/gpt.smelt", &common::SMALL_GPT);
     simulate(&small, 1, 32);
     simulate(&train(&small), 1, 32);
 }
@@ -128,10 +119,7 @@ fn moe() {
     let b = bindings(&[("N", 256)]);
     assemble(&g, &b);
     assemble(&train(&g), &b);
-    let small = load(
-        "examples/moe.smelt",
-        &[("d", "8"), ("d_ff", "12"), ("experts", "4")],
-    );
+    let small = load("examples/moe.smelt", &common::SMALL_MOE);
     simulate(&small, 6, 1);
     simulate(&train(&small), 6, 1);
 }
@@ -142,18 +130,7 @@ fn llama() {
     let b = bindings(&[("B", 4), ("T", 64)]);
     assemble(&g, &b);
     assemble(&train(&g), &b);
-    let small = load(
-        "examples/llama.smelt",
-        &[
-            ("vocab", "32"),
-            ("dim", "16"),
-            ("heads", "2"),
-            ("kv_heads", "1"),
-            ("head_dim", "8"),
-            ("hidden", "24"),
-            ("layers", "1"),
-        ],
-    );
+    let small = load("examples/llama.smelt", &common::SMALL_LLAMA);
     simulate(&small, 2, 32);
     simulate(&train(&small), 2, 32);
 }

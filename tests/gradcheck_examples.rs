@@ -54,33 +54,20 @@ fn mlp() {
 
 #[test]
 fn gpt() {
-    let sets = [
-        ("d_model", "16"),
-        ("heads", "2"),
-        ("head_dim", "8"),
-        ("d_mlp", "32"),
-        ("layers", "1"),
-        ("vocab", "32"),
-    ];
-    check(&load("examples/gpt.smelt", &sets), 1, 32, 2);
+    check(&load("examples/gpt.smelt", &common::SMALL_GPT), 1, 32, 2);
 }
 
 #[test]
 fn moe() {
-    let sets = [("d", "8"), ("d_ff", "12"), ("experts", "4")];
-    check(&load("examples/moe.smelt", &sets), 6, 1, 3);
+    check(&load("examples/moe.smelt", &common::SMALL_MOE), 6, 1, 3);
 }
 
 #[test]
 fn llama() {
-    let sets = [
-        ("vocab", "32"),
-        ("dim", "16"),
-        ("heads", "2"),
-        ("kv_heads", "1"),
-        ("head_dim", "8"),
-        ("hidden", "24"),
-        ("layers", "1"),
-    ];
-    check(&load("examples/llama.smelt", &sets), 2, 32, 2);
+    check(
+        &load("examples/llama.smelt", &common::SMALL_LLAMA),
+        2,
+        32,
+        2,
+    );
 }

@@ -123,20 +123,10 @@ fn gpt() {
 
 #[test]
 fn moe() {
-    let sets = [("d", "8"), ("d_ff", "12"), ("experts", "4")];
-    check_model("examples/moe.smelt", &sets, 6, 1);
+    check_model("examples/moe.smelt", &common::SMALL_MOE, 6, 1);
 }
 
 #[test]
 fn llama() {
-    let sets = [
-        ("vocab", "32"),
-        ("dim", "16"),
-        ("heads", "2"),
-        ("kv_heads", "1"),
-        ("head_dim", "8"),
-        ("hidden", "24"),
-        ("layers", "1"),
-    ];
-    check_model("examples/llama.smelt", &sets, 2, 32);
+    check_model("examples/llama.smelt", &common::SMALL_LLAMA, 2, 32);
 }

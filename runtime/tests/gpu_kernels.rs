@@ -108,19 +108,15 @@ fn check(body: &str) {
 
 #[test]
 fn fused_elementwise_kernels() {
-    for op in [
-        "neg", "abs", "exp", "tanh", "erf", "sin", "cos", "relu", "sigmoid", "silu",
-    ] {
+    for op in common::UNARY_OPS {
         check(&format!("input %x: f32[B, 8]\n%y = {op} %x\noutput %y"));
     }
-    for op in ["log", "sqrt", "rsqrt", "recip"] {
+    for op in common::POSITIVE_UNARY_OPS {
         check(&format!(
             "input %x: f32[B, 5]\n%a = abs %x\n%y = {op} %a\noutput %y"
         ));
     }
-    for op in [
-        "add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt", "ge", "ne",
-    ] {
+    for op in common::BINARY_OPS {
         check(&format!(
             "input %a: f32[B, 5]\ninput %b: f32[B, 5]\n%y = {op} %a, %b\noutput %y"
         ));

@@ -135,3 +135,28 @@ pub fn random_input(
         )
     }
 }
+
+/// Small configurations of the examples, for tests that run them many times
+/// (`--set` pairs; the full sizes are in the example files).
+pub const SMALL_GPT: [(&str, &str); 6] = [
+    ("d_model", "16"),
+    ("heads", "2"),
+    ("head_dim", "8"),
+    ("d_mlp", "32"),
+    ("layers", "1"),
+    ("vocab", "32"),
+];
+
+/// See [`SMALL_GPT`].
+pub const SMALL_MOE: [(&str, &str); 3] = [("d", "8"), ("d_ff", "12"), ("experts", "4")];
+
+/// See [`SMALL_GPT`].
+pub const SMALL_LLAMA: [(&str, &str); 7] = [
+    ("vocab", "32"),
+    ("dim", "16"),
+    ("heads", "2"),
+    ("kv_heads", "1"),
+    ("head_dim", "8"),
+    ("hidden", "24"),
+    ("layers", "1"),
+];

@@ -88,3 +88,16 @@ pub fn assert_close(
         );
     }
 }
+
+/// Float unary ops (and composites) defined on every real number.
+pub const UNARY_OPS: [&str; 10] = [
+    "neg", "abs", "exp", "tanh", "erf", "sin", "cos", "relu", "sigmoid", "silu",
+];
+
+/// Float unary ops defined on positive numbers (tests feed them `abs x`).
+pub const POSITIVE_UNARY_OPS: [&str; 4] = ["log", "sqrt", "rsqrt", "recip"];
+
+/// Binary ops and comparisons on two floats of one shape.
+pub const BINARY_OPS: [&str; 11] = [
+    "add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt", "ge", "ne",
+];
