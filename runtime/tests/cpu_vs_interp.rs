@@ -287,3 +287,44 @@ fn fusion_expands_small_powers_and_keeps_scalars_apart() {
     assert_eq!(s.counts(), (2, 0), "{}", s.to_text(&Default::default()));
     compare(&g, &common::random_feeds(&g, 5, 3, 1));
 }
+
+#[test]
+fn vector_exp_and_tanh_across_their_range() {
+    // Rows of 8 run the f32x4 code; the inputs sweep the whole range of exp, including
+    // where it overflows (x > 88.72), underflows, and the infinities and NaN.
+    let xs: Vec<f64> = (0..64)
+        .map(|i| -100.0 + 200.0 * f64::from(i) / 63.0)
+        .chain([
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            0.0,
+            1e-6,
+            -1e-6,
+            88.5,
+            -86.0,
+        ])
+        .collect();
+    let n = xs.len();
+    let src = format!(
+        "graph @t {{\n  input %x: f32[{}, 8]\n  %e = exp %x\n  %t = tanh %x\n  output %e, %t\n}}\n",
+        n / 8
+    );
+    let g = text::parse(&src).unwrap().graph;
+    let feeds: HashMap<String, Tensor> = [(
+        "x".to_string(),
+        Tensor::from_f64(DType::F32, vec![n / 8, 8], xs.clone()),
+    )]
+    .into();
+    let want = interp::execute(&g, &feeds, Precision::F32).unwrap();
+    let got = CpuProgram::compile(&g).unwrap().run(&feeds).unwrap();
+    for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
+        for (i, (a, b)) in c.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
+            let ok = (a.is_nan() && b.is_nan())
+                || a == &b
+                || (a - b).abs() <= 2e-6 * b.abs().max(1e-30)
+                || (a - b).abs() <= 1e-7;
+            assert!(ok, "output {k} at x = {}: {a} vs {b}", xs[i]);
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Four elements per iteration with `f32x4` loads, arithmetic and stores, for kernels
 //! whose every load is contiguous along the row or constant across it (Cranelift has no
-//! wider vectors). Ops without a vector instruction (exp, tanh, erf, pow, ...) split
-//! the vector into lanes and call the scalar helper on each. The row's tail (fewer than
+//! wider vectors). `exp` and `tanh` are computed in vector code; other ops without a
+//! vector instruction (erf, log, pow, ...) split the vector into lanes and call the
+//! scalar helper on each. The row's tail (fewer than
 //! four elements) runs the scalar body.
 //!
 //! Comparisons give `i32x4` lane masks (all ones or zero); they may only feed a
@@ -12,6 +13,7 @@ use super::scalar::{float_binary, float_cc};
 use super::Env;
 use crate::ir::ops::{BinaryOp, UnaryOp};
 use crate::kernel::{Expr, PointwiseKernel};
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -118,6 +120,8 @@ pub(super) fn emit_quad(
                         let one = splat_f32(b, 1.0);
                         b.ins().fdiv(one, x)
                     }
+                    UnaryOp::Exp => exp(b, x),
+                    UnaryOp::Tanh => tanh(b, x),
                     other => per_lane(b, &[x], |b, a| env.call_unary(b, *other, a[0])),
                 }
             }
@@ -150,6 +154,65 @@ pub(super) fn emit_quad(
 fn splat_f32(b: &mut FunctionBuilder, x: f32) -> Value {
     let s = b.ins().f32const(x);
     b.ins().splat(types::F32X4, s)
+}
+
+/// `e^x` on four lanes: `x = n·ln 2 + r` with `|r| ≤ ln2/2`, a degree-6 Taylor
+/// polynomial for `e^r` (relative error below 2e-7 before rounding), and `2^n` built
+/// in the exponent bits. Where the result would be below 2.5e-38 it gives 0, where it
+/// overflows +inf, and NaN stays NaN (Cranelift's `fmin`/`fmax` propagate it).
+fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
+    // Below LOW the result is under 2.5e-38 (flushed to 0); above HIGH it overflows.
+    const LOW: f32 = -86.6;
+    const HIGH: f32 = 88.72;
+    let (low, high) = (splat_f32(b, LOW), splat_f32(b, HIGH));
+    let clamped = b.ins().fmax(x, low);
+    let clamped = b.ins().fmin(clamped, high);
+    let log2e = splat_f32(b, std::f32::consts::LOG2_E);
+    let scaled = b.ins().fmul(clamped, log2e);
+    let n = b.ins().nearest(scaled);
+    // ln 2 in two parts, so n·ln2_hi is exact and r keeps its low bits.
+    let ln2_hi = splat_f32(b, 0.693_145_75);
+    let ln2_lo = splat_f32(b, 1.428_606_8e-6);
+    let hi = b.ins().fmul(n, ln2_hi);
+    let r = b.ins().fsub(clamped, hi);
+    let lo = b.ins().fmul(n, ln2_lo);
+    let r = b.ins().fsub(r, lo);
+    let mut p = splat_f32(b, 1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        let t = b.ins().fmul(p, r);
+        let c = splat_f32(b, c);
+        p = b.ins().fadd(t, c);
+    }
+    let ni = b.ins().fcvt_to_sint_sat(types::I32X4, n);
+    // 2^(n-1) · 2: n reaches 128 just below HIGH, where 2^n alone is not a float.
+    let bias = b.ins().iconst(types::I32, 126);
+    let bias = b.ins().splat(types::I32X4, bias);
+    let e = b.ins().iadd(ni, bias);
+    let e = b.ins().ishl_imm_u(e, 23);
+    let half_two_n = b.ins().bitcast(types::F32X4, MemFlagsData::new(), e);
+    let y = b.ins().fmul(p, half_two_n);
+    let two = splat_f32(b, 2.0);
+    let y = b.ins().fmul(y, two);
+    let below = b.ins().fcmp(FloatCC::LessThan, x, low);
+    let below = b.ins().bitcast(types::F32X4, MemFlagsData::new(), below);
+    let zero = splat_f32(b, 0.0);
+    let y = b.ins().bitselect(below, zero, y);
+    let above = b.ins().fcmp(FloatCC::GreaterThan, x, high);
+    let above = b.ins().bitcast(types::F32X4, MemFlagsData::new(), above);
+    let inf = splat_f32(b, f32::INFINITY);
+    b.ins().bitselect(above, inf, y)
+}
+
+/// `tanh x = 1 − 2 / (e^(2x) + 1)` on four lanes: absolute error about 1e-7 (relative
+/// error grows near 0, where the result is tiny), exactly ±1 far out.
+fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
+    let two = splat_f32(b, 2.0);
+    let twice = b.ins().fmul(x, two);
+    let e = exp(b, twice);
+    let one = splat_f32(b, 1.0);
+    let d = b.ins().fadd(e, one);
+    let q = b.ins().fdiv(two, d);
+    b.ins().fsub(one, q)
 }
 
 /// Applies a scalar function lane by lane to vectors `args`.
