@@ -25,12 +25,7 @@ fn bindings(pairs: &[(&str, u64)]) -> Bindings {
 
 /// Assembles `g`'s kernels and checks that none spills.
 fn assemble(g: &Graph, b: &Bindings) {
-    let Some(ptxas) = ptxas::find() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas is required in CI (.ci/run installs nvidia-cuda-nvcc-cu12)"
-        );
-        eprintln!("skipping ptxas for {}: not found (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)", g.name);
+    let Some(ptxas) = ptxas::find_for_test(&g.name) else {
         return;
     };
     let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), b).unwrap();

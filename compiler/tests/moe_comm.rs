@@ -237,8 +237,7 @@ fn combine_waits_for_the_experts_flags() {
 
 #[test]
 fn comm_kernels_assemble_with_ptxas() {
-    let Some(ptxas) = ptxas::find() else {
-        eprintln!("skipped: no ptxas (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)");
+    let Some(ptxas) = ptxas::find_for_test("the MoE communication kernels") else {
         return;
     };
     let l = layouts()[1];

@@ -22,14 +22,7 @@ use std::collections::HashMap;
 
 /// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available.
 fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
-    let Some(ptxas) = ptxas::find() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas is required in CI (.ci/run installs nvidia-cuda-nvcc-cu12)"
-        );
-        eprintln!(
-            "skipping ptxas: not found (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)"
-        );
+    let Some(ptxas) = ptxas::find_for_test(&g.name) else {
         return;
     };
     let bindings = interp::bind_shapes(g, feeds).unwrap();

@@ -417,3 +417,38 @@ impl KernelBuilder {
         dst
     }
 }
+
+impl KernelBuilder {
+    /// Combines `acc` across the warp with `op`, in place: a butterfly of shuffles, after
+    /// which every lane holds the warp's result. The one warp reduction every kernel
+    /// family uses.
+    pub fn warp_combine(&mut self, op: BinOp, acc: Reg) {
+        for mask in [16, 8, 4, 2, 1] {
+            let other = self.shfl_xor(acc, mask);
+            self.update(op, acc, other);
+        }
+    }
+
+    /// The element of `space` at the index `index` computes, where `cond` holds; 0
+    /// elsewhere. The index is computed only where the load happens, so it may be out
+    /// of range in the other threads.
+    pub fn ld_if(
+        &mut self,
+        cond: Reg,
+        space: Space,
+        index: impl FnOnce(&mut Self) -> Operand,
+    ) -> Reg {
+        let zero = match self.elem(space).reg_ty() {
+            Ty::I32 => Operand::I32(0),
+            Ty::I64 => Operand::I64(0),
+            _ => Operand::F32(0.0),
+        };
+        let value = self.mov(zero);
+        self.if_then(cond, |b| {
+            let at = index(b);
+            let x = b.ld(space, at);
+            b.assign(value, x);
+        });
+        value
+    }
+}

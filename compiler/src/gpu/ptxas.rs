@@ -42,6 +42,23 @@ pub fn find() -> Option<PathBuf> {
     (out.status.success() && path.is_file()).then_some(path)
 }
 
+/// ptxas for a test of `what`: `None`, with the reason printed, where it is not
+/// installed; a panic when `CI` is set, because CI must assemble every kernel (`.ci/run`
+/// installs it).
+pub fn find_for_test(what: &str) -> Option<PathBuf> {
+    let found = find();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas is required in CI (.ci/run installs nvidia-cuda-nvcc-cu12)"
+        );
+        eprintln!(
+            "skipping ptxas for {what}: not found (pip install nvidia-cuda-nvcc-cu12, or set SMELT_PTXAS)"
+        );
+    }
+    found
+}
+
 /// Assembles `ptx` for `arch` (`sm_90` or `sm_90a`) with `ptxas -v`; the error carries
 /// ptxas's own message.
 pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>, String> {

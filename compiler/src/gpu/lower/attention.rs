@@ -212,14 +212,8 @@ fn load_if(
     base: Reg,
     offset: impl Into<Operand>,
 ) -> Reg {
-    let value = b.mov(0.0f32);
     let offset = offset.into();
-    b.if_then(cond, |b| {
-        let at = b.add(base, offset);
-        let x = b.ld(src, at);
-        b.assign(value, x);
-    });
-    value
+    b.ld_if(cond, src, |b| b.add(base, offset).into())
 }
 
 /// Copies keys (or values) `k0 .. k0 + TILE` of batch entry `kv_base / s` into the
@@ -252,9 +246,6 @@ fn stage_tile(
 /// `op` over the warp's lanes, in every lane.
 fn warp_all(b: &mut KernelBuilder, op: BinOp, x: Reg) -> Reg {
     let acc = b.mov(x);
-    for mask in [16, 8, 4, 2, 1] {
-        let other = b.shfl_xor(acc, mask);
-        b.update(op, acc, other);
-    }
+    b.warp_combine(op, acc);
     acc
 }

@@ -111,11 +111,10 @@ fn load_or_zero(
     (rows, cols): (usize, usize),
     transposed: bool,
 ) -> Reg {
-    let value = b.mov(0.0f32);
     let in_rows = b.setp(Cmp::Lt, row, rows as i32);
     let in_cols = b.setp(Cmp::Lt, col, cols as i32);
     let inside = b.bin(crate::gpu::kir::BinOp::And, in_rows, in_cols);
-    b.if_then(inside, |b| {
+    b.ld_if(inside, src, |b| {
         let at = if transposed {
             let at = b.mul(col, rows as i32);
             b.add(at, row)
@@ -123,11 +122,8 @@ fn load_or_zero(
             let at = b.mul(row, cols as i32);
             b.add(at, col)
         };
-        let at = b.add(at, base);
-        let x = b.ld(src, at);
-        b.assign(value, x);
-    });
-    value
+        b.add(at, base).into()
+    })
 }
 
 /// Stages one k-step into shared memory: A's 64 × 16 tile at rows `m0..`, columns

@@ -150,14 +150,6 @@ fn accumulate_strided(
     });
 }
 
-/// Butterfly over the warp: afterwards every lane holds the warp's result.
-fn warp_reduce(b: &mut KernelBuilder, op: ReduceOp, acc: Reg) {
-    for mask in [16, 8, 4, 2, 1] {
-        let other = b.shfl_xor(acc, mask);
-        b.update(combine(op), acc, other);
-    }
-}
-
 fn finish_value(b: &mut KernelBuilder, layout: &RowLayout, op: ReduceOp, acc: Reg) -> Reg {
     if op == ReduceOp::Mean {
         b.div(acc, layout.len as f32)
@@ -180,7 +172,7 @@ fn warp_rows(
         let base = layout.row_base(b, row);
         let acc = b.mov(identity(op, Ty::F32));
         accumulate_strided(b, layout, base, lane, 32, op, input, acc);
-        warp_reduce(b, op, acc);
+        b.warp_combine(combine(op), acc);
         let value = finish_value(b, layout, op, acc);
         let first = b.setp(Cmp::Eq, lane, 0);
         b.if_then(first, |b| b.st(out, row, value));
@@ -205,7 +197,7 @@ fn block_rows(
         let base = layout.row_base(b, row);
         let acc = b.mov(identity(op, Ty::F32));
         accumulate_strided(b, layout, base, tid, block, op, input, acc);
-        warp_reduce(b, op, acc);
+        b.warp_combine(combine(op), acc);
         let lane0 = b.setp(Cmp::Eq, lane, 0);
         b.if_then(lane0, |b| b.st(partial, warp, acc));
         b.bar();
@@ -215,7 +207,7 @@ fn block_rows(
             let p = b.ld(partial, lane);
             b.assign(total, p);
         });
-        warp_reduce(b, op, total);
+        b.warp_combine(combine(op), total);
         let value = finish_value(b, layout, op, total);
         let thread0 = b.setp(Cmp::Eq, tid, 0);
         b.if_then(thread0, |b| b.st(out, row, value));

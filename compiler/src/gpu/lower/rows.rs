@@ -72,10 +72,7 @@ pub(super) fn lower(
                 let y = f(b, x);
                 b.update(op, acc, y);
             });
-            for mask in [16, 8, 4, 2, 1] {
-                let other = b.shfl_xor(acc, mask);
-                b.update(op, acc, other);
-            }
+            b.warp_combine(op, acc);
             acc
         };
         // Writes `f(x, j)` over the row.
