@@ -183,7 +183,7 @@ fn eval(
             let a = acc.expect("loads have accesses");
             let base: usize = idx.iter().zip(&a.outer).map(|(i, s)| i * s).sum();
             let positions = (0..len).map(|j| base + j * a.inner);
-            match &inputs[*input].buf {
+            match inputs[*input].buf() {
                 Buf::F32(v) if a.inner == 1 => Lane::F(v[base..base + len].to_vec()),
                 Buf::F32(v) => Lane::F(positions.map(|p| v[p]).collect()),
                 Buf::Int(v) => Lane::I(positions.map(|p| v[p]).collect()),
@@ -336,7 +336,7 @@ pub(super) fn run_jit(
     // outlive the call.
     let ptrs: Vec<usize> = inputs
         .iter()
-        .map(|v| match &v.buf {
+        .map(|v| match v.buf() {
             Buf::F32(x) => x.as_ptr() as usize,
             Buf::Int(x) => x.as_ptr() as usize,
             Buf::Bool(x) => x.as_ptr() as usize,

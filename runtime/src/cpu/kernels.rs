@@ -101,11 +101,11 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         Op::Reduce { op, axes } => reduce(*op, axes, x[0], dtype),
         Op::MatMul => matmul(x[0], false, x[1], false, shape),
         // A loopback exchange with one rank (see `ir::ops::collective`).
-        Op::Reshape | Op::AllToAll { .. } => x[0].buf.clone(),
+        Op::Reshape | Op::AllToAll { .. } => x[0].buf().clone(),
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
             copy_buf(
-                &x[0].buf,
+                x[0].buf(),
                 0,
                 &perm.iter().map(|&p| s[p]).collect::<Vec<_>>(),
                 shape,
@@ -119,7 +119,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
                     out_strides[d] = s[i];
                 }
             }
-            copy_buf(&x[0].buf, 0, &out_strides, shape)
+            copy_buf(x[0].buf(), 0, &out_strides, shape)
         }
         Op::Slice {
             axis, start, step, ..
@@ -127,7 +127,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
             let mut s = strides(&x[0].shape);
             let offset = *start as usize * s[*axis];
             s[*axis] *= *step as usize;
-            copy_buf(&x[0].buf, offset, &s, shape)
+            copy_buf(x[0].buf(), offset, &s, shape)
         }
         Op::Concat { axis } => concat(*axis, x, shape),
         Op::Pad {
@@ -191,7 +191,7 @@ fn numbers(dtype: DType, v: Vec<f64>) -> Buf {
 }
 
 fn unary(op: UnaryOp, x: &Val, dtype: DType) -> Buf {
-    if let Buf::Int(v) = &x.buf {
+    if let Buf::Int(v) = x.buf() {
         let f = |a: i64| {
             if op == UnaryOp::Neg {
                 a.wrapping_neg()
@@ -218,7 +218,7 @@ fn unary(op: UnaryOp, x: &Val, dtype: DType) -> Buf {
 }
 
 fn binary(op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
-    if let (Buf::Int(p), Buf::Int(q)) = (&a.buf, &b.buf) {
+    if let (Buf::Int(p), Buf::Int(q)) = (a.buf(), b.buf()) {
         let r = p
             .iter()
             .zip(q)
@@ -270,7 +270,7 @@ fn binary(op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
 }
 
 fn compare(op: CompareOp, a: &Val, b: &Val) -> Buf {
-    Buf::Bool(match (&a.buf, &b.buf) {
+    Buf::Bool(match (a.buf(), b.buf()) {
         (Buf::F32(p), Buf::F32(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
         (Buf::Int(p), Buf::Int(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
         (Buf::Bool(p), Buf::Bool(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
@@ -279,7 +279,7 @@ fn compare(op: CompareOp, a: &Val, b: &Val) -> Buf {
 }
 
 fn select(c: &Val, a: &Val, b: &Val) -> Buf {
-    let Buf::Bool(c) = &c.buf else {
+    let Buf::Bool(c) = c.buf() else {
         unreachable!("condition is bool (verified)")
     };
     fn pick<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
@@ -288,7 +288,7 @@ fn select(c: &Val, a: &Val, b: &Val) -> Buf {
             .map(|(&k, (&x, &y))| if k { x } else { y })
             .collect()
     }
-    match (&a.buf, &b.buf) {
+    match (a.buf(), b.buf()) {
         (Buf::F32(p), Buf::F32(q)) => Buf::F32(pick(c, p, q)),
         (Buf::Int(p), Buf::Int(q)) => Buf::Int(pick(c, p, q)),
         (Buf::Bool(p), Buf::Bool(q)) => Buf::Bool(pick(c, p, q)),
@@ -297,7 +297,7 @@ fn select(c: &Val, a: &Val, b: &Val) -> Buf {
 }
 
 fn cast(x: &Val, dtype: DType) -> Buf {
-    let v: Vec<f64> = match &x.buf {
+    let v: Vec<f64> = match x.buf() {
         Buf::F32(v) => v.iter().map(|&a| f64::from(a)).collect(),
         Buf::Int(v) => v.iter().map(|&a| a as f64).collect(),
         Buf::Bool(v) => v.iter().map(|&a| f64::from(u8::from(a))).collect(),
@@ -316,13 +316,13 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
         .all(|(i, &a)| a == r - axes.len() + i);
     let moved;
     let buf = if trailing {
-        &x.buf
+        x.buf()
     } else {
         let s = strides(&x.shape);
         let order: Vec<usize> = kept.iter().chain(axes).copied().collect();
         let shape: Vec<usize> = order.iter().map(|&a| x.shape[a]).collect();
         moved = copy_buf(
-            &x.buf,
+            x.buf(),
             0,
             &order.iter().map(|&a| s[a]).collect::<Vec<_>>(),
             &shape,
@@ -402,7 +402,7 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
     let batch: usize = shape[..r - 2].iter().product();
     let (a_rs, a_cs) = matrix_strides(m, k, ta);
     let (b_rs, b_cs) = matrix_strides(k, n, tb);
-    if let (Buf::Int(p), Buf::Int(q)) = (&a.buf, &b.buf) {
+    if let (Buf::Int(p), Buf::Int(q)) = (a.buf(), b.buf()) {
         let mut out = vec![0i64; batch * m * n];
         for bi in 0..batch {
             let (p, q) = (&p[bi * m * k..], &q[bi * k * n..]);
@@ -421,22 +421,14 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
     }
     let (p, q) = (a.f32(), b.f32());
     let mut out = vec![0f32; batch * m * n];
-    let threads = if m * n * k >= 1 << 18 {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    for bi in 0..batch {
+    if out.is_empty() {
+        return Buf::F32(out);
+    }
+    let product = |bi: usize, dst: &mut [f32], parallelism: gemm::Parallelism| {
         let (pa, qb) = (
             &p[bi * m * k..(bi + 1) * m * k],
             &q[bi * k * n..(bi + 1) * k * n],
         );
-        let dst = &mut out[bi * m * n..(bi + 1) * m * n];
         // SAFETY: the three slices hold exactly m×k, k×n and m×n elements, and the
         // strides given (row-major, or column-major for a transposed operand) address
         // only those; `dst` is not aliased.
@@ -463,6 +455,22 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
                 parallelism,
             );
         }
+    };
+    let threads = rayon::current_num_threads();
+    if m * n * k < 1 << 18 {
+        for (bi, dst) in out.chunks_mut(m * n).enumerate() {
+            product(bi, dst, gemm::Parallelism::None);
+        }
+    } else if batch >= 2 * threads {
+        // Many small products (attention heads): one product per task splits the work
+        // evenly without synchronising inside each product.
+        out.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(bi, dst)| product(bi, dst, gemm::Parallelism::None));
+    } else {
+        for (bi, dst) in out.chunks_mut(m * n).enumerate() {
+            product(bi, dst, gemm::Parallelism::Rayon(threads));
+        }
     }
     Buf::F32(out)
 }
@@ -488,7 +496,7 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
         out
     }
     let n = |p: &Val| p.shape[axis];
-    match &parts[0].buf {
+    match parts[0].buf() {
         Buf::F32(_) => Buf::F32(join(
             parts.iter().map(|p| (p.f32(), n(p))).collect(),
             outer,
@@ -499,7 +507,7 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
                 .iter()
                 .map(|p| {
                     (
-                        match &p.buf {
+                        match p.buf() {
                             Buf::Int(v) => &v[..],
                             _ => unreachable!("one dtype"),
                         },
@@ -515,7 +523,7 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
                 .iter()
                 .map(|p| {
                     (
-                        match &p.buf {
+                        match p.buf() {
                             Buf::Bool(v) => &v[..],
                             _ => unreachable!("one dtype"),
                         },
@@ -548,7 +556,7 @@ fn pad(axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) 
         }
         out
     }
-    match (&x.buf, numbers(dtype, vec![value])) {
+    match (x.buf(), numbers(dtype, vec![value])) {
         (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(v, f[0], outer, n, inner, low, high)),
         (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(v, f[0], outer, n, inner, low, high)),
         (Buf::Bool(v), Buf::Bool(f)) => Buf::Bool(fill(v, f[0], outer, n, inner, low, high)),
@@ -557,7 +565,7 @@ fn pad(axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) 
 }
 
 fn indices(idx: &Val, n: usize, axis: usize) -> Result<&[i64], String> {
-    let Buf::Int(v) = &idx.buf else {
+    let Buf::Int(v) = idx.buf() else {
         unreachable!("indices are integers (verified)")
     };
     match v.iter().find(|&&i| i < 0 || i as usize >= n) {
@@ -579,7 +587,7 @@ fn gather(axis: usize, table: &Val, idx: &Val) -> Result<Buf, String> {
         }
         out
     }
-    Ok(match &table.buf {
+    Ok(match table.buf() {
         Buf::F32(t) => Buf::F32(take(t, ids, outer, n, inner)),
         Buf::Int(t) => Buf::Int(take(t, ids, outer, n, inner)),
         Buf::Bool(t) => Buf::Bool(take(t, ids, outer, n, inner)),
@@ -590,7 +598,7 @@ fn scatter_add(axis: usize, base: &Val, idx: &Val, upd: &Val) -> Result<Buf, Str
     let (outer, n, inner) = around(&base.shape, axis);
     let ids = indices(idx, n, axis)?;
     let k = ids.len();
-    Ok(match (&base.buf, &upd.buf) {
+    Ok(match (base.buf(), upd.buf()) {
         (Buf::F32(b), Buf::F32(u)) => {
             let mut out = b.clone();
             for o in 0..outer {

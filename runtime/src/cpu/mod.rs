@@ -12,10 +12,10 @@
 mod fused;
 mod kernels;
 
-use crate::interp::{bind_shapes, Execution, RunError};
+use crate::interp::{bind_shapes_except, Execution, RunError};
 use crate::tensor::{Data, Tensor};
 use smelt_compiler::codegen::cranelift::{self, JitKernel};
-use smelt_compiler::ir::{DType, Def, Graph, ValueId};
+use smelt_compiler::ir::{DType, Def, Graph, Op, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::{schedule_with, Schedule, Step};
 use std::collections::HashMap;
@@ -39,16 +39,37 @@ impl Buf {
     }
 }
 
-/// A value during a run: its buffer and concrete shape.
+/// A value during a run: its buffer and concrete shape. Buffers are immutable once
+/// written and shared, so a reshape, a loopback exchange or a resident parameter is an
+/// alias rather than a copy.
 #[derive(Clone, Debug)]
 pub(crate) struct Val {
-    pub buf: Buf,
+    data: Arc<Buf>,
     pub shape: Vec<usize>,
 }
 
 impl Val {
+    pub fn new(buf: Buf, shape: Vec<usize>) -> Val {
+        Val {
+            data: Arc::new(buf),
+            shape,
+        }
+    }
+
+    /// The same buffer seen with another shape of as many elements.
+    fn alias(&self, shape: Vec<usize>) -> Val {
+        Val {
+            data: self.data.clone(),
+            shape,
+        }
+    }
+
+    pub fn buf(&self) -> &Buf {
+        &self.data
+    }
+
     pub fn f32(&self) -> &[f32] {
-        match &self.buf {
+        match self.buf() {
             Buf::F32(v) => v,
             _ => unreachable!("operand is f32 (verified types)"),
         }
@@ -156,12 +177,46 @@ impl CpuProgram {
 
     /// Runs the program on `feeds` (every input, parameter and state value by name).
     pub fn run(&self, feeds: &HashMap<String, Tensor>) -> Result<Execution, RunError> {
+        let (outputs, updates) = self.run_held(feeds, &Resident::default())?;
+        Ok(Execution {
+            outputs,
+            updates: updates
+                .0
+                .into_iter()
+                .map(|(name, (dtype, v))| (name, to_tensor(dtype, &v)))
+                .collect(),
+        })
+    }
+
+    /// Runs one step of a loop whose parameters and state stay in this backend's
+    /// buffers: values named in `resident` are read from it, the others from `feeds`.
+    /// Returns the outputs and the updates, which stay on the backend until
+    /// [`Resident::apply`] makes them the new state (a training loop checks the loss
+    /// first). Nothing is converted to or from `f64` for held values.
+    pub fn run_resident(
+        &self,
+        feeds: &HashMap<String, Tensor>,
+        resident: &Resident,
+    ) -> Result<(Vec<Tensor>, Updates), RunError> {
+        self.run_held(feeds, resident)
+    }
+
+    fn run_held(
+        &self,
+        feeds: &HashMap<String, Tensor>,
+        resident: &Resident,
+    ) -> Result<(Vec<Tensor>, Updates), RunError> {
         let g = &self.schedule.graph;
-        let bindings = bind_shapes(g, feeds)?;
+        let held = |name: &str| resident.values.contains_key(name);
+        let bindings = bind_shapes_except(g, feeds, &held)?;
         let mut env: Vec<Option<Val>> = vec![None; g.values.len()];
         for id in g.ids() {
             if !matches!(g.value(id).def, Def::Node { .. }) {
-                env[id.index()] = Some(to_val(&feeds[&g.value(id).name]));
+                let name = &g.value(id).name;
+                env[id.index()] = Some(match resident.values.get(name) {
+                    Some((_, v)) => v.clone(),
+                    None => to_val(&feeds[name]),
+                });
             }
         }
         for (i, step) in self.schedule.steps.iter().enumerate() {
@@ -177,49 +232,119 @@ impl CpuProgram {
                         .expect("values are live until their last read")
                 })
                 .collect();
-            let buf = match step {
-                Step::Pointwise(k) => match &self.jit[i] {
-                    Some(native) => fused::run_jit(k, native, &args, &shape),
-                    None => fused::run(k, &args, &shape),
-                },
+            let val = match step {
+                Step::Pointwise(k) => Val::new(
+                    match &self.jit[i] {
+                        Some(native) => fused::run_jit(k, native, &args, &shape),
+                        None => fused::run(k, &args, &shape),
+                    },
+                    shape,
+                ),
                 Step::Library(_) => {
                     let Def::Node { op, .. } = &v.def else {
                         unreachable!("library steps are nodes")
                     };
-                    kernels::eval(op, &args, v.ty.dtype, &shape).map_err(|message| {
-                        RunError::Eval {
-                            value: out,
-                            name: v.name.clone(),
-                            message,
-                        }
-                    })?
+                    match op {
+                        // Row-major data does not move: same buffer, new shape. A
+                        // loopback exchange with one rank is the identity.
+                        Op::Reshape | Op::AllToAll { .. } => args[0].alias(shape),
+                        _ => Val::new(
+                            kernels::eval(op, &args, v.ty.dtype, &shape).map_err(|message| {
+                                RunError::Eval {
+                                    value: out,
+                                    name: v.name.clone(),
+                                    message,
+                                }
+                            })?,
+                            shape,
+                        ),
+                    }
                 }
-                Step::MatMul { lhs, rhs, .. } => {
-                    kernels::matmul(args[0], lhs.transposed, args[1], rhs.transposed, &shape)
-                }
+                Step::MatMul { lhs, rhs, .. } => Val::new(
+                    kernels::matmul(args[0], lhs.transposed, args[1], rhs.transposed, &shape),
+                    shape,
+                ),
             };
-            debug_assert_eq!(buf.len(), shape.iter().product::<usize>());
-            env[out.index()] = Some(Val { buf, shape });
+            debug_assert_eq!(val.buf().len(), val.shape.iter().product::<usize>());
+            env[out.index()] = Some(val);
             for r in reads {
                 if self.last_read[r.index()] == i {
                     env[r.index()] = None;
                 }
             }
         }
-        let take = |id: ValueId| {
-            to_tensor(
-                g.ty(id).dtype,
-                env[id.index()].as_ref().expect("kept to the end"),
-            )
-        };
-        Ok(Execution {
-            outputs: g.outputs.iter().map(|&o| take(o)).collect(),
-            updates: g
-                .updates
+        let kept = |id: ValueId| env[id.index()].clone().expect("kept to the end");
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|&o| to_tensor(g.ty(o).dtype, &kept(o)))
+            .collect();
+        let updates = g
+            .updates
+            .iter()
+            .map(|&(t, v)| (g.value(t).name.clone(), (g.ty(t).dtype, kept(v))))
+            .collect();
+        Ok((outputs, Updates(updates)))
+    }
+}
+
+/// Parameters and optimiser state held in the CPU backend's `f32` buffers across the
+/// steps of a training loop, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Resident {
+    values: HashMap<String, (DType, Val)>,
+}
+
+/// The updates of one [`CpuProgram::run_resident`], still in the backend's buffers.
+#[derive(Debug)]
+pub struct Updates(Vec<(String, (DType, Val))>);
+
+impl Resident {
+    /// Takes `tensors` (parameters and state of `program`'s graph, checked against
+    /// their declared types) into the backend.
+    pub fn new(
+        program: &CpuProgram,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Resident, RunError> {
+        let g = &program.schedule.graph;
+        let mut values = HashMap::new();
+        for (name, t) in tensors {
+            let id = g
+                .find(name)
+                .filter(|&id| !matches!(g.value(id).def, Def::Node { .. } | Def::Input))
+                .ok_or_else(|| RunError::Unknown(name.clone()))?;
+            let name = name.clone();
+            let ty = g.ty(id);
+            let static_shape: Option<Vec<usize>> = ty
+                .dims()
                 .iter()
-                .map(|&(t, v)| (g.value(t).name.clone(), take(v)))
-                .collect(),
-        })
+                .map(|d| d.as_static().map(|n| n as usize))
+                .collect();
+            if t.dtype != ty.dtype || static_shape.as_ref() != Some(&t.shape) {
+                return Err(RunError::Mismatch {
+                    value: id,
+                    name,
+                    expected: ty.to_string(),
+                    found: t.type_string(),
+                    why: String::new(),
+                });
+            }
+            values.insert(name, (t.dtype, to_val(t)));
+        }
+        Ok(Resident { values })
+    }
+
+    /// Makes the updates the new values (no copy).
+    pub fn apply(&mut self, updates: Updates) {
+        self.values.extend(updates.0);
+    }
+
+    /// The held values as host tensors (for checkpoints).
+    pub fn to_tensors(&self) -> HashMap<String, Tensor> {
+        self.values
+            .iter()
+            .map(|(name, (dtype, v))| (name.clone(), to_tensor(*dtype, v)))
+            .collect()
     }
 }
 
@@ -237,14 +362,11 @@ fn to_val(t: &Tensor) -> Val {
         Data::Int(v) => Buf::Int(v.clone()),
         Data::Bool(v) => Buf::Bool(v.clone()),
     };
-    Val {
-        buf,
-        shape: t.shape.clone(),
-    }
+    Val::new(buf, t.shape.clone())
 }
 
 fn to_tensor(dtype: DType, v: &Val) -> Tensor {
-    let data = match &v.buf {
+    let data = match v.buf() {
         Buf::F32(x) => Data::Float(x.iter().map(|&a| f64::from(a)).collect()),
         Buf::Int(x) => Data::Int(x.clone()),
         Buf::Bool(x) => Data::Bool(x.clone()),

@@ -166,6 +166,16 @@ pub(crate) fn offset(idx: &[usize], strides: &[usize]) -> usize {
 /// Binds every symbolic dimension from the shapes of the given inputs and parameters,
 /// checking each given tensor against its declared type.
 pub fn bind_shapes(graph: &Graph, feeds: &HashMap<String, Tensor>) -> Result<Bindings, RunError> {
+    bind_shapes_except(graph, feeds, &|_| false)
+}
+
+/// Like [`bind_shapes`], for values other than those `held` says a backend already holds
+/// (checked when they were handed over; parameters and state have static shapes).
+pub fn bind_shapes_except(
+    graph: &Graph,
+    feeds: &HashMap<String, Tensor>,
+    held: &dyn Fn(&str) -> bool,
+) -> Result<Bindings, RunError> {
     for name in feeds.keys() {
         match graph.find(name) {
             Some(id) if !matches!(graph.value(id).def, Def::Node { .. }) => {}
@@ -175,7 +185,9 @@ pub fn bind_shapes(graph: &Graph, feeds: &HashMap<String, Tensor>) -> Result<Bin
     let mut bindings = Bindings::new();
     let fed: Vec<(ValueId, &Tensor)> = graph
         .ids()
-        .filter(|&id| !matches!(graph.value(id).def, Def::Node { .. }))
+        .filter(|&id| {
+            !matches!(graph.value(id).def, Def::Node { .. }) && !held(&graph.value(id).name)
+        })
         .map(|id| {
             let v = graph.value(id);
             let kind = match v.def {

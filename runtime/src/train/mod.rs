@@ -15,6 +15,7 @@ pub use data::Dataset;
 pub use schedule::Schedule;
 
 use crate::compiled::{Compiled, Purpose};
+use crate::cpu::Resident;
 use crate::engine::{Device, Engine};
 use crate::interp::RunError;
 use crate::params::init_params;
@@ -100,13 +101,25 @@ pub struct Phase {
     pub seconds: f64,
 }
 
+/// The loss of a step (its first output), which must be finite for the step to count.
+fn finite_loss(step: usize, outputs: &[Tensor]) -> Result<f64, TrainError> {
+    let loss = outputs[0].to_f64_vec()[0];
+    if !loss.is_finite() {
+        return Err(TrainError::NonFinite { step, loss });
+    }
+    Ok(loss)
+}
+
 /// A training run in progress.
 pub struct Trainer {
     config: TrainConfig,
     forward: Graph,
     step_graph: Graph,
     engine: Engine,
+    /// Parameters and optimiser state on the host; empty while `held` has them.
     state: HashMap<String, Tensor>,
+    /// The state kept in the CPU backend's buffers between steps (CPU engine only).
+    held: Option<Resident>,
     /// The names in `state` (parameters and optimiser state).
     state_names: std::collections::HashSet<String>,
     completed: usize,
@@ -184,6 +197,7 @@ impl Trainer {
             step_graph,
             engine,
             state,
+            held: None,
             state_names,
             completed: 0,
             data,
@@ -207,6 +221,7 @@ impl Trainer {
     /// Replaces the state with `ckpt`'s tensors (names and types must match the model)
     /// and resumes counting at its step.
     pub fn restore(&mut self, ckpt: Checkpoint) -> Result<(), TrainError> {
+        self.release_held();
         for (name, current) in self.state.iter_mut() {
             let saved = ckpt.tensors.get(name).ok_or_else(|| {
                 TrainError::Checkpoint(format!(
@@ -242,8 +257,18 @@ impl Trainer {
     }
 
     /// Current parameter and state values.
-    pub fn state(&self) -> &HashMap<String, Tensor> {
-        &self.state
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        match &self.held {
+            Some(held) => held.to_tensors(),
+            None => self.state.clone(),
+        }
+    }
+
+    /// Moves state held by the backend back to the host.
+    fn release_held(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.state = held.to_tensors();
+        }
     }
 
     /// Runs the next step.
@@ -260,29 +285,47 @@ impl Trainer {
             self.config.seed,
             self.completed,
         );
-        // The state moves into the feeds and back (no copy); the updates replace it.
-        feeds.extend(self.state.drain());
         feeds.insert("lr".into(), Tensor::from_f64(DType::F32, vec![], vec![lr]));
         feeds.insert(
             "step".into(),
             Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
         );
         let batch_end = start.elapsed().as_secs_f64();
-        let run = self.engine.run(&feeds);
-        let run_end = start.elapsed().as_secs_f64();
-        for (name, value) in feeds {
-            if self.state_names.contains(&name) {
-                self.state.insert(name, value);
+        let (run_end, loss) = match &self.engine {
+            // The state stays in the backend's f32 buffers from step to step.
+            Engine::Cpu(program) => {
+                let held = match self.held.take() {
+                    Some(h) => h,
+                    None => {
+                        let h = Resident::new(program, &self.state)?;
+                        self.state.clear();
+                        h
+                    }
+                };
+                let run = program.run_resident(&feeds, &held);
+                let run_end = start.elapsed().as_secs_f64();
+                let held = self.held.insert(held);
+                let (outputs, updates) = run?;
+                let loss = finite_loss(step, &outputs)?;
+                held.apply(updates);
+                (run_end, loss)
             }
-        }
-        let run = run?;
-        let loss = run.outputs[0].to_f64_vec()[0];
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite { step, loss });
-        }
-        for (name, value) in run.updates {
-            self.state.insert(name, value);
-        }
+            engine => {
+                // The state moves into the feeds and back (no copy); the updates replace it.
+                feeds.extend(self.state.drain());
+                let run = engine.run(&feeds);
+                let run_end = start.elapsed().as_secs_f64();
+                for (name, value) in feeds {
+                    if self.state_names.contains(&name) {
+                        self.state.insert(name, value);
+                    }
+                }
+                let run = run?;
+                let loss = finite_loss(step, &run.outputs)?;
+                self.state.extend(run.updates);
+                (run_end, loss)
+            }
+        };
         let apply_end = start.elapsed().as_secs_f64();
         let phase = |name, from: f64, to: f64| Phase {
             name,
@@ -318,7 +361,7 @@ impl Trainer {
         ]);
         Checkpoint {
             step: self.completed,
-            tensors: self.state.clone().into_iter().collect(),
+            tensors: self.state().into_iter().collect(),
             meta,
         }
     }
