@@ -86,7 +86,22 @@ fn reductions_and_matmul() {
             ));
         }
     }
+    // Long rows (vector lanes and a tail), leading axes wider than a column block, both
+    // large enough for the parallel paths.
+    for (axes, ty) in [
+        ("[2]", "f32[B, 37]"),
+        ("[0, 1]", "f32[300]"),
+        ("[1]", "f32[B, 300]"),
+    ] {
+        for op in ["reduce_sum", "reduce_max", "reduce_mean"] {
+            check(&format!(
+                "input %x: f32[B, 37, 300]\n%y: {ty} = {op} %x {{axes = {axes}}}\noutput %y"
+            ));
+        }
+    }
     check("input %a: f32[2, B, 7]\ninput %b: f32[2, 7, 5]\n%y = matmul %a, %b\noutput %y");
+    // Enough products of enough work for one product per task.
+    check("input %a: f32[8, 64, 64]\ninput %b: f32[8, 64, 64]\n%y = matmul %a, %b\noutput %y");
     check("input %a: f32[64, 96]\ninput %b: f32[96, 80]\n%y = matmul %a, %b\noutput %y");
 }
 
