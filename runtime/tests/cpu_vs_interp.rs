@@ -343,3 +343,43 @@ fn vector_exp_and_tanh_across_their_range() {
         }
     }
 }
+
+#[test]
+fn additive_epilogues_fold_into_the_product() {
+    // (body, steps, shown in the schedule): a bias and a residual fold into the product
+    // they are added to; a product read twice, or added to itself, keeps its own step.
+    let bias = "  %bb: f32[B, 24] = broadcast %b {dims = [1]}";
+    let cases = [
+        (
+            format!("input %x: f32[B, 16]\ninput %w: f32[16, 24]\ninput %b: f32[24]\ninput %r: f32[B, 24]\n%p = matmul %x, %w\n{bias}\n%s = add %p, %bb\n%y = add %r, %s\noutput %y"),
+            1,
+            "added to kernel",
+        ),
+        (
+            format!("input %x: f32[B, 16]\ninput %w: f32[16, 24]\ninput %b: f32[24]\n%p = matmul %x, %w\n{bias}\n%s = add %bb, %p\n%y = relu %s\noutput %y\noutput %s"),
+            2,
+            "added to kernel",
+        ),
+        (
+            format!("input %x: f32[B, 16]\ninput %w: f32[16, 24]\ninput %b: f32[24]\n%p = matmul %x, %w\n{bias}\n%s = add %p, %bb\noutput %s\noutput %p"),
+            2,
+            "kernel fused",
+        ),
+        (
+            "input %x: f32[B, 16]\ninput %w: f32[16, 24]\n%p = matmul %x, %w\n%e = exp %p\n%y = add %p, %e\noutput %y".to_string(),
+            2,
+            "kernel fused",
+        ),
+    ];
+    for (body, steps, shown) in cases {
+        let src = format!("graph @t {{\n{body}\n}}\n");
+        let g = text::parse(&src)
+            .unwrap_or_else(|e| panic!("{e}\n{src}"))
+            .graph;
+        let s = smelt_compiler::schedule::schedule(&g);
+        let text = s.to_text(&Default::default());
+        assert_eq!(s.steps.len(), steps, "{text}");
+        assert!(text.contains(shown), "{text}");
+        check(&body);
+    }
+}

@@ -125,6 +125,7 @@ pub(super) fn fuse(g: &Graph, enabled: bool) -> Vec<Step> {
                 output: id,
                 lhs: transpose::matmul_operand(g, operands[0]),
                 rhs: transpose::matmul_operand(g, operands[1]),
+                init: None,
             });
         } else if !is_fusable(g, id) {
             steps.push(Step::Library(id));

@@ -7,6 +7,7 @@
 //! (`memory.rs`). The CPU backend runs a schedule; `smelt dump-ir --stage scheduled`
 //! prints it.
 
+mod epilogue;
 mod fusion;
 pub mod memory;
 pub mod serial;
@@ -36,6 +37,10 @@ pub enum Step {
         lhs: MatMulOperand,
         /// The right operand.
         rhs: MatMulOperand,
+        /// An additive epilogue folded in (`epilogue.rs`): this kernel's value is
+        /// computed first and the product is added to it; the step then writes the
+        /// kernel's output instead of `output`.
+        init: Option<Box<PointwiseKernel>>,
     },
 }
 
@@ -54,6 +59,7 @@ impl Step {
         match self {
             Step::Pointwise(k) => k.output,
             Step::Library(v) => *v,
+            Step::MatMul { init: Some(k), .. } => k.output,
             Step::MatMul { output, .. } => *output,
         }
     }
@@ -63,7 +69,11 @@ impl Step {
         match self {
             Step::Pointwise(k) => k.inputs.clone(),
             Step::Library(v) => transpose::reads(g, *v),
-            Step::MatMul { lhs, rhs, .. } => vec![lhs.value, rhs.value],
+            Step::MatMul { lhs, rhs, init, .. } => {
+                let mut r = vec![lhs.value, rhs.value];
+                r.extend(init.iter().flat_map(|k| k.inputs.iter().copied()));
+                r
+            }
         }
     }
 }
@@ -87,7 +97,10 @@ pub fn schedule(graph: &Graph) -> Schedule {
 /// op-by-op baseline that benchmarks compare fusion against).
 pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
     let graph = decompose(graph);
-    let steps = fusion::fuse(&graph, fuse);
+    let mut steps = fusion::fuse(&graph, fuse);
+    if fuse {
+        steps = epilogue::fold_additive_epilogues(&graph, steps);
+    }
     Schedule { graph, steps }
 }
 
@@ -155,7 +168,7 @@ impl Schedule {
                         g.ty(out)
                     );
                 }
-                Step::MatMul { lhs, rhs, .. } => {
+                Step::MatMul { lhs, rhs, init, .. } => {
                     // `%a^T`: read transposed, no transpose materialised.
                     let read = |o: &MatMulOperand| {
                         format!("{}{}", name(o.value), if o.transposed { "^T" } else { "" })
@@ -168,6 +181,11 @@ impl Schedule {
                         name(out),
                         g.ty(out)
                     );
+                    if let Some(k) = init {
+                        let ins: Vec<String> = k.inputs.iter().map(|&v| name(v)).collect();
+                        let _ = writeln!(s, "    added to kernel {} ({})", k.name, ins.join(", "));
+                        s.push_str(&k.to_text(name));
+                    }
                 }
             }
         }

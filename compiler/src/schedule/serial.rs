@@ -23,10 +23,16 @@ pub fn to_json(s: &Schedule) -> Value {
         .map(|step| match step {
             Step::Library(v) => json!({ "library": v.0 }),
             Step::Pointwise(k) => json!({ "kernel": kernel_to_json(k) }),
-            Step::MatMul { output, lhs, rhs } => json!({ "matmul": {
+            Step::MatMul {
+                output,
+                lhs,
+                rhs,
+                init,
+            } => json!({ "matmul": {
                 "output": output.0,
                 "lhs": [lhs.value.0, lhs.transposed],
                 "rhs": [rhs.value.0, rhs.transposed],
+                "init": init.as_deref().map(kernel_to_json),
             }}),
         })
         .collect();
@@ -117,7 +123,16 @@ pub fn from_json(v: &Value) -> Result<Schedule, String> {
                     graph.value(output).name
                 ));
             }
-            steps.push(Step::MatMul { output, lhs, rhs });
+            let init = match m.get("init") {
+                None | Some(Value::Null) => None,
+                Some(k) => Some(Box::new(kernel_from_json(k, &value)?)),
+            };
+            steps.push(Step::MatMul {
+                output,
+                lhs,
+                rhs,
+                init,
+            });
         } else {
             return Err(format!("unknown step {s}"));
         }

@@ -99,7 +99,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         Op::Select => select(x[0], x[1], x[2]),
         Op::Cast => cast(x[0], dtype),
         Op::Reduce { op, axes } => reduce(*op, axes, x[0], dtype),
-        Op::MatMul => matmul(x[0], false, x[1], false, shape),
+        Op::MatMul => matmul(x[0], false, x[1], false, shape, None),
         // A loopback exchange with one rank (see `ir::ops::collective`).
         Op::Reshape | Op::AllToAll { .. } => x[0].buf().clone(),
         Op::Permute { perm } => {
@@ -468,8 +468,16 @@ fn matrix_strides(rows: usize, cols: usize, transposed: bool) -> (usize, usize) 
 }
 
 /// The batched product `op(a) · op(b)`, where `op` transposes the last two axes of an
-/// operand whose flag is set; `shape` is the result's shape.
-pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> Buf {
+/// operand whose flag is set; `shape` is the result's shape. With `start` (f32, of that
+/// shape) the product is added to it.
+pub(super) fn matmul(
+    a: &Val,
+    ta: bool,
+    b: &Val,
+    tb: bool,
+    shape: &[usize],
+    start: Option<Buf>,
+) -> Buf {
     let r = shape.len();
     let (m, n) = (shape[r - 2], shape[r - 1]);
     let k = if ta { a.shape[r - 2] } else { a.shape[r - 1] };
@@ -494,7 +502,10 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
         return Buf::Int(out);
     }
     let (p, q) = (a.f32(), b.f32());
-    let mut out = vec![0f32; batch * m * n];
+    let (mut out, accumulate) = match start {
+        Some(Buf::F32(v)) => (v, true),
+        _ => (vec![0f32; batch * m * n], false),
+    };
     if out.is_empty() {
         return Buf::F32(out);
     }
@@ -514,14 +525,14 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
                 dst.as_mut_ptr(),
                 1,
                 n as isize,
-                false,
+                accumulate,
                 pa.as_ptr(),
                 a_cs as isize,
                 a_rs as isize,
                 qb.as_ptr(),
                 b_cs as isize,
                 b_rs as isize,
-                0.0,
+                if accumulate { 1.0 } else { 0.0 },
                 1.0,
                 false,
                 false,

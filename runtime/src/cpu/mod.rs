@@ -160,6 +160,7 @@ impl CpuProgram {
             .iter()
             .map(|s| match s {
                 Step::Pointwise(k) if jit => native(k).map(Some),
+                Step::MatMul { init: Some(k), .. } if jit => native(k).map(Some),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -260,10 +261,22 @@ impl CpuProgram {
                         ),
                     }
                 }
-                Step::MatMul { lhs, rhs, .. } => Val::new(
-                    kernels::matmul(args[0], lhs.transposed, args[1], rhs.transposed, &shape),
-                    shape,
-                ),
+                Step::MatMul { lhs, rhs, init, .. } => {
+                    // The additive epilogue first, then the product accumulates into it.
+                    let start = init.as_ref().map(|k| match &self.jit[i] {
+                        Some(native) => fused::run_jit(k, native, &args[2..], &shape),
+                        None => fused::run(k, &args[2..], &shape),
+                    });
+                    let product = kernels::matmul(
+                        args[0],
+                        lhs.transposed,
+                        args[1],
+                        rhs.transposed,
+                        &shape,
+                        start,
+                    );
+                    Val::new(product, shape)
+                }
             };
             debug_assert_eq!(val.buf().len(), val.shape.iter().product::<usize>());
             env[out.index()] = Some(val);

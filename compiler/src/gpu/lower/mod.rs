@@ -97,8 +97,14 @@ pub fn lower_step(
     }
     match step {
         Step::Pointwise(k) => Ok(vec![pointwise::lower(&name, g, shapes, k)?]),
-        Step::MatMul { output, lhs, rhs } => {
-            Ok(vec![matmul::lower(&name, g, shapes, *output, *lhs, *rhs)?])
+        Step::MatMul {
+            output,
+            lhs,
+            rhs,
+            init: None,
+        } => Ok(vec![matmul::lower(&name, g, shapes, *output, *lhs, *rhs)?]),
+        Step::MatMul { init: Some(_), .. } => {
+            Err("additive epilogues are a CPU schedule's (gpu::schedule folds none)".into())
         }
         Step::Library(v) => {
             let Def::Node { op, operands } = &g.value(*v).def else {
