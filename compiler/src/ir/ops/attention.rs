@@ -101,7 +101,7 @@ pub(super) fn infer_part(part: AttentionPart, x: &[&TensorType]) -> ShapeResult 
         return Err(fail());
     }
     Ok(match part {
-        AttentionPart::Lse => s.typed(q, &[s.tq.clone()]),
+        AttentionPart::Lse => s.typed(q, std::slice::from_ref(&s.tq)),
         AttentionPart::GradQ => q.clone(),
         AttentionPart::GradK => k.clone(),
         AttentionPart::GradV => s.typed(q, &[s.tk.clone(), x[2].dims()[s.rank - 1].clone()]),
