@@ -131,6 +131,9 @@ fn attention_library_steps() {
         ("2, B, 7, 6", "2, B, 9, 6", "2, B, 9, 5", false),
         ("B, 9, 6", "B, 4, 6", "B, 4, 5", true),
         ("B, 4, 6", "B, 9, 6", "B, 9, 5", true),
+        // Several causal blocks of 32, with more queries than keys and fewer.
+        ("B, 70, 6", "B, 40, 6", "B, 40, 5", true),
+        ("B, 40, 6", "B, 70, 6", "B, 70, 5", true),
     ] {
         let body = common::attention_backward(q, k, v, "f32", causal, 0.4);
         let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))

@@ -48,49 +48,48 @@ pub(super) fn eval(c: &Composite, x: &[&Val], shape: &[usize]) -> Buf {
         gemm::Parallelism::Rayon(threads)
     };
     let per_entry = out.len() / batch;
+    let rows = Rows {
+        t,
+        s,
+        causal,
+        parallelism,
+    };
     out.par_chunks_mut(per_entry)
         .enumerate()
         .for_each(|(bi, dst)| {
             let (q, k) = (entry(0, bi), entry(1, bi));
             let mut p = vec![0f32; t * s];
-            // p = q kᵀ · scale (k read transposed in place).
-            gemm_f32(&mut p, (t, s, e), (q, e, 1), (k, 1, e), scale, parallelism);
-            let rows = Rows { t, s, causal };
+            rows.product(&mut p, (q, e), (k, true), scale);
             match part {
                 None => {
                     rows.softmax(&mut p);
                     let v = entry(2, bi);
-                    let f = v.len() / s.max(1);
-                    gemm_f32(dst, (t, f, s), (&p, s, 1), (v, f, 1), 1.0, parallelism);
+                    rows.product(dst, (&p, s), (v, false), 1.0);
                 }
                 Some(AttentionPart::Lse) => rows.log_sum_exp(&p, dst),
                 Some(AttentionPart::GradV) => {
                     rows.probabilities(&mut p, entry(3, bi));
-                    let dy = entry(2, bi);
-                    let f = dy.len() / t.max(1);
-                    // dv = Pᵀ dy.
-                    gemm_f32(dst, (s, f, t), (&p, 1, s), (dy, f, 1), 1.0, parallelism);
+                    rows.transposed_product(dst, &p, entry(2, bi), 1.0);
                 }
                 Some(part @ (AttentionPart::GradQ | AttentionPart::GradK)) => {
                     let (v, dy, lse, delta) =
                         (entry(2, bi), entry(3, bi), entry(4, bi), entry(5, bi));
-                    let f = dy.len() / t.max(1);
                     rows.probabilities(&mut p, lse);
                     // dP = dy vᵀ, then dS = P ∘ (dP − delta) in place of P.
                     let mut dp = vec![0f32; t * s];
-                    gemm_f32(&mut dp, (t, s, f), (dy, f, 1), (v, 1, f), 1.0, parallelism);
-                    let rows = p.chunks_mut(s.max(1)).zip(dp.chunks(s.max(1)));
-                    for ((p_row, dp_row), d) in rows.zip(delta) {
+                    rows.product(&mut dp, (dy, dy.len() / t.max(1)), (v, true), 1.0);
+                    let pairs = p.chunks_mut(s.max(1)).zip(dp.chunks(s.max(1)));
+                    for ((p_row, dp_row), d) in pairs.zip(delta) {
                         for (pij, dpij) in p_row.iter_mut().zip(dp_row) {
                             *pij *= dpij - d;
                         }
                     }
                     if part == AttentionPart::GradQ {
                         // dq = scale · dS k.
-                        gemm_f32(dst, (t, e, s), (&p, s, 1), (k, e, 1), scale, parallelism);
+                        rows.product(dst, (&p, s), (k, false), scale);
                     } else {
                         // dk = scale · dSᵀ q.
-                        gemm_f32(dst, (s, e, t), (&p, 1, s), (q, e, 1), scale, parallelism);
+                        rows.transposed_product(dst, &p, q, scale);
                     }
                 }
             }
@@ -103,9 +102,93 @@ struct Rows {
     t: usize,
     s: usize,
     causal: bool,
+    parallelism: gemm::Parallelism,
 }
 
+/// With the causal mask, products go by blocks of this many rows (or keys), each over
+/// only the keys (or queries) it sees: about half the work of the whole square.
+const BLOCK: usize = 32;
+
 impl Rows {
+    /// `(first row, end row, keys seen)` for blocks of query rows.
+    fn row_blocks(&self) -> Vec<(usize, usize, usize)> {
+        if !self.causal {
+            return vec![(0, self.t, self.s)];
+        }
+        (0..self.t)
+            .step_by(BLOCK)
+            .map(|i0| {
+                let i1 = (i0 + BLOCK).min(self.t);
+                (i0, i1, i1.min(self.s))
+            })
+            .collect()
+    }
+
+    /// `dst = scale · a · b` (or `a · bᵀ`), by blocks of query rows, each over only
+    /// the keys its rows see. `a` has `t` rows of `width_a`; `b` has the `s` keys as
+    /// rows. Read as is (`a` holds probabilities or dS, zero past the keys seen), `dst`
+    /// gets `b`'s width; `transposed` (`a` is q or dy), `dst` is a `t × s` score-like
+    /// matrix, filled only where the block sees the keys.
+    fn product(
+        &self,
+        dst: &mut [f32],
+        (a, width_a): (&[f32], usize),
+        (b, transposed): (&[f32], bool),
+        scale: f32,
+    ) {
+        let width_b = b.len() / self.s.max(1);
+        for (i0, i1, n) in self.row_blocks() {
+            if n == 0 || i0 == i1 {
+                continue;
+            }
+            // The inner size is the head size when b is transposed, else the keys seen.
+            let (cols, inner, dst_rs, b_strides) = if transposed {
+                (n, width_a, self.s, (1, width_b))
+            } else {
+                (width_b, n, width_b, (width_b, 1))
+            };
+            if inner == 0 {
+                continue;
+            }
+            gemm_f32(
+                (&mut dst[i0 * dst_rs..], dst_rs),
+                (i1 - i0, cols, inner),
+                (&a[i0 * width_a..], width_a, 1),
+                (b, b_strides.0, b_strides.1),
+                scale,
+                self.parallelism,
+            );
+        }
+    }
+
+    /// `dst[j, :] = scale · Σ_i a[i, j] · x[i, :]` (`aᵀ x`, `a` the `t × s`
+    /// probabilities or dS read transposed in place, `x` with `t` rows), by blocks of
+    /// keys over only the queries that see them.
+    fn transposed_product(&self, dst: &mut [f32], a: &[f32], x: &[f32], scale: f32) {
+        let width = x.len() / self.t.max(1);
+        let blocks: Vec<(usize, usize, usize)> = if self.causal {
+            (0..self.s)
+                .step_by(BLOCK)
+                .map(|j0| (j0, (j0 + BLOCK).min(self.s), j0))
+                .collect()
+        } else {
+            vec![(0, self.s, 0)]
+        };
+        for (j0, j1, first) in blocks {
+            if first >= self.t || j0 == j1 || width == 0 {
+                continue;
+            }
+            gemm_f32(
+                (&mut dst[j0 * width..], width),
+                (j1 - j0, width, self.t - first),
+                (&a[first * self.s + j0..], 1, self.s),
+                (&x[first * width..], width, 1),
+                scale,
+                self.parallelism,
+            );
+        }
+    }
+
     /// How many leading keys row `i` sees.
     fn visible(&self, i: usize) -> usize {
         if self.causal {

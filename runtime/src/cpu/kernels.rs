@@ -435,7 +435,7 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
         );
         let dst = &mut out[bi * m * n..(bi + 1) * m * n];
         gemm_f32(
-            dst,
+            (dst, n),
             (m, n, k),
             (pa, a_rs, a_cs),
             (qb, b_rs, b_cs),
@@ -446,13 +446,13 @@ pub(super) fn matmul(a: &Val, ta: bool, b: &Val, tb: bool, shape: &[usize]) -> B
     Buf::F32(out)
 }
 
-/// `dst = scale · a · b` for one `m × k` by `k × n` product, row-major `dst`; each
-/// operand is a slice with its (row, column) strides, so a transposed operand is read
-/// in place.
+/// `dst = scale · a · b` for one `m × k` by `k × n` product into the row-major `dst`
+/// with row stride `dst_rs` (a block of a wider matrix); each operand is a slice with
+/// its (row, column) strides, so a transposed operand is read in place.
 ///
 /// Panics if a slice is too short for its strides (a bug in the caller).
 pub(super) fn gemm_f32(
-    dst: &mut [f32],
+    (dst, dst_rs): (&mut [f32], usize),
     (m, n, k): (usize, usize, usize),
     (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
@@ -462,7 +462,10 @@ pub(super) fn gemm_f32(
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
         (rows > 0 && cols > 0).then(|| (rows - 1) * rs + (cols - 1) * cs)
     };
-    assert!(dst.len() >= m * n, "gemm destination too short");
+    assert!(
+        last(m, n, dst_rs, 1).is_none_or(|i| i < dst.len()),
+        "gemm destination too short"
+    );
     assert!(
         last(m, k, a_rs, a_cs).is_none_or(|i| i < a.len()),
         "gemm lhs too short"
@@ -480,7 +483,7 @@ pub(super) fn gemm_f32(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             false,
             a.as_ptr(),
             a_cs as isize,
