@@ -4,7 +4,8 @@
 //! k transposed in place; one pass over each score row applies the causal mask and the
 //! softmax (or `exp(s − lse)` from the saved statistic, or the log-sum-exp itself);
 //! what follows is `gemm` products again, reading the probabilities transposed in
-//! place where the formula needs `Pᵀ` or `dSᵀ`. The decomposition instead materialises
+//! place where the formula needs `Pᵀ` or `dSᵀ`. With the causal mask, products go by
+//! blocks of rows over only the keys they see. The decomposition instead materialises
 //! a permuted copy of k, the mask, and several reductions and pointwise passes over
 //! the T×S scores.
 
