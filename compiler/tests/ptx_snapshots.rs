@@ -51,6 +51,13 @@ fn fused_causal_attention() {
 }
 
 #[test]
+fn fused_causal_attention_grad_k() {
+    insta::assert_snapshot!(module(
+        "input %q: f32[1, 8, 8]\ninput %k: f32[1, 8, 8]\ninput %v: f32[1, 8, 8]\ninput %dy: f32[1, 8, 8]\ninput %lse: f32[1, 8]\ninput %delta: f32[1, 8]\n%y = attention_grad_k %q, %k, %v, %dy, %lse, %delta {causal = true, scale = 0.35}\noutput %y"
+    ));
+}
+
+#[test]
 fn fused_layer_norm_row() {
     insta::assert_snapshot!(module(
         "input %x: f32[4, 64]\ninput %g: f32[64]\ninput %b: f32[64]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\noutput %y"

@@ -232,3 +232,49 @@ fn random_graphs_are_not_trivial() {
         .collect();
     assert!(kinds.len() >= 10, "only {kinds:?}:\n{printed}");
 }
+
+/// Attention's backward composites (`attention_lse`, `attention_grad_q`, ...), as
+/// autodiff emits them, round-trip through both forms.
+#[test]
+fn attention_backward_composites_round_trip() {
+    for causal in [true, false] {
+        let src = format!(
+            "graph @t {{\n  input %q: f32[B, 2, 5, 8]\n  input %k: f32[B, 2, 7, 8]\n  input %v: f32[B, 2, 7, 3]\n  %y = attention %q, %k, %v {{causal = {causal}, scale = 0.35355339059327373}}\n  %loss: f32[] = reduce_sum %y {{axes = [0, 1, 2, 3]}}\n  output %loss\n}}\n"
+        );
+        let g = text::parse(&src).unwrap().graph;
+        let wrt = ["q", "k", "v"].map(|n| g.find(n).unwrap());
+        let g = smelt_compiler::autodiff::differentiate(&g, g.find("loss").unwrap(), &wrt)
+            .unwrap()
+            .graph;
+        let printed = text::print(&g);
+        for name in [
+            "attention_lse",
+            "attention_grad_q",
+            "attention_grad_k",
+            "attention_grad_v",
+        ] {
+            assert!(
+                printed.contains(&format!("= {name} %")),
+                "{name}:\n{printed}"
+            );
+        }
+        let parsed = text::parse(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+        assert_eq!(text::print(&parsed.graph), printed);
+        let j = json::to_json(&g);
+        let back = json::from_json(&j).unwrap_or_else(|e| panic!("{e}\n{j}"));
+        assert_eq!(text::print(&back), printed);
+        assert_eq!(json::to_json(&back), j);
+    }
+}
+
+/// A backward composite with mismatched operands is a shape error naming the operands
+/// it expects, not a panic.
+#[test]
+fn attention_backward_composites_check_their_operands() {
+    let src = "graph @t {\n  input %q: f32[2, 5, 8]\n  input %k: f32[2, 7, 8]\n  input %dy: f32[2, 5, 3]\n  input %lse: f32[2, 7]\n  %y = attention_grad_v %q, %k, %dy, %lse {causal = false, scale = 0.5}\n  output %y\n}\n";
+    let err = text::parse(src).unwrap_err().to_string();
+    assert!(
+        err.contains("'attention_grad_v' needs") && err.contains("q, k, dy, lse"),
+        "{err}"
+    );
+}

@@ -137,6 +137,39 @@ fn composite_ops() {
     check("input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y");
 }
 
+/// Attention and its backward pieces run whole, as library steps, on shapes with
+/// fewer or more keys than queries, causal and not.
+#[test]
+fn attention_library_steps() {
+    for (q, k, v, causal) in [
+        ("B, 5, 4", "B, 5, 4", "B, 5, 3", true),
+        ("2, B, 7, 6", "2, B, 9, 6", "2, B, 9, 5", false),
+        ("B, 9, 6", "B, 4, 6", "B, 4, 5", true),
+        ("B, 4, 6", "B, 9, 6", "B, 9, 5", true),
+        // Several causal blocks of 32, with more queries than keys and fewer.
+        ("B, 70, 6", "B, 40, 6", "B, 40, 5", true),
+        ("B, 40, 6", "B, 70, 6", "B, 70, 5", true),
+    ] {
+        let body = common::attention_backward(q, k, v, "f32", causal, 0.4);
+        let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
+            .unwrap()
+            .graph;
+        let steps = CpuProgram::compile(&g).unwrap().schedule().steps.len();
+        // attention, attention_lse, dy·y with its row sum, and the three adjoints.
+        assert_eq!(steps, 7, "{body}");
+        check(&body);
+    }
+    // Long rows (the scores of 150 keys).
+    check(&common::attention_backward(
+        "2, 150, 16",
+        "2, 150, 16",
+        "2, 150, 16",
+        "f32",
+        true,
+        0.25,
+    ));
+}
+
 #[test]
 fn mlp_forward_and_training_steps() {
     let g = common::example("examples/mlp.sir");

@@ -20,10 +20,11 @@ use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
 
-/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available.
-fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
+/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available,
+/// and returns ptxas's report of each.
+fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) -> Vec<ptxas::KernelReport> {
     let Some(ptxas) = ptxas::find_for_test(&g.name) else {
-        return;
+        return Vec::new();
     };
     let bindings = interp::bind_shapes(g, feeds).unwrap();
     let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), &bindings).unwrap();
@@ -32,6 +33,7 @@ fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let reports = ptxas::assemble(&ptxas, &module, ptx::arch(&kernels))
         .unwrap_or_else(|e| panic!("ptxas rejected the module:\n{e}\n{module}"));
     assert_eq!(reports.len(), kernels.len(), "one report per kernel");
+    reports
 }
 
 /// Runs on the GPU path: the evaluator, or a real GPU when asked for.
@@ -54,7 +56,7 @@ fn run_gpu(g: &Graph, feeds: &HashMap<String, Tensor>, comm_sms: u32) -> Executi
     got.unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)))
 }
 
-fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
+fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) -> Vec<ptxas::KernelReport> {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
     // The plan's grids (capped at the compute SMs), and a grid of 1 block, which makes
     // every grid-stride loop take many turns.
@@ -72,17 +74,20 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) {
             common::assert_close(&format!("update of %{name}"), c, w, tol);
         }
     }
-    assemble(g, feeds);
+    assemble(g, feeds)
 }
 
-fn check_tol(body: &str, bind: usize, tol: f64) {
+/// Checks `body` on two random draws; returns ptxas's reports (empty without ptxas).
+fn check_tol(body: &str, bind: usize, tol: f64) -> Vec<ptxas::KernelReport> {
     let src = format!("graph @t {{\n{body}\n}}\n");
     let g = text::parse(&src)
         .unwrap_or_else(|e| panic!("{e}\n{src}"))
         .graph;
+    let mut reports = Vec::new();
     for seed in [1, 2] {
-        compare(&g, &common::random_feeds(&g, seed, bind, 4), tol);
+        reports = compare(&g, &common::random_feeds(&g, seed, bind, 4), tol);
     }
+    reports
 }
 
 /// The kernels the GPU path generates for a graph body, with `B` bound to `batch`.
@@ -248,4 +253,67 @@ fn fused_attention_kernel() {
     check("input %q: f32[2, 3, 37, 40]\ninput %k: f32[2, 3, 70, 40]\ninput %v: f32[2, 3, 70, 72]\n%y = attention %q, %k, %v {causal = false, scale = 0.15}\noutput %y");
     check("input %q: f32[B, 67, 16]\ninput %k: f32[B, 67, 16]\ninput %v: f32[B, 67, 16]\n%y = attention %q, %k, %v {causal = true, scale = 0.25}\noutput %y");
     check_tol("input %q: bf16[2, 40, 32]\ninput %k: bf16[2, 40, 32]\ninput %v: bf16[2, 40, 32]\n%y = attention %q, %k, %v {causal = true, scale = 0.18}\noutput %y", 1, 2e-2);
+}
+
+#[test]
+fn fused_attention_backward_kernels() {
+    let small = common::attention_backward("B, 5, 4", "B, 5, 4", "B, 5, 3", "f32", true, 0.5);
+    // One kernel per composite, none of the decomposition's matmuls and softmax.
+    let names = kernel_names(&small, 2);
+    for part in ["lse", "dq", "dk", "dv"] {
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.ends_with(&format!("_{part}")))
+                .count(),
+            1,
+            "{names:?}"
+        );
+    }
+    check(&small);
+    // Several tiles on both sides (S, T > 32), lengths that are not multiples of the
+    // tile or of the block's 4 rows, more or fewer keys than queries (causal and not),
+    // heads past 32 lanes, a second batch axis, and 16-bit inputs.
+    let mut reports = Vec::new();
+    for (q, k, v, causal, scale) in [
+        ("2, 3, 37, 40", "2, 3, 70, 40", "2, 3, 70, 72", false, 0.15),
+        ("B, 67, 16", "B, 67, 16", "B, 67, 16", true, 0.25),
+        ("B, 45, 8", "B, 20, 8", "B, 20, 33", true, 0.3),
+        ("B, 20, 8", "B, 45, 8", "B, 45, 5", true, 0.3),
+    ] {
+        reports.extend(check_tol(
+            &common::attention_backward(q, k, v, "f32", causal, scale),
+            3,
+            1e-4,
+        ));
+    }
+    check_tol(
+        &common::attention_backward("2, 40, 32", "2, 40, 32", "2, 40, 32", "bf16", true, 0.18),
+        1,
+        2e-2,
+    );
+    // The largest head fits in registers and shared memory.
+    reports.extend(assemble_only(&common::attention_backward(
+        "1, 40, 128",
+        "1, 40, 128",
+        "1, 40, 128",
+        "f32",
+        true,
+        0.09,
+    )));
+    for r in &reports {
+        assert_eq!(r.spill_bytes, 0, "{r:?}");
+        println!(
+            "{}: {} registers, {} bytes of shared memory",
+            r.name, r.registers, r.shared_bytes
+        );
+    }
+}
+
+/// ptxas's reports for the kernels of `body` (nothing is run).
+fn assemble_only(body: &str) -> Vec<ptxas::KernelReport> {
+    let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
+        .unwrap()
+        .graph;
+    assemble(&g, &common::random_feeds(&g, 1, 1, 4))
 }

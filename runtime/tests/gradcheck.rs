@@ -266,6 +266,100 @@ fn composite_ops() {
     );
 }
 
+/// Attention's gradient rule (the `attention_lse` and `attention_grad_*` composites,
+/// not the decomposition's), causal and not, with more keys than queries; and the
+/// gradients of those composites themselves (second order, through their
+/// decomposition).
+#[test]
+fn attention_backward_composites() {
+    let qkv = |tq: usize, tk: usize| {
+        [
+            ("q", vec![2usize, tq, 3], ANY),
+            ("k", vec![2usize, tk, 3], ANY),
+            ("v", vec![2usize, tk, 2], ANY),
+        ]
+    };
+    for (causal, tq, tk) in [(true, 4, 4), (false, 3, 5), (true, 5, 3)] {
+        let body = format!("  %y = attention %q, %k, %v {{causal = {causal}, scale = 0.6}}");
+        let inputs = qkv(tq, tk);
+        let inputs: Vec<(&str, &[usize], (f64, f64))> =
+            inputs.iter().map(|(n, s, r)| (*n, &s[..], *r)).collect();
+        // The rule emits the backward composites.
+        let decl: String = inputs
+            .iter()
+            .map(|(n, s, _)| format!("  input %{n}: f32[{}, {}, {}]\n", s[0], s[1], s[2]))
+            .collect();
+        let src = format!(
+            "graph @t {{\n{decl}{body}\n  %s: f32[] = reduce_sum %y {{axes = [0, 1, 2]}}\n  output %s\n}}\n"
+        );
+        let g = text::parse(&src).unwrap().graph;
+        let wrt: Vec<ValueId> = ["q", "k", "v"].map(|n| g.find(n).unwrap()).to_vec();
+        let grads = differentiate(&g, g.find("s").unwrap(), &wrt).unwrap();
+        let ops: Vec<&str> = grads
+            .graph
+            .values
+            .iter()
+            .filter_map(|v| match &v.def {
+                smelt_compiler::ir::Def::Node { op, .. } => Some(op.name()),
+                _ => None,
+            })
+            .collect();
+        for name in [
+            "attention_lse",
+            "attention_grad_q",
+            "attention_grad_k",
+            "attention_grad_v",
+        ] {
+            assert_eq!(
+                ops.iter().filter(|&&o| o == name).count(),
+                1,
+                "{name} in {ops:?}"
+            );
+        }
+        assert!(!ops.contains(&"softmax"), "{ops:?}");
+        check(&body, &inputs, &["q", "k", "v"]);
+    }
+    let (q, k, v) = (
+        &[2usize, 3, 4][..],
+        &[2usize, 5, 4][..],
+        &[2usize, 5, 2][..],
+    );
+    let (dy, stat) = (&[2usize, 3, 2][..], &[2usize, 3][..]);
+    for causal in [true, false] {
+        let attrs = format!("{{causal = {causal}, scale = 0.4}}");
+        check(
+            &format!("  %y = attention_lse %q, %k {attrs}"),
+            &[("q", q, ANY), ("k", k, ANY)],
+            &["q", "k"],
+        );
+        let grad_inputs = [
+            ("q", q, ANY),
+            ("k", k, ANY),
+            ("v", v, ANY),
+            ("dy", dy, ANY),
+            ("lse", stat, POS),
+            ("delta", stat, ANY),
+        ];
+        for part in ["q", "k"] {
+            check(
+                &format!("  %y = attention_grad_{part} %q, %k, %v, %dy, %lse, %delta {attrs}"),
+                &grad_inputs,
+                &["q", "k", "v", "dy", "lse", "delta"],
+            );
+        }
+        check(
+            &format!("  %y = attention_grad_v %q, %k, %dy, %lse {attrs}"),
+            &[
+                grad_inputs[0],
+                grad_inputs[1],
+                grad_inputs[3],
+                grad_inputs[4],
+            ],
+            &["q", "k", "dy", "lse"],
+        );
+    }
+}
+
 #[test]
 fn symbolic_batch_mean() {
     // The adjoint of a mean over a symbolic axis divides by the size known at run time.

@@ -5,7 +5,9 @@
 //! asks its op for the operands' adjoints ([`Op::vjp`], written next to each op's
 //! definition in `ir/ops/`). Contributions to one value are summed. Composite ops are
 //! differentiated through their decomposition, so their gradient always agrees with
-//! their meaning. The result is an ordinary graph: it can be dumped, verified,
+//! their meaning; `attention` has a rule of its own, which emits its backward
+//! composites (`ir/ops/attention.rs`, checked against finite differences like every
+//! rule). The result is an ordinary graph: it can be dumped, verified,
 //! optimised and run like any other.
 
 pub mod optimizer;

@@ -36,13 +36,13 @@ use crate::ir::Graph;
 use crate::schedule::{schedule_graph, Schedule};
 
 /// The GPU's schedule of `graph`: like the CPU's, except that composites with a fused
-/// GPU kernel stay whole: attention (within the kernel's head-size limit), and
-/// softmax, log_softmax, layer_norm and rms_norm along the last axis.
+/// GPU kernel stay whole: attention and its backward pieces (within the kernels'
+/// head-size limit), and softmax, log_softmax, layer_norm and rms_norm along the last
+/// axis.
 pub fn schedule(graph: &Graph) -> Schedule {
     use crate::ir::ops::Composite;
     let keep = |c: &Composite, types: &[&crate::ir::TensorType]| {
-        (matches!(c, Composite::Attention { .. }) && lower::attention::supported(types))
-            || lower::rows::supported(c, types)
+        lower::attention::supported(c, types) || lower::rows::supported(c, types)
     };
     schedule_graph(&crate::passes::decompose::decompose_except(graph, &keep))
 }

@@ -1,6 +1,7 @@
 //! Scheduling: from a graph to an ordered list of kernels with a memory plan.
 //!
-//! [`schedule`] expands composites, fuses chains of elementwise, broadcast and
+//! [`schedule`] expands composites (except attention and its backward pieces, which
+//! the CPU backend runs whole: [`cpu_keeps`]), fuses chains of elementwise, broadcast and
 //! permute ops into [`PointwiseKernel`]s (`fusion.rs`), leaves the other ops (matmul,
 //! reductions, gathers, reshapes) as library calls, folds transposes into the matrix
 //! products that read them (`transpose.rs`), and plans buffer memory by liveness
@@ -16,9 +17,11 @@ mod transpose;
 pub use fusion::{is_fusable, single_op_kernel};
 pub use memory::MemoryPlan;
 
+use crate::ir::ops::Composite;
 use crate::ir::{Bindings, Graph, ValueId};
+use crate::ir::{DType, TensorType};
 use crate::kernel::PointwiseKernel;
-use crate::passes::decompose;
+use crate::passes::decompose::decompose_except;
 use std::fmt::Write;
 
 /// One step of a schedule.
@@ -81,7 +84,8 @@ impl Step {
 /// A graph lowered to steps.
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    /// The graph the steps refer to (composites expanded).
+    /// The graph the steps refer to (composites expanded, but those the backend runs
+    /// whole).
     pub graph: Graph,
     /// Steps in execution order; every value a step reads is written by an earlier
     /// step or is an input, parameter or state value.
@@ -96,12 +100,23 @@ pub fn schedule(graph: &Graph) -> Schedule {
 /// Like [`schedule`]; with `fuse` false every elementwise op gets its own kernel (the
 /// op-by-op baseline that benchmarks compare fusion against).
 pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
-    let graph = decompose(graph);
+    let graph = decompose_except(graph, &cpu_keeps);
     let mut steps = fusion::fuse(&graph, fuse);
     if fuse {
         steps = epilogue::fold_additive_epilogues(&graph, steps);
     }
     Schedule { graph, steps }
+}
+
+/// The composites the CPU backend runs whole, as library steps: attention and its
+/// backward pieces on f32 (per batch entry, `gemm` products and one fused pass over each
+/// score row, instead of a transposed copy of k, a mask, reductions and pointwise
+/// passes over the T×S scores).
+pub fn cpu_keeps(c: &Composite, types: &[&TensorType]) -> bool {
+    matches!(
+        c,
+        Composite::Attention { .. } | Composite::AttentionGrad { .. }
+    ) && types.iter().all(|t| t.dtype == DType::F32)
 }
 
 /// Fuses an already expanded graph (a backend that keeps some composites expands the

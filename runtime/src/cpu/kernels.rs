@@ -173,10 +173,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
                     .collect(),
             )
         }
-        Op::Composite(c) => unreachable!(
-            "composites are decomposed before the cpu backend runs ({})",
-            c.name()
-        ),
+        Op::Composite(c) => super::attention::eval(c, x, shape),
     })
 }
 
@@ -514,32 +511,15 @@ pub(super) fn matmul(
             &p[bi * m * k..(bi + 1) * m * k],
             &q[bi * k * n..(bi + 1) * k * n],
         );
-        // SAFETY: the three slices hold exactly m×k, k×n and m×n elements, and the
-        // strides given (row-major, or column-major for a transposed operand) address
-        // only those; `dst` is not aliased.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                pa.as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                qb.as_ptr(),
-                b_cs as isize,
-                b_rs as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        gemm_f32(
+            (dst, n),
+            (m, n, k),
+            (pa, a_rs, a_cs),
+            (qb, b_rs, b_cs),
+            1.0,
+            accumulate,
+            parallelism,
+        );
     };
     let threads = rayon::current_num_threads();
     if m * n * k < 1 << 18 {
@@ -558,6 +538,63 @@ pub(super) fn matmul(
         }
     }
     Buf::F32(out)
+}
+
+/// `dst = scale · a · b` (`dst += ...` when `accumulate`) for one `m × k` by `k × n`
+/// product into the row-major `dst`
+/// with row stride `dst_rs` (a block of a wider matrix); each operand is a slice with
+/// its (row, column) strides, so a transposed operand is read in place.
+///
+/// Panics if a slice is too short for its strides (a bug in the caller).
+pub(super) fn gemm_f32(
+    (dst, dst_rs): (&mut [f32], usize),
+    (m, n, k): (usize, usize, usize),
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    scale: f32,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows > 0 && cols > 0).then(|| (rows - 1) * rs + (cols - 1) * cs)
+    };
+    assert!(
+        last(m, n, dst_rs, 1).is_none_or(|i| i < dst.len()),
+        "gemm destination too short"
+    );
+    assert!(
+        last(m, k, a_rs, a_cs).is_none_or(|i| i < a.len()),
+        "gemm lhs too short"
+    );
+    assert!(
+        last(k, n, b_rs, b_cs).is_none_or(|i| i < b.len()),
+        "gemm rhs too short"
+    );
+    // SAFETY: the asserts above keep every element the strides address inside its
+    // slice; `dst` is a unique borrow, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// Splits a shape around `axis` into (outer count, axis size, inner count).

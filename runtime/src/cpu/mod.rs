@@ -9,6 +9,7 @@
 //! interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
 //! The fused, JIT-compiled backend (issue 9) will replace the op-by-op loop.
 
+mod attention;
 mod fused;
 mod kernels;
 

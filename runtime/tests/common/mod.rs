@@ -101,3 +101,30 @@ pub const POSITIVE_UNARY_OPS: [&str; 4] = ["log", "sqrt", "rsqrt", "recip"];
 pub const BINARY_OPS: [&str; 11] = [
     "add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt", "ge", "ne",
 ];
+
+/// Attention's backward as the gradient rule writes it: the row log-sum-exp, `delta`,
+/// and the three adjoints (as a graph body: q, k, v and dy are inputs).
+pub fn attention_backward(
+    q: &str,
+    k: &str,
+    v: &str,
+    dtype: &str,
+    causal: bool,
+    scale: f64,
+) -> String {
+    let dv = v.rsplit(", ").next().unwrap();
+    let dy = format!("{}, {dv}", q.rsplit_once(", ").unwrap().0);
+    let attrs = format!("{{causal = {causal}, scale = {scale}}}");
+    let last = q.split(", ").count() - 1;
+    format!(
+        "input %q: {dtype}[{q}]\ninput %k: {dtype}[{k}]\ninput %v: {dtype}[{v}]\ninput %dy: {dtype}[{dy}]\n\
+         %y = attention %q, %k, %v {attrs}\n\
+         %lse = attention_lse %q, %k {attrs}\n\
+         %dy_y = mul %dy, %y\n\
+         %delta = reduce_sum %dy_y {{axes = [{last}]}}\n\
+         %dq = attention_grad_q %q, %k, %v, %dy, %lse, %delta {attrs}\n\
+         %dk = attention_grad_k %q, %k, %v, %dy, %lse, %delta {attrs}\n\
+         %dv = attention_grad_v %q, %k, %dy, %lse {attrs}\n\
+         output %lse, %dq, %dk, %dv"
+    )
+}

@@ -6,6 +6,7 @@
 //! compute SMs' share without the kernel knowing.
 
 pub mod attention;
+mod attention_bwd;
 mod collective;
 mod matmul;
 mod movement;
@@ -176,11 +177,23 @@ fn library(
         )?],
         Op::Gather { axis } => vec![movement::gather(name, g, shapes, v, operands, *axis)?],
         Op::ScatterAdd { axis } => movement::scatter_add(name, g, shapes, v, operands, *axis)?,
-        Op::Composite(crate::ir::ops::Composite::Attention { causal, scale }) => {
+        Op::Composite(crate::ir::ops::Composite::Attention { causal, scale })
+        | Op::Composite(crate::ir::ops::Composite::AttentionGrad {
+            part: crate::ir::ops::AttentionPart::Lse,
+            causal,
+            scale,
+        }) => {
             vec![attention::lower(
                 name, g, shapes, v, operands, *causal, *scale,
             )?]
         }
+        Op::Composite(crate::ir::ops::Composite::AttentionGrad {
+            part,
+            causal,
+            scale,
+        }) => vec![attention_bwd::lower(
+            name, g, shapes, v, operands, *part, *causal, *scale,
+        )?],
         Op::Composite(
             c @ (crate::ir::ops::Composite::Softmax { .. }
             | crate::ir::ops::Composite::LogSoftmax { .. }

@@ -4,10 +4,11 @@
 //! so a composite has one meaning. Later stages may keep a composite whole (to fuse
 //! it) but must compute what its decomposition computes.
 
+use super::attention::{self, AttentionPart};
 use super::elementwise::named_enum;
 use super::{expect_arity, BinaryOp, CompareOp, Op, ReduceOp, ShapeResult, UnaryOp};
 use crate::ir::attr::{Attr, AttrReader};
-use crate::ir::{Builder, DType, TensorType, ValueId};
+use crate::ir::{Builder, TensorType, ValueId};
 
 named_enum! {
     /// The kinds of composite, by name.
@@ -32,6 +33,14 @@ named_enum! {
         CrossEntropy = "cross_entropy",
         /// `softmax(q kᵀ · scale [+ causal mask]) v`.
         Attention = "attention",
+        /// Attention's row log-sum-exp (see [`super::attention`]).
+        AttentionLse = "attention_lse",
+        /// Attention's adjoint of `q`.
+        AttentionGradQ = "attention_grad_q",
+        /// Attention's adjoint of `k`.
+        AttentionGradK = "attention_grad_k",
+        /// Attention's adjoint of `v`.
+        AttentionGradV = "attention_grad_v",
     }
 }
 
@@ -81,6 +90,16 @@ pub enum Composite {
         /// Multiplies the scores (usually `1/sqrt(D)`).
         scale: f64,
     },
+    /// A piece of attention's backward pass (`attention_lse`, `attention_grad_q`, ...;
+    /// see [`super::attention`]), with the attributes of the attention it belongs to.
+    AttentionGrad {
+        /// Which piece.
+        part: AttentionPart,
+        /// The attention's causal mask.
+        causal: bool,
+        /// The attention's score scale.
+        scale: f64,
+    },
 }
 
 impl Composite {
@@ -96,6 +115,10 @@ impl Composite {
         "rms_norm",
         "cross_entropy",
         "attention",
+        "attention_lse",
+        "attention_grad_q",
+        "attention_grad_k",
+        "attention_grad_v",
     ];
 
     /// The kind of this composite.
@@ -111,6 +134,12 @@ impl Composite {
             Composite::RmsNorm { .. } => CompositeKind::RmsNorm,
             Composite::CrossEntropy => CompositeKind::CrossEntropy,
             Composite::Attention { .. } => CompositeKind::Attention,
+            Composite::AttentionGrad { part, .. } => match part {
+                AttentionPart::Lse => CompositeKind::AttentionLse,
+                AttentionPart::GradQ => CompositeKind::AttentionGradQ,
+                AttentionPart::GradK => CompositeKind::AttentionGradK,
+                AttentionPart::GradV => CompositeKind::AttentionGradV,
+            },
         }
     }
 
@@ -133,7 +162,8 @@ impl Composite {
             Composite::LayerNorm { eps } | Composite::RmsNorm { eps } => {
                 vec![("eps", Attr::Float(*eps))]
             }
-            Composite::Attention { causal, scale } => {
+            Composite::Attention { causal, scale }
+            | Composite::AttentionGrad { causal, scale, .. } => {
                 vec![
                     ("causal", Attr::Bool(*causal)),
                     ("scale", Attr::Float(*scale)),
@@ -173,6 +203,20 @@ impl Composite {
                 causal: a.bool("causal")?,
                 scale: a.float("scale")?,
             },
+            CompositeKind::AttentionLse
+            | CompositeKind::AttentionGradQ
+            | CompositeKind::AttentionGradK
+            | CompositeKind::AttentionGradV => {
+                let part = AttentionPart::ALL
+                    .into_iter()
+                    .find(|p| p.name() == name)
+                    .expect("every attention part has a kind");
+                Composite::AttentionGrad {
+                    part,
+                    causal: a.bool("causal")?,
+                    scale: a.float("scale")?,
+                }
+            }
         }))
     }
 
@@ -233,29 +277,8 @@ impl Composite {
                 }
                 Ok(TensorType::scalar(logits.dtype))
             }
-            Composite::Attention { .. } => {
-                expect_arity(x, 3)?;
-                let (q, k, v) = (x[0], x[1], x[2]);
-                let r = q.rank();
-                let ok = r >= 2
-                    && k.rank() == r
-                    && v.rank() == r
-                    && q.dtype == k.dtype
-                    && q.dtype == v.dtype
-                    && q.dtype.is_float()
-                    && q.dims()[..r - 2] == k.dims()[..r - 2]
-                    && q.dims()[..r - 2] == v.dims()[..r - 2]
-                    && q.dims()[r - 1] == k.dims()[r - 1]
-                    && k.dims()[r - 2] == v.dims()[r - 2];
-                if !ok {
-                    return Err(format!(
-                        "'attention' needs q [..., Tq, D], k [..., Tk, D], v [..., Tk, Dv] of one float dtype, found {q}, {k}, {v}"
-                    ));
-                }
-                let mut dims = q.dims()[..r - 1].to_vec();
-                dims.push(v.dims()[r - 1].clone());
-                Ok(q.with_shape(crate::ir::Shape(dims)))
-            }
+            Composite::Attention { .. } => attention::infer_attention(x),
+            Composite::AttentionGrad { part, .. } => attention::infer_part(*part, x),
         }
     }
 
@@ -297,7 +320,32 @@ impl Composite {
                 scale_last_axis(b, normed, x[1], BinaryOp::Mul)
             }
             Composite::CrossEntropy => cross_entropy(b, x[0], x[1]),
-            Composite::Attention { causal, scale } => attention(b, x, *causal, *scale),
+            Composite::Attention { causal, scale } => {
+                attention::decompose_attention(b, x, *causal, *scale)
+            }
+            Composite::AttentionGrad {
+                part,
+                causal,
+                scale,
+            } => attention::decompose_part(*part, b, x, *causal, *scale),
+        }
+    }
+
+    /// The gradient rule of a composite that has its own (see [`Op::vjp`]); `None` for
+    /// those differentiated through their decomposition.
+    pub(super) fn vjp(
+        &self,
+        b: &mut Builder,
+        x: &[ValueId],
+        y: ValueId,
+        g: ValueId,
+        needs: &[bool],
+    ) -> Option<Vec<Option<ValueId>>> {
+        match self {
+            Composite::Attention { causal, scale } => {
+                Some(attention::vjp_attention(b, x, y, g, needs, *causal, *scale))
+            }
+            _ => None,
         }
     }
 }
@@ -372,24 +420,4 @@ fn cross_entropy(b: &mut Builder, logits: ValueId, labels: ValueId) -> ValueId {
     let picked = b.reduce(ReduceOp::Sum, picked, vec![last]);
     let mean = b.reduce(ReduceOp::Mean, picked, (0..last).collect());
     b.unary(UnaryOp::Neg, mean)
-}
-
-fn attention(b: &mut Builder, x: &[ValueId], causal: bool, scale: f64) -> ValueId {
-    let (q, k, v) = (x[0], x[1], x[2]);
-    let r = b.ty(q).rank();
-    let mut perm: Vec<usize> = (0..r).collect();
-    perm.swap(r - 2, r - 1);
-    let kt = b.add(Op::Permute { perm }, &[k]);
-    let scores = b.add(Op::MatMul, &[q, kt]);
-    let mut scores = b.binary_scalar(BinaryOp::Mul, scores, scale);
-    if causal {
-        let st = b.ty(scores).clone();
-        let rows = b.add_typed(Op::Iota { axis: r - 2 }, &[], st.with_dtype(DType::I32));
-        let cols = b.add_typed(Op::Iota { axis: r - 1 }, &[], st.with_dtype(DType::I32));
-        let visible = b.compare(CompareOp::Ge, rows, cols);
-        let masked = b.splat(f64::NEG_INFINITY, st);
-        scores = b.add(Op::Select, &[visible, scores, masked]);
-    }
-    let p = Composite::Softmax { axis: r - 1 }.decompose(b, &[scores]);
-    b.add(Op::MatMul, &[p, v])
 }

@@ -12,7 +12,9 @@
 //! | [`source`] | `constant`, `iota`, `random_uniform`, `random_normal` |
 //! | [`collective`] | `all_to_all` (communication between ranks) |
 //! | [`composite`] | `relu`, `softmax`, `layer_norm`, `cross_entropy`, `attention`, ... (expand to the above) |
+//! | [`attention`] | `attention` and its backward composites (`attention_lse`, `attention_grad_q`, ...) |
 
+pub mod attention;
 pub mod collective;
 pub mod composite;
 pub mod elementwise;
@@ -22,6 +24,7 @@ pub mod movement;
 pub mod reduce;
 pub mod source;
 
+pub use attention::AttentionPart;
 pub use composite::Composite;
 pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
 pub use reduce::ReduceOp;
@@ -371,7 +374,8 @@ impl Op {
     /// The gradient rule (vector-Jacobian product). Given operands `x`, the result `y`
     /// and the adjoint `g` of `y`, adds nodes to `b` that compute the adjoint of each
     /// operand for which `needs[i]` holds (others may be `None`). Returns `Ok(None)` for
-    /// composites, which are differentiated through their decomposition.
+    /// composites without a rule of their own ([`Composite::vjp`]), which are
+    /// differentiated through their decomposition.
     pub fn vjp(
         &self,
         b: &mut Builder,
@@ -414,7 +418,7 @@ impl Op {
             | Op::Iota { .. }
             | Op::RandomUniform { .. }
             | Op::RandomNormal { .. } => vec![],
-            Op::Composite(_) => return Ok(None),
+            Op::Composite(c) => return Ok(c.vjp(b, x, y, g, needs)),
         }))
     }
 
