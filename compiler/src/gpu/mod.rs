@@ -17,6 +17,7 @@
 //! - `program.rs`: a lowered graph with its buffers; simulation in the evaluator.
 //! - `plan.rs`: the SM plan.
 //! - `target.rs`: H800, H100 and H200 descriptions.
+//! - `wgmma.rs`: the shared-memory and register layouts of `wgmma`, written down once.
 
 pub mod build;
 pub mod comm;
@@ -29,6 +30,7 @@ pub mod program;
 pub mod ptx;
 pub mod ptxas;
 pub mod target;
+pub mod wgmma;
 
 pub use plan::SmPlan;
 
