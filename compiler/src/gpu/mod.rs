@@ -11,7 +11,7 @@
 //! - `math.rs`: the IR's float functions in PTX's fast instructions.
 //! - `lower/`: schedule steps to kernels, one file per op family.
 //! - `comm/`: communication kernels (MoE all-to-all) behind a transport trait.
-//! - `eval.rs`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
+//! - `eval/`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
 //!   barriers, race detection) that tests kernel logic without a GPU.
 //! - `ptx.rs`: kernel IR to PTX text.
 //! - `program.rs`: a lowered graph with its buffers; simulation in the evaluator.

@@ -406,8 +406,8 @@ impl Block<'_> {
             for (r, reg) in d.iter().enumerate() {
                 let (row, col) = wgmma::accumulator_position(t - wg, r);
                 let mut acc = f(self.regs[reg.0 as usize][t]);
-                for kk in 0..wgmma::K {
-                    acc += mats[0][row][kk] * mats[1][col][kk];
+                for (x, y) in mats[0][row].iter().zip(&mats[1][col]) {
+                    acc += x * y;
                 }
                 self.regs[reg.0 as usize][t] = bits_f(acc);
             }
