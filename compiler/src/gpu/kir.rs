@@ -15,6 +15,10 @@
 //! - 16-bit float buffers are read into `f32` registers (or, two at a time, into `b32`
 //!   registers for tensor-core fragments) and written from `f32` registers, rounding
 //!   to nearest even.
+//! - Hopper's asynchronous instructions (mbarriers, TMA copies through a kernel's
+//!   [`TensorMap`]s, wgmma through shared-memory descriptors) address mbarriers as
+//!   elements of shared i64 arrays and operands as elements of 16-bit shared arrays;
+//!   their layouts are those of `wgmma.rs`.
 
 use std::fmt;
 
@@ -446,6 +450,104 @@ pub enum Inst {
     /// (`wgmma.wait_group.sync.aligned`); only then may their registers and shared
     /// operands be touched.
     WgmmaWait { pending: u32 },
+}
+
+impl Inst {
+    /// Every register the instruction reads or writes.
+    pub fn registers(&self) -> Vec<Reg> {
+        let mut regs = Vec::new();
+        let op = |o: &Operand, regs: &mut Vec<Reg>| {
+            if let Operand::Reg(r) = o {
+                regs.push(*r);
+            }
+        };
+        match self {
+            Inst::Mov { dst, src } | Inst::Unary { dst, src, .. } => {
+                regs.push(*dst);
+                op(src, &mut regs);
+            }
+            Inst::Special { dst, .. } => regs.push(*dst),
+            Inst::Binary { dst, a, b, .. } | Inst::Setp { dst, a, b, .. } => {
+                regs.push(*dst);
+                op(a, &mut regs);
+                op(b, &mut regs);
+            }
+            Inst::Fma { dst, a, b, c } => {
+                regs.push(*dst);
+                for o in [a, b, c] {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::Selp { dst, a, b, cond } => {
+                regs.extend([*dst, *cond]);
+                op(a, &mut regs);
+                op(b, &mut regs);
+            }
+            Inst::Cvt { dst, src } | Inst::Round { dst, src, .. } => regs.extend([*dst, *src]),
+            Inst::Ld { dst, index, .. } => {
+                regs.extend(dst);
+                op(index, &mut regs);
+            }
+            Inst::St { index, src, .. } => {
+                op(index, &mut regs);
+                for o in src {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::AtomAdd { index, src, .. } | Inst::SetFlag { index, src, .. } => {
+                op(index, &mut regs);
+                op(src, &mut regs);
+            }
+            Inst::WaitFlag {
+                index, at_least, ..
+            } => {
+                op(index, &mut regs);
+                op(at_least, &mut regs);
+            }
+            Inst::ShflXor { dst, src, .. } => regs.extend([*dst, *src]),
+            Inst::ShflIdx { dst, src, lane } => {
+                regs.extend([*dst, *src]);
+                op(lane, &mut regs);
+            }
+            Inst::Pack { dst, lo, hi, .. } => {
+                regs.push(*dst);
+                op(lo, &mut regs);
+                op(hi, &mut regs);
+            }
+            Inst::Mma { d, a, b, c, .. } => {
+                regs.extend(d.iter().chain(a).chain(b).chain(c));
+            }
+            Inst::MbarInit { index, .. } | Inst::MbarArriveExpectTx { index, .. } => {
+                op(index, &mut regs)
+            }
+            Inst::MbarWait { index, parity, .. } => {
+                op(index, &mut regs);
+                op(parity, &mut regs);
+            }
+            Inst::TmaLoad {
+                index,
+                coords,
+                bar_index,
+                ..
+            } => {
+                for o in std::iter::once(index).chain(coords).chain([bar_index]) {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::SharedDesc { dst, index, .. } => {
+                regs.push(*dst);
+                op(index, &mut regs);
+            }
+            Inst::Wgmma { d, a, b, .. } => regs.extend(d.iter().chain([a, b])),
+            Inst::Bar
+            | Inst::FenceMbarInit
+            | Inst::FenceProxyAsync
+            | Inst::WgmmaFence
+            | Inst::WgmmaCommit
+            | Inst::WgmmaWait { .. } => {}
+        }
+        regs
+    }
 }
 
 /// A statement: an instruction or structured control flow.

@@ -15,11 +15,11 @@
 //! - **wgmma.** Computed when issued, from the shared operands its descriptors decode
 //!   to (`wgmma.rs`), by whole warpgroups with uniform descriptors. Until a
 //!   `wgmma.wait_group` retires its group, its operands are in use: a copy or store
-//!   over them is an error. Operands written by ordinary stores must be fenced by
+//!   over them, or any other instruction touching its accumulators, is an error. Operands written by ordinary stores must be fenced by
 //!   their writers (`fence.proxy.async`) and separated from the wgmma by a barrier.
 
 use super::{active, bits_f, f, Block, Data, NEVER};
-use crate::gpu::kir::{Elem, Inst, Kernel, Space};
+use crate::gpu::kir::{Elem, Inst, Kernel, Reg, Space};
 use crate::gpu::wgmma;
 use half::{bf16, f16};
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +34,15 @@ const FIRST_ADDRESS: u32 = 1024;
 struct Span {
     array: usize,
     range: Range<usize>,
+}
+
+/// What a group of wgmmas uses until it is retired.
+#[derive(Clone, Debug, Default)]
+struct Group {
+    /// Shared operands read.
+    spans: Vec<Span>,
+    /// Accumulator registers.
+    accumulators: Vec<Reg>,
 }
 
 /// One mbarrier's state.
@@ -62,10 +71,10 @@ pub(super) struct State {
     mbars: HashMap<(usize, usize), Mbar>,
     copies: Vec<Copy>,
     pending: Vec<Vec<bool>>,
-    /// Operands of the wgmmas issued since the last commit.
-    open: Vec<Span>,
-    /// Operands of committed, unretired groups, oldest first.
-    committed: VecDeque<Vec<Span>>,
+    /// The wgmmas issued since the last commit.
+    open: Group,
+    /// Committed, unretired groups, oldest first.
+    committed: VecDeque<Group>,
     /// Per thread: the clock of its last `fence.proxy.async`.
     fenced: Vec<u64>,
 }
@@ -84,7 +93,7 @@ impl State {
             mbars: HashMap::new(),
             copies: Vec::new(),
             pending: k.shared.iter().map(|a| vec![false; a.len]).collect(),
-            open: Vec::new(),
+            open: Group::default(),
             committed: VecDeque::new(),
             fenced: vec![0; k.block as usize],
         }
@@ -116,14 +125,42 @@ impl State {
         what: &str,
     ) -> Result<(), String> {
         let busy = self
-            .open
-            .iter()
-            .chain(self.committed.iter().flatten())
+            .groups()
+            .flat_map(|g| &g.spans)
             .any(|s| s.array == a && s.range.start < range.end && range.start < s.range.end);
         if busy {
             return Err(format!(
                 "{what} overwrites {}[{}..{}] while an unfinished wgmma reads it (no wgmma.wait_group)",
                 k.shared[a].name, range.start, range.end
+            ));
+        }
+        Ok(())
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &Group> {
+        std::iter::once(&self.open).chain(&self.committed)
+    }
+
+    /// Fails if `i` touches an accumulator of an unfinished wgmma (only wgmma
+    /// instructions may, until `wgmma.wait_group` retires it).
+    pub(super) fn check_accumulators(&self, i: &Inst) -> Result<(), String> {
+        if matches!(
+            i,
+            Inst::Wgmma { .. } | Inst::WgmmaFence | Inst::WgmmaCommit | Inst::WgmmaWait { .. }
+        ) {
+            return Ok(());
+        }
+        let busy: Vec<Reg> = self
+            .groups()
+            .flat_map(|g| g.accumulators.iter().copied())
+            .collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if let Some(r) = i.registers().into_iter().find(|r| busy.contains(r)) {
+            return Err(format!(
+                "register {} is an accumulator of an unfinished wgmma (no wgmma.wait_group before {i:?})",
+                r.0
             ));
         }
         Ok(())
@@ -185,6 +222,7 @@ impl Block<'_> {
                         self.wgmma(wg, d, operands, *elem)?;
                     }
                 }
+                self.hopper.open.accumulators.extend(d);
             }
             Inst::WgmmaFence => self.whole_warpgroups(mask)?,
             Inst::WgmmaCommit => {
@@ -379,8 +417,8 @@ impl Block<'_> {
     fn wgmma(
         &mut self,
         wg: usize,
-        d: &[crate::gpu::kir::Reg],
-        operands: [(crate::gpu::kir::Reg, bool); 2],
+        d: &[Reg],
+        operands: [(Reg, bool); 2],
         elem: Elem,
     ) -> Result<(), String> {
         let n = d.len() * 2;
@@ -418,9 +456,9 @@ impl Block<'_> {
     /// Records element `e` of array `a` as an operand of the open wgmma group (one span
     /// per array, from its lowest to its highest element read).
     fn note_operand(&mut self, a: usize, e: usize) {
-        match self.hopper.open.iter_mut().find(|s| s.array == a) {
+        match self.hopper.open.spans.iter_mut().find(|s| s.array == a) {
             Some(s) => s.range = s.range.start.min(e)..s.range.end.max(e + 1),
-            None => self.hopper.open.push(Span {
+            None => self.hopper.open.spans.push(Span {
                 array: a,
                 range: e..e + 1,
             }),
@@ -518,6 +556,7 @@ mod tests {
         SwappedOffsets,
         NoProxyFence,
         NoBarrier,
+        NoWaitGroup,
     }
 
     /// 64×16 A (row-major in global) times 16×8 B (row-major) with one m64n8k16
@@ -582,7 +621,9 @@ mod tests {
             b_mn_major: true,
         });
         b.push(Inst::WgmmaCommit);
-        b.push(Inst::WgmmaWait { pending: 0 });
+        if fault != Fault::NoWaitGroup {
+            b.push(Inst::WgmmaWait { pending: 0 });
+        }
         let warp = b.div(t, 32);
         let lane = b.rem(t, 32);
         let row = b.mul(warp, 16);
@@ -644,6 +685,8 @@ mod tests {
         assert!(err.contains("without fence.proxy.async"), "{err}");
         let err = run_product(Fault::NoBarrier).unwrap_err();
         assert!(err.contains("no barrier"), "{err}");
+        let err = run_product(Fault::NoWaitGroup).unwrap_err();
+        assert!(err.contains("accumulator of an unfinished wgmma"), "{err}");
     }
 
     /// Thread 0 copies the 16 × 8 box at row 4, column 16 of a 12 × 24 bf16 matrix

@@ -323,6 +323,7 @@ impl<'a> Block<'a> {
 
     fn inst(&mut self, i: &Inst, mask: &[bool]) -> Result<(), String> {
         self.clock += 1;
+        self.hopper.check_accumulators(i)?;
         if self.hopper_inst(i, mask)? {
             return Ok(());
         }
