@@ -35,11 +35,13 @@ const STAGES: usize = 3;
 /// Widest N tile.
 const MAX_WN: usize = 128;
 
-/// True if TMA can read both operands: their innermost extents are multiples of 8.
+/// True if TMA can read both operands: their innermost extents are multiples of 8
+/// (16-byte rows), and no extent is 0 (a tensor map's dimensions are positive).
 pub(super) fn fits(d: &Dims) -> bool {
     let a_inner = if d.a_transposed { d.m } else { d.k };
     let b_inner = if d.b_transposed { d.k } else { d.n };
-    a_inner % 8 == 0 && b_inner % 8 == 0
+    let nonempty = [d.batch, d.m, d.n, d.k].iter().all(|&x| x > 0);
+    nonempty && a_inner % 8 == 0 && b_inner % 8 == 0
 }
 
 /// The N of each tile: the product's N rounded up to 8, at most `MAX_WN`.
