@@ -3,15 +3,22 @@
 //! assembles, and computes what the interpreter does, is tested with ptxas and the
 //! kernel-IR evaluator in runtime/tests/gpu_kernels.rs.)
 
+use smelt_compiler::gpu::target::Arch;
 use smelt_compiler::gpu::{ptx, GpuProgram};
 use smelt_compiler::ir::text;
 
 /// The PTX module of a graph given as the body of a `.sir` graph.
 fn module(body: &str) -> String {
+    module_for(body, Arch::Sm90a)
+}
+
+/// The same, with kernels limited to `arch`.
+fn module_for(body: &str, arch: Arch) -> String {
     let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
         .unwrap()
         .graph;
-    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(&g), &Default::default()).unwrap();
+    let schedule = smelt_compiler::gpu::schedule(&g);
+    let program = GpuProgram::for_arch(&schedule, &Default::default(), arch).unwrap();
     ptx::module(&program.kernels())
 }
 
@@ -31,6 +38,15 @@ fn warp_row_reduction() {
 
 #[test]
 fn tensor_core_matmul() {
+    insta::assert_snapshot!(module_for(
+        "input %a: bf16[16, 16]\ninput %b: bf16[16, 8]\n%y = matmul %a, %b\noutput %y",
+        Arch::Sm90
+    ));
+}
+
+/// The sm_90a path: TMA into shared memory through mbarriers, then wgmma.
+#[test]
+fn wgmma_matmul() {
     insta::assert_snapshot!(module(
         "input %a: bf16[16, 16]\ninput %b: bf16[16, 8]\n%y = matmul %a, %b\noutput %y"
     ));

@@ -71,8 +71,12 @@ pub fn execute(
         name: graph.name.clone(),
         message,
     };
-    let program =
-        GpuProgram::new(&smelt_compiler::gpu::schedule(graph), &bindings).map_err(fail)?;
+    let program = GpuProgram::for_arch(
+        &smelt_compiler::gpu::schedule(graph),
+        &bindings,
+        target.arch,
+    )
+    .map_err(fail)?;
     let g = &program.graph;
     let given: HashMap<ValueId, DeviceData> = program
         .buffers

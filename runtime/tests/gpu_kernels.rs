@@ -2,7 +2,8 @@
 //! kernels, run in the kernel-IR evaluator (grid, blocks, lockstep threads, shared
 //! memory, barriers, race checks) with the SM plan's grids, and compared with the
 //! reference interpreter on fresh random inputs; the PTX of every kernel is assembled
-//! by `ptxas -arch=sm_90` (required in CI; skipped with a printed reason elsewhere).
+//! by `ptxas` for its module's architecture (`sm_90`, or `sm_90a` where a kernel uses
+//! wgmma; required in CI; skipped with a printed reason elsewhere).
 //!
 //! `SMELT_GPU_TEST_DEVICE=cuda` runs the same graphs on a real GPU instead of the
 //! evaluator (`scripts/gpu-check.sh` does; it needs a 132-SM Hopper GPU).
@@ -13,6 +14,7 @@
 
 mod common;
 
+use smelt_compiler::gpu::target::Arch;
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
 use smelt_compiler::ir::{text, Graph};
 use smelt_runtime::engine::{Device, Engine, GpuOptions};
@@ -20,16 +22,25 @@ use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
 
-/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available,
-/// and returns ptxas's report of each.
-fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) -> Vec<ptxas::KernelReport> {
+/// The program of `g` for `bindings`, with kernels limited to `arch`.
+fn program(g: &Graph, bindings: &smelt_compiler::ir::Bindings, arch: Arch) -> GpuProgram {
+    GpuProgram::for_arch(&smelt_compiler::gpu::schedule(g), bindings, arch).unwrap()
+}
+
+/// Assembles every kernel of `g` (symbols bound by `bindings`) with ptxas, if it is
+/// available; returns ptxas's reports.
+fn assemble(
+    g: &Graph,
+    bindings: &smelt_compiler::ir::Bindings,
+    arch: Arch,
+) -> Vec<ptxas::KernelReport> {
     let Some(ptxas) = ptxas::find_for_test(&g.name) else {
         return Vec::new();
     };
-    let bindings = interp::bind_shapes(g, feeds).unwrap();
-    let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), &bindings).unwrap();
+    let program = program(g, bindings, arch);
     let kernels = program.kernels();
     let module = ptx::module(&kernels);
+    assert_eq!(ptx::arch(&kernels), program.arch.name());
     let reports = ptxas::assemble(&ptxas, &module, ptx::arch(&kernels))
         .unwrap_or_else(|e| panic!("ptxas rejected the module:\n{e}\n{module}"));
     assert_eq!(reports.len(), kernels.len(), "one report per kernel");
@@ -37,7 +48,12 @@ fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) -> Vec<ptxas::KernelRepo
 }
 
 /// Runs on the GPU path: the evaluator, or a real GPU when asked for.
-fn run_gpu(g: &Graph, feeds: &HashMap<String, Tensor>, comm_sms: u32) -> Execution {
+fn run_gpu(
+    g: &Graph,
+    feeds: &HashMap<String, Tensor>,
+    comm_sms: u32,
+    target: &GpuTarget,
+) -> Execution {
     let got = match std::env::var("SMELT_GPU_TEST_DEVICE").as_deref() {
         Ok("cuda") => {
             let options = GpuOptions {
@@ -51,17 +67,26 @@ fn run_gpu(g: &Graph, feeds: &HashMap<String, Tensor>, comm_sms: u32) -> Executi
         Ok(other) if other != "gpusim" => {
             panic!("SMELT_GPU_TEST_DEVICE={other}: use cuda or gpusim")
         }
-        _ => gpusim::execute(g, feeds, &GpuTarget::h800(), comm_sms),
+        _ => gpusim::execute(g, feeds, target, comm_sms),
     };
     got.unwrap_or_else(|e| panic!("{e}\n{}", text::print(g)))
 }
 
 fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) -> Vec<ptxas::KernelReport> {
+    compare_on(&GpuTarget::h800(), g, feeds, tol)
+}
+
+fn compare_on(
+    target: &GpuTarget,
+    g: &Graph,
+    feeds: &HashMap<String, Tensor>,
+    tol: f64,
+) -> Vec<ptxas::KernelReport> {
     let want = interp::execute(g, feeds, Precision::F32).unwrap();
     // The plan's grids (capped at the compute SMs), and a grid of 1 block, which makes
     // every grid-stride loop take many turns.
     for comm_sms in [20, 130] {
-        let got = run_gpu(g, feeds, comm_sms);
+        let got = run_gpu(g, feeds, comm_sms, target);
         for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
             common::assert_close(
                 &format!("output {k} (comm_sms {comm_sms}) of\n{}", text::print(g)),
@@ -74,20 +99,33 @@ fn compare(g: &Graph, feeds: &HashMap<String, Tensor>, tol: f64) -> Vec<ptxas::K
             common::assert_close(&format!("update of %{name}"), c, w, tol);
         }
     }
-    assemble(g, feeds)
+    assemble(g, &interp::bind_shapes(g, feeds).unwrap(), target.arch)
+}
+
+fn parse(body: &str) -> Graph {
+    let src = format!("graph @t {{\n{body}\n}}\n");
+    text::parse(&src)
+        .unwrap_or_else(|e| panic!("{e}\n{src}"))
+        .graph
 }
 
 /// Checks `body` on two random draws; returns ptxas's reports (empty without ptxas).
 fn check_tol(body: &str, bind: usize, tol: f64) -> Vec<ptxas::KernelReport> {
-    let src = format!("graph @t {{\n{body}\n}}\n");
-    let g = text::parse(&src)
-        .unwrap_or_else(|e| panic!("{e}\n{src}"))
-        .graph;
+    check_on(&GpuTarget::h800(), body, bind, tol)
+}
+
+fn check_on(target: &GpuTarget, body: &str, bind: usize, tol: f64) -> Vec<ptxas::KernelReport> {
+    let g = parse(body);
     let mut reports = Vec::new();
     for seed in [1, 2] {
-        reports = compare(&g, &common::random_feeds(&g, seed, bind, 4), tol);
+        reports = compare_on(target, &g, &common::random_feeds(&g, seed, bind, 4), tol);
     }
     reports
+}
+
+/// The PTX module of a graph body (no symbols) with kernels limited to `arch`.
+fn module(body: &str, arch: Arch) -> String {
+    ptx::module(&program(&parse(body), &Default::default(), arch).kernels())
 }
 
 /// The kernels the GPU path generates for a graph body, with `B` bound to `batch`.
@@ -202,57 +240,81 @@ fn matmul_kernels() {
     // Transposes folded into the operand loads.
     check("input %a: f32[9, B]\ninput %b: f32[5, 9]\n%at = permute %a {perm = [1, 0]}\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %at, %bt\noutput %y");
     check_tol("input %a: bf16[2, 40, 20]\ninput %b: bf16[2, 40, 24]\n%at = permute %a {perm = [0, 2, 1]}\n%y = matmul %at, %b\noutput %y", 1, 2e-2);
-    // Tensor cores: bf16 and f16 inputs, f32 accumulation; edges are zero-filled.
-    check_tol(
-        "input %a: bf16[70, 40]\ninput %b: bf16[40, 72]\n%y = matmul %a, %b\noutput %y",
-        1,
-        2e-2,
+    // Tensor cores with `mma.sync` (a target without sm_90a): bf16 and f16 inputs, f32
+    // accumulation; edges are zero-filled.
+    let sm90 = GpuTarget {
+        arch: Arch::Sm90,
+        ..GpuTarget::h800()
+    };
+    let plain = "input %a: bf16[70, 40]\ninput %b: bf16[40, 72]\n%y = matmul %a, %b\noutput %y";
+    let text = module(plain, Arch::Sm90);
+    assert!(
+        text.contains("mma.sync") && !text.contains("wgmma"),
+        "{text}"
     );
-    check_tol(
+    check_on(&sm90, plain, 1, 2e-2);
+    check_on(
+        &sm90,
         "input %a: f16[2, 16, 32]\ninput %b: f16[2, 32, 8]\n%y = matmul %a, %b\noutput %y",
         1,
         2e-2,
     );
 }
 
+/// The sm_90a path: TMA copies through mbarriers into shared memory, wgmma from there.
 #[test]
-fn movement_and_indexing_kernels() {
-    let x = "input %x: f32[B, 5, 4]\n";
-    check(&format!("{x}%y: f32[B, 20] = reshape %x\noutput %y"));
-    check(&format!(
-        "{x}%y = slice %x {{axis = 1, start = 1, end = 5, step = 2}}\noutput %y"
-    ));
-    check(&format!("{x}%y = concat %x, %x {{axis = 2}}\noutput %y"));
-    check(&format!(
-        "{x}%y = pad %x {{axis = 1, low = 2, high = 1, value = -1.5}}\noutput %y"
-    ));
-    check("input %t: f32[4, 3]\ninput %i: i32[B, 2]\n%y = gather %t, %i {axis = 0}\noutput %y");
-    check("input %t: f32[3, 4]\ninput %i: i64[5]\n%y = gather %t, %i {axis = 1}\noutput %y");
-    check("input %t: f32[4, 3]\ninput %i: i32[B]\ninput %u: f32[B, 3]\n%y = scatter_add %t, %i, %u {axis = 0}\noutput %y");
-}
-
-#[test]
-fn communication_kernels() {
-    check("input %x: f32[B, 8]\n%y = all_to_all %x {axis = 0}\n%z = exp %y\n%w = all_to_all %z {axis = 0}\noutput %w");
-    check("input %x: bf16[3, 5]\n%y = all_to_all %x {axis = 1}\noutput %y");
-}
-
-#[test]
-fn fused_attention_kernel() {
-    let causal = "input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y";
-    // It is one kernel, not the decomposition's matmuls and softmax.
-    assert_eq!(
-        kernel_names(causal, 2).len(),
-        1,
-        "{:?}",
-        kernel_names(causal, 2)
+fn wgmma_matmul_kernels() {
+    for body in [
+        // Edges in M and N; K = 40 is not a multiple of the 32 of a stage.
+        "input %a: bf16[70, 40]\ninput %b: bf16[40, 72]\n%y = matmul %a, %b\noutput %y",
+        // Batched; N = 200 is two N tiles (128 and 72), M = 130 three M tiles.
+        "input %a: bf16[2, 130, 96]\ninput %b: bf16[2, 96, 200]\n%y = matmul %a, %b\noutput %y",
+        // K = 200: seven k-steps refill the three stages, so phases wrap; f16.
+        "input %a: f16[3, 24, 200]\ninput %b: f16[3, 200, 16]\n%y = matmul %a, %b\noutput %y",
+        // Both operands transposed: A M-major, B K-major (as stored).
+        "input %a: bf16[40, 72]\ninput %b: bf16[24, 40]\n%at = permute %a {perm = [1, 0]}\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %at, %bt\noutput %y",
+        // K = 8: one box per operand row block, the rest of the stage zero-filled.
+        "input %a: bf16[5, 8]\ninput %b: bf16[8, 16]\n%y = matmul %a, %b\noutput %y",
+    ] {
+        let text = module(body, Arch::Sm90a);
+        assert!(
+            text.contains(".target sm_90a")
+                && text.contains("wgmma.mma_async")
+                && text.contains("cp.async.bulk.tensor.3d"),
+            "{body}: not on the wgmma path"
+        );
+        check_tol(body, 1, 2e-2);
+    }
+    // TMA needs 16-byte rows: K = 20 keeps mma.sync, and the module stays sm_90.
+    let odd = "input %a: bf16[8, 20]\ninput %b: bf16[20, 8]\n%y = matmul %a, %b\noutput %y";
+    let text = module(odd, Arch::Sm90a);
+    assert!(
+        text.contains(".target sm_90\n") && !text.contains("wgmma"),
+        "{text}"
     );
-    check(causal);
-    // Several key tiles (S > 32), rows that do not fill the last block, heads past 32
-    // lanes, non-causal, and 16-bit inputs.
-    check("input %q: f32[2, 3, 37, 40]\ninput %k: f32[2, 3, 70, 40]\ninput %v: f32[2, 3, 70, 72]\n%y = attention %q, %k, %v {causal = false, scale = 0.15}\noutput %y");
-    check("input %q: f32[B, 67, 16]\ninput %k: f32[B, 67, 16]\ninput %v: f32[B, 67, 16]\n%y = attention %q, %k, %v {causal = true, scale = 0.25}\noutput %y");
-    check_tol("input %q: bf16[2, 40, 32]\ninput %k: bf16[2, 40, 32]\ninput %v: bf16[2, 40, 32]\n%y = attention %q, %k, %v {causal = true, scale = 0.18}\noutput %y", 1, 2e-2);
+}
+
+/// Large wgmma products assemble for sm_90a without spills (ptxas's figures printed).
+#[test]
+fn wgmma_matmul_assembles_without_spills() {
+    for (what, body) in [
+        (
+            "bf16 4x1024x1024x1024, B N-major",
+            "input %a: bf16[4, 1024, 1024]\ninput %b: bf16[4, 1024, 1024]\n%y = matmul %a, %b\noutput %y",
+        ),
+        (
+            "f16 1024x512x256, B K-major",
+            "input %a: f16[1024, 512]\ninput %b: f16[256, 512]\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %a, %bt\noutput %y",
+        ),
+    ] {
+        for r in assemble(&parse(body), &Default::default(), Arch::Sm90a) {
+            eprintln!(
+                "{what}: {} registers, {} B shared, {} B spilled",
+                r.registers, r.shared_bytes, r.spill_bytes
+            );
+            assert_eq!(r.spill_bytes, 0, "{what}: {r:?}");
+        }
+    }
 }
 
 #[test]
@@ -312,8 +374,7 @@ fn fused_attention_backward_kernels() {
 
 /// ptxas's reports for the kernels of `body` (nothing is run).
 fn assemble_only(body: &str) -> Vec<ptxas::KernelReport> {
-    let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
-        .unwrap()
-        .graph;
-    assemble(&g, &common::random_feeds(&g, 1, 1, 4))
+    let g = parse(body);
+    let feeds = common::random_feeds(&g, 1, 1, 4);
+    assemble(&g, &interp::bind_shapes(&g, &feeds).unwrap(), Arch::Sm90a)
 }

@@ -18,6 +18,7 @@ impl KernelBuilder {
                 name: name.to_string(),
                 params: Vec::new(),
                 shared: Vec::new(),
+                tensor_maps: Vec::new(),
                 regs: Vec::new(),
                 body: Vec::new(),
                 block,
@@ -45,12 +46,42 @@ impl KernelBuilder {
 
     /// Declares a shared array of `len` elements.
     pub fn shared(&mut self, name: &str, elem: Elem, len: usize) -> Space {
+        self.shared_aligned(name, elem, len, 16)
+    }
+
+    /// Declares a shared array of `len` elements starting at a multiple of `align` bytes.
+    pub fn shared_aligned(&mut self, name: &str, elem: Elem, len: usize, align: usize) -> Space {
         self.kernel.shared.push(SharedArray {
             name: name.to_string(),
             elem,
             len,
+            align,
         });
         Space::Shared(self.kernel.shared.len() - 1)
+    }
+
+    /// Declares a tensor map over the buffer parameter `buffer` (a `Space::Global`);
+    /// returns its index for [`Inst::TmaLoad`].
+    pub fn tensor_map(
+        &mut self,
+        name: &str,
+        buffer: Space,
+        dims: Vec<u64>,
+        strides: Vec<u64>,
+        box_dims: Vec<u32>,
+    ) -> usize {
+        let Space::Global(buffer) = buffer else {
+            panic!("a tensor map views a global buffer")
+        };
+        self.kernel.tensor_maps.push(TensorMap {
+            name: name.to_string(),
+            buffer,
+            dims,
+            strides,
+            box_dims,
+            swizzle: Swizzle::None,
+        });
+        self.kernel.tensor_maps.len() - 1
     }
 
     /// Asks for `n` resident blocks per SM (`.minnctapersm`).
@@ -374,6 +405,7 @@ impl KernelBuilder {
     pub fn finish(mut self) -> Kernel {
         assert_eq!(self.blocks.len(), 1, "unbalanced blocks");
         self.kernel.body = self.blocks.pop().expect("the top block");
+        self.kernel.needs_sm90a = self.kernel.uses_sm90a_instructions();
         if let Err(e) = self.kernel.check() {
             panic!("generated an ill-typed kernel: {e}");
         }
@@ -450,5 +482,33 @@ impl KernelBuilder {
             b.assign(value, x);
         });
         value
+    }
+}
+
+impl KernelBuilder {
+    /// The wgmma descriptor of the operand at element `index` of shared `space`.
+    pub fn shared_desc(
+        &mut self,
+        space: Space,
+        index: impl Into<Operand>,
+        layout: DescLayout,
+    ) -> Reg {
+        let dst = self.reg(Ty::I64);
+        self.push(Inst::SharedDesc {
+            dst,
+            space,
+            index: index.into(),
+            layout,
+        });
+        dst
+    }
+
+    /// Waits for the phase of parity `parity` of mbarrier `index` of `bar`.
+    pub fn mbar_wait(&mut self, bar: Space, index: impl Into<Operand>, parity: impl Into<Operand>) {
+        self.push(Inst::MbarWait {
+            bar,
+            index: index.into(),
+            parity: parity.into(),
+        });
     }
 }

@@ -15,6 +15,10 @@
 //! - 16-bit float buffers are read into `f32` registers (or, two at a time, into `b32`
 //!   registers for tensor-core fragments) and written from `f32` registers, rounding
 //!   to nearest even.
+//! - Hopper's asynchronous instructions (mbarriers, TMA copies through a kernel's
+//!   [`TensorMap`]s, wgmma through shared-memory descriptors) address mbarriers as
+//!   elements of shared i64 arrays and operands as elements of 16-bit shared arrays;
+//!   their layouts are those of `wgmma.rs`.
 
 use std::fmt;
 
@@ -100,6 +104,51 @@ pub struct SharedArray {
     pub elem: Elem,
     /// Number of elements.
     pub len: usize,
+    /// Byte alignment of its start (16, or 128 for a TMA destination).
+    pub align: usize,
+}
+
+/// How a tensor map arranges its box in shared memory. Only the unswizzled layout is
+/// modelled (and generated): the box lands row after row, innermost dimension fastest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Swizzle {
+    /// No swizzle (`CU_TENSOR_MAP_SWIZZLE_NONE`).
+    None,
+}
+
+/// A TMA tensor map: a kernel parameter passed by value (`.param .align 64 .b8
+/// NAME[128]`) that describes a tiled view of one global buffer parameter. The runtime
+/// encodes it with `cuTensorMapEncodeTiled`; the evaluator executes copies through it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorMap {
+    /// Name in the PTX (`<kernel>_m<i>_<name>`).
+    pub name: String,
+    /// The buffer parameter it views (its address and element type).
+    pub buffer: usize,
+    /// Extent of every dimension in elements, innermost first.
+    pub dims: Vec<u64>,
+    /// Bytes between consecutive indices of `dims[1..]` (multiples of 16).
+    pub strides: Vec<u64>,
+    /// The box one copy moves, in elements per dimension (innermost first).
+    pub box_dims: Vec<u32>,
+    /// Shared-memory arrangement of the box.
+    pub swizzle: Swizzle,
+}
+
+impl TensorMap {
+    /// Elements one copy moves (out-of-bounds ones arrive as zeros and count too).
+    pub fn box_elems(&self) -> usize {
+        self.box_dims.iter().map(|&d| d as usize).product()
+    }
+}
+
+/// Where a wgmma operand's core matrices lie (no swizzle), in bytes; see `wgmma.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescLayout {
+    /// Leading dimension byte offset: between core matrices adjacent along K.
+    pub lbo: u32,
+    /// Stride dimension byte offset: between core matrices adjacent along M (or N).
+    pub sbo: u32,
 }
 
 /// Special registers.
@@ -331,6 +380,174 @@ pub enum Inst {
         c: [Reg; 4],
         elem: Elem,
     },
+    /// Initialises the mbarrier (`b64` element `index` of a shared i64 array) to expect
+    /// `count` arrivals per phase (`mbarrier.init.shared::cta.b64`).
+    MbarInit {
+        bar: Space,
+        index: Operand,
+        count: u32,
+    },
+    /// Makes initialised mbarriers visible to the async proxy
+    /// (`fence.mbarrier_init.release.cluster` then `fence.proxy.async.shared::cta`).
+    FenceMbarInit,
+    /// Orders this thread's ordinary shared-memory writes before later async-proxy
+    /// reads of them (wgmma operands): `fence.proxy.async.shared::cta`.
+    FenceProxyAsync,
+    /// Arrives on the mbarrier and raises the bytes its phase waits for by `bytes`
+    /// (`mbarrier.arrive.expect_tx.shared::cta.b64`).
+    MbarArriveExpectTx {
+        bar: Space,
+        index: Operand,
+        bytes: u32,
+    },
+    /// Spins until the mbarrier's phase of parity `parity` (0 or 1) has completed
+    /// (`mbarrier.try_wait.parity` in a loop).
+    MbarWait {
+        bar: Space,
+        index: Operand,
+        parity: Operand,
+    },
+    /// One TMA copy (`cp.async.bulk.tensor.Nd.shared::cluster.global.mbarrier::
+    /// complete_tx::bytes`): the box of tensor map `map` at element coordinates
+    /// `coords` (innermost first; out of bounds reads zeros) to shared `dst` from
+    /// element `index` on (128-byte aligned); completes its bytes on the mbarrier.
+    TmaLoad {
+        map: usize,
+        dst: Space,
+        index: Operand,
+        coords: Vec<Operand>,
+        bar: Space,
+        bar_index: Operand,
+    },
+    /// `dst` (i64) = the wgmma matrix descriptor of the operand starting at element
+    /// `index` of shared `space`, core matrices placed as `layout` says, no swizzle.
+    SharedDesc {
+        dst: Reg,
+        space: Space,
+        index: Operand,
+        layout: DescLayout,
+    },
+    /// Orders register accesses before the following wgmma (`wgmma.fence.sync.aligned`).
+    WgmmaFence,
+    /// Warpgroup-wide async product `d += a·b` of shape m64nNk16 (N = 2 · `d.len()`),
+    /// A (64×16) and B (16×N) read from shared memory through the descriptors `a`
+    /// and `b`, 16-bit `elem` inputs, f32 accumulators in the fragment layout of
+    /// `wgmma.rs` (`wgmma.mma_async.sync.aligned.m64nNk16.f32.elem.elem`).
+    /// `a_mn_major` / `b_mn_major`: the operand is stored M- (N-) major rather than
+    /// K-major (the `imm-trans` operands).
+    Wgmma {
+        d: Vec<Reg>,
+        a: Reg,
+        b: Reg,
+        elem: Elem,
+        a_mn_major: bool,
+        b_mn_major: bool,
+    },
+    /// Closes the wgmmas issued since the last commit into a group
+    /// (`wgmma.commit_group.sync.aligned`).
+    WgmmaCommit,
+    /// Waits until at most `pending` committed groups are unfinished
+    /// (`wgmma.wait_group.sync.aligned`); only then may their registers and shared
+    /// operands be touched.
+    WgmmaWait { pending: u32 },
+}
+
+impl Inst {
+    /// Every register the instruction reads or writes.
+    pub fn registers(&self) -> Vec<Reg> {
+        let mut regs = Vec::new();
+        let op = |o: &Operand, regs: &mut Vec<Reg>| {
+            if let Operand::Reg(r) = o {
+                regs.push(*r);
+            }
+        };
+        match self {
+            Inst::Mov { dst, src } | Inst::Unary { dst, src, .. } => {
+                regs.push(*dst);
+                op(src, &mut regs);
+            }
+            Inst::Special { dst, .. } => regs.push(*dst),
+            Inst::Binary { dst, a, b, .. } | Inst::Setp { dst, a, b, .. } => {
+                regs.push(*dst);
+                op(a, &mut regs);
+                op(b, &mut regs);
+            }
+            Inst::Fma { dst, a, b, c } => {
+                regs.push(*dst);
+                for o in [a, b, c] {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::Selp { dst, a, b, cond } => {
+                regs.extend([*dst, *cond]);
+                op(a, &mut regs);
+                op(b, &mut regs);
+            }
+            Inst::Cvt { dst, src } | Inst::Round { dst, src, .. } => regs.extend([*dst, *src]),
+            Inst::Ld { dst, index, .. } => {
+                regs.extend(dst);
+                op(index, &mut regs);
+            }
+            Inst::St { index, src, .. } => {
+                op(index, &mut regs);
+                for o in src {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::AtomAdd { index, src, .. } | Inst::SetFlag { index, src, .. } => {
+                op(index, &mut regs);
+                op(src, &mut regs);
+            }
+            Inst::WaitFlag {
+                index, at_least, ..
+            } => {
+                op(index, &mut regs);
+                op(at_least, &mut regs);
+            }
+            Inst::ShflXor { dst, src, .. } => regs.extend([*dst, *src]),
+            Inst::ShflIdx { dst, src, lane } => {
+                regs.extend([*dst, *src]);
+                op(lane, &mut regs);
+            }
+            Inst::Pack { dst, lo, hi, .. } => {
+                regs.push(*dst);
+                op(lo, &mut regs);
+                op(hi, &mut regs);
+            }
+            Inst::Mma { d, a, b, c, .. } => {
+                regs.extend(d.iter().chain(a).chain(b).chain(c));
+            }
+            Inst::MbarInit { index, .. } | Inst::MbarArriveExpectTx { index, .. } => {
+                op(index, &mut regs)
+            }
+            Inst::MbarWait { index, parity, .. } => {
+                op(index, &mut regs);
+                op(parity, &mut regs);
+            }
+            Inst::TmaLoad {
+                index,
+                coords,
+                bar_index,
+                ..
+            } => {
+                for o in std::iter::once(index).chain(coords).chain([bar_index]) {
+                    op(o, &mut regs);
+                }
+            }
+            Inst::SharedDesc { dst, index, .. } => {
+                regs.push(*dst);
+                op(index, &mut regs);
+            }
+            Inst::Wgmma { d, a, b, .. } => regs.extend(d.iter().chain([a, b])),
+            Inst::Bar
+            | Inst::FenceMbarInit
+            | Inst::FenceProxyAsync
+            | Inst::WgmmaFence
+            | Inst::WgmmaCommit
+            | Inst::WgmmaWait { .. } => {}
+        }
+        regs
+    }
 }
 
 /// A statement: an instruction or structured control flow.
@@ -364,6 +581,8 @@ pub struct Kernel {
     pub params: Vec<BufferParam>,
     /// Shared arrays.
     pub shared: Vec<SharedArray>,
+    /// TMA tensor maps, passed after the buffer parameters.
+    pub tensor_maps: Vec<TensorMap>,
     /// Register types, indexed by `Reg`.
     pub regs: Vec<Ty>,
     /// The body.
@@ -372,7 +591,7 @@ pub struct Kernel {
     pub block: u32,
     /// Blocks that should be resident on one SM (`.minnctapersm`), if any.
     pub min_blocks_per_sm: Option<u32>,
-    /// True if it uses `sm_90a`-only instructions.
+    /// True if it uses `sm_90a`-only instructions (wgmma); set by the builder.
     pub needs_sm90a: bool,
 }
 
@@ -397,23 +616,44 @@ impl Kernel {
         self.shared.iter().map(|s| s.len * s.elem.bytes()).sum()
     }
 
-    /// True if it issues tensor-core instructions.
-    pub fn uses_tensor_cores(&self) -> bool {
-        fn any(body: &[Stmt]) -> bool {
+    /// True if some instruction of the body satisfies `f`.
+    pub fn any_inst(&self, f: &dyn Fn(&Inst) -> bool) -> bool {
+        fn any(body: &[Stmt], f: &dyn Fn(&Inst) -> bool) -> bool {
             body.iter().any(|s| match s {
-                Stmt::Inst(i) => matches!(i, Inst::Mma { .. }),
+                Stmt::Inst(i) => f(i),
                 Stmt::If {
                     then, otherwise, ..
-                } => any(then) || any(otherwise),
-                Stmt::Loop { body, .. } => any(body),
+                } => any(then, f) || any(otherwise, f),
+                Stmt::Loop { body, .. } => any(body, f),
             })
         }
-        any(&self.body)
+        any(&self.body, f)
+    }
+
+    /// True if it issues tensor-core instructions.
+    pub fn uses_tensor_cores(&self) -> bool {
+        self.any_inst(&|i| matches!(i, Inst::Mma { .. } | Inst::Wgmma { .. }))
+    }
+
+    /// True if it issues instructions that only `sm_90a` has (the wgmma family).
+    pub fn uses_sm90a_instructions(&self) -> bool {
+        self.any_inst(&|i| {
+            matches!(
+                i,
+                Inst::Wgmma { .. } | Inst::WgmmaFence | Inst::WgmmaCommit | Inst::WgmmaWait { .. }
+            )
+        })
     }
 
     /// Checks the typing invariants; the error names the offending instruction.
     pub fn check(&self) -> Result<(), String> {
-        check_block(self, &self.body).map_err(|e| format!("kernel {}: {e}", self.name))
+        let checks = || -> Result<(), String> {
+            for m in &self.tensor_maps {
+                check_tensor_map(self, m)?;
+            }
+            check_block(self, &self.body)
+        };
+        checks().map_err(|e| format!("kernel {}: {e}", self.name))
     }
 }
 
@@ -450,6 +690,32 @@ fn check_block(k: &Kernel, body: &[Stmt]) -> Result<(), String> {
     Ok(())
 }
 
+fn check_tensor_map(k: &Kernel, m: &TensorMap) -> Result<(), String> {
+    let what = |e: &str| format!("tensor map {}: {e}", m.name);
+    let buffer = k
+        .params
+        .get(m.buffer)
+        .ok_or_else(|| what("no such buffer"))?;
+    let rank = m.dims.len();
+    expect((1..=5).contains(&rank), "rank must be 1 to 5").map_err(|e| what(&e))?;
+    expect(
+        m.strides.len() == rank - 1 && m.box_dims.len() == rank,
+        "one stride per outer dimension and one box size per dimension",
+    )
+    .map_err(|e| what(&e))?;
+    expect(
+        m.strides.iter().all(|s| s % 16 == 0),
+        "global strides must be multiples of 16 bytes",
+    )
+    .map_err(|e| what(&e))?;
+    expect(
+        m.box_dims.iter().all(|&b| (1..=256).contains(&b))
+            && (m.box_dims[0] as usize * buffer.elem.bytes()) % 16 == 0,
+        "box sizes are 1 to 256, the innermost a multiple of 16 bytes",
+    )
+    .map_err(|e| what(&e))
+}
+
 fn expect(ok: bool, what: &str) -> Result<(), String> {
     if ok {
         Ok(())
@@ -463,6 +729,13 @@ fn check_inst(k: &Kernel, i: &Inst) -> Result<(), String> {
     let mem_elem = |s: Space| match s {
         Space::Global(p) => k.params.get(p).map(|b| b.elem),
         Space::Shared(a) => k.shared.get(a).map(|b| b.elem),
+    };
+    let check_mbar = |bar: Space, index: Operand| {
+        expect(
+            matches!(bar, Space::Shared(_)) && mem_elem(bar) == Some(Elem::I64),
+            "mbarriers are elements of a shared i64 array",
+        )?;
+        expect(t(index) == Ty::I32, "indices are i32")
     };
     match i {
         Inst::Mov { dst, src } => expect(k.ty(*dst) == t(*src), "mov types differ"),
@@ -607,6 +880,78 @@ fn check_inst(k: &Kernel, i: &Inst) -> Result<(), String> {
                 a.iter().chain(b).all(|&r| k.ty(r) == Ty::B32)
                     && d.iter().chain(c).all(|&r| k.ty(r) == Ty::F32),
                 "mma fragment types",
+            )
+        }
+        Inst::MbarInit { bar, index, .. } | Inst::MbarArriveExpectTx { bar, index, .. } => {
+            check_mbar(*bar, *index)
+        }
+        Inst::MbarWait { bar, index, parity } => {
+            check_mbar(*bar, *index)?;
+            expect(t(*parity) == Ty::I32, "the parity is i32")
+        }
+        Inst::FenceMbarInit
+        | Inst::FenceProxyAsync
+        | Inst::WgmmaFence
+        | Inst::WgmmaCommit
+        | Inst::WgmmaWait { .. } => Ok(()),
+        Inst::TmaLoad {
+            map,
+            dst,
+            index,
+            coords,
+            bar,
+            bar_index,
+        } => {
+            let m = k.tensor_maps.get(*map).ok_or("no such tensor map")?;
+            expect(
+                matches!(dst, Space::Shared(_)),
+                "TMA copies into shared memory",
+            )?;
+            expect(
+                mem_elem(*dst) == Some(k.params[m.buffer].elem),
+                "the destination's element type differs from the tensor map's",
+            )?;
+            expect(t(*index) == Ty::I32, "indices are i32")?;
+            expect(
+                coords.len() == m.dims.len() && coords.iter().all(|&c| t(c) == Ty::I32),
+                "one i32 coordinate per tensor-map dimension",
+            )?;
+            check_mbar(*bar, *bar_index)
+        }
+        Inst::SharedDesc {
+            dst,
+            space,
+            index,
+            layout,
+        } => {
+            expect(k.ty(*dst) == Ty::I64, "a descriptor is i64")?;
+            expect(
+                matches!(mem_elem(*space), Some(e) if e.is_half())
+                    && matches!(space, Space::Shared(_)),
+                "descriptors describe shared 16-bit float arrays",
+            )?;
+            expect(t(*index) == Ty::I32, "indices are i32")?;
+            expect(
+                [layout.lbo, layout.sbo]
+                    .iter()
+                    .all(|&o| o % 16 == 0 && o < 1 << 18),
+                "byte offsets are multiples of 16 below 2^18",
+            )
+        }
+        Inst::Wgmma { d, a, b, elem, .. } => {
+            expect(elem.is_half(), "wgmma inputs are 16-bit floats here")?;
+            expect(
+                k.ty(*a) == Ty::I64 && k.ty(*b) == Ty::I64,
+                "operands are i64 descriptors",
+            )?;
+            let n = d.len() * 2;
+            expect(
+                n % 8 == 0 && (8..=256).contains(&n),
+                "N = 2 × accumulators must be a multiple of 8 from 8 to 256",
+            )?;
+            expect(
+                d.iter().all(|&r| k.ty(r) == Ty::F32),
+                "accumulators are f32",
             )
         }
     }

@@ -11,12 +11,13 @@
 //! - `math.rs`: the IR's float functions in PTX's fast instructions.
 //! - `lower/`: schedule steps to kernels, one file per op family.
 //! - `comm/`: communication kernels (MoE all-to-all) behind a transport trait.
-//! - `eval.rs`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
+//! - `eval/`: the kernel-IR evaluator (grid, blocks, lockstep threads, shared memory,
 //!   barriers, race detection) that tests kernel logic without a GPU.
 //! - `ptx.rs`: kernel IR to PTX text.
 //! - `program.rs`: a lowered graph with its buffers; simulation in the evaluator.
 //! - `plan.rs`: the SM plan.
 //! - `target.rs`: H800, H100 and H200 descriptions.
+//! - `wgmma.rs`: the shared-memory and register layouts of `wgmma`, written down once.
 
 pub mod build;
 pub mod comm;
@@ -29,6 +30,7 @@ pub mod program;
 pub mod ptx;
 pub mod ptxas;
 pub mod target;
+pub mod wgmma;
 
 pub use plan::SmPlan;
 

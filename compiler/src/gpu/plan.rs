@@ -55,6 +55,8 @@ pub struct SmPlan {
     pub sms: u32,
     /// SMs reserved for communication.
     pub comm_sms: u32,
+    /// The PTX architecture the module is assembled for.
+    pub arch: super::target::Arch,
     /// Launches in issue order.
     pub launches: Vec<Launch>,
 }
@@ -152,6 +154,7 @@ impl SmPlan {
             target: target.name.to_string(),
             sms: target.sms,
             comm_sms,
+            arch: program.arch,
             launches,
         })
     }

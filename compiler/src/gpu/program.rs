@@ -4,6 +4,7 @@
 use super::eval::{self, Data};
 use super::kir::Elem;
 use super::lower::{elem_of, lower_step, KernelCall, Shapes};
+use super::target::Arch;
 use crate::ir::ops::Op;
 use crate::ir::{Bindings, Def, Graph, ValueId};
 use crate::schedule::Schedule;
@@ -44,11 +45,24 @@ pub struct GpuProgram {
     pub buffers: Vec<Buffer>,
     /// Kernel launches in a valid order.
     pub calls: Vec<KernelCall>,
+    /// The architecture its module targets: `sm_90a` exactly when a kernel uses wgmma.
+    pub arch: Arch,
 }
 
 impl GpuProgram {
-    /// Lowers a schedule with every symbol bound by `bindings`.
+    /// Lowers a schedule with every symbol bound by `bindings`, for any Hopper GPU
+    /// (`sm_90a` allowed, so 16-bit matmuls that fit use wgmma).
     pub fn new(schedule: &Schedule, bindings: &Bindings) -> Result<GpuProgram, String> {
+        GpuProgram::for_arch(schedule, bindings, Arch::Sm90a)
+    }
+
+    /// Lowers a schedule with kernels that `allowed` has (`Sm90` keeps 16-bit matmuls
+    /// on `mma.sync`).
+    pub fn for_arch(
+        schedule: &Schedule,
+        bindings: &Bindings,
+        allowed: Arch,
+    ) -> Result<GpuProgram, String> {
         let g = &schedule.graph;
         let mut shapes = Vec::with_capacity(g.values.len());
         for v in &g.values {
@@ -60,7 +74,7 @@ impl GpuProgram {
         }
         let mut calls = Vec::new();
         for (i, step) in schedule.steps.iter().enumerate() {
-            calls.extend(lower_step(g, &shapes, i, step)?);
+            calls.extend(lower_step(g, &shapes, i, step, allowed)?);
         }
         let calls = hoist_communication(calls);
         let mut used: Vec<ValueId> = calls.iter().flat_map(|c| c.args.clone()).collect();
@@ -88,11 +102,17 @@ impl GpuProgram {
                 contents,
             });
         }
+        let arch = if calls.iter().any(|c| c.kernel.needs_sm90a) {
+            Arch::Sm90a
+        } else {
+            Arch::Sm90
+        };
         Ok(GpuProgram {
             graph: g.clone(),
             shapes,
             buffers,
             calls,
+            arch,
         })
     }
 

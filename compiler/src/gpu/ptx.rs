@@ -51,12 +51,21 @@ pub fn entry(k: &Kernel) -> String {
     for (i, a) in k.shared.iter().enumerate() {
         let _ = writeln!(p.body, "\tmov.u32 \t%s{i}, s_{};", a.name);
     }
+    // TMA takes the tensor map's generic address (it lives in the parameter space).
+    for i in 0..k.tensor_maps.len() {
+        let _ = writeln!(p.body, "\tmov.u64 \t%tm{i}, {};", map_name(k, i));
+        let _ = writeln!(p.body, "\tcvta.param.u64 \t%tm{i}, %tm{i};");
+    }
     p.block(&k.body);
     p.body.push_str("\tret;\n");
 
     let mut s = String::new();
     let params: Vec<String> = (0..k.params.len())
         .map(|i| format!("\t.param .u64 {}", param_name(k, i)))
+        .chain(
+            (0..k.tensor_maps.len())
+                .map(|i| format!("\t.param .align 64 .b8 {}[128]", map_name(k, i))),
+        )
         .collect();
     let _ = writeln!(s, ".visible .entry {}(\n{}\n)", k.name, params.join(",\n"));
     let _ = writeln!(s, ".maxntid {}, 1, 1", k.block);
@@ -79,10 +88,12 @@ pub fn entry(k: &Kernel) -> String {
     decl(&mut s, "b16", "h", p.temps16);
     decl(&mut s, "b64", "g", k.params.len());
     decl(&mut s, "b32", "s", k.shared.len());
+    decl(&mut s, "b64", "tm", k.tensor_maps.len());
     for a in &k.shared {
         let _ = writeln!(
             s,
-            "\t.shared .align 16 .b8 s_{}[{}];",
+            "\t.shared .align {} .b8 s_{}[{}];",
+            a.align,
             a.name,
             (a.len * a.elem.bytes()).max(1)
         );
@@ -95,6 +106,10 @@ pub fn entry(k: &Kernel) -> String {
 
 fn param_name(k: &Kernel, i: usize) -> String {
     format!("{}_p{i}_{}", k.name, k.params[i].name)
+}
+
+fn map_name(k: &Kernel, i: usize) -> String {
+    format!("{}_m{i}_{}", k.name, k.tensor_maps[i].name)
 }
 
 struct Printer<'a> {
@@ -437,6 +452,98 @@ impl<'a> Printer<'a> {
                     list(a),
                     list(b),
                     list(c)
+                );
+                self.line(&text);
+            }
+            Inst::MbarInit { bar, index, count } => {
+                let addr = self.address(*bar, *index, 8);
+                self.line(&format!("mbarrier.init.shared::cta.b64 \t{addr}, {count}"));
+            }
+            Inst::FenceMbarInit => {
+                self.line("fence.mbarrier_init.release.cluster");
+                self.line("fence.proxy.async.shared::cta");
+            }
+            Inst::FenceProxyAsync => self.line("fence.proxy.async.shared::cta"),
+            Inst::MbarArriveExpectTx { bar, index, bytes } => {
+                let addr = self.address(*bar, *index, 8);
+                let state = self.temp64();
+                self.line(&format!(
+                    "mbarrier.arrive.expect_tx.shared::cta.b64 \t{state}, {addr}, {bytes}"
+                ));
+            }
+            Inst::MbarWait { bar, index, parity } => {
+                let addr = self.address(*bar, *index, 8);
+                let parity = self.in_reg(*parity);
+                let (done, n) = (self.temp_pred(), self.label());
+                let _ = writeln!(self.body, "$L{n}_wait:");
+                self.line(&format!(
+                    "mbarrier.try_wait.parity.shared::cta.b64 \t{done}, {addr}, {parity}"
+                ));
+                self.line(&format!("@!{done} bra \t$L{n}_wait"));
+            }
+            Inst::TmaLoad {
+                map,
+                dst,
+                index,
+                coords,
+                bar,
+                bar_index,
+            } => {
+                let (_, elem) = self.space(*dst);
+                let to = self.address(*dst, *index, elem.bytes());
+                let at: Vec<String> = coords.iter().map(|&c| self.in_reg(c)).collect();
+                let mbar = self.address(*bar, *bar_index, 8);
+                self.line(&format!(
+                    "cp.async.bulk.tensor.{}d.shared::cluster.global.mbarrier::complete_tx::bytes \t{to}, [%tm{map}, {{{}}}], {mbar}",
+                    coords.len(),
+                    at.join(", ")
+                ));
+            }
+            Inst::SharedDesc {
+                dst,
+                space,
+                index,
+                layout,
+            } => {
+                let (_, elem) = self.space(*space);
+                let addr = self.address(*space, *index, elem.bytes());
+                let inner = &addr[1..addr.len() - 1];
+                let a = self.temp32();
+                match inner.split_once('+') {
+                    Some((base, off)) => self.line(&format!("add.s32 \t{a}, {base}, {off}")),
+                    None => self.line(&format!("mov.b32 \t{a}, {inner}")),
+                }
+                let d = self.reg(*dst).to_string();
+                self.line(&format!("cvt.u64.u32 \t{d}, {a}"));
+                self.line(&format!("shr.u64 \t{d}, {d}, 4"));
+                self.line(&format!("and.b64 \t{d}, {d}, 16383"));
+                let fields = super::wgmma::descriptor_fields(*layout);
+                self.line(&format!("or.b64 \t{d}, {d}, {fields}"));
+            }
+            Inst::WgmmaFence => self.line("wgmma.fence.sync.aligned"),
+            Inst::WgmmaCommit => self.line("wgmma.commit_group.sync.aligned"),
+            Inst::WgmmaWait { pending } => {
+                self.line(&format!("wgmma.wait_group.sync.aligned \t{pending}"))
+            }
+            Inst::Wgmma {
+                d,
+                a,
+                b,
+                elem,
+                a_mn_major,
+                b_mn_major,
+            } => {
+                let acc: Vec<&str> = d.iter().map(|&r| self.reg(r)).collect();
+                let t = half_name(*elem);
+                // scale-d 1 (accumulate), no negation of A or B, then the transposes.
+                let text = format!(
+                    "wgmma.mma_async.sync.aligned.m64n{}k16.f32.{t}.{t} \t{{{}}}, {}, {}, 1, 1, 1, {}, {}",
+                    d.len() * 2,
+                    acc.join(", "),
+                    self.reg(*a),
+                    self.reg(*b),
+                    u8::from(*a_mn_major),
+                    u8::from(*b_mn_major)
                 );
                 self.line(&text);
             }

@@ -5,6 +5,27 @@
 use crate::optimize::RooflineTarget;
 use std::fmt;
 
+/// A PTX target architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Arch {
+    /// `sm_90`: Hopper without the architecture-specific instructions.
+    #[serde(rename = "sm_90")]
+    Sm90,
+    /// `sm_90a`: adds `wgmma` (code for it runs on exactly Hopper).
+    #[serde(rename = "sm_90a")]
+    Sm90a,
+}
+
+impl Arch {
+    /// The `.target` / `ptxas -arch` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm90 => "sm_90",
+            Arch::Sm90a => "sm_90a",
+        }
+    }
+}
+
 /// One GPU model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GpuTarget {
@@ -36,6 +57,8 @@ pub struct GpuTarget {
     pub launch_seconds: f64,
     /// The SMs reserved for communication by default (DeepSeek-V3's 20).
     pub default_comm_sms: u32,
+    /// The newest architecture kernels may target (`sm_90a` on every Hopper).
+    pub arch: Arch,
 }
 
 impl GpuTarget {
@@ -65,6 +88,7 @@ impl GpuTarget {
             nvlink_bandwidth: 450e9,
             launch_seconds: 4e-6,
             default_comm_sms: 20,
+            arch: Arch::Sm90a,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - `green.rs`: the green-context partition through the raw driver bindings.
 //! - `streams.rs`: the compute and communication streams on that partition.
 //! - `program.rs`: loading, uploading, launching and downloading a program.
+//! - `tensor_map.rs`: TMA tensor maps encoded by the driver for kernels that use TMA.
 //! - `probe.rs`: hand-made launches and CUDA-event timing for `smelt gpu-check`.
 //!
 //! cudarc loads `libcuda` lazily (`dynamic-loading`), so smelt builds and links on a
@@ -24,6 +25,7 @@ pub mod partition;
 pub mod probe;
 mod program;
 mod streams;
+mod tensor_map;
 
 pub use driver::{driver_present, CudaError, Gpu};
 pub use memory::DeviceBuffer;

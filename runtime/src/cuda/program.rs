@@ -3,6 +3,7 @@
 use super::driver::{check, check_raw, CudaError, Gpu};
 use super::memory::DeviceBuffer;
 use super::streams::Streams;
+use super::tensor_map;
 use crate::gpusim::{to_device, to_host};
 use crate::interp::{bind_shapes, Execution, RunError};
 use crate::tensor::Tensor;
@@ -44,6 +45,8 @@ pub struct CudaProgram {
     _module: Arc<CudaModule>,
     functions: Vec<CudaFunction>,
     buffers: HashMap<ValueId, DeviceBuffer>,
+    /// Per call, its kernel's tensor maps over the call's buffers (passed by value).
+    tensor_maps: Vec<Vec<sys::CUtensorMap>>,
     events: Events,
     // Declared last: dropped after the events and buffers it must outlive.
     /// The streams and SM partition.
@@ -121,6 +124,20 @@ impl CudaProgram {
         for b in &program.buffers {
             buffers.insert(b.value, DeviceBuffer::alloc(b.elem, b.len)?);
         }
+        let tensor_maps = program
+            .calls
+            .iter()
+            .map(|c| {
+                c.kernel
+                    .tensor_maps
+                    .iter()
+                    .map(|m| {
+                        let buf = &buffers[&c.args[m.buffer]];
+                        tensor_map::encode(m, buf.elem, buf.ptr)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut events = Events(Vec::new());
         for _ in &program.calls {
             let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
@@ -134,6 +151,7 @@ impl CudaProgram {
             _module: module,
             functions,
             buffers,
+            tensor_maps,
             events,
             streams,
         })
@@ -178,17 +196,23 @@ impl CudaProgram {
                     sys::cuStreamWaitEvent(stream, self.events.0[w], 0)
                 })?;
             }
-            // One u64 device address per parameter, in `args` order.
+            // One u64 device address per parameter, in `args` order, then each tensor
+            // map's 128 bytes by value.
             let mut addresses: Vec<sys::CUdeviceptr> =
                 call.args.iter().map(|v| self.buffers[v].ptr).collect();
+            let mut maps = self.tensor_maps[i].clone();
             let mut params: Vec<*mut c_void> = addresses
                 .iter_mut()
                 .map(|a| a as *mut sys::CUdeviceptr as *mut c_void)
+                .chain(
+                    maps.iter_mut()
+                        .map(|m| m as *mut sys::CUtensorMap as *mut c_void),
+                )
                 .collect();
             let grid = (launch.grid[0], launch.grid[1], launch.grid[2]);
             let block = (launch.block[0], launch.block[1], launch.block[2]);
-            // SAFETY: the kernel takes exactly these pointers (the lowering's contract);
-            // shared memory is static, so no dynamic bytes.
+            // SAFETY: the kernel takes exactly these pointers and tensor maps (the
+            // lowering's contract); shared memory is static, so no dynamic bytes.
             let launched = unsafe {
                 result::launch_kernel(
                     self.functions[i].cu_function(),
@@ -308,7 +332,8 @@ impl CudaRunner {
             .map_err(|_| fail("a previous run panicked".into()))?;
         if loaded.as_ref().map(|(b, _)| b) != Some(&bindings) {
             *loaded = None; // free the old buffers before allocating new ones
-            let program = GpuProgram::new(&schedule(&self.graph), &bindings).map_err(fail)?;
+            let program = GpuProgram::for_arch(&schedule(&self.graph), &bindings, self.target.arch)
+                .map_err(fail)?;
             let p = CudaProgram::load(self.gpu.clone(), program, &self.target, self.comm_sms)
                 .map_err(|e| fail(e.0))?;
             *loaded = Some((bindings, p));

@@ -4,9 +4,10 @@
 //! B staged in shared memory between two barriers, and zero-fill edges, so any M, N, K
 //! work.
 
-use super::{elem_of, KernelCall, Role, Shapes};
+use super::{elem_of, wgmma_matmul, KernelCall, Role, Shapes};
 use crate::gpu::build::KernelBuilder;
 use crate::gpu::kir::{Cmp, Elem, Inst, Operand, Reg, Space, Special};
+use crate::gpu::target::Arch;
 use crate::ir::{Graph, ValueId};
 use crate::schedule::MatMulOperand;
 
@@ -15,20 +16,25 @@ const KSTEP: usize = 16;
 
 /// The sizes of one product.
 #[derive(Clone, Copy)]
-struct Dims {
-    batch: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+pub(super) struct Dims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
     /// The operand buffers hold Aᵀ (K × M) or Bᵀ (N × K): a transpose folded into
     /// the loads.
-    a_transposed: bool,
-    b_transposed: bool,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
 }
 
 impl Dims {
+    /// Output tiles of `tm × tn`, over all batches.
+    pub fn tiles_of(&self, (tm, tn): (usize, usize)) -> usize {
+        self.batch * self.m.div_ceil(tm) * self.n.div_ceil(tn)
+    }
+
     fn tiles(&self) -> usize {
-        self.batch * self.m.div_ceil(TILE) * self.n.div_ceil(TILE)
+        self.tiles_of((TILE, TILE))
     }
 }
 
@@ -39,6 +45,7 @@ pub(super) fn lower(
     v: ValueId,
     lhs: MatMulOperand,
     rhs: MatMulOperand,
+    arch: Arch,
 ) -> Result<KernelCall, String> {
     let (a, bv) = (lhs.value, rhs.value);
     let sc = &shapes[v.index()];
@@ -55,9 +62,13 @@ pub(super) fn lower(
     };
     let in_elem = elem_of(g.ty(a).dtype)?;
     let out_elem = elem_of(g.ty(v).dtype)?;
-    let kernel = match in_elem {
-        Elem::F32 => simt(name, dims, out_elem),
-        Elem::F16 | Elem::BF16 => tensor_core(name, dims, in_elem, out_elem),
+    let (kernel, work_blocks) = match in_elem {
+        Elem::F32 => (simt(name, dims, out_elem), dims.tiles()),
+        Elem::F16 | Elem::BF16 if arch == Arch::Sm90a && wgmma_matmul::fits(&dims) => (
+            wgmma_matmul::kernel(name, dims, in_elem, out_elem),
+            wgmma_matmul::tiles(&dims),
+        ),
+        Elem::F16 | Elem::BF16 => (tensor_core(name, dims, in_elem, out_elem), dims.tiles()),
         _ => {
             return Err(format!(
                 "integer 'matmul' (%{}) has no GPU kernel yet",
@@ -68,31 +79,39 @@ pub(super) fn lower(
     Ok(KernelCall {
         kernel,
         args: vec![v, a, bv],
-        work_blocks: dims.tiles().clamp(1, i32::MAX as usize) as u32,
+        work_blocks: work_blocks.clamp(1, i32::MAX as usize) as u32,
         role: Role::Compute,
         flops: 2.0 * (dims.batch * dims.m * dims.n * dims.k) as f64,
     })
 }
 
 /// The registers every tile loop needs: which tile, and where its batch starts.
-struct TileOrigin {
-    m0: Reg,
-    n0: Reg,
-    a_base: Reg,
-    b_base: Reg,
-    c_base: Reg,
+pub(super) struct TileOrigin {
+    pub batch: Reg,
+    pub m0: Reg,
+    pub n0: Reg,
+    pub a_base: Reg,
+    pub b_base: Reg,
+    pub c_base: Reg,
 }
 
-fn tile_origin(b: &mut KernelBuilder, d: Dims, tile: Reg) -> TileOrigin {
-    let (tm, tn) = (d.m.div_ceil(TILE) as i32, d.n.div_ceil(TILE) as i32);
+/// Where output tile `tile` of `rows × cols` tiles starts.
+pub(super) fn tile_origin(
+    b: &mut KernelBuilder,
+    d: Dims,
+    tile: Reg,
+    (rows, cols): (usize, usize),
+) -> TileOrigin {
+    let (tm, tn) = (d.m.div_ceil(rows) as i32, d.n.div_ceil(cols) as i32);
     let per_batch = b.mov(tm * tn);
     let batch = b.div(tile, per_batch);
     let within = b.rem(tile, per_batch);
     let ti = b.div(within, tn);
     let tj = b.rem(within, tn);
     TileOrigin {
-        m0: b.mul(ti, TILE as i32),
-        n0: b.mul(tj, TILE as i32),
+        batch,
+        m0: b.mul(ti, rows as i32),
+        n0: b.mul(tj, cols as i32),
         a_base: b.mul(batch, (d.m * d.k) as i32),
         b_base: b.mul(batch, (d.k * d.n) as i32),
         c_base: b.mul(batch, (d.m * d.n) as i32),
@@ -154,7 +173,7 @@ fn stage_k_step(
 }
 
 /// Stores `value` to `dst[base + row * cols + col]` if inside `rows × cols`.
-fn store_inside(
+pub(super) fn store_inside(
     b: &mut KernelBuilder,
     dst: Space,
     base: Reg,
@@ -189,7 +208,7 @@ fn simt(name: &str, d: Dims, out_elem: Elem) -> crate::gpu::kir::Kernel {
     let row4 = b.mul(ty, 4);
     let col4 = b.mul(tx, 4);
     b.grid_stride_by(d.tiles(), THREADS, |b, tile| {
-        let o = tile_origin(b, d, tile);
+        let o = tile_origin(b, d, tile, (TILE, TILE));
         let acc: Vec<Reg> = (0..16).map(|_| b.mov(0.0f32)).collect();
         b.for_range(0, d.k as i32, KSTEP as i32, |b, k0| {
             // k-major tiles: A at `k * 64 + m`, B at `k * 64 + n`.
@@ -263,7 +282,7 @@ fn tensor_core(name: &str, d: Dims, in_elem: Elem, out_elem: Elem) -> crate::gpu
     let wc = b.rem(warp, 2);
     let wn = b.mul(wc, 32);
     b.grid_stride_by(d.tiles(), THREADS, |b, tile| {
-        let o = tile_origin(b, d, tile);
+        let o = tile_origin(b, d, tile, (TILE, TILE));
         let acc: Vec<[Reg; 4]> = (0..8).map(|_| [0; 4].map(|_| b.mov(0.0f32))).collect();
         b.for_range(0, d.k as i32, KSTEP as i32, |b, k0| {
             // Row-major A (m × k) and n-major B (n × k), rows padded to `ROW`.

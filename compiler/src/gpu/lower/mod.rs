@@ -13,9 +13,11 @@ mod movement;
 mod pointwise;
 mod reduce;
 pub mod rows;
+mod wgmma_matmul;
 
 use super::build::KernelBuilder;
 use super::kir::{Elem, Kernel, Operand, Reg, Ty};
+use super::target::Arch;
 use crate::ir::ops::Op;
 use crate::ir::{DType, Def, Graph, ValueId};
 use crate::schedule::{MatMulOperand, Step};
@@ -77,11 +79,13 @@ pub(crate) fn reg_ty(dt: DType) -> Ty {
 }
 
 /// Lowers step `index` of a schedule of `g` (shapes in `shapes`) to kernel calls.
+/// `arch` is the newest architecture the kernels may use (`Sm90a` allows wgmma).
 pub fn lower_step(
     g: &Graph,
     shapes: &Shapes,
     index: usize,
     step: &Step,
+    arch: Arch,
 ) -> Result<Vec<KernelCall>, String> {
     let out = step.output();
     let name = format!("k{index}_{}", identifier(&g.value(out).name));
@@ -103,7 +107,9 @@ pub fn lower_step(
             lhs,
             rhs,
             init: None,
-        } => Ok(vec![matmul::lower(&name, g, shapes, *output, *lhs, *rhs)?]),
+        } => Ok(vec![matmul::lower(
+            &name, g, shapes, *output, *lhs, *rhs, arch,
+        )?]),
         Step::MatMul { init: Some(_), .. } => {
             Err("additive epilogues are a CPU schedule's (gpu::schedule folds none)".into())
         }
@@ -111,7 +117,7 @@ pub fn lower_step(
             let Def::Node { op, operands } = &g.value(*v).def else {
                 unreachable!("library steps are nodes")
             };
-            library(&name, g, shapes, *v, op, operands)
+            library(&name, g, shapes, *v, op, operands, arch)
         }
     }
 }
@@ -129,6 +135,7 @@ fn library(
     v: ValueId,
     op: &Op,
     operands: &[ValueId],
+    arch: Arch,
 ) -> Result<Vec<KernelCall>, String> {
     let calls = match op {
         Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => {
@@ -147,6 +154,7 @@ fn library(
                 v,
                 plain(operands[0]),
                 plain(operands[1]),
+                arch,
             )?]
         }
         Op::Reshape => vec![movement::copy(name, g, shapes, v, operands[0])?],

@@ -9,6 +9,15 @@
 //! - a barrier, shuffle or `mma` reached by part of a block (or warp) is an error;
 //! - loads and stores out of bounds or misaligned for their vector width are errors,
 //!   as is integer division by zero.
+//!
+//! Hopper's asynchronous path (mbarriers, TMA copies, wgmma) is modelled in
+//! `hopper.rs`: shared arrays get byte addresses (`SharedLayout`), so descriptors and
+//! copy destinations are real addresses, and what the hardware leaves undefined (a
+//! read before the copy's mbarrier phase completed, a copy over operands of an
+//! unfinished wgmma, generic writes read by wgmma without `fence.proxy.async`) is an
+//! error.
+
+mod hopper;
 
 use super::kir::*;
 use half::{bf16, f16};
@@ -103,6 +112,23 @@ impl Data {
         }
     }
 
+    /// Element `i`'s stored bits (16-bit floats undecoded).
+    fn raw(&self, i: usize) -> u64 {
+        match self {
+            Data::F16(v) | Data::BF16(v) => u64::from(v[i]),
+            _ => self.read(i),
+        }
+    }
+
+    /// Stores bits as [`Data::raw`] gives them.
+    fn set_raw(&mut self, i: usize, bits: u64) {
+        match self {
+            Data::F16(v) | Data::BF16(v) => v[i] = bits as u16,
+            Data::F32(v) => v[i] = f32::from_bits(bits as u32),
+            _ => self.write(i, bits),
+        }
+    }
+
     fn write(&mut self, i: usize, bits: u64) {
         match self {
             Data::F32(v) => v[i] = f32::from_bits(bits as u32),
@@ -177,6 +203,8 @@ struct Touch {
     read_epoch: u64,
     /// The single reader in `read_epoch`, or `MANY`.
     reader: u32,
+    /// The instruction count at the last generic write (for `fence.proxy.async`).
+    write_clock: u64,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -193,6 +221,10 @@ struct Block<'a> {
     shared: Vec<Data>,
     touches: Vec<Vec<Touch>>,
     epoch: u64,
+    /// Instructions executed so far (orders writes and fences).
+    clock: u64,
+    /// The asynchronous state: addresses, mbarriers, copies in flight, wgmma groups.
+    hopper: hopper::State,
 }
 
 impl<'a> Block<'a> {
@@ -203,6 +235,7 @@ impl<'a> Block<'a> {
             writer: 0,
             read_epoch: NEVER,
             reader: 0,
+            write_clock: 0,
         };
         Block {
             k,
@@ -218,6 +251,8 @@ impl<'a> Block<'a> {
                 .collect(),
             touches: k.shared.iter().map(|s| vec![untouched; s.len]).collect(),
             epoch: 0,
+            clock: 0,
+            hopper: hopper::State::new(k),
         }
     }
 
@@ -287,6 +322,11 @@ impl<'a> Block<'a> {
     }
 
     fn inst(&mut self, i: &Inst, mask: &[bool]) -> Result<(), String> {
+        self.clock += 1;
+        self.hopper.check_accumulators(i)?;
+        if self.hopper_inst(i, mask)? {
+            return Ok(());
+        }
         match i {
             Inst::ShflXor { dst, src, mask: m } => {
                 self.whole_warps(mask, "shfl.sync")?;
@@ -459,6 +499,17 @@ impl<'a> Block<'a> {
             Inst::ShflXor { .. } | Inst::ShflIdx { .. } | Inst::Bar | Inst::Mma { .. } => {
                 unreachable!("collective instructions are run per warp or block")
             }
+            Inst::MbarInit { .. }
+            | Inst::FenceMbarInit
+            | Inst::FenceProxyAsync
+            | Inst::MbarArriveExpectTx { .. }
+            | Inst::MbarWait { .. }
+            | Inst::TmaLoad { .. }
+            | Inst::SharedDesc { .. }
+            | Inst::WgmmaFence
+            | Inst::Wgmma { .. }
+            | Inst::WgmmaCommit
+            | Inst::WgmmaWait { .. } => unreachable!("run by hopper_inst"),
         }
         Ok(())
     }
@@ -502,6 +553,7 @@ impl<'a> Block<'a> {
         let t = t as u32;
         let epoch = self.epoch;
         for e in i..i + 1 + usize::from(pair) {
+            self.hopper.check_landed(self.k, a, e, "a load")?;
             let seen = self.touches[a][e];
             if seen.write_epoch == epoch && seen.writer != t {
                 return Err(self.race(a, e, "read", t, seen.writer));
@@ -533,9 +585,13 @@ impl<'a> Block<'a> {
             };
             return Err(self.race(a, i, "write after read", t, other));
         }
+        self.hopper
+            .check_not_in_use(self.k, a, i..i + 1, "a store")?;
+        let clock = self.clock;
         let touch = &mut self.touches[a][i];
         touch.write_epoch = epoch;
         touch.writer = t;
+        touch.write_clock = clock;
         Ok(())
     }
 
