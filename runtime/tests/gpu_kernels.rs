@@ -20,10 +20,11 @@ use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
 
-/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available.
-fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
+/// Assembles every kernel of `g` (bound by `feeds`) with ptxas, if it is available, and
+/// returns ptxas's report of each (none without ptxas).
+fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) -> Vec<ptxas::KernelReport> {
     let Some(ptxas) = ptxas::find_for_test(&g.name) else {
-        return;
+        return vec![];
     };
     let bindings = interp::bind_shapes(g, feeds).unwrap();
     let program = GpuProgram::new(&smelt_compiler::gpu::schedule(g), &bindings).unwrap();
@@ -32,6 +33,7 @@ fn assemble(g: &Graph, feeds: &HashMap<String, Tensor>) {
     let reports = ptxas::assemble(&ptxas, &module, ptx::arch(&kernels))
         .unwrap_or_else(|e| panic!("ptxas rejected the module:\n{e}\n{module}"));
     assert_eq!(reports.len(), kernels.len(), "one report per kernel");
+    reports
 }
 
 /// Runs on the GPU path: the evaluator, or a real GPU when asked for.
@@ -188,6 +190,58 @@ fn row_reduction_kernels() {
     // Along another axis, softmax is decomposed (reductions and pointwise kernels).
     check("input %x: f32[B, 6]\n%y = softmax %x {axis = 1}\n%z = log_softmax %x {axis = 0}\noutput %y, %z");
     check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");
+}
+
+/// The gradients of the row composites: one kernel each, on rows shorter than a warp,
+/// of a warp, not a multiple of one, and long (many turns per lane), against the
+/// interpreter; ptxas assembles them without spills (registers printed).
+#[test]
+fn row_gradient_kernels() {
+    for len in [5, 32, 70, 1000] {
+        let body = format!(
+            "input %y: f32[B, {len}]\ninput %dy: f32[B, {len}]\ninput %g: f32[{len}]\n\
+             %s = softmax_grad %y, %dy {{axis = 1}}\n%l = log_softmax_grad %y, %dy {{axis = 1}}\n\
+             %n = layer_norm_grad %y, %g, %dy {{eps = 1e-5}}\n%r = rms_norm_grad %y, %g, %dy {{eps = 1e-6}}\n\
+             output %s, %l, %n, %r"
+        );
+        assert_eq!(
+            kernel_names(&body, 3).len(),
+            4,
+            "{:?}",
+            kernel_names(&body, 3)
+        );
+        check(&body);
+        // Labels up to len + 1: some rows pick no class.
+        let ce = format!(
+            "input %x: f32[B, 7, {len}]\ninput %t: i32[B, 7]\ninput %d: f32[]\n\
+             %y = cross_entropy_grad %x, %t, %d\noutput %y"
+        );
+        assert_eq!(kernel_names(&ce, 3).len(), 1, "{:?}", kernel_names(&ce, 3));
+        let g = text::parse(&format!("graph @t {{\n{ce}\n}}\n"))
+            .unwrap()
+            .graph;
+        for seed in [5, 6] {
+            compare(&g, &common::random_feeds(&g, seed, 3, len as i64 + 2), 1e-4);
+        }
+        if len == 70 {
+            let src =
+                format!("graph @t {{\n{body}\n%c = cross_entropy_grad %y, %t, %d\noutput %c\n}}\n")
+                    .replace("input %g", "input %t: i32[B]\ninput %d: f32[]\ninput %g");
+            let g = text::parse(&src)
+                .unwrap_or_else(|e| panic!("{e}\n{src}"))
+                .graph;
+            for r in assemble(&g, &common::random_feeds(&g, 1, 3, 4)) {
+                println!(
+                    "{}: {} registers, {} bytes spilled",
+                    r.name, r.registers, r.spill_bytes
+                );
+                assert_eq!(r.spill_bytes, 0, "{} spills", r.name);
+            }
+        }
+    }
+    check_tol("input %y: bf16[5, 40]\ninput %dy: bf16[5, 40]\ninput %g: bf16[40]\n%s = softmax_grad %y, %dy {axis = 1}\n%r = rms_norm_grad %y, %g, %dy {eps = 1e-6}\noutput %s, %r", 1, 2e-2);
+    // Along another axis, the gradient is decomposed.
+    check("input %y: f32[B, 6]\ninput %dy: f32[B, 6]\n%s = softmax_grad %y, %dy {axis = 0}\noutput %s");
 }
 
 #[test]

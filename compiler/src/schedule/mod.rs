@@ -1,6 +1,7 @@
 //! Scheduling: from a graph to an ordered list of kernels with a memory plan.
 //!
-//! [`schedule`] expands composites, fuses chains of elementwise, broadcast and
+//! [`schedule`] expands composites (except the row composites along the last axis,
+//! softmax to cross_entropy and their gradients, which stay library steps), fuses chains of elementwise, broadcast and
 //! permute ops into [`PointwiseKernel`]s (`fusion.rs`), leaves the other ops (matmul,
 //! reductions, gathers, reshapes) as library calls, folds transposes into the matrix
 //! products that read them (`transpose.rs`), and plans buffer memory by liveness
@@ -17,7 +18,7 @@ pub use memory::MemoryPlan;
 
 use crate::ir::{Bindings, Graph, ValueId};
 use crate::kernel::PointwiseKernel;
-use crate::passes::decompose;
+use crate::passes::decompose::{decompose, decompose_except};
 use std::fmt::Write;
 
 /// One step of a schedule.
@@ -86,7 +87,15 @@ pub fn schedule(graph: &Graph) -> Schedule {
 /// Like [`schedule`]; with `fuse` false every elementwise op gets its own kernel (the
 /// op-by-op baseline that benchmarks compare fusion against).
 pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
-    let graph = decompose(graph);
+    // The row composites have fused library kernels; the op-by-op baseline runs their
+    // decomposition.
+    let graph = if fuse {
+        decompose_except(graph, &|c, types| {
+            types.first().is_some_and(|t| c.is_row_op_along_last(t))
+        })
+    } else {
+        decompose(graph)
+    };
     let steps = fusion::fuse(&graph, fuse);
     Schedule { graph, steps }
 }

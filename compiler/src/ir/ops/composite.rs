@@ -5,6 +5,7 @@
 //! it) but must compute what its decomposition computes.
 
 use super::elementwise::named_enum;
+use super::row_grad;
 use super::{expect_arity, BinaryOp, CompareOp, Op, ReduceOp, ShapeResult, UnaryOp};
 use crate::ir::attr::{Attr, AttrReader};
 use crate::ir::{Builder, DType, TensorType, ValueId};
@@ -32,6 +33,16 @@ named_enum! {
         CrossEntropy = "cross_entropy",
         /// `softmax(q kᵀ · scale [+ causal mask]) v`.
         Attention = "attention",
+        /// The adjoint of softmax's input from its result and adjoint (`row_grad.rs`).
+        SoftmaxGrad = "softmax_grad",
+        /// The adjoint of log_softmax's input from its result and adjoint.
+        LogSoftmaxGrad = "log_softmax_grad",
+        /// The adjoint of layer_norm's input `x`.
+        LayerNormGrad = "layer_norm_grad",
+        /// The adjoint of rms_norm's input `x`.
+        RmsNormGrad = "rms_norm_grad",
+        /// The adjoint of cross_entropy's logits.
+        CrossEntropyGrad = "cross_entropy_grad",
     }
 }
 
@@ -81,6 +92,29 @@ pub enum Composite {
         /// Multiplies the scores (usually `1/sqrt(D)`).
         scale: f64,
     },
+    // Row gradients, defined in `row_grad.rs`.
+    /// `softmax_grad %y, %dy {axis}`: `y ∘ (dy − Σ_axis dy∘y)`.
+    SoftmaxGrad {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `log_softmax_grad %y, %dy {axis}`: `dy − exp(y) ∘ Σ_axis dy`.
+    LogSoftmaxGrad {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `layer_norm_grad %x, %gamma, %dy {eps}`: the adjoint of `x`.
+    LayerNormGrad {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// `rms_norm_grad %x, %gamma, %dy {eps}`: the adjoint of `x`.
+    RmsNormGrad {
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// `cross_entropy_grad %logits, %labels, %dloss`: the adjoint of the logits.
+    CrossEntropyGrad,
 }
 
 impl Composite {
@@ -96,6 +130,11 @@ impl Composite {
         "rms_norm",
         "cross_entropy",
         "attention",
+        "softmax_grad",
+        "log_softmax_grad",
+        "layer_norm_grad",
+        "rms_norm_grad",
+        "cross_entropy_grad",
     ];
 
     /// The kind of this composite.
@@ -111,12 +150,40 @@ impl Composite {
             Composite::RmsNorm { .. } => CompositeKind::RmsNorm,
             Composite::CrossEntropy => CompositeKind::CrossEntropy,
             Composite::Attention { .. } => CompositeKind::Attention,
+            Composite::SoftmaxGrad { .. } => CompositeKind::SoftmaxGrad,
+            Composite::LogSoftmaxGrad { .. } => CompositeKind::LogSoftmaxGrad,
+            Composite::LayerNormGrad { .. } => CompositeKind::LayerNormGrad,
+            Composite::RmsNormGrad { .. } => CompositeKind::RmsNormGrad,
+            Composite::CrossEntropyGrad => CompositeKind::CrossEntropyGrad,
         }
     }
 
     /// The name in the text form.
     pub fn name(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// True for the row composites (softmax, log_softmax, layer_norm, rms_norm,
+    /// cross_entropy and their gradients) when they work along the last axis of their
+    /// first operand, of type `first`: a backend can run them a row at a time.
+    pub fn is_row_op_along_last(&self, first: &TensorType) -> bool {
+        match self {
+            Composite::Softmax { axis }
+            | Composite::LogSoftmax { axis }
+            | Composite::SoftmaxGrad { axis }
+            | Composite::LogSoftmaxGrad { axis } => *axis + 1 == first.rank(),
+            Composite::LayerNorm { .. }
+            | Composite::RmsNorm { .. }
+            | Composite::CrossEntropy
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => true,
+            Composite::Relu
+            | Composite::Sigmoid
+            | Composite::Silu
+            | Composite::Gelu { .. }
+            | Composite::Attention { .. } => false,
+        }
     }
 
     pub(super) fn attrs(&self) -> Vec<(&'static str, Attr)> {
@@ -127,10 +194,16 @@ impl Composite {
                     Attr::Word(if *tanh { "tanh" } else { "none" }.into()),
                 )]
             }
-            Composite::Softmax { axis } | Composite::LogSoftmax { axis } => {
+            Composite::Softmax { axis }
+            | Composite::LogSoftmax { axis }
+            | Composite::SoftmaxGrad { axis }
+            | Composite::LogSoftmaxGrad { axis } => {
                 vec![("axis", Attr::Int(*axis as i64))]
             }
-            Composite::LayerNorm { eps } | Composite::RmsNorm { eps } => {
+            Composite::LayerNorm { eps }
+            | Composite::RmsNorm { eps }
+            | Composite::LayerNormGrad { eps }
+            | Composite::RmsNormGrad { eps } => {
                 vec![("eps", Attr::Float(*eps))]
             }
             Composite::Attention { causal, scale } => {
@@ -139,9 +212,11 @@ impl Composite {
                     ("scale", Attr::Float(*scale)),
                 ]
             }
-            Composite::Relu | Composite::Sigmoid | Composite::Silu | Composite::CrossEntropy => {
-                vec![]
-            }
+            Composite::Relu
+            | Composite::Sigmoid
+            | Composite::Silu
+            | Composite::CrossEntropy
+            | Composite::CrossEntropyGrad => vec![],
         }
     }
 
@@ -173,6 +248,19 @@ impl Composite {
                 causal: a.bool("causal")?,
                 scale: a.float("scale")?,
             },
+            CompositeKind::SoftmaxGrad => Composite::SoftmaxGrad {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LogSoftmaxGrad => Composite::LogSoftmaxGrad {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LayerNormGrad => Composite::LayerNormGrad {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::RmsNormGrad => Composite::RmsNormGrad {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::CrossEntropyGrad => Composite::CrossEntropyGrad,
         }))
     }
 
@@ -256,6 +344,11 @@ impl Composite {
                 dims.push(v.dims()[r - 1].clone());
                 Ok(q.with_shape(crate::ir::Shape(dims)))
             }
+            Composite::SoftmaxGrad { .. }
+            | Composite::LogSoftmaxGrad { .. }
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => row_grad::infer(self, x),
         }
     }
 
@@ -273,13 +366,7 @@ impl Composite {
                 b.binary(BinaryOp::Mul, x[0], s)
             }
             Composite::Gelu { tanh } => gelu(b, x[0], *tanh),
-            Composite::Softmax { axis } => {
-                let shifted = shift_by_max(b, x[0], *axis);
-                let e = b.unary(UnaryOp::Exp, shifted);
-                let s = b.reduce(ReduceOp::Sum, e, vec![*axis]);
-                let s = b.broadcast_back(s, x[0], *axis);
-                b.binary(BinaryOp::Div, e, s)
-            }
+            Composite::Softmax { axis } => softmax(b, x[0], *axis),
             Composite::LogSoftmax { axis } => log_softmax(b, x[0], *axis),
             Composite::LayerNorm { eps } => {
                 let last = b.ty(x[0]).rank() - 1;
@@ -298,7 +385,26 @@ impl Composite {
             }
             Composite::CrossEntropy => cross_entropy(b, x[0], x[1]),
             Composite::Attention { causal, scale } => attention(b, x, *causal, *scale),
+            Composite::SoftmaxGrad { .. }
+            | Composite::LogSoftmaxGrad { .. }
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => row_grad::decompose(self, b, x),
         }
+    }
+
+    /// The gradient rule of a composite that has one (the forward row composites emit
+    /// their gradient composites, see `row_grad.rs`); `None` for composites that are
+    /// differentiated through their decomposition.
+    pub(super) fn vjp(
+        &self,
+        b: &mut Builder,
+        x: &[ValueId],
+        y: ValueId,
+        g: ValueId,
+        needs: &[bool],
+    ) -> Option<Vec<Option<ValueId>>> {
+        row_grad::vjp(self, b, x, y, g, needs)
     }
 }
 
@@ -327,6 +433,14 @@ fn gelu(b: &mut Builder, x: ValueId, tanh: bool) -> ValueId {
     b.binary(BinaryOp::Mul, half_x, one_plus)
 }
 
+pub(super) fn softmax(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
+    let shifted = shift_by_max(b, x, axis);
+    let e = b.unary(UnaryOp::Exp, shifted);
+    let s = b.reduce(ReduceOp::Sum, e, vec![axis]);
+    let s = b.broadcast_back(s, x, axis);
+    b.binary(BinaryOp::Div, e, s)
+}
+
 fn shift_by_max(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
     let m = b.reduce(ReduceOp::Max, x, vec![axis]);
     let m = b.broadcast_back(m, x, axis);
@@ -344,12 +458,17 @@ fn log_softmax(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
 
 /// `x * rsqrt(mean_last(sq) + eps)`, the shared core of layer_norm and rms_norm.
 fn scale_by_rsqrt_mean(b: &mut Builder, x: ValueId, sq: ValueId, eps: f64) -> ValueId {
-    let last = b.ty(x).rank() - 1;
+    let r = rsqrt_mean(b, sq, eps);
+    b.binary(BinaryOp::Mul, x, r)
+}
+
+/// `rsqrt(mean_last(sq) + eps)`, broadcast back over the last axis of `sq`.
+pub(super) fn rsqrt_mean(b: &mut Builder, sq: ValueId, eps: f64) -> ValueId {
+    let last = b.ty(sq).rank() - 1;
     let ms = b.reduce(ReduceOp::Mean, sq, vec![last]);
     let ms = b.binary_scalar(BinaryOp::Add, ms, eps);
     let r = b.unary(UnaryOp::Rsqrt, ms);
-    let r = b.broadcast_back(r, x, last);
-    b.binary(BinaryOp::Mul, x, r)
+    b.broadcast_back(r, sq, last)
 }
 
 /// `x op broadcast(v)` for `v` of shape `[last dim of x]`.
@@ -390,6 +509,6 @@ fn attention(b: &mut Builder, x: &[ValueId], causal: bool, scale: f64) -> ValueI
         let masked = b.splat(f64::NEG_INFINITY, st);
         scores = b.add(Op::Select, &[visible, scores, masked]);
     }
-    let p = Composite::Softmax { axis: r - 1 }.decompose(b, &[scores]);
+    let p = softmax(b, scores, r - 1);
     b.add(Op::MatMul, &[p, v])
 }

@@ -20,6 +20,7 @@ pub mod indexing;
 pub mod linalg;
 pub mod movement;
 pub mod reduce;
+mod row_grad;
 pub mod source;
 
 pub use composite::Composite;
@@ -371,7 +372,8 @@ impl Op {
     /// The gradient rule (vector-Jacobian product). Given operands `x`, the result `y`
     /// and the adjoint `g` of `y`, adds nodes to `b` that compute the adjoint of each
     /// operand for which `needs[i]` holds (others may be `None`). Returns `Ok(None)` for
-    /// composites, which are differentiated through their decomposition.
+    /// the composites that are differentiated through their decomposition (all but the
+    /// row composites, whose rules emit gradient composites).
     pub fn vjp(
         &self,
         b: &mut Builder,
@@ -414,7 +416,7 @@ impl Op {
             | Op::Iota { .. }
             | Op::RandomUniform { .. }
             | Op::RandomNormal { .. } => vec![],
-            Op::Composite(_) => return Ok(None),
+            Op::Composite(c) => return Ok(c.vjp(b, x, y, g, needs)),
         }))
     }
 
