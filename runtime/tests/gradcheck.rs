@@ -361,6 +361,15 @@ fn symbolic_batch_mean() {
     )]
     .into();
     compare(&g, g.find("loss").unwrap(), &feeds, &["x"], None, 1e-6);
+    // cross_entropy_grad divides by the number of rows the same way.
+    let src = "graph @t {\n  input %x: f32[B, 3]\n  input %t: i32[B]\n  %loss = cross_entropy %x, %t\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let mut feeds = feeds;
+    feeds.insert(
+        "t".to_string(),
+        Tensor::from_i64(DType::I32, vec![4], vec![0, 2, 1, 2]),
+    );
+    compare(&g, g.find("loss").unwrap(), &feeds, &["x"], None, 1e-6);
 }
 
 #[test]

@@ -16,18 +16,67 @@ use smelt_compiler::ir::ops::Composite;
 /// Independent partial sums per row reduction.
 const LANES: usize = 8;
 
-/// `Σ_i f(i)` for `i < len`, in `LANES` partial sums.
+/// `Σ_i f(a[i], b[i], c[i])` over equal-length rows (pass a row twice when fewer are
+/// needed), in `LANES` partial sums over fixed-size chunks, which the compiler vectorises.
 #[inline(always)]
-fn sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f64) -> f64 {
+    let n = a.len();
+    let (b, c) = (&b[..n], &c[..n]);
     let mut acc = [0.0f64; LANES];
-    let full = len - len % LANES;
-    for c in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(c + l);
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .zip(cc.remainder())
+        .map(|((&x, &y), &z)| f(x, y, z))
+        .sum();
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], z[l]);
         }
     }
-    let tail: f64 = (full..len).map(&f).sum();
     acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ_i f(x[i])`.
+#[inline(always)]
+fn sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    sum3(x, x, x, |v, _, _| f(v))
+}
+
+/// `e^x` in branch-free f32 arithmetic that vectorises (`f32::exp` is a library call per
+/// element): `2^n · e^r` with `n = round(x / ln 2)`, `|r| ≤ ln 2 / 2`, and `e^r` by its
+/// degree-6 Taylor polynomial (relative error below 2e-7). Below −86 it gives 0 (the
+/// true value is under 5e-38), above 88.72 infinity, and NaN stays NaN.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer.
+    let xc = x.max(-86.0).min(88.72);
+    let t = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // 2^(n−1) from the integer in `t`'s low bits (n − 1 + 127 ≥ 1 for x ≥ −86), then ·2
+    // so that n = 128 does not overflow the exponent.
+    let k = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((k + 126) as u32) << 23);
+    let y = p * scale * 2.0;
+    // Independent selects (no branches), so the loop still vectorises.
+    let y = if x < -86.0 { 0.0 } else { y };
+    let y = if x > 88.72 { f32::INFINITY } else { y };
+    if x.is_nan() {
+        x
+    } else {
+        y
+    }
 }
 
 /// The largest element (NaNs are skipped here; they reach the result through the sums).
@@ -63,19 +112,19 @@ fn each_row(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + 
 /// The max and `Σ exp(x − max)` of a row.
 fn exp_stats(x: &[f32]) -> (f32, f64) {
     let m = max(x);
-    (m, sum(x.len(), |i| f64::from((x[i] - m).exp())))
+    (m, sum(x, |v| f64::from(exp(v - m))))
 }
 
 /// The mean (0 unless `centre`) and `1/√(mean (x − mean)² + eps)` of a row.
 fn norm_stats(x: &[f32], centre: bool, eps: f64) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = if centre {
-        (sum(x.len(), |i| f64::from(x[i])) / n) as f32
+        (sum(x, f64::from) / n) as f32
     } else {
         0.0
     };
-    let ms = sum(x.len(), |i| {
-        let d = f64::from(x[i] - mean);
+    let ms = sum(x, |v| {
+        let d = f64::from(v - mean);
         d * d
     }) / n;
     (mean, (1.0 / (ms + eps).sqrt()) as f32)
@@ -99,11 +148,15 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
     let mut out = vec![0.0f32; n];
     match c {
         Composite::Softmax { .. } => each_row(&mut out, len, |r, o| {
+            // One exponential per element: written, summed, then scaled.
             let x = row(input, r, len);
-            let (m, s) = exp_stats(x);
-            let inv = (1.0 / s) as f32;
+            let m = max(x);
             for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - m).exp() * inv;
+                *o = exp(v - m);
+            }
+            let inv = (1.0 / sum(o, f64::from)) as f32;
+            for o in o.iter_mut() {
+                *o *= inv;
             }
         }),
         Composite::LogSoftmax { .. } => each_row(&mut out, len, |r, o| {
@@ -121,8 +174,17 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
             each_row(&mut out, len, |r, o| {
                 let x = row(input, r, len);
                 let (mean, rs) = norm_stats(x, centre, *eps);
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = (x[j] - mean) * rs * gamma[j] + beta.map_or(0.0, |b| b[j]);
+                match beta {
+                    Some(beta) => {
+                        for (((o, &x), &g), &b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+                            *o = (x - mean) * rs * g + b;
+                        }
+                    }
+                    None => {
+                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(gamma) {
+                            *o = (x - mean) * rs * g;
+                        }
+                    }
                 }
             })
         }
@@ -131,9 +193,9 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
             let dy = x[1].f32();
             each_row(&mut out, len, |r, o| {
                 let (y, dy) = (row(input, r, len), row(dy, r, len));
-                let s = sum(len, |i| f64::from(y[i]) * f64::from(dy[i])) as f32;
-                for j in 0..len {
-                    o[j] = y[j] * (dy[j] - s);
+                let s = sum3(y, dy, dy, |y, dy, _| f64::from(y) * f64::from(dy)) as f32;
+                for ((o, &y), &dy) in o.iter_mut().zip(y).zip(dy) {
+                    *o = y * (dy - s);
                 }
             })
         }
@@ -141,9 +203,9 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
             let dy = x[1].f32();
             each_row(&mut out, len, |r, o| {
                 let (y, dy) = (row(input, r, len), row(dy, r, len));
-                let s = sum(len, |i| f64::from(dy[i])) as f32;
-                for j in 0..len {
-                    o[j] = dy[j] - y[j].exp() * s;
+                let s = sum(dy, f64::from) as f32;
+                for ((o, &y), &dy) in o.iter_mut().zip(y).zip(dy) {
+                    *o = dy - exp(y) * s;
                 }
             })
         }
@@ -154,17 +216,18 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
                 let (x, dy) = (row(input, r, len), row(dy, r, len));
                 let (mean, rs) = norm_stats(x, centre, *eps);
                 // ĝ = dy∘gamma and x̂ = (x − mean) r, recomputed in each pass.
-                let ghat = |j: usize| dy[j] * gamma[j];
-                let xhat = |j: usize| (x[j] - mean) * rs;
                 let n = len as f64;
                 let mg = if centre {
-                    (sum(len, |j| f64::from(ghat(j))) / n) as f32
+                    (sum3(dy, gamma, gamma, |dy, g, _| f64::from(dy * g)) / n) as f32
                 } else {
                     0.0
                 };
-                let mgx = (sum(len, |j| f64::from(ghat(j)) * f64::from(xhat(j))) / n) as f32;
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = rs * (ghat(j) - xhat(j) * mgx - mg);
+                let mgx = sum3(x, dy, gamma, |x, dy, g| {
+                    f64::from(dy * g) * f64::from((x - mean) * rs)
+                }) / n;
+                let mgx = mgx as f32;
+                for (((o, &x), &dy), &g) in o.iter_mut().zip(x).zip(dy).zip(gamma) {
+                    *o = rs * (dy * g - (x - mean) * rs * mgx - mg);
                 }
             })
         }
@@ -181,9 +244,11 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
                 } else {
                     0.0
                 };
-                for (j, o) in o.iter_mut().enumerate() {
-                    let onehot = if label == Some(j) { 1.0 } else { 0.0 };
-                    *o = ((x[j] - m).exp() * weight - onehot) * share;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = exp(v - m) * weight * share;
+                }
+                if let Some(l) = label {
+                    o[l] -= share;
                 }
             })
         }
@@ -219,4 +284,30 @@ fn cross_entropy(logits: &[f32], labels: &Val, len: usize) -> f32 {
     };
     // A mean over no rows is NaN, as in the decomposition.
     (total / rows as f64) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp;
+
+    #[test]
+    fn exp_across_its_range() {
+        for i in -10_000..=10_000 {
+            let x = i as f32 * 0.0086;
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            if x >= -86.0 {
+                assert!(
+                    (got - want).abs() <= 3e-7 * want,
+                    "exp({x}) = {got}, want {want}"
+                );
+            } else {
+                assert_eq!(got, 0.0, "exp({x})");
+            }
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+    }
 }
