@@ -56,7 +56,7 @@ fn sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer.
-    let xc = x.max(-86.0).min(88.72);
+    let xc = x.clamp(-86.0, 88.72);
     let t = xc * std::f32::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = xc - n * 0.693_145_75 - n * 1.428_606_8e-6;
