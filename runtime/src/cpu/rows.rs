@@ -43,6 +43,27 @@ fn sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f64) -> f6
     acc.iter().sum::<f64>() + tail
 }
 
+/// `Σ_i f(x[i])`, writing each `f(x[i])` to `out[i]` in the same pass.
+#[inline(always)]
+fn sum_writing(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) -> f64 {
+    let out = &mut out[..x.len()];
+    let mut acc = [0.0f64; LANES];
+    let mut xc = x.chunks_exact(LANES);
+    let mut oc = out.chunks_exact_mut(LANES);
+    for (x, o) in (&mut xc).zip(&mut oc) {
+        for l in 0..LANES {
+            o[l] = f(x[l]);
+            acc[l] += f64::from(o[l]);
+        }
+    }
+    let mut tail = 0.0;
+    for (&x, o) in xc.remainder().iter().zip(oc.into_remainder()) {
+        *o = f(x);
+        tail += f64::from(*o);
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `Σ_i f(x[i])`.
 #[inline(always)]
 fn sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
@@ -151,10 +172,8 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
             // One exponential per element: written, summed, then scaled.
             let x = row(input, r, len);
             let m = max(x);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = exp(v - m);
-            }
-            let inv = (1.0 / sum(o, f64::from)) as f32;
+            let s = sum_writing(x, o, |v| exp(v - m));
+            let inv = (1.0 / s) as f32;
             for o in o.iter_mut() {
                 *o *= inv;
             }
