@@ -67,7 +67,7 @@ fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
         let ta = b.ty(va).clone();
         let rank = ta.rank();
         let axis = usize::from(c) % rank.max(1);
-        let (op, operands, declared): (Op, Vec<ValueId>, Option<TensorType>) = match kind % 16 {
+        let (op, operands, declared): (Op, Vec<ValueId>, Option<TensorType>) = match kind % 17 {
             0 => (
                 Op::Unary(UnaryOp::ALL[usize::from(c) % UnaryOp::ALL.len()]),
                 vec![va],
@@ -146,6 +146,11 @@ fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
                 Some(ta.clone()),
             ),
             14 => (Op::Composite(Composite::Softmax { axis }), vec![va], None),
+            15 => (
+                Op::Composite(Composite::SoftmaxGrad { axis }),
+                vec![va, va],
+                None,
+            ),
             _ => (
                 Op::Composite(Composite::Gelu { tanh: a % 2 == 0 }),
                 vec![va],

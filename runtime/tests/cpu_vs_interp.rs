@@ -170,6 +170,57 @@ fn attention_library_steps() {
     ));
 }
 
+/// The row composites and their gradients run as one library step each (along the last
+/// axis), on rows shorter than a vector, odd, and long, and on enough rows to use both
+/// cores; labels up to `len + 1` include some outside the classes.
+#[test]
+fn row_composites_and_gradients() {
+    for (rows, len) in [("B", 5), ("B", 8), ("B, 7", 70), ("B", 1000), ("40", 1000)] {
+        let t = format!("f32[{rows}, {len}]");
+        let labels = format!("i32[{rows}]");
+        let body = format!(
+            "input %x: {t}\ninput %dy: {t}\ninput %g: f32[{len}]\ninput %b: f32[{len}]\n\
+             input %t: {labels}\ninput %d: f32[]\n\
+             %sm = softmax %x {{axis = {a}}}\n%ls = log_softmax %x {{axis = {a}}}\n\
+             %ln = layer_norm %x, %g, %b {{eps = 1e-5}}\n%rn = rms_norm %x, %g {{eps = 1e-6}}\n\
+             %ce = cross_entropy %x, %t\n\
+             %sg = softmax_grad %sm, %dy {{axis = {a}}}\n%lg = log_softmax_grad %ls, %dy {{axis = {a}}}\n\
+             %ng = layer_norm_grad %x, %g, %dy {{eps = 1e-5}}\n%rg = rms_norm_grad %x, %g, %dy {{eps = 1e-6}}\n\
+             %cg = cross_entropy_grad %x, %t, %d\n\
+             output %sm, %ls, %ln, %rn, %ce, %sg, %lg, %ng, %rg, %cg",
+            a = rows.split(',').count()
+        );
+        let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
+            .unwrap_or_else(|e| panic!("{e}\n{body}"))
+            .graph;
+        let program = CpuProgram::compile(&g).unwrap();
+        let whole = program
+            .schedule()
+            .steps
+            .iter()
+            .filter(|s| {
+                let v = program.schedule().graph.value(s.output());
+                matches!(
+                    &v.def,
+                    smelt_compiler::ir::Def::Node {
+                        op: smelt_compiler::ir::Op::Composite(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(
+            whole,
+            10,
+            "{}",
+            program.schedule().to_text(&Default::default())
+        );
+        for seed in [1, 2] {
+            compare(&g, &common::random_feeds(&g, seed, 3, len + 2));
+        }
+    }
+}
+
 #[test]
 fn mlp_forward_and_training_steps() {
     let g = common::example("examples/mlp.sir");

@@ -233,6 +233,59 @@ fn row_reduction_kernels() {
     check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");
 }
 
+/// The gradients of the row composites: one kernel each, on rows shorter than a warp,
+/// of a warp, not a multiple of one, and long (many turns per lane), against the
+/// interpreter; ptxas assembles them without spills (registers printed).
+#[test]
+fn row_gradient_kernels() {
+    for len in [5, 32, 70, 1000] {
+        let body = format!(
+            "input %y: f32[B, {len}]\ninput %dy: f32[B, {len}]\ninput %g: f32[{len}]\n\
+             %s = softmax_grad %y, %dy {{axis = 1}}\n%l = log_softmax_grad %y, %dy {{axis = 1}}\n\
+             %n = layer_norm_grad %y, %g, %dy {{eps = 1e-5}}\n%r = rms_norm_grad %y, %g, %dy {{eps = 1e-6}}\n\
+             output %s, %l, %n, %r"
+        );
+        assert_eq!(
+            kernel_names(&body, 3).len(),
+            4,
+            "{:?}",
+            kernel_names(&body, 3)
+        );
+        check(&body);
+        // Labels up to len + 1: some rows pick no class.
+        let ce = format!(
+            "input %x: f32[B, 7, {len}]\ninput %t: i32[B, 7]\ninput %d: f32[]\n\
+             %y = cross_entropy_grad %x, %t, %d\noutput %y"
+        );
+        assert_eq!(kernel_names(&ce, 3).len(), 1, "{:?}", kernel_names(&ce, 3));
+        let g = text::parse(&format!("graph @t {{\n{ce}\n}}\n"))
+            .unwrap()
+            .graph;
+        for seed in [5, 6] {
+            compare(&g, &common::random_feeds(&g, seed, 3, len as i64 + 2), 1e-4);
+        }
+        if len == 70 {
+            let src =
+                format!("graph @t {{\n{body}\n%c = cross_entropy_grad %y, %t, %d\noutput %c\n}}\n")
+                    .replace("input %g", "input %t: i32[B]\ninput %d: f32[]\ninput %g");
+            let g = text::parse(&src)
+                .unwrap_or_else(|e| panic!("{e}\n{src}"))
+                .graph;
+            let feeds = common::random_feeds(&g, 1, 3, 4);
+            for r in assemble(&g, &interp::bind_shapes(&g, &feeds).unwrap(), Arch::Sm90a) {
+                println!(
+                    "{}: {} registers, {} bytes spilled",
+                    r.name, r.registers, r.spill_bytes
+                );
+                assert_eq!(r.spill_bytes, 0, "{} spills", r.name);
+            }
+        }
+    }
+    check_tol("input %y: bf16[5, 40]\ninput %dy: bf16[5, 40]\ninput %g: bf16[40]\n%s = softmax_grad %y, %dy {axis = 1}\n%r = rms_norm_grad %y, %g, %dy {eps = 1e-6}\noutput %s, %r", 1, 2e-2);
+    // Along another axis, the gradient is decomposed.
+    check("input %y: f32[B, 6]\ninput %dy: f32[B, 6]\n%s = softmax_grad %y, %dy {axis = 0}\noutput %s");
+}
+
 #[test]
 fn matmul_kernels() {
     check("input %a: f32[2, B, 7]\ninput %b: f32[2, 7, 5]\n%y = matmul %a, %b\noutput %y");

@@ -360,6 +360,89 @@ fn attention_backward_composites() {
     }
 }
 
+/// The row composites' rules emit gradient composites (checked above through the
+/// forward ops); here on more than one leading axis and with labels outside the classes,
+/// and the gradient composites' own gradients (through their decomposition).
+#[test]
+fn row_gradient_composites() {
+    let norm = [
+        ("x", &[2usize, 3, 5][..], ANY),
+        ("g", &[5usize][..], POS),
+        ("b", &[5usize][..], ANY),
+    ];
+    check(
+        "  %y = layer_norm %x, %g, %b {eps = 1e-5}",
+        &norm,
+        &["x", "g", "b"],
+    );
+    check(
+        "  %y = rms_norm %x, %g {eps = 1e-6}",
+        &norm[..2],
+        &["x", "g"],
+    );
+    check("  %y = log_softmax %x {axis = 0}", &norm[..1], &["x"]);
+    // Labels 5 and -1 pick no class: those rows have no gradient.
+    check(
+        "  %l: i32[2, 3] = constant {value = [1.0, 5.0, 0.0, 3.0, -1.0, 4.0]}\n  %y = cross_entropy %x, %l",
+        &norm[..1],
+        &["x"],
+    );
+    let pair = [("s", &[3usize, 4][..], ANY), ("dy", &[3usize, 4][..], ANY)];
+    for op in ["softmax_grad", "log_softmax_grad"] {
+        for axis in [0, 1] {
+            check(
+                &format!("  %y = {op} %s, %dy {{axis = {axis}}}"),
+                &pair,
+                &["s", "dy"],
+            );
+        }
+    }
+    let norm_grad = [
+        ("x", &[3usize, 4][..], ANY),
+        ("g", &[4usize][..], POS),
+        ("dy", &[3usize, 4][..], ANY),
+    ];
+    check(
+        "  %y = layer_norm_grad %x, %g, %dy {eps = 1e-5}",
+        &norm_grad,
+        &["x", "g", "dy"],
+    );
+    check(
+        "  %y = rms_norm_grad %x, %g, %dy {eps = 1e-6}",
+        &norm_grad,
+        &["x", "g", "dy"],
+    );
+    check(
+        "  %l: i32[3] = constant {value = [4.0, 0.0, 7.0]}\n  %y = cross_entropy_grad %x, %l, %d",
+        &[("x", &[3, 5], ANY), ("d", &[], ANY)],
+        &["x", "d"],
+    );
+}
+
+/// Autodiff differentiates each row composite through its gradient composite, not
+/// through the forward decomposition.
+#[test]
+fn row_composites_emit_gradient_composites() {
+    for (forward, grad) in [
+        ("softmax %x {axis = 1}", "softmax_grad"),
+        ("log_softmax %x {axis = 1}", "log_softmax_grad"),
+        ("layer_norm %x, %g, %g {eps = 1e-5}", "layer_norm_grad"),
+        ("rms_norm %x, %g {eps = 1e-5}", "rms_norm_grad"),
+    ] {
+        let src = format!("graph @t {{\n  input %x: f32[2, 5]\n  param %g: f32[5] = ones\n  %y = {forward}\n  %loss: f32[] = reduce_sum %y {{axes = [0, 1]}}\n  output %loss\n}}\n");
+        let g = text::parse(&src).unwrap().graph;
+        let x = g.find("x").unwrap();
+        let grads = differentiate(&g, g.find("loss").unwrap(), &[x]).unwrap();
+        let printed = text::print(&grads.graph);
+        assert!(printed.contains(&format!(" {grad} ")), "{printed}");
+        assert!(!printed.contains("reduce_max"), "{printed}");
+    }
+    let src = "graph @t {\n  input %x: f32[2, 5]\n  input %t: i32[2]\n  %loss = cross_entropy %x, %t\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let grads = differentiate(&g, g.find("loss").unwrap(), &[g.find("x").unwrap()]).unwrap();
+    assert!(text::print(&grads.graph).contains(" cross_entropy_grad "));
+}
+
 #[test]
 fn symbolic_batch_mean() {
     // The adjoint of a mean over a symbolic axis divides by the size known at run time.
@@ -371,6 +454,15 @@ fn symbolic_batch_mean() {
         exact(&[4, 3], (0..12).map(|_| rng.uniform(-1.0, 1.0)).collect()),
     )]
     .into();
+    compare(&g, g.find("loss").unwrap(), &feeds, &["x"], None, 1e-6);
+    // cross_entropy_grad divides by the number of rows the same way.
+    let src = "graph @t {\n  input %x: f32[B, 3]\n  input %t: i32[B]\n  %loss = cross_entropy %x, %t\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let mut feeds = feeds;
+    feeds.insert(
+        "t".to_string(),
+        Tensor::from_i64(DType::I32, vec![4], vec![0, 2, 1, 2]),
+    );
     compare(&g, g.find("loss").unwrap(), &feeds, &["x"], None, 1e-6);
 }
 

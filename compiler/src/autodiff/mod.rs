@@ -3,11 +3,12 @@
 //! [`differentiate`] appends the backward computation to a copy of the forward graph:
 //! it walks the values in reverse definition order, and for each value with an adjoint
 //! asks its op for the operands' adjoints ([`Op::vjp`], written next to each op's
-//! definition in `ir/ops/`). Contributions to one value are summed. Composite ops are
-//! differentiated through their decomposition, so their gradient always agrees with
-//! their meaning; `attention` has a rule of its own, which emits its backward
-//! composites (`ir/ops/attention.rs`, checked against finite differences like every
-//! rule). The result is an ordinary graph: it can be dumped, verified,
+//! definition in `ir/ops/`). Contributions to one value are summed. The row composites
+//! (softmax, log_softmax, layer_norm, rms_norm, cross_entropy) emit gradient composites
+//! (`softmax_grad`, ..., see `ir/ops/row_grad.rs`) and `attention` emits its backward
+//! composites (`ir/ops/attention.rs`), which backends run as fused kernels; the other
+//! composites, gradient composites included, are differentiated through their
+//! decomposition, so their gradient always agrees with their meaning. The result is an ordinary graph: it can be dumped, verified,
 //! optimised and run like any other.
 
 pub mod optimizer;

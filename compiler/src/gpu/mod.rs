@@ -39,8 +39,8 @@ use crate::schedule::{schedule_graph, Schedule};
 
 /// The GPU's schedule of `graph`: like the CPU's, except that composites with a fused
 /// GPU kernel stay whole: attention and its backward pieces (within the kernels'
-/// head-size limit), and softmax, log_softmax, layer_norm and rms_norm along the last
-/// axis.
+/// head-size limit), and the row composites along the last axis (softmax, log_softmax,
+/// layer_norm, rms_norm, cross_entropy and their gradients, see `lower::rows`).
 pub fn schedule(graph: &Graph) -> Schedule {
     use crate::ir::ops::Composite;
     let keep = |c: &Composite, types: &[&crate::ir::TensorType]| {

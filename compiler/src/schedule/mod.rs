@@ -1,7 +1,8 @@
 //! Scheduling: from a graph to an ordered list of kernels with a memory plan.
 //!
-//! [`schedule`] expands composites (except attention and its backward pieces, which
-//! the CPU backend runs whole: [`cpu_keeps`]), fuses chains of elementwise, broadcast and
+//! [`schedule`] expands composites (except those the CPU backend runs whole: attention
+//! and its backward pieces, and the row composites along the last axis, softmax to
+//! cross_entropy and their gradients; see [`cpu_keeps`]), fuses chains of elementwise, broadcast and
 //! permute ops into [`PointwiseKernel`]s (`fusion.rs`), leaves the other ops (matmul,
 //! reductions, gathers, reshapes) as library calls, folds transposes into the matrix
 //! products that read them (`transpose.rs`), and plans buffer memory by liveness
@@ -100,7 +101,11 @@ pub fn schedule(graph: &Graph) -> Schedule {
 /// Like [`schedule`]; with `fuse` false every elementwise op gets its own kernel (the
 /// op-by-op baseline that benchmarks compare fusion against).
 pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
-    let graph = decompose_except(graph, &cpu_keeps);
+    // Attention and the row composites have library kernels; the op-by-op baseline runs
+    // the row composites' decomposition.
+    let graph = decompose_except(graph, &|c, types| {
+        cpu_keeps(c, types) || (fuse && types.first().is_some_and(|t| c.is_row_op_along_last(t)))
+    });
     let mut steps = fusion::fuse(&graph, fuse);
     if fuse {
         steps = epilogue::fold_additive_epilogues(&graph, steps);

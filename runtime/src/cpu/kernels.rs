@@ -1,4 +1,5 @@
-//! Kernels of the CPU backend, one per primitive op, on `f32` (and `i64`/`bool`) buffers.
+//! Kernels of the CPU backend, one per primitive op (and the row composites, through
+//! `rows.rs`), on `f32` (and `i64`/`bool`) buffers.
 //! Their meaning is the interpreter's (`runtime/src/interp/`); tests hold them to it.
 
 use super::{Buf, Val};
@@ -9,7 +10,7 @@ use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
 use smelt_compiler::ir::DType;
 
 /// Below this many elements, threads cost more than they save.
-const PARALLEL_MIN: usize = 1 << 15;
+pub(super) const PARALLEL_MIN: usize = 1 << 15;
 
 fn map_f32(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() >= PARALLEL_MIN {
@@ -173,7 +174,13 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
                     .collect(),
             )
         }
-        Op::Composite(c) => super::attention::eval(c, x, shape),
+        // The schedule keeps attention (with its backward pieces) and the row composites
+        // whole.
+        Op::Composite(
+            c @ (smelt_compiler::ir::ops::Composite::Attention { .. }
+            | smelt_compiler::ir::ops::Composite::AttentionGrad { .. }),
+        ) => super::attention::eval(c, x, shape),
+        Op::Composite(c) => super::rows::eval(c, x, shape.iter().product()),
     })
 }
 

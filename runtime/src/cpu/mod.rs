@@ -1,9 +1,10 @@
 //! The CPU backend: runs a graph op by op on `f32` buffers with fast kernels (matrix
 //! products through the `gemm` crate, both cores through `rayon`).
 //!
-//! Compiling a graph schedules it (`compiler::schedule`): composites are expanded,
-//! chains of elementwise ops are fused into pointwise kernels of the kernel IR (run by
-//! `fused.rs`), and the remaining ops run library kernels (`kernels.rs`). Each buffer is
+//! Compiling a graph schedules it (`compiler::schedule`): composites are expanded
+//! (except the row composites along the last axis, which `rows.rs` runs a row at a
+//! time), chains of elementwise ops are fused into pointwise kernels of the kernel IR
+//! (run by `fused.rs`), and the remaining ops run library kernels (`kernels.rs`). Each buffer is
 //! dropped after its last use, so peak memory follows the live set. Floats other than `f32` are not supported here
 //! (the interpreter runs them). Every kernel is tested against the reference
 //! interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
@@ -12,6 +13,7 @@
 mod attention;
 mod fused;
 mod kernels;
+mod rows;
 
 use crate::interp::{bind_shapes_except, Execution, RunError};
 use crate::tensor::{Data, Tensor};

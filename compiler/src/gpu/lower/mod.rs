@@ -202,13 +202,14 @@ fn library(
         }) => vec![attention_bwd::lower(
             name, g, shapes, v, operands, *part, *causal, *scale,
         )?],
-        Op::Composite(
-            c @ (crate::ir::ops::Composite::Softmax { .. }
-            | crate::ir::ops::Composite::LogSoftmax { .. }
-            | crate::ir::ops::Composite::LayerNorm { .. }
-            | crate::ir::ops::Composite::RmsNorm { .. }
-            | crate::ir::ops::Composite::CrossEntropy),
-        ) => vec![rows::lower(name, g, shapes, v, operands, c)?],
+        // The row composites and their gradients (`gpu::schedule` keeps only supported ones).
+        Op::Composite(c)
+            if operands
+                .first()
+                .is_some_and(|&o| c.is_row_op_along_last(g.ty(o))) =>
+        {
+            vec![rows::lower(name, g, shapes, v, operands, c)?]
+        }
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
         // Uploaded with the program's data; no kernel.
         Op::Constant { .. } => Vec::new(),

@@ -6,6 +6,7 @@
 
 use super::attention::{self, AttentionPart};
 use super::elementwise::named_enum;
+use super::row_grad;
 use super::{expect_arity, BinaryOp, CompareOp, Op, ReduceOp, ShapeResult, UnaryOp};
 use crate::ir::attr::{Attr, AttrReader};
 use crate::ir::{Builder, TensorType, ValueId};
@@ -41,6 +42,16 @@ named_enum! {
         AttentionGradK = "attention_grad_k",
         /// Attention's adjoint of `v`.
         AttentionGradV = "attention_grad_v",
+        /// The adjoint of softmax's input from its result and adjoint (`row_grad.rs`).
+        SoftmaxGrad = "softmax_grad",
+        /// The adjoint of log_softmax's input from its result and adjoint.
+        LogSoftmaxGrad = "log_softmax_grad",
+        /// The adjoint of layer_norm's input `x`.
+        LayerNormGrad = "layer_norm_grad",
+        /// The adjoint of rms_norm's input `x`.
+        RmsNormGrad = "rms_norm_grad",
+        /// The adjoint of cross_entropy's logits.
+        CrossEntropyGrad = "cross_entropy_grad",
     }
 }
 
@@ -100,6 +111,29 @@ pub enum Composite {
         /// The attention's score scale.
         scale: f64,
     },
+    // Row gradients, defined in `row_grad.rs`.
+    /// `softmax_grad %y, %dy {axis}`: `y ∘ (dy − Σ_axis dy∘y)`.
+    SoftmaxGrad {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `log_softmax_grad %y, %dy {axis}`: `dy − exp(y) ∘ Σ_axis dy`.
+    LogSoftmaxGrad {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// `layer_norm_grad %x, %gamma, %dy {eps}`: the adjoint of `x`.
+    LayerNormGrad {
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// `rms_norm_grad %x, %gamma, %dy {eps}`: the adjoint of `x`.
+    RmsNormGrad {
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// `cross_entropy_grad %logits, %labels, %dloss`: the adjoint of the logits.
+    CrossEntropyGrad,
 }
 
 impl Composite {
@@ -119,6 +153,11 @@ impl Composite {
         "attention_grad_q",
         "attention_grad_k",
         "attention_grad_v",
+        "softmax_grad",
+        "log_softmax_grad",
+        "layer_norm_grad",
+        "rms_norm_grad",
+        "cross_entropy_grad",
     ];
 
     /// The kind of this composite.
@@ -140,12 +179,41 @@ impl Composite {
                 AttentionPart::GradK => CompositeKind::AttentionGradK,
                 AttentionPart::GradV => CompositeKind::AttentionGradV,
             },
+            Composite::SoftmaxGrad { .. } => CompositeKind::SoftmaxGrad,
+            Composite::LogSoftmaxGrad { .. } => CompositeKind::LogSoftmaxGrad,
+            Composite::LayerNormGrad { .. } => CompositeKind::LayerNormGrad,
+            Composite::RmsNormGrad { .. } => CompositeKind::RmsNormGrad,
+            Composite::CrossEntropyGrad => CompositeKind::CrossEntropyGrad,
         }
     }
 
     /// The name in the text form.
     pub fn name(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// True for the row composites (softmax, log_softmax, layer_norm, rms_norm,
+    /// cross_entropy and their gradients) when they work along the last axis of their
+    /// first operand, of type `first`: a backend can run them a row at a time.
+    pub fn is_row_op_along_last(&self, first: &TensorType) -> bool {
+        match self {
+            Composite::Softmax { axis }
+            | Composite::LogSoftmax { axis }
+            | Composite::SoftmaxGrad { axis }
+            | Composite::LogSoftmaxGrad { axis } => *axis + 1 == first.rank(),
+            Composite::LayerNorm { .. }
+            | Composite::RmsNorm { .. }
+            | Composite::CrossEntropy
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => true,
+            Composite::Relu
+            | Composite::Sigmoid
+            | Composite::Silu
+            | Composite::Gelu { .. }
+            | Composite::Attention { .. }
+            | Composite::AttentionGrad { .. } => false,
+        }
     }
 
     pub(super) fn attrs(&self) -> Vec<(&'static str, Attr)> {
@@ -156,10 +224,16 @@ impl Composite {
                     Attr::Word(if *tanh { "tanh" } else { "none" }.into()),
                 )]
             }
-            Composite::Softmax { axis } | Composite::LogSoftmax { axis } => {
+            Composite::Softmax { axis }
+            | Composite::LogSoftmax { axis }
+            | Composite::SoftmaxGrad { axis }
+            | Composite::LogSoftmaxGrad { axis } => {
                 vec![("axis", Attr::Int(*axis as i64))]
             }
-            Composite::LayerNorm { eps } | Composite::RmsNorm { eps } => {
+            Composite::LayerNorm { eps }
+            | Composite::RmsNorm { eps }
+            | Composite::LayerNormGrad { eps }
+            | Composite::RmsNormGrad { eps } => {
                 vec![("eps", Attr::Float(*eps))]
             }
             Composite::Attention { causal, scale }
@@ -169,9 +243,11 @@ impl Composite {
                     ("scale", Attr::Float(*scale)),
                 ]
             }
-            Composite::Relu | Composite::Sigmoid | Composite::Silu | Composite::CrossEntropy => {
-                vec![]
-            }
+            Composite::Relu
+            | Composite::Sigmoid
+            | Composite::Silu
+            | Composite::CrossEntropy
+            | Composite::CrossEntropyGrad => vec![],
         }
     }
 
@@ -217,6 +293,19 @@ impl Composite {
                     scale: a.float("scale")?,
                 }
             }
+            CompositeKind::SoftmaxGrad => Composite::SoftmaxGrad {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LogSoftmaxGrad => Composite::LogSoftmaxGrad {
+                axis: a.index("axis")?,
+            },
+            CompositeKind::LayerNormGrad => Composite::LayerNormGrad {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::RmsNormGrad => Composite::RmsNormGrad {
+                eps: a.float("eps")?,
+            },
+            CompositeKind::CrossEntropyGrad => Composite::CrossEntropyGrad,
         }))
     }
 
@@ -279,6 +368,11 @@ impl Composite {
             }
             Composite::Attention { .. } => attention::infer_attention(x),
             Composite::AttentionGrad { part, .. } => attention::infer_part(*part, x),
+            Composite::SoftmaxGrad { .. }
+            | Composite::LogSoftmaxGrad { .. }
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => row_grad::infer(self, x),
         }
     }
 
@@ -296,13 +390,7 @@ impl Composite {
                 b.binary(BinaryOp::Mul, x[0], s)
             }
             Composite::Gelu { tanh } => gelu(b, x[0], *tanh),
-            Composite::Softmax { axis } => {
-                let shifted = shift_by_max(b, x[0], *axis);
-                let e = b.unary(UnaryOp::Exp, shifted);
-                let s = b.reduce(ReduceOp::Sum, e, vec![*axis]);
-                let s = b.broadcast_back(s, x[0], *axis);
-                b.binary(BinaryOp::Div, e, s)
-            }
+            Composite::Softmax { axis } => softmax(b, x[0], *axis),
             Composite::LogSoftmax { axis } => log_softmax(b, x[0], *axis),
             Composite::LayerNorm { eps } => {
                 let last = b.ty(x[0]).rank() - 1;
@@ -328,11 +416,18 @@ impl Composite {
                 causal,
                 scale,
             } => attention::decompose_part(*part, b, x, *causal, *scale),
+            Composite::SoftmaxGrad { .. }
+            | Composite::LogSoftmaxGrad { .. }
+            | Composite::LayerNormGrad { .. }
+            | Composite::RmsNormGrad { .. }
+            | Composite::CrossEntropyGrad => row_grad::decompose(self, b, x),
         }
     }
 
-    /// The gradient rule of a composite that has its own (see [`Op::vjp`]); `None` for
-    /// those differentiated through their decomposition.
+    /// The gradient rule of a composite that has one (the forward row composites emit
+    /// their gradient composites, see `row_grad.rs`; attention its backward pieces, see
+    /// `attention.rs`); `None` for composites that are differentiated through their
+    /// decomposition.
     pub(super) fn vjp(
         &self,
         b: &mut Builder,
@@ -345,7 +440,7 @@ impl Composite {
             Composite::Attention { causal, scale } => {
                 Some(attention::vjp_attention(b, x, y, g, needs, *causal, *scale))
             }
-            _ => None,
+            _ => row_grad::vjp(self, b, x, y, g, needs),
         }
     }
 }
@@ -375,6 +470,14 @@ fn gelu(b: &mut Builder, x: ValueId, tanh: bool) -> ValueId {
     b.binary(BinaryOp::Mul, half_x, one_plus)
 }
 
+pub(super) fn softmax(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
+    let shifted = shift_by_max(b, x, axis);
+    let e = b.unary(UnaryOp::Exp, shifted);
+    let s = b.reduce(ReduceOp::Sum, e, vec![axis]);
+    let s = b.broadcast_back(s, x, axis);
+    b.binary(BinaryOp::Div, e, s)
+}
+
 fn shift_by_max(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
     let m = b.reduce(ReduceOp::Max, x, vec![axis]);
     let m = b.broadcast_back(m, x, axis);
@@ -392,12 +495,17 @@ fn log_softmax(b: &mut Builder, x: ValueId, axis: usize) -> ValueId {
 
 /// `x * rsqrt(mean_last(sq) + eps)`, the shared core of layer_norm and rms_norm.
 fn scale_by_rsqrt_mean(b: &mut Builder, x: ValueId, sq: ValueId, eps: f64) -> ValueId {
-    let last = b.ty(x).rank() - 1;
+    let r = rsqrt_mean(b, sq, eps);
+    b.binary(BinaryOp::Mul, x, r)
+}
+
+/// `rsqrt(mean_last(sq) + eps)`, broadcast back over the last axis of `sq`.
+pub(super) fn rsqrt_mean(b: &mut Builder, sq: ValueId, eps: f64) -> ValueId {
+    let last = b.ty(sq).rank() - 1;
     let ms = b.reduce(ReduceOp::Mean, sq, vec![last]);
     let ms = b.binary_scalar(BinaryOp::Add, ms, eps);
     let r = b.unary(UnaryOp::Rsqrt, ms);
-    let r = b.broadcast_back(r, x, last);
-    b.binary(BinaryOp::Mul, x, r)
+    b.broadcast_back(r, sq, last)
 }
 
 /// `x op broadcast(v)` for `v` of shape `[last dim of x]`.

@@ -22,6 +22,7 @@ pub mod indexing;
 pub mod linalg;
 pub mod movement;
 pub mod reduce;
+mod row_grad;
 pub mod source;
 
 pub use attention::AttentionPart;

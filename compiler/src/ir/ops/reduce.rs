@@ -69,26 +69,43 @@ pub(super) fn vjp_reduce(
     let spread = b.broadcast(g, kept.clone(), xt.clone());
     match op {
         ReduceOp::Sum => spread,
-        ReduceOp::Mean => {
-            let count = Shape(axes.iter().map(|&a| xt.dims()[a].clone()).collect()).numel();
-            match count.as_static() {
-                Some(n) => b.binary_scalar(BinaryOp::Mul, spread, 1.0 / n as f64),
-                None => {
-                    // A symbolic count (mean over the batch) is known only at run time:
-                    // count it by summing ones.
-                    let ones = b.splat(1.0, xt.clone());
-                    let n = b.reduce(ReduceOp::Sum, ones, axes.to_vec());
-                    let n = b.broadcast(n, kept, xt);
-                    b.binary(BinaryOp::Div, spread, n)
-                }
-            }
-        }
+        ReduceOp::Mean => divide_by_count(b, spread, &xt, &kept, axes),
         ReduceOp::Max => {
             // Every position equal to the maximum receives the adjoint.
             let ymax = b.broadcast(y, kept, xt);
             let hit = b.compare(CompareOp::Eq, x, ymax);
             let zero = b.zeros_like(spread);
             b.add(Op::Select, &[hit, spread, zero])
+        }
+    }
+}
+
+/// The adjoint of `reduce_mean` over `axes` of a value of type `xt`: `g` (the mean's
+/// adjoint) spread over `xt` and divided by the number of elements averaged.
+pub(super) fn spread_mean(b: &mut Builder, g: ValueId, xt: &TensorType, axes: &[usize]) -> ValueId {
+    let kept: Vec<usize> = (0..xt.rank()).filter(|a| !axes.contains(a)).collect();
+    let spread = b.broadcast(g, kept.clone(), xt.clone());
+    divide_by_count(b, spread, xt, &kept, axes)
+}
+
+/// `spread` (of type `xt`) divided by the number of elements along `axes`.
+fn divide_by_count(
+    b: &mut Builder,
+    spread: ValueId,
+    xt: &TensorType,
+    kept: &[usize],
+    axes: &[usize],
+) -> ValueId {
+    let count = Shape(axes.iter().map(|&a| xt.dims()[a].clone()).collect()).numel();
+    match count.as_static() {
+        Some(n) => b.binary_scalar(BinaryOp::Mul, spread, 1.0 / n as f64),
+        None => {
+            // A symbolic count (mean over the batch) is known only at run time: count
+            // it by summing ones.
+            let ones = b.splat(1.0, xt.clone());
+            let n = b.reduce(ReduceOp::Sum, ones, axes.to_vec());
+            let n = b.broadcast(n, kept.to_vec(), xt.clone());
+            b.binary(BinaryOp::Div, spread, n)
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Recognising composite ops (`relu`, `sigmoid`, `silu`, `gelu`, `softmax`,
 //! `log_softmax`, `layer_norm`, `rms_norm`, `cross_entropy`) in decomposed graphs, so
-//! that later stages can run them as one fused kernel.
+//! that later stages can run them as one fused kernel. The gradient composites
+//! (`softmax_grad`, ...) are not searched for: autodiff emits them directly, and only
+//! graphs decomposed on purpose would need them found again.
 //!
 //! The patterns are not written by hand: for a class of type `T`, each candidate
 //! composite is decomposed (by [`Composite::decompose`], the definition of its
