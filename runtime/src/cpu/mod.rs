@@ -11,6 +11,7 @@
 
 mod fused;
 mod kernels;
+mod routing;
 
 use crate::interp::{bind_shapes_except, Execution, RunError};
 use crate::tensor::{Data, Tensor};
