@@ -155,10 +155,7 @@ fn grouped_products_forward_and_backward() {
         let groups = (0..300)
             .map(|_| used[(rng.uniform(0.0, 4.0) as usize).min(3)])
             .collect();
-        feeds.insert(
-            "g".into(),
-            Tensor::from_i64(DType::I64, vec![300], groups),
-        );
+        feeds.insert("g".into(), Tensor::from_i64(DType::I64, vec![300], groups));
         compare(&grad, &feeds);
     }
 }

@@ -227,6 +227,21 @@ fn movement_and_indexing_kernels() {
 }
 
 #[test]
+fn routing_kernels() {
+    check("input %x: f32[B, 7]\n%y = top_k %x {k = 3}\noutput %y");
+    // Ties go to the lower index.
+    check("%x: f32[2, 4] = constant {value = [1.0, 2.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]}\n%y = top_k %x {k = 4}\noutput %y");
+    // Groups drawn from 0..4 of 6: groups 4 and 5 are always empty. B = 1 leaves a
+    // row axis of size 1.
+    let grouped = "input %x: f32[B, 5]\ninput %w: f32[6, 5, 3]\ninput %g: i32[B]\n%y = grouped_matmul %x, %w, %g\noutput %y";
+    check(grouped);
+    check_tol(grouped, 1, 1e-4);
+    check("input %x: f32[B, 5]\ninput %d: f32[B, 3]\ninput %g: i64[B]\n%y = grouped_matmul_weight_grad %x, %d, %g {groups = 6}\noutput %y");
+    // The transposed weights of the backward pass.
+    check("input %x: f32[B, 5]\ninput %w: f32[6, 3, 5]\ninput %g: i64[B]\n%t = permute %w {perm = [0, 2, 1]}\n%y = grouped_matmul %x, %t, %g\noutput %y");
+}
+
+#[test]
 fn communication_kernels() {
     check("input %x: f32[B, 8]\n%y = all_to_all %x {axis = 0}\n%z = exp %y\n%w = all_to_all %z {axis = 0}\noutput %w");
     check("input %x: bf16[3, 5]\n%y = all_to_all %x {axis = 1}\noutput %y");

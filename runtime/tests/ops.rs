@@ -325,9 +325,18 @@ fn top_k_orders_largest_first_with_ties_to_the_lower_index() {
     let x = f32s(
         &[3, 4],
         &[
-            0.5, 2.0, -1.0, 2.0, // a tie: index 1 before 3
-            f64::NAN, 1.0, f64::INFINITY, 0.0, // NaN ranks as +inf, before the later +inf
-            -3.0, -2.0, -1.0, -4.0,
+            0.5,
+            2.0,
+            -1.0,
+            2.0, // a tie: index 1 before 3
+            f64::NAN,
+            1.0,
+            f64::INFINITY,
+            0.0, // NaN ranks as +inf, before the later +inf
+            -3.0,
+            -2.0,
+            -1.0,
+            -4.0,
         ],
     );
     let body = "input %x: f32[3, 4]\n%y = top_k %x {k = 3}\noutput %y";
@@ -337,9 +346,10 @@ fn top_k_orders_largest_first_with_ties_to_the_lower_index() {
         &[3, 3],
         &[1.0, 3.0, 0.0, 0.0, 2.0, 1.0, 2.0, 1.0, 0.0],
     );
-    let err = text::parse("graph @t {\n  input %x: f32[3, 4]\n  %y = top_k %x {k = 5}\n  output %y\n}\n")
-        .unwrap_err()
-        .to_string();
+    let err =
+        text::parse("graph @t {\n  input %x: f32[3, 4]\n  %y = top_k %x {k = 5}\n  output %y\n}\n")
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("1 <= k <= 4"), "{err}");
 }
 
@@ -355,7 +365,11 @@ fn grouped_matmul_multiplies_each_row_by_its_groups_matrix() {
     let body = "input %x: f32[4, 2]\ninput %w: f32[3, 2, 2]\ninput %g: i64[4]\n%y = grouped_matmul %x, %w, %g\noutput %y";
     check(
         body,
-        &[("x", x.clone()), ("w", w.clone()), ("g", group(&[1, 0, 2, 1]))],
+        &[
+            ("x", x.clone()),
+            ("w", w.clone()),
+            ("g", group(&[1, 0, 2, 1])),
+        ],
         &[4, 2],
         &[2.0, 1.0, 3.0, 4.0, 10.0, 12.0, 8.0, 7.0],
     );
@@ -367,9 +381,18 @@ fn grouped_matmul_multiplies_each_row_by_its_groups_matrix() {
         &[("x", x.clone()), ("d", dy), ("g", group(&[0, 2, 0, 2]))],
         &[3, 2, 2],
         &[
-            1.0 + 5.0, 5.0, 2.0 + 6.0, 6.0, // rows 0 and 2
-            0.0, 0.0, 0.0, 0.0, // empty group
-            14.0, 3.0, 16.0, 4.0, // rows 1 and 3
+            1.0 + 5.0,
+            5.0,
+            2.0 + 6.0,
+            6.0, // rows 0 and 2
+            0.0,
+            0.0,
+            0.0,
+            0.0, // empty group
+            14.0,
+            3.0,
+            16.0,
+            4.0, // rows 1 and 3
         ],
     );
     let err = eval(

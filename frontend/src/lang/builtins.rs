@@ -853,7 +853,10 @@ impl<'p> Lowerer<'p> {
     fn top_k_count(&self, x: ValueId, c: &CallArgs) -> LangResult<u64> {
         let xt = self.ty(x);
         let Some(last) = xt.dims().last() else {
-            return Err(c.err(c.at(0).1, format!("needs a tensor of rank >= 1, found {xt}")));
+            return Err(c.err(
+                c.at(0).1,
+                format!("needs a tensor of rank >= 1, found {xt}"),
+            ));
         };
         let Some(size) = last.as_static() else {
             return Err(c.err(c.at(0).1, format!("needs a static last axis, found {xt}")));
@@ -878,7 +881,10 @@ impl<'p> Lowerer<'p> {
         let ids = c.tensor(1)?;
         let (xt, it) = (self.ty(x), self.ty(ids));
         let r = xt.rank();
-        if r == 0 || it.rank() != r || xt.dims()[..r - 1] != it.dims()[..r - 1] || !it.dtype.is_int()
+        if r == 0
+            || it.rank() != r
+            || xt.dims()[..r - 1] != it.dims()[..r - 1]
+            || !it.dtype.is_int()
         {
             return Err(c.err(
                 c.at(1).1,
