@@ -119,6 +119,18 @@ fn moe() {
     simulate(&train(&small), 6, 1);
 }
 
+/// Benchmark W4, routed sparsely (`top_k`, `grouped_matmul`).
+#[test]
+fn moe_w4_sparse() {
+    let g = load("examples/bench/moe_w4.smelt", &[]);
+    let b = bindings(&[("N", 1024)]);
+    assemble(&g, &b);
+    assemble(&train(&g), &b);
+    let small = load("examples/bench/moe_w4.smelt", &common::SMALL_MOE);
+    simulate(&small, 6, 1);
+    simulate(&train(&small), 6, 1);
+}
+
 #[test]
 fn llama() {
     let g = load("examples/llama.smelt", &[]);

@@ -37,12 +37,31 @@ fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
         },
     )
     .unwrap();
-    b.input(
-        "idx",
-        TensorType::new(DType::I32, Shape(vec![dims[0].clone()])),
+    let idx = b
+        .input(
+            "idx",
+            TensorType::new(DType::I32, Shape(vec![dims[0].clone()])),
+        )
+        .unwrap();
+    let y = b.node(None, Op::MatMul, &[x, w], None).unwrap();
+    // The routing ops: indices, a grouped product and its weight gradient.
+    let experts = b
+        .param(
+            "experts.w",
+            TensorType::fixed(DType::F32, &[2, 3, 4]),
+            Init::Zeros,
+        )
+        .unwrap();
+    b.node(None, Op::TopK { k: 2 }, &[x], None).unwrap();
+    b.node(None, Op::GroupedMatMul, &[x, experts, idx], None)
+        .unwrap();
+    b.node(
+        None,
+        Op::GroupedMatMulWeightGrad { groups: 2 },
+        &[x, y, idx],
+        None,
     )
     .unwrap();
-    b.node(None, Op::MatMul, &[x, w], None).unwrap();
     let moment = b
         .state(
             "layer.0.w.m",

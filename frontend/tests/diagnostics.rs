@@ -93,6 +93,21 @@ const CASES: &[(&str, &str, usize, usize)] = &[
     ("input x: f32[2]\noutput y = gelu(x, approximate=\"tanh)", "unterminated string", 2, 32),
     ("input x: f32[2]\noutput y = gelu(x, approximate=\"fast\")", "'approximate' must be", 2, 20),
     ("input x: f32[2, 8]\noutput y = top_k_mask(x, 9)", "k must be between 1", 2, 26),
+    ("input x: f32[2, 8]\noutput y = top_k(x, 9)", "k must be between 1 and 8", 2, 21),
+    ("input x: i32[2, 8]\noutput y = top_k(x, 2)", "argument 1 must be a float tensor", 2, 18),
+    ("input x: f32[2, 8]\ninput i: f32[2, 2]\noutput y = take_along(x, i)", "ids must be integers", 3, 26),
+    (
+        "input x: f32[6, 4]\nparam w: f32[3, 5, 2] = zeros\ninput g: i32[6]\noutput y = grouped_matmul(x, w, g)",
+        "w must be [groups, 4, N] of f32",
+        4,
+        30,
+    ),
+    (
+        "input x: f32[6, 4]\nparam w: f32[3, 4, 2] = zeros\ninput g: i32[5]\noutput y = grouped_matmul(x, w, g)",
+        "groups must be integers of shape [6]",
+        4,
+        33,
+    ),
     (
         "fn f(x: f32[N, D]) -> f32[N, D / 3] {\n  return x\n}\ninput a: f32[2, 4]\noutput y = f(a)",
         "4 is not divisible by 3",

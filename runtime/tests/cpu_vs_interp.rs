@@ -130,6 +130,37 @@ fn movement_and_indexing_ops() {
 }
 
 #[test]
+fn routing_ops() {
+    check("input %x: f32[B, 7]\n%y = top_k %x {k = 3}\noutput %y");
+    // Groups drawn from 0..4 of 6, so groups 4 and 5 are always empty.
+    check("input %x: f32[B, 5]\ninput %w: f32[6, 5, 3]\ninput %g: i32[B]\n%y = grouped_matmul %x, %w, %g\noutput %y");
+    check("input %x: f32[B, 5]\ninput %d: f32[B, 3]\ninput %g: i64[B]\n%y = grouped_matmul_weight_grad %x, %d, %g {groups = 6}\noutput %y");
+}
+
+/// Large enough that the groups' products share the cores; groups 1 and 4 stay empty,
+/// and the backward graph reads the weights transposed.
+#[test]
+fn grouped_products_forward_and_backward() {
+    let src = "graph @t {\n  input %x: f32[300, 64]\n  input %w: f32[6, 64, 48]\n  input %g: i64[300]\n  input %c: f32[300, 48]\n  %y = grouped_matmul %x, %w, %g\n  %p = mul %y, %c\n  %loss: f32[] = reduce_sum %p {axes = [0, 1]}\n  output %loss\n}\n";
+    let g = text::parse(src).unwrap().graph;
+    let loss = g.find("loss").unwrap();
+    let wrt = [g.find("x").unwrap(), g.find("w").unwrap()];
+    let grad = smelt_compiler::autodiff::differentiate(&g, loss, &wrt)
+        .unwrap()
+        .graph;
+    for seed in [3, 4] {
+        let mut feeds = common::random_feeds(&grad, seed, 1, 1);
+        let mut rng = common::Rng(seed);
+        let used = [0, 2, 3, 5];
+        let groups = (0..300)
+            .map(|_| used[(rng.uniform(0.0, 4.0) as usize).min(3)])
+            .collect();
+        feeds.insert("g".into(), Tensor::from_i64(DType::I64, vec![300], groups));
+        compare(&grad, &feeds);
+    }
+}
+
+#[test]
 fn composite_ops() {
     check("input %x: f32[B, 6]\n%y = softmax %x {axis = 1}\n%z = log_softmax %x {axis = 0}\noutput %y, %z");
     check("input %x: f32[B, 6]\ninput %g: f32[6]\ninput %b: f32[6]\n%y = layer_norm %x, %g, %b {eps = 1e-5}\n%z = rms_norm %x, %g {eps = 1e-6}\noutput %y, %z");

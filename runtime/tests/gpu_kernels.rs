@@ -431,3 +431,58 @@ fn assemble_only(body: &str) -> Vec<ptxas::KernelReport> {
     let feeds = common::random_feeds(&g, 1, 1, 4);
     assemble(&g, &interp::bind_shapes(&g, &feeds).unwrap(), Arch::Sm90a)
 }
+
+#[test]
+fn movement_and_indexing_kernels() {
+    let x = "input %x: f32[B, 5, 4]\n";
+    check(&format!("{x}%y: f32[B, 20] = reshape %x\noutput %y"));
+    check(&format!(
+        "{x}%y = slice %x {{axis = 1, start = 1, end = 5, step = 2}}\noutput %y"
+    ));
+    check(&format!("{x}%y = concat %x, %x {{axis = 2}}\noutput %y"));
+    check(&format!(
+        "{x}%y = pad %x {{axis = 1, low = 2, high = 1, value = -1.5}}\noutput %y"
+    ));
+    check("input %t: f32[4, 3]\ninput %i: i32[B, 2]\n%y = gather %t, %i {axis = 0}\noutput %y");
+    check("input %t: f32[3, 4]\ninput %i: i64[5]\n%y = gather %t, %i {axis = 1}\noutput %y");
+    check("input %t: f32[4, 3]\ninput %i: i32[B]\ninput %u: f32[B, 3]\n%y = scatter_add %t, %i, %u {axis = 0}\noutput %y");
+}
+
+#[test]
+fn routing_kernels() {
+    check("input %x: f32[B, 7]\n%y = top_k %x {k = 3}\noutput %y");
+    // Ties go to the lower index.
+    check("%x: f32[2, 4] = constant {value = [1.0, 2.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]}\n%y = top_k %x {k = 4}\noutput %y");
+    // Groups drawn from 0..4 of 6: groups 4 and 5 are always empty. B = 1 leaves a
+    // row axis of size 1.
+    let grouped = "input %x: f32[B, 5]\ninput %w: f32[6, 5, 3]\ninput %g: i32[B]\n%y = grouped_matmul %x, %w, %g\noutput %y";
+    check(grouped);
+    check_tol(grouped, 1, 1e-4);
+    check("input %x: f32[B, 5]\ninput %d: f32[B, 3]\ninput %g: i64[B]\n%y = grouped_matmul_weight_grad %x, %d, %g {groups = 6}\noutput %y");
+    // The transposed weights of the backward pass.
+    check("input %x: f32[B, 5]\ninput %w: f32[6, 3, 5]\ninput %g: i64[B]\n%t = permute %w {perm = [0, 2, 1]}\n%y = grouped_matmul %x, %t, %g\noutput %y");
+}
+
+#[test]
+fn communication_kernels() {
+    check("input %x: f32[B, 8]\n%y = all_to_all %x {axis = 0}\n%z = exp %y\n%w = all_to_all %z {axis = 0}\noutput %w");
+    check("input %x: bf16[3, 5]\n%y = all_to_all %x {axis = 1}\noutput %y");
+}
+
+#[test]
+fn fused_attention_kernel() {
+    let causal = "input %q: f32[B, 5, 4]\ninput %k: f32[B, 5, 4]\ninput %v: f32[B, 5, 3]\n%y = attention %q, %k, %v {causal = true, scale = 0.5}\noutput %y";
+    // It is one kernel, not the decomposition's matmuls and softmax.
+    assert_eq!(
+        kernel_names(causal, 2).len(),
+        1,
+        "{:?}",
+        kernel_names(causal, 2)
+    );
+    check(causal);
+    // Several key tiles (S > 32), rows that do not fill the last block, heads past 32
+    // lanes, non-causal, and 16-bit inputs.
+    check("input %q: f32[2, 3, 37, 40]\ninput %k: f32[2, 3, 70, 40]\ninput %v: f32[2, 3, 70, 72]\n%y = attention %q, %k, %v {causal = false, scale = 0.15}\noutput %y");
+    check("input %q: f32[B, 67, 16]\ninput %k: f32[B, 67, 16]\ninput %v: f32[B, 67, 16]\n%y = attention %q, %k, %v {causal = true, scale = 0.25}\noutput %y");
+    check_tol("input %q: bf16[2, 40, 32]\ninput %k: bf16[2, 40, 32]\ninput %v: bf16[2, 40, 32]\n%y = attention %q, %k, %v {causal = true, scale = 0.18}\noutput %y", 1, 2e-2);
+}

@@ -210,6 +210,32 @@ fn gather_and_scatter_add() {
 }
 
 #[test]
+fn grouped_products() {
+    // Four groups, the last one empty; both ops' rules (and so each other's) are checked.
+    let groups = "  %g: i64[5] = constant {value = [2.0, 0.0, 2.0, 1.0, 2.0]}\n";
+    check(
+        &format!("{groups}  %y = grouped_matmul %x, %m, %g"),
+        &[("x", &[5, 3], ANY), ("m", &[4, 3, 2], ANY)],
+        &["x", "m"],
+    );
+    check(
+        &format!("{groups}  %y = grouped_matmul_weight_grad %x, %d, %g {{groups = 4}}"),
+        &[("x", &[5, 3], ANY), ("d", &[5, 2], ANY)],
+        &["x", "d"],
+    );
+}
+
+#[test]
+fn values_picked_by_top_k() {
+    // top_k has no gradient; the values it picks, gathered from the flattened rows, do.
+    check(
+        "  %i = top_k %x {k = 2}\n  %f: f32[12] = reshape %x\n  %r: i64[3, 2] = iota {axis = 0}\n  %n: i64[3, 2] = constant {value = 4.0}\n  %o = mul %r, %n\n  %a = add %o, %i\n  %y = gather %f, %a {axis = 0}",
+        &[("x", &[3, 4], ANY)],
+        &["x"],
+    );
+}
+
+#[test]
 fn composite_ops() {
     let x = [("x", &[2usize, 5][..], ANY)];
     for op in [

@@ -321,6 +321,89 @@ fn gather_and_scatter_add_are_adjoint() {
 }
 
 #[test]
+fn top_k_orders_largest_first_with_ties_to_the_lower_index() {
+    let x = f32s(
+        &[3, 4],
+        &[
+            0.5,
+            2.0,
+            -1.0,
+            2.0, // a tie: index 1 before 3
+            f64::NAN,
+            1.0,
+            f64::INFINITY,
+            0.0, // NaN ranks as +inf, before the later +inf
+            -3.0,
+            -2.0,
+            -1.0,
+            -4.0,
+        ],
+    );
+    let body = "input %x: f32[3, 4]\n%y = top_k %x {k = 3}\noutput %y";
+    check(
+        body,
+        &[("x", x)],
+        &[3, 3],
+        &[1.0, 3.0, 0.0, 0.0, 2.0, 1.0, 2.0, 1.0, 0.0],
+    );
+    let err =
+        text::parse("graph @t {\n  input %x: f32[3, 4]\n  %y = top_k %x {k = 5}\n  output %y\n}\n")
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("1 <= k <= 4"), "{err}");
+}
+
+#[test]
+fn grouped_matmul_multiplies_each_row_by_its_groups_matrix() {
+    // w[0] = [[1, 0], [0, 1]] (identity), w[1] = [[0, 1], [1, 0]] (swap), w[2] = 2·identity.
+    let w = f32s(
+        &[3, 2, 2],
+        &[1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 2.0, 0.0, 0.0, 2.0],
+    );
+    let x = f32s(&[4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let group = |v: &[i64]| Tensor::from_i64(DType::I64, vec![4], v.to_vec());
+    let body = "input %x: f32[4, 2]\ninput %w: f32[3, 2, 2]\ninput %g: i64[4]\n%y = grouped_matmul %x, %w, %g\noutput %y";
+    check(
+        body,
+        &[
+            ("x", x.clone()),
+            ("w", w.clone()),
+            ("g", group(&[1, 0, 2, 1])),
+        ],
+        &[4, 2],
+        &[2.0, 1.0, 3.0, 4.0, 10.0, 12.0, 8.0, 7.0],
+    );
+    // dw[e] = Σ x[t]ᵀ dy[t] over e's rows; group 1 has none, so dw[1] = 0.
+    let dy = f32s(&[4, 2], &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 0.0]);
+    let body = "input %x: f32[4, 2]\ninput %d: f32[4, 2]\ninput %g: i64[4]\n%y = grouped_matmul_weight_grad %x, %d, %g {groups = 3}\noutput %y";
+    check(
+        body,
+        &[("x", x.clone()), ("d", dy), ("g", group(&[0, 2, 0, 2]))],
+        &[3, 2, 2],
+        &[
+            1.0 + 5.0,
+            5.0,
+            2.0 + 6.0,
+            6.0, // rows 0 and 2
+            0.0,
+            0.0,
+            0.0,
+            0.0, // empty group
+            14.0,
+            3.0,
+            16.0,
+            4.0, // rows 1 and 3
+        ],
+    );
+    let err = eval(
+        "input %x: f32[4, 2]\ninput %w: f32[3, 2, 2]\ninput %g: i64[4]\n%y = grouped_matmul %x, %w, %g\noutput %y",
+        &[("x", x), ("w", w), ("g", group(&[0, 3, 0, 0]))],
+    )
+    .unwrap_err();
+    assert!(err.contains("group 3 is out of range 0..3"), "{err}");
+}
+
+#[test]
 fn source_ops() {
     check(
         "%y: f32[2, 2] = constant {value = [1.0, 2.0, 3.0, 4.0]}\noutput %y",

@@ -36,8 +36,11 @@ enum Workload {
     Gpt,
     /// W3: 1024³ f32 matrix product.
     Matmul,
-    /// W4: MoE (8 experts, top-2) forward and backward, 1024 tokens.
+    /// W4: MoE (8 experts, top-2) forward and backward, 1024 tokens; sparse routing
+    /// (each token runs its 2 experts, `grouped_matmul`).
     Moe,
+    /// W4 in its dense formulation (every expert on every token, zero gates).
+    MoeDense,
 }
 
 struct Case {
@@ -93,15 +96,29 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
             1,
             2.0 * 1024f64.powi(3) / 1e9,
         ),
-        Workload::Moe => {
-            let g = load("examples/bench/moe_w4.smelt")?;
+        Workload::Moe | Workload::MoeDense => {
+            let (name, file, gflop) = if w == Workload::Moe {
+                // Exact top-2: 2 of the 8 experts' FLOP.
+                (
+                    "W4 moe fwd+bwd (sparse)",
+                    "examples/bench/moe_w4.smelt",
+                    2.68,
+                )
+            } else {
+                (
+                    "W4 moe fwd+bwd (dense)",
+                    "examples/bench/moe_w4_dense.smelt",
+                    10.7,
+                )
+            };
+            let g = load(file)?;
             let loss = find_loss(&g).map_err(fail)?;
             let params: Vec<_> = g.params().collect();
             (
-                "W4 moe fwd+bwd",
+                name,
                 differentiate(&g, loss, &params).map_err(fail)?.graph,
                 1024,
-                10.7,
+                gflop,
             )
         }
     };

@@ -145,6 +145,24 @@ impl CostModel for RooflineTarget {
                     .map_or(1.0, |d| self.dim(d));
                 kernel(2.0 * n * k, moved)
             }
+            // One row of K multiply-adds per result element: x is [T, K].
+            Op::GroupedMatMul => {
+                let k = operands
+                    .first()
+                    .and_then(|a| a.dims().last())
+                    .map_or(1.0, |d| self.dim(d));
+                kernel(2.0 * n * k, moved)
+            }
+            // Each (t, k, n) of x [T, K] and dy [T, N] is one multiply-add.
+            Op::GroupedMatMulWeightGrad { .. } => {
+                let cols = operands
+                    .get(1)
+                    .and_then(|d| d.dims().last())
+                    .map_or(1.0, |d| self.dim(d));
+                let xs = operands.first().map_or(0.0, |t| self.elements(t));
+                kernel(2.0 * xs * cols, moved)
+            }
+            Op::TopK { .. } => kernel(operands.first().map_or(0.0, |t| self.elements(t)), moved),
             Op::Permute { .. }
             | Op::Broadcast { .. }
             | Op::Slice { .. }

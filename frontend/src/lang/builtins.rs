@@ -42,6 +42,9 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("all_to_all", "all_to_all(x, axis=0)"),
     ("rope", "rope(x, base=10000.0)"),
     ("top_k_mask", "top_k_mask(x, k)"),
+    ("top_k", "top_k(x, k)"),
+    ("take_along", "take_along(x, ids)"),
+    ("grouped_matmul", "grouped_matmul(x, w, groups)"),
     ("sum", "sum(x, axis=all, keepdim=false)"),
     ("mean", "mean(x, axis=all, keepdim=false)"),
     ("max", "max(x, axis=all, keepdim=false)"),
@@ -418,6 +421,22 @@ impl<'p> Lowerer<'p> {
                     }
                 };
                 Ok(Val::Tensor(self.top_k_mask(x, k, c)?))
+            }
+            "top_k" => {
+                c.shape(2, 2, &[])?;
+                let x = self.float_tensor(c, 0)?;
+                let k = self.top_k_count(x, c)?;
+                self.node(Op::TopK { k }, &[x], None, pos).map(Val::Tensor)
+            }
+            "take_along" => {
+                c.shape(2, 2, &[])?;
+                Ok(Val::Tensor(self.take_along(c)?))
+            }
+            "grouped_matmul" => {
+                c.shape(3, 3, &[])?;
+                let operands = self.grouped_operands(c)?;
+                self.node(Op::GroupedMatMul, &operands, None, pos)
+                    .map(Val::Tensor)
             }
             "sum" | "mean" | "max" => {
                 c.shape(1, 1, &["axis", "keepdim"])?;
@@ -830,6 +849,103 @@ impl<'p> Lowerer<'p> {
 
     /// 1 where `x` holds one of the `k` largest values of its last axis, else 0, built by
     /// `k` rounds of max / compare / select. Equal values are chosen together.
+    /// `top_k`'s `k` (argument 2): an integer from 1 to the size of `x`'s last axis.
+    fn top_k_count(&self, x: ValueId, c: &CallArgs) -> LangResult<u64> {
+        let xt = self.ty(x);
+        let Some(last) = xt.dims().last() else {
+            return Err(c.err(
+                c.at(0).1,
+                format!("needs a tensor of rank >= 1, found {xt}"),
+            ));
+        };
+        let Some(size) = last.as_static() else {
+            return Err(c.err(c.at(0).1, format!("needs a static last axis, found {xt}")));
+        };
+        match c.at(1) {
+            (Val::Int(k), _) if *k >= 1 && *k as u64 <= size => Ok(*k as u64),
+            (Val::Int(k), p) => Err(c.err(
+                p,
+                format!("k must be between 1 and {size} (the last axis of {xt}), found {k}"),
+            )),
+            (other, p) => Err(c.err(p, format!("k must be an integer, found {}", other.kind()))),
+        }
+    }
+
+    /// `take_along(x, ids)`: `x[..., ids[..., j]]` row by row along the last axis, for
+    /// `x: [..., n]` and integer `ids: [..., k]` with the same leading axes. Lowered as
+    /// one `gather` from the flattened `x` at `row · n + id`, so it differentiates. Ids
+    /// must lie in `0..n` (as `top_k`'s do): the flat gather checks only `0..rows·n`.
+    fn take_along(&mut self, c: &CallArgs) -> LangResult<ValueId> {
+        let pos = c.pos;
+        let x = c.tensor(0)?;
+        let ids = c.tensor(1)?;
+        let (xt, it) = (self.ty(x), self.ty(ids));
+        let r = xt.rank();
+        if r == 0
+            || it.rank() != r
+            || xt.dims()[..r - 1] != it.dims()[..r - 1]
+            || !it.dtype.is_int()
+        {
+            return Err(c.err(
+                c.at(1).1,
+                format!("ids must be integers with the leading axes of {xt}, found {it}"),
+            ));
+        }
+        let rows = xt.dims()[..r - 1]
+            .iter()
+            .fold(Dim::fixed(1), |acc, d| acc.mul(d));
+        let (n, k) = (xt.dims()[r - 1].clone(), it.dims()[r - 1].clone());
+        let Some(width) = n.as_static() else {
+            return Err(c.err(c.at(0).1, format!("needs a static last axis, found {xt}")));
+        };
+        let flat = self.reshape(x, Shape(vec![rows.mul(&n)]), pos)?;
+        let index_ty = TensorType::new(DType::I64, Shape(vec![rows, k]));
+        let ids = if it.dtype == DType::I64 {
+            ids
+        } else {
+            self.node(Op::Cast, &[ids], Some(it.with_dtype(DType::I64)), pos)?
+        };
+        let ids = self.reshape(ids, index_ty.shape.clone(), pos)?;
+        let row = self.node(Op::Iota { axis: 0 }, &[], Some(index_ty.clone()), pos)?;
+        let width = self.splat(&Val::Int(width as i64), &index_ty, pos)?;
+        let start = self.node(Op::Binary(BinaryOp::Mul), &[row, width], None, pos)?;
+        let at = self.node(Op::Binary(BinaryOp::Add), &[start, ids], None, pos)?;
+        let taken = self.node(Op::Gather { axis: 0 }, &[flat, at], None, pos)?;
+        self.reshape(taken, it.shape.clone(), pos)
+    }
+
+    /// `grouped_matmul`'s operands, checked: rows `x: [T, K]`, one matrix per group
+    /// `w: [E, K, N]` of the same dtype, and integer `groups: [T]`.
+    fn grouped_operands(&self, c: &CallArgs) -> LangResult<[ValueId; 3]> {
+        let x = self.float_tensor(c, 0)?;
+        let w = self.float_tensor(c, 1)?;
+        let groups = c.tensor(2)?;
+        let (xt, wt, gt) = (self.ty(x), self.ty(w), self.ty(groups));
+        if xt.rank() != 2 {
+            return Err(c.err(c.at(0).1, format!("x must be [rows, K], found {xt}")));
+        }
+        if wt.rank() != 3 || wt.dtype != xt.dtype || wt.dims()[1] != xt.dims()[1] {
+            return Err(c.err(
+                c.at(1).1,
+                format!(
+                    "w must be [groups, {}, N] of {} (one matrix per group), found {wt}",
+                    xt.dims()[1],
+                    xt.dtype
+                ),
+            ));
+        }
+        if !gt.dtype.is_int() || gt.rank() != 1 || gt.dims()[0] != xt.dims()[0] {
+            return Err(c.err(
+                c.at(2).1,
+                format!(
+                    "groups must be integers of shape [{}] (one per row of x), found {gt}",
+                    xt.dims()[0]
+                ),
+            ));
+        }
+        Ok([x, w, groups])
+    }
+
     fn top_k_mask(&mut self, x: ValueId, k: i64, c: &CallArgs) -> LangResult<ValueId> {
         let pos = c.pos;
         let xt = self.ty(x);

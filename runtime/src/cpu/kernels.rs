@@ -2,7 +2,7 @@
 //! `rows.rs`), on `f32` (and `i64`/`bool`) buffers.
 //! Their meaning is the interpreter's (`runtime/src/interp/`); tests hold them to it.
 
-use super::{Buf, Val};
+use super::{routing, Buf, Val};
 use crate::interp::{holds, wrap_int};
 use crate::rng;
 use rayon::prelude::*;
@@ -139,6 +139,11 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         } => pad(*axis, *low as usize, *high as usize, *value, x[0], dtype),
         Op::Gather { axis } => gather(*axis, x[0], x[1])?,
         Op::ScatterAdd { axis } => scatter_add(*axis, x[0], x[1], x[2])?,
+        Op::TopK { k } => routing::top_k(*k as usize, x[0]),
+        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], x[2])?,
+        Op::GroupedMatMulWeightGrad { groups } => {
+            routing::grouped_weight_grad(x[0], x[1], x[2], *groups as usize)?
+        }
         Op::Constant { values } => {
             let n: usize = shape.iter().product();
             let v = if values.len() == 1 {
@@ -471,6 +476,70 @@ fn matrix_strides(rows: usize, cols: usize, transposed: bool) -> (usize, usize) 
     }
 }
 
+/// Products with at least this many multiply-adds use both cores.
+pub(super) const GEMM_PARALLEL_MIN: usize = 1 << 18;
+
+/// A strided view of a row-major `f32` buffer as a matrix.
+#[derive(Clone, Copy)]
+pub(super) struct Matrix<'a> {
+    /// The elements (every addressed element lies inside).
+    pub data: &'a [f32],
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl Matrix<'_> {
+    /// True if every element of a `rows × cols` matrix lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` with `accumulate`) for an `m × k` and a `k × n`
+/// matrix; `dst` is row-major `m × n`. `parallel` uses every rayon thread.
+pub(super) fn gemm_into(
+    dst: &mut [f32],
+    a: Matrix,
+    b: Matrix,
+    (m, n, k): (usize, usize, usize),
+    parallel: bool,
+    accumulate: bool,
+) {
+    assert!(
+        dst.len() == m * n && a.fits(m, k) && b.fits(k, n),
+        "gemm operands fit their slices"
+    );
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum, without handing gemm an empty operand.
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if parallel && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm_f32(
+        (dst, n),
+        (m, n, k),
+        (a.data, a.row_stride, a.col_stride),
+        (b.data, b.row_stride, b.col_stride),
+        1.0,
+        accumulate,
+        parallelism,
+    );
+}
+
 /// The batched product `op(a) · op(b)`, where `op` transposes the last two axes of an
 /// operand whose flag is set; `shape` is the result's shape. With `start` (f32, of that
 /// shape) the product is added to it.
@@ -513,35 +582,33 @@ pub(super) fn matmul(
     if out.is_empty() {
         return Buf::F32(out);
     }
-    let product = |bi: usize, dst: &mut [f32], parallelism: gemm::Parallelism| {
-        let (pa, qb) = (
-            &p[bi * m * k..(bi + 1) * m * k],
-            &q[bi * k * n..(bi + 1) * k * n],
-        );
-        gemm_f32(
-            (dst, n),
-            (m, n, k),
-            (pa, a_rs, a_cs),
-            (qb, b_rs, b_cs),
-            1.0,
-            accumulate,
-            parallelism,
-        );
+    let product = |bi: usize, dst: &mut [f32], parallel: bool| {
+        let a = Matrix {
+            data: &p[bi * m * k..(bi + 1) * m * k],
+            row_stride: a_rs,
+            col_stride: a_cs,
+        };
+        let b = Matrix {
+            data: &q[bi * k * n..(bi + 1) * k * n],
+            row_stride: b_rs,
+            col_stride: b_cs,
+        };
+        gemm_into(dst, a, b, (m, n, k), parallel, accumulate);
     };
     let threads = rayon::current_num_threads();
-    if m * n * k < 1 << 18 {
+    if m * n * k < GEMM_PARALLEL_MIN {
         for (bi, dst) in out.chunks_mut(m * n).enumerate() {
-            product(bi, dst, gemm::Parallelism::None);
+            product(bi, dst, false);
         }
     } else if batch >= 2 * threads {
         // Many small products (attention heads): one product per task splits the work
         // evenly without synchronising inside each product.
         out.par_chunks_mut(m * n)
             .enumerate()
-            .for_each(|(bi, dst)| product(bi, dst, gemm::Parallelism::None));
+            .for_each(|(bi, dst)| product(bi, dst, false));
     } else {
         for (bi, dst) in out.chunks_mut(m * n).enumerate() {
-            product(bi, dst, gemm::Parallelism::Rayon(threads));
+            product(bi, dst, true);
         }
     }
     Buf::F32(out)

@@ -13,6 +13,7 @@
 mod attention;
 mod fused;
 mod kernels;
+mod routing;
 mod rows;
 
 use crate::interp::{bind_shapes_except, Execution, RunError};

@@ -13,6 +13,8 @@ mod indexing;
 mod linalg;
 mod movement;
 mod reduce;
+mod routing;
+pub(crate) use routing::ranks_before;
 mod source;
 
 use crate::tensor::{round_to, Data, Tensor};
@@ -351,6 +353,11 @@ fn eval(
         } => movement::pad(ctx, *axis, *low as usize, *value, x[0], shape),
         Op::Gather { axis } => indexing::gather(*axis, x[0], x[1], shape)?,
         Op::ScatterAdd { axis } => indexing::scatter_add(ctx, *axis, x[0], x[1], x[2])?,
+        Op::TopK { k } => routing::top_k(*k as usize, x[0], shape),
+        Op::GroupedMatMul => routing::grouped_matmul(ctx, x[0], x[1], x[2], shape)?,
+        Op::GroupedMatMulWeightGrad { .. } => {
+            routing::grouped_weight_grad(ctx, x[0], x[1], x[2], shape)?
+        }
         Op::Constant { values } => source::constant(ctx, values, dtype, shape),
         Op::Iota { axis } => source::iota(ctx, *axis, dtype, shape),
         Op::RandomUniform { low, high, seed } => {

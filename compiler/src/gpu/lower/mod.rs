@@ -12,6 +12,7 @@ mod matmul;
 mod movement;
 mod pointwise;
 mod reduce;
+mod routing;
 pub mod rows;
 mod wgmma_matmul;
 
@@ -211,6 +212,11 @@ fn library(
             vec![rows::lower(name, g, shapes, v, operands, c)?]
         }
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
+        Op::TopK { .. } => vec![routing::top_k(name, g, shapes, v, operands[0])?],
+        Op::GroupedMatMul => vec![routing::grouped_matmul(name, g, shapes, v, operands)?],
+        Op::GroupedMatMulWeightGrad { .. } => {
+            vec![routing::grouped_weight_grad(name, g, shapes, v, operands)?]
+        }
         // Uploaded with the program's data; no kernel.
         Op::Constant { .. } => Vec::new(),
         other => {

@@ -9,7 +9,7 @@ use crate::ir::{DType, Graph, ValueId};
 
 /// A kernel writing each element of `v` from `value(b, flat index, multi-index)`;
 /// `sources` become parameters 1.. in order.
-fn per_element(
+pub(super) fn per_element(
     name: &str,
     g: &Graph,
     shapes: &Shapes,
@@ -158,6 +158,22 @@ fn immediate(x: f64, dt: DType) -> Operand {
     }
 }
 
+/// Loads index `at` of `indices` as an `i32` in `0..n`; one outside reads as 0 (the
+/// interpreter reports it as an error; kernels cannot).
+pub(super) fn load_index(
+    b: &mut KernelBuilder,
+    indices: Space,
+    at: impl Into<Operand>,
+    n: usize,
+) -> Reg {
+    let raw = b.ld(indices, at);
+    let i = b.cvt(Ty::I32, raw);
+    let neg = b.setp(Cmp::Lt, i, 0);
+    let high = b.setp(Cmp::Ge, i, n as i32);
+    let bad = b.bin(BinOp::Or, neg, high);
+    b.selp(bad, 0, i)
+}
+
 /// Where element `idx` of a gather's output (`table[..axis] ++ indices ++
 /// table[axis+1..]`) reads in the table; an index outside the axis reads element 0 of
 /// it (the interpreter reports it as an error; kernels cannot).
@@ -172,12 +188,7 @@ fn table_position(
     let k = index_shape.len();
     let is = strides(index_shape);
     let at = linear(b, &idx[axis..axis + k], &is, Operand::I32(0));
-    let raw = b.ld(indices, at);
-    let i = b.cvt(Ty::I32, raw);
-    let neg = b.setp(Cmp::Lt, i, 0);
-    let high = b.setp(Cmp::Ge, i, table[axis] as i32);
-    let bad = b.bin(BinOp::Or, neg, high);
-    let i = b.selp(bad, 0, i);
+    let i = load_index(b, indices, at, table[axis]);
     let ts = strides(table);
     let mut pos: Vec<Option<Reg>> = idx[..axis].to_vec();
     pos.push(Some(i));

@@ -11,6 +11,7 @@
 //! | [`indexing`] | `gather`, `scatter_add` |
 //! | [`source`] | `constant`, `iota`, `random_uniform`, `random_normal` |
 //! | [`collective`] | `all_to_all` (communication between ranks) |
+//! | [`routing`] | `top_k`, `grouped_matmul`, `grouped_matmul_weight_grad` (sparse experts) |
 //! | [`composite`] | `relu`, `softmax`, `layer_norm`, `cross_entropy`, `attention`, ... (expand to the above) |
 //! | [`attention`] | `attention` and its backward composites (`attention_lse`, `attention_grad_q`, ...) |
 
@@ -22,6 +23,7 @@ pub mod indexing;
 pub mod linalg;
 pub mod movement;
 pub mod reduce;
+pub mod routing;
 mod row_grad;
 pub mod source;
 
@@ -147,6 +149,18 @@ pub enum Op {
         /// The axis split into one chunk per rank.
         axis: usize,
     },
+    /// Indices (`i64`) of the `k` largest elements along the last axis, largest first.
+    TopK {
+        /// How many indices per row.
+        k: u64,
+    },
+    /// `y[t] = x[t] @ w[group[t]]`: each row multiplied by its group's matrix.
+    GroupedMatMul,
+    /// `dw[e] = Σ_{t: group[t] = e} x[t]ᵀ dy[t]`: the weight gradient of [`Op::GroupedMatMul`].
+    GroupedMatMulWeightGrad {
+        /// The number of groups (the result's first axis).
+        groups: u64,
+    },
     /// A named composite that expands to primitives ([`Composite::decompose`]).
     Composite(Composite),
 }
@@ -175,6 +189,9 @@ impl Op {
             Op::RandomUniform { .. } => "random_uniform",
             Op::RandomNormal { .. } => "random_normal",
             Op::AllToAll { .. } => "all_to_all",
+            Op::TopK { .. } => "top_k",
+            Op::GroupedMatMul => "grouped_matmul",
+            Op::GroupedMatMulWeightGrad { .. } => "grouped_matmul_weight_grad",
             Op::Composite(c) => c.name(),
         }
     }
@@ -242,8 +259,11 @@ impl Op {
                 ("std", Attr::Float(*std)),
                 ("seed", int(*seed)),
             ],
+            Op::TopK { k } => vec![("k", int(*k))],
+            Op::GroupedMatMulWeightGrad { groups } => vec![("groups", int(*groups))],
             Op::Composite(c) => c.attrs(),
-            Op::Unary(_)
+            Op::GroupedMatMul
+            | Op::Unary(_)
             | Op::Binary(_)
             | Op::Compare(_)
             | Op::Select
@@ -311,6 +331,13 @@ impl Op {
                 "all_to_all" => Op::AllToAll {
                     axis: a.index("axis")?,
                 },
+                "top_k" => Op::TopK {
+                    k: a.index("k")? as u64,
+                },
+                "grouped_matmul" => Op::GroupedMatMul,
+                "grouped_matmul_weight_grad" => Op::GroupedMatMulWeightGrad {
+                    groups: a.index("groups")? as u64,
+                },
                 "random_uniform" => Op::RandomUniform {
                     low: a.float("low")?,
                     high: a.float("high")?,
@@ -368,6 +395,11 @@ impl Op {
                 source::infer_random(self.name(), operands, declared_ty()?)
             }
             Op::AllToAll { axis } => collective::infer_all_to_all(*axis, operands),
+            Op::TopK { k } => routing::infer_top_k(*k, operands),
+            Op::GroupedMatMul => routing::infer_grouped_matmul(operands),
+            Op::GroupedMatMulWeightGrad { groups } => {
+                routing::infer_grouped_weight_grad(*groups, operands)
+            }
             Op::Composite(c) => c.infer(operands),
         }
     }
@@ -415,6 +447,11 @@ impl Op {
             }
             Op::ScatterAdd { axis } => indexing::vjp_scatter_add(*axis, b, x[1], g, needs),
             Op::AllToAll { axis } => one(collective::vjp_all_to_all(*axis, b, g)),
+            Op::TopK { .. } => vec![None],
+            Op::GroupedMatMul => routing::vjp_grouped_matmul(b, (x[0], x[1], x[2]), g, needs)?,
+            Op::GroupedMatMulWeightGrad { .. } => {
+                routing::vjp_grouped_weight_grad(b, (x[0], x[1], x[2]), g, needs)
+            }
             Op::Constant { .. }
             | Op::Iota { .. }
             | Op::RandomUniform { .. }
@@ -449,6 +486,9 @@ impl Op {
                 "random_uniform",
                 "random_normal",
                 "all_to_all",
+                "top_k",
+                "grouped_matmul",
+                "grouped_matmul_weight_grad",
             ])
             .collect();
         names.sort_unstable();

@@ -1,0 +1,136 @@
+//! The routing ops (`ir::ops::routing`) as simple SIMT kernels, one thread per output
+//! element (correct for any grid; not tuned):
+//!
+//! - `top_k`: element `(r, j)` is the index of row `r` whose rank is `j`, where an
+//!   element's rank counts the elements ordered before it (larger, or equal at a lower
+//!   index; NaN as `+inf`). `O(n²)` per element, meant for expert counts.
+//! - `grouped_matmul`: `y[t, c] = Σ_p x[t, p] · w[group[t], p, c]`.
+//! - `grouped_matmul_weight_grad`: `dw[e, p, c] = Σ_{t: group[t] = e} x[t, p] · dy[t, c]`,
+//!   a pass over all rows per element.
+//!
+//! A group outside `0..E` reads as group 0 (the interpreter reports it as an error).
+
+use super::movement::{load_index, per_element};
+use super::{KernelCall, Shapes};
+use crate::gpu::build::KernelBuilder;
+use crate::gpu::kir::{BinOp, Cmp, Operand, Reg, Ty};
+use crate::ir::{Graph, ValueId};
+
+/// `top_k`'s sort key: NaN ranks as `+inf`.
+fn key(b: &mut KernelBuilder, x: Reg) -> Reg {
+    let number = b.setp(Cmp::Eq, x, x);
+    b.selp(number, x, f32::INFINITY)
+}
+
+pub(super) fn top_k(
+    name: &str,
+    g: &Graph,
+    shapes: &Shapes,
+    v: ValueId,
+    x: ValueId,
+) -> Result<KernelCall, String> {
+    let n = *shapes[x.index()].last().expect("rank >= 1 (verified)");
+    let k = *shapes[v.index()].last().expect("rank >= 1 (verified)");
+    per_element(name, g, shapes, v, &[x], |b, p, e, _| {
+        let row = b.div(e, k as i32);
+        let j = b.rem(e, k as i32);
+        let start = b.mul(row, n as i32);
+        let chosen = b.mov(Operand::I32(0));
+        b.for_range(0, n as i32, 1, |b, i| {
+            let at = b.add(start, i);
+            let xi = b.ld(p[0], at);
+            let ki = key(b, xi);
+            let rank = b.mov(Operand::I32(0));
+            b.for_range(0, n as i32, 1, |b, m| {
+                let at = b.add(start, m);
+                let xm = b.ld(p[0], at);
+                let km = key(b, xm);
+                let larger = b.setp(Cmp::Gt, km, ki);
+                let equal = b.setp(Cmp::Eq, km, ki);
+                let earlier = b.setp(Cmp::Lt, m, i);
+                let tie = b.bin(BinOp::And, equal, earlier);
+                let before = b.bin(BinOp::Or, larger, tie);
+                let one = b.selp(before, 1, 0);
+                b.update(BinOp::Add, rank, one);
+            });
+            let hit = b.setp(Cmp::Eq, rank, j);
+            let pick = b.selp(hit, i, chosen);
+            b.assign(chosen, pick);
+        });
+        b.cvt(Ty::I64, chosen)
+    })
+}
+
+pub(super) fn grouped_matmul(
+    name: &str,
+    g: &Graph,
+    shapes: &Shapes,
+    v: ValueId,
+    operands: &[ValueId],
+) -> Result<KernelCall, String> {
+    let (t, k) = (shapes[v.index()][0], shapes[operands[0].index()][1]);
+    let ws = &shapes[operands[1].index()];
+    let (groups, n) = (ws[0], ws[2]);
+    let mut call = per_element(name, g, shapes, v, operands, |b, p, _, idx| {
+        let row = idx[0].map_or(Operand::I32(0), Operand::Reg);
+        let col = idx[1].map_or(Operand::I32(0), Operand::Reg);
+        let group = load_index(b, p[2], row, groups);
+        let x_row = b.mul(row, k as i32);
+        // w[group, 0, col], then one row of w per step.
+        let w_group = b.mul(group, (k * n) as i32);
+        let w_at = b.add(w_group, col);
+        let acc = b.mov(Operand::F32(0.0));
+        b.for_range(0, k as i32, 1, |b, q| {
+            let xa = b.add(x_row, q);
+            let xv = b.ld(p[0], xa);
+            let wq = b.mul(q, n as i32);
+            let wa = b.add(w_at, wq);
+            let wv = b.ld(p[1], wa);
+            let s = b.fma(xv, wv, acc);
+            b.assign(acc, s);
+        });
+        acc
+    })?;
+    call.flops = 2.0 * (t * k * n) as f64;
+    Ok(call)
+}
+
+pub(super) fn grouped_weight_grad(
+    name: &str,
+    g: &Graph,
+    shapes: &Shapes,
+    v: ValueId,
+    operands: &[ValueId],
+) -> Result<KernelCall, String> {
+    let (groups, k, n) = {
+        let s = &shapes[v.index()];
+        (s[0], s[1], s[2])
+    };
+    let t = shapes[operands[0].index()][0];
+    let mut call = per_element(name, g, shapes, v, operands, |b, p, _, idx| {
+        let zero = Operand::I32(0);
+        let (e, q, c) = (
+            idx[0].map_or(zero, Operand::Reg),
+            idx[1].map_or(zero, Operand::Reg),
+            idx[2].map_or(zero, Operand::Reg),
+        );
+        let acc = b.mov(Operand::F32(0.0));
+        b.for_range(0, t as i32, 1, |b, row| {
+            let group = load_index(b, p[2], row, groups);
+            let mine = b.setp(Cmp::Eq, group, e);
+            b.if_then(mine, |b| {
+                let xr = b.mul(row, k as i32);
+                let xa = b.add(xr, q);
+                let xv = b.ld(p[0], xa);
+                let dr = b.mul(row, n as i32);
+                let da = b.add(dr, c);
+                let dv = b.ld(p[1], da);
+                let s = b.fma(xv, dv, acc);
+                b.assign(acc, s);
+            });
+        });
+        acc
+    })?;
+    call.flops = 2.0 * (t * k * n) as f64;
+    Ok(call)
+}
