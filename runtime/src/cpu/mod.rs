@@ -1,14 +1,16 @@
-//! The CPU backend: runs a graph op by op on `f32` buffers with fast kernels (matrix
-//! products through the `gemm` crate, both cores through `rayon`).
+//! The CPU backend: runs a schedule on `f32` buffers with fast kernels (matrix products
+//! through the `gemm` crate, both cores through `rayon`, pointwise kernels JIT-compiled
+//! by Cranelift).
 //!
 //! Compiling a graph schedules it (`compiler::schedule`): composites are expanded
-//! (except the row composites along the last axis, which `rows.rs` runs a row at a
-//! time), chains of elementwise ops are fused into pointwise kernels of the kernel IR
-//! (run by `fused.rs`), and the remaining ops run library kernels (`kernels.rs`). Each buffer is
-//! dropped after its last use, so peak memory follows the live set. Floats other than `f32` are not supported here
-//! (the interpreter runs them). Every kernel is tested against the reference
-//! interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
-//! The fused, JIT-compiled backend (issue 9) will replace the op-by-op loop.
+//! except those with library kernels here (attention in `attention.rs`, the row
+//! composites in `rows.rs`), chains of elementwise ops are fused into pointwise kernels
+//! of the kernel IR (`fused.rs`), additive epilogues fold into matrix products, and the
+//! remaining ops run library kernels (`kernels.rs`, `routing.rs`). Buffers are shared
+//! and dropped after their last use, so peak memory follows the live set; a training
+//! loop keeps its parameters and state in a [`Resident`]. Floats other than `f32` are
+//! not supported here (the interpreter runs them). Every kernel is tested against the
+//! reference interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
 
 mod attention;
 mod fused;
