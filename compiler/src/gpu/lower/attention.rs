@@ -148,17 +148,14 @@ fn kernel(
     let tid = b.special(Special::Tid);
     let warp = b.div(tid, 32);
     let lane = b.rem(tid, 32);
-    let qblocks = d.t.div_ceil(ROWS);
     let columns = d.f.div_ceil(32);
-    b.grid_stride_by(d.batch * qblocks, threads, |b, item| {
-        let bi = b.div(item, qblocks as i32);
-        let qb = b.rem(item, qblocks as i32);
-        let q0 = b.mul(qb, ROWS as i32);
-        let row = b.add(q0, warp);
-        let live = b.setp(Cmp::Lt, row, d.t as i32);
-        // The previous item's last tile is fully read before its query rows are
-        // replaced.
-        b.bar();
+    for_each_row_block(&mut b, warp, (d.batch, d.t), threads, |b, item| {
+        let RowItem {
+            bi,
+            first: q0,
+            row,
+            live,
+        } = item;
         // This warp's query row into shared memory (zeros past the end).
         let q_row = b.mul(bi, d.t as i32);
         let q_row = b.add(q_row, row);
@@ -237,6 +234,45 @@ fn kernel(
 
 /// Copies this warp's row (`width` elements from `src[base]`, zeros where `live` does
 /// not hold) into the shared array `dst` at `at`, a lane per column.
+/// The rows of one grid-stride item: a block of `ROWS` rows of batch entry `bi`
+/// starting at `first`, one per warp; `live` says whether the warp's `row` exists.
+pub(super) struct RowItem {
+    pub bi: Reg,
+    pub first: Reg,
+    pub row: Reg,
+    pub live: Reg,
+}
+
+/// Runs `body` for each grid-stride item over `batch` entries of `rows` rows, in blocks
+/// of `ROWS` rows with one warp per row. Every item starts with a barrier, so no warp
+/// replaces shared data that the previous item is still reading.
+pub(super) fn for_each_row_block(
+    b: &mut KernelBuilder,
+    warp: Reg,
+    (batch, rows): (usize, usize),
+    threads: u32,
+    body: impl FnOnce(&mut KernelBuilder, RowItem),
+) {
+    let blocks = rows.div_ceil(ROWS);
+    b.grid_stride_by(batch * blocks, threads, |b, item| {
+        let bi = b.div(item, blocks as i32);
+        let block = b.rem(item, blocks as i32);
+        let first = b.mul(block, ROWS as i32);
+        let row = b.add(first, warp);
+        let live = b.setp(Cmp::Lt, row, rows as i32);
+        b.bar();
+        body(
+            b,
+            RowItem {
+                bi,
+                first,
+                row,
+                live,
+            },
+        );
+    });
+}
+
 pub(super) fn stage_row(
     b: &mut KernelBuilder,
     (src, dst): (Space, Space),

@@ -20,7 +20,8 @@
 //! dK/dV passes start at the block's first key.
 
 use super::attention::{
-    accumulate, dot, load_if, stage_row, stage_tile, store_row, Dims, ROWS, TILE,
+    accumulate, dot, for_each_row_block, load_if, stage_row, stage_tile, store_row, Dims, RowItem,
+    ROWS, TILE,
 };
 use super::{elem_of, KernelCall, Role, Shapes};
 use crate::gpu::build::KernelBuilder;
@@ -173,16 +174,14 @@ fn kernel(
     let tid = b.special(Special::Tid);
     let warp = b.div(tid, 32);
     let lane = b.rem(tid, 32);
-    let blocks = own.rows.div_ceil(ROWS);
     let columns = width.div_ceil(32);
-    b.grid_stride_by(d.batch * blocks, threads, |b, item| {
-        let bi = b.div(item, blocks as i32);
-        let ob = b.rem(item, blocks as i32);
-        let r0 = b.mul(ob, ROWS as i32);
-        let row = b.add(r0, warp);
-        let live = b.setp(Cmp::Lt, row, own.rows as i32);
-        // The previous item's tiles and rows are fully read before they are replaced.
-        b.bar();
+    for_each_row_block(&mut b, warp, (d.batch, own.rows), threads, |b, item| {
+        let RowItem {
+            bi,
+            first: r0,
+            row,
+            live,
+        } = item;
         let own_row = b.mul(bi, own.rows as i32);
         let own_row = b.add(own_row, row);
         let a_base = b.mul(own_row, d.e as i32);
