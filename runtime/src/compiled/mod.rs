@@ -34,7 +34,9 @@ use std::path::Path;
 /// The first line of every artefact.
 const MAGIC: &str = "smelt-compiled\n";
 /// The payload layout version; bump it whenever the layout or meaning changes.
-pub const FORMAT: u32 = 1;
+/// 2: matrix-product steps may carry an additive epilogue (`init`), which a reader of
+/// format 1 would ignore and so compute the wrong sum.
+pub const FORMAT: u32 = 2;
 /// The smelt version that writes and reads artefacts.
 pub const SMELT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
