@@ -255,21 +255,7 @@ fn composite_ops() {
         };
         check(&line, &x, &["x"]);
     }
-    let norm = [
-        ("x", &[2usize, 5][..], ANY),
-        ("g", &[5usize][..], POS),
-        ("b", &[5usize][..], ANY),
-    ];
-    check(
-        "  %y = layer_norm %x, %g, %b {eps = 1e-5}",
-        &norm,
-        &["x", "g", "b"],
-    );
-    check(
-        "  %y = rms_norm %x, %g {eps = 1e-6}",
-        &norm[..2],
-        &["x", "g"],
-    );
+    check_norms(&[2, 5]);
     check(
         "  %l: i32[3] = constant {value = [4.0, 0.0, 2.0]}\n  %y = cross_entropy %x, %l",
         &[("x", &[3, 5], ANY)],
@@ -386,16 +372,10 @@ fn attention_backward_composites() {
     }
 }
 
-/// The row composites' rules emit gradient composites (checked above through the
-/// forward ops); here on more than one leading axis and with labels outside the classes,
-/// and the gradient composites' own gradients (through their decomposition).
-#[test]
-fn row_gradient_composites() {
-    let norm = [
-        ("x", &[2usize, 3, 5][..], ANY),
-        ("g", &[5usize][..], POS),
-        ("b", &[5usize][..], ANY),
-    ];
+/// layer_norm and rms_norm on `x` of `shape` (last axis normalised), every operand.
+fn check_norms(shape: &[usize]) {
+    let last = &shape[shape.len() - 1..];
+    let norm = [("x", shape, ANY), ("g", last, POS), ("b", last, ANY)];
     check(
         "  %y = layer_norm %x, %g, %b {eps = 1e-5}",
         &norm,
@@ -406,6 +386,16 @@ fn row_gradient_composites() {
         &norm[..2],
         &["x", "g"],
     );
+}
+
+/// The row composites' rules emit gradient composites (checked above through the
+/// forward ops); here on more than one leading axis and with labels outside the classes,
+/// and the gradient composites' own gradients (through their decomposition).
+#[test]
+fn row_gradient_composites() {
+    // dgamma and dbeta sum over two leading axes.
+    check_norms(&[2, 3, 5]);
+    let norm = [("x", &[2usize, 3, 5][..], ANY)];
     check("  %y = log_softmax %x {axis = 0}", &norm[..1], &["x"]);
     // Labels 5 and -1 pick no class: those rows have no gradient.
     check(
