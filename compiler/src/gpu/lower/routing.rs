@@ -13,7 +13,7 @@
 use super::movement::{load_index, per_element};
 use super::{KernelCall, Shapes};
 use crate::gpu::build::KernelBuilder;
-use crate::gpu::kir::{BinOp, Cmp, Operand, Reg, Ty};
+use crate::gpu::kir::{BinOp, Cmp, Operand, Reg, Space, Ty};
 use crate::ir::{Graph, ValueId};
 
 /// `top_k`'s sort key: NaN ranks as `+inf`.
@@ -79,17 +79,7 @@ pub(super) fn grouped_matmul(
         // w[group, 0, col], then one row of w per step.
         let w_group = b.mul(group, (k * n) as i32);
         let w_at = b.add(w_group, col);
-        let acc = b.mov(Operand::F32(0.0));
-        b.for_range(0, k as i32, 1, |b, q| {
-            let xa = b.add(x_row, q);
-            let xv = b.ld(p[0], xa);
-            let wq = b.mul(q, n as i32);
-            let wa = b.add(w_at, wq);
-            let wv = b.ld(p[1], wa);
-            let s = b.fma(xv, wv, acc);
-            b.assign(acc, s);
-        });
-        acc
+        strided_dot(b, k, (p[0], x_row, 1), (p[1], w_at, n), |_, _| None)
     })?;
     call.flops = 2.0 * (t * k * n) as f64;
     Ok(call)
@@ -114,23 +104,41 @@ pub(super) fn grouped_weight_grad(
             idx[1].map_or(zero, Operand::Reg),
             idx[2].map_or(zero, Operand::Reg),
         );
-        let acc = b.mov(Operand::F32(0.0));
-        b.for_range(0, t as i32, 1, |b, row| {
+        // Over every row, counting those of group `e`.
+        strided_dot(b, t, (p[0], q, k), (p[1], c, n), |b, row| {
             let group = load_index(b, p[2], row, groups);
-            let mine = b.setp(Cmp::Eq, group, e);
-            b.if_then(mine, |b| {
-                let xr = b.mul(row, k as i32);
-                let xa = b.add(xr, q);
-                let xv = b.ld(p[0], xa);
-                let dr = b.mul(row, n as i32);
-                let da = b.add(dr, c);
-                let dv = b.ld(p[1], da);
-                let s = b.fma(xv, dv, acc);
-                b.assign(acc, s);
-            });
-        });
-        acc
+            Some(b.setp(Cmp::Eq, group, e))
+        })
     })?;
     call.flops = 2.0 * (t * k * n) as f64;
     Ok(call)
+}
+
+/// `Σ_i x[x0 + i·xs] · y[y0 + i·ys]` over `i` in `0..len` (f32), counting only the terms
+/// where `keep(i)` gives a true predicate (`None`: every term).
+fn strided_dot(
+    b: &mut KernelBuilder,
+    len: usize,
+    (x, x0, xs): (Space, impl Into<Operand> + Copy, usize),
+    (y, y0, ys): (Space, impl Into<Operand> + Copy, usize),
+    keep: impl Fn(&mut KernelBuilder, Reg) -> Option<Reg>,
+) -> Reg {
+    let acc = b.mov(Operand::F32(0.0));
+    b.for_range(0, len as i32, 1, |b, i| {
+        let term = |b: &mut KernelBuilder| {
+            let xi = b.mul(i, xs as i32);
+            let xa = b.add(xi, x0);
+            let xv = b.ld(x, xa);
+            let yi = b.mul(i, ys as i32);
+            let ya = b.add(yi, y0);
+            let yv = b.ld(y, ya);
+            let s = b.fma(xv, yv, acc);
+            b.assign(acc, s);
+        };
+        match keep(b, i) {
+            Some(cond) => b.if_then(cond, term),
+            None => term(b),
+        }
+    });
+    acc
 }
