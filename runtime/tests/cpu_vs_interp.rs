@@ -462,7 +462,8 @@ fn vector_exp_and_tanh_across_their_range() {
 #[test]
 fn additive_epilogues_fold_into_the_product() {
     // (body, steps, shown in the schedule): a bias and a residual fold into the product
-    // they are added to; a product read twice, or added to itself, keeps its own step.
+    // they are added to, even one computed after the product; a product read twice,
+    // or added to itself, keeps its own step.
     let bias = "  %bb: f32[B, 24] = broadcast %b {dims = [1]}";
     let cases = [
         (
@@ -484,6 +485,13 @@ fn additive_epilogues_fold_into_the_product() {
             "input %x: f32[B, 16]\ninput %w: f32[16, 24]\n%p = matmul %x, %w\n%e = exp %p\n%y = add %p, %e\noutput %y".to_string(),
             2,
             "kernel fused",
+        ),
+        // The other term is computed after the product: the product's step moves to
+        // the sum's place, after it.
+        (
+            "input %x: f32[B, 16]\ninput %w: f32[16, 24]\ninput %v: f32[16, 24]\n%p = matmul %x, %w\n%q = matmul %x, %v\n%e = exp %q\n%y = add %p, %e\noutput %y".to_string(),
+            2,
+            "added to kernel",
         ),
     ];
     for (body, steps, shown) in cases {

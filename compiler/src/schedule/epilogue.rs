@@ -8,7 +8,9 @@
 //! loads the product exactly once, elementwise (identity axes), as a term of the sum it
 //! stores (reached through `add`s that nothing else reads), so `rest` cannot depend on
 //! it. The result is the same sum, regrouped: `rest` is rounded to f32 before the product
-//! is added (the backend's tolerance covers it; tests compare with the interpreter).
+//! is added (the backend's tolerance covers it; tests compare with the interpreter). The
+//! product's step moves to where the kernel was: its own operands were ready earlier,
+//! and the other terms of the sum may be computed between the two.
 
 use super::Step;
 use crate::ir::ops::BinaryOp;
@@ -26,7 +28,9 @@ pub fn fold_additive_epilogues(g: &Graph, steps: Vec<Step>) -> Vec<Step> {
     for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
         readers[o.index()] += 1;
     }
-    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    // Steps in order; a product that takes an initialiser moves to its kernel's place
+    // (`None` where it was), since the other terms may be computed after the product.
+    let mut out: Vec<Option<Step>> = Vec::with_capacity(steps.len());
     // Where each product's step sits in `out`, while it can still take an initialiser.
     let mut product_at: Vec<Option<usize>> = vec![None; g.values.len()];
     for step in steps {
@@ -38,9 +42,11 @@ pub fn fold_additive_epilogues(g: &Graph, steps: Vec<Step>) -> Vec<Step> {
             let fold = split_off_product(k, &foldable);
             if let Some((input, init)) = fold {
                 let at = product_at[k.inputs[input].index()].take().expect("checked");
-                if let Step::MatMul { init: slot, .. } = &mut out[at] {
+                let mut product = out[at].take().expect("a product not yet moved");
+                if let Step::MatMul { init: slot, .. } = &mut product {
                     *slot = Some(Box::new(init));
                 }
+                out.push(Some(product));
                 continue;
             }
         }
@@ -52,9 +58,9 @@ pub fn fold_additive_epilogues(g: &Graph, steps: Vec<Step>) -> Vec<Step> {
                 product_at[output.index()] = Some(out.len());
             }
         }
-        out.push(step);
+        out.push(Some(step));
     }
-    out
+    out.into_iter().flatten().collect()
 }
 
 /// For a kernel storing a sum in which `load x` is one term (reached from the stored
