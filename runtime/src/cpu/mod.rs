@@ -234,9 +234,12 @@ impl CpuProgram {
             let args: Vec<&Val> = reads
                 .iter()
                 .map(|o| {
-                    env[o.index()]
-                        .as_ref()
-                        .expect("values are live until their last read")
+                    env[o.index()].as_ref().unwrap_or_else(|| {
+                        panic!(
+                            "internal: step {i} reads %{} outside its live range",
+                            g.value(*o).name
+                        )
+                    })
                 })
                 .collect();
             let val = match step {
