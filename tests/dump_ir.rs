@@ -145,6 +145,25 @@ fn scheduled_stage_lists_kernels_and_memory() {
     assert!(out.contains("fused pointwise kernels"), "{out}");
     assert!(out.contains("# memory: arena"), "{out}");
     assert!(out.contains(": kernel fused_"), "{out}");
+    // The e-graph recognises the hand-written attention, so the backward pass runs the
+    // fused attention gradients; without the optimiser it runs the decomposition.
+    for step in [
+        ": attention (",
+        ": attention_grad_q (",
+        ": attention_grad_k (",
+    ] {
+        assert!(out.contains(step), "{step} in\n{out}");
+    }
+    let plain = dump(&[
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--train",
+        "--stage",
+        "scheduled",
+        "--no-optimize",
+    ]);
+    assert!(!plain.contains(": attention"), "{plain}");
+    assert!(plain.contains(": kernel fused_"), "{plain}");
 }
 
 #[test]

@@ -63,27 +63,11 @@ fn feeds(g: &Graph, batch: usize, int_max: i64) -> HashMap<String, Tensor> {
     f
 }
 
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
-    let (c, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in c.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "{what}[{i}]: gpu {a} vs interpreter {b}"
-        );
-    }
-}
-
 fn simulate(g: &Graph, batch: usize, int_max: i64) {
     let f = feeds(g, batch, int_max);
     let want = interp::execute(g, &f, Precision::F32).unwrap();
     let got = gpusim::execute(g, &f, &GpuTarget::h800(), 20).unwrap_or_else(|e| panic!("{e}"));
-    for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
-        assert_close(&format!("{} output {k}", g.name), c, w);
-    }
-    for ((name, c), (_, w)) in got.updates.iter().zip(&want.updates) {
-        assert_close(&format!("{} update of %{name}", g.name), c, w);
-    }
+    common::assert_runs_close(&g.name, &got, &want, 1e-4);
 }
 
 #[test]

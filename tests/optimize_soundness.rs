@@ -1,12 +1,16 @@
-//! Soundness of the e-graph optimiser: every example model, forward graph and AdamW
-//! training step, decomposed or not, computes the same outputs and updates before and
-//! after optimisation in the reference interpreter (f64 precision) on random,
-//! non-zero inputs and parameters.
+//! Soundness of the e-graph optimiser and of the compilation pipeline: every example
+//! model, forward graph and AdamW training step, decomposed or not, computes the same
+//! outputs and updates before and after optimisation in the reference interpreter (f64
+//! precision) on random, non-zero inputs and parameters; so does the pipeline's
+//! training step (optimised forward, autodiff, optimised again) against the training
+//! step of the model as written, and the CPU backend running the pipeline's graph.
 //!
-//! Tolerance: `|a - b| <= 1e-9 * (1 + |a|)`. Layout, merge and composite rules are
-//! exact; matrix-product re-association and factoring change the summation order, and
-//! constant folding uses Rust's `f64` math where the runtime may use `libm`, which
-//! moves results by a few ulps of `f64`, far below this bound.
+//! Tolerance in the interpreter: `|a - b| <= 1e-9 * (1 + |a|)`. Layout, merge and
+//! composite rules are exact; matrix-product re-association and factoring change the
+//! summation order, and constant folding uses Rust's `f64` math where the runtime may
+//! use `libm`, which moves results by a few ulps of `f64`, far below this bound. The
+//! CPU backend computes in `f32`: `|cpu - interp| <= 1e-4 * max(1, max |interp|)` per
+//! output and update, as in `runtime/tests/cpu_vs_interp.rs`.
 
 mod common;
 
@@ -14,6 +18,8 @@ use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
 use smelt_compiler::ir::Graph;
 use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
+use smelt_compiler::pipeline::{prepare, Goal};
+use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::interp::{execute, Precision};
 use smelt_runtime::{params, rng, Tensor};
 use std::collections::HashMap;
@@ -63,15 +69,20 @@ fn assert_close(what: &str, a: &Tensor, b: &Tensor) {
 }
 
 fn check_graph(label: &str, g: &Graph, batch: usize, int_max: i64) {
-    let f = feeds(g, batch, int_max);
-    let before = execute(g, &f, Precision::F64).unwrap_or_else(|e| panic!("{label}: {e}"));
     let (opt, report) = optimize(g, &RooflineTarget::cpu(), &Options::default())
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     assert!(
         report.after.seconds <= report.before.seconds,
         "{label}: cost went up"
     );
-    let after = execute(&opt, &f, Precision::F64).unwrap_or_else(|e| panic!("{label}: {e}"));
+    check_same(label, g, &opt, batch, int_max);
+}
+
+/// `after` computes what `before` computes, in the interpreter.
+fn check_same(label: &str, before: &Graph, after: &Graph, batch: usize, int_max: i64) {
+    let f = feeds(before, batch, int_max);
+    let before = execute(before, &f, Precision::F64).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let after = execute(after, &f, Precision::F64).unwrap_or_else(|e| panic!("{label}: {e}"));
     assert_eq!(before.outputs.len(), after.outputs.len());
     for (i, (a, b)) in before.outputs.iter().zip(&after.outputs).enumerate() {
         assert_close(&format!("{label}: output {i}"), a, b);
@@ -83,10 +94,30 @@ fn check_graph(label: &str, g: &Graph, batch: usize, int_max: i64) {
     }
 }
 
-/// Forward and training step, each as written and decomposed.
+/// The pipeline's training step against the model's as written: in the interpreter, and
+/// on the CPU backend (which runs the pipeline's graph).
+fn check_pipeline(path: &str, forward: &Graph, step: &Graph, batch: usize, int_max: i64) {
+    let goal = Goal::Train(Optimizer::adamw());
+    let prepared = prepare(
+        forward,
+        &goal,
+        &RooflineTarget::cpu(),
+        Some(&Options::default()),
+    )
+    .unwrap_or_else(|e| panic!("{path}: {e}"))
+    .graph;
+    check_same(&format!("{path} pipeline"), step, &prepared, batch, int_max);
+    let f = feeds(step, batch, int_max);
+    let want = execute(step, &f, Precision::F32).unwrap();
+    let got = CpuProgram::compile(&prepared).unwrap().run(&f).unwrap();
+    common::assert_runs_close(&format!("{path} pipeline on the cpu"), &got, &want, 1e-4);
+}
+
+/// Forward and training step, each as written and decomposed, and the pipeline.
 fn check_model(path: &str, sets: &[(&str, &str)], batch: usize, int_max: i64) {
     let forward = load(path, sets);
     let step = training_step(&forward, &Optimizer::adamw()).expect("training step");
+    check_pipeline(path, &forward, &step, batch, int_max);
     for (kind, g) in [("forward", forward), ("training step", step)] {
         check_graph(&format!("{path} {kind}"), &g, batch, int_max);
         check_graph(

@@ -14,4 +14,5 @@ pub mod ir;
 pub mod kernel;
 pub mod optimize;
 pub mod passes;
+pub mod pipeline;
 pub mod schedule;

@@ -6,6 +6,7 @@ mod common;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{text, DType, Graph};
+use smelt_compiler::optimize::Options;
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose, FORMAT};
 use smelt_runtime::{params, Tensor};
@@ -44,8 +45,13 @@ fn tiny() -> Graph {
 fn a_loaded_artefact_computes_what_a_fresh_compilation_computes() {
     let g = example("examples/mlp.sir");
     let feeds = mlp_feeds(&g);
-    for purpose in [Purpose::Run, Purpose::Train(Optimizer::adamw())] {
-        let fresh = Compiled::compile(&g, purpose.clone()).unwrap();
+    let optimized = Options::default();
+    for (purpose, optimize) in [
+        (Purpose::Run, Some(&optimized)),
+        (Purpose::Train(Optimizer::adamw()), Some(&optimized)),
+        (Purpose::Train(Optimizer::adamw()), None),
+    ] {
+        let fresh = Compiled::compile(&g, purpose.clone(), optimize).unwrap();
         let loaded = Compiled::from_bytes(&fresh.to_bytes()).unwrap();
         assert_eq!(loaded.purpose, purpose);
         assert_eq!(text::print(&loaded.forward), text::print(&g));
@@ -81,7 +87,9 @@ fn a_loaded_artefact_computes_what_a_fresh_compilation_computes() {
 
 #[test]
 fn every_truncation_and_every_flipped_byte_is_refused() {
-    let bytes = Compiled::compile(&tiny(), Purpose::Run).unwrap().to_bytes();
+    let bytes = Compiled::compile(&tiny(), Purpose::Run, None)
+        .unwrap()
+        .to_bytes();
     for len in 0..bytes.len() {
         let e = Compiled::from_bytes(&bytes[..len]).unwrap_err().0;
         assert!(
@@ -104,8 +112,12 @@ fn every_truncation_and_every_flipped_byte_is_refused() {
 
 #[test]
 fn other_versions_are_refused_by_name() {
-    let text =
-        String::from_utf8(Compiled::compile(&tiny(), Purpose::Run).unwrap().to_bytes()).unwrap();
+    let text = String::from_utf8(
+        Compiled::compile(&tiny(), Purpose::Run, None)
+            .unwrap()
+            .to_bytes(),
+    )
+    .unwrap();
     let old = text.replacen(&format!("format {FORMAT}\n"), "format 0\n", 1);
     let e = Compiled::from_bytes(old.as_bytes()).unwrap_err().0;
     assert!(
@@ -123,32 +135,41 @@ fn the_cache_hits_on_the_same_model_and_settings_and_misses_on_any_change() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path().join("cache"));
     let g = tiny();
-    let (_, first) = cache.compile(&g, Purpose::Run).unwrap();
+    let optimized = Options::default();
+    let on = Some(&optimized);
+    let (_, first) = cache.compile(&g, Purpose::Run, on).unwrap();
     let Outcome::Stored(entry) = first else {
         panic!("first compilation: {first}")
     };
-    let (_, second) = cache.compile(&g, Purpose::Run).unwrap();
+    let (_, second) = cache.compile(&g, Purpose::Run, on).unwrap();
     assert_eq!(second, Outcome::Hit(entry.clone()));
-    // Another purpose, another optimiser or another graph: a different entry.
-    for purpose in [
-        Purpose::Train(Optimizer::sgd()),
-        Purpose::Train(Optimizer::adamw()),
+    // Another purpose, another optimiser, other e-graph settings or another graph: a
+    // different entry.
+    let fewer_iterations = Options {
+        iter_limit: 1,
+        ..Options::default()
+    };
+    for (purpose, optimize) in [
+        (Purpose::Train(Optimizer::sgd()), on),
+        (Purpose::Train(Optimizer::adamw()), on),
+        (Purpose::Run, None),
+        (Purpose::Run, Some(&fewer_iterations)),
     ] {
-        let (_, o) = cache.compile(&g, purpose).unwrap();
+        let (_, o) = cache.compile(&g, purpose, optimize).unwrap();
         assert!(matches!(o, Outcome::Stored(ref p) if *p != entry), "{o}");
     }
     let changed = text::parse(&text::print(&g).replace("tanh", "exp"))
         .unwrap()
         .graph;
-    let (_, o) = cache.compile(&changed, Purpose::Run).unwrap();
+    let (_, o) = cache.compile(&changed, Purpose::Run, on).unwrap();
     assert!(matches!(o, Outcome::Stored(ref p) if *p != entry), "{o}");
     // A damaged entry is a miss and is replaced.
     let mut bytes = std::fs::read(&entry).unwrap();
     let last = bytes.len() - 2;
     bytes[last] ^= 1;
     std::fs::write(&entry, bytes).unwrap();
-    let (_, o) = cache.compile(&g, Purpose::Run).unwrap();
+    let (_, o) = cache.compile(&g, Purpose::Run, on).unwrap();
     assert_eq!(o, Outcome::Stored(entry.clone()));
-    let (_, o) = cache.compile(&g, Purpose::Run).unwrap();
+    let (_, o) = cache.compile(&g, Purpose::Run, on).unwrap();
     assert_eq!(o, Outcome::Hit(entry));
 }

@@ -2,9 +2,10 @@
 //! the CPU backend, against the op-by-op CPU backend measured in the same run.
 
 use super::load_model;
-use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
-use smelt_compiler::autodiff::{differentiate, find_loss};
+use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{Def, Graph};
+use smelt_compiler::optimize::{Options, RooflineTarget};
+use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::cpu::{CpuProgram, Resident};
 use smelt_runtime::{params, rng, Tensor};
@@ -26,6 +27,9 @@ pub struct Args {
     /// Skip the op-by-op baseline (faster; no ratio).
     #[arg(long)]
     no_baseline: bool,
+    /// Time the graphs as written, without the e-graph optimiser.
+    #[arg(long)]
+    no_optimize: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -45,8 +49,9 @@ enum Workload {
 
 struct Case {
     name: &'static str,
-    graph: Graph,
-    feeds: HashMap<String, Tensor>,
+    forward: Graph,
+    goal: Goal,
+    batch: usize,
     gflop: f64,
 }
 
@@ -76,53 +81,56 @@ fn random(
 
 fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
     let load = |p: &str| load_model(&root.join(p), &[]).map(|m| m.graph);
-    let fail = |e: smelt_compiler::autodiff::AutodiffError| Diagnostic::plain(e.to_string());
-    let (name, graph, batch, gflop) = match w {
+    let (name, file, goal, batch, gflop) = match w {
         Workload::Mlp => (
             "W1 mlp train step",
-            training_step(&load("examples/mlp.smelt")?, &Optimizer::sgd()).map_err(fail)?,
+            "examples/mlp.smelt",
+            Goal::Train(Optimizer::sgd()),
             128,
             1.22,
         ),
         Workload::Gpt => (
             "W2 gpt train step",
-            training_step(&load("examples/gpt.smelt")?, &Optimizer::adamw()).map_err(fail)?,
+            "examples/gpt.smelt",
+            Goal::Train(Optimizer::adamw()),
             8,
             11.3,
         ),
         Workload::Matmul => (
             "W3 matmul 1024³",
-            load("examples/bench/matmul.sir")?,
+            "examples/bench/matmul.sir",
+            Goal::Run,
             1,
             2.0 * 1024f64.powi(3) / 1e9,
         ),
-        Workload::Moe | Workload::MoeDense => {
-            let (name, file, gflop) = if w == Workload::Moe {
-                // Exact top-2: 2 of the 8 experts' FLOP.
-                (
-                    "W4 moe fwd+bwd (sparse)",
-                    "examples/bench/moe_w4.smelt",
-                    2.68,
-                )
-            } else {
-                (
-                    "W4 moe fwd+bwd (dense)",
-                    "examples/bench/moe_w4_dense.smelt",
-                    10.7,
-                )
-            };
-            let g = load(file)?;
-            let loss = find_loss(&g).map_err(fail)?;
-            let params: Vec<_> = g.params().collect();
-            (
-                name,
-                differentiate(&g, loss, &params).map_err(fail)?.graph,
-                1024,
-                gflop,
-            )
-        }
+        // Exact top-2: 2 of the 8 experts' FLOP.
+        Workload::Moe => (
+            "W4 moe fwd+bwd (sparse)",
+            "examples/bench/moe_w4.smelt",
+            Goal::Gradients,
+            1024,
+            2.68,
+        ),
+        Workload::MoeDense => (
+            "W4 moe fwd+bwd (dense)",
+            "examples/bench/moe_w4_dense.smelt",
+            Goal::Gradients,
+            1024,
+            10.7,
+        ),
     };
-    let mut feeds = params::init_params(&graph, 0);
+    Ok(Case {
+        name,
+        forward: load(file)?,
+        goal,
+        batch,
+        gflop,
+    })
+}
+
+/// Fixed random feeds for every parameter and input of `graph`.
+fn feeds(w: Workload, graph: &Graph, batch: usize) -> HashMap<String, Tensor> {
+    let mut feeds = params::init_params(graph, 0);
     for id in graph.inputs() {
         let v = graph.value(id);
         let shape: Vec<usize> =
@@ -143,12 +151,21 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
         };
         feeds.insert(v.name.clone(), t);
     }
-    Ok(Case {
-        name,
-        graph,
-        feeds,
-        gflop,
-    })
+    feeds
+}
+
+/// Runs the pipeline (`optimize`: with the e-graph optimiser) and schedules the result
+/// (`fuse`: with fusion).
+fn build(c: &Case, optimize: bool, fuse: bool) -> Result<CpuProgram, Diagnostic> {
+    let options = Options::default();
+    let prepared = prepare(
+        &c.forward,
+        &c.goal,
+        &RooflineTarget::cpu(),
+        optimize.then_some(&options),
+    )
+    .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    CpuProgram::compile_with(&prepared.graph, fuse).map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// Times `program` on `feeds` as a training loop does: parameters and optimiser state
@@ -198,18 +215,18 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     for &w in &args.workload {
         let c = case(w, &root)?;
         let start = Instant::now();
-        let fused = CpuProgram::compile(&c.graph).map_err(|e| Diagnostic::plain(e.to_string()))?;
+        let fused = build(&c, !args.no_optimize, true)?;
+        let feeds = feeds(w, &fused.schedule().graph, c.batch);
         fused
-            .run(&c.feeds)
+            .run(&feeds)
             .map_err(|e| Diagnostic::plain(e.to_string()))?;
         let first = start.elapsed().as_secs_f64();
-        let (median, min) = time(&fused, &c.feeds, args.warmup, args.iters)?;
+        let (median, min) = time(&fused, &feeds, args.warmup, args.iters)?;
         let baseline = if args.no_baseline {
             None
         } else {
-            let p = CpuProgram::compile_with(&c.graph, false)
-                .map_err(|e| Diagnostic::plain(e.to_string()))?;
-            Some(time(&p, &c.feeds, args.warmup.min(1), args.iters)?.0)
+            let p = build(&c, false, false)?;
+            Some(time(&p, &feeds, args.warmup.min(1), args.iters)?.0)
         };
         let (base, ratio) = match baseline {
             Some(b) => (format!("{b:.1}"), format!("{:.2}×", b / median)),
@@ -221,7 +238,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             c.gflop / (median / 1e3)
         );
     }
-    println!("\nspeed-up = op-by-op CPU backend (same kernels, no fusion) ÷ smelt, measured in this run.");
+    println!("\nspeed-up = op-by-op CPU backend (same kernels; no e-graph optimiser, no fusion) ÷ smelt, measured in this run.");
     println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting.");
     Ok(())
 }

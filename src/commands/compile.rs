@@ -3,7 +3,7 @@
 //! write the PTX module and its SM plan.
 
 use super::dump_ir::{gpu_plan, parse_bindings, Target};
-use super::{load_model, write_output, OptimizerArgs};
+use super::{load_model, write_output, OptArgs, OptimizerArgs};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::{Compiled, Purpose};
 use std::path::PathBuf;
@@ -17,6 +17,8 @@ pub struct Args {
     train: bool,
     #[command(flatten)]
     optimizer: OptimizerArgs,
+    #[command(flatten)]
+    opt: OptArgs,
     /// The machine to compile for: the CPU backend, or a Hopper GPU.
     #[arg(long, value_enum, default_value_t = Target::Cpu)]
     target: Target,
@@ -81,7 +83,9 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     } else {
         Purpose::Run
     };
-    let compiled = Compiled::compile(&model.graph, purpose).map_err(|e| Diagnostic::plain(e.0))?;
+    let optimize = args.opt.options();
+    let compiled = Compiled::compile(&model.graph, purpose, optimize.as_ref())
+        .map_err(|e| Diagnostic::plain(e.0))?;
     compiled
         .save(&args.output)
         .map_err(|e| Diagnostic::plain(e.0))?;

@@ -1,11 +1,12 @@
 //! `smelt dump-ir`: print the IR of a stage, as text, JSON, or a picture (DOT or SVG).
 
-use super::{load_model, write_output, OptimizerArgs};
+use super::{load_model, write_output, OptArgs, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
 use smelt_compiler::gpu::{GpuProgram, GpuTarget, SmPlan};
 use smelt_compiler::ir::{json, text, Bindings};
-use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
+use smelt_compiler::optimize::RooflineTarget;
 use smelt_compiler::passes::decompose;
+use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_compiler::schedule::schedule;
 use smelt_frontend::Diagnostic;
 use smelt_viz::{Focus, View};
@@ -43,15 +44,8 @@ pub struct Args {
     /// before and after to stderr (stdout keeps the IR alone).
     #[arg(long)]
     explain: bool,
-    /// Most e-graph rewrite iterations of `--stage optimized`.
-    #[arg(long, value_name = "N", default_value_t = Options::default().iter_limit)]
-    opt_iters: usize,
-    /// Most e-graph nodes of `--stage optimized`.
-    #[arg(long, value_name = "N", default_value_t = Options::default().node_limit)]
-    opt_nodes: usize,
-    /// Most milliseconds of rewriting in `--stage optimized`.
-    #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
-    opt_time_ms: u64,
+    #[command(flatten)]
+    opt: OptArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -74,10 +68,13 @@ enum Stage {
     Grad,
     /// Composite ops expanded into primitives, as the CPU backend runs it.
     Decomposed,
-    /// Kernels (fused pointwise kernels and library calls) and the memory plan.
+    /// Kernels (fused pointwise kernels and library calls) and the memory plan of the
+    /// optimised graph (of the graph as written with --no-optimize or a GPU target).
     Scheduled,
-    /// Decomposed, then rewritten by the e-graph optimiser into the cheapest equivalent
-    /// program under the CPU cost model (composites it recognises are folded back).
+    /// What the CPU backend schedules: the forward graph decomposed and rewritten by the
+    /// e-graph optimiser into the cheapest equivalent program under the target's cost
+    /// model (composites it recognises, such as attention, are folded back); with
+    /// --train, the training step of that graph, optimised again.
     Optimized,
 }
 
@@ -125,6 +122,11 @@ enum Format {
 pub fn main(args: Args) -> Result<(), Diagnostic> {
     let model = load_model(&args.model, &args.sets)?;
     let train = args.train || matches!(args.stage, Stage::Grad);
+    let goal = if train {
+        Goal::Train(args.optimizer.optimizer())
+    } else {
+        Goal::Run
+    };
     let step = |g| {
         training_step(g, &args.optimizer.optimizer())
             .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))
@@ -135,37 +137,30 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Stage::Decomposed if train => decompose(&step(&model.graph)?),
         Stage::Decomposed => decompose(&model.graph),
         Stage::Optimized => {
-            let decomposed = if train {
-                decompose(&step(&model.graph)?)
-            } else {
-                decompose(&model.graph)
-            };
-            let options = Options {
-                iter_limit: args.opt_iters,
-                node_limit: args.opt_nodes,
-                time_limit: std::time::Duration::from_millis(args.opt_time_ms),
-                ..Options::default()
-            };
             let cost_model = args
                 .target
                 .gpu()
                 .map_or_else(RooflineTarget::cpu, |t| t.roofline());
-            let (graph, report) = optimize(&decomposed, &cost_model, &options).map_err(|e| {
-                Diagnostic::in_file(&model.path, format!("optimisation failed: {e}"))
-            })?;
+            let options = args.opt.options();
+            let prepared = prepare(&model.graph, &goal, &cost_model, options.as_ref())
+                .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))?;
             if args.explain {
-                eprint!("{report}");
+                for report in &prepared.reports {
+                    eprint!("{report}");
+                }
             }
-            graph
+            prepared.graph
         }
         Stage::Scheduled => {
-            let g = if train {
-                step(&model.graph)?
-            } else {
-                model.graph.clone()
-            };
             let bindings = parse_bindings(&args.binds)?;
             if let Some(target) = args.target.gpu() {
+                // GPU programs are scheduled from the graph as written (the GPU
+                // backend does not run the e-graph optimiser yet).
+                let g = if train {
+                    step(&model.graph)?
+                } else {
+                    model.graph.clone()
+                };
                 let scheduled = smelt_compiler::gpu::schedule(&g);
                 let plan = gpu_plan(&scheduled, &bindings, &target, args.comm_sms)
                     .map_err(|e| Diagnostic::in_file(&model.path, e))?;
@@ -183,6 +178,15 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 };
                 return write_output(args.output.as_deref(), &out);
             }
+            let options = args.opt.options();
+            let g = prepare(
+                &model.graph,
+                &goal,
+                &RooflineTarget::cpu(),
+                options.as_ref(),
+            )
+            .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))?
+            .graph;
             return match args.format {
                 Format::Text => {
                     write_output(args.output.as_deref(), &schedule(&g).to_text(&bindings))

@@ -12,6 +12,7 @@ pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::Graph;
+use smelt_compiler::optimize::Options;
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose};
@@ -98,6 +99,35 @@ impl OptimizerArgs {
     }
 }
 
+/// The e-graph optimiser flags shared by `run`, `train`, `compile` and `dump-ir`.
+#[derive(clap::Args)]
+pub struct OptArgs {
+    /// Skip the e-graph optimiser: compile the graph as written.
+    #[arg(long)]
+    pub no_optimize: bool,
+    /// Most e-graph rewrite iterations.
+    #[arg(long, value_name = "N", default_value_t = Options::default().iter_limit)]
+    pub opt_iters: usize,
+    /// Most e-graph nodes.
+    #[arg(long, value_name = "N", default_value_t = Options::default().node_limit)]
+    pub opt_nodes: usize,
+    /// Most milliseconds of rewriting per optimiser run.
+    #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
+    pub opt_time_ms: u64,
+}
+
+impl OptArgs {
+    /// The optimiser's options, or `None` with `--no-optimize`.
+    pub fn options(&self) -> Option<Options> {
+        (!self.no_optimize).then(|| Options {
+            iter_limit: self.opt_iters,
+            node_limit: self.opt_nodes,
+            time_limit: std::time::Duration::from_millis(self.opt_time_ms),
+            ..Options::default()
+        })
+    }
+}
+
 /// The compile-cache flags shared by `run` and `train`.
 #[derive(clap::Args)]
 pub struct CacheArgs {
@@ -114,8 +144,10 @@ pub struct CacheArgs {
 pub fn compile_cpu(
     forward: &Graph,
     purpose: Purpose,
+    optimize: &OptArgs,
     flags: &CacheArgs,
 ) -> Result<Compiled, Diagnostic> {
+    let optimize = optimize.options();
     let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.0);
     let cache = if flags.no_cache {
         None
@@ -123,9 +155,11 @@ pub fn compile_cpu(
         Cache::from_env()
     };
     let Some(cache) = cache else {
-        return Compiled::compile(forward, purpose).map_err(fail);
+        return Compiled::compile(forward, purpose, optimize.as_ref()).map_err(fail);
     };
-    let (compiled, outcome) = cache.compile(forward, purpose).map_err(fail)?;
+    let (compiled, outcome) = cache
+        .compile(forward, purpose, optimize.as_ref())
+        .map_err(fail)?;
     match &outcome {
         Outcome::NotStored(_) => eprintln!("warning: {outcome}"),
         _ if flags.verbose => eprintln!("{outcome}"),

@@ -1,6 +1,6 @@
 //! `smelt run`: run a model on given inputs.
 
-use super::{compile_cpu, load_compiled, load_model, CacheArgs};
+use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptArgs};
 use smelt_compiler::ir::Def;
 use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
@@ -46,6 +46,8 @@ pub struct Args {
     precision: PrecisionArg,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    opt: OptArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -149,7 +151,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Device::Cpu => {
             let program = match program.take() {
                 Some(p) => p,
-                None => compile_cpu(graph, Purpose::Run, &args.cache)?.program,
+                None => compile_cpu(graph, Purpose::Run, &args.opt, &args.cache)?.program,
             };
             program.run(&feeds).map(|e| e.outputs)
         }

@@ -1,6 +1,6 @@
 //! `smelt train`: compile a training step and run it over data.
 
-use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptimizerArgs};
+use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptArgs, OptimizerArgs};
 use smelt_compiler::ir::text;
 use smelt_compiler::ir::Graph;
 use smelt_frontend::Diagnostic;
@@ -68,6 +68,8 @@ pub struct Args {
     sets: Vec<String>,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    opt: OptArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -136,7 +138,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let mut trainer = match (source, args.device) {
         (Source::Compiled(c), _) => Trainer::from_compiled(*c, data, config),
         (Source::Model(g), DeviceArg::Cpu) => {
-            let compiled = compile_cpu(&g, Purpose::Train(optimizer), &args.cache)?;
+            let compiled = compile_cpu(&g, Purpose::Train(optimizer), &args.opt, &args.cache)?;
             Trainer::from_compiled(compiled, data, config)
         }
         (Source::Model(g), DeviceArg::Interp) => {

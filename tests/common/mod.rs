@@ -160,3 +160,33 @@ pub const SMALL_LLAMA: [(&str, &str); 7] = [
     ("hidden", "24"),
     ("layers", "1"),
 ];
+
+/// Asserts that every output and update of `got` is within
+/// `tol · max(1, max |want|)` of `want`'s, elementwise (the scale is per tensor).
+pub fn assert_runs_close(
+    what: &str,
+    got: &smelt_runtime::interp::Execution,
+    want: &smelt_runtime::interp::Execution,
+    tol: f64,
+) {
+    let close = |part: &str, got: &smelt_runtime::Tensor, want: &smelt_runtime::Tensor| {
+        assert_eq!(got.shape, want.shape, "{what} {part}: shape");
+        let (c, w) = (got.to_f64_vec(), want.to_f64_vec());
+        let scale = w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in c.iter().zip(&w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * scale,
+                "{what} {part}[{i}]: backend {a} vs interpreter {b}"
+            );
+        }
+    };
+    assert_eq!(got.outputs.len(), want.outputs.len(), "{what}: outputs");
+    for (k, (c, w)) in got.outputs.iter().zip(&want.outputs).enumerate() {
+        close(&format!("output {k}"), c, w);
+    }
+    assert_eq!(got.updates.len(), want.updates.len(), "{what}: updates");
+    for ((name, c), (wname, w)) in got.updates.iter().zip(&want.updates) {
+        assert_eq!(name, wname, "{what}: update order");
+        close(&format!("update of %{name}"), c, w);
+    }
+}

@@ -8,6 +8,7 @@
 
 use super::{write_atomic, Compiled, Purpose};
 use smelt_compiler::ir::Graph;
+use smelt_compiler::optimize::Options;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -66,18 +67,19 @@ impl Cache {
         self.dir.join(format!("{key}.smeltc"))
     }
 
-    /// Loads the program for `forward` and `purpose` from the cache, or compiles and
-    /// stores it.
+    /// Loads the program for `forward`, `purpose` and `optimize` from the cache, or
+    /// compiles and stores it.
     pub fn compile(
         &self,
         forward: &Graph,
         purpose: Purpose,
+        optimize: Option<&Options>,
     ) -> Result<(Compiled, Outcome), super::ArtefactError> {
-        let path = self.entry(&Compiled::cache_key(forward, &purpose));
+        let path = self.entry(&Compiled::cache_key(forward, &purpose, optimize));
         if let Ok(c) = Compiled::load(&path) {
             return Ok((c, Outcome::Hit(path)));
         }
-        let compiled = Compiled::compile(forward, purpose)?;
+        let compiled = Compiled::compile(forward, purpose, optimize)?;
         let stored = std::fs::create_dir_all(&self.dir)
             .and_then(|()| write_atomic(&path, &compiled.to_bytes()));
         let outcome = match stored {

@@ -26,8 +26,10 @@ pub mod hash;
 
 use crate::cpu::CpuProgram;
 use serde_json::{json, Value};
-use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
+use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{text, Graph};
+use smelt_compiler::optimize::{Options, RooflineTarget};
+use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_compiler::schedule::serial;
 use std::path::Path;
 
@@ -106,21 +108,38 @@ pub struct Compiled {
     pub program: CpuProgram,
 }
 
+/// Identifies the compiler build that runs: the size and modification time of the
+/// running executable. Another build with the same version string (a rebuilt checkout)
+/// then misses the cache instead of loading programs its code did not make.
+fn build_id() -> String {
+    std::env::current_exe()
+        .and_then(|exe| exe.metadata())
+        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_default()
+}
+
 /// Why an artefact could not be made or read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct ArtefactError(pub String);
 
 impl Compiled {
-    /// Compiles `forward` (verified) for `purpose`: autodiff and the optimiser update
-    /// for training, then scheduling and the JIT.
-    pub fn compile(forward: &Graph, purpose: Purpose) -> Result<Compiled, ArtefactError> {
-        let graph = match &purpose {
-            Purpose::Run => forward.clone(),
-            Purpose::Train(opt) => {
-                training_step(forward, opt).map_err(|e| ArtefactError(e.to_string()))?
-            }
+    /// Compiles `forward` (verified) for `purpose` through the pipeline
+    /// ([`smelt_compiler::pipeline`]: the e-graph optimiser unless `optimize` is `None`,
+    /// autodiff and the optimiser update for training), then schedules it and compiles
+    /// its kernels.
+    pub fn compile(
+        forward: &Graph,
+        purpose: Purpose,
+        optimize: Option<&Options>,
+    ) -> Result<Compiled, ArtefactError> {
+        let goal = match &purpose {
+            Purpose::Run => Goal::Run,
+            Purpose::Train(opt) => Goal::Train(opt.clone()),
         };
+        let graph = prepare(forward, &goal, &RooflineTarget::cpu(), optimize)
+            .map_err(|e| ArtefactError(e.to_string()))?
+            .graph;
         let program = CpuProgram::compile(&graph).map_err(|e| ArtefactError(e.to_string()))?;
         Ok(Compiled {
             purpose,
@@ -130,13 +149,16 @@ impl Compiled {
     }
 
     /// The cache key of compiling `forward` for `purpose`: a hash of the canonical text
-    /// of the graph, the settings, the artefact format and the smelt version.
-    pub fn cache_key(forward: &Graph, purpose: &Purpose) -> String {
+    /// of the graph, the settings, the artefact format, the smelt version and the
+    /// compiler build.
+    pub fn cache_key(forward: &Graph, purpose: &Purpose, optimize: Option<&Options>) -> String {
         let mut h = hash::Hasher::default();
         h.field(SMELT_VERSION);
+        h.field(&build_id());
         h.field(&FORMAT.to_string());
         h.field("cpu");
         h.field(&purpose.to_json().to_string());
+        h.field(&format!("{optimize:?}"));
         h.field(&text::print(forward));
         h.hex()
     }

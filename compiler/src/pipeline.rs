@@ -1,0 +1,84 @@
+//! The compilation pipeline from a model graph to the graph a backend schedules; one
+//! definition shared by `run`, `train`, `compile`, `bench` and `dump-ir`, so what a dump
+//! shows is what runs.
+//!
+//! The forward graph is optimised *before* autodiff: the e-graph recognises composites
+//! (attention, softmax, layer_norm, ...) in hand-written forward code, and autodiff
+//! then emits their fused gradients (`attention_grad_q`, `softmax_grad`, ...) instead
+//! of differentiating the decomposition primitive by primitive. The training step is
+//! optimised once more for what autodiff and the optimiser update add (scalar
+//! folding, transposes of products).
+
+use crate::autodiff::optimizer::{training_step, Optimizer};
+use crate::autodiff::{differentiate, find_loss, AutodiffError};
+use crate::ir::Graph;
+use crate::optimize::{optimize, CostModel, Options, Report};
+use crate::passes::decompose;
+
+/// What a model is compiled into.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Goal {
+    /// The forward graph, as written.
+    Run,
+    /// The forward outputs and the gradient of the loss with respect to every
+    /// parameter (`d.PARAM`), with no update.
+    Gradients,
+    /// One training step with this optimiser.
+    Train(Optimizer),
+}
+
+impl Goal {
+    /// The graph computing this goal from the (optimised) forward graph.
+    fn build(&self, forward: &Graph) -> Result<Graph, AutodiffError> {
+        match self {
+            Goal::Run => Ok(forward.clone()),
+            Goal::Gradients => {
+                let loss = find_loss(forward)?;
+                let params: Vec<_> = forward.params().collect();
+                Ok(differentiate(forward, loss, &params)?.graph)
+            }
+            Goal::Train(opt) => training_step(forward, opt),
+        }
+    }
+}
+
+/// The graph a backend runs, and what the optimiser did on the way.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The graph to schedule.
+    pub graph: Graph,
+    /// One report per optimiser run (forward, then training step); empty when the
+    /// optimiser is off.
+    pub reports: Vec<Report>,
+}
+
+/// Runs the pipeline on `forward` (which must verify). With `options: None` the
+/// e-graph optimiser is skipped (`--no-optimize`): autodiff works on the graph as
+/// written.
+pub fn prepare(
+    forward: &Graph,
+    goal: &Goal,
+    model: &dyn CostModel,
+    options: Option<&Options>,
+) -> Result<Prepared, AutodiffError> {
+    let Some(options) = options else {
+        return Ok(Prepared {
+            graph: goal.build(forward)?,
+            reports: Vec::new(),
+        });
+    };
+    let fail = |e: String| AutodiffError(format!("optimisation failed: {e}"));
+    let (optimised, first) = optimize(&decompose(forward), model, options).map_err(fail)?;
+    if *goal == Goal::Run {
+        return Ok(Prepared {
+            graph: optimised,
+            reports: vec![first],
+        });
+    }
+    let step = goal.build(&optimised)?;
+    let (graph, second) = optimize(&step, model, options).map_err(fail)?;
+    Ok(Prepared {
+        graph,
+        reports: vec![first, second],
+    })
+}
