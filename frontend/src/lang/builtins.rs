@@ -873,8 +873,9 @@ impl<'p> Lowerer<'p> {
 
     /// `take_along(x, ids)`: `x[..., ids[..., j]]` row by row along the last axis, for
     /// `x: [..., n]` and integer `ids: [..., k]` with the same leading axes. Lowered as
-    /// one `gather` from the flattened `x` at `row · n + id`, so it differentiates. Ids
-    /// must lie in `0..n` (as `top_k`'s do): the flat gather checks only `0..rows·n`.
+    /// one `gather` from the flattened `x` at `row · n + id`, so it differentiates. An id
+    /// outside `0..n` is sent to index -1, so the gather fails on it instead of reading
+    /// the neighbouring row.
     fn take_along(&mut self, c: &CallArgs) -> LangResult<ValueId> {
         let pos = c.pos;
         let x = c.tensor(0)?;
@@ -907,9 +908,19 @@ impl<'p> Lowerer<'p> {
         };
         let ids = self.reshape(ids, index_ty.shape.clone(), pos)?;
         let row = self.node(Op::Iota { axis: 0 }, &[], Some(index_ty.clone()), pos)?;
-        let width = self.splat(&Val::Int(width as i64), &index_ty, pos)?;
-        let start = self.node(Op::Binary(BinaryOp::Mul), &[row, width], None, pos)?;
-        let at = self.node(Op::Binary(BinaryOp::Add), &[start, ids], None, pos)?;
+        let width = width as i64;
+        let n = self.splat(&Val::Int(width), &index_ty, pos)?;
+        let start = self.node(Op::Binary(BinaryOp::Mul), &[row, n], None, pos)?;
+        let flat_at = self.node(Op::Binary(BinaryOp::Add), &[start, ids], None, pos)?;
+        // An id outside the row would read a neighbouring row of the flat `x`; it
+        // becomes -1 instead, which the gather reports as out of range.
+        let zero = self.splat(&Val::Int(0), &index_ty, pos)?;
+        let last = self.splat(&Val::Int(width - 1), &index_ty, pos)?;
+        let low = self.node(Op::Binary(BinaryOp::Max), &[ids, zero], None, pos)?;
+        let clamped = self.node(Op::Binary(BinaryOp::Min), &[low, last], None, pos)?;
+        let inside = self.node(Op::Compare(CompareOp::Eq), &[ids, clamped], None, pos)?;
+        let outside = self.splat(&Val::Int(-1), &index_ty, pos)?;
+        let at = self.node(Op::Select, &[inside, flat_at, outside], None, pos)?;
         let taken = self.node(Op::Gather { axis: 0 }, &[flat, at], None, pos)?;
         self.reshape(taken, it.shape.clone(), pos)
     }
