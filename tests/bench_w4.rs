@@ -11,7 +11,6 @@ use smelt_compiler::ir::Graph;
 use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::{io, params, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 const EXPERTS: usize = 8;
 
@@ -100,20 +99,9 @@ fn sparse_and_dense_w4_agree() {
     }
 }
 
-/// The peers' data folder, if set up on this machine.
-fn peers_data() -> Option<PathBuf> {
-    let home = std::env::var_os("PEERS_HOME")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/smelt-peers"))
-        })?;
-    let data = home.join("data");
-    data.join("moe/x.npy").is_file().then_some(data)
-}
-
 #[test]
 fn w4_matches_the_peers_reference() {
-    let Some(data) = peers_data() else {
+    let Some(data) = common::peers_data() else {
         eprintln!("skipping: no peers data (bash ../shared/peers/setup.sh writes it)");
         return;
     };

@@ -190,3 +190,15 @@ pub fn assert_runs_close(
         close(&format!("update of %{name}"), c, w);
     }
 }
+
+/// The peers' fixed benchmark data (`$PEERS_HOME/data`, default
+/// `~/.cache/smelt-peers/data`; `bash ../shared/peers/setup.sh` writes it), if present.
+pub fn peers_data() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("PEERS_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/smelt-peers"))
+        })?;
+    let data = home.join("data");
+    data.join("reference.json").is_file().then_some(data)
+}
