@@ -1,6 +1,7 @@
 //! `smelt bench`: times the benchmark workloads W1–W4 (../shared/peers/README.md) on
 //! the CPU backend, against the op-by-op CPU backend measured in the same run.
 
+use super::bench_peers::{default_results, latest, minutes_ago, PeerCell};
 use super::load_model;
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{Def, Graph};
@@ -30,6 +31,11 @@ pub struct Args {
     /// Time the graphs as written, without the e-graph optimiser.
     #[arg(long)]
     no_optimize: bool,
+    /// The peers' results folder to compare with (default: $PEERS_HOME/results, else
+    /// ~/.cache/smelt-peers/results, when it exists). Time the peers in the same
+    /// sitting: bash ../shared/peers/run_one.sh PEER WORKLOAD.
+    #[arg(long, value_name = "DIR")]
+    peers: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -128,6 +134,60 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
     })
 }
 
+impl Workload {
+    /// The peers' records this workload is compared with.
+    fn peers(self) -> Vec<PeerCell> {
+        let cell = |label, file, workload, variant| PeerCell {
+            label,
+            file,
+            workload,
+            variant,
+        };
+        match self {
+            Workload::Mlp | Workload::Gpt => {
+                let w = if self == Workload::Mlp { "mlp" } else { "gpt" };
+                vec![
+                    cell("JAX jit", "jax", w, "jit"),
+                    cell("PyTorch eager", "torch", w, "eager"),
+                ]
+            }
+            Workload::Matmul => vec![cell("NumPy/OpenBLAS", "numpy-openblas", "matmul", "sgemm")],
+            Workload::Moe => vec![
+                cell("PyTorch eager (sparse)", "torch", "moe", "sparse"),
+                cell("JAX jit (ragged)", "jax", "moe", "ragged"),
+            ],
+            Workload::MoeDense => vec![
+                cell("PyTorch eager (dense)", "torch", "moe", "dense"),
+                cell("JAX jit (dense)", "jax", "moe", "dense"),
+            ],
+        }
+    }
+}
+
+/// Prints smelt's medians beside the peers' latest records in `dir`.
+fn print_peers(dir: &Path, timed: &[(Workload, &str, f64)]) {
+    println!("\nPeers' latest records in {}:\n", dir.display());
+    println!("| workload | smelt median ms | peer | peer median ms | smelt ÷ peer | peer's results written |");
+    println!("|---|---:|---|---:|---:|---|");
+    for &(w, name, median) in timed {
+        for cell in w.peers() {
+            let Some((record, written)) = latest(dir, &cell) else {
+                continue;
+            };
+            let Some(peer) = record["median_ms"].as_f64() else {
+                continue;
+            };
+            println!(
+                "| {name} | {median:.1} | {} | {peer:.1} | {:.2} | {:.0} min ago |",
+                cell.label,
+                median / peer,
+                minutes_ago(written)
+            );
+        }
+    }
+    println!("\nA ratio below 1 means smelt is faster. It means something only if the peers ran in this sitting, on a quiet machine.");
+}
+
 /// Fixed random feeds for every parameter and input of `graph`.
 fn feeds(w: Workload, graph: &Graph, batch: usize) -> HashMap<String, Tensor> {
     let mut feeds = params::init_params(graph, 0);
@@ -212,6 +272,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     };
     println!("| workload | smelt median (min) ms | GFLOP/s | compile + first step s | op-by-op median ms | speed-up |");
     println!("|---|---:|---:|---:|---:|---:|");
+    let mut timed = Vec::new();
     for &w in &args.workload {
         let c = case(w, &root)?;
         let start = Instant::now();
@@ -237,8 +298,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             c.name,
             c.gflop / (median / 1e3)
         );
+        timed.push((w, c.name, median));
     }
     println!("\nspeed-up = op-by-op CPU backend (same kernels; no e-graph optimiser, no fusion) ÷ smelt, measured in this run.");
-    println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting.");
+    match args.peers.or_else(default_results) {
+        Some(dir) => print_peers(&dir, &timed),
+        None => println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting; then --peers DIR."),
+    }
     Ok(())
 }

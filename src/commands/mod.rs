@@ -2,6 +2,7 @@
 //! prints before exiting with code 2.
 
 pub mod bench;
+mod bench_peers;
 pub mod compile;
 pub mod dump_ir;
 pub mod generate;
