@@ -8,6 +8,7 @@ use crate::rng;
 use rayon::prelude::*;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
 use smelt_compiler::ir::DType;
+use smelt_compiler::schedule::MatMulOperand;
 
 /// Below this many elements, threads cost more than they save.
 pub(super) const PARALLEL_MIN: usize = 1 << 15;
@@ -92,7 +93,15 @@ fn copy_buf(b: &Buf, offset: usize, strides: &[usize], shape: &[usize]) -> Buf {
     }
 }
 
-pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result<Buf, String> {
+/// Runs library op `op` on its operands `x`, read as `reads` says (a `grouped_matmul`
+/// weight may be the operand of a transpose folded into the product).
+pub(super) fn eval(
+    op: &Op,
+    x: &[&Val],
+    reads: &[MatMulOperand],
+    dtype: DType,
+    shape: &[usize],
+) -> Result<Buf, String> {
     Ok(match op {
         Op::Unary(u) => unary(*u, x[0], dtype),
         Op::Binary(b) => binary(*b, x[0], x[1], dtype)?,
@@ -140,7 +149,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         Op::Gather { axis } => gather(*axis, x[0], x[1])?,
         Op::ScatterAdd { axis } => scatter_add(*axis, x[0], x[1], x[2])?,
         Op::TopK { k } => routing::top_k(*k as usize, x[0]),
-        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], x[2])?,
+        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], reads[1].transposed, x[2])?,
         Op::GroupedMatMulWeightGrad { groups } => {
             routing::grouped_weight_grad(x[0], x[1], x[2], *groups as usize)?
         }
