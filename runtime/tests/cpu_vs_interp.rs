@@ -99,6 +99,17 @@ fn reductions_and_matmul() {
             ));
         }
     }
+    // Adjacent middle axes, reduced in place slab by slab (the parallel path too).
+    for (x, axes, ty) in [
+        ("f32[B, 3, 4, 5]", "[1, 2]", "f32[B, 5]"),
+        ("f32[70, 2, 300]", "[1]", "f32[70, 300]"),
+    ] {
+        for op in ["reduce_sum", "reduce_max", "reduce_mean"] {
+            check(&format!(
+                "input %x: {x}\n%y: {ty} = {op} %x {{axes = {axes}}}\noutput %y"
+            ));
+        }
+    }
     check("input %a: f32[2, B, 7]\ninput %b: f32[2, 7, 5]\n%y = matmul %a, %b\noutput %y");
     // Enough products of enough work for one product per task.
     check("input %a: f32[8, 64, 64]\ninput %b: f32[8, 64, 64]\n%y = matmul %a, %b\noutput %y");
