@@ -6,9 +6,9 @@
 //! filled, so that both cores stay busy to the end:
 //!
 //! - `grouped_matmul`: the sorted rows are cut into equal chunks. A chunk gathers its
-//!   rows and multiplies each group's run of them by that group's matrix (read
-//!   transposed in place when the schedule folded a transpose into the weight); the
-//!   result rows are then copied back to token order.
+//!   rows, multiplies each group's run of them by that group's matrix (read transposed
+//!   in place when the schedule folded a transpose into the weight), and writes the
+//!   result rows straight to their rows in token order.
 //! - `grouped_matmul_weight_grad`: both operands' rows are gathered in sorted order, and
 //!   each group's `[K, N]` result is cut into slices of rows, one product each.
 
@@ -22,9 +22,6 @@ use std::ops::Range;
 /// cost (and other processes' turns on the cores), few enough that each product keeps
 /// dozens of rows.
 const PIECES_PER_THREAD: usize = 2;
-
-/// Rows copied per parallel task when moving rows between orders.
-const COPY_ROWS_PER_TASK: usize = 64;
 
 pub(super) fn top_k(k: usize, x: &Val) -> Buf {
     let n = *x.shape.last().expect("rank >= 1 (verified)");
@@ -80,33 +77,44 @@ impl Sorted {
                 (lo < hi).then_some((e, lo..hi))
             })
     }
-
-    /// Where each row went: `positions()[t]` is row `t`'s sorted position.
-    fn positions(&self) -> Vec<usize> {
-        let mut pos = vec![0; self.rows.len()];
-        for (i, &t) in self.rows.iter().enumerate() {
-            pos[t] = i;
-        }
-        pos
-    }
 }
 
-/// Copies rows of width `width`: `dst` row `i` is `src` row `from[i]`, on every core
-/// when `parallel`.
-fn copy_rows(dst: &mut [f32], src: &[f32], from: &[usize], width: usize, parallel: bool) {
-    if width == 0 {
-        return;
+/// The rows `from` of a `[_, width]` buffer, in that order.
+fn gather_rows(src: &[f32], from: &[usize], width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(from.len() * width);
+    for &t in from {
+        out.extend_from_slice(&src[t * width..(t + 1) * width]);
     }
-    let copy = |(row, &t): (&mut [f32], &usize)| {
-        row.copy_from_slice(&src[t * width..(t + 1) * width]);
-    };
-    if parallel {
-        dst.par_chunks_mut(width)
-            .zip(from)
-            .with_min_len(COPY_ROWS_PER_TASK)
-            .for_each(copy);
-    } else {
-        dst.chunks_mut(width).zip(from).for_each(copy);
+    out
+}
+
+/// A row-major `[rows, width]` output whose rows are written by several tasks at once,
+/// each row exactly once (the rows go to the tasks by a permutation), before the
+/// buffer is read or its length set.
+struct RowWriter {
+    base: *mut f32,
+    rows: usize,
+    width: usize,
+}
+
+// SAFETY: tasks write disjoint rows (see `write`), so sharing the pointer is sound.
+unsafe impl Sync for RowWriter {}
+
+impl RowWriter {
+    /// Writes `row` as row `r`.
+    ///
+    /// # Safety
+    /// No other task writes row `r`, and nothing reads the buffer until every task is
+    /// done.
+    unsafe fn write(&self, r: usize, row: &[f32]) {
+        assert!(
+            r < self.rows && row.len() == self.width,
+            "row inside the output"
+        );
+        // SAFETY: in bounds (checked above); no other access to the row (caller).
+        unsafe {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), self.base.add(r * self.width), self.width)
+        };
     }
 }
 
@@ -159,16 +167,21 @@ pub(super) fn grouped_matmul(
     let (w_rs, w_cs) = if w_transposed { (1, k) } else { (n, 1) };
     let parts = pieces(t * k * n);
     let chunk = t.div_ceil(parts);
-    // Results in sorted order, one chunk of rows per piece.
-    let mut ys = vec![0f32; t * n];
-    for_chunks(&mut ys, chunk * n, parts > 1, |i, dst| {
-        let span = i * chunk..i * chunk + dst.len() / n;
-        let mut xs = vec![0f32; span.len() * k];
-        copy_rows(&mut xs, x, &sorted.rows[span.clone()], k, false);
+    // Filled below, every row exactly once, before its length is set: no zero-fill.
+    let mut out: Vec<f32> = Vec::with_capacity(t * n);
+    let writer = RowWriter {
+        base: out.as_mut_ptr(),
+        rows: t,
+        width: n,
+    };
+    let piece = |i: usize| {
+        let span = i * chunk..((i + 1) * chunk).min(t);
+        let xs = gather_rows(x, &sorted.rows[span.clone()], k);
+        let mut ys = vec![0f32; span.len() * n];
         for (g, run) in sorted.runs(span.clone()) {
             let (lo, hi) = (run.start - span.start, run.end - span.start);
             gemm_into(
-                &mut dst[lo * n..hi * n],
+                &mut ys[lo * n..hi * n],
                 Matrix {
                     data: &xs[lo * k..hi * k],
                     row_stride: k,
@@ -184,10 +197,21 @@ pub(super) fn grouped_matmul(
                 false,
             );
         }
-    });
-    // Back to token order: token row `t` is sorted row `positions[t]`.
-    let mut out = vec![0f32; t * n];
-    copy_rows(&mut out, &ys, &sorted.positions(), n, parts > 1);
+        // Straight to token order.
+        for (y, &r) in ys.chunks_exact(n).zip(&sorted.rows[span]) {
+            // SAFETY: sorted positions are a permutation of the rows and the pieces'
+            // spans are disjoint, so each row is written by exactly one piece.
+            unsafe { writer.write(r, y) };
+        }
+    };
+    let count = t.div_ceil(chunk);
+    if parts > 1 {
+        (0..count).into_par_iter().for_each(piece);
+    } else {
+        (0..count).for_each(piece);
+    }
+    // SAFETY: the pieces wrote all `t` rows of `n` elements.
+    unsafe { out.set_len(t * n) };
     Ok(Buf::F32(out))
 }
 
@@ -206,10 +230,12 @@ pub(super) fn grouped_weight_grad(
         return Ok(Buf::F32(out));
     }
     let parallel = t * k * n >= GEMM_PARALLEL_MIN;
-    let mut xs = vec![0f32; t * k];
-    copy_rows(&mut xs, x.f32(), &sorted.rows, k, parallel);
-    let mut dys = vec![0f32; t * n];
-    copy_rows(&mut dys, dy.f32(), &sorted.rows, n, parallel);
+    let gather = |v: &Val, width| gather_rows(v.f32(), &sorted.rows, width);
+    let (xs, dys) = if parallel {
+        rayon::join(|| gather(x, k), || gather(dy, n))
+    } else {
+        (gather(x, k), gather(dy, n))
+    };
     // Each group's result in one slice of rows (of K) per thread: every thread gets an
     // equal share of every group, however uneven the groups.
     let slice = k.div_ceil(if parallel {
