@@ -18,9 +18,10 @@ use crate::interp::ranks_before;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Pieces of work per thread: enough that work stealing evens out pieces of unequal
-/// cost (and other processes' turns on the cores), few enough that each product keeps
-/// dozens of rows.
+/// `grouped_matmul`'s chunks of rows per thread: more than one, so that work stealing
+/// can even out a core slowed by other processes; few, because every chunk boundary
+/// inside a group splits one product into two smaller ones (W4: 4 chunks of 512 rows
+/// over 8 groups of about 256).
 const PIECES_PER_THREAD: usize = 2;
 
 pub(super) fn top_k(k: usize, x: &Val) -> Buf {
