@@ -459,7 +459,8 @@ fn routing_kernels() {
     check(grouped);
     check_tol(grouped, 1, 1e-4);
     check("input %x: f32[B, 5]\ninput %d: f32[B, 3]\ninput %g: i64[B]\n%y = grouped_matmul_weight_grad %x, %d, %g {groups = 6}\noutput %y");
-    // The transposed weights of the backward pass.
+    // The transposed weights of the backward pass, read in place (the schedule folds
+    // the permute into the product).
     check("input %x: f32[B, 5]\ninput %w: f32[6, 3, 5]\ninput %g: i64[B]\n%t = permute %w {perm = [0, 2, 1]}\n%y = grouped_matmul %x, %t, %g\noutput %y");
 }
 

@@ -182,10 +182,15 @@ impl CostModel for RooflineTarget {
         (w.flops / self.peak_flops).max(w.bytes / self.bandwidth) + w.kernels * self.launch_seconds
     }
 
-    /// The CPU backend's matrix product reads a transposed operand through strides
+    /// The CPU backend's matrix product reads a transposed operand through strides, and
+    /// so does a grouped product its weight, the only rank-3 operand it has
     /// (`schedule/transpose.rs`).
     fn folds_into(&self, producer: &Op, consumer: &Op) -> bool {
-        matches!(producer, Op::Permute { perm } if swaps_last_two(perm)) && *consumer == Op::MatMul
+        let Op::Permute { perm } = producer else {
+            return false;
+        };
+        swaps_last_two(perm)
+            && (*consumer == Op::MatMul || (*consumer == Op::GroupedMatMul && perm.len() == 3))
     }
 }
 

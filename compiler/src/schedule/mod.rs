@@ -80,6 +80,16 @@ impl Step {
             }
         }
     }
+
+    /// How a library step reads each operand of its node, in operand order: a
+    /// `grouped_matmul` may read its weight through a transpose folded into the read
+    /// (`transpose.rs`); other reads are plain. Empty for other steps.
+    pub fn library_operands(&self, g: &Graph) -> Vec<MatMulOperand> {
+        match self {
+            Step::Library(v) => transpose::operands(g, *v),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A graph lowered to steps.
@@ -158,6 +168,10 @@ impl Schedule {
             "  # {} steps: {fused} fused pointwise kernels, {library} library calls",
             self.steps.len()
         );
+        // `%a^T`: read transposed, no transpose materialised.
+        let read = |o: &MatMulOperand| {
+            format!("{}{}", name(o.value), if o.transposed { "^T" } else { "" })
+        };
         for (i, step) in self.steps.iter().enumerate() {
             let out = step.output();
             match step {
@@ -178,7 +192,7 @@ impl Schedule {
                     let crate::ir::Def::Node { op, .. } = &g.value(*v).def else {
                         unreachable!("library steps are nodes")
                     };
-                    let ins: Vec<String> = step.reads(g).into_iter().map(name).collect();
+                    let ins: Vec<String> = step.library_operands(g).iter().map(read).collect();
                     let _ = writeln!(
                         s,
                         "  step {i}: {} ({}) -> {}: {}",
@@ -189,10 +203,6 @@ impl Schedule {
                     );
                 }
                 Step::MatMul { lhs, rhs, init, .. } => {
-                    // `%a^T`: read transposed, no transpose materialised.
-                    let read = |o: &MatMulOperand| {
-                        format!("{}{}", name(o.value), if o.transposed { "^T" } else { "" })
-                    };
                     let _ = writeln!(
                         s,
                         "  step {i}: matmul ({}, {}) -> {}: {}",

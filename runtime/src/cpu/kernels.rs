@@ -8,6 +8,7 @@ use crate::rng;
 use rayon::prelude::*;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
 use smelt_compiler::ir::DType;
+use smelt_compiler::schedule::MatMulOperand;
 
 /// Below this many elements, threads cost more than they save.
 pub(super) const PARALLEL_MIN: usize = 1 << 15;
@@ -92,7 +93,15 @@ fn copy_buf(b: &Buf, offset: usize, strides: &[usize], shape: &[usize]) -> Buf {
     }
 }
 
-pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result<Buf, String> {
+/// Runs library op `op` on its operands `x`, read as `reads` says (a `grouped_matmul`
+/// weight may be the operand of a transpose folded into the product).
+pub(super) fn eval(
+    op: &Op,
+    x: &[&Val],
+    reads: &[MatMulOperand],
+    dtype: DType,
+    shape: &[usize],
+) -> Result<Buf, String> {
     Ok(match op {
         Op::Unary(u) => unary(*u, x[0], dtype),
         Op::Binary(b) => binary(*b, x[0], x[1], dtype)?,
@@ -140,7 +149,7 @@ pub(super) fn eval(op: &Op, x: &[&Val], dtype: DType, shape: &[usize]) -> Result
         Op::Gather { axis } => gather(*axis, x[0], x[1])?,
         Op::ScatterAdd { axis } => scatter_add(*axis, x[0], x[1], x[2])?,
         Op::TopK { k } => routing::top_k(*k as usize, x[0]),
-        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], x[2])?,
+        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], reads[1].transposed, x[2])?,
         Op::GroupedMatMulWeightGrad { groups } => {
             routing::grouped_weight_grad(x[0], x[1], x[2], *groups as usize)?
         }
@@ -326,9 +335,12 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
         .iter()
         .enumerate()
         .all(|(i, &a)| a == r - axes.len() + i);
-    let leading = axes.iter().enumerate().all(|(i, &a)| a == i);
-    if let (Buf::F32(v), false, true) = (x.buf(), trailing, leading) {
-        return Buf::F32(reduce_leading(op, v, len, rows));
+    // Adjacent axes with kept axes after them: `[outer, len, inner]`, reduced in place.
+    let adjacent = axes.windows(2).all(|w| w[1] == w[0] + 1);
+    if let (Buf::F32(v), false, true, Some(&first)) = (x.buf(), trailing, adjacent, axes.first()) {
+        let outer: usize = x.shape[..first].iter().product();
+        let inner: usize = x.shape[first + axes.len()..].iter().product();
+        return Buf::F32(reduce_middle(op, v, (outer, len, inner)));
     }
     let moved;
     let buf = if trailing {
@@ -427,42 +439,78 @@ fn max_lanes(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &a| nan_max(m, a))
 }
 
+/// Reduces the middle axis of `v` seen as `[outer, len, inner]`: each of the `outer`
+/// slabs as [`reduce_leading`] does, slabs in parallel.
+fn reduce_middle(op: ReduceOp, v: &[f32], (outer, len, inner): (usize, usize, usize)) -> Vec<f32> {
+    if outer == 1 {
+        return reduce_leading(op, v, len, inner);
+    }
+    let mut out = vec![0f32; outer * inner];
+    if out.is_empty() {
+        return out;
+    }
+    let slab = |(o, dst): (usize, &mut [f32])| fold_rows(op, v, (o * len * inner, len, inner), dst);
+    if v.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(inner).enumerate().for_each(slab);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(slab);
+    }
+    out
+}
+
 /// Reduces the leading `len` rows of `v` (each `cols` long) into one row: whole rows are
 /// accumulated column by column, so the reduced axes are never moved. Column blocks
 /// run in parallel.
 fn reduce_leading(op: ReduceOp, v: &[f32], len: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 256;
-    let block = |start: usize| -> Vec<f32> {
-        let width = BLOCK.min(cols - start);
-        let rows = (0..len).map(|i| &v[i * cols + start..i * cols + start + width]);
-        match op {
-            ReduceOp::Max => rows.fold(vec![f32::NEG_INFINITY; width], |mut m, row| {
-                for (m, &a) in m.iter_mut().zip(row) {
+    let mut out = vec![0f32; cols];
+    if out.is_empty() {
+        return out;
+    }
+    let block = |(b, dst): (usize, &mut [f32])| fold_rows(op, v, (b * BLOCK, len, cols), dst);
+    if v.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(BLOCK).enumerate().for_each(block);
+    } else {
+        out.chunks_mut(BLOCK).enumerate().for_each(block);
+    }
+    out
+}
+
+/// Folds `len` rows of `v` into `dst`: row `i` is the `dst.len()` elements from
+/// `start + i · stride`.
+fn fold_rows(
+    op: ReduceOp,
+    v: &[f32],
+    (start, len, stride): (usize, usize, usize),
+    dst: &mut [f32],
+) {
+    let width = dst.len();
+    let rows = (0..len).map(|i| &v[start + i * stride..start + i * stride + width]);
+    match op {
+        ReduceOp::Max => {
+            dst.fill(f32::NEG_INFINITY);
+            for row in rows {
+                for (m, &a) in dst.iter_mut().zip(row) {
                     *m = nan_max(*m, a);
                 }
-                m
-            }),
-            ReduceOp::Sum | ReduceOp::Mean => {
-                let mut acc = vec![0f64; width];
-                for row in rows {
-                    for (s, &a) in acc.iter_mut().zip(row) {
-                        *s += f64::from(a);
-                    }
-                }
-                let scale = if op == ReduceOp::Mean {
-                    len as f64
-                } else {
-                    1.0
-                };
-                acc.iter().map(|&s| (s / scale) as f32).collect()
             }
         }
-    };
-    let starts: Vec<usize> = (0..cols).step_by(BLOCK).collect();
-    if v.len() >= PARALLEL_MIN {
-        starts.into_par_iter().flat_map_iter(block).collect()
-    } else {
-        starts.into_iter().flat_map(block).collect()
+        ReduceOp::Sum | ReduceOp::Mean => {
+            let mut acc = vec![0f64; width];
+            for row in rows {
+                for (s, &a) in acc.iter_mut().zip(row) {
+                    *s += f64::from(a);
+                }
+            }
+            let scale = if op == ReduceOp::Mean {
+                len as f64
+            } else {
+                1.0
+            };
+            for (d, &s) in dst.iter_mut().zip(&acc) {
+                *d = (s / scale) as f32;
+            }
+        }
     }
 }
 

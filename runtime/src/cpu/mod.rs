@@ -259,13 +259,12 @@ impl CpuProgram {
                         // loopback exchange with one rank is the identity.
                         Op::Reshape | Op::AllToAll { .. } => args[0].alias(shape),
                         _ => Val::new(
-                            kernels::eval(op, &args, v.ty.dtype, &shape).map_err(|message| {
-                                RunError::Eval {
+                            kernels::eval(op, &args, &step.library_operands(g), v.ty.dtype, &shape)
+                                .map_err(|message| RunError::Eval {
                                     value: out,
                                     name: v.name.clone(),
                                     message,
-                                }
-                            })?,
+                                })?,
                             shape,
                         ),
                     }

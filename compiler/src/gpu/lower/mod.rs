@@ -213,7 +213,17 @@ fn library(
         }
         Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
         Op::TopK { .. } => vec![routing::top_k(name, g, shapes, v, operands[0])?],
-        Op::GroupedMatMul => vec![routing::grouped_matmul(name, g, shapes, v, operands)?],
+        Op::GroupedMatMul => {
+            // The weight may be read through a transpose folded into the product.
+            let w = Step::Library(v).library_operands(g)[1];
+            vec![routing::grouped_matmul(
+                name,
+                g,
+                shapes,
+                v,
+                (operands[0], w, operands[2]),
+            )?]
+        }
         Op::GroupedMatMulWeightGrad { .. } => {
             vec![routing::grouped_weight_grad(name, g, shapes, v, operands)?]
         }

@@ -4,7 +4,8 @@
 //! - `top_k`: element `(r, j)` is the index of row `r` whose rank is `j`, where an
 //!   element's rank counts the elements ordered before it (larger, or equal at a lower
 //!   index; NaN as `+inf`). `O(n²)` per element, meant for expert counts.
-//! - `grouped_matmul`: `y[t, c] = Σ_p x[t, p] · w[group[t], p, c]`.
+//! - `grouped_matmul`: `y[t, c] = Σ_p x[t, p] · w[group[t], p, c]` (w possibly read
+//!   through a transpose the schedule folded into the product).
 //! - `grouped_matmul_weight_grad`: `dw[e, p, c] = Σ_{t: group[t] = e} x[t, p] · dy[t, c]`,
 //!   a pass over all rows per element.
 //!
@@ -15,6 +16,7 @@ use super::{KernelCall, Shapes};
 use crate::gpu::build::KernelBuilder;
 use crate::gpu::kir::{BinOp, Cmp, Operand, Reg, Space, Ty};
 use crate::ir::{Graph, ValueId};
+use crate::schedule::MatMulOperand;
 
 /// `top_k`'s sort key: NaN ranks as `+inf`.
 fn key(b: &mut KernelBuilder, x: Reg) -> Reg {
@@ -61,25 +63,31 @@ pub(super) fn top_k(
     })
 }
 
+/// `grouped_matmul` of `x`, the weight `w` (`[E, K, N]`, or `[E, N, K]` read
+/// transposed when the schedule folded a transpose into it) and `group`.
 pub(super) fn grouped_matmul(
     name: &str,
     g: &Graph,
     shapes: &Shapes,
     v: ValueId,
-    operands: &[ValueId],
+    (x, w, group): (ValueId, MatMulOperand, ValueId),
 ) -> Result<KernelCall, String> {
-    let (t, k) = (shapes[v.index()][0], shapes[operands[0].index()][1]);
-    let ws = &shapes[operands[1].index()];
-    let (groups, n) = (ws[0], ws[2]);
-    let mut call = per_element(name, g, shapes, v, operands, |b, p, _, idx| {
+    let (t, k) = (shapes[v.index()][0], shapes[x.index()][1]);
+    let groups = shapes[w.value.index()][0];
+    let n = shapes[v.index()][1];
+    // Strides of w[group] along K and along N.
+    let (w_k, w_n) = if w.transposed { (1, k) } else { (n, 1) };
+    let sources = [x, w.value, group];
+    let mut call = per_element(name, g, shapes, v, &sources, |b, p, _, idx| {
         let row = idx[0].map_or(Operand::I32(0), Operand::Reg);
         let col = idx[1].map_or(Operand::I32(0), Operand::Reg);
         let group = load_index(b, p[2], row, groups);
         let x_row = b.mul(row, k as i32);
-        // w[group, 0, col], then one row of w per step.
+        // w[group, 0, col], then one step along K per term.
         let w_group = b.mul(group, (k * n) as i32);
-        let w_at = b.add(w_group, col);
-        strided_dot(b, k, (p[0], x_row, 1), (p[1], w_at, n), |_, _| None)
+        let w_col = b.mul(col, w_n as i32);
+        let w_at = b.add(w_group, w_col);
+        strided_dot(b, k, (p[0], x_row, 1), (p[1], w_at, w_k), |_, _| None)
     })?;
     call.flops = 2.0 * (t * k * n) as f64;
     Ok(call)
