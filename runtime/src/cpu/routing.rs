@@ -5,14 +5,15 @@
 //! group's rows are gathered into one contiguous block, multiplied, and the result rows
 //! are scattered back. Groups are independent, so they run on both cores.
 
+use super::buffers::Out;
 use super::kernels::{gemm_into, Matrix, GEMM_PARALLEL_MIN};
 use super::{Buf, Val};
 use crate::interp::ranks_before;
 use rayon::prelude::*;
 
-pub(super) fn top_k(k: usize, x: &Val) -> Buf {
+pub(super) fn top_k(out: Out, k: usize, x: &Val) -> Buf {
     let n = *x.shape.last().expect("rank >= 1 (verified)");
-    let mut out = Vec::with_capacity(x.f32().len() / n.max(1) * k);
+    let mut out = out.int(x.f32().len() / n.max(1) * k);
     for row in x.f32().chunks(n) {
         let mut order: Vec<(f64, usize)> = row.iter().map(|&v| f64::from(v)).zip(0..).collect();
         order.select_nth_unstable_by(k - 1, |&a, &b| ranks_before(a, b));
@@ -103,7 +104,7 @@ fn per_group(
 }
 
 /// `y[t] = x[t] @ w[group[t]]` for `x: [T, K]`, `w: [E, K, N]`.
-pub(super) fn grouped_matmul(x: &Val, w: &Val, group: &Val) -> Result<Buf, String> {
+pub(super) fn grouped_matmul(out: Out, x: &Val, w: &Val, group: &Val) -> Result<Buf, String> {
     let (e, k, n) = (w.shape[0], w.shape[1], w.shape[2]);
     let sorted = Sorted::new(group, e)?;
     let xs = sorted.gather(x.f32(), k);
@@ -136,7 +137,8 @@ pub(super) fn grouped_matmul(x: &Val, w: &Val, group: &Val) -> Result<Buf, Strin
         },
     );
     // Scatter the sorted result rows back to token order.
-    let mut out = vec![0f32; ys.len()];
+    // Every row is written (each token has one group): the fill only sets the length.
+    let mut out = out.f32_filled(ys.len(), 0.0);
     for (i, &t) in sorted.rows.iter().enumerate() {
         out[t * n..(t + 1) * n].copy_from_slice(&ys[i * n..(i + 1) * n]);
     }
@@ -145,6 +147,7 @@ pub(super) fn grouped_matmul(x: &Val, w: &Val, group: &Val) -> Result<Buf, Strin
 
 /// `dw[e] = Σ_{t: group[t] = e} x[t]ᵀ dy[t]` for `x: [T, K]`, `dy: [T, N]`.
 pub(super) fn grouped_weight_grad(
+    out: Out,
     x: &Val,
     dy: &Val,
     group: &Val,
@@ -154,7 +157,8 @@ pub(super) fn grouped_weight_grad(
     let sorted = Sorted::new(group, groups)?;
     let xs = sorted.gather(x.f32(), k);
     let dys = sorted.gather(dy.f32(), n);
-    let mut out = vec![0f32; groups * k * n];
+    // Groups without rows stay zero.
+    let mut out = out.f32_filled(groups * k * n, 0.0);
     let sizes = vec![k * n; groups];
     per_group(
         &sorted,
