@@ -302,7 +302,6 @@ impl MemoryPlan {
     /// The plan in text: a summary line, then each slot with its values and live steps,
     /// the aliases, and the escaping values.
     pub fn to_text(&self, g: &Graph) -> String {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let name = |v: ValueId| format!("%{}", g.value(v).name);
         let tenants: usize = self.slots.iter().map(|s| s.tenants.len()).sum();
         let in_place = self.steps.iter().filter(|s| s.in_place.is_some()).count();
@@ -314,12 +313,12 @@ impl MemoryPlan {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "  # memory: peak {:.2} MiB in {} slots for {tenants} buffers ({in_place} in place; {:.2} MiB without reuse); escaping {:.2} MiB; inputs, params and state {:.2} MiB",
-            mib(self.peak_bytes()),
+            "  # memory: peak {} in {} slots for {tenants} buffers ({in_place} in place; {} without reuse); escaping {}; inputs, params and state {}",
+            human(self.peak_bytes()),
             self.slots.len(),
-            mib(self.unshared_bytes),
-            mib(escaping_bytes),
-            mib(self.argument_bytes)
+            human(self.unshared_bytes),
+            human(escaping_bytes),
+            human(self.argument_bytes)
         );
         for (i, slot) in self.slots.iter().enumerate() {
             let held: Vec<String> = slot
@@ -335,10 +334,10 @@ impl MemoryPlan {
                 .collect();
             let _ = writeln!(
                 s,
-                "  slot {i}: {}[{}] ({} bytes): {}",
+                "  slot {i}: {}[{}] ({}), live steps: {}",
                 slot.dtype,
                 slot.elems,
-                slot.bytes(),
+                human(slot.bytes()),
                 held.join(", ")
             );
         }
@@ -358,6 +357,16 @@ impl MemoryPlan {
             let _ = writeln!(s, "  escaping (own buffers): {}", names.join(", "));
         }
         s
+    }
+}
+
+/// Bytes in the largest binary unit that keeps a whole number before the point.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b < 1 << 10 => format!("{b} B"),
+        b if b < 1 << 20 => format!("{:.2} KiB", b as f64 / 1024.0),
+        b if b < 1 << 30 => format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
     }
 }
 
