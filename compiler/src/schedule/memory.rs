@@ -5,7 +5,8 @@
 //!   reshape or a loopback exchange *aliases* its operand (no buffer of its own) and
 //!   extends the life of the buffer it views to its own last read.
 //! - Values whose lives do not overlap share a slot of their dtype; a slot is as large as
-//!   its largest value (best fit, else the largest free slot grows, else a new slot).
+//!   its largest value (largest values placed first, each in the first slot free for
+//!   its whole life).
 //! - *In place*: a pointwise step (or the additive epilogue of a matrix product) writes
 //!   into the slot of an operand whose life ends at this step when it reads that operand
 //!   only at the index it writes (same type, identity axis map, no other view of the
@@ -222,13 +223,12 @@ impl MemoryPlan {
                 release[i].push(v);
             }
         }
-        let mut slots: Vec<Slot> = Vec::new();
-        // Slots held now (taken when released or handed over in place), and for good.
-        let mut slot_of: Vec<Option<usize>> = vec![None; g.values.len()];
-        let mut slot_record: Vec<Option<usize>> = vec![None; g.values.len()];
-        let mut free: Vec<usize> = Vec::new();
+        // Homes and in-place operands first (they depend on liveness only), with the
+        // chains of values that hand one buffer on in place.
         let mut steps = Vec::with_capacity(s.steps.len());
         let mut escaping = Vec::new();
+        let mut chain_of: Vec<Option<usize>> = vec![None; g.values.len()];
+        let mut chains: Vec<Vec<ValueId>> = Vec::new();
         for (i, step) in s.steps.iter().enumerate() {
             let out = step.output();
             let mut in_place = None;
@@ -238,39 +238,81 @@ impl MemoryPlan {
                 escaping.push(out);
                 Home::Escapes
             } else {
-                in_place = in_place_operand(g, &lives, &slot_of, step, i);
-                let slot = match in_place {
-                    // The operand's slot passes to the output, never back to the free list.
-                    Some(x) => slot_of[lives.root(x).index()]
-                        .take()
-                        .expect("in-place operands are slot-backed"),
-                    None => pick(&mut slots, &mut free, g.ty(out).dtype, elems[out.index()]),
+                in_place = in_place_operand(g, &lives, step, i);
+                let chain = match in_place {
+                    Some(x) => chain_of[lives.root(x).index()].expect("slot-backed"),
+                    None => {
+                        chains.push(Vec::new());
+                        chains.len() - 1
+                    }
                 };
-                slots[slot].elems = slots[slot].elems.max(elems[out.index()]);
-                slots[slot].tenants.push(Tenant {
-                    value: out,
-                    first: i,
-                    last: lives.end[out.index()],
-                    in_place_of: in_place,
-                });
-                slot_of[out.index()] = Some(slot);
-                slot_record[out.index()] = Some(slot);
-                Home::Slot(slot)
+                chains[chain].push(out);
+                chain_of[out.index()] = Some(chain);
+                Home::Slot(usize::MAX) // numbered below
             };
-            for &v in &release[i] {
-                if let Some(slot) = slot_of[v.index()].take() {
-                    free.push(slot);
-                }
-            }
-            let mut release = std::mem::take(&mut release[i]);
-            // Views drop before the buffers they view, so those come back unshared.
-            release.sort_by_key(|v| slot_record[v.index()].is_some());
             steps.push(StepMemory {
                 value: out,
                 output,
                 in_place,
-                release,
+                release: std::mem::take(&mut release[i]),
             });
+        }
+        // Then slots: chains largest first, each into the first slot of its dtype whose
+        // chains' lives it does not overlap, so the first (largest) sizes the slot.
+        let span = |c: &[ValueId]| {
+            let first = lives.def[c[0].index()].expect("written by a step");
+            (first, lives.end[c[c.len() - 1].index()])
+        };
+        let chain_bytes =
+            |c: &[ValueId]| elems[c[0].index()] * g.ty(c[0]).dtype.size_bytes() as u64;
+        let mut order: Vec<usize> = (0..chains.len()).collect();
+        order.sort_by_key(|&c| {
+            (
+                std::cmp::Reverse(chain_bytes(&chains[c])),
+                span(&chains[c]).0,
+            )
+        });
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut spans: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut slot_of: Vec<Option<usize>> = vec![None; g.values.len()];
+        for c in order {
+            let chain = &chains[c];
+            let (dtype, (first, last)) = (g.ty(chain[0]).dtype, span(chain));
+            let clear =
+                |held: &Vec<(usize, usize)>| held.iter().all(|&(a, b)| b < first || last < a);
+            let slot = match (0..slots.len()).find(|&s| slots[s].dtype == dtype && clear(&spans[s]))
+            {
+                Some(s) => s,
+                None => {
+                    slots.push(Slot {
+                        dtype,
+                        elems: 0,
+                        tenants: Vec::new(),
+                    });
+                    spans.push(Vec::new());
+                    slots.len() - 1
+                }
+            };
+            spans[slot].push((first, last));
+            for &v in chain {
+                let first = lives.def[v.index()].expect("written by a step");
+                slots[slot].elems = slots[slot].elems.max(elems[v.index()]);
+                slots[slot].tenants.push(Tenant {
+                    value: v,
+                    first,
+                    last: lives.end[v.index()],
+                    in_place_of: steps[first].in_place,
+                });
+                slot_of[v.index()] = Some(slot);
+                steps[first].output = Home::Slot(slot);
+            }
+        }
+        for slot in &mut slots {
+            slot.tenants.sort_by_key(|t| t.first);
+        }
+        for step in &mut steps {
+            // Views drop before the buffers they view, so those come back unshared.
+            step.release.sort_by_key(|v| slot_of[v.index()].is_some());
         }
         let argument_bytes = g
             .ids()
@@ -287,7 +329,7 @@ impl MemoryPlan {
             slots,
             elems,
             roots: lives.root,
-            slot_of: slot_record,
+            slot_of,
             escaping,
             argument_bytes,
             unshared_bytes,
@@ -297,6 +339,22 @@ impl MemoryPlan {
     /// Bytes of all slots: the peak of planned (non-escaping) memory.
     pub fn peak_bytes(&self) -> u64 {
         self.slots.iter().map(Slot::bytes).sum()
+    }
+
+    /// The most bytes of slot-backed values alive at one step (a value overwritten in
+    /// place and its successor count once): the lower bound slots could reach.
+    pub fn live_peak_bytes(&self) -> u64 {
+        let mut live = vec![0u64; self.steps.len() + 1];
+        for slot in &self.slots {
+            let size = slot.dtype.size_bytes() as u64;
+            for t in &slot.tenants {
+                let from = t.first + usize::from(t.in_place_of.is_some());
+                for l in live.iter_mut().take(t.last + 1).skip(from) {
+                    *l += self.elems[t.value.index()] * size;
+                }
+            }
+        }
+        live.into_iter().max().unwrap_or(0)
     }
 
     /// The plan in text: a summary line, then each slot with its values and live steps,
@@ -313,9 +371,10 @@ impl MemoryPlan {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "  # memory: peak {} in {} slots for {tenants} buffers ({in_place} in place; {} without reuse); escaping {}; inputs, params and state {}",
+            "  # memory: peak {} in {} slots (live at once: at most {}) for {tenants} buffers ({in_place} in place; {} without reuse); escaping {}; inputs, params and state {}",
             human(self.peak_bytes()),
             self.slots.len(),
+            human(self.live_peak_bytes()),
             human(self.unshared_bytes),
             human(escaping_bytes),
             human(self.argument_bytes)
@@ -354,7 +413,7 @@ impl MemoryPlan {
         }
         if !self.escaping.is_empty() {
             let names: Vec<String> = self.escaping.iter().map(|&v| name(v)).collect();
-            let _ = writeln!(s, "  escaping (own buffers): {}", names.join(", "));
+            let _ = writeln!(s, "  escaping (not slot-backed): {}", names.join(", "));
         }
         s
     }
@@ -370,39 +429,8 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// A free slot of `dtype` for `need` elements: the smallest that fits, else the largest
-/// (which grows), else a new one.
-fn pick(slots: &mut Vec<Slot>, free: &mut Vec<usize>, dtype: DType, need: u64) -> usize {
-    let candidates = free
-        .iter()
-        .enumerate()
-        .filter(|(_, &s)| slots[s].dtype == dtype);
-    let fits = candidates
-        .clone()
-        .filter(|(_, &s)| slots[s].elems >= need)
-        .min_by_key(|(_, &s)| (slots[s].elems, s));
-    let chosen = fits.or_else(|| candidates.max_by_key(|(_, &s)| (slots[s].elems, usize::MAX - s)));
-    match chosen.map(|(at, _)| at) {
-        Some(at) => free.swap_remove(at),
-        None => {
-            slots.push(Slot {
-                dtype,
-                elems: need,
-                tenants: Vec::new(),
-            });
-            slots.len() - 1
-        }
-    }
-}
-
 /// The operand step `i` may overwrite: see the module comment.
-fn in_place_operand(
-    g: &Graph,
-    lives: &Lives,
-    slot_of: &[Option<usize>],
-    step: &Step,
-    i: usize,
-) -> Option<ValueId> {
+fn in_place_operand(g: &Graph, lives: &Lives, step: &Step, i: usize) -> Option<ValueId> {
     let (k, product_reads) = match step {
         Step::Pointwise(k) => (k, Vec::new()),
         Step::MatMul {
@@ -421,7 +449,7 @@ fn in_place_operand(
             .iter()
             .enumerate()
             .all(|(j2, &y)| j2 == j || lives.root(y) != r);
-        (slot_of[r.index()].is_some()
+        (lives.slot_backed(r)
             && lives.end[r.index()] == i
             && g.ty(x) == out_ty
             && only_view
