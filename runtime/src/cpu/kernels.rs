@@ -781,11 +781,8 @@ fn pad(out: Out, axis: usize, low: usize, high: usize, value: f64, x: &Val, dtyp
         mut out: Vec<T>,
         v: &[T],
         fill: T,
-        outer: usize,
-        n: usize,
-        inner: usize,
-        low: usize,
-        high: usize,
+        (outer, n, inner): (usize, usize, usize),
+        (low, high): (usize, usize),
     ) -> Vec<T> {
         for o in 0..outer {
             out.extend(std::iter::repeat_n(fill, low * inner));
@@ -794,16 +791,14 @@ fn pad(out: Out, axis: usize, low: usize, high: usize, value: f64, x: &Val, dtyp
         }
         out
     }
-    let (o, l, h) = (outer, low, high);
+    let (dims, ends) = ((outer, n, inner), (low, high));
     match (
         x.buf(),
         numbers(Out::fresh(), dtype, std::iter::once(value)),
     ) {
-        (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(out.f32(total), v, f[0], o, n, inner, l, h)),
-        (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(out.int(total), v, f[0], o, n, inner, l, h)),
-        (Buf::Bool(v), Buf::Bool(f)) => {
-            Buf::Bool(fill(out.bool(total), v, f[0], o, n, inner, l, h))
-        }
+        (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(out.f32(total), v, f[0], dims, ends)),
+        (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(out.int(total), v, f[0], dims, ends)),
+        (Buf::Bool(v), Buf::Bool(f)) => Buf::Bool(fill(out.bool(total), v, f[0], dims, ends)),
         _ => unreachable!("the fill value has the operand's dtype"),
     }
 }

@@ -104,6 +104,10 @@ pub struct CpuProgram {
     last_alloc: Arc<Mutex<AllocStats>>,
 }
 
+/// What a run returns: the outputs, and the updates in backend buffers or (with
+/// [`UpdatesTo::Host`]) as host tensors.
+type Ran = (Vec<Tensor>, Updates, Vec<(String, Tensor)>);
+
 /// Arenas kept per program: a training loop needs one; evaluation at another batch
 /// size a second.
 const ARENAS_KEPT: usize = 2;
@@ -251,7 +255,7 @@ impl CpuProgram {
         feeds: &HashMap<String, Tensor>,
         resident: &Resident,
         updates_to: UpdatesTo,
-    ) -> Result<(Vec<Tensor>, Updates, Vec<(String, Tensor)>), RunError> {
+    ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
         let held = |name: &str| resident.values.contains_key(name);
         let bindings = bind_shapes_except(g, feeds, &held)?;
@@ -270,7 +274,7 @@ impl CpuProgram {
         feeds: &HashMap<String, Tensor>,
         resident: &Resident,
         updates_to: UpdatesTo,
-    ) -> Result<(Vec<Tensor>, Updates, Vec<(String, Tensor)>), RunError> {
+    ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
         // The buffers the state replaced last step hold this step's updates.
         let mut update_spares: HashMap<ValueId, Buf> = g
