@@ -92,6 +92,18 @@ input %w: f32[6, 6]
 output %y",
         3,
     );
+    // Overwriting a buffer through a view of it (a reshape).
+    check_in_place(
+        "input %x: f32[B, 6]
+input %w: f32[6, 6]
+%a = matmul %x, %w
+%r: f32[B, 2, 3] = reshape %a
+%b = exp %r
+%c = mul %b, %b
+%y = reduce_sum %c {axes = [1, 2]}
+output %y",
+        3,
+    );
     // Integers in place.
     check_in_place(
         "input %i: i64[B, 5]

@@ -8,6 +8,7 @@
 //! ([`Input::Output`]): the native code loads every element before it stores it, and
 //! the evaluator computes all rows before it writes any.
 
+use super::buffers;
 use super::{Buf, Val};
 use crate::interp::{holds, wrap_int};
 use rayon::prelude::*;
@@ -96,24 +97,15 @@ fn in_place(inputs: &[Input]) -> bool {
 
 /// Runs `k` with `inputs` (in `k.inputs` order) over the iteration space `shape`, into
 /// `out` (emptied first unless the kernel runs in place, when it holds that operand).
-pub(super) fn run(k: &PointwiseKernel, inputs: &[Input], shape: &[usize], mut out: Buf) -> Buf {
+pub(super) fn run(k: &PointwiseKernel, inputs: &[Input], shape: &[usize], out: Buf) -> Buf {
     let parts = {
         let inputs = views(inputs, &out, shape);
         compute(k, &inputs, shape)
     };
     // Every row is computed before any is written, so an in-place operand is intact
     // while it is read.
-    let n: usize = shape.iter().product();
     let out_dtype = k.exprs.last().expect("a kernel computes something").1;
-    if std::mem::discriminant(&out) != std::mem::discriminant(&empty_buf(out_dtype)) {
-        out = empty_buf(out_dtype);
-    }
-    match &mut out {
-        Buf::F32(v) => v.clear(),
-        Buf::Int(v) => v.clear(),
-        Buf::Bool(v) => v.clear(),
-    }
-    reserve(&mut out, n);
+    let mut out = prepare(out, out_dtype, shape.iter().product(), false);
     for p in &parts {
         match (&mut out, p) {
             (Buf::F32(o), Lane::F(p)) => o.extend_from_slice(p),
@@ -125,18 +117,32 @@ pub(super) fn run(k: &PointwiseKernel, inputs: &[Input], shape: &[usize], mut ou
     out
 }
 
-/// An empty buffer of `dt`'s storage type.
-fn empty_buf(dt: DType) -> Buf {
-    unfilled_buf(dt, 0)
-}
-
-/// Makes room for `n` elements in all.
-fn reserve(out: &mut Buf, n: usize) {
-    match out {
-        Buf::F32(v) => v.reserve(n.saturating_sub(v.len())),
-        Buf::Int(v) => v.reserve(n.saturating_sub(v.len())),
-        Buf::Bool(v) => v.reserve(n.saturating_sub(v.len())),
+/// `out` ready for `n` elements of `dt`: emptied unless it holds an operand overwritten
+/// in place (`keep`), with room for all `n`.
+fn prepare(out: Buf, dt: DType, n: usize, keep: bool) -> Buf {
+    let mut out = if std::mem::discriminant(&out) == std::mem::discriminant(&buffers::empty(dt, 0))
+    {
+        out
+    } else {
+        assert!(!keep, "an in-place operand has the output's dtype");
+        buffers::empty(dt, n)
+    };
+    assert!(
+        !keep || out.len() == n,
+        "an in-place operand has the output's shape"
+    );
+    fn ready<T>(v: &mut Vec<T>, n: usize, keep: bool) {
+        if !keep {
+            v.clear();
+        }
+        v.reserve(n - v.len());
     }
+    match &mut out {
+        Buf::F32(v) => ready(v, n, keep),
+        Buf::Int(v) => ready(v, n, keep),
+        Buf::Bool(v) => ready(v, n, keep),
+    }
+    out
 }
 
 /// The rows of `k`'s output, in order, as parts computed in parallel.
@@ -402,7 +408,7 @@ pub(super) fn run_jit(
     jit: &JitKernel,
     inputs: &[Input],
     shape: &[usize],
-    mut out: Buf,
+    out: Buf,
 ) -> Buf {
     let rank = shape.len();
     let len = if rank == 0 { 1 } else { shape[rank - 1] };
@@ -417,24 +423,8 @@ pub(super) fn run_jit(
     } else {
         1
     };
-    let in_place = in_place(inputs);
-    if std::mem::discriminant(&out) != std::mem::discriminant(&empty_buf(out_dtype)) {
-        assert!(!in_place, "an in-place operand has the output's dtype");
-        out = empty_buf(out_dtype);
-    }
-    if !in_place {
-        // Written in full by the rows below before its length is set: no fill.
-        match &mut out {
-            Buf::F32(v) => v.clear(),
-            Buf::Int(v) => v.clear(),
-            Buf::Bool(v) => v.clear(),
-        }
-    }
-    assert!(
-        !in_place || out.len() == n,
-        "an in-place operand has the output's shape"
-    );
-    reserve(&mut out, n);
+    // Written in full by the rows below before its length is set: no fill.
+    let mut out = prepare(out, out_dtype, n, in_place(inputs));
     // The one mutable address of the output; an in-place operand is read through it too.
     let out_addr = match &mut out {
         Buf::F32(v) => v.as_mut_ptr() as usize,
@@ -520,15 +510,4 @@ pub(super) fn run_jit(
         }
     }
     out
-}
-
-/// An empty buffer of `dt` with room for `n` elements.
-fn unfilled_buf(dt: DType, n: usize) -> Buf {
-    if dt.is_float() {
-        Buf::F32(Vec::with_capacity(n))
-    } else if dt.is_int() {
-        Buf::Int(Vec::with_capacity(n))
-    } else {
-        Buf::Bool(Vec::with_capacity(n))
-    }
 }

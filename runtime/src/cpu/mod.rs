@@ -308,9 +308,12 @@ impl CpuProgram {
                     env[root.index()] = None;
                 }
                 Arc::try_unwrap(val.data).unwrap_or_else(|shared| {
-                    // Not reached when the plan is right; a copy keeps the result right.
+                    // Not reached when the plan is right; a copy keeps the result right
+                    // (and counts as allocated).
                     debug_assert!(false, "an in-place operand is owned by the step");
-                    (*shared).clone()
+                    let copy = (*shared).clone();
+                    arena.stats.temporary_bytes += buffers::storage_of(&copy).1 as u64;
+                    copy
                 })
             });
             let escaping = mem.output == Home::Escapes;
