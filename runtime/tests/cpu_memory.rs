@@ -134,9 +134,17 @@ fn mlp_step_feeds(g: &Graph, seed: u64) -> HashMap<String, Tensor> {
 fn reused_buffers_carry_nothing_between_runs() {
     let g = common::example("examples/mlp.sir");
     let step = training_step(&g, &Optimizer::adamw()).unwrap();
-    let (a, b) = (mlp_step_feeds(&step, 1), mlp_step_feeds(&step, 2));
+    let (mut a, b) = (mlp_step_feeds(&step, 1), mlp_step_feeds(&step, 2));
+    // NaN everywhere first: a kernel reading a stale element would show it.
+    let x = &a["x"];
+    let nan = Tensor::from_f64(
+        x.dtype,
+        x.shape.clone(),
+        vec![f64::NAN; x.shape.iter().product()],
+    );
+    a.insert("x".into(), nan);
     let reused = CpuProgram::compile(&step).unwrap();
-    reused.run(&a).unwrap();
+    assert!(reused.run(&a).unwrap().outputs[0].to_f64_vec()[0].is_nan());
     let again = reused.run(&b).unwrap();
     let fresh = CpuProgram::compile(&step).unwrap().run(&b).unwrap();
     assert_eq!(again.outputs, fresh.outputs);

@@ -37,6 +37,19 @@ impl Out {
         v
     }
 
+    /// `n` elements of unspecified value (stale ones from the buffer's last use, zeros
+    /// beyond), for kernels that overwrite every element without reading it: no fill
+    /// where the buffer already has elements.
+    pub fn f32_overwritten(self, n: usize) -> Vec<f32> {
+        let mut v = match self.0 {
+            Buf::F32(v) => v,
+            _ => Vec::with_capacity(n),
+        };
+        v.truncate(n);
+        v.resize(n, 0.0);
+        v
+    }
+
     /// An empty integer vector with room for `n`.
     pub fn int(self, n: usize) -> Vec<i64> {
         match self.0 {

@@ -609,8 +609,8 @@ pub(super) fn matmul(
     let (p, q) = (a.f32(), b.f32());
     let (mut out, accumulate) = match start {
         Some(Buf::F32(v)) => (v, true),
-        // gemm overwrites without reading: the fill only sets the length.
-        _ => (out.f32_filled(batch * m * n, 0.0), false),
+        // gemm overwrites without reading (an empty product fills zeros).
+        _ => (out.f32_overwritten(batch * m * n), false),
     };
     if out.is_empty() {
         return Buf::F32(out);

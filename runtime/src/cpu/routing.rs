@@ -137,8 +137,8 @@ pub(super) fn grouped_matmul(out: Out, x: &Val, w: &Val, group: &Val) -> Result<
         },
     );
     // Scatter the sorted result rows back to token order.
-    // Every row is written (each token has one group): the fill only sets the length.
-    let mut out = out.f32_filled(ys.len(), 0.0);
+    // Every row is written (each token has one group, checked by the sort).
+    let mut out = out.f32_overwritten(ys.len());
     for (i, &t) in sorted.rows.iter().enumerate() {
         out[t * n..(t + 1) * n].copy_from_slice(&ys[i * n..(i + 1) * n]);
     }
