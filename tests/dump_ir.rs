@@ -181,13 +181,16 @@ fn scheduled_stage_shows_the_memory_plan_the_cpu_backend_runs() {
         .lines()
         .find(|l| l.starts_with("  # memory: peak"))
         .unwrap_or_else(|| panic!("{out}"));
-    // Three layers' activations and gradients share a few slots, AdamW's scalar
-    // corrections overwrite their operands in place, and the updates escape.
-    assert!(summary.contains(" in 8 slots (live at once: "), "{summary}");
-    assert!(
-        summary.contains("for 40 buffers (14 in place;"),
-        "{summary}"
-    );
+    // Three layers' activations and gradients share fewer slots than there are
+    // buffers, some steps overwrite a dead operand in place, and the updates escape.
+    let count_before = |word: &str| -> usize {
+        let head = &summary[..summary.find(word).unwrap_or_else(|| panic!("{summary}"))];
+        let n = head.trim_end().rsplit([' ', '(']).next().unwrap();
+        n.parse().unwrap_or_else(|_| panic!("{summary}"))
+    };
+    let (slots, buffers) = (count_before(" slots"), count_before(" buffers"));
+    assert!(0 < slots && slots < buffers, "{summary}");
+    assert!(count_before(" in place;") > 0, "{summary}");
     assert!(out.contains("  slot 0: f32["), "{out}");
     assert!(out.contains("in place of %"), "{out}");
     let escaping = out
