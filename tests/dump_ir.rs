@@ -143,7 +143,7 @@ fn scheduled_stage_lists_kernels_and_memory() {
         "B=8",
     ]);
     assert!(out.contains("fused pointwise kernels"), "{out}");
-    assert!(out.contains("# memory: arena"), "{out}");
+    assert!(out.contains("# memory: peak"), "{out}");
     assert!(out.contains(": kernel fused_"), "{out}");
     // The e-graph recognises the hand-written attention, so the backward pass runs the
     // fused attention gradients; without the optimiser it runs the decomposition.
@@ -164,6 +164,43 @@ fn scheduled_stage_lists_kernels_and_memory() {
     ]);
     assert!(!plain.contains(": attention"), "{plain}");
     assert!(plain.contains(": kernel fused_"), "{plain}");
+}
+
+#[test]
+fn scheduled_stage_shows_the_memory_plan_the_cpu_backend_runs() {
+    let out = dump(&[
+        "dump-ir",
+        "examples/mlp.smelt",
+        "--train",
+        "--stage",
+        "scheduled",
+        "--bind",
+        "B=32",
+    ]);
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("  # memory: peak"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // Three layers' activations and gradients share fewer slots than there are
+    // buffers, some steps overwrite a dead operand in place, and the updates escape.
+    let count_before = |word: &str| -> usize {
+        let head = &summary[..summary.find(word).unwrap_or_else(|| panic!("{summary}"))];
+        let n = head.trim_end().rsplit([' ', '(']).next().unwrap();
+        n.parse().unwrap_or_else(|_| panic!("{summary}"))
+    };
+    let (slots, buffers) = (count_before(" slots"), count_before(" buffers"));
+    assert!(0 < slots && slots < buffers, "{summary}");
+    assert!(count_before(" in place;") > 0, "{summary}");
+    assert!(out.contains("  slot 0: f32["), "{out}");
+    assert!(out.contains("in place of %"), "{out}");
+    let escaping = out
+        .lines()
+        .find(|l| l.starts_with("  escaping (not slot-backed):"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        escaping.contains("%loss") && escaping.contains("%l1.w.next"),
+        "{escaping}"
+    );
 }
 
 #[test]

@@ -283,6 +283,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             .map_err(|e| Diagnostic::plain(e.to_string()))?;
         let first = start.elapsed().as_secs_f64();
         let (median, min) = time(&fused, &feeds, args.warmup, args.iters)?;
+        // Its buffers (kept between runs) are not the baseline's.
+        drop(fused);
         let baseline = if args.no_baseline {
             None
         } else {

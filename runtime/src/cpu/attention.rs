@@ -9,13 +9,14 @@
 //! a permuted copy of k, the mask, and several reductions and pointwise passes over
 //! the T×S scores.
 
+use super::buffers::Out;
 use super::kernels::gemm_f32;
 use super::{Buf, Val};
 use rayon::prelude::*;
 use smelt_compiler::ir::ops::{AttentionPart, Composite};
 
 /// Runs attention composite `c` on operands `x`; `shape` is the result's shape.
-pub(super) fn eval(c: &Composite, x: &[&Val], shape: &[usize]) -> Buf {
+pub(super) fn eval(c: &Composite, x: &[&Val], shape: &[usize], out: Out) -> Buf {
     let (part, causal, scale) = match c {
         Composite::Attention { causal, scale } => (None, *causal, *scale as f32),
         Composite::AttentionGrad {
@@ -31,7 +32,7 @@ pub(super) fn eval(c: &Composite, x: &[&Val], shape: &[usize]) -> Buf {
     let r = x[0].shape.len();
     let batch: usize = x[0].shape[..r - 2].iter().product();
     let (t, s, e) = (x[0].shape[r - 2], x[1].shape[r - 2], x[0].shape[r - 1]);
-    let mut out = vec![0f32; shape.iter().product()];
+    let mut out = out.f32_filled(shape.iter().product(), 0.0);
     if out.is_empty() || batch == 0 {
         return Buf::F32(out);
     }

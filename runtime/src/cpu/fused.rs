@@ -2,7 +2,13 @@
 //! innermost axis is a row, every expression is computed for a whole row at once into a
 //! reused scratch lane, and rows are spread over the cores. This is the CPU reference of
 //! the kernel IR: fused code generators (Cranelift, PTX) are tested against it.
+//!
+//! Both paths write into a given buffer. In place (the memory plan's choice), that
+//! buffer holds an operand the kernel reads only at the index it writes
+//! ([`Input::Output`]): the native code loads every element before it stores it, and
+//! the evaluator computes all rows before it writes any.
 
+use super::buffers;
 use super::{Buf, Val};
 use crate::interp::{holds, wrap_int};
 use rayon::prelude::*;
@@ -55,8 +61,92 @@ struct Access {
     outer: Vec<usize>,
 }
 
-/// Runs `k` with `inputs` (in `k.inputs` order) over the iteration space `shape`.
-pub(super) fn run(k: &PointwiseKernel, inputs: &[&Val], shape: &[usize]) -> Buf {
+/// An input of a pointwise kernel.
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    /// A value.
+    Val(&'a Val),
+    /// The output buffer itself, holding an operand of the output's shape that the kernel
+    /// overwrites (in place).
+    Output,
+}
+
+/// A buffer read by a kernel, with its shape.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    buf: &'a Buf,
+    shape: &'a [usize],
+}
+
+fn views<'a>(inputs: &[Input<'a>], out: &'a Buf, shape: &'a [usize]) -> Vec<View<'a>> {
+    inputs
+        .iter()
+        .map(|i| match i {
+            Input::Val(v) => View {
+                buf: v.buf(),
+                shape: &v.shape,
+            },
+            Input::Output => View { buf: out, shape },
+        })
+        .collect()
+}
+
+fn in_place(inputs: &[Input]) -> bool {
+    inputs.iter().any(|i| matches!(i, Input::Output))
+}
+
+/// Runs `k` with `inputs` (in `k.inputs` order) over the iteration space `shape`, into
+/// `out` (emptied first unless the kernel runs in place, when it holds that operand).
+pub(super) fn run(k: &PointwiseKernel, inputs: &[Input], shape: &[usize], out: Buf) -> Buf {
+    let parts = {
+        let inputs = views(inputs, &out, shape);
+        compute(k, &inputs, shape)
+    };
+    // Every row is computed before any is written, so an in-place operand is intact
+    // while it is read.
+    let out_dtype = k.exprs.last().expect("a kernel computes something").1;
+    let mut out = prepare(out, out_dtype, shape.iter().product(), false);
+    for p in &parts {
+        match (&mut out, p) {
+            (Buf::F32(o), Lane::F(p)) => o.extend_from_slice(p),
+            (Buf::Int(o), Lane::I(p)) => o.extend_from_slice(p),
+            (Buf::Bool(o), Lane::B(p)) => o.extend_from_slice(p),
+            _ => unreachable!("one dtype per kernel output"),
+        }
+    }
+    out
+}
+
+/// `out` ready for `n` elements of `dt`: emptied unless it holds an operand overwritten
+/// in place (`keep`), with room for all `n`.
+fn prepare(out: Buf, dt: DType, n: usize, keep: bool) -> Buf {
+    let mut out = if std::mem::discriminant(&out) == std::mem::discriminant(&buffers::empty(dt, 0))
+    {
+        out
+    } else {
+        assert!(!keep, "an in-place operand has the output's dtype");
+        buffers::empty(dt, n)
+    };
+    assert!(
+        !keep || out.len() == n,
+        "an in-place operand has the output's shape"
+    );
+    fn ready<T>(v: &mut Vec<T>, n: usize, keep: bool) {
+        if !keep {
+            v.clear();
+        }
+        v.reserve(n - v.len());
+    }
+    match &mut out {
+        Buf::F32(v) => ready(v, n, keep),
+        Buf::Int(v) => ready(v, n, keep),
+        Buf::Bool(v) => ready(v, n, keep),
+    }
+    out
+}
+
+/// The rows of `k`'s output, in order, as parts computed in parallel.
+fn compute(k: &PointwiseKernel, inputs: &[View], shape: &[usize]) -> Vec<Lane> {
     let rank = shape.len();
     let len = if rank == 0 { 1 } else { shape[rank - 1] };
     let n: usize = shape.iter().product();
@@ -66,7 +156,7 @@ pub(super) fn run(k: &PointwiseKernel, inputs: &[&Val], shape: &[usize]) -> Buf 
         .iter()
         .map(|(e, _)| match e {
             Expr::Load { input, axes } => {
-                let s = strides(&inputs[*input].shape);
+                let s = strides(inputs[*input].shape);
                 let mut acc = Access {
                     inner: 0,
                     outer: vec![0; rank.saturating_sub(1)],
@@ -110,22 +200,13 @@ pub(super) fn run(k: &PointwiseKernel, inputs: &[&Val], shape: &[usize]) -> Buf 
     };
     // Enough rows per task to amortise the scheduling; one task for small kernels.
     let per_task = (65536 / len.max(1)).max(1);
-    let parts: Vec<Lane> = if rows > per_task {
+    if rows > per_task {
         (0..rows.div_ceil(per_task))
             .into_par_iter()
             .map(|t| eval_rows(t * per_task, per_task.min(rows - t * per_task)))
             .collect()
     } else {
         vec![eval_rows(0, rows)]
-    };
-    let mut out = empty(out_dtype, n);
-    for p in &parts {
-        append(&mut out, p);
-    }
-    match out {
-        Lane::F(v) => Buf::F32(v),
-        Lane::I(v) => Buf::Int(v),
-        Lane::B(v) => Buf::Bool(v),
     }
 }
 
@@ -173,7 +254,7 @@ fn eval(
     dt: DType,
     lanes: &[Lane],
     acc: Option<&Access>,
-    inputs: &[&Val],
+    inputs: &[View],
     idx: &[usize],
     rank: usize,
     len: usize,
@@ -183,7 +264,7 @@ fn eval(
             let a = acc.expect("loads have accesses");
             let base: usize = idx.iter().zip(&a.outer).map(|(i, s)| i * s).sum();
             let positions = (0..len).map(|j| base + j * a.inner);
-            match inputs[*input].buf() {
+            match inputs[*input].buf {
                 Buf::F32(v) if a.inner == 1 => Lane::F(v[base..base + len].to_vec()),
                 Buf::F32(v) => Lane::F(positions.map(|p| v[p]).collect()),
                 Buf::Int(v) => Lane::I(positions.map(|p| v[p]).collect()),
@@ -320,33 +401,57 @@ fn compare(op: CompareOp, a: &Lane, b: &Lane, len: usize) -> Vec<bool> {
 }
 
 /// Runs `k` through its Cranelift-compiled row function: the same iteration as [`run`],
-/// with every row computed by native code.
+/// with every row computed by native code, into `out` (emptied first unless the kernel
+/// runs in place).
 pub(super) fn run_jit(
     k: &PointwiseKernel,
     jit: &JitKernel,
-    inputs: &[&Val],
+    inputs: &[Input],
     shape: &[usize],
+    out: Buf,
 ) -> Buf {
     let rank = shape.len();
     let len = if rank == 0 { 1 } else { shape[rank - 1] };
     let n: usize = shape.iter().product();
     let rows = n.checked_div(len).unwrap_or(0);
     let outer_shape = &shape[..rank.saturating_sub(1)];
+    let out_dtype = k.exprs.last().expect("a kernel computes something").1;
+    let elem = if out_dtype.is_float() {
+        4
+    } else if out_dtype.is_int() {
+        8
+    } else {
+        1
+    };
+    // Written in full by the rows below before its length is set: no fill.
+    let mut out = prepare(out, out_dtype, n, in_place(inputs));
+    // The one mutable address of the output; an in-place operand is read through it too.
+    let out_addr = match &mut out {
+        Buf::F32(v) => v.as_mut_ptr() as usize,
+        Buf::Int(v) => v.as_mut_ptr() as usize,
+        Buf::Bool(v) => v.as_mut_ptr() as usize,
+    };
     // Addresses travel as integers so the closure below can cross threads; the buffers
     // outlive the call.
     let ptrs: Vec<usize> = inputs
         .iter()
-        .map(|v| match v.buf() {
-            Buf::F32(x) => x.as_ptr() as usize,
-            Buf::Int(x) => x.as_ptr() as usize,
-            Buf::Bool(x) => x.as_ptr() as usize,
+        .map(|i| match i {
+            Input::Val(v) => match v.buf() {
+                Buf::F32(x) => x.as_ptr() as usize,
+                Buf::Int(x) => x.as_ptr() as usize,
+                Buf::Bool(x) => x.as_ptr() as usize,
+            },
+            Input::Output => out_addr,
         })
         .collect();
     let mut inner = vec![0i64; k.exprs.len()];
     let mut outer_strides: Vec<Vec<usize>> = vec![Vec::new(); k.exprs.len()];
     for (i, (e, _)) in k.exprs.iter().enumerate() {
         if let Expr::Load { input, axes } = e {
-            let s = strides(&inputs[*input].shape);
+            let s = strides(match &inputs[*input] {
+                Input::Val(v) => &v.shape,
+                Input::Output => shape,
+            });
             outer_strides[i] = vec![0; rank.saturating_sub(1)];
             for (j, a) in axes.iter().enumerate() {
                 match a {
@@ -357,21 +462,6 @@ pub(super) fn run_jit(
             }
         }
     }
-    let out_dtype = k.exprs.last().expect("a kernel computes something").1;
-    let elem = if out_dtype.is_float() {
-        4
-    } else if out_dtype.is_int() {
-        8
-    } else {
-        1
-    };
-    // Written in full by the rows below before its length is set: no zero-fill.
-    let mut out = unfilled_buf(out_dtype, n);
-    let out_addr = match &mut out {
-        Buf::F32(v) => v.as_mut_ptr() as usize,
-        Buf::Int(v) => v.as_mut_ptr() as usize,
-        Buf::Bool(v) => v.as_mut_ptr() as usize,
-    };
     let row_fn = jit.row();
     let do_rows = |first: usize, count: usize| {
         let mut idx = unravel(first, outer_shape);
@@ -386,7 +476,9 @@ pub(super) fn run_jit(
             }
             // SAFETY: `ptrs` point to live input buffers whose extents cover every
             // offset the kernel computes (the axis maps come from verified shapes), and
-            // the output row `r` lies inside `out`, written by this task only.
+            // the output row `r` lies inside `out`, written by this task only. An
+            // in-place operand is read only in row `r` at the index being written, each
+            // element loaded before it is stored (see the module comment).
             unsafe {
                 row_fn(
                     ptrs.as_ptr() as *const *const u8,
@@ -408,8 +500,8 @@ pub(super) fn run_jit(
     } else {
         do_rows(0, rows);
     }
-    // SAFETY: the rows cover all `n` elements, and the row functions wrote each one
-    // (booleans as 0 or 1, valid `bool`s).
+    // SAFETY: `out` has room for `n` elements (reserved above), the rows cover all `n`,
+    // and the row functions wrote each one (booleans as 0 or 1, valid `bool`s).
     unsafe {
         match &mut out {
             Buf::F32(v) => v.set_len(n),
@@ -418,15 +510,4 @@ pub(super) fn run_jit(
         }
     }
     out
-}
-
-/// An empty buffer of `dt` with room for `n` elements.
-fn unfilled_buf(dt: DType, n: usize) -> Buf {
-    if dt.is_float() {
-        Buf::F32(Vec::with_capacity(n))
-    } else if dt.is_int() {
-        Buf::Int(Vec::with_capacity(n))
-    } else {
-        Buf::Bool(Vec::with_capacity(n))
-    }
 }

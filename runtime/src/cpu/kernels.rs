@@ -2,6 +2,7 @@
 //! `rows.rs`), on `f32` (and `i64`/`bool`) buffers.
 //! Their meaning is the interpreter's (`runtime/src/interp/`); tests hold them to it.
 
+use super::buffers::Out;
 use super::{routing, Buf, Val};
 use crate::interp::{holds, wrap_int};
 use crate::rng;
@@ -13,23 +14,27 @@ use smelt_compiler::schedule::MatMulOperand;
 /// Below this many elements, threads cost more than they save.
 pub(super) const PARALLEL_MIN: usize = 1 << 15;
 
-fn map_f32(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+fn map_f32(mut out: Vec<f32>, x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() >= PARALLEL_MIN {
-        x.par_iter().map(|&a| f(a)).collect()
+        out.par_extend(x.par_iter().map(|&a| f(a)));
     } else {
-        x.iter().map(|&a| f(a)).collect()
+        out.extend(x.iter().map(|&a| f(a)));
     }
+    out
 }
 
-fn zip_f32(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+fn zip_f32(
+    mut out: Vec<f32>,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) -> Vec<f32> {
     if a.len() >= PARALLEL_MIN {
-        a.par_iter()
-            .zip(b.par_iter())
-            .map(|(&p, &q)| f(p, q))
-            .collect()
+        out.par_extend(a.par_iter().zip(b.par_iter()).map(|(&p, &q)| f(p, q)));
     } else {
-        a.iter().zip(b).map(|(&p, &q)| f(p, q)).collect()
+        out.extend(a.iter().zip(b).map(|(&p, &q)| f(p, q)));
     }
+    out
 }
 
 fn strides(shape: &[usize]) -> Vec<usize> {
@@ -40,16 +45,17 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// Copies the elements at `offset + Σ idx[a]·strides[a]` for every index of `shape`, in
-/// row-major order. Permute, broadcast (stride 0) and slice are all this one loop.
+/// Appends to `out` the elements at `offset + Σ idx[a]·strides[a]` for every index of
+/// `shape`, in row-major order. Permute, broadcast (stride 0) and slice are all this one
+/// loop.
 fn strided_copy<T: Copy + Send + Sync>(
+    mut out: Vec<T>,
     src: &[T],
     offset: usize,
     strides: &[usize],
     shape: &[usize],
 ) -> Vec<T> {
     let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(n);
     if n == 0 {
         return out;
     }
@@ -85,36 +91,43 @@ fn strided_copy<T: Copy + Send + Sync>(
     }
 }
 
-fn copy_buf(b: &Buf, offset: usize, strides: &[usize], shape: &[usize]) -> Buf {
+/// `b` read through `strides` from `offset` over `shape`, into `out`.
+fn copy_buf(out: Out, b: &Buf, offset: usize, strides: &[usize], shape: &[usize]) -> Buf {
+    let n = shape.iter().product();
     match b {
-        Buf::F32(v) => Buf::F32(strided_copy(v, offset, strides, shape)),
-        Buf::Int(v) => Buf::Int(strided_copy(v, offset, strides, shape)),
-        Buf::Bool(v) => Buf::Bool(strided_copy(v, offset, strides, shape)),
+        Buf::F32(v) => Buf::F32(strided_copy(out.f32(n), v, offset, strides, shape)),
+        Buf::Int(v) => Buf::Int(strided_copy(out.int(n), v, offset, strides, shape)),
+        Buf::Bool(v) => Buf::Bool(strided_copy(out.bool(n), v, offset, strides, shape)),
     }
 }
 
 /// Runs library op `op` on its operands `x`, read as `reads` says (a `grouped_matmul`
-/// weight may be the operand of a transpose folded into the product).
+/// weight may be the operand of a transpose folded into the product), into `out` (the
+/// step's planned buffer), for a result of `dtype` and `shape`.
 pub(super) fn eval(
     op: &Op,
     x: &[&Val],
     reads: &[MatMulOperand],
     dtype: DType,
     shape: &[usize],
+    out: Out,
 ) -> Result<Buf, String> {
+    let n: usize = shape.iter().product();
     Ok(match op {
-        Op::Unary(u) => unary(*u, x[0], dtype),
-        Op::Binary(b) => binary(*b, x[0], x[1], dtype)?,
-        Op::Compare(c) => compare(*c, x[0], x[1]),
-        Op::Select => select(x[0], x[1], x[2]),
-        Op::Cast => cast(x[0], dtype),
-        Op::Reduce { op, axes } => reduce(*op, axes, x[0], dtype),
-        Op::MatMul => matmul(x[0], false, x[1], false, shape, None),
-        // A loopback exchange with one rank (see `ir::ops::collective`).
-        Op::Reshape | Op::AllToAll { .. } => x[0].buf().clone(),
+        Op::Unary(u) => unary(out, *u, x[0], dtype),
+        Op::Binary(b) => binary(out, *b, x[0], x[1], dtype)?,
+        Op::Compare(c) => compare(out.bool(n), *c, x[0], x[1]),
+        Op::Select => select(out, x[0], x[1], x[2]),
+        Op::Cast => cast(out, x[0], dtype),
+        Op::Reduce { op, axes } => reduce(out, *op, axes, x[0], dtype),
+        Op::MatMul => matmul(out, x[0], false, x[1], false, shape, None),
+        // A loopback exchange with one rank (see `ir::ops::collective`). The runtime
+        // aliases both instead (see the memory plan); this copy is for completeness.
+        Op::Reshape | Op::AllToAll { .. } => copy_buf(out, x[0].buf(), 0, &[1], &[n]),
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
             copy_buf(
+                out,
                 x[0].buf(),
                 0,
                 &perm.iter().map(|&p| s[p]).collect::<Vec<_>>(),
@@ -129,7 +142,7 @@ pub(super) fn eval(
                     out_strides[d] = s[i];
                 }
             }
-            copy_buf(x[0].buf(), 0, &out_strides, shape)
+            copy_buf(out, x[0].buf(), 0, &out_strides, shape)
         }
         Op::Slice {
             axis, start, step, ..
@@ -137,78 +150,81 @@ pub(super) fn eval(
             let mut s = strides(&x[0].shape);
             let offset = *start as usize * s[*axis];
             s[*axis] *= *step as usize;
-            copy_buf(x[0].buf(), offset, &s, shape)
+            copy_buf(out, x[0].buf(), offset, &s, shape)
         }
-        Op::Concat { axis } => concat(*axis, x, shape),
+        Op::Concat { axis } => concat(out, *axis, x, shape),
         Op::Pad {
             axis,
             low,
             high,
             value,
-        } => pad(*axis, *low as usize, *high as usize, *value, x[0], dtype),
-        Op::Gather { axis } => gather(*axis, x[0], x[1])?,
-        Op::ScatterAdd { axis } => scatter_add(*axis, x[0], x[1], x[2])?,
-        Op::TopK { k } => routing::top_k(*k as usize, x[0]),
-        Op::GroupedMatMul => routing::grouped_matmul(x[0], x[1], reads[1].transposed, x[2])?,
+        } => pad(
+            out,
+            *axis,
+            *low as usize,
+            *high as usize,
+            *value,
+            x[0],
+            dtype,
+        ),
+        Op::Gather { axis } => gather(out, *axis, x[0], x[1])?,
+        Op::ScatterAdd { axis } => scatter_add(out, *axis, x[0], x[1], x[2])?,
+        Op::TopK { k } => routing::top_k(out, *k as usize, x[0]),
+        Op::GroupedMatMul => routing::grouped_matmul(out, x[0], x[1], reads[1].transposed, x[2])?,
         Op::GroupedMatMulWeightGrad { groups } => {
-            routing::grouped_weight_grad(x[0], x[1], x[2], *groups as usize)?
+            routing::grouped_weight_grad(out, x[0], x[1], x[2], *groups as usize)?
         }
         Op::Constant { values } => {
-            let n: usize = shape.iter().product();
-            let v = if values.len() == 1 {
-                vec![values[0]; n]
-            } else {
-                values.clone()
-            };
-            numbers(dtype, v)
+            let one = values.len() == 1;
+            numbers(out, dtype, (0..n).map(|i| values[if one { 0 } else { i }]))
         }
         Op::Iota { axis } => {
             let s = strides(shape);
-            let n: usize = shape.iter().product();
             numbers(
+                out,
                 dtype,
-                (0..n)
-                    .map(|i| ((i / s[*axis]) % shape[*axis]) as f64)
-                    .collect(),
+                (0..n).map(|i| ((i / s[*axis]) % shape[*axis]) as f64),
             )
         }
         Op::RandomUniform { low, high, seed } => {
-            let n = shape.iter().product::<usize>() as u64;
-            Buf::F32(
-                (0..n)
-                    .map(|i| (low + (high - low) * rng::uniform01(*seed, i)) as f32)
-                    .collect(),
-            )
+            let mut v = out.f32(n);
+            v.extend((0..n as u64).map(|i| (low + (high - low) * rng::uniform01(*seed, i)) as f32));
+            Buf::F32(v)
         }
         Op::RandomNormal { mean, std, seed } => {
-            let n = shape.iter().product::<usize>() as u64;
-            Buf::F32(
-                (0..n)
-                    .map(|i| (mean + std * rng::normal01(*seed, i)) as f32)
-                    .collect(),
-            )
+            let mut v = out.f32(n);
+            v.extend((0..n as u64).map(|i| (mean + std * rng::normal01(*seed, i)) as f32));
+            Buf::F32(v)
         }
         // The schedule keeps attention (with its backward pieces) and the row composites
         // whole.
         Op::Composite(
             c @ (smelt_compiler::ir::ops::Composite::Attention { .. }
             | smelt_compiler::ir::ops::Composite::AttentionGrad { .. }),
-        ) => super::attention::eval(c, x, shape),
-        Op::Composite(c) => super::rows::eval(c, x, shape.iter().product()),
+        ) => super::attention::eval(c, x, shape, out),
+        Op::Composite(c) => super::rows::eval(c, x, n, out),
     })
 }
 
-fn numbers(dtype: DType, v: Vec<f64>) -> Buf {
+/// `v` converted to `dtype`'s buffer type, into `out`.
+fn numbers(out: Out, dtype: DType, v: impl ExactSizeIterator<Item = f64>) -> Buf {
+    let n = v.len();
     if dtype.is_float() {
-        Buf::F32(v.into_iter().map(|a| a as f32).collect())
+        let mut o = out.f32(n);
+        o.extend(v.map(|a| a as f32));
+        Buf::F32(o)
     } else if dtype.is_int() {
-        Buf::Int(v.into_iter().map(|a| wrap_int(dtype, a as i64)).collect())
+        let mut o = out.int(n);
+        o.extend(v.map(|a| wrap_int(dtype, a as i64)));
+        Buf::Int(o)
     } else {
-        Buf::Bool(v.into_iter().map(|a| a != 0.0).collect())
+        let mut o = out.bool(n);
+        o.extend(v.map(|a| a != 0.0));
+        Buf::Bool(o)
     }
 }
 
-fn unary(op: UnaryOp, x: &Val, dtype: DType) -> Buf {
+fn unary(out: Out, op: UnaryOp, x: &Val, dtype: DType) -> Buf {
     if let Buf::Int(v) = x.buf() {
         let f = |a: i64| {
             if op == UnaryOp::Neg {
@@ -217,116 +233,118 @@ fn unary(op: UnaryOp, x: &Val, dtype: DType) -> Buf {
                 a.wrapping_abs()
             }
         };
-        return Buf::Int(v.iter().map(|&a| wrap_int(dtype, f(a))).collect());
+        let mut o = out.int(v.len());
+        o.extend(v.iter().map(|&a| wrap_int(dtype, f(a))));
+        return Buf::Int(o);
     }
     let x = x.f32();
+    let o = out.f32(x.len());
     Buf::F32(match op {
-        UnaryOp::Neg => map_f32(x, |a| -a),
-        UnaryOp::Abs => map_f32(x, f32::abs),
-        UnaryOp::Exp => map_f32(x, f32::exp),
-        UnaryOp::Log => map_f32(x, f32::ln),
-        UnaryOp::Sqrt => map_f32(x, f32::sqrt),
-        UnaryOp::Rsqrt => map_f32(x, |a| 1.0 / a.sqrt()),
-        UnaryOp::Recip => map_f32(x, |a| 1.0 / a),
-        UnaryOp::Tanh => map_f32(x, f32::tanh),
-        UnaryOp::Erf => map_f32(x, libm::erff),
-        UnaryOp::Sin => map_f32(x, f32::sin),
-        UnaryOp::Cos => map_f32(x, f32::cos),
+        UnaryOp::Neg => map_f32(o, x, |a| -a),
+        UnaryOp::Abs => map_f32(o, x, f32::abs),
+        UnaryOp::Exp => map_f32(o, x, f32::exp),
+        UnaryOp::Log => map_f32(o, x, f32::ln),
+        UnaryOp::Sqrt => map_f32(o, x, f32::sqrt),
+        UnaryOp::Rsqrt => map_f32(o, x, |a| 1.0 / a.sqrt()),
+        UnaryOp::Recip => map_f32(o, x, |a| 1.0 / a),
+        UnaryOp::Tanh => map_f32(o, x, f32::tanh),
+        UnaryOp::Erf => map_f32(o, x, libm::erff),
+        UnaryOp::Sin => map_f32(o, x, f32::sin),
+        UnaryOp::Cos => map_f32(o, x, f32::cos),
     })
 }
 
-fn binary(op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
+fn binary(out: Out, op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {
     if let (Buf::Int(p), Buf::Int(q)) = (a.buf(), b.buf()) {
-        let r = p
-            .iter()
-            .zip(q)
-            .map(|(&x, &y)| {
-                Ok(wrap_int(
-                    dtype,
-                    match op {
-                        BinaryOp::Add => x.wrapping_add(y),
-                        BinaryOp::Sub => x.wrapping_sub(y),
-                        BinaryOp::Mul => x.wrapping_mul(y),
-                        BinaryOp::Div if y == 0 => {
-                            return Err("integer division by zero".to_string())
-                        }
-                        BinaryOp::Div => x.wrapping_div(y),
-                        BinaryOp::Max => x.max(y),
-                        BinaryOp::Min => x.min(y),
-                        BinaryOp::Pow if y < 0 => {
-                            return Err(format!("integer power with negative exponent {y}"))
-                        }
-                        BinaryOp::Pow => x.wrapping_pow(y.min(u32::MAX as i64) as u32),
-                    },
-                ))
-            })
-            .collect::<Result<_, _>>()?;
+        let mut r = out.int(p.len());
+        for (&x, &y) in p.iter().zip(q) {
+            r.push(wrap_int(
+                dtype,
+                match op {
+                    BinaryOp::Add => x.wrapping_add(y),
+                    BinaryOp::Sub => x.wrapping_sub(y),
+                    BinaryOp::Mul => x.wrapping_mul(y),
+                    BinaryOp::Div if y == 0 => return Err("integer division by zero".to_string()),
+                    BinaryOp::Div => x.wrapping_div(y),
+                    BinaryOp::Max => x.max(y),
+                    BinaryOp::Min => x.min(y),
+                    BinaryOp::Pow if y < 0 => {
+                        return Err(format!("integer power with negative exponent {y}"))
+                    }
+                    BinaryOp::Pow => x.wrapping_pow(y.min(u32::MAX as i64) as u32),
+                },
+            ));
+        }
         return Ok(Buf::Int(r));
     }
     let (p, q) = (a.f32(), b.f32());
+    let o = out.f32(p.len());
     Ok(Buf::F32(match op {
-        BinaryOp::Add => zip_f32(p, q, |x, y| x + y),
-        BinaryOp::Sub => zip_f32(p, q, |x, y| x - y),
-        BinaryOp::Mul => zip_f32(p, q, |x, y| x * y),
-        BinaryOp::Div => zip_f32(p, q, |x, y| x / y),
-        BinaryOp::Max => zip_f32(p, q, |x, y| {
+        BinaryOp::Add => zip_f32(o, p, q, |x, y| x + y),
+        BinaryOp::Sub => zip_f32(o, p, q, |x, y| x - y),
+        BinaryOp::Mul => zip_f32(o, p, q, |x, y| x * y),
+        BinaryOp::Div => zip_f32(o, p, q, |x, y| x / y),
+        BinaryOp::Max => zip_f32(o, p, q, |x, y| {
             if x.is_nan() || y.is_nan() {
                 f32::NAN
             } else {
                 x.max(y)
             }
         }),
-        BinaryOp::Min => zip_f32(p, q, |x, y| {
+        BinaryOp::Min => zip_f32(o, p, q, |x, y| {
             if x.is_nan() || y.is_nan() {
                 f32::NAN
             } else {
                 x.min(y)
             }
         }),
-        BinaryOp::Pow => zip_f32(p, q, f32::powf),
+        BinaryOp::Pow => zip_f32(o, p, q, f32::powf),
     }))
 }
 
-fn compare(op: CompareOp, a: &Val, b: &Val) -> Buf {
-    Buf::Bool(match (a.buf(), b.buf()) {
-        (Buf::F32(p), Buf::F32(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
-        (Buf::Int(p), Buf::Int(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
-        (Buf::Bool(p), Buf::Bool(q)) => p.iter().zip(q).map(|(&x, &y)| holds(op, x, y)).collect(),
+fn compare(mut out: Vec<bool>, op: CompareOp, a: &Val, b: &Val) -> Buf {
+    match (a.buf(), b.buf()) {
+        (Buf::F32(p), Buf::F32(q)) => out.extend(p.iter().zip(q).map(|(&x, &y)| holds(op, x, y))),
+        (Buf::Int(p), Buf::Int(q)) => out.extend(p.iter().zip(q).map(|(&x, &y)| holds(op, x, y))),
+        (Buf::Bool(p), Buf::Bool(q)) => out.extend(p.iter().zip(q).map(|(&x, &y)| holds(op, x, y))),
         _ => unreachable!("compared operands have one type (verified)"),
-    })
+    }
+    Buf::Bool(out)
 }
 
-fn select(c: &Val, a: &Val, b: &Val) -> Buf {
+fn select(out: Out, c: &Val, a: &Val, b: &Val) -> Buf {
     let Buf::Bool(c) = c.buf() else {
         unreachable!("condition is bool (verified)")
     };
-    fn pick<T: Copy>(c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
-        c.iter()
-            .zip(a.iter().zip(b))
-            .map(|(&k, (&x, &y))| if k { x } else { y })
-            .collect()
+    fn pick<T: Copy>(mut out: Vec<T>, c: &[bool], a: &[T], b: &[T]) -> Vec<T> {
+        out.extend(
+            c.iter()
+                .zip(a.iter().zip(b))
+                .map(|(&k, (&x, &y))| if k { x } else { y }),
+        );
+        out
     }
+    let n = c.len();
     match (a.buf(), b.buf()) {
-        (Buf::F32(p), Buf::F32(q)) => Buf::F32(pick(c, p, q)),
-        (Buf::Int(p), Buf::Int(q)) => Buf::Int(pick(c, p, q)),
-        (Buf::Bool(p), Buf::Bool(q)) => Buf::Bool(pick(c, p, q)),
+        (Buf::F32(p), Buf::F32(q)) => Buf::F32(pick(out.f32(n), c, p, q)),
+        (Buf::Int(p), Buf::Int(q)) => Buf::Int(pick(out.int(n), c, p, q)),
+        (Buf::Bool(p), Buf::Bool(q)) => Buf::Bool(pick(out.bool(n), c, p, q)),
         _ => unreachable!("select's branches have one type (verified)"),
     }
 }
 
-fn cast(x: &Val, dtype: DType) -> Buf {
-    let v: Vec<f64> = match x.buf() {
-        Buf::F32(v) => v.iter().map(|&a| f64::from(a)).collect(),
-        Buf::Int(v) => v.iter().map(|&a| a as f64).collect(),
-        Buf::Bool(v) => v.iter().map(|&a| f64::from(u8::from(a))).collect(),
-    };
-    numbers(dtype, v)
+fn cast(out: Out, x: &Val, dtype: DType) -> Buf {
+    match x.buf() {
+        Buf::F32(v) => numbers(out, dtype, v.iter().map(|&a| f64::from(a))),
+        Buf::Int(v) => numbers(out, dtype, v.iter().map(|&a| a as f64)),
+        Buf::Bool(v) => numbers(out, dtype, v.iter().map(|&a| f64::from(u8::from(a)))),
+    }
 }
 
 /// Reduces over `axes`. Float reductions over trailing axes reduce each row in place,
 /// over leading axes they accumulate whole rows into the kept columns, and otherwise the
 /// reduced axes are first moved to the end.
-fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
+fn reduce(out: Out, op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
     let r = x.shape.len();
     let kept: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
     let len: usize = axes.iter().map(|&a| x.shape[a]).product();
@@ -340,7 +358,12 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
     if let (Buf::F32(v), false, true, Some(&first)) = (x.buf(), trailing, adjacent, axes.first()) {
         let outer: usize = x.shape[..first].iter().product();
         let inner: usize = x.shape[first + axes.len()..].iter().product();
-        return Buf::F32(reduce_middle(op, v, (outer, len, inner)));
+        return Buf::F32(reduce_middle(
+            out.f32_overwritten(rows),
+            op,
+            v,
+            (outer, len, inner),
+        ));
     }
     let moved;
     let buf = if trailing {
@@ -349,7 +372,9 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
         let s = strides(&x.shape);
         let order: Vec<usize> = kept.iter().chain(axes).copied().collect();
         let shape: Vec<usize> = order.iter().map(|&a| x.shape[a]).collect();
+        // Scratch of this kernel, not a planned buffer.
         moved = copy_buf(
+            Out::fresh(),
             x.buf(),
             0,
             &order.iter().map(|&a| s[a]).collect::<Vec<_>>(),
@@ -365,7 +390,7 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
                     ReduceOp::Mean => f32::NAN,
                     ReduceOp::Sum => 0.0,
                 };
-                return Buf::F32(vec![empty; rows]);
+                return Buf::F32(out.f32_filled(rows, empty));
             }
             let row = |chunk: &[f32]| -> f32 {
                 match op {
@@ -374,25 +399,27 @@ fn reduce(op: ReduceOp, axes: &[usize], x: &Val, dtype: DType) -> Buf {
                     ReduceOp::Mean => (sum_lanes(chunk) / len as f64) as f32,
                 }
             };
+            let mut o = out.f32(rows);
             if v.len() >= PARALLEL_MIN {
-                Buf::F32(v.par_chunks(len).map(row).collect())
+                o.par_extend(v.par_chunks(len).map(row));
             } else {
-                Buf::F32(v.chunks(len).map(row).collect())
+                o.extend(v.chunks(len).map(row));
             }
+            Buf::F32(o)
         }
-        Buf::Int(v) => Buf::Int(
-            (0..rows)
-                .map(|i| {
-                    let chunk = &v[i * len..(i + 1) * len];
-                    let t = if op == ReduceOp::Max {
-                        chunk.iter().copied().fold(i64::MIN, i64::max)
-                    } else {
-                        chunk.iter().fold(0i64, |s, &a| s.wrapping_add(a))
-                    };
-                    wrap_int(dtype, t)
-                })
-                .collect(),
-        ),
+        Buf::Int(v) => Buf::Int({
+            let mut o = out.int(rows);
+            o.extend((0..rows).map(|i| {
+                let chunk = &v[i * len..(i + 1) * len];
+                let t = if op == ReduceOp::Max {
+                    chunk.iter().copied().fold(i64::MIN, i64::max)
+                } else {
+                    chunk.iter().fold(0i64, |s, &a| s.wrapping_add(a))
+                };
+                wrap_int(dtype, t)
+            }));
+            o
+        }),
         Buf::Bool(_) => unreachable!("reductions are not defined on bool (verified)"),
     }
 }
@@ -441,11 +468,15 @@ fn max_lanes(x: &[f32]) -> f32 {
 
 /// Reduces the middle axis of `v` seen as `[outer, len, inner]`: each of the `outer`
 /// slabs as [`reduce_leading`] does, slabs in parallel.
-fn reduce_middle(op: ReduceOp, v: &[f32], (outer, len, inner): (usize, usize, usize)) -> Vec<f32> {
+fn reduce_middle(
+    mut out: Vec<f32>,
+    op: ReduceOp,
+    v: &[f32],
+    (outer, len, inner): (usize, usize, usize),
+) -> Vec<f32> {
     if outer == 1 {
-        return reduce_leading(op, v, len, inner);
+        return reduce_leading(out, op, v, len, inner);
     }
-    let mut out = vec![0f32; outer * inner];
     if out.is_empty() {
         return out;
     }
@@ -461,9 +492,8 @@ fn reduce_middle(op: ReduceOp, v: &[f32], (outer, len, inner): (usize, usize, us
 /// Reduces the leading `len` rows of `v` (each `cols` long) into one row: whole rows are
 /// accumulated column by column, so the reduced axes are never moved. Column blocks
 /// run in parallel.
-fn reduce_leading(op: ReduceOp, v: &[f32], len: usize, cols: usize) -> Vec<f32> {
+fn reduce_leading(mut out: Vec<f32>, op: ReduceOp, v: &[f32], len: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 256;
-    let mut out = vec![0f32; cols];
     if out.is_empty() {
         return out;
     }
@@ -590,8 +620,9 @@ pub(super) fn gemm_into(
 
 /// The batched product `op(a) · op(b)`, where `op` transposes the last two axes of an
 /// operand whose flag is set; `shape` is the result's shape. With `start` (f32, of that
-/// shape) the product is added to it.
+/// shape) the product is added to it; without, it is written into `out`.
 pub(super) fn matmul(
+    out: Out,
     a: &Val,
     ta: bool,
     b: &Val,
@@ -606,7 +637,9 @@ pub(super) fn matmul(
     let (a_rs, a_cs) = matrix_strides(m, k, ta);
     let (b_rs, b_cs) = matrix_strides(k, n, tb);
     if let (Buf::Int(p), Buf::Int(q)) = (a.buf(), b.buf()) {
-        let mut out = vec![0i64; batch * m * n];
+        // Accumulates: starts from zeros.
+        let mut out = out.int(batch * m * n);
+        out.resize(batch * m * n, 0);
         for bi in 0..batch {
             let (p, q) = (&p[bi * m * k..], &q[bi * k * n..]);
             let o = &mut out[bi * m * n..(bi + 1) * m * n];
@@ -625,7 +658,8 @@ pub(super) fn matmul(
     let (p, q) = (a.f32(), b.f32());
     let (mut out, accumulate) = match start {
         Some(Buf::F32(v)) => (v, true),
-        _ => (vec![0f32; batch * m * n], false),
+        // gemm overwrites without reading (an empty product fills zeros).
+        _ => (out.f32_overwritten(batch * m * n), false),
     };
     if out.is_empty() {
         return Buf::F32(out);
@@ -728,10 +762,15 @@ fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     )
 }
 
-fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
+fn concat(out: Out, axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
     let (outer, _, inner) = around(shape, axis);
-    fn join<T: Copy>(parts: Vec<(&[T], usize)>, outer: usize, inner: usize) -> Vec<T> {
-        let mut out = Vec::new();
+    let total = shape.iter().product();
+    fn join<T: Copy>(
+        mut out: Vec<T>,
+        parts: Vec<(&[T], usize)>,
+        outer: usize,
+        inner: usize,
+    ) -> Vec<T> {
         for o in 0..outer {
             for (v, n) in &parts {
                 out.extend_from_slice(&v[o * n * inner..(o + 1) * n * inner]);
@@ -742,11 +781,13 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
     let n = |p: &Val| p.shape[axis];
     match parts[0].buf() {
         Buf::F32(_) => Buf::F32(join(
+            out.f32(total),
             parts.iter().map(|p| (p.f32(), n(p))).collect(),
             outer,
             inner,
         )),
         Buf::Int(_) => Buf::Int(join(
+            out.int(total),
             parts
                 .iter()
                 .map(|p| {
@@ -763,6 +804,7 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
             inner,
         )),
         Buf::Bool(_) => Buf::Bool(join(
+            out.bool(total),
             parts
                 .iter()
                 .map(|p| {
@@ -781,18 +823,16 @@ fn concat(axis: usize, parts: &[&Val], shape: &[usize]) -> Buf {
     }
 }
 
-fn pad(axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) -> Buf {
+fn pad(out: Out, axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) -> Buf {
     let (outer, n, inner) = around(&x.shape, axis);
+    let total = outer * (n + low + high) * inner;
     fn fill<T: Copy>(
+        mut out: Vec<T>,
         v: &[T],
         fill: T,
-        outer: usize,
-        n: usize,
-        inner: usize,
-        low: usize,
-        high: usize,
+        (outer, n, inner): (usize, usize, usize),
+        (low, high): (usize, usize),
     ) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * (n + low + high) * inner);
         for o in 0..outer {
             out.extend(std::iter::repeat_n(fill, low * inner));
             out.extend_from_slice(&v[o * n * inner..(o + 1) * n * inner]);
@@ -800,10 +840,14 @@ fn pad(axis: usize, low: usize, high: usize, value: f64, x: &Val, dtype: DType) 
         }
         out
     }
-    match (x.buf(), numbers(dtype, vec![value])) {
-        (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(v, f[0], outer, n, inner, low, high)),
-        (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(v, f[0], outer, n, inner, low, high)),
-        (Buf::Bool(v), Buf::Bool(f)) => Buf::Bool(fill(v, f[0], outer, n, inner, low, high)),
+    let (dims, ends) = ((outer, n, inner), (low, high));
+    match (
+        x.buf(),
+        numbers(Out::fresh(), dtype, std::iter::once(value)),
+    ) {
+        (Buf::F32(v), Buf::F32(f)) => Buf::F32(fill(out.f32(total), v, f[0], dims, ends)),
+        (Buf::Int(v), Buf::Int(f)) => Buf::Int(fill(out.int(total), v, f[0], dims, ends)),
+        (Buf::Bool(v), Buf::Bool(f)) => Buf::Bool(fill(out.bool(total), v, f[0], dims, ends)),
         _ => unreachable!("the fill value has the operand's dtype"),
     }
 }
@@ -818,11 +862,16 @@ fn indices(idx: &Val, n: usize, axis: usize) -> Result<&[i64], String> {
     }
 }
 
-fn gather(axis: usize, table: &Val, idx: &Val) -> Result<Buf, String> {
+fn gather(out: Out, axis: usize, table: &Val, idx: &Val) -> Result<Buf, String> {
     let (outer, n, inner) = around(&table.shape, axis);
     let ids = indices(idx, n, axis)?;
-    fn take<T: Copy>(t: &[T], ids: &[i64], outer: usize, n: usize, inner: usize) -> Vec<T> {
-        let mut out = Vec::with_capacity(outer * ids.len() * inner);
+    let total = outer * ids.len() * inner;
+    fn take<T: Copy>(
+        mut out: Vec<T>,
+        t: &[T],
+        ids: &[i64],
+        (outer, n, inner): (usize, usize, usize),
+    ) -> Vec<T> {
         for o in 0..outer {
             for &i in ids {
                 let at = (o * n + i as usize) * inner;
@@ -832,19 +881,20 @@ fn gather(axis: usize, table: &Val, idx: &Val) -> Result<Buf, String> {
         out
     }
     Ok(match table.buf() {
-        Buf::F32(t) => Buf::F32(take(t, ids, outer, n, inner)),
-        Buf::Int(t) => Buf::Int(take(t, ids, outer, n, inner)),
-        Buf::Bool(t) => Buf::Bool(take(t, ids, outer, n, inner)),
+        Buf::F32(t) => Buf::F32(take(out.f32(total), t, ids, (outer, n, inner))),
+        Buf::Int(t) => Buf::Int(take(out.int(total), t, ids, (outer, n, inner))),
+        Buf::Bool(t) => Buf::Bool(take(out.bool(total), t, ids, (outer, n, inner))),
     })
 }
 
-fn scatter_add(axis: usize, base: &Val, idx: &Val, upd: &Val) -> Result<Buf, String> {
+fn scatter_add(out: Out, axis: usize, base: &Val, idx: &Val, upd: &Val) -> Result<Buf, String> {
     let (outer, n, inner) = around(&base.shape, axis);
     let ids = indices(idx, n, axis)?;
     let k = ids.len();
     Ok(match (base.buf(), upd.buf()) {
         (Buf::F32(b), Buf::F32(u)) => {
-            let mut out = b.clone();
+            let mut out = out.f32(b.len());
+            out.extend_from_slice(b);
             for o in 0..outer {
                 for (j, &i) in ids.iter().enumerate() {
                     let dst = (o * n + i as usize) * inner;
@@ -857,7 +907,8 @@ fn scatter_add(axis: usize, base: &Val, idx: &Val, upd: &Val) -> Result<Buf, Str
             Buf::F32(out)
         }
         (Buf::Int(b), Buf::Int(u)) => {
-            let mut out = b.clone();
+            let mut out = out.int(b.len());
+            out.extend_from_slice(b);
             for o in 0..outer {
                 for (j, &i) in ids.iter().enumerate() {
                     for c in 0..inner {

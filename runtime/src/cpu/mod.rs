@@ -6,26 +6,34 @@
 //! except those with library kernels here (attention in `attention.rs`, the row
 //! composites in `rows.rs`), chains of elementwise ops are fused into pointwise kernels
 //! of the kernel IR (`fused.rs`), additive epilogues fold into matrix products, and the
-//! remaining ops run library kernels (`kernels.rs`, `routing.rs`). Buffers are shared
-//! and dropped after their last use, so peak memory follows the live set; a training
-//! loop keeps its parameters and state in a [`Resident`]. Floats other than `f32` are
+//! remaining ops run library kernels (`kernels.rs`, `routing.rs`). Every step writes
+//! into the buffer the schedule's memory plan gives it (`buffers.rs`): slots reused by
+//! liveness and kept across runs, or an operand's buffer overwritten in place; a
+//! training loop keeps its parameters and state in a [`Resident`], whose replaced
+//! buffers hold the next step's updates. Floats other than `f32` are
 //! not supported here (the interpreter runs them). Every kernel is tested against the
 //! reference interpreter on random inputs (`runtime/tests/cpu_vs_interp.rs`).
 
 mod attention;
+mod buffers;
 mod fused;
 mod kernels;
 mod routing;
 mod rows;
 
+pub use buffers::AllocStats;
+
 use crate::interp::{bind_shapes_except, Execution, RunError};
 use crate::tensor::{Data, Tensor};
+use buffers::{Arena, Out};
+use fused::Input;
 use smelt_compiler::codegen::cranelift::{self, JitKernel};
-use smelt_compiler::ir::{DType, Def, Graph, Op, ValueId};
+use smelt_compiler::ir::{Bindings, DType, Def, Graph, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
-use smelt_compiler::schedule::{schedule_with, Schedule, Step};
+use smelt_compiler::schedule::memory::Home;
+use smelt_compiler::schedule::{schedule_with, MemoryPlan, Schedule, Step};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A buffer of the CPU backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,9 +53,9 @@ impl Buf {
     }
 }
 
-/// A value during a run: its buffer and concrete shape. Buffers are immutable once
-/// written and shared, so a reshape, a loopback exchange or a resident parameter is an
-/// alias rather than a copy.
+/// A value during a run: its buffer and concrete shape. Buffers are immutable while
+/// shared, so a reshape, a loopback exchange or a resident parameter is an alias rather
+/// than a copy; a step writes in place only into a buffer it owns alone.
 #[derive(Clone, Debug)]
 pub(crate) struct Val {
     data: Arc<Buf>,
@@ -89,8 +97,28 @@ pub struct CpuProgram {
     /// Native code for each step that is a pointwise kernel (`None` for library steps,
     /// or when the kernel runs on the kernel-IR evaluator).
     jit: Vec<Option<Arc<JitKernel>>>,
-    /// `last_read[v]`: the last step that reads value `v` (outputs and updates: never).
-    last_read: Vec<usize>,
+    /// Memory plans with their slot buffers, most recent bindings first (a run takes
+    /// its arena out while it runs).
+    arenas: Arc<Mutex<Vec<Arena>>>,
+    /// What the latest run allocated.
+    last_alloc: Arc<Mutex<AllocStats>>,
+}
+
+/// What a run returns: the outputs, and the updates in backend buffers or (with
+/// [`UpdatesTo::Host`]) as host tensors.
+type Ran = (Vec<Tensor>, Updates, Vec<(String, Tensor)>);
+
+/// Arenas kept per program: a training loop needs one; evaluation at another batch
+/// size a second.
+const ARENAS_KEPT: usize = 2;
+
+/// Where updates go at the end of a run.
+#[derive(Clone, Copy, PartialEq)]
+enum UpdatesTo {
+    /// Stay in backend buffers ([`Updates`]).
+    Backend,
+    /// Host tensors (their buffers serve the next run).
+    Host,
 }
 
 /// Why a graph cannot run on the CPU backend.
@@ -139,15 +167,6 @@ impl CpuProgram {
                 reason: format!("{} is not supported yet", v.ty.dtype),
             });
         }
-        let mut last_read = vec![0usize; g.values.len()];
-        for (i, step) in schedule.steps.iter().enumerate() {
-            for r in step.reads(g) {
-                last_read[r.index()] = i;
-            }
-        }
-        for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
-            last_read[o.index()] = usize::MAX;
-        }
         // Native code depends only on a kernel's body, not on the values it reads or
         // their shapes, so kernels with equal bodies (the same update for every
         // parameter, the same block in every layer) share one compilation.
@@ -173,8 +192,37 @@ impl CpuProgram {
         Ok(CpuProgram {
             schedule,
             jit,
-            last_read,
+            arenas: Arc::default(),
+            last_alloc: Arc::default(),
         })
+    }
+
+    /// What the latest run allocated for step outputs (a loop's later runs: nothing).
+    pub fn last_alloc(&self) -> AllocStats {
+        *self.last_alloc.lock().expect("no run panicked holding it")
+    }
+
+    /// The memory plan runs with `bindings` follow.
+    pub fn memory_plan(&self, bindings: &Bindings) -> MemoryPlan {
+        MemoryPlan::new(&self.schedule, bindings)
+    }
+
+    /// The arena for `bindings`: kept from an earlier run, or newly planned.
+    fn take_arena(&self, bindings: &Bindings) -> Arena {
+        let mut kept = self.arenas.lock().expect("no run panicked holding it");
+        match kept.iter().position(|a| &a.bindings == bindings) {
+            Some(i) => kept.remove(i),
+            None => Arena::new(bindings.clone(), self.memory_plan(bindings)),
+        }
+    }
+
+    /// Keeps `arena` for the next run (dropping the least recently used beyond
+    /// [`ARENAS_KEPT`]).
+    fn keep_arena(&self, arena: Arena) {
+        *self.last_alloc.lock().expect("no run panicked holding it") = arena.stats;
+        let mut kept = self.arenas.lock().expect("no run panicked holding it");
+        kept.insert(0, arena);
+        kept.truncate(ARENAS_KEPT);
     }
 
     /// The schedule this program runs.
@@ -184,15 +232,8 @@ impl CpuProgram {
 
     /// Runs the program on `feeds` (every input, parameter and state value by name).
     pub fn run(&self, feeds: &HashMap<String, Tensor>) -> Result<Execution, RunError> {
-        let (outputs, updates) = self.run_held(feeds, &Resident::default())?;
-        Ok(Execution {
-            outputs,
-            updates: updates
-                .0
-                .into_iter()
-                .map(|(name, (dtype, v))| (name, to_tensor(dtype, &v)))
-                .collect(),
-        })
+        let (outputs, _, updates) = self.run_held(feeds, &Resident::default(), UpdatesTo::Host)?;
+        Ok(Execution { outputs, updates })
     }
 
     /// Runs one step of a loop whose parameters and state stay in this backend's
@@ -205,17 +246,42 @@ impl CpuProgram {
         feeds: &HashMap<String, Tensor>,
         resident: &Resident,
     ) -> Result<(Vec<Tensor>, Updates), RunError> {
-        self.run_held(feeds, resident)
+        let (outputs, updates, _) = self.run_held(feeds, resident, UpdatesTo::Backend)?;
+        Ok((outputs, updates))
     }
 
     fn run_held(
         &self,
         feeds: &HashMap<String, Tensor>,
         resident: &Resident,
-    ) -> Result<(Vec<Tensor>, Updates), RunError> {
+        updates_to: UpdatesTo,
+    ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
         let held = |name: &str| resident.values.contains_key(name);
         let bindings = bind_shapes_except(g, feeds, &held)?;
+        let mut arena = self.take_arena(&bindings);
+        arena.stats = AllocStats::default();
+        let run = self.run_planned(&mut arena, &bindings, feeds, resident, updates_to);
+        self.keep_arena(arena);
+        run
+    }
+
+    /// Runs the steps with every output in the buffer `arena`'s plan gives it.
+    fn run_planned(
+        &self,
+        arena: &mut Arena,
+        bindings: &Bindings,
+        feeds: &HashMap<String, Tensor>,
+        resident: &Resident,
+        updates_to: UpdatesTo,
+    ) -> Result<Ran, RunError> {
+        let g = &self.schedule.graph;
+        // The buffers the state replaced last step hold this step's updates.
+        let mut update_spares: HashMap<ValueId, Buf> = g
+            .updates
+            .iter()
+            .filter_map(|&(t, v)| Some((v, resident.take_spare(&g.value(t).name)?)))
+            .collect();
         let mut env: Vec<Option<Val>> = vec![None; g.values.len()];
         for id in g.ids() {
             if !matches!(g.value(id).def, Def::Node { .. }) {
@@ -226,73 +292,131 @@ impl CpuProgram {
                 });
             }
         }
+        let plan = arena.plan.clone();
         for (i, step) in self.schedule.steps.iter().enumerate() {
+            let mem = &plan.steps[i];
             let out = step.output();
             let v = g.value(out);
-            let shape = v.ty.shape.eval(&bindings).map_err(RunError::Unbound)?;
-            let reads = step.reads(g);
-            let args: Vec<&Val> = reads
-                .iter()
-                .map(|o| {
-                    env[o.index()].as_ref().unwrap_or_else(|| {
-                        panic!(
-                            "internal: step {i} reads %{} outside its live range",
-                            g.value(*o).name
-                        )
-                    })
+            let shape = v.ty.shape.eval(bindings).map_err(RunError::Unbound)?;
+            let n: usize = shape.iter().product();
+            // An in-place operand leaves the environment: the step owns its buffer.
+            let overwritten = mem.in_place.map(|x| {
+                let root = plan.roots[x.index()];
+                let val = env[x.index()].take().expect("live until its last read");
+                if root != x {
+                    // The buffer's own entry ends here too (the plan checked it).
+                    env[root.index()] = None;
+                }
+                Arc::try_unwrap(val.data).unwrap_or_else(|shared| {
+                    // Not reached when the plan is right; a copy keeps the result right
+                    // (and counts as allocated).
+                    debug_assert!(false, "an in-place operand is owned by the step");
+                    let copy = (*shared).clone();
+                    arena.stats.temporary_bytes += buffers::storage_of(&copy).1 as u64;
+                    copy
                 })
-                .collect();
-            let val = match step {
-                Step::Pointwise(k) => Val::new(
-                    match &self.jit[i] {
-                        Some(native) => fused::run_jit(k, native, &args, &shape),
-                        None => fused::run(k, &args, &shape),
-                    },
-                    shape,
-                ),
+            });
+            let escaping = mem.output == Home::Escapes;
+            let mut dest = || match mem.output {
+                Home::Slot(s) => arena.take_slot(s),
+                Home::Escapes => {
+                    let spare = update_spares.remove(&out);
+                    arena.take_escaping(out, v.ty.dtype, n, spare)
+                }
+                Home::Alias(_) => Out::fresh(),
+            };
+            let reads = step.reads(g);
+            let live = |o: &ValueId| {
+                env[o.index()].as_ref().unwrap_or_else(|| {
+                    panic!(
+                        "internal: step {i} reads %{} outside its live range",
+                        g.value(*o).name
+                    )
+                })
+            };
+            let inputs = |reads: &[ValueId]| -> Vec<Input> {
+                reads
+                    .iter()
+                    .map(|o| match mem.in_place {
+                        Some(x) if x == *o => Input::Output,
+                        _ => Input::Val(live(o)),
+                    })
+                    .collect()
+            };
+            // A pointwise kernel into its planned buffer (or in place).
+            let pointwise = |k: &PointwiseKernel, ins: &[Input], buf: Buf| match &self.jit[i] {
+                Some(native) => fused::run_jit(k, native, ins, &shape, buf),
+                None => fused::run(k, ins, &shape, buf),
+            };
+            let (buf, given) = match step {
+                Step::Pointwise(k) => {
+                    let buf = overwritten.unwrap_or_else(|| dest().any(n));
+                    let given = buffers::storage_of(&buf);
+                    (pointwise(k, &inputs(&reads), buf), given)
+                }
                 Step::Library(_) => {
                     let Def::Node { op, .. } = &v.def else {
                         unreachable!("library steps are nodes")
                     };
-                    match op {
+                    let args: Vec<&Val> = reads.iter().map(live).collect();
+                    if let Home::Alias(_) = mem.output {
                         // Row-major data does not move: same buffer, new shape. A
                         // loopback exchange with one rank is the identity.
-                        Op::Reshape | Op::AllToAll { .. } => args[0].alias(shape),
-                        _ => Val::new(
-                            kernels::eval(op, &args, &step.library_operands(g), v.ty.dtype, &shape)
-                                .map_err(|message| RunError::Eval {
-                                    value: out,
-                                    name: v.name.clone(),
-                                    message,
-                                })?,
-                            shape,
-                        ),
+                        env[out.index()] = Some(args[0].alias(shape));
+                        self.release(arena, &mut env, &mem.release);
+                        continue;
                     }
+                    let out_buf = dest();
+                    let given = buffers::given(&out_buf);
+                    let buf = kernels::eval(
+                        op,
+                        &args,
+                        &step.library_operands(g),
+                        v.ty.dtype,
+                        &shape,
+                        out_buf,
+                    )
+                    .map_err(|message| RunError::Eval {
+                        value: out,
+                        name: v.name.clone(),
+                        message,
+                    })?;
+                    (buf, given)
                 }
                 Step::MatMul { lhs, rhs, init, .. } => {
                     // The additive epilogue first, then the product accumulates into it.
-                    let start = init.as_ref().map(|k| match &self.jit[i] {
-                        Some(native) => fused::run_jit(k, native, &args[2..], &shape),
-                        None => fused::run(k, &args[2..], &shape),
-                    });
+                    let (start, given, out_buf) = match init {
+                        Some(k) => {
+                            let buf = overwritten.unwrap_or_else(|| dest().any(n));
+                            let given = buffers::storage_of(&buf);
+                            (
+                                Some(pointwise(k, &inputs(&reads[2..]), buf)),
+                                given,
+                                Out::fresh(),
+                            )
+                        }
+                        None => {
+                            let out_buf = dest();
+                            (None, buffers::given(&out_buf), out_buf)
+                        }
+                    };
+                    let (a, b) = (live(&reads[0]), live(&reads[1]));
                     let product = kernels::matmul(
-                        args[0],
+                        out_buf,
+                        a,
                         lhs.transposed,
-                        args[1],
+                        b,
                         rhs.transposed,
                         &shape,
                         start,
                     );
-                    Val::new(product, shape)
+                    (product, given)
                 }
             };
-            debug_assert_eq!(val.buf().len(), val.shape.iter().product::<usize>());
-            env[out.index()] = Some(val);
-            for r in reads {
-                if self.last_read[r.index()] == i {
-                    env[r.index()] = None;
-                }
-            }
+            arena.account(given, &buf, escaping);
+            debug_assert_eq!(buf.len(), n);
+            env[out.index()] = Some(Val::new(buf, shape));
+            self.release(arena, &mut env, &mem.release);
         }
         let kept = |id: ValueId| env[id.index()].clone().expect("kept to the end");
         let outputs = g
@@ -300,20 +424,75 @@ impl CpuProgram {
             .iter()
             .map(|&o| to_tensor(g.ty(o).dtype, &kept(o)))
             .collect();
-        let updates = g
+        let mut updates: Vec<(String, (DType, Val))> = g
             .updates
             .iter()
             .map(|&(t, v)| (g.value(t).name.clone(), (g.ty(t).dtype, kept(v))))
             .collect();
-        Ok((outputs, Updates(updates)))
+        let mut host_updates = Vec::new();
+        if updates_to == UpdatesTo::Host {
+            for (name, (dtype, v)) in updates.drain(..) {
+                host_updates.push((name, to_tensor(dtype, &v)));
+            }
+        }
+        // Escaping values converted to host tensors leave their buffers to the next run.
+        let handed: Vec<ValueId> = g
+            .outputs
+            .iter()
+            .chain(g.updates.iter().map(|(_, v)| v))
+            .copied()
+            .collect();
+        for o in handed {
+            if let Some(val) = env[o.index()].take() {
+                let root = plan.roots[o.index()];
+                if !plan.escaping.contains(&root) {
+                    continue; // an argument: the caller's
+                }
+                if let Ok(buf) = Arc::try_unwrap(val.data) {
+                    arena.keep_spare(root, buf);
+                }
+            }
+        }
+        Ok((outputs, Updates(updates), host_updates))
+    }
+
+    /// Drops the values a step releases; slot-backed buffers go back to their slots.
+    fn release(&self, arena: &mut Arena, env: &mut [Option<Val>], release: &[ValueId]) {
+        for &r in release {
+            let Some(val) = env[r.index()].take() else {
+                continue; // overwritten in place
+            };
+            if let Some(s) = arena.plan.slot_of[r.index()] {
+                // Views were released first, so the buffer is unshared (else a fresh
+                // one will be allocated, and counted).
+                if let Ok(buf) = Arc::try_unwrap(val.data) {
+                    arena.give_back(s, buf);
+                }
+            }
+        }
     }
 }
 
 /// Parameters and optimiser state held in the CPU backend's `f32` buffers across the
 /// steps of a training loop, by name.
-#[derive(Debug, Clone, Default)]
+///
+/// The buffers that updates replace are kept as spares and hold the next step's updates
+/// of the same names ("in-place" updates one step apart): a step never writes over the
+/// state it reads, so a step that is not applied (a non-finite loss) changes nothing.
+#[derive(Debug, Default)]
 pub struct Resident {
     values: HashMap<String, (DType, Val)>,
+    spares: Mutex<HashMap<String, Buf>>,
+}
+
+impl Clone for Resident {
+    /// The same values (shared); spares are not cloned.
+    fn clone(&self) -> Resident {
+        Resident {
+            values: self.values.clone(),
+            spares: Mutex::default(),
+        }
+    }
 }
 
 /// The updates of one [`CpuProgram::run_resident`], still in the backend's buffers.
@@ -352,12 +531,31 @@ impl Resident {
             }
             values.insert(name, (t.dtype, to_val(t)));
         }
-        Ok(Resident { values })
+        Ok(Resident {
+            values,
+            spares: Mutex::default(),
+        })
     }
 
-    /// Makes the updates the new values (no copy).
+    /// Makes the updates the new values (no copy); the buffers they replace, where
+    /// nothing else holds them, become spares for the next updates.
     pub fn apply(&mut self, updates: Updates) {
-        self.values.extend(updates.0);
+        let spares = self.spares.get_mut().expect("no run panicked holding it");
+        for (name, value) in updates.0 {
+            if let Some((_, old)) = self.values.insert(name.clone(), value) {
+                if let Ok(buf) = Arc::try_unwrap(old.data) {
+                    spares.insert(name, buf);
+                }
+            }
+        }
+    }
+
+    /// The spare buffer for the next update of `name`, if any.
+    fn take_spare(&self, name: &str) -> Option<Buf> {
+        self.spares
+            .lock()
+            .expect("no run panicked holding it")
+            .remove(name)
     }
 
     /// The held values as host tensors (for checkpoints).

@@ -12,6 +12,7 @@
 //! - `grouped_matmul_weight_grad`: both operands' rows are gathered in sorted order, and
 //!   each group's `[K, N]` result is cut into slices of rows, one product each.
 
+use super::buffers::Out;
 use super::kernels::{gemm_into, Matrix, GEMM_PARALLEL_MIN};
 use super::{Buf, Val};
 use crate::interp::ranks_before;
@@ -24,9 +25,9 @@ use std::ops::Range;
 /// over 8 groups of about 256).
 const PIECES_PER_THREAD: usize = 2;
 
-pub(super) fn top_k(k: usize, x: &Val) -> Buf {
+pub(super) fn top_k(out: Out, k: usize, x: &Val) -> Buf {
     let n = *x.shape.last().expect("rank >= 1 (verified)");
-    let mut out = Vec::with_capacity(x.f32().len() / n.max(1) * k);
+    let mut out = out.int(x.f32().len() / n.max(1) * k);
     for row in x.f32().chunks(n) {
         let mut order: Vec<(f64, usize)> = row.iter().map(|&v| f64::from(v)).zip(0..).collect();
         order.select_nth_unstable_by(k - 1, |&a, &b| ranks_before(a, b));
@@ -149,6 +150,7 @@ fn pieces(work: usize) -> usize {
 /// `y[t] = x[t] @ w[group[t]]` for `x: [T, K]` and `w: [E, K, N]`, or `w: [E, N, K]`
 /// read as its transpose when `w_transposed`.
 pub(super) fn grouped_matmul(
+    out: Out,
     x: &Val,
     w: &Val,
     w_transposed: bool,
@@ -169,7 +171,7 @@ pub(super) fn grouped_matmul(
     let parts = pieces(t * k * n);
     let chunk = t.div_ceil(parts);
     // Filled below, every row exactly once, before its length is set: no zero-fill.
-    let mut out: Vec<f32> = Vec::with_capacity(t * n);
+    let mut out = out.f32(t * n);
     let writer = RowWriter {
         base: out.as_mut_ptr(),
         rows: t,
@@ -218,6 +220,7 @@ pub(super) fn grouped_matmul(
 
 /// `dw[e] = Σ_{t: group[t] = e} x[t]ᵀ dy[t]` for `x: [T, K]`, `dy: [T, N]`.
 pub(super) fn grouped_weight_grad(
+    out: Out,
     x: &Val,
     dy: &Val,
     group: &Val,
@@ -226,7 +229,8 @@ pub(super) fn grouped_weight_grad(
     let (k, n) = (x.shape[1], dy.shape[1]);
     let sorted = Sorted::new(group, groups)?;
     let t = sorted.rows.len();
-    let mut out = vec![0f32; groups * k * n];
+    // Groups without rows stay zero.
+    let mut out = out.f32_filled(groups * k * n, 0.0);
     if out.is_empty() {
         return Ok(Buf::F32(out));
     }

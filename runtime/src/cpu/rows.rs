@@ -8,6 +8,7 @@
 //! Their meaning is the decomposition's (`compiler/src/ir/ops/composite.rs` and
 //! `row_grad.rs`); `runtime/tests/cpu_vs_interp.rs` holds them to the interpreter.
 
+use super::buffers::Out;
 use super::kernels::PARALLEL_MIN;
 use super::{Buf, Val};
 use rayon::prelude::*;
@@ -162,11 +163,16 @@ fn class(label: i64, classes: usize) -> Option<usize> {
 }
 
 /// Evaluates row composite `c` (kept whole by the schedule, so along the last axis) on
-/// `x`; the result has `n` elements.
-pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
+/// `x` into `out`; the result has `n` elements.
+pub(super) fn eval(c: &Composite, x: &[&Val], n: usize, out: Out) -> Buf {
     let len = x[0].shape.last().copied().unwrap_or(1);
     let input = x[0].f32();
-    let mut out = vec![0.0f32; n];
+    if let Composite::CrossEntropy = c {
+        let mut out = out.f32(1);
+        out.push(cross_entropy(input, x[1], len));
+        return Buf::F32(out);
+    }
+    let mut out = out.f32_filled(n, 0.0);
     match c {
         Composite::Softmax { .. } => each_row(&mut out, len, |r, o| {
             // One exponential per element: written, summed, then scaled.
@@ -207,7 +213,7 @@ pub(super) fn eval(c: &Composite, x: &[&Val], n: usize) -> Buf {
                 }
             })
         }
-        Composite::CrossEntropy => return Buf::F32(vec![cross_entropy(input, x[1], len)]),
+        Composite::CrossEntropy => unreachable!("handled above"),
         Composite::SoftmaxGrad { .. } => {
             let dy = x[1].f32();
             each_row(&mut out, len, |r, o| {
