@@ -12,7 +12,7 @@ use super::extract::Extraction;
 use super::lang::{Kind, OpKey, TensorNode};
 use crate::ir::{verify, Builder, Def, Graph, Op, ValueId};
 use egg::Id;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Adds every value of `graph` to `egraph`; returns each value's class, by value index.
 pub fn add_graph(egraph: &mut TensorGraph, graph: &Graph) -> Vec<Id> {
@@ -71,9 +71,22 @@ pub fn to_graph(
     };
     let outputs = root_classes(&mut original.outputs.iter().copied());
     let updates = root_classes(&mut original.updates.iter().map(|(_, v)| *v));
-    for &root in outputs.iter().chain(&updates) {
+    // Values the input has come in the input's order (autodiff's order, which uses an
+    // activation's gradient contributions soon after it is available, so it dies
+    // early); a new value comes just before its first user. Emitting root by root
+    // instead would leave every weight gradient to its update, at the very end,
+    // keeping the activations it reads alive through the whole backward pass.
+    let needed = reachable(extraction, outputs.iter().chain(&updates).copied())?;
+    let in_input_order = original
+        .values
+        .iter()
+        .zip(classes)
+        .filter(|(v, _)| matches!(v.def, Def::Node { .. }))
+        .map(|(_, &c)| egraph.find(c))
+        .filter(|c| needed.contains(c));
+    for class in in_input_order.chain(outputs.iter().chain(&updates).copied()) {
         emit(
-            egraph, extraction, root, &name_of, &leaf_ids, &mut built, &mut b,
+            egraph, extraction, class, &name_of, &leaf_ids, &mut built, &mut b,
         )?;
     }
     for root in outputs {
@@ -92,6 +105,25 @@ pub fn to_graph(
     let graph = b.finish();
     verify(&graph).map_err(|e| format!("the optimised graph does not verify: {e}"))?;
     Ok(graph)
+}
+
+/// The classes the extracted program for `roots` uses.
+fn reachable(
+    extraction: &Extraction,
+    roots: impl Iterator<Item = Id>,
+) -> Result<HashSet<Id>, String> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<Id> = roots.collect();
+    while let Some(class) = stack.pop() {
+        if seen.insert(class) {
+            let node = extraction
+                .choice
+                .get(&class)
+                .ok_or_else(|| format!("internal: class {class} was not extracted"))?;
+            stack.extend(&node.children);
+        }
+    }
+    Ok(seen)
 }
 
 /// Adds class `root` and everything it needs to `b` (iteratively: graphs are deep).
