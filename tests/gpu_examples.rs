@@ -1,4 +1,5 @@
-//! Every example model, forward and training step, on the GPU path without a GPU:
+//! Every example model, forward and training step (as written, and through the pipeline
+//! with the H800's cost model), on the GPU path without a GPU:
 //! - the full-size programs' PTX assembles with `ptxas -arch=sm_90` and no kernel
 //!   spills registers (ptxas is required in CI; elsewhere the check is skipped with a
 //!   printed reason);
@@ -12,11 +13,20 @@ use common::load_example as load;
 use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget, SmPlan};
 use smelt_compiler::ir::{Bindings, DType, Graph};
+use smelt_compiler::optimize::Options;
+use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_runtime::{gpusim, interp, params, Precision, Tensor};
 use std::collections::HashMap;
 
-fn train(g: &Graph) -> Graph {
-    training_step(g, &Optimizer::adamw()).unwrap()
+/// The AdamW training steps of `g` a GPU runs: as written (`--no-optimize`), and
+/// through the pipeline with the H800's cost model (the default).
+fn train(g: &Graph) -> [Graph; 2] {
+    let goal = Goal::Train(Optimizer::adamw());
+    let roofline = GpuTarget::h800().roofline();
+    let optimised = prepare(g, &goal, &roofline, Some(&Options::default()))
+        .unwrap()
+        .graph;
+    [training_step(g, &Optimizer::adamw()).unwrap(), optimised]
 }
 
 fn bindings(pairs: &[(&str, u64)]) -> Bindings {
@@ -75,10 +85,14 @@ fn mlp() {
     let g = load("examples/mlp.smelt", &[]);
     let b = bindings(&[("B", 64)]);
     assemble(&g, &b);
-    assemble(&train(&g), &b);
+    for step in train(&g) {
+        assemble(&step, &b);
+    }
     let small = load("examples/mlp.smelt", &[("hidden", "24")]);
     simulate(&small, 3, 10);
-    simulate(&train(&small), 3, 10);
+    for step in train(&small) {
+        simulate(&step, 3, 10);
+    }
 }
 
 #[test]
@@ -86,10 +100,14 @@ fn gpt() {
     let g = load("examples/gpt.smelt", &[]);
     let b = bindings(&[("B", 8)]);
     assemble(&g, &b);
-    assemble(&train(&g), &b);
+    for step in train(&g) {
+        assemble(&step, &b);
+    }
     let small = load("examples/gpt.smelt", &common::SMALL_GPT);
     simulate(&small, 1, 32);
-    simulate(&train(&small), 1, 32);
+    for step in train(&small) {
+        simulate(&step, 1, 32);
+    }
 }
 
 #[test]
@@ -97,10 +115,14 @@ fn moe() {
     let g = load("examples/moe.smelt", &[]);
     let b = bindings(&[("N", 256)]);
     assemble(&g, &b);
-    assemble(&train(&g), &b);
+    for step in train(&g) {
+        assemble(&step, &b);
+    }
     let small = load("examples/moe.smelt", &common::SMALL_MOE);
     simulate(&small, 6, 1);
-    simulate(&train(&small), 6, 1);
+    for step in train(&small) {
+        simulate(&step, 6, 1);
+    }
 }
 
 /// Benchmark W4, routed sparsely (`top_k`, `grouped_matmul`).
@@ -109,10 +131,14 @@ fn moe_w4_sparse() {
     let g = load("examples/bench/moe_w4.smelt", &[]);
     let b = bindings(&[("N", 1024)]);
     assemble(&g, &b);
-    assemble(&train(&g), &b);
+    for step in train(&g) {
+        assemble(&step, &b);
+    }
     let small = load("examples/bench/moe_w4.smelt", &common::SMALL_MOE);
     simulate(&small, 6, 1);
-    simulate(&train(&small), 6, 1);
+    for step in train(&small) {
+        simulate(&step, 6, 1);
+    }
 }
 
 #[test]
@@ -120,8 +146,12 @@ fn llama() {
     let g = load("examples/llama.smelt", &[]);
     let b = bindings(&[("B", 4), ("T", 64)]);
     assemble(&g, &b);
-    assemble(&train(&g), &b);
+    for step in train(&g) {
+        assemble(&step, &b);
+    }
     let small = load("examples/llama.smelt", &common::SMALL_LLAMA);
     simulate(&small, 2, 32);
-    simulate(&train(&small), 2, 32);
+    for step in train(&small) {
+        simulate(&step, 2, 32);
+    }
 }

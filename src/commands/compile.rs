@@ -3,7 +3,8 @@
 //! write the PTX module and its SM plan.
 
 use super::dump_ir::{gpu_plan, parse_bindings, Target};
-use super::{load_model, write_output, OptArgs, OptimizerArgs};
+use super::{load_model, prepare_for_gpu, write_output, OptArgs, OptimizerArgs};
+use smelt_compiler::pipeline::Goal;
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::{Compiled, Purpose};
 use std::path::PathBuf;
@@ -62,15 +63,13 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 target.name
             )));
         }
-        let graph = if args.train {
-            smelt_compiler::autodiff::optimizer::training_step(
-                &model.graph,
-                &args.optimizer.optimizer(),
-            )
-            .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))?
+        let goal = if args.train {
+            Goal::Train(args.optimizer.optimizer())
         } else {
-            model.graph.clone()
+            Goal::Run
         };
+        let graph = prepare_for_gpu(&model.graph, &goal, &target, &args.opt)
+            .map_err(|e| Diagnostic::in_file(&model.path, e.message))?;
         return emit_ptx(&args, &model.path, &graph, &target);
     }
     if args.emit.is_some() {

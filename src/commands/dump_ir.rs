@@ -1,6 +1,6 @@
 //! `smelt dump-ir`: print the IR of a stage, as text, JSON, or a picture (DOT or SVG).
 
-use super::{load_model, write_output, OptArgs, OptimizerArgs};
+use super::{load_model, prepare_for_gpu, write_output, OptArgs, OptimizerArgs};
 use smelt_compiler::autodiff::optimizer::training_step;
 use smelt_compiler::gpu::{GpuProgram, GpuTarget, SmPlan};
 use smelt_compiler::ir::{json, text, Bindings};
@@ -69,7 +69,8 @@ enum Stage {
     /// Composite ops expanded into primitives, as the CPU backend runs it.
     Decomposed,
     /// Kernels (fused pointwise kernels and library calls) and the memory plan of the
-    /// optimised graph (of the graph as written with --no-optimize or a GPU target).
+    /// optimised graph (of the graph as written with --no-optimize); with a GPU target,
+    /// its SM plan.
     Scheduled,
     /// What the CPU backend schedules: the forward graph decomposed and rewritten by the
     /// e-graph optimiser into the cheapest equivalent program under the target's cost
@@ -154,13 +155,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         Stage::Scheduled => {
             let bindings = parse_bindings(&args.binds)?;
             if let Some(target) = args.target.gpu() {
-                // GPU programs are scheduled from the graph as written (the GPU
-                // backend does not run the e-graph optimiser yet).
-                let g = if train {
-                    step(&model.graph)?
-                } else {
-                    model.graph.clone()
-                };
+                let g = prepare_for_gpu(&model.graph, &goal, &target, &args.opt)
+                    .map_err(|e| Diagnostic::in_file(&model.path, e.message))?;
                 let scheduled = smelt_compiler::gpu::schedule(&g);
                 let plan = gpu_plan(&scheduled, &bindings, &target, args.comm_sms)
                     .map_err(|e| Diagnostic::in_file(&model.path, e))?;

@@ -12,8 +12,10 @@ pub mod run;
 pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
+use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::Graph;
 use smelt_compiler::optimize::Options;
+use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose};
@@ -127,6 +129,24 @@ impl OptArgs {
             ..Options::default()
         })
     }
+}
+
+/// `forward` for `goal` as `target` runs it: through the pipeline with the GPU's cost
+/// model, or as written with `--no-optimize`.
+pub fn prepare_for_gpu(
+    forward: &Graph,
+    goal: &Goal,
+    target: &GpuTarget,
+    optimize: &OptArgs,
+) -> Result<Graph, Diagnostic> {
+    prepare(
+        forward,
+        goal,
+        &target.roofline(),
+        optimize.options().as_ref(),
+    )
+    .map(|p| p.graph)
+    .map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// The compile-cache flags shared by `run` and `train`.

@@ -1,7 +1,9 @@
 //! `smelt run`: run a model on given inputs.
 
-use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptArgs};
+use super::{compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, OptArgs};
+use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::Def;
+use smelt_compiler::pipeline::Goal;
 use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::{is_artefact, Purpose};
@@ -160,8 +162,11 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 Device::Cuda => EngineDevice::Cuda(args.gpu.options()),
                 _ => EngineDevice::GpuSim(args.gpu.options()),
             };
+            let options = args.gpu.options();
+            let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
+            let graph = prepare_for_gpu(graph, &Goal::Run, &target, &args.opt)?;
             let engine =
-                Engine::new(graph, device).map_err(|e| Diagnostic::plain(e.to_string()))?;
+                Engine::new(&graph, device).map_err(|e| Diagnostic::plain(e.to_string()))?;
             engine.run(&feeds).map(|e| e.outputs)
         }
     }

@@ -1,8 +1,12 @@
 //! `smelt train`: compile a training step and run it over data.
 
-use super::{compile_cpu, load_compiled, load_model, CacheArgs, OptArgs, OptimizerArgs};
+use super::{
+    compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, OptArgs, OptimizerArgs,
+};
+use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::text;
 use smelt_compiler::ir::Graph;
+use smelt_compiler::pipeline::Goal;
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::{is_artefact, Compiled, Purpose};
 use smelt_runtime::engine::Device;
@@ -144,11 +148,15 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         (Source::Model(g), DeviceArg::Interp) => {
             Trainer::new(&g, data, config, Device::Interp(Precision::F32))
         }
-        (Source::Model(g), DeviceArg::Gpusim) => {
-            Trainer::new(&g, data, config, Device::GpuSim(args.gpu.options()))
-        }
-        (Source::Model(g), DeviceArg::Cuda) => {
-            Trainer::new(&g, data, config, Device::Cuda(args.gpu.options()))
+        (Source::Model(g), DeviceArg::Gpusim | DeviceArg::Cuda) => {
+            let options = args.gpu.options();
+            let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
+            let step = prepare_for_gpu(&g, &Goal::Train(optimizer), &target, &args.opt)?;
+            let device = match args.device {
+                DeviceArg::Cuda => Device::Cuda(options),
+                _ => Device::GpuSim(options),
+            };
+            Trainer::with_step(&g, step, data, config, device)
         }
     }
     .map_err(fail)?;

@@ -135,6 +135,19 @@ impl Trainer {
         device: Device,
     ) -> Result<Trainer, TrainError> {
         let step_graph = training_step(forward, &config.optimizer)?;
+        Trainer::with_step(forward, step_graph, data, config, device)
+    }
+
+    /// Starts a run of `forward` whose training step (for `config`'s optimiser, with
+    /// the step graph's interface) is `step_graph`, e.g. made by
+    /// `smelt_compiler::pipeline::prepare`.
+    pub fn with_step(
+        forward: &Graph,
+        step_graph: Graph,
+        data: Dataset,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Trainer, TrainError> {
         data.check(&step_graph, config.batch)?;
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
