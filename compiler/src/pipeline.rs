@@ -18,7 +18,7 @@ use crate::passes::decompose;
 /// What a model is compiled into.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Goal {
-    /// The forward graph, as written.
+    /// The forward graph.
     Run,
     /// The forward outputs and the gradient of the loss with respect to every
     /// parameter (`d.PARAM`), with no update.
@@ -42,6 +42,17 @@ impl Goal {
     }
 }
 
+/// Why the pipeline failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PipelineError {
+    /// The model cannot be differentiated (no loss, no parameters, ...).
+    #[error(transparent)]
+    Autodiff(#[from] AutodiffError),
+    /// The optimiser's result could not be rebuilt into a graph (an internal error).
+    #[error("optimisation failed: {0}")]
+    Optimize(String),
+}
+
 /// The graph a backend runs, and what the optimiser did on the way.
 #[derive(Clone, Debug)]
 pub struct Prepared {
@@ -60,14 +71,14 @@ pub fn prepare(
     goal: &Goal,
     model: &dyn CostModel,
     options: Option<&Options>,
-) -> Result<Prepared, AutodiffError> {
+) -> Result<Prepared, PipelineError> {
     let Some(options) = options else {
         return Ok(Prepared {
             graph: goal.build(forward)?,
             reports: Vec::new(),
         });
     };
-    let fail = |e: String| AutodiffError(format!("optimisation failed: {e}"));
+    let fail = PipelineError::Optimize;
     let (optimised, first) = optimize(&decompose(forward), model, options).map_err(fail)?;
     if *goal == Goal::Run {
         return Ok(Prepared {
