@@ -5,25 +5,23 @@ mod common;
 
 use common::{expect_user_error, smelt, texts};
 
-fn plan_json(extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "dump-ir",
-        "examples/gpt.smelt",
-        "--train",
-        "--stage",
-        "scheduled",
-        "--target",
-        "h800",
-        "--bind",
-        "B=8",
-        "--format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    let out = smelt(&args);
+/// `dump-ir MODEL --stage scheduled --target h800 --format json` with `args` (the model
+/// and its flags): the plan, and the text it was read from.
+fn h800_plan(args: &[&str]) -> (serde_json::Value, String) {
+    let mut all = vec!["dump-ir", "--stage", "scheduled", "--target", "h800"];
+    all.extend_from_slice(&["--format", "json"]);
+    all.extend_from_slice(args);
+    let out = smelt(&all);
     let (stdout, stderr) = texts(&out);
     assert!(out.status.success(), "{stderr}");
-    serde_json::from_str(&stdout).unwrap()
+    (serde_json::from_str(&stdout).unwrap(), stdout)
+}
+
+/// The GPT training step's plan at B = 8, with `extra` flags.
+fn plan_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["examples/gpt.smelt", "--train", "--bind", "B=8"];
+    args.extend_from_slice(extra);
+    h800_plan(&args).0
 }
 
 #[test]
@@ -135,26 +133,9 @@ fn comm_sms_must_be_even_and_leave_compute() {
 #[test]
 fn moe_all_to_all_runs_on_the_reserved_sms_and_overlaps_compute() {
     let plan = |extra: &[&str]| {
-        let mut args = vec![
-            "dump-ir",
-            "examples/moe.smelt",
-            "--stage",
-            "scheduled",
-            "--target",
-            "h800",
-            "--bind",
-            "N=4096",
-            "--format",
-            "json",
-        ];
+        let mut args = vec!["examples/moe.smelt", "--bind", "N=4096"];
         args.extend_from_slice(extra);
-        let out = smelt(&args);
-        let (stdout, stderr) = texts(&out);
-        assert!(out.status.success(), "{stderr}");
-        (
-            serde_json::from_str::<serde_json::Value>(&stdout).unwrap(),
-            stdout,
-        )
+        h800_plan(&args)
     };
     let comm_launches = |plan: &serde_json::Value| {
         plan["launches"]
