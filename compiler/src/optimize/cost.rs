@@ -138,15 +138,9 @@ impl CostModel for RooflineTarget {
             }
             Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => kernel(n, moved),
             Op::Reduce { .. } => kernel(operands.first().map_or(0.0, |t| self.elements(t)), moved),
-            Op::MatMul => {
-                let k = operands
-                    .first()
-                    .and_then(|a| a.dims().last())
-                    .map_or(1.0, |d| self.dim(d));
-                kernel(2.0 * n * k, moved)
-            }
-            // One row of K multiply-adds per result element: x is [T, K].
-            Op::GroupedMatMul => {
+            // K multiply-adds per result element: the lhs (a grouped product's x: [T, K])
+            // ends in K.
+            Op::MatMul | Op::GroupedMatMul => {
                 let k = operands
                     .first()
                     .and_then(|a| a.dims().last())
