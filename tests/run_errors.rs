@@ -119,7 +119,7 @@ fn missing_and_corrupt_files() {
 fn missing_model_file_and_unknown_extension() {
     let err = expect_user_error(&smelt(&["dump-ir", "examples/nope.sir"]));
     assert!(
-        err.starts_with("examples/nope.sir: error: cannot read model file"),
+        err.starts_with("examples/nope.sir: error: cannot read: "),
         "{err}"
     );
     let err = expect_user_error(&smelt(&["dump-ir", "README.md"]));

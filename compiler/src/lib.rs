@@ -10,6 +10,7 @@
 pub mod autodiff;
 pub mod codegen;
 pub mod gpu;
+pub mod input;
 pub mod ir;
 pub mod kernel;
 pub mod optimize;

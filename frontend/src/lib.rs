@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod lang;
 pub mod onnx;
 
+use smelt_compiler::input;
 use smelt_compiler::ir::{json, text, Graph, ValueId};
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,12 +93,12 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
     if ext == Some("onnx") {
         return load_onnx(path, &onnx::ImportOptions::default());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        LoadError(Diagnostic::in_file(
-            &shown,
-            format!("cannot read model file: {e}"),
-        ))
-    })?;
+    let (limit, kind) = match ext {
+        Some("json") => (input::JSON_LIMIT, "JSON model"),
+        _ => (input::MODEL_TEXT_LIMIT, "model text file"),
+    };
+    let text = input::read_limited_text(path, limit, kind)
+        .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.to_string())))?;
     match ext {
         Some("smelt") => load_smelt(path, shown, text, overrides),
         Some("sir") => match text::parse(&text) {
@@ -129,12 +130,8 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
 /// Imports an ONNX model with import options (input values to specialise shapes on).
 pub fn load_onnx(path: &Path, options: &onnx::ImportOptions) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
-        LoadError(Diagnostic::in_file(
-            &shown,
-            format!("cannot read model file: {e}"),
-        ))
-    })?;
+    let bytes = input::read_limited(path, input::PROTOBUF_LIMIT, "ONNX model")
+        .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.to_string())))?;
     onnx::import_model(&bytes, options)
         .map(|imported| Model {
             graph: imported.graph,

@@ -1,9 +1,10 @@
 //! Tensor files: NumPy `.npy` and safetensors.
 
 use crate::tensor::{Data, Tensor};
-use smelt_compiler::ir::DType;
+use smelt_compiler::input;
+use smelt_compiler::ir::{size_mul, DType};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use thiserror::Error;
 
@@ -24,11 +25,63 @@ fn err(path: &Path, message: impl ToString) -> IoError {
     }
 }
 
+/// Reads the file at `path` within the tensor file limit (a regular file only).
+fn read_bounded(path: &Path, kind: &'static str) -> Result<Vec<u8>, IoError> {
+    input::read_limited(path, input::TENSOR_FILE_LIMIT, kind).map_err(|e| err(path, e))
+}
+
+/// Where the data of a `.npy` file starts, from its preamble (magic, version, header
+/// length), checked against the file's length before the header is parsed.
+fn npy_data_start(bytes: &[u8]) -> Result<usize, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+    }
+    let (len, fixed) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let start = fixed + len;
+    if start > bytes.len() {
+        return Err(format!(
+            "the header claims {len} bytes, but the file has only {} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(start)
+}
+
 /// Reads a `.npy` file (f64, f32, f16, i64, i32, u8, i8 and bool elements; C order).
 pub fn read_npy(path: &Path) -> Result<Tensor, IoError> {
-    let file = File::open(path).map_err(|e| err(path, e))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file))
+    let bytes = read_bounded(path, ".npy file")?;
+    let start = npy_data_start(&bytes).map_err(|m| err(path, m))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
         .map_err(|e| err(path, format!("not a valid .npy file: {e}")))?;
+    // The shape's element count and byte size must fit, and the file must hold them.
+    let item = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.num_bytes().unwrap_or(1) as u64,
+        _ => 1,
+    };
+    let data_bytes = npy
+        .shape()
+        .iter()
+        .try_fold(item, |acc, &d| {
+            size_mul(acc, d, || format!("the data of shape {:?}", npy.shape()))
+        })
+        .map_err(|e| err(path, e))?;
+    let have = (bytes.len() - start) as u64;
+    if data_bytes > have {
+        return Err(err(
+            path,
+            format!(
+                "the header's shape {:?} needs {data_bytes} bytes of data, but the file holds {have}",
+                npy.shape()
+            ),
+        ));
+    }
     if npy.order() != npyz::Order::C {
         return Err(err(
             path,
@@ -144,10 +197,18 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), IoError> {
 
 /// Reads every tensor of a safetensors file, by name.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
-    use safetensors::Dtype as S;
-    let bytes = std::fs::read(path).map_err(|e| err(path, e))?;
+    let bytes = read_bounded(path, "safetensors file")?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+        .map_err(|e| err(path, explain_safetensors(&e)))?;
+    safetensors_tensors(&st, path)
+}
+
+/// Every tensor of a parsed safetensors file, by name; `path` names it in errors.
+pub fn safetensors_tensors(
+    st: &safetensors::SafeTensors,
+    path: &Path,
+) -> Result<Vec<(String, Tensor)>, IoError> {
+    use safetensors::Dtype as S;
     let mut out = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
@@ -219,6 +280,37 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, IoError> {
         out.push((name, Tensor { dtype, shape, data }));
     }
     Ok(out)
+}
+
+/// A safetensors reader's error in words.
+pub fn explain_safetensors(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    let what = match e {
+        E::InvalidHeader => "its header is not UTF-8 text".to_string(),
+        E::InvalidHeaderStart => "its header does not start with '{'".to_string(),
+        E::InvalidHeaderDeserialization | E::JsonError(_) => {
+            "its header is not the JSON safetensors expects".to_string()
+        }
+        E::HeaderTooLarge => "its header length is over 100 MB (the first 8 bytes)".to_string(),
+        E::HeaderTooSmall => "it is shorter than the 8-byte header length".to_string(),
+        E::InvalidHeaderLength => {
+            "its header length (the first 8 bytes) is larger than the file".to_string()
+        }
+        E::TensorNotFound(name) => format!("it has no tensor '{name}'"),
+        E::TensorInvalidInfo => "a tensor's shape, dtype and offsets disagree".to_string(),
+        E::InvalidOffset(name) => {
+            format!("the data offsets of tensor '{name}' are outside the file or overlap")
+        }
+        E::IoError(io) => format!("cannot read it: {io}"),
+        E::InvalidTensorView(dtype, shape, len) => {
+            format!("{len} bytes cannot hold a {dtype:?} tensor of shape {shape:?}")
+        }
+        E::MetadataIncompleteBuffer => {
+            "the tensors' data does not cover the file's data section".to_string()
+        }
+        E::ValidationOverflow => "a tensor's shape or byte size overflows".to_string(),
+    };
+    format!("not a valid safetensors file: {what}")
 }
 
 /// Writes tensors to a safetensors file (the caller makes it atomic if it must be).

@@ -10,6 +10,8 @@ pub mod gpusim;
 pub mod gradcheck;
 pub mod interp;
 pub mod io;
+pub mod labels;
+pub mod memory;
 pub mod params;
 pub mod rng;
 pub mod tensor;

@@ -64,7 +64,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             )));
         }
         let goal = if args.train {
-            Goal::Train(args.optimizer.optimizer())
+            Goal::Train(args.optimizer.optimizer()?)
         } else {
             Goal::Run
         };
@@ -78,7 +78,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         ));
     }
     let purpose = if args.train {
-        Purpose::Train(args.optimizer.optimizer())
+        Purpose::Train(args.optimizer.optimizer()?)
     } else {
         Purpose::Run
     };

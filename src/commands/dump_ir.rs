@@ -124,12 +124,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let model = load_model(&args.model, &args.sets)?;
     let train = args.train || matches!(args.stage, Stage::Grad);
     let goal = if train {
-        Goal::Train(args.optimizer.optimizer())
+        Goal::Train(args.optimizer.optimizer()?)
     } else {
         Goal::Run
     };
     let step = |g| {
-        training_step(g, &args.optimizer.optimizer())
+        training_step(g, &args.optimizer.optimizer()?)
             .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))
     };
     let graph = match args.stage {

@@ -55,10 +55,10 @@ pub struct OptimizerArgs {
     #[arg(long = "optimizer", value_enum)]
     kind: Option<OptimizerKind>,
     /// Weight decay (decoupled for AdamW, L2 for SGD). Default: 0.01 for AdamW, 0 for SGD.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// SGD momentum [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
 }
 
@@ -69,31 +69,52 @@ enum OptimizerKind {
 }
 
 impl OptimizerArgs {
-    /// The optimiser these flags describe.
-    pub fn optimizer(&self) -> Optimizer {
-        match (
-            self.kind.unwrap_or(OptimizerKind::Adamw),
-            Optimizer::adamw(),
-        ) {
-            (
-                OptimizerKind::Adamw,
-                Optimizer::AdamW {
+    /// The optimiser these flags describe, or why the values cannot be used.
+    pub fn optimizer(&self) -> Result<Optimizer, Diagnostic> {
+        let check =
+            |flag: &str, value: Option<f64>, range: std::ops::Range<f64>, what: &str| match value {
+                Some(v) if !range.contains(&v) => Err(Diagnostic::plain(format!(
+                    "{flag} must be {what}, found {v}"
+                ))),
+                _ => Ok(()),
+            };
+        check(
+            "--weight-decay",
+            self.weight_decay,
+            0.0..f64::INFINITY,
+            "a finite number, 0 or more",
+        )?;
+        check(
+            "--momentum",
+            self.momentum,
+            0.0..1.0,
+            "a number from 0 up to (not including) 1",
+        )?;
+        Ok(
+            match (
+                self.kind.unwrap_or(OptimizerKind::Adamw),
+                Optimizer::adamw(),
+            ) {
+                (
+                    OptimizerKind::Adamw,
+                    Optimizer::AdamW {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    },
+                ) => Optimizer::AdamW {
                     beta1,
                     beta2,
                     eps,
-                    weight_decay,
+                    weight_decay: self.weight_decay.unwrap_or(weight_decay),
                 },
-            ) => Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: self.weight_decay.unwrap_or(weight_decay),
+                _ => Optimizer::Sgd {
+                    momentum: self.momentum.unwrap_or(0.0),
+                    weight_decay: self.weight_decay.unwrap_or(0.0),
+                },
             },
-            _ => Optimizer::Sgd {
-                momentum: self.momentum.unwrap_or(0.0),
-                weight_decay: self.weight_decay.unwrap_or(0.0),
-            },
-        }
+        )
     }
 
     /// True if any optimiser flag was given (a compiled artefact fixes the optimiser).
@@ -147,6 +168,23 @@ pub fn prepare_for_gpu(
     )
     .map(|p| p.graph)
     .map_err(|e| Diagnostic::plain(e.to_string()))
+}
+
+/// The memory limit shared by `run` and `train`.
+#[derive(clap::Args)]
+pub struct MemoryArgs {
+    /// The most memory the run's tensors may take, checked before anything is allocated:
+    /// bytes, or with a unit (512M, 8G) [default: 3/4 of the machine's RAM].
+    #[arg(long, value_name = "SIZE", value_parser = smelt_runtime::memory::parse_limit)]
+    max_memory: Option<u64>,
+}
+
+impl MemoryArgs {
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.max_memory
+            .unwrap_or_else(smelt_runtime::memory::default_limit)
+    }
 }
 
 /// The compile-cache flags shared by `run` and `train`.

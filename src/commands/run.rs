@@ -1,6 +1,8 @@
 //! `smelt run`: run a model on given inputs.
 
-use super::{compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, OptArgs};
+use super::{
+    compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, MemoryArgs, OptArgs,
+};
 use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::Def;
 use smelt_compiler::pipeline::Goal;
@@ -11,7 +13,7 @@ use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::engine::{Device as EngineDevice, Engine};
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
 use smelt_runtime::train::Checkpoint;
-use smelt_runtime::{interp, params, Data, Precision, RunError, Tensor};
+use smelt_runtime::{interp, labels, memory, params, Data, Precision, RunError, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +50,8 @@ pub struct Args {
     precision: PrecisionArg,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
     #[command(flatten)]
     opt: OptArgs,
 }
@@ -141,6 +145,16 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         origin.insert(name.clone(), file);
         feeds.insert(name, t);
     }
+    // Size everything before the parameters and the run allocate anything.
+    let held = |n: &str| {
+        graph
+            .find(n)
+            .is_some_and(|id| matches!(graph.value(id).def, Def::Param(_) | Def::State(_)))
+    };
+    interp::bind_shapes_except(graph, &feeds, &held)
+        .and_then(|b| Ok(memory::check(graph, &b, args.memory.limit())?))
+        .and_then(|()| labels::check_class_labels(graph, &feeds))
+        .map_err(|e| run_error(&model, &origin, e))?;
     for (name, t) in params::init_params(graph, args.seed) {
         feeds.entry(name).or_insert(t);
     }
@@ -260,8 +274,12 @@ fn read_input_file(path: &Path, name: &str) -> Result<Tensor, Diagnostic> {
         return read_tensor_file(path, name).map_err(|e| Diagnostic::in_file(&e.path, e.message));
     }
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| Diagnostic::in_file(&shown, format!("cannot read tensor file: {e}")))?;
+    let bytes = smelt_compiler::input::read_limited(
+        path,
+        smelt_compiler::input::PROTOBUF_LIMIT,
+        "ONNX tensor file",
+    )
+    .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
     let (_, c) = smelt_frontend::onnx::parse_tensor(&bytes)
         .map_err(|e| Diagnostic::in_file(&shown, e.message))?;
     let data = match c.data {
@@ -300,7 +318,9 @@ fn run_error(model: &Model, origin: &HashMap<String, String>, e: RunError) -> Di
             model.diagnostic_at(*value, format!("{e}{from}"))
         }
         RunError::Eval { value, .. } => model.diagnostic_at(*value, e.to_string()),
-        RunError::Unknown(_) | RunError::Unbound(_) => Diagnostic::plain(e.to_string()),
+        RunError::Unknown(_) | RunError::Unbound(_) | RunError::Size(_) | RunError::Memory(_) => {
+            Diagnostic::plain(e.to_string())
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `smelt train`: compile a training step and run it over data.
 
 use super::{
-    compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, OptArgs, OptimizerArgs,
+    compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, MemoryArgs, OptArgs,
+    OptimizerArgs,
 };
 use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::text;
@@ -34,7 +35,7 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Base learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
     /// Learning-rate schedule: constant, cosine, or cosine:WARMUP_STEPS.
     #[arg(long, default_value = "constant")]
@@ -58,9 +59,14 @@ pub struct Args {
     /// Steps between checkpoints (and one at the end).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: usize,
-    /// Continue from the checkpoint in this directory.
+    /// Continue from the checkpoint in this directory (with the same optimiser, seed,
+    /// --lr, --batch and --schedule; --steps may grow).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Resume even if the optimiser, seed, --lr, --batch or --schedule differ from the
+    /// checkpoint's (the changes are listed).
+    #[arg(long, requires = "resume")]
+    allow_changed_settings: bool,
     /// Where to run: `cpu`, `interp`, `cuda` (an NVIDIA GPU) or `gpusim` (the GPU
     /// kernels simulated on the CPU; slow).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
@@ -72,6 +78,8 @@ pub struct Args {
     sets: Vec<String>,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    memory: MemoryArgs,
     #[command(flatten)]
     opt: OptArgs,
 }
@@ -111,7 +119,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             Purpose::Train(opt) => opt.clone(),
             Purpose::Run => unreachable!("load_train_artefact refuses run artefacts"),
         },
-        Source::Model(_) => args.optimizer.optimizer(),
+        Source::Model(_) => args.optimizer.optimizer()?,
     };
     let config = TrainConfig {
         steps: args.steps,
@@ -120,6 +128,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         schedule: args.schedule,
         seed: args.seed,
         optimizer: optimizer.clone(),
+        max_memory: args.memory.limit(),
     };
     let ckpt = match &args.resume {
         None => None,
@@ -134,6 +143,21 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                     "{}: the checkpoint was made from a different model (or different --set values)",
                     dir.display()
                 )));
+            }
+            let changes = config.changes_from(&ckpt.meta);
+            let listed = changes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if !changes.is_empty() && !args.allow_changed_settings {
+                return Err(Diagnostic::plain(format!(
+                    "{}: this run's settings differ from the checkpoint's ({listed}), so it would not continue the same run; use the checkpoint's settings, or add --allow-changed-settings",
+                    dir.display()
+                )));
+            }
+            if !changes.is_empty() {
+                eprintln!("warning: resuming with changed settings: {listed}");
             }
             Some(ckpt)
         }

@@ -211,12 +211,16 @@ fn padded_range(values: impl Iterator<Item = f64>, pad: f64) -> std::ops::Range<
     if !low.is_finite() {
         return 0.0..1.0;
     }
-    let span = high - low;
-    if span <= f64::EPSILON * high.abs().max(1e-300) {
+    // Halves first, so that spans near f64::MAX stay finite.
+    let (mid, half_span) = (low / 2.0 + high / 2.0, high / 2.0 - low / 2.0);
+    if half_span <= f64::EPSILON * mid.abs().max(1e-300) {
         let half = if low == 0.0 { 1.0 } else { low.abs() * 0.5 };
         return low - half..high + half;
     }
-    low - pad * span..high + pad * span
+    // The chart computes `end - start`: keep it finite (an axis of infinite width has
+    // no ticks, and the tick search does not end), clipping the padding if need be.
+    let half = (half_span * (1.0 + 2.0 * pad)).min(f64::MAX / 2.0);
+    mid - half..mid + half
 }
 
 #[cfg(test)]
@@ -249,6 +253,8 @@ mod tests {
         assert_eq!(padded_range([3.0].into_iter(), 0.1), 1.5..4.5);
         assert_eq!(padded_range([0.0, 10.0].into_iter(), 0.1), -1.0..11.0);
         assert_eq!(padded_range(std::iter::empty(), 0.1), 0.0..1.0);
+        let huge = padded_range([1e308, -1e308].into_iter(), 0.05);
+        assert!((huge.end - huge.start).is_finite(), "{huge:?}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Builder {
     }
 
     fn push(&mut self, name: Option<&str>, ty: TensorType, def: Def) -> Result<ValueId, String> {
+        ty.check_size().map_err(|e| e.to_string())?;
         let name = match name {
             Some(n) if !is_value_name(n) => return Err(format!("'{n}' is not a valid value name")),
             Some(n) if self.names.contains(n) => {

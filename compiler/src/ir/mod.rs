@@ -21,6 +21,9 @@ pub use builder::{check_param_type, Builder};
 pub use dtype::DType;
 pub use graph::{is_value_name, Def, Graph, Init, Value, ValueId};
 pub use ops::Op;
-pub use shape::{is_symbol, Bindings, Dim, Shape};
+pub use shape::{
+    is_symbol, parse_size, size_add, size_mul, Bindings, Dim, DimError, DimParseError, Shape,
+    SizeOverflow, MAX_SIZE,
+};
 pub use types::TensorType;
 pub use verify::{verify, VerifyError};

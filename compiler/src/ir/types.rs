@@ -1,6 +1,6 @@
 //! Tensor types: an element type and a shape.
 
-use super::{DType, Dim, Shape};
+use super::{size_mul, Bindings, DType, Dim, DimError, Shape, SizeOverflow};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -37,6 +37,33 @@ impl TensorType {
     /// The dimensions.
     pub fn dims(&self) -> &[Dim] {
         self.shape.dims()
+    }
+
+    /// Checks that a buffer of this type can exist: its element count (symbols and zero
+    /// axes counted as 1) times the element size stays within [`super::MAX_SIZE`] bytes.
+    /// The verifier checks it for every value, so code working on a verified graph can
+    /// multiply any of a type's static sizes without overflow.
+    pub fn check_size(&self) -> Result<(), SizeOverflow> {
+        let elems = self.shape.element_bound()?;
+        size_mul(elems, self.dtype.size_bytes() as u64, || {
+            format!("the size in bytes of {self}")
+        })
+        .map(|_| ())
+    }
+
+    /// Bytes of a value of this type under `bindings`, at `elem_bytes` per element
+    /// (a backend may hold elements wider than the dtype).
+    pub fn bytes(&self, bindings: &Bindings, elem_bytes: u64) -> Result<u64, DimError> {
+        // `eval` has checked the product of the sizes.
+        let elems: u64 = self
+            .shape
+            .eval(bindings)?
+            .iter()
+            .map(|&n| n as u64)
+            .product();
+        Ok(size_mul(elems, elem_bytes, || {
+            format!("the size in bytes of {self}")
+        })?)
     }
 
     /// The same shape with another dtype.

@@ -32,6 +32,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         if !names.insert(v.name.as_str()) {
             return Err(fail("defined more than once".into()));
         }
+        v.ty.check_size().map_err(|e| fail(e.to_string()))?;
         match &v.def {
             Def::Input => {}
             Def::Param(_) | Def::State(_) => check_param_type(&v.ty).map_err(fail)?,

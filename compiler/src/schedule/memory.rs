@@ -19,7 +19,7 @@
 //! `smelt dump-ir --stage scheduled` prints it.
 
 use super::{Schedule, Step};
-use crate::ir::{Bindings, DType, Def, Graph, Op, ValueId};
+use crate::ir::{Bindings, DType, Def, DimError, Graph, Op, ValueId};
 use crate::kernel::{Expr, PointwiseKernel};
 use std::fmt::Write;
 
@@ -76,7 +76,7 @@ pub struct Slot {
 impl Slot {
     /// Size in bytes.
     pub fn bytes(&self) -> u64 {
-        self.elems * self.dtype.size_bytes() as u64
+        bytes_of(self.elems, self.dtype)
     }
 }
 
@@ -101,13 +101,24 @@ pub struct MemoryPlan {
     pub unshared_bytes: u64,
 }
 
+/// Bytes of `elems` elements of `dtype`, saturating like [`elems`].
+fn bytes_of(elems: u64, dtype: DType) -> u64 {
+    elems.saturating_mul(dtype.size_bytes() as u64)
+}
+
 fn elems(g: &Graph, v: ValueId, b: &Bindings) -> u64 {
     g.ty(v)
         .dims()
         .iter()
-        // A dimension with unbound symbols counts each symbol as 1.
-        .map(|d| d.eval(b).unwrap_or_else(|_| d.coeff()))
-        .product()
+        // A dimension with unbound symbols counts each symbol as 1 (a verified type's
+        // coefficients multiply without overflow); bindings too large to size any value
+        // saturate, and the runtime refuses them (`Shape::eval`) before allocating.
+        .map(|d| match d.eval(b) {
+            Ok(n) => n,
+            Err(DimError::Unbound(_)) => d.coeff(),
+            Err(DimError::Overflow(_)) => u64::MAX,
+        })
+        .fold(1u64, u64::saturating_mul)
 }
 
 /// The buffer a step's output views, when the step moves no data: a reshape (row-major
@@ -263,8 +274,7 @@ impl MemoryPlan {
             let first = lives.def[c[0].index()].expect("written by a step");
             (first, lives.end[c[c.len() - 1].index()])
         };
-        let chain_bytes =
-            |c: &[ValueId]| elems[c[0].index()] * g.ty(c[0]).dtype.size_bytes() as u64;
+        let chain_bytes = |c: &[ValueId]| bytes_of(elems[c[0].index()], g.ty(c[0]).dtype);
         let mut order: Vec<usize> = (0..chains.len()).collect();
         order.sort_by_key(|&c| {
             (
@@ -317,13 +327,13 @@ impl MemoryPlan {
         let argument_bytes = g
             .ids()
             .filter(|&v| !matches!(g.value(v).def, Def::Node { .. }))
-            .map(|v| elems[v.index()] * g.ty(v).dtype.size_bytes() as u64)
-            .sum();
+            .map(|v| bytes_of(elems[v.index()], g.ty(v).dtype))
+            .fold(0, u64::saturating_add);
         let unshared_bytes = slots
             .iter()
             .flat_map(|s| s.tenants.iter().map(move |t| (s.dtype, t.value)))
-            .map(|(dt, v)| elems[v.index()] * dt.size_bytes() as u64)
-            .sum();
+            .map(|(dt, v)| bytes_of(elems[v.index()], dt))
+            .fold(0, u64::saturating_add);
         MemoryPlan {
             steps,
             slots,
@@ -338,7 +348,10 @@ impl MemoryPlan {
 
     /// Bytes of all slots: the peak of planned (non-escaping) memory.
     pub fn peak_bytes(&self) -> u64 {
-        self.slots.iter().map(Slot::bytes).sum()
+        self.slots
+            .iter()
+            .map(Slot::bytes)
+            .fold(0, u64::saturating_add)
     }
 
     /// The most bytes of slot-backed values alive at one step (a value overwritten in
@@ -346,11 +359,11 @@ impl MemoryPlan {
     pub fn live_peak_bytes(&self) -> u64 {
         let mut live = vec![0u64; self.steps.len() + 1];
         for slot in &self.slots {
-            let size = slot.dtype.size_bytes() as u64;
             for t in &slot.tenants {
                 let from = t.first + usize::from(t.in_place_of.is_some());
+                let bytes = bytes_of(self.elems[t.value.index()], slot.dtype);
                 for l in live.iter_mut().take(t.last + 1).skip(from) {
-                    *l += self.elems[t.value.index()] * size;
+                    *l = l.saturating_add(bytes);
                 }
             }
         }
@@ -366,8 +379,8 @@ impl MemoryPlan {
         let escaping_bytes: u64 = self
             .escaping
             .iter()
-            .map(|&v| self.elems[v.index()] * g.ty(v).dtype.size_bytes() as u64)
-            .sum();
+            .map(|&v| bytes_of(self.elems[v.index()], g.ty(v).dtype))
+            .fold(0, u64::saturating_add);
         let mut s = String::new();
         let _ = writeln!(
             s,

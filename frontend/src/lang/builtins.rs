@@ -671,27 +671,25 @@ impl<'p> Lowerer<'p> {
         let xt = self.ty(x);
         super::shapes::check_numel(&Shape(dims.clone())).map_err(|m| c.err(p, m))?;
         if let Some(i) = infer {
-            let known = Shape(dims.clone()).numel();
-            dims[i] = super::shapes::div_dims(&xt.shape.numel(), &known).ok_or_else(|| {
+            let numel = |s: &Shape| s.numel().map_err(|e| c.err(p, e.to_string()));
+            let (known, total) = (numel(&Shape(dims.clone()))?, numel(&xt.shape)?);
+            dims[i] = total.div_exact(&known).ok_or_else(|| {
                 c.err(
                     p,
                     format!(
-                        "cannot infer -1: {} elements of {xt} are not a multiple of {known}",
-                        xt.shape.numel()
+                        "cannot infer -1: {total} elements of {xt} are not a multiple of {known}"
                     ),
                 )
             })?;
         }
         let shape = Shape(dims);
         super::shapes::check_numel(&shape).map_err(|m| c.err(p, m))?;
-        if shape.numel() != xt.shape.numel() {
+        let numel = |s: &Shape| s.numel().map_err(|e| c.err(p, e.to_string()));
+        let (from, to) = (numel(&xt.shape)?, numel(&shape)?);
+        if from != to {
             return Err(c.err(
                 p,
-                format!(
-                    "cannot reshape {xt} ({} elements) to {shape} ({} elements)",
-                    xt.shape.numel(),
-                    shape.numel()
-                ),
+                format!("cannot reshape {xt} ({from} elements) to {shape} ({to} elements)"),
             ));
         }
         Ok(shape)
@@ -892,14 +890,15 @@ impl<'p> Lowerer<'p> {
                 format!("ids must be integers with the leading axes of {xt}, found {it}"),
             ));
         }
-        let rows = xt.dims()[..r - 1]
-            .iter()
-            .fold(Dim::fixed(1), |acc, d| acc.mul(d));
+        let too_big = |e: smelt_compiler::ir::SizeOverflow| c.err(c.at(0).1, e.to_string());
+        let rows = Shape(xt.dims()[..r - 1].to_vec())
+            .numel()
+            .map_err(too_big)?;
         let (n, k) = (xt.dims()[r - 1].clone(), it.dims()[r - 1].clone());
         let Some(width) = n.as_static() else {
             return Err(c.err(c.at(0).1, format!("needs a static last axis, found {xt}")));
         };
-        let flat = self.reshape(x, Shape(vec![rows.mul(&n)]), pos)?;
+        let flat = self.reshape(x, Shape(vec![rows.mul(&n).map_err(too_big)?]), pos)?;
         let index_ty = TensorType::new(DType::I64, Shape(vec![rows, k]));
         let ids = if it.dtype == DType::I64 {
             ids

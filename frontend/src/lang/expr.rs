@@ -575,9 +575,13 @@ fn fold(op: BinOp, a: &Val, b: &Val) -> Result<Val, String> {
             BinOp::Sub => Val::Int(x.checked_sub(*y).ok_or_else(overflow)?),
             BinOp::Mul => Val::Int(x.checked_mul(*y).ok_or_else(overflow)?),
             BinOp::Div if *y == 0 => return Err("division by zero".into()),
-            // Exact integer quotients stay integers, so `heads / kv_heads` can size a shape.
-            BinOp::Div if x % y == 0 => Val::Int(x / y),
-            BinOp::Div => Val::Float(*x as f64 / *y as f64),
+            // Exact integer quotients stay integers, so `heads / kv_heads` can size a shape;
+            // `i64::MIN / -1` is the one quotient that does not fit.
+            BinOp::Div => match x.checked_rem(*y) {
+                None => return Err(overflow()),
+                Some(0) => Val::Int(x / y),
+                Some(_) => Val::Float(*x as f64 / *y as f64),
+            },
             BinOp::MatMul => return Err("'@' needs two tensors, found integers".into()),
             cmp => Val::Bool(compare(cmp, *x as f64, *y as f64)),
         });

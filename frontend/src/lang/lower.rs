@@ -8,7 +8,7 @@
 use super::ast::{Expr, ExprKind, FnDef, Program, Stmt, StmtKind, TypeExpr};
 use super::error::{fail, LangError, LangResult};
 use super::init::initialiser;
-use super::shapes::{check_numel, div_dims, mul_dims};
+use super::shapes::{check_numel, mul_dims};
 use super::value::{Env, Val};
 use smelt_compiler::ir::text::Pos;
 use smelt_compiler::ir::{
@@ -717,7 +717,7 @@ impl<'p> Lowerer<'p> {
     fn eval_dim(&mut self, env: &Env, e: &Expr, mode: &mut DimMode) -> LangResult<Dim> {
         let bad = |m: String| LangError::new(e.pos, m);
         match &e.kind {
-            ExprKind::Int(n) => Ok(Dim::fixed(*n)),
+            ExprKind::Int(n) => Dim::checked_fixed(*n).map_err(|e| bad(e.to_string())),
             ExprKind::Name(n) => match env.get(n) {
                 Some(v) => dim_of(v).map_err(|k| bad(format!("'{n}' is {k}, not a dimension size"))),
                 None => match mode {
@@ -736,7 +736,8 @@ impl<'p> Lowerer<'p> {
                     return mul_dims(&a, &b).map_err(bad);
                 }
                 if *op == BinOp::Div {
-                    return div_dims(&a, &b)
+                    return a
+                        .div_exact(&b)
                         .ok_or_else(|| bad(format!("{a} is not divisible by {b}")));
                 }
                 let (Some(x), Some(y)) = (a.as_static(), b.as_static()) else {

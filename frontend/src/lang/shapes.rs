@@ -7,10 +7,6 @@
 
 use smelt_compiler::ir::{Dim, Shape};
 
-/// Largest element count a declared or computed shape may have, so that products of
-/// dimensions never overflow.
-pub const MAX_ELEMENTS: u64 = 1 << 48;
-
 /// The broadcast shape of `a` and `b`, or which axes disagree.
 pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let rank = a.rank().max(b.rank());
@@ -56,40 +52,14 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
     Ok(a as usize)
 }
 
-/// `a * b`, or an error if the constant factor would exceed [`MAX_ELEMENTS`].
+/// `a * b`, or an error if the constant factor would exceed 2^63-1.
 pub fn mul_dims(a: &Dim, b: &Dim) -> Result<Dim, String> {
-    match a.coeff().checked_mul(b.coeff()) {
-        Some(c) if c <= MAX_ELEMENTS => Ok(a.mul(b)),
-        _ => Err(format!("dimension {a} * {b} is too large")),
-    }
+    a.mul(b).map_err(|e| e.to_string())
 }
 
-/// `a / b` when `b` divides `a` exactly (as monomials), else `None`.
-pub fn div_dims(a: &Dim, b: &Dim) -> Option<Dim> {
-    if b.coeff() == 0 || a.coeff() % b.coeff() != 0 {
-        return None;
-    }
-    let mut rest: Vec<String> = a.syms().to_vec();
-    for s in b.syms() {
-        let i = rest.iter().position(|r| r == s)?;
-        rest.remove(i);
-    }
-    Some(rest.iter().fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| {
-        d.mul(&Dim::sym(s))
-    }))
-}
-
-/// Checks that the static part of the element count of `shape` stays below
-/// [`MAX_ELEMENTS`].
+/// Checks that the static part of the element count of `shape` stays within 2^63-1.
 pub fn check_numel(shape: &Shape) -> Result<(), String> {
-    let mut n: u64 = 1;
-    for d in shape.dims() {
-        n = n
-            .checked_mul(d.coeff())
-            .filter(|&n| n <= MAX_ELEMENTS)
-            .ok_or_else(|| format!("shape {shape} has too many elements"))?;
-    }
-    Ok(())
+    shape.element_bound().map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -113,9 +83,9 @@ mod tests {
     #[test]
     fn monomials_divide_exactly() {
         assert_eq!(
-            div_dims(&Dim::parse("128*B").unwrap(), &Dim::fixed(64)),
-            Dim::parse("2*B")
+            Dim::parse("128*B").unwrap().div_exact(&Dim::fixed(64)),
+            Dim::parse("2*B").ok()
         );
-        assert_eq!(div_dims(&Dim::sym("B"), &Dim::sym("T")), None);
+        assert_eq!(Dim::sym("B").div_exact(&Dim::sym("T")), None);
     }
 }

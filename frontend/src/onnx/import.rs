@@ -22,6 +22,12 @@ impl From<String> for Fail {
     }
 }
 
+impl From<smelt_compiler::ir::SizeOverflow> for Fail {
+    fn from(e: smelt_compiler::ir::SizeOverflow) -> Fail {
+        Fail::Invalid(e.to_string())
+    }
+}
+
 impl From<&str> for Fail {
     fn from(message: &str) -> Fail {
         Fail::Invalid(message.to_string())
@@ -404,9 +410,11 @@ pub fn broadcast_shapes(shapes: &[Vec<Dim>]) -> OpResult<Vec<Dim>> {
     Ok(out)
 }
 
-/// The product of static `dims`.
-pub fn numel(dims: &[u64]) -> u64 {
-    dims.iter().product()
+/// The product of static `dims`, checked.
+pub fn numel(dims: &[u64]) -> OpResult<u64> {
+    Ok(dims.iter().try_fold(1, |acc, &d| {
+        smelt_compiler::ir::size_mul(acc, d, || format!("the element count of {dims:?}"))
+    })?)
 }
 
 /// Static sizes as dimensions.

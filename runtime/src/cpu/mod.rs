@@ -297,7 +297,7 @@ impl CpuProgram {
             let mem = &plan.steps[i];
             let out = step.output();
             let v = g.value(out);
-            let shape = v.ty.shape.eval(bindings).map_err(RunError::Unbound)?;
+            let shape = v.ty.shape.eval(bindings)?;
             let n: usize = shape.iter().product();
             // An in-place operand leaves the environment: the step owns its buffer.
             let overwritten = mem.in_place.map(|x| {

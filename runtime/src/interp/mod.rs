@@ -18,7 +18,9 @@ pub(crate) use routing::ranks_before;
 mod source;
 
 use crate::tensor::{round_to, Data, Tensor};
-use smelt_compiler::ir::{Bindings, Builder, DType, Def, Graph, Op, ValueId};
+use smelt_compiler::ir::{
+    Bindings, Builder, DType, Def, DimError, Graph, Op, SizeOverflow, ValueId,
+};
 use std::collections::HashMap;
 use thiserror::Error;
 
@@ -69,6 +71,12 @@ pub enum RunError {
     /// A symbolic dimension could not be determined from the given tensors.
     #[error("dimension '{0}' is not bound by any input")]
     Unbound(String),
+    /// A size does not fit in 64 bits under the bindings of the given inputs.
+    #[error(transparent)]
+    Size(#[from] SizeOverflow),
+    /// The run would need more memory than the limit.
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
     /// An op failed on the given data (an index out of range).
     #[error("%{name}: {message}")]
     Eval {
@@ -79,6 +87,15 @@ pub enum RunError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl From<DimError> for RunError {
+    fn from(e: DimError) -> RunError {
+        match e {
+            DimError::Unbound(sym) => RunError::Unbound(sym),
+            DimError::Overflow(e) => RunError::Size(e),
+        }
+    }
 }
 
 /// Evaluation context: the precision rule applied to every float result.
@@ -243,7 +260,7 @@ pub fn bind_shapes_except(
             match d.eval(&bindings) {
                 Ok(m) if m == n as u64 => {}
                 Ok(m) => return Err(mismatch(id, t, format!(" (dimension {d} is {m})"))),
-                Err(sym) => return Err(RunError::Unbound(sym)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -299,7 +316,7 @@ pub fn execute(
                             .expect("operands are defined before use (verified)")
                     })
                     .collect();
-                let shape = v.ty.shape.eval(&bindings).map_err(RunError::Unbound)?;
+                let shape = v.ty.shape.eval(&bindings)?;
                 eval(ctx, op, &args, v.ty.dtype, shape).map_err(|message| RunError::Eval {
                     value: id,
                     name: v.name.clone(),

@@ -13,7 +13,7 @@ use super::TrainError;
 use crate::io::{read_npy, read_safetensors};
 use crate::rng;
 use crate::tensor::Tensor;
-use smelt_compiler::ir::{Graph, ValueId};
+use smelt_compiler::ir::{Bindings, Graph, ValueId};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -68,8 +68,12 @@ impl Dataset {
                 Dataset::from_tensors(path, tensors)
             }
             Some("txt") | Some("text") => {
-                let bytes = std::fs::read(path)
-                    .map_err(|e| data_error(path, format!("cannot read: {e}")))?;
+                let bytes = smelt_compiler::input::read_limited(
+                    path,
+                    smelt_compiler::input::TENSOR_FILE_LIMIT,
+                    "text data file",
+                )
+                .map_err(|e| data_error(path, e.to_string()))?;
                 Ok(Dataset::Text(bytes))
             }
             _ => Err(data_error(
@@ -107,6 +111,17 @@ impl Dataset {
         graph
             .inputs()
             .filter(|&id| !LOOP_INPUTS.contains(&graph.value(id).name.as_str()))
+            .collect()
+    }
+
+    /// The sizes of `graph`'s batch symbols: the leading axis of every data input.
+    pub fn batch_bindings(graph: &Graph, batch: usize) -> Bindings {
+        Dataset::data_inputs(graph)
+            .into_iter()
+            .filter_map(|id| match graph.ty(id).dims().first()?.syms() {
+                [sym] => Some((sym.clone(), batch as u64)),
+                _ => None,
+            })
             .collect()
     }
 

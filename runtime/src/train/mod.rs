@@ -70,6 +70,59 @@ pub struct TrainConfig {
     pub seed: u64,
     /// The optimiser.
     pub optimizer: Optimizer,
+    /// The most bytes the run's tensors may take ([`crate::memory::check`]).
+    pub max_memory: u64,
+}
+
+/// A setting of a resumed run that differs from the checkpoint's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingChange {
+    /// The flag that sets it (`--seed`).
+    pub flag: &'static str,
+    /// The checkpoint's value (`not recorded` for checkpoints without it).
+    pub saved: String,
+    /// This run's value.
+    pub now: String,
+}
+
+impl std::fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} -> {}", self.flag, self.saved, self.now)
+    }
+}
+
+impl TrainConfig {
+    /// The settings a resumed run must keep to continue the same run (the batches and
+    /// updates depend on them): `(metadata key, flag, value)`. `--steps` may change.
+    pub fn settings(&self) -> Vec<(&'static str, &'static str, String)> {
+        vec![
+            (
+                "smelt.optimizer",
+                "--optimizer",
+                format!("{:?}", self.optimizer),
+            ),
+            ("smelt.seed", "--seed", self.seed.to_string()),
+            ("smelt.lr", "--lr", self.lr.to_string()),
+            ("smelt.batch", "--batch", self.batch.to_string()),
+            ("smelt.schedule", "--schedule", self.schedule.to_string()),
+        ]
+    }
+
+    /// The settings that differ from those recorded in a checkpoint's metadata.
+    pub fn changes_from(&self, meta: &BTreeMap<String, String>) -> Vec<SettingChange> {
+        self.settings()
+            .into_iter()
+            .filter(|(key, _, now)| meta.get(*key) != Some(now))
+            .map(|(key, flag, now)| SettingChange {
+                flag,
+                saved: meta
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| "not recorded".to_string()),
+                now,
+            })
+            .collect()
+    }
 }
 
 /// What one step did.
@@ -110,6 +163,15 @@ fn finite_loss(step: usize, outputs: &[Tensor]) -> Result<f64, TrainError> {
     Ok(loss)
 }
 
+/// Checks that `data` feeds `step_graph` and that a step at the configured batch fits
+/// the memory limit, before parameters or batches are allocated.
+fn check_fits(step_graph: &Graph, data: &Dataset, config: &TrainConfig) -> Result<(), TrainError> {
+    data.check(step_graph, config.batch)?;
+    let bindings = Dataset::batch_bindings(step_graph, config.batch);
+    crate::memory::check(step_graph, &bindings, config.max_memory)
+        .map_err(|e| TrainError::Run(e.into()))
+}
+
 /// A training run in progress.
 pub struct Trainer {
     config: TrainConfig,
@@ -148,7 +210,7 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
     ) -> Result<Trainer, TrainError> {
-        data.check(&step_graph, config.batch)?;
+        check_fits(&step_graph, &data, &config)?;
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
         Ok(Trainer::with_engine(
@@ -184,7 +246,7 @@ impl Trainer {
         // The scheduled graph has the step graph's inputs, parameters, state and
         // updates under the same names, so it feeds batches and initialisers as well.
         let step_graph = compiled.program.schedule().graph.clone();
-        data.check(&step_graph, config.batch)?;
+        check_fits(&step_graph, &data, &config)?;
         let engine = Engine::Cpu(compiled.program);
         Ok(Trainer::with_engine(
             compiled.forward,
@@ -298,6 +360,8 @@ impl Trainer {
             self.config.seed,
             self.completed,
         );
+        // Once per batch, cheap next to the step: labels out of range are an error.
+        crate::labels::check_class_labels(&self.forward, &feeds)?;
         feeds.insert("lr".into(), Tensor::from_f64(DType::F32, vec![], vec![lr]));
         feeds.insert(
             "step".into(),
@@ -363,15 +427,13 @@ impl Trainer {
     /// The current state as a checkpoint, with the forward graph and the settings.
     pub fn checkpoint(&self) -> Checkpoint {
         let c = &self.config;
-        let meta = BTreeMap::from([
-            ("smelt.graph".to_string(), text::print(&self.forward)),
-            ("smelt.optimizer".to_string(), format!("{:?}", c.optimizer)),
-            ("smelt.seed".to_string(), c.seed.to_string()),
-            ("smelt.lr".to_string(), c.lr.to_string()),
-            ("smelt.batch".to_string(), c.batch.to_string()),
-            ("smelt.steps".to_string(), c.steps.to_string()),
-            ("smelt.schedule".to_string(), c.schedule.to_string()),
-        ]);
+        let mut meta: BTreeMap<String, String> = c
+            .settings()
+            .into_iter()
+            .map(|(key, _, value)| (key.to_string(), value))
+            .collect();
+        meta.insert("smelt.graph".to_string(), text::print(&self.forward));
+        meta.insert("smelt.steps".to_string(), c.steps.to_string());
         Checkpoint {
             step: self.completed,
             tensors: self.state().into_iter().collect(),

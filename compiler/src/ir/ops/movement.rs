@@ -11,12 +11,11 @@ pub(super) fn infer_reshape(x: &[&TensorType], declared: &TensorType) -> ShapeRe
     if x[0].dtype != declared.dtype {
         return Err(format!("'reshape' keeps the dtype: {} -> {declared}", x[0]));
     }
-    if x[0].shape.numel() != declared.shape.numel() {
+    let (from, to) = (x[0].shape.numel()?, declared.shape.numel()?);
+    if from != to {
         return Err(format!(
-            "'reshape' must keep the element count: {} has {}, {declared} has {}",
-            x[0],
-            x[0].shape.numel(),
-            declared.shape.numel()
+            "'reshape' must keep the element count: {} has {from}, {declared} has {to}",
+            x[0]
         ));
     }
     Ok(declared.clone())
@@ -133,7 +132,7 @@ pub(super) fn infer_concat(axis: usize, x: &[&TensorType]) -> ShapeResult {
                 "'concat' operands must agree except on axis {axis}: {first} vs {t}"
             ));
         }
-        total = total.add(&t.dims()[axis]).ok_or_else(|| {
+        total = total.add(&t.dims()[axis])?.ok_or_else(|| {
             format!(
                 "'concat' cannot add sizes {total} and {} on axis {axis}",
                 t.dims()[axis]
@@ -153,9 +152,10 @@ pub(super) fn infer_pad(axis: usize, low: u64, high: u64, x: &[&TensorType]) -> 
         .dims()
         .get(axis)
         .ok_or_else(|| format!("axis {axis} is out of range for {t}"))?;
+    let growth = crate::ir::size_add(low, high, || format!("'pad' growth {low} + {high}"))?;
     let grown = d
-        .add(&Dim::fixed(low + high))
-        .ok_or_else(|| format!("'pad' cannot grow symbolic size {d} by {}", low + high))?;
+        .add(&Dim::fixed(growth))?
+        .ok_or_else(|| format!("'pad' cannot grow symbolic size {d} by {growth}"))?;
     let mut dims = t.dims().to_vec();
     dims[axis] = grown;
     Ok(t.with_shape(Shape(dims)))

@@ -96,7 +96,9 @@ fn divide_by_count(
     kept: &[usize],
     axes: &[usize],
 ) -> ValueId {
-    let count = Shape(axes.iter().map(|&a| xt.dims()[a].clone()).collect()).numel();
+    let count = Shape(axes.iter().map(|&a| xt.dims()[a].clone()).collect())
+        .numel()
+        .expect("verified types have element counts that fit");
     match count.as_static() {
         Some(n) => b.binary_scalar(BinaryOp::Mul, spread, 1.0 / n as f64),
         None => {

@@ -288,12 +288,17 @@ impl Parser {
         loop {
             let pos = self.pos();
             let factor = match self.bump().0 {
-                Tok::Number(n) => Dim::fixed(n.parse().map_err(|_| {
-                    ParseError::new(
+                Tok::Number(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                    Dim::fixed(crate::ir::parse_size(&n).ok_or_else(|| {
+                        ParseError::new(pos, format!("the dimension {n} is larger than 2^63-1"))
+                    })?)
+                }
+                Tok::Number(n) => {
+                    return Err(ParseError::new(
                         pos,
                         format!("a dimension must be a size or a symbol, found '{n}'"),
-                    )
-                })?),
+                    ))
+                }
                 Tok::Word(w) if crate::ir::is_symbol(&w) => Dim::sym(&w),
                 _ => {
                     self.at -= 1;
@@ -301,7 +306,9 @@ impl Parser {
                         .unexpected("a dimension (a size such as 784 or a symbol such as B)");
                 }
             };
-            dim = dim.mul(&factor);
+            dim = dim
+                .mul(&factor)
+                .map_err(|e| ParseError::new(pos, e.to_string()))?;
             if !self.eat('*') {
                 return Ok(dim);
             }

@@ -44,7 +44,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
             }
             let (head, tail) = dims.split_at(axis as usize);
             let prod = |ds: &[Dim]| Shape(ds.to_vec()).numel();
-            one(im.reshape(x, vec![prod(head), prod(tail)])?)
+            one(im.reshape(x, vec![prod(head)?, prod(tail)?])?)
         }
         "Squeeze" => {
             let x = im.input(node, 0)?;
@@ -196,9 +196,9 @@ fn reshape_dims(input: &[Dim], shape: &[i64], allow_zero: bool) -> OpResult<Vec<
         return Err(format!("reshape shape {shape:?} has more than one -1").into());
     }
     if unknown == 1 {
-        let total = Shape(input.to_vec()).numel();
-        let known = Shape(dims.iter().flatten().cloned().collect()).numel();
-        let inferred = divide(&total, &known).ok_or_else(|| {
+        let total = Shape(input.to_vec()).numel()?;
+        let known = Shape(dims.iter().flatten().cloned().collect()).numel()?;
+        let inferred = total.div_exact(&known).ok_or_else(|| {
             format!(
                 "cannot infer the -1 of reshape shape {shape:?} from input [{}]",
                 Shape(input.to_vec())
@@ -211,21 +211,6 @@ fn reshape_dims(input: &[Dim], shape: &[i64], allow_zero: bool) -> OpResult<Vec<
         }
     }
     Ok(dims.into_iter().flatten().collect())
-}
-
-/// `a / b` for monomials, when exact.
-fn divide(a: &Dim, b: &Dim) -> Option<Dim> {
-    if b.coeff() == 0 || a.coeff() % b.coeff() != 0 {
-        return None;
-    }
-    let mut syms = a.syms().to_vec();
-    for s in b.syms() {
-        let i = syms.iter().position(|x| x == s)?;
-        syms.remove(i);
-    }
-    Some(syms.iter().fold(Dim::fixed(a.coeff() / b.coeff()), |d, s| {
-        d.mul(&Dim::sym(s))
-    }))
 }
 
 fn split(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
@@ -395,7 +380,7 @@ fn fold(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Const>> 
             Ok(Some(Const {
                 dtype: DType::I64,
                 shape: vec![],
-                data: ConstData::Int(vec![numel(&dims) as i64]),
+                data: ConstData::Int(vec![numel(&dims)? as i64]),
             }))
         }
         "Range" => {

@@ -25,8 +25,8 @@ fn bin(im: &mut Importer, op: BinaryOp, a: ValueId, b: ValueId) -> OpResult<Valu
     im.op(Op::Binary(op), &[a, b])
 }
 
-fn product(dims: &[Dim]) -> Dim {
-    Shape(dims.to_vec()).numel()
+fn product(dims: &[Dim]) -> OpResult<Dim> {
+    Ok(Shape(dims.to_vec()).numel()?)
 }
 
 /// Before opset 13, softmax normalises the 2-D coercion `[prod(:axis), prod(axis:)]`.
@@ -39,7 +39,7 @@ fn softmax(im: &mut Importer, node: &NodeCtx, log: bool) -> OpResult<ValueId> {
         dims.len(),
     )?;
     let (work, axis) = if legacy {
-        let coerced = vec![product(&dims[..axis]), product(&dims[axis..])];
+        let coerced = vec![product(&dims[..axis])?, product(&dims[axis..])?];
         (im.reshape(x, coerced)?, 1)
     } else {
         (x, axis)
@@ -68,7 +68,7 @@ fn normalization(im: &mut Importer, node: &NodeCtx, rms: bool) -> OpResult<Optio
         ty.dtype
     };
     let (prefix, suffix) = dims.split_at(axis);
-    let n = product(suffix);
+    let n = product(suffix)?;
     let mut flat_dims = prefix.to_vec();
     flat_dims.push(n.clone());
     let xw = im.cast(x, work_dtype)?;
@@ -287,7 +287,7 @@ fn cumsum(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     perm.push(axis);
     let moved = im.permute(x, perm.clone())?;
     let mdims = im.dims(moved);
-    let rows = product(&mdims[..r - 1]);
+    let rows = product(&mdims[..r - 1])?;
     let flat = im.reshape(moved, vec![rows, Dim::fixed(n)])?;
     // weights[i][j] = 1 when input i contributes to output j.
     let mut w = Vec::with_capacity((n * n) as usize);
@@ -366,7 +366,7 @@ fn repeat_heads(im: &mut Importer, x: ValueId, reps: u64) -> OpResult<ValueId> {
         x5,
         vec![
             d[0].clone(),
-            d[1].mul(&Dim::fixed(reps)),
+            d[1].mul(&Dim::fixed(reps))?,
             d[2].clone(),
             d[3].clone(),
         ],
@@ -520,7 +520,7 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
     if three_d {
         let yd = im.dims(y);
         y = im.permute(y, vec![0, 2, 1, 3])?;
-        y = im.reshape(y, vec![yd[0].clone(), yd[2].clone(), yd[1].mul(&yd[3])])?;
+        y = im.reshape(y, vec![yd[0].clone(), yd[2].clone(), yd[1].mul(&yd[3])?])?;
     }
     let y = im.cast(y, out_dtype)?;
     let qk = match node.int_or("qk_matmul_output_mode", 0)? {
