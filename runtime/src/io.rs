@@ -51,7 +51,41 @@ fn npy_data_start(bytes: &[u8]) -> Result<usize, String> {
             bytes.len()
         ));
     }
+    check_npy_shape(&String::from_utf8_lossy(&bytes[fixed..start]))?;
     Ok(start)
+}
+
+/// Checks the `'shape': (...)` of a `.npy` header: its element count must fit (the
+/// `npyz` reader multiplies the sizes unchecked).
+fn check_npy_shape(header: &str) -> Result<(), String> {
+    let Some(after) = header.split_once("'shape'").map(|(_, rest)| rest) else {
+        return Ok(()); // npyz reports the missing key.
+    };
+    let Some(tuple) = after
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside)
+    else {
+        return Ok(());
+    };
+    let sizes = tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| format!("the header's shape has a bad size '{s}'"))
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    sizes
+        .iter()
+        .try_fold(1u64, |acc, &n| {
+            size_mul(acc, n, || {
+                format!("the element count of the header's shape {sizes:?}")
+            })
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Reads a `.npy` file (f64, f32, f16, i64, i32, u8, i8 and bool elements; C order).

@@ -104,7 +104,7 @@ fn emit_ptx(
     target: &smelt_compiler::gpu::GpuTarget,
 ) -> Result<(), Diagnostic> {
     use smelt_compiler::gpu::{ptx, GpuProgram};
-    let bindings = parse_bindings(&args.binds)?;
+    let bindings = parse_bindings(&args.binds, graph)?;
     let scheduled = smelt_compiler::gpu::schedule(graph);
     let plan = gpu_plan(&scheduled, &bindings, target, args.comm_sms)
         .map_err(|e| Diagnostic::in_file(model_path, e))?;

@@ -153,7 +153,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             prepared.graph
         }
         Stage::Scheduled => {
-            let bindings = parse_bindings(&args.binds)?;
+            let bindings = parse_bindings(&args.binds, &model.graph)?;
             if let Some(target) = args.target.gpu() {
                 let g = prepare_for_gpu(&model.graph, &goal, &target, &args.opt)
                     .map_err(|e| Diagnostic::in_file(&model.path, e.message))?;
@@ -224,7 +224,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
 }
 
 /// `--bind NAME=SIZE` flags as bindings.
-pub fn parse_bindings(binds: &[String]) -> Result<Bindings, Diagnostic> {
+/// `--bind NAME=SIZE` flags as bindings; every value of `graph` must have a size that
+/// fits under them (so memory plans never wrap).
+pub fn parse_bindings(
+    binds: &[String],
+    graph: &smelt_compiler::ir::Graph,
+) -> Result<Bindings, Diagnostic> {
     let mut bindings = Bindings::new();
     for b in binds {
         let parsed = b
@@ -233,6 +238,11 @@ pub fn parse_bindings(binds: &[String]) -> Result<Bindings, Diagnostic> {
         let (k, v) = parsed
             .ok_or_else(|| Diagnostic::plain(format!("--bind expects NAME=SIZE, found '{b}'")))?;
         bindings.insert(k, v);
+    }
+    let all = bind_all(graph, &bindings);
+    for v in &graph.values {
+        v.ty.bytes(&all, v.ty.dtype.size_bytes() as u64)
+            .map_err(|e| Diagnostic::plain(format!("--bind: %{} ({}): {e}", v.name, v.ty)))?;
     }
     Ok(bindings)
 }

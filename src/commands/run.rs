@@ -151,8 +151,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             .find(n)
             .is_some_and(|id| matches!(graph.value(id).def, Def::Param(_) | Def::State(_)))
     };
-    interp::bind_shapes_except(graph, &feeds, &held)
-        .and_then(|b| Ok(memory::check(graph, &b, args.memory.limit())?))
+    // Static sizes first (parameters), so that a missing input is not reported instead.
+    let limit = args.memory.limit();
+    memory::check(graph, &Default::default(), limit)
+        .map_err(RunError::from)
+        .and_then(|()| interp::bind_shapes_except(graph, &feeds, &held))
+        .and_then(|b| Ok(memory::check(graph, &b, limit)?))
         .and_then(|()| labels::check_class_labels(graph, &feeds))
         .map_err(|e| run_error(&model, &origin, e))?;
     for (name, t) in params::init_params(graph, args.seed) {
@@ -333,11 +337,22 @@ fn summary(t: &Tensor) -> String {
     if v.is_empty() {
         return format!("{} (empty)", t.type_string());
     }
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    // NaNs are counted apart: min and max would skip them, and the mean would be NaN.
+    let numbers: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    let nans = v.len() - numbers.len();
+    if numbers.is_empty() {
+        return format!("{} all {nans} values NaN", t.type_string());
+    }
+    let min = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = numbers.iter().sum::<f64>() / numbers.len() as f64;
+    let nan_note = if nans > 0 {
+        format!(" ({nans} NaN)")
+    } else {
+        String::new()
+    };
     format!(
-        "{} min {min:.6} mean {mean:.6} max {max:.6}",
+        "{} min {min:.6} mean {mean:.6} max {max:.6}{nan_note}",
         t.type_string()
     )
 }

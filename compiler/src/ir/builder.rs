@@ -73,12 +73,14 @@ impl Builder {
     /// Adds a parameter (static float shape required).
     pub fn param(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
         check_param_type(&ty)?;
+        init.check()?;
         self.push(Some(name), ty, Def::Param(init))
     }
 
     /// Adds a persistent state value (static float shape required).
     pub fn state(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
         check_param_type(&ty)?;
+        init.check()?;
         self.push(Some(name), ty, Def::State(init))
     }
 

@@ -49,6 +49,28 @@ pub enum Init {
     },
 }
 
+impl Init {
+    /// Checks the initialiser's numbers: `uniform` needs finite `low < high`, `normal` a
+    /// finite mean and a finite std above 0 (as the `.smelt` language requires).
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Init::Zeros | Init::Ones => Ok(()),
+            Init::Uniform { low, high } if low.is_finite() && high.is_finite() && low < high => {
+                Ok(())
+            }
+            Init::Uniform { low, high } => Err(format!(
+                "'uniform(low, high)' needs finite low < high, found {low} and {high}"
+            )),
+            Init::Normal { mean, std } if mean.is_finite() && std.is_finite() && std > 0.0 => {
+                Ok(())
+            }
+            Init::Normal { mean, std } => Err(format!(
+                "'normal(mean, std)' needs a finite mean and a finite std above 0, found {mean} and {std}"
+            )),
+        }
+    }
+}
+
 /// Where a value comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Def {

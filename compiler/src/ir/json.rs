@@ -117,7 +117,10 @@ fn json_init(m: &Map<String, Json>) -> Result<Init, String> {
             mean: num("mean")?,
             std: num("std")?,
         }),
-        other => Err(format!("unknown initialiser kind {other:?}")),
+        Some(other) => Err(format!(
+            "unknown initialiser kind '{other}' (expected zeros, ones, uniform or normal)"
+        )),
+        None => Err("an initialiser needs a text 'kind' (zeros, ones, uniform or normal)".into()),
     }
 }
 

@@ -35,7 +35,10 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         v.ty.check_size().map_err(|e| fail(e.to_string()))?;
         match &v.def {
             Def::Input => {}
-            Def::Param(_) | Def::State(_) => check_param_type(&v.ty).map_err(fail)?,
+            Def::Param(init) | Def::State(init) => {
+                check_param_type(&v.ty).map_err(fail)?;
+                init.check().map_err(fail)?;
+            }
             Def::Node { op, operands } => {
                 if let Some(late) = operands.iter().find(|o| **o >= id) {
                     return Err(fail(format!("operand {late} is used before it is defined")));

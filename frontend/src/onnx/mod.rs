@@ -209,6 +209,9 @@ fn declared_elem_types(graph: &proto::GraphProto) -> HashMap<String, i32> {
     types
 }
 
+/// The highest default-domain opset accepted (above every released one).
+pub const MAX_OPSET: i64 = 30;
+
 /// Imports a decoded ONNX model.
 pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, OnnxError> {
     let graph = model
@@ -221,6 +224,13 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
         .and_then(|o| o.version)
         .unwrap_or(1);
+    // ONNX adds about one opset a release; anything outside this range is a broken file.
+    if !(1..=MAX_OPSET).contains(&opset) {
+        return Err(OnnxError::new(
+            ErrorKind::Invalid,
+            format!("the model imports opset {opset} of the default domain; ONNX opsets run from 1 to {MAX_OPSET} at most"),
+        ));
+    }
     let name = ir_name(graph.name.as_deref().unwrap_or("onnx"));
     let mut im = Importer {
         b: Builder::new(&name),
@@ -293,6 +303,16 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         if !is_node || im.b.graph().outputs.contains(&id) {
             let ty = im.ty(id);
             id = im.op_typed(Op::Reshape, &[id], ty).map_err(fail)?;
+            im.b.rename(id, &ir_name(&onnx_name));
+        } else if im
+            .b
+            .graph()
+            .value(id)
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            // A value folded at import time (`Shape`) gets an anonymous constant: name it.
             im.b.rename(id, &ir_name(&onnx_name));
         }
         im.b.output(id)

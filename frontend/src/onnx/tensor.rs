@@ -84,7 +84,7 @@ pub fn onnx_type_name(code: i32) -> String {
         24 => "FLOAT8E8M0",
         25 => "UINT2",
         26 => "INT2",
-        _ => return format!("element type {code}"),
+        _ => return format!("{code} (not an ONNX element type)"),
     };
     name.to_string()
 }
