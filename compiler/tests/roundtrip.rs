@@ -130,7 +130,9 @@ fn build(choices: &[(u8, u8, u8, f64)]) -> Graph {
             7 => (
                 Op::Reshape,
                 vec![va],
-                Some(ta.with_shape(Shape(vec![ta.shape.numel()]))),
+                Some(ta.with_shape(Shape(vec![
+                    ta.shape.numel().expect("random test shapes are small"),
+                ]))),
             ),
             8 => (
                 Op::Slice {
