@@ -34,7 +34,7 @@ fn read_bounded(path: &Path, kind: &'static str) -> Result<Vec<u8>, IoError> {
 /// length), checked against the file's length before the header is parsed.
 fn npy_data_start(bytes: &[u8]) -> Result<usize, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file (no \\x93NUMPY magic)".into());
+        return Err("not a valid .npy file: it does not start with \\x93NUMPY".into());
     }
     let (len, fixed) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
