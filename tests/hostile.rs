@@ -5,12 +5,13 @@
 
 mod common;
 
-use common::{expect_user_error, smelt, texts, write_f32_npy, write_i32_npy};
+use common::{
+    expect_user_error, onnx_value_info as value_info, smelt, texts, write_f32_npy, write_i32_npy,
+};
 use prost::Message;
 use smelt_frontend::onnx::proto::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +22,13 @@ fn path_arg(p: &Path) -> &str {
 
 /// Runs smelt and expects exit code 2 with stderr containing every one of `wanted`.
 fn refuses(args: &[&str], wanted: &[&str]) -> String {
-    let err = expect_user_error(&smelt(args));
+    expect_messages(&smelt(args), args, wanted)
+}
+
+/// Expects a failed run (exit code 2) whose stderr has every one of `wanted`; `args`
+/// name the run in the failure.
+fn expect_messages(out: &std::process::Output, args: &[&str], wanted: &[&str]) -> String {
+    let err = expect_user_error(out);
     for w in wanted {
         assert!(err.contains(w), "{args:?}: expected {w:?} in:\n{err}");
     }
@@ -42,27 +49,28 @@ fn mlp_data(dir: &Path, labels: &[i32]) -> PathBuf {
     data
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    let shape = TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d)),
-                ..Default::default()
-            })
-            .collect(),
-    };
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(shape),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
+/// `smelt train examples/mlp.smelt --data DATA --no-cache` with `extra` flags (which
+/// override the defaults of --steps 1 --batch 4).
+fn train_mlp_with(data: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "examples/mlp.smelt",
+        "--data",
+        path_arg(data),
+        "--no-cache",
+    ];
+    for (flag, default) in [("--steps", "1"), ("--batch", "4")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
     }
+    args.extend_from_slice(extra);
+    smelt(&args)
+}
+
+/// Expects `train_mlp_with(data, extra)` to fail with every one of `wanted` in stderr.
+fn train_refuses(data: &Path, extra: &[&str], wanted: &[&str]) -> String {
+    expect_messages(&train_mlp_with(data, extra), extra, wanted)
 }
 
 /// A model of one node, `outputs = op(inputs)`, importing `opset`.
@@ -160,18 +168,9 @@ fn npy_claiming(path: &Path, shape: &str, version: u8, header_len_claim: Option<
 fn item1_batch_beyond_any_size_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = mlp_data(dir.path(), &[1, 2, 3, 4]);
-    refuses(
-        &[
-            "train",
-            "examples/mlp.smelt",
-            "--data",
-            path_arg(&data),
-            "--steps",
-            "1",
-            "--batch",
-            "18446744073709551615",
-            "--no-cache",
-        ],
+    train_refuses(
+        &data,
+        &["--batch", "18446744073709551615"],
         &["larger than 2^63-1"],
     );
 }
@@ -245,38 +244,14 @@ fn item2_huge_constant_and_constant_of_shape_are_refused() {
 fn item2_large_config_and_batch_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = mlp_data(dir.path(), &[1, 2, 3, 4]);
-    refuses(
-        &[
-            "train",
-            "examples/mlp.smelt",
-            "--data",
-            path_arg(&data),
-            "--steps",
-            "1",
-            "--batch",
-            "100000",
-            "--max-memory",
-            "1G",
-            "--no-cache",
-        ],
+    train_refuses(
+        &data,
+        &["--batch", "100000", "--max-memory", "1G"],
         &["more than the memory limit of 1.0 GiB (--max-memory)"],
     );
-    refuses(
-        &[
-            "train",
-            "examples/mlp.smelt",
-            "--set",
-            "hidden=1000000",
-            "--data",
-            path_arg(&data),
-            "--steps",
-            "1",
-            "--batch",
-            "4",
-            "--max-memory",
-            "8G",
-            "--no-cache",
-        ],
+    train_refuses(
+        &data,
+        &["--set", "hidden=1000000", "--max-memory", "8G"],
         &[
             "%l2.w (f32[1000000, 1000000]) needs 7.3 TiB",
             "memory limit of 8.0 GiB",
@@ -381,20 +356,9 @@ fn item4_labels_out_of_range_are_an_error_on_every_device() {
     // Training checks every batch.
     let data = mlp_data(dir.path(), &[1, 2, 30, 4]);
     for device in ["interp", "cpu"] {
-        refuses(
-            &[
-                "train",
-                "examples/mlp.smelt",
-                "--data",
-                path_arg(&data),
-                "--steps",
-                "3",
-                "--batch",
-                "4",
-                "--device",
-                device,
-                "--no-cache",
-            ],
+        train_refuses(
+            &data,
+            &["--steps", "3", "--device", device],
             &["label 30", "takes labels 0 to 9"],
         );
     }
@@ -404,21 +368,8 @@ fn item4_labels_out_of_range_are_an_error_on_every_device() {
 fn train_mlp(dir: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
     let data = mlp_data(dir, &[1, 2, 3, 4, 5, 6, 7, 8]);
     let ckpt = dir.join("ckpt");
-    let mut args = vec![
-        "train",
-        "examples/mlp.smelt",
-        "--data",
-        path_arg(&data),
-        "--steps",
-        steps,
-        "--batch",
-        "4",
-        "--checkpoint",
-        path_arg(&ckpt),
-        "--no-cache",
-    ];
-    args.extend_from_slice(extra);
-    smelt(&args)
+    let base = ["--steps", steps, "--checkpoint", path_arg(&ckpt)];
+    train_mlp_with(&data, &[&base[..], extra].concat())
 }
 
 #[test]
@@ -574,35 +525,21 @@ fn item7_reads_are_bounded() {
 #[test]
 fn item8_optimiser_and_learning_rate_flags_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
-    let data = mlp_data(dir.path(), &[1, 2]);
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "examples/mlp.smelt",
-            "--data",
-            path_arg(&data),
-            "--steps",
-            "1",
-            "--batch",
-            "2",
-        ];
-        args.extend_from_slice(extra);
-        expect_user_error(&smelt(&args))
-    };
-    let err = train(&["--weight-decay", "nan"]);
-    assert!(
-        err.contains("--weight-decay must be a finite number, 0 or more, found NaN"),
-        "{err}"
+    let data = mlp_data(dir.path(), &[1, 2, 3, 4]);
+    train_refuses(
+        &data,
+        &["--weight-decay", "nan"],
+        &["--weight-decay must be a finite number, 0 or more, found NaN"],
     );
-    let err = train(&["--lr", "-0.1"]);
-    assert!(
-        err.contains("--lr must be a positive number, found -0.1"),
-        "{err}"
+    train_refuses(
+        &data,
+        &["--lr", "-0.1"],
+        &["--lr must be a positive number, found -0.1"],
     );
-    let err = train(&["--optimizer", "sgd", "--momentum", "1.5"]);
-    assert!(
-        err.contains("--momentum must be a number from 0 up to"),
-        "{err}"
+    train_refuses(
+        &data,
+        &["--optimizer", "sgd", "--momentum", "1.5"],
+        &["--momentum must be a number from 0 up to"],
     );
 }
 

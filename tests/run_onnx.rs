@@ -4,13 +4,11 @@
 
 mod common;
 
-use common::{smelt, texts};
+use common::{onnx_value_info as value_info, smelt, texts};
 use prost::Message;
 use smelt_compiler::ir::DType;
 use smelt_frontend::onnx::proto::{
-    tensor_shape_proto::{dimension, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use smelt_runtime::io::{read_npy, write_safetensors};
 use smelt_runtime::Tensor;
@@ -21,29 +19,6 @@ const FLOAT: i32 = 1;
 const INT64: i32 = 7;
 const STRING: i32 = 8;
 const BOOL: i32 = 9;
-
-fn value_info(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfoProto {
-    let shape = TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d)),
-                ..Default::default()
-            })
-            .collect(),
-    };
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(shape),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// `reshaped = Reshape(data, shape)` with `shape` a graph input, not an initializer.
 fn reshape_model() -> Vec<u8> {

@@ -202,3 +202,36 @@ pub fn peers_data() -> Option<std::path::PathBuf> {
     let data = home.join("data");
     data.join("reference.json").is_file().then_some(data)
 }
+
+/// An ONNX graph input or output of element type `elem_type` with static `dims`.
+pub fn onnx_value_info(
+    name: &str,
+    elem_type: i32,
+    dims: &[i64],
+) -> smelt_frontend::onnx::proto::ValueInfoProto {
+    use smelt_frontend::onnx::proto::{
+        tensor_shape_proto::{dimension, Dimension},
+        type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+
+    let shape = TensorShapeProto {
+        dim: dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(dimension::Value::DimValue(d)),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape: Some(shape),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
