@@ -420,6 +420,11 @@ fn item4_corrupt_checkpoints_and_changed_settings_are_refused() {
         err.contains("corrupt: the checksum does not match"),
         "{err}"
     );
+    // `run --weights` does not fall back to reading it as plain safetensors.
+    refuses(
+        &["run", "examples/mlp.smelt", "--weights", path_arg(&ckpt)],
+        &["corrupt: the checksum does not match"],
+    );
 }
 
 #[test]

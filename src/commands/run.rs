@@ -12,7 +12,7 @@ use smelt_runtime::compiled::{is_artefact, Purpose};
 use smelt_runtime::cpu::CpuProgram;
 use smelt_runtime::engine::{Device as EngineDevice, Engine};
 use smelt_runtime::io::{read_safetensors, read_tensor_file, write_npy};
-use smelt_runtime::train::Checkpoint;
+use smelt_runtime::train::{Checkpoint, TrainError};
 use smelt_runtime::{interp, labels, memory, params, Data, Precision, RunError, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,7 +118,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                     .filter(|(n, _)| is_param(n))
                     .collect()
             }
-            Err(_) => read_safetensors(w).map_err(|e| Diagnostic::in_file(&e.path, e.message))?,
+            // A plain safetensors file of parameters.
+            Err(TrainError::NotACheckpoint(_)) => {
+                read_safetensors(w).map_err(|e| Diagnostic::in_file(&e.path, e.message))?
+            }
+            // A damaged checkpoint is an error, not a file to read some other way.
+            Err(e) => return Err(Diagnostic::plain(e.to_string())),
         };
         for (name, t) in tensors {
             if !is_param(&name) {

@@ -95,11 +95,13 @@ impl Checkpoint {
             "checkpoint",
         )
         .map_err(|e| io_err(&path, e))?;
+        let not_one =
+            |why: String| TrainError::NotACheckpoint(format!("{}: {why}", path.display()));
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            io_err(
-                &path,
-                format!("not a checkpoint: {}", crate::io::explain_safetensors(&e)),
-            )
+            not_one(format!(
+                "not a checkpoint: {}",
+                crate::io::explain_safetensors(&e)
+            ))
         })?;
         let mut meta: BTreeMap<String, String> = header
             .metadata()
@@ -110,7 +112,7 @@ impl Checkpoint {
         let step = meta
             .get(STEP)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io_err(&path, "not a smelt checkpoint (no step in its metadata)"))?;
+            .ok_or_else(|| not_one("not a smelt checkpoint (no step in its metadata)".into()))?;
         let saved_sum = meta
             .remove(CHECKSUM)
             .ok_or_else(|| io_err(&path, "the checkpoint has no checksum (smelt.checksum)"))?;

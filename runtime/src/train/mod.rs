@@ -53,6 +53,9 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The file is not a smelt checkpoint at all (a plain safetensors file, or not one).
+    #[error("checkpoint: {0}")]
+    NotACheckpoint(String),
 }
 
 /// The settings of a training run.
