@@ -114,9 +114,23 @@ pub fn check(graph: &Graph, bindings: &Bindings, limit: u64) -> Result<(), Memor
     Ok(())
 }
 
+/// A `--max-memory` value that is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("'{text}' {why}")]
+pub struct LimitError {
+    /// The value given.
+    pub text: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
 /// Parses a `--max-memory` value: bytes, or a number with K, M, G or T (powers of 1024,
 /// an optional trailing `B` or `iB`).
-pub fn parse_limit(text: &str) -> Result<u64, String> {
+pub fn parse_limit(text: &str) -> Result<u64, LimitError> {
+    let fail = |why| LimitError {
+        text: text.to_string(),
+        why,
+    };
     let t = text.trim();
     let t = t
         .strip_suffix("iB")
@@ -129,7 +143,7 @@ pub fn parse_limit(text: &str) -> Result<u64, String> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => return Err(format!("'{text}': the unit must be K, M, G or T")),
+                _ => return Err(fail("has a unit other than K, M, G or T")),
             };
             (&t[..i], shift)
         }
@@ -140,10 +154,10 @@ pub fn parse_limit(text: &str) -> Result<u64, String> {
         .parse()
         .ok()
         .filter(|n: &f64| n.is_finite() && *n > 0.0)
-        .ok_or_else(|| format!("'{text}' is not a positive size (such as 8G or 512M)"))?;
+        .ok_or_else(|| fail("is not a positive size (such as 8G or 512M)"))?;
     let bytes = n * (1u64 << shift) as f64;
     if bytes >= u64::MAX as f64 {
-        return Err(format!("'{text}' is larger than 2^64 bytes"));
+        return Err(fail("is larger than 2^64 bytes"));
     }
     Ok(bytes as u64)
 }
