@@ -1,4 +1,5 @@
-//! Fuzzing that stays (issue 22): every reader of untrusted bytes gets random and
+//! Fuzzing that stays (issue 22): every reader of untrusted bytes (`.smelt`, `.sir`,
+//! JSON, ONNX, `.npy`, safetensors, checkpoints, GGUF) gets random and
 //! mutated inputs, seeded from `examples/` and from small valid files of its format, and
 //! must return an error or a value, never panic. Each target runs for a bounded time
 //! (`SMELT_FUZZ_SECONDS`, default 6 s each; `.ci/run` sets it) from a fixed seed
@@ -334,6 +335,69 @@ fn fuzz_npy_and_safetensors_readers() {
     fuzz("checkpoint", &seeds, |b| {
         via_file(scratch.path(), "checkpoint.safetensors", b, |p| {
             let _ = Checkpoint::load(p);
+        })
+    });
+}
+
+/// A small valid GGUF (version 3): two metadata entries and an f32 [2, 3] and an f16
+/// [4] tensor, laid out as the format says (data aligned to 32 bytes).
+fn gguf_seed() -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&2u64.to_le_bytes()); // tensors
+    out.extend_from_slice(&2u64.to_le_bytes()); // metadata entries
+    string(&mut out, "general.name");
+    out.extend_from_slice(&8u32.to_le_bytes()); // string
+    string(&mut out, "seed");
+    string(&mut out, "general.alignment");
+    out.extend_from_slice(&4u32.to_le_bytes()); // u32
+    out.extend_from_slice(&32u32.to_le_bytes());
+    // (name, dims, type: 0 = f32, 1 = f16, offset in the data section)
+    for (name, dims, kind, offset) in [("a", &[3u64, 2][..], 0u32, 0u64), ("b", &[4], 1, 32)] {
+        string(&mut out, name);
+        out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        for d in dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    for x in [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0] {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    for x in [0x3c00u16, 0x4000, 0xc000, 0x0000] {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn fuzz_gguf_reader() {
+    use smelt_frontend::gguf::GgufFile;
+    let scratch = tempfile::tempdir().unwrap();
+    let seed = gguf_seed();
+    {
+        let p = scratch.path().join("seed.gguf");
+        std::fs::write(&p, &seed).unwrap();
+        let f = GgufFile::open(&p).expect("the seed is a valid GGUF file");
+        assert_eq!(f.tensors.len(), 2);
+        for t in &f.tensors {
+            f.dequantize(t).expect("the seed's tensors decode");
+        }
+    }
+    fuzz("gguf", &[seed], |b| {
+        via_file(scratch.path(), "f.gguf", b, |p| {
+            if let Ok(f) = GgufFile::open(p) {
+                for t in &f.tensors {
+                    let _ = f.dequantize(t);
+                }
+            }
         })
     });
 }

@@ -7,11 +7,15 @@
 //! | `.smelt` | the smelt model language ([`lang`], `docs/language.md`) |
 //! | `.onnx` | ONNX models ([`onnx`]); initializers become constants |
 //!
+//! [`gguf`] reads llama.cpp's GGUF files (metadata, tensors, dequantisation); the
+//! architecture mapping that turns one into a graph is still to come.
+//!
 //! Every reader returns a verified graph, plus (for text sources) where each value is
 //! defined, so later errors about a value can point at its line.
 #![warn(missing_docs)]
 
 pub mod diagnostic;
+pub mod gguf;
 pub mod lang;
 pub mod onnx;
 

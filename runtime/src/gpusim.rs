@@ -6,7 +6,7 @@ use crate::interp::{bind_shapes, Execution, RunError};
 use crate::tensor::{Data, Tensor};
 use smelt_compiler::gpu::eval::Data as DeviceData;
 use smelt_compiler::gpu::kir::Elem;
-use smelt_compiler::gpu::plan::grid_for;
+use smelt_compiler::gpu::plan::planned_grid;
 use smelt_compiler::gpu::program::Contents;
 use smelt_compiler::gpu::{GpuProgram, GpuTarget};
 use smelt_compiler::ir::{DType, Graph, ValueId};
@@ -85,7 +85,7 @@ pub fn execute(
         .map(|b| (b.value, to_device(&feeds[&g.value(b.value).name], b.elem)))
         .collect();
     let mem = program
-        .simulate(&given, |call| grid_for(target, comm_sms, call))
+        .simulate(&given, |call| planned_grid(target, comm_sms, call))
         .map_err(fail)?;
     let host = |v: ValueId| to_host(&mem[&v], g.ty(v).dtype, program.shapes[v.index()].clone());
     Ok(Execution {

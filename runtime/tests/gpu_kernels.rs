@@ -17,7 +17,7 @@ mod common;
 use smelt_compiler::gpu::target::Arch;
 use smelt_compiler::gpu::{ptx, ptxas, GpuProgram, GpuTarget};
 use smelt_compiler::ir::{text, Graph};
-use smelt_runtime::engine::{Device, Engine, GpuOptions};
+use smelt_runtime::cuda::CudaRunner;
 use smelt_runtime::interp::Execution;
 use smelt_runtime::{gpusim, interp, Precision, Tensor};
 use std::collections::HashMap;
@@ -55,15 +55,11 @@ fn run_gpu(
     target: &GpuTarget,
 ) -> Execution {
     let got = match std::env::var("SMELT_GPU_TEST_DEVICE").as_deref() {
-        Ok("cuda") => {
-            let options = GpuOptions {
-                target: "h200",
-                comm_sms,
-            };
-            Engine::new(g, Device::Cuda(options))
-                .unwrap_or_else(|e| panic!("SMELT_GPU_TEST_DEVICE=cuda: {e}"))
-                .run(feeds)
-        }
+        // The test's own target, so the cases meant for `mma.sync` (an sm_90 target)
+        // run it on the GPU too, not the wgmma kernel. Every target has 132 SMs.
+        Ok("cuda") => CudaRunner::new(g, target.clone(), comm_sms)
+            .unwrap_or_else(|e| panic!("SMELT_GPU_TEST_DEVICE=cuda: {e}"))
+            .run(feeds),
         Ok(other) if other != "gpusim" => {
             panic!("SMELT_GPU_TEST_DEVICE={other}: use cuda or gpusim")
         }

@@ -26,9 +26,32 @@ pub fn unary(b: &mut KernelBuilder, op: UnaryOp, x: Reg) -> Reg {
         }
         UnaryOp::Tanh => tanh(b, x),
         UnaryOp::Erf => erf(b, x),
-        UnaryOp::Sin => b.un(UnOp::Sin, x),
-        UnaryOp::Cos => b.un(UnOp::Cos, x),
+        UnaryOp::Sin => {
+            let r = reduce_to_pi(b, x);
+            b.un(UnOp::Sin, r)
+        }
+        UnaryOp::Cos => {
+            let r = reduce_to_pi(b, x);
+            b.un(UnOp::Cos, r)
+        }
     }
+}
+
+/// `x − 2π·round(x / 2π)`, in [-π, π], where `sin.approx`/`cos.approx` are accurate
+/// (absolute error 2^-20.9 there; outside it grows without bound). `round` adds and
+/// subtracts 1.5·2^23, which rounds to the nearest integer for |x| < 2^22·2π; 2π is
+/// split Cody–Waite style into 6.28125 (8 significant bits, so k·6.28125 is exact for
+/// |k| < 2^16) and the rest. Added absolute error: about |x|·2^-24.
+fn reduce_to_pi(b: &mut KernelBuilder, x: Reg) -> Reg {
+    const INV_TWO_PI: f32 = 0.5 * std::f32::consts::FRAC_1_PI;
+    const TWO_PI_HI: f32 = 6.28125;
+    const TWO_PI_LO: f32 = (std::f64::consts::TAU - 6.28125) as f32;
+    const ROUNDER: f32 = 12_582_912.0; // 1.5 · 2^23
+    let shifted = b.fma(x, INV_TWO_PI, ROUNDER);
+    let k = b.bin(BinOp::Sub, shifted, ROUNDER);
+    let nk = b.un(UnOp::Neg, k);
+    let r = b.fma(nk, TWO_PI_HI, x);
+    b.fma(nk, TWO_PI_LO, r)
 }
 
 /// `e^x = 2^(x·log2 e)`: relative error about |x|·2^-24 from rounding the product.

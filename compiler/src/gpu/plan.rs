@@ -38,6 +38,8 @@ pub struct Launch {
     pub shared_bytes: u32,
     /// SMs this launch may occupy.
     pub sm_budget: u32,
+    /// Blocks of this kernel that fit on one SM (what compute grids are capped by).
+    pub resident_blocks: u32,
     /// Launches (by index) on the other stream whose events it waits for.
     pub waits_for: Vec<usize>,
     /// Estimated start and duration, microseconds.
@@ -55,6 +57,9 @@ pub struct SmPlan {
     pub sms: u32,
     /// SMs reserved for communication.
     pub comm_sms: u32,
+    /// SMs compute kernels may occupy (fewer than `sms − comm_sms` where the driver
+    /// rounded the reserved part up).
+    pub compute_sms: u32,
     /// The PTX architecture the module is assembled for.
     pub arch: super::target::Arch,
     /// Launches in issue order.
@@ -77,15 +82,40 @@ pub fn check_comm_sms(target: &GpuTarget, n: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks of `k` that fit on one SM at once (threads, blocks, shared memory, and
-/// registers assuming at most 64 per thread).
-pub fn resident_blocks(target: &GpuTarget, k: &Kernel) -> u32 {
-    let by_threads = target.threads_per_sm / k.block.max(1);
-    let by_shared = match k.shared_bytes() as u32 {
+/// Registers per thread the plan assumes when nothing better is known (no ptxas
+/// report, no driver): what most of the generated kernels need. Kernels that need more
+/// (the wgmma product takes 97) get fewer resident blocks from `ptxas -v` or the
+/// driver's occupancy query at load.
+pub const ASSUMED_REGISTERS: u32 = 64;
+
+/// Hopper's allocation units (the CUDA occupancy calculator's figures for sm_90):
+/// registers per thread are allocated in steps of 8 and per warp in steps of 256;
+/// shared memory in steps of 128 bytes, with 1 KiB per block reserved by the system.
+const REGISTER_STEP_PER_THREAD: u32 = 8;
+const REGISTER_STEP_PER_WARP: u32 = 256;
+const SHARED_STEP: u32 = 128;
+const SHARED_RESERVED_PER_BLOCK: u32 = 1024;
+const WARP: u32 = 32;
+
+/// Blocks of kernel `k` that fit on one SM at once, with `registers` per thread.
+pub fn resident_blocks(target: &GpuTarget, k: &Kernel, registers: u32) -> u32 {
+    blocks_per_sm(target, k.block, k.shared_bytes() as u32, registers)
+}
+
+/// Blocks of `block` threads with `shared` bytes of static shared memory and
+/// `registers` per thread that fit on one SM: the fewest allowed by threads, blocks,
+/// shared memory and registers, in the hardware's allocation units.
+pub fn blocks_per_sm(target: &GpuTarget, block: u32, shared: u32, registers: u32) -> u32 {
+    let block = block.max(1);
+    let warps = block.div_ceil(WARP);
+    let by_threads = target.threads_per_sm / block;
+    let by_shared = match shared {
         0 => u32::MAX,
-        s => target.shared_per_sm / s,
+        s => target.shared_per_sm / (s.next_multiple_of(SHARED_STEP) + SHARED_RESERVED_PER_BLOCK),
     };
-    let by_registers = target.registers_per_sm / (64 * k.block.max(1));
+    let per_warp = (registers.max(1).next_multiple_of(REGISTER_STEP_PER_THREAD) * WARP)
+        .next_multiple_of(REGISTER_STEP_PER_WARP);
+    let by_registers = (target.registers_per_sm / per_warp) / warps;
     by_threads
         .min(by_shared)
         .min(by_registers)
@@ -93,21 +123,75 @@ pub fn resident_blocks(target: &GpuTarget, k: &Kernel) -> u32 {
         .max(1)
 }
 
-/// The grid of a launch under the plan.
-pub fn grid_for(target: &GpuTarget, comm_sms: u32, call: &KernelCall) -> u32 {
-    match call.role {
-        Role::Comm => comm_sms,
-        Role::Compute => {
-            let cap = (target.sms - comm_sms) * resident_blocks(target, &call.kernel);
-            call.work_blocks.min(cap).max(1)
+/// The SMs a plan may use: on a GPU, the split the driver really made (green contexts
+/// come in groups of 8 SMs on Hopper, so 20 requested communication SMs become 24).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmBudget {
+    /// SMs compute kernels may occupy.
+    pub compute: u32,
+    /// Blocks each communication kernel gets (one per reserved SM requested).
+    pub comm: u32,
+}
+
+impl SmBudget {
+    /// The budget on paper: the target's SMs less `comm_sms`.
+    pub fn requested(target: &GpuTarget, comm_sms: u32) -> SmBudget {
+        SmBudget {
+            compute: target.sms.saturating_sub(comm_sms),
+            comm: comm_sms,
         }
     }
 }
 
+/// The grid of a launch under the budget, with `resident` blocks of it per SM.
+pub fn grid_for(budget: SmBudget, call: &KernelCall, resident: u32) -> u32 {
+    match call.role {
+        Role::Comm => budget.comm,
+        Role::Compute => call.work_blocks.min(budget.compute * resident).max(1),
+    }
+}
+
+/// The grid of a launch on paper (`ASSUMED_REGISTERS` per thread).
+pub fn planned_grid(target: &GpuTarget, comm_sms: u32, call: &KernelCall) -> u32 {
+    let resident = resident_blocks(target, &call.kernel, ASSUMED_REGISTERS);
+    grid_for(SmBudget::requested(target, comm_sms), call, resident)
+}
+
 impl SmPlan {
-    /// Plans `program` on `target` with `comm_sms` SMs for communication.
+    /// Plans `program` on `target` with `comm_sms` SMs for communication, assuming
+    /// `ASSUMED_REGISTERS` per thread.
     pub fn new(program: &GpuProgram, target: &GpuTarget, comm_sms: u32) -> Result<SmPlan, String> {
+        let resident: Vec<u32> = program
+            .calls
+            .iter()
+            .map(|c| resident_blocks(target, &c.kernel, ASSUMED_REGISTERS))
+            .collect();
+        SmPlan::on(
+            program,
+            target,
+            comm_sms,
+            SmBudget::requested(target, comm_sms),
+            &resident,
+        )
+    }
+
+    /// Plans `program` with the SMs of `budget` and `resident[i]` blocks of call `i`
+    /// per SM (from `ptxas -v` or the driver's occupancy query).
+    pub fn on(
+        program: &GpuProgram,
+        target: &GpuTarget,
+        comm_sms: u32,
+        budget: SmBudget,
+        resident: &[u32],
+    ) -> Result<SmPlan, String> {
         check_comm_sms(target, comm_sms)?;
+        if resident.len() != program.calls.len() {
+            return Err(format!(
+                "{} residency figures for {} calls",
+                resident.len(),
+                program.calls.len()
+            ));
+        }
         if comm_sms == 0 && program.calls.iter().any(|c| c.role == Role::Comm) {
             return Err(
                 "the program has communication kernels: give them SMs with --comm-sms".into(),
@@ -118,10 +202,10 @@ impl SmPlan {
         let mut launches: Vec<Launch> = Vec::new();
         for (i, call) in program.calls.iter().enumerate() {
             let stream = u32::from(call.role == Role::Comm);
-            let grid = grid_for(target, comm_sms, call);
-            let budget = match call.role {
-                Role::Comm => comm_sms,
-                Role::Compute => target.sms - comm_sms,
+            let grid = grid_for(budget, call, resident[i]);
+            let sm_budget = match call.role {
+                Role::Comm => budget.comm,
+                Role::Compute => budget.compute,
             };
             let mut waits_for = Vec::new();
             let mut ready = stream_free[stream as usize];
@@ -134,7 +218,7 @@ impl SmPlan {
                     ready = ready.max(producer.start_us + producer.duration_us);
                 }
             }
-            let duration_us = estimate_seconds(program, target, call, budget, grid) * 1e6;
+            let duration_us = estimate_seconds(program, target, call, sm_budget, grid) * 1e6;
             stream_free[stream as usize] = ready + duration_us;
             writer.insert(call.args[0], i);
             launches.push(Launch {
@@ -144,7 +228,8 @@ impl SmPlan {
                 grid: [grid, 1, 1],
                 block: [call.kernel.block, 1, 1],
                 shared_bytes: call.kernel.shared_bytes() as u32,
-                sm_budget: budget,
+                sm_budget,
+                resident_blocks: resident[i],
                 waits_for,
                 start_us: ready,
                 duration_us,
@@ -154,6 +239,7 @@ impl SmPlan {
             target: target.name.to_string(),
             sms: target.sms,
             comm_sms,
+            compute_sms: budget.compute,
             arch: program.arch,
             launches,
         })
@@ -165,10 +251,7 @@ impl SmPlan {
         let _ = writeln!(
             s,
             "plan for {}: {} SMs, {} compute on stream 0, {} communication on stream 1",
-            self.target,
-            self.sms,
-            self.sms - self.comm_sms,
-            self.comm_sms
+            self.target, self.sms, self.compute_sms, self.comm_sms
         );
         for (i, l) in self.launches.iter().enumerate() {
             let waits = if l.waits_for.is_empty() {
@@ -228,4 +311,56 @@ fn estimate_seconds(
     let compute = call.flops / (peak * uses.max(1e-3));
     let memory = bytes / target.hbm_bandwidth;
     compute.max(memory) + target.launch_seconds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Figures of NVIDIA's occupancy calculator for sm_90 (228 KiB shared, 64 Ki
+    /// registers, 2048 threads, 32 blocks per SM).
+    #[test]
+    fn residency_follows_registers_and_shared_memory() {
+        let h = GpuTarget::h100();
+        // The bf16 wgmma product as ptxas reports it: 128 threads, 97 registers,
+        // 36,888 B shared. Registers (104 per thread after rounding, 3,328 per warp)
+        // allow 19 warps, so 4 blocks; shared memory would allow 6.
+        assert_eq!(blocks_per_sm(&h, 128, 36_888, 97), 4);
+        assert_eq!(blocks_per_sm(&h, 128, 36_888, 64), 6);
+        // Registers alone: 64 per thread fill 65,536 with 1,024 threads.
+        assert_eq!(blocks_per_sm(&h, 256, 0, 64), 4);
+        assert_eq!(blocks_per_sm(&h, 256, 0, 32), 8);
+        // Threads and the block limit.
+        assert_eq!(blocks_per_sm(&h, 1024, 0, 16), 2);
+        assert_eq!(blocks_per_sm(&h, 32, 0, 16), 32);
+        // A block that needs more than an SM still counts as one (the driver rejects
+        // such a launch; the plan does not divide by zero).
+        assert_eq!(blocks_per_sm(&h, 128, 300_000, 32), 1);
+    }
+
+    #[test]
+    fn compute_grids_are_capped_by_the_real_split() {
+        use crate::gpu::schedule;
+        let g = crate::ir::text::parse(
+            "graph @t {\ninput %x: f32[4096, 4096]\n%y = exp %x\noutput %y\n}\n",
+        )
+        .unwrap()
+        .graph;
+        let p = GpuProgram::new(&schedule(&g), &Default::default()).unwrap();
+        let h = GpuTarget::h100();
+        let resident = vec![2; p.calls.len()];
+        // Green contexts round 20 communication SMs up to 24: 108 compute SMs remain.
+        let budget = SmBudget {
+            compute: 108,
+            comm: 20,
+        };
+        let plan = SmPlan::on(&p, &h, 20, budget, &resident).unwrap();
+        assert_eq!(plan.compute_sms, 108);
+        for l in &plan.launches {
+            assert!(l.grid[0] <= 108 * 2, "{l:?}");
+            assert_eq!(l.resident_blocks, 2);
+        }
+        assert!(plan.to_text().contains("108 compute"), "{}", plan.to_text());
+        assert!(SmPlan::on(&p, &h, 20, budget, &[]).is_err());
+    }
 }

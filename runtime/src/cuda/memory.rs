@@ -27,17 +27,21 @@ impl DeviceBuffer {
         Ok(DeviceBuffer { ptr, elem, len })
     }
 
-    /// Sets every byte to zero (what the evaluator starts computed buffers with).
-    pub fn zero(&self) -> Result<(), CudaError> {
+    /// Sets every byte to zero (what the evaluator starts computed buffers with), in
+    /// `stream`'s order: the synchronous `cuMemsetD8` is not ordered with non-blocking
+    /// streams, so a later kernel on one could run first.
+    pub fn zero_on(&self, stream: sys::CUstream) -> Result<(), CudaError> {
         let bytes = (self.len * self.elem.bytes()).max(1);
         // SAFETY: within this allocation.
-        check("cuMemsetD8", unsafe {
-            result::memset_d8_sync(self.ptr, 0, bytes)
+        check("cuMemsetD8Async", unsafe {
+            result::memset_d8_async(self.ptr, 0, bytes, stream)
         })
     }
 
-    /// Copies host data in; it must match the buffer's type and length.
-    pub fn upload(&self, data: &Data) -> Result<(), CudaError> {
+    /// Copies host data in, in `stream`'s order; it must match the buffer's type and
+    /// length. The host data may be dropped on return: pageable memory is staged
+    /// before `cuMemcpyHtoDAsync` returns.
+    pub fn upload_on(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
         if data.elem() != self.elem || data.len() != self.len {
             return Err(CudaError(format!(
                 "upload of {} {:?} values into a buffer of {} {:?}",
@@ -53,17 +57,26 @@ impl DeviceBuffer {
         // SAFETY: the lengths and element types match, so the byte counts do.
         let r = unsafe {
             match data {
-                Data::F32(v) => result::memcpy_htod_sync(self.ptr, v),
-                Data::F16(v) | Data::BF16(v) => result::memcpy_htod_sync(self.ptr, v),
-                Data::I32(v) => result::memcpy_htod_sync(self.ptr, v),
-                Data::I64(v) => result::memcpy_htod_sync(self.ptr, v),
-                Data::U8(v) => result::memcpy_htod_sync(self.ptr, v),
+                Data::F32(v) => result::memcpy_htod_async(self.ptr, v, stream),
+                Data::F16(v) | Data::BF16(v) => result::memcpy_htod_async(self.ptr, v, stream),
+                Data::I32(v) => result::memcpy_htod_async(self.ptr, v, stream),
+                Data::I64(v) => result::memcpy_htod_async(self.ptr, v, stream),
+                Data::U8(v) => result::memcpy_htod_async(self.ptr, v, stream),
             }
         };
-        check("cuMemcpyHtoD", r)
+        check("cuMemcpyHtoDAsync", r)
     }
 
-    /// Copies the buffer out.
+    /// Copies host data in and waits for it (set-up outside a program's run).
+    pub fn upload_blocking(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
+        self.upload_on(stream, data)?;
+        // SAFETY: a live stream.
+        check("cuStreamSynchronize", unsafe {
+            result::stream::synchronize(stream)
+        })
+    }
+
+    /// Copies the buffer out; the streams that wrote it must have been synchronised.
     pub fn download(&self) -> Result<Data, CudaError> {
         let mut data = Data::zeros(self.elem, self.len);
         if self.len == 0 {

@@ -13,6 +13,8 @@
 //! - `streams.rs`: the compute and communication streams on that partition.
 //! - `program.rs`: loading, uploading, launching and downloading a program.
 //! - `tensor_map.rs`: TMA tensor maps encoded by the driver for kernels that use TMA.
+//! - `order.rs`: the device work of one run as data (fills, events, launches per
+//!   stream) and the check that it is ordered.
 //! - `probe.rs`: hand-made launches and CUDA-event timing for `smelt gpu-check`.
 //!
 //! cudarc loads `libcuda` lazily (`dynamic-loading`), so smelt builds and links on a
@@ -21,6 +23,7 @@
 mod driver;
 mod green;
 mod memory;
+pub mod order;
 pub mod partition;
 pub mod probe;
 mod program;

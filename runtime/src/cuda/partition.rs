@@ -32,6 +32,16 @@ pub struct SmSplit {
     pub comm: u32,
 }
 
+impl SmSplit {
+    /// Exactly what was asked: `comm` SMs for communication, the rest for compute.
+    pub fn requested(total: u32, comm: u32) -> SmSplit {
+        SmSplit {
+            compute: total.saturating_sub(comm),
+            comm,
+        }
+    }
+}
+
 /// Splits `total` SMs so that at least `comm_request` go to communication, in groups
 /// the hardware can make; compute keeps the rest (the driver's remainder group).
 pub fn split_sms(total: u32, comm_request: u32, g: Granularity) -> Result<SmSplit, String> {
@@ -76,6 +86,8 @@ pub enum Fallback {
     MissingSymbol(&'static str),
     /// The split cannot be made (rounding leaves nothing for compute).
     Unsplittable(String),
+    /// Events recorded on one green-context stream did not order the other.
+    CrossStreamEvents(String),
 }
 
 impl fmt::Display for Fallback {
@@ -90,6 +102,10 @@ impl fmt::Display for Fallback {
             ),
             Fallback::MissingSymbol(s) => write!(f, "the driver does not export {s}"),
             Fallback::Unsplittable(why) => write!(f, "{why}"),
+            Fallback::CrossStreamEvents(why) => write!(
+                f,
+                "events across the green-context streams failed the probe: {why}"
+            ),
         }
     }
 }

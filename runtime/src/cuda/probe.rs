@@ -8,6 +8,7 @@ use super::streams::{Lane, Streams};
 use cudarc::driver::{result, sys, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 use smelt_compiler::gpu::build::KernelBuilder;
+use smelt_compiler::gpu::eval::Data;
 use smelt_compiler::gpu::kir::{Elem, Kernel, Special};
 use smelt_compiler::gpu::ptx;
 use std::collections::HashMap;
@@ -191,6 +192,84 @@ pub fn smid_recorder(name: &str, blocks: usize) -> Kernel {
     b.finish()
 }
 
+/// A one-thread kernel that copies `src[0]` into `dst[0]`.
+pub fn first_element_copier(name: &str) -> Kernel {
+    let mut b = KernelBuilder::new(name, 32);
+    let src = b.param("src", Elem::I32, 1);
+    let dst = b.param("dst", Elem::I32, 1);
+    let tid = b.special(Special::Tid);
+    let leader = b.setp(smelt_compiler::gpu::kir::Cmp::Eq, tid, 0);
+    b.if_then(leader, |b| {
+        let v = b.ld(src, 0);
+        b.st(dst, 0, v);
+    });
+    b.finish()
+}
+
+/// What programs do on every run, tried once on `streams`: an event created in the
+/// primary context, recorded on the communication stream after a slow kernel, waited
+/// for by the compute stream, whose kernel then reads what the slow one wrote. On
+/// green contexts the driver documents events and streams of one context; a green
+/// stream also belongs to the primary context, and this says whether that holds on
+/// this driver. An error, or the reader running early, fails the probe.
+pub fn cross_stream_probe(gpu: &Gpu, streams: &Streams) -> Result<(), CudaError> {
+    let kernels = KernelSet::load(
+        gpu,
+        &[
+            smid_recorder("probe_slow_writer", 1),
+            first_element_copier("probe_reader"),
+        ],
+    )?;
+    let written = DeviceBuffer::alloc(Elem::I32, 1)?;
+    let sink = DeviceBuffer::alloc(Elem::F32, 1)?;
+    let spin = DeviceBuffer::alloc(Elem::I32, 1)?;
+    let seen = DeviceBuffer::alloc(Elem::I32, 1)?;
+    written.upload_blocking(streams.comm, &Data::I32(vec![-1]))?;
+    spin.upload_blocking(streams.comm, &Data::I32(vec![2_000_000]))?;
+    seen.upload_blocking(streams.compute, &Data::I32(vec![-2]))?;
+    let event = check(
+        "cuEventCreate",
+        result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING),
+    )?;
+    let run = || -> Result<(), CudaError> {
+        kernels.launch(
+            "probe_slow_writer",
+            1,
+            streams,
+            Lane::Comm,
+            &[&written, &sink, &spin],
+        )?;
+        // SAFETY: live event and streams.
+        unsafe {
+            check("cuEventRecord", result::event::record(event, streams.comm))?;
+            check_raw(
+                "cuStreamWaitEvent",
+                sys::cuStreamWaitEvent(streams.compute, event, 0),
+            )?;
+        }
+        kernels.launch(
+            "probe_reader",
+            1,
+            streams,
+            Lane::Compute,
+            &[&written, &seen],
+        )?;
+        streams.synchronize()
+    };
+    let outcome = run();
+    // SAFETY: created above; both streams are idle or failed.
+    let _ = unsafe { result::event::destroy(event) };
+    outcome?;
+    match seen.download()? {
+        Data::I32(v) if v[0] >= 0 => Ok(()),
+        Data::I32(v) => Err(CudaError(format!(
+            "the compute stream ran before the communication stream's event (read {})",
+            v[0]
+        ))),
+        _ => Err(CudaError("the probe read back the wrong type".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +295,13 @@ mod tests {
         assert_eq!(bufs[0], Data::I32(vec![0, 1, 2, 3, 0, 1]));
         // The spin ran: each turn moves x from 1 towards 0.1.
         assert!(matches!(&bufs[1], Data::F32(v) if v.iter().all(|&x| x < 1.0 && x > 0.99)));
+    }
+
+    #[test]
+    fn the_probe_reader_copies_the_first_element() {
+        let k = first_element_copier("probe_reader");
+        let mut bufs = vec![Data::I32(vec![7]), Data::I32(vec![-2])];
+        eval::run(&k, 1, 1, &mut bufs).unwrap();
+        assert_eq!(bufs[1], Data::I32(vec![7]));
     }
 }

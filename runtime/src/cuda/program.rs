@@ -2,6 +2,7 @@
 
 use super::driver::{check, check_raw, CudaError, Gpu};
 use super::memory::DeviceBuffer;
+use super::order::{check_order, run_order, DeviceOp, RunOrder};
 use super::streams::Streams;
 use super::tensor_map;
 use crate::gpusim::{to_device, to_host};
@@ -11,7 +12,7 @@ use cudarc::driver::{result, sys, CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 use smelt_compiler::gpu::eval::Data;
 use smelt_compiler::gpu::kir::Kernel;
-use smelt_compiler::gpu::plan::SmPlan;
+use smelt_compiler::gpu::plan::{SmBudget, SmPlan};
 use smelt_compiler::gpu::program::{constant, Contents};
 use smelt_compiler::gpu::schedule;
 use smelt_compiler::gpu::{ptx, GpuProgram, GpuTarget};
@@ -20,7 +21,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-/// One event per launch, recorded after it, for launches on the other stream to wait on.
+/// One event per launch, recorded after it, for launches on the other stream to wait
+/// on, and one recorded after the fills.
 #[derive(Debug)]
 struct Events(Vec<sys::CUevent>);
 
@@ -38,8 +40,10 @@ impl Drop for Events {
 pub struct CudaProgram {
     /// The lowered program.
     pub program: GpuProgram,
-    /// Its launch plan (grids, streams, waits).
+    /// Its launch plan (grids, streams, waits), on the split the driver made.
     pub plan: SmPlan,
+    /// The device work of one run, in issue order.
+    order: RunOrder,
     gpu: Arc<Gpu>,
     // Keeps the module loaded while its functions are used.
     _module: Arc<CudaModule>,
@@ -65,6 +69,21 @@ impl Drop for CudaProgram {
         let _ = self.gpu.ctx.bind_to_thread();
         let _ = self.streams.synchronize();
     }
+}
+
+/// Blocks of `f` (with `block` threads) that fit on one SM, as the driver computes it
+/// from the kernel's real registers and shared memory.
+fn occupancy(f: &CudaFunction, block: u32) -> Result<u32, CudaError> {
+    // SAFETY: a loaded function; static shared memory only.
+    let n = check("cuOccupancyMaxActiveBlocksPerMultiprocessor", unsafe {
+        result::occupancy::max_active_block_per_multiprocessor(f.cu_function(), block as i32, 0)
+    })?;
+    if n < 1 {
+        return Err(CudaError(format!(
+            "the driver fits no block of {block} threads of this kernel on an SM"
+        )));
+    }
+    Ok(n as u32)
 }
 
 /// The module's kernels, one entry per name (calls may share a kernel).
@@ -103,7 +122,6 @@ impl CudaProgram {
                 target.name, target.sms, gpu.name, gpu.sms
             )));
         }
-        let plan = SmPlan::new(&program, target, comm_sms).map_err(CudaError)?;
         check("making the context current", gpu.ctx.bind_to_thread())?;
         let text = ptx::module(&unique_kernels(&program)?);
         let module = check(
@@ -120,6 +138,23 @@ impl CudaProgram {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The plan follows what the driver made and measured: the real SM split (green
+        // contexts round the reserved part up) and each kernel's real residency (the
+        // registers the driver's PTX compiler gave it, not the plan's assumption).
+        let streams = Streams::new(&gpu, comm_sms)?;
+        let resident = program
+            .calls
+            .iter()
+            .zip(&functions)
+            .map(|(c, f)| occupancy(f, c.kernel.block))
+            .collect::<Result<Vec<_>, _>>()?;
+        let budget = SmBudget {
+            compute: streams.partition.split().compute,
+            comm: comm_sms,
+        };
+        let plan = SmPlan::on(&program, target, comm_sms, budget, &resident).map_err(CudaError)?;
+        let order = run_order(&program, &plan);
+        check_order(&program, &order).map_err(|e| CudaError(format!("unordered run: {e}")))?;
         let mut buffers = HashMap::new();
         for b in &program.buffers {
             buffers.insert(b.value, DeviceBuffer::alloc(b.elem, b.len)?);
@@ -139,14 +174,14 @@ impl CudaProgram {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Events(Vec::new());
-        for _ in &program.calls {
+        for _ in 0..order.events {
             let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
             events.0.push(check("cuEventCreate", e)?);
         }
-        let streams = Streams::new(&gpu, comm_sms)?;
         Ok(CudaProgram {
             program,
             plan,
+            order,
             gpu,
             _module: module,
             functions,
@@ -159,20 +194,33 @@ impl CudaProgram {
 
     /// Fills every buffer that is not computed: `given` holds the inputs, parameters
     /// and state; constants come from the program; computed buffers start at zero, as
-    /// in the evaluator.
+    /// in the evaluator. The fills are ordered before every launch (see `order.rs`).
     pub fn upload(&self, given: &HashMap<ValueId, Data>) -> Result<(), CudaError> {
         check("making the context current", self.gpu.ctx.bind_to_thread())?;
-        for b in &self.program.buffers {
-            let buf = &self.buffers[&b.value];
+        let buffers: HashMap<ValueId, &smelt_compiler::gpu::program::Buffer> =
+            self.program.buffers.iter().map(|b| (b.value, b)).collect();
+        for op in &self.order.fills {
+            let DeviceOp::Fill { value, stream } = *op else {
+                self.issue(op)?;
+                continue;
+            };
+            let stream = self
+                .streams
+                .get(stream.expect("fills are issued on a stream"));
+            let buf = &self.buffers[&value];
+            let b = buffers[&value];
             match &b.contents {
-                Contents::Given => buf.upload(given.get(&b.value).ok_or_else(|| {
-                    CudaError(format!(
-                        "no data given for %{}",
-                        self.program.graph.value(b.value).name
-                    ))
-                })?)?,
-                Contents::Constant(values) => buf.upload(&constant(b, values))?,
-                Contents::Computed => buf.zero()?,
+                Contents::Given => buf.upload_on(
+                    stream,
+                    given.get(&value).ok_or_else(|| {
+                        CudaError(format!(
+                            "no data given for %{}",
+                            self.program.graph.value(value).name
+                        ))
+                    })?,
+                )?,
+                Contents::Constant(values) => buf.upload_on(stream, &constant(b, values))?,
+                Contents::Computed => buf.zero_on(stream)?,
             }
         }
         Ok(())
@@ -182,57 +230,90 @@ impl CudaProgram {
     /// other stream's producers, and returns without synchronising.
     pub fn launch(&self) -> Result<(), CudaError> {
         check("making the context current", self.gpu.ctx.bind_to_thread())?;
-        for (i, (call, launch)) in self
-            .program
-            .calls
-            .iter()
-            .zip(&self.plan.launches)
-            .enumerate()
-        {
-            let stream = self.streams.get(launch.stream);
-            for &w in &launch.waits_for {
-                // SAFETY: both live; the producer's event was recorded earlier in this loop.
-                check_raw("cuStreamWaitEvent", unsafe {
-                    sys::cuStreamWaitEvent(stream, self.events.0[w], 0)
-                })?;
-            }
-            // One u64 device address per parameter, in `args` order, then each tensor
-            // map's 128 bytes by value.
-            let mut addresses: Vec<sys::CUdeviceptr> =
-                call.args.iter().map(|v| self.buffers[v].ptr).collect();
-            let mut maps = self.tensor_maps[i].clone();
-            let mut params: Vec<*mut c_void> = addresses
-                .iter_mut()
-                .map(|a| a as *mut sys::CUdeviceptr as *mut c_void)
-                .chain(
-                    maps.iter_mut()
-                        .map(|m| m as *mut sys::CUtensorMap as *mut c_void),
-                )
-                .collect();
-            let grid = (launch.grid[0], launch.grid[1], launch.grid[2]);
-            let block = (launch.block[0], launch.block[1], launch.block[2]);
-            // SAFETY: the kernel takes exactly these pointers and tensor maps (the
-            // lowering's contract); shared memory is static, so no dynamic bytes.
-            let launched = unsafe {
-                result::launch_kernel(
-                    self.functions[i].cu_function(),
-                    grid,
-                    block,
-                    0,
-                    stream,
-                    &mut params,
-                )
-            };
-            check(
-                &format!("launch of {} (cuLaunchKernel)", call.kernel.name),
-                launched,
-            )?;
-            // SAFETY: a live event and stream.
-            check("cuEventRecord", unsafe {
-                result::event::record(self.events.0[i], stream)
-            })?;
+        for op in &self.order.launches {
+            self.issue(op)?;
         }
         Ok(())
+    }
+
+    /// Issues one event record, event wait or launch.
+    fn issue(&self, op: &DeviceOp) -> Result<(), CudaError> {
+        match *op {
+            DeviceOp::Record { event, stream } => {
+                // SAFETY: a live event and stream.
+                check("cuEventRecord", unsafe {
+                    result::event::record(self.events.0[event], self.streams.get(stream))
+                })
+            }
+            DeviceOp::Wait { stream, event } => {
+                // SAFETY: both live; `check_order` proved the event is recorded first.
+                check_raw("cuStreamWaitEvent", unsafe {
+                    sys::cuStreamWaitEvent(self.streams.get(stream), self.events.0[event], 0)
+                })
+            }
+            DeviceOp::Launch { call, stream } => self.launch_call(call, self.streams.get(stream)),
+            DeviceOp::Fill { .. } => Err(CudaError("a fill among the launches".into())),
+        }
+    }
+
+    fn launch_call(&self, i: usize, stream: sys::CUstream) -> Result<(), CudaError> {
+        let call = &self.program.calls[i];
+        let launch = &self.plan.launches[i];
+        // One u64 device address per parameter, in `args` order, then each tensor
+        // map's 128 bytes by value.
+        let mut addresses: Vec<sys::CUdeviceptr> =
+            call.args.iter().map(|v| self.buffers[v].ptr).collect();
+        let mut maps = self.tensor_maps[i].clone();
+        let mut params: Vec<*mut c_void> = addresses
+            .iter_mut()
+            .map(|a| a as *mut sys::CUdeviceptr as *mut c_void)
+            .chain(
+                maps.iter_mut()
+                    .map(|m| m as *mut sys::CUtensorMap as *mut c_void),
+            )
+            .collect();
+        let grid = (launch.grid[0], launch.grid[1], launch.grid[2]);
+        let block = (launch.block[0], launch.block[1], launch.block[2]);
+        // SAFETY: the kernel takes exactly these pointers and tensor maps (the
+        // lowering's contract); shared memory is static, so no dynamic bytes.
+        let launched = unsafe {
+            result::launch_kernel(
+                self.functions[i].cu_function(),
+                grid,
+                block,
+                0,
+                stream,
+                &mut params,
+            )
+        };
+        check(
+            &format!("launch of {} (cuLaunchKernel)", call.kernel.name),
+            launched,
+        )
+    }
+
+    /// Each kernel's registers per thread and resident blocks per SM, from the driver.
+    pub fn occupancy(&self) -> Vec<(String, u32, u32)> {
+        self.program
+            .calls
+            .iter()
+            .zip(&self.functions)
+            .zip(&self.plan.launches)
+            .map(|((c, f), l)| {
+                // SAFETY: a loaded function.
+                let registers = unsafe {
+                    result::function::get_function_attribute(
+                        f.cu_function(),
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS,
+                    )
+                };
+                (
+                    c.kernel.name.clone(),
+                    registers.map_or(0, |r| r as u32),
+                    l.resident_blocks,
+                )
+            })
+            .collect()
     }
 
     /// Waits for every launch; reports a kernel fault here.

@@ -2,7 +2,7 @@
 
 use super::driver::{check, has_symbol, CudaError, Gpu};
 use super::green::{self, GreenStream};
-use super::partition::{choose, Fallback, Partition, GREEN_SYMBOLS};
+use super::partition::{choose, Fallback, Partition, SmSplit, GREEN_SYMBOLS};
 use cudarc::driver::{result, sys};
 
 /// One of the two streams, by role.
@@ -38,8 +38,28 @@ pub struct Streams {
 
 impl Streams {
     /// Makes the streams for `comm_sms` communication SMs: green contexts where the
-    /// driver has them, otherwise two plain streams under the plan's grid budgets.
+    /// driver has them and events recorded on one green stream order the other
+    /// (`probe::cross_stream_probe`), otherwise two plain streams under the plan's grid
+    /// budgets.
     pub fn new(gpu: &Gpu, comm_sms: u32) -> Result<Streams, CudaError> {
+        let streams = Streams::partitioned(gpu, comm_sms)?;
+        if !matches!(streams.partition, Partition::Green(_)) {
+            return Ok(streams);
+        }
+        match super::probe::cross_stream_probe(gpu, &streams) {
+            Ok(()) => Ok(streams),
+            Err(e) => {
+                drop(streams);
+                Streams::plain(Partition::PersistentGrid {
+                    split: SmSplit::requested(gpu.sms, comm_sms),
+                    why: Fallback::CrossStreamEvents(e.0),
+                })
+            }
+        }
+    }
+
+    /// Green contexts where the driver offers them, else plain streams.
+    fn partitioned(gpu: &Gpu, comm_sms: u32) -> Result<Streams, CudaError> {
         let device = gpu.ctx.cu_device();
         let can_try = comm_sms > 0
             && gpu.driver_version >= 12040
@@ -61,7 +81,7 @@ impl Streams {
             match green::create(device, split) {
                 Ok((compute, comm)) => {
                     // What the driver made, which the split predicted.
-                    let partition = Partition::Green(super::partition::SmSplit {
+                    let partition = Partition::Green(SmSplit {
                         compute: compute.sms,
                         comm: comm.sms,
                     });
@@ -77,15 +97,17 @@ impl Streams {
                 }
                 Err(e) => {
                     partition = Partition::PersistentGrid {
-                        split: super::partition::SmSplit {
-                            compute: gpu.sms - comm_sms,
-                            comm: comm_sms,
-                        },
+                        split: SmSplit::requested(gpu.sms, comm_sms),
                         why: Fallback::Unsplittable(e.0),
                     }
                 }
             }
         }
+        Streams::plain(partition)
+    }
+
+    /// Two non-blocking streams in the primary context.
+    fn plain(partition: Partition) -> Result<Streams, CudaError> {
         let kind = || result::stream::StreamKind::NonBlocking;
         let compute = check("cuStreamCreate", result::stream::create(kind()))?;
         let comm = match check("cuStreamCreate", result::stream::create(kind())) {

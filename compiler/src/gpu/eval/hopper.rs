@@ -48,6 +48,8 @@ struct Group {
 /// One mbarrier's state.
 #[derive(Clone, Copy, Debug)]
 struct Mbar {
+    /// `fence.mbarrier_init` ran after the init: the async proxy (TMA) sees it.
+    init_fenced: bool,
     count: u32,
     arrivals_left: u32,
     /// Transaction bytes announced and not yet landed.
@@ -77,6 +79,10 @@ pub(super) struct State {
     committed: VecDeque<Group>,
     /// Per thread: the clock of its last `fence.proxy.async`.
     fenced: Vec<u64>,
+    /// Per register: the clock of its last write by an ordinary instruction.
+    written_at: Vec<u64>,
+    /// The clock of the last `wgmma.fence`.
+    wgmma_fenced_at: u64,
 }
 
 impl State {
@@ -96,6 +102,31 @@ impl State {
             open: Group::default(),
             committed: VecDeque::new(),
             fenced: vec![0; k.block as usize],
+            written_at: vec![0; k.regs.len()],
+            wgmma_fenced_at: 0,
+        }
+    }
+
+    /// Notes the registers an ordinary instruction writes at `clock`: a wgmma may
+    /// use them as accumulators only after a `wgmma.fence`.
+    pub(super) fn note_writes(&mut self, i: &Inst, clock: u64) {
+        for r in written(i) {
+            self.written_at[r.0 as usize] = clock;
+        }
+    }
+
+    /// Fails if an accumulator of a wgmma was written by an ordinary instruction since
+    /// the last `wgmma.fence` (the ISA requires the fence between the two).
+    fn check_fenced_accumulators(&self, d: &[Reg]) -> Result<(), String> {
+        match d
+            .iter()
+            .find(|r| self.written_at[r.0 as usize] > self.wgmma_fenced_at)
+        {
+            Some(r) => Err(format!(
+                "wgmma accumulator register {} was written by an ordinary instruction with no wgmma.fence after it",
+                r.0
+            )),
+            None => Ok(()),
         }
     }
 
@@ -216,6 +247,7 @@ impl Block<'_> {
                 b_mn_major,
             } => {
                 self.whole_warpgroups(mask)?;
+                self.hopper.check_fenced_accumulators(d)?;
                 for wg in (0..mask.len()).step_by(wgmma::WARPGROUP) {
                     if mask[wg] {
                         let operands = [(*a, *a_mn_major), (*b, *b_mn_major)];
@@ -224,7 +256,10 @@ impl Block<'_> {
                 }
                 self.hopper.open.accumulators.extend(d);
             }
-            Inst::WgmmaFence => self.whole_warpgroups(mask)?,
+            Inst::WgmmaFence => {
+                self.whole_warpgroups(mask)?;
+                self.hopper.wgmma_fenced_at = self.clock;
+            }
             Inst::WgmmaCommit => {
                 self.whole_warpgroups(mask)?;
                 let group = std::mem::take(&mut self.hopper.open);
@@ -236,7 +271,11 @@ impl Block<'_> {
                     self.hopper.committed.pop_front();
                 }
             }
-            Inst::FenceMbarInit => {}
+            Inst::FenceMbarInit => {
+                for m in self.hopper.mbars.values_mut() {
+                    m.init_fenced = true;
+                }
+            }
             Inst::FenceProxyAsync => {
                 for t in active(mask) {
                     self.hopper.fenced[t] = self.clock;
@@ -293,6 +332,7 @@ impl Block<'_> {
             Inst::MbarInit { bar, index, count } => {
                 let key = self.mbar_key(*bar, *index, t)?;
                 let m = Mbar {
+                    init_fenced: false,
                     count: *count,
                     arrivals_left: *count,
                     tx: 0,
@@ -334,6 +374,13 @@ impl Block<'_> {
                 let Space::Shared(array) = *dst else {
                     unreachable!("TMA destinations are shared (checked)")
                 };
+                let key = self.mbar_key(*bar, *bar_index, t)?;
+                if !self.hopper.mbar(k, key)?.init_fenced {
+                    return Err(format!(
+                        "a TMA copy completes on mbarrier {}[{}], whose mbarrier.init no fence.mbarrier_init made visible to the async proxy",
+                        k.shared[key.0].name, key.1
+                    ));
+                }
                 let m = &k.tensor_maps[*map];
                 let start = self.address(*dst, self.get(*index, t), 1)?;
                 let eb = k.shared[array].elem.bytes();
@@ -503,6 +550,28 @@ impl Block<'_> {
 
 /// The raw bits of the box of `m` at element coordinates `at` in `buffer`, innermost
 /// dimension fastest; zeros outside the tensor.
+/// The registers an ordinary instruction writes (the asynchronous ones are modelled
+/// above).
+fn written(i: &Inst) -> Vec<Reg> {
+    match i {
+        Inst::Mov { dst, .. }
+        | Inst::Unary { dst, .. }
+        | Inst::Special { dst, .. }
+        | Inst::Binary { dst, .. }
+        | Inst::Setp { dst, .. }
+        | Inst::Fma { dst, .. }
+        | Inst::Selp { dst, .. }
+        | Inst::Cvt { dst, .. }
+        | Inst::Round { dst, .. }
+        | Inst::ShflXor { dst, .. }
+        | Inst::ShflIdx { dst, .. }
+        | Inst::Pack { dst, .. } => vec![*dst],
+        Inst::Ld { dst, .. } => dst.clone(),
+        Inst::Mma { d, .. } => d.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
 fn box_bits(buffer: &Data, m: &crate::gpu::kir::TensorMap, at: &[i64]) -> Vec<u64> {
     let eb = buffer.elem().bytes() as u64;
     let n = m.box_elems();
@@ -557,6 +626,7 @@ mod tests {
         NoProxyFence,
         NoBarrier,
         NoWaitGroup,
+        NoWgmmaFence,
     }
 
     /// 64×16 A (row-major in global) times 16×8 B (row-major) with one m64n8k16
@@ -611,7 +681,9 @@ mod tests {
         let da = b.shared_desc(sa, 0, a_layout);
         let db = b.shared_desc(sb, 0, DescLayout { lbo: 128, sbo: 256 });
         let acc: Vec<_> = (0..4).map(|_| b.mov(0.0f32)).collect();
-        b.push(Inst::WgmmaFence);
+        if fault != Fault::NoWgmmaFence {
+            b.push(Inst::WgmmaFence);
+        }
         b.push(Inst::Wgmma {
             d: acc.clone(),
             a: da,
@@ -685,6 +757,8 @@ mod tests {
         assert!(err.contains("without fence.proxy.async"), "{err}");
         let err = run_product(Fault::NoBarrier).unwrap_err();
         assert!(err.contains("no barrier"), "{err}");
+        let err = run_product(Fault::NoWgmmaFence).unwrap_err();
+        assert!(err.contains("no wgmma.fence"), "{err}");
         let err = run_product(Fault::NoWaitGroup).unwrap_err();
         assert!(err.contains("accumulator of an unfinished wgmma"), "{err}");
     }
@@ -692,7 +766,7 @@ mod tests {
     /// Thread 0 copies the 16 × 8 box at row 4, column 16 of a 12 × 24 bf16 matrix
     /// with TMA (rows 12.. are outside: zeros); every thread then copies its share of
     /// the box to `out`, after waiting on the mbarrier if `wait`.
-    fn tma_kernel(wait: bool, expect_bytes: u32) -> Kernel {
+    fn tma_kernel(wait: bool, expect_bytes: u32, fence_init: bool) -> Kernel {
         let mut b = KernelBuilder::new("tma", 32);
         let out = b.param("out", Elem::BF16, 16 * 8);
         let src = b.param("src", Elem::BF16, 12 * 24);
@@ -707,7 +781,9 @@ mod tests {
                 index: 0.into(),
                 count: 1,
             });
-            b.push(Inst::FenceMbarInit);
+            if fence_init {
+                b.push(Inst::FenceMbarInit);
+            }
         });
         b.bar();
         b.if_then(leader, |b| {
@@ -738,7 +814,11 @@ mod tests {
         b.finish()
     }
 
-    fn run_tma(wait: bool, expect_bytes: u32) -> Result<(Vec<u16>, Vec<u16>), String> {
+    fn run_tma(
+        wait: bool,
+        expect_bytes: u32,
+        fence_init: bool,
+    ) -> Result<(Vec<u16>, Vec<u16>), String> {
         let src = bf16_values(12 * 24, 3);
         let want: Vec<u16> = (0..16 * 8)
             .map(|i| {
@@ -751,7 +831,7 @@ mod tests {
             })
             .collect();
         let mut mem = [Data::zeros(Elem::BF16, 16 * 8), Data::BF16(src)];
-        run(&tma_kernel(wait, expect_bytes), 1, 1, &mut mem)?;
+        run(&tma_kernel(wait, expect_bytes, fence_init), 1, 1, &mut mem)?;
         let Data::BF16(got) = &mem[0] else {
             unreachable!()
         };
@@ -760,19 +840,22 @@ mod tests {
 
     #[test]
     fn tma_copies_a_box_and_zero_fills_outside() {
-        let (got, want) = run_tma(true, 256).unwrap();
+        let (got, want) = run_tma(true, 256, true).unwrap();
         assert_eq!(got, want);
     }
 
     #[test]
     fn a_missing_mbarrier_wait_or_short_transaction_is_caught() {
-        let err = run_tma(false, 256).unwrap_err();
+        let err = run_tma(false, 256, true).unwrap_err();
         assert!(
             err.contains("before the TMA copy writing it has landed"),
             "{err}"
         );
         // Expecting more bytes than the copy brings: the phase never completes.
-        let err = run_tma(true, 512).unwrap_err();
+        let err = run_tma(true, 512, true).unwrap_err();
         assert!(err.contains("deadlock"), "{err}");
+        // An init the async proxy cannot see yet.
+        let err = run_tma(true, 256, false).unwrap_err();
+        assert!(err.contains("fence.mbarrier_init"), "{err}");
     }
 }

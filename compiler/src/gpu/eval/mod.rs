@@ -208,6 +208,9 @@ struct Touch {
 }
 
 const NEVER: u64 = u64::MAX;
+/// Where `sin.approx`/`cos.approx` keep their stated accuracy: [-pi, pi], with room
+/// for the rounding of the lowering's argument reduction.
+const APPROX_TRIG_RANGE: f32 = std::f32::consts::PI * (1.0 + 1e-6);
 const MANY: u32 = u32::MAX;
 
 struct Block<'a> {
@@ -327,6 +330,7 @@ impl<'a> Block<'a> {
         if self.hopper_inst(i, mask)? {
             return Ok(());
         }
+        self.hopper.note_writes(i, self.clock);
         match i {
             Inst::ShflXor { dst, src, mask: m } => {
                 self.whole_warps(mask, "shfl.sync")?;
@@ -396,7 +400,14 @@ impl<'a> Block<'a> {
                 self.set(*dst, t, u64::from(v));
             }
             Inst::Unary { op, dst, src } => {
-                let v = unary(*op, k.ty(*dst), self.get(*src, t));
+                let x = self.get(*src, t);
+                if matches!(op, UnOp::Sin | UnOp::Cos) && f(x).abs() > APPROX_TRIG_RANGE {
+                    return Err(format!(
+                        "{op:?} of {} in thread {t}: sin.approx and cos.approx are accurate only on [-pi, pi]; reduce the argument first",
+                        f(x)
+                    ));
+                }
+                let v = unary(*op, k.ty(*dst), x);
                 self.set(*dst, t, v);
             }
             Inst::Binary { op, dst, a, b } => {
@@ -856,6 +867,42 @@ mod tests {
         let y = b.ld(s, next);
         b.st(out, t, y);
         b.finish()
+    }
+
+    /// `sin.approx` outside [-pi, pi] is flagged; the IR's `sin` reduces its argument
+    /// first and matches f64 sin on large arguments.
+    #[test]
+    fn approximate_trigonometry_needs_a_reduced_argument() {
+        let kernel = |reduce: bool| {
+            let mut b = KernelBuilder::new("trig", 32);
+            let x = b.param("x", Elem::F32, 32);
+            let y = b.param("y", Elem::F32, 32);
+            let t = b.special(Special::Tid);
+            let v = b.ld(x, t);
+            let s = if reduce {
+                crate::gpu::math::unary(&mut b, crate::ir::ops::UnaryOp::Sin, v)
+            } else {
+                b.un(UnOp::Sin, v)
+            };
+            b.st(y, t, s);
+            b.finish()
+        };
+        let xs: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 37.3).collect();
+        let mut mem = [Data::F32(xs.clone()), Data::zeros(Elem::F32, 32)];
+        let err = run(&kernel(false), 1, 1, &mut mem).unwrap_err();
+        assert!(err.contains("[-pi, pi]"), "{err}");
+        let mut mem = [Data::F32(xs.clone()), Data::zeros(Elem::F32, 32)];
+        run(&kernel(true), 1, 1, &mut mem).unwrap();
+        let Data::F32(got) = &mem[1] else {
+            unreachable!()
+        };
+        for (x, y) in xs.iter().zip(got) {
+            let want = f64::from(*x).sin();
+            assert!(
+                (f64::from(*y) - want).abs() < 1e-5,
+                "sin {x}: {y} against {want}"
+            );
+        }
     }
 
     #[test]
