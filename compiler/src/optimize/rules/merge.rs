@@ -1,8 +1,12 @@
 //! Merging independent products that share an operand into one wider product, as
 //! Tensat does: `x @ w1` and `x @ w2` become slices of `x @ concat(w1, w2)` (fewer,
-//! larger kernels, for instance Q/K/V projections). The two products are found with
-//! an egg multi-pattern; the extractor keeps the merged form only where the target's
-//! cost model says it pays (launch cost saved against the copy of the weights).
+//! larger kernels, for instance Q/K/V projections). The second product of a pair is
+//! found among the readers of the first one's left operand: the equivalent egg
+//! multi-pattern `?p = (matmul ?x ?w1), ?q = (matmul ?x ?w2)` scans every class for
+//! `?q` once per match of `?p`, which is quadratic in the number of products (most of
+//! the compile time of a deep model). The extractor keeps the merged form only where
+//! the target's cost model says it pays (launch cost saved against the copy of the
+//! weights).
 //!
 //! Invariant: bit-for-bit equal, since each output column is the same dot product.
 //! Only operands that are graph leaves (parameters, inputs) are merged, so merges do
@@ -12,7 +16,7 @@ use super::super::lang::Kind;
 use super::super::{TensorAnalysis, TensorGraph, TensorNode};
 use super::{add_build, ty, union_same_type, Build};
 use crate::ir::Op;
-use egg::{Applier, Id, MultiPattern, PatternAst, Rewrite, SearchMatches, Subst, Symbol, Var};
+use egg::{Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
 
 fn var(name: &str) -> Var {
     name.parse()
@@ -111,14 +115,69 @@ fn merge_one(egraph: &mut TensorGraph, subst: &Subst) -> Vec<Id> {
     changed
 }
 
+/// Finds pairs of products `?p = x @ w1`, `?q = x @ w2` with one left operand `x` and
+/// distinct leaf right operands `w1 < w2` (each unordered pair once), from `?p`: the
+/// other products are among the parents of `x`, so a search costs the number of `x`'s
+/// readers, not the size of the e-graph.
+struct ProductsSharingLeft;
+
+/// The left and right operands (canonical) of each product node of `class` whose right
+/// operand is a leaf.
+fn leaf_products(egraph: &TensorGraph, class: Id) -> impl Iterator<Item = (Id, Id)> + '_ {
+    egraph[class]
+        .nodes
+        .iter()
+        .filter(|n| n.op() == Some(&Op::MatMul))
+        .map(|n| (egraph.find(n.children[0]), egraph.find(n.children[1])))
+        .filter(|&(_, w)| is_leaf(egraph, w))
+}
+
+impl Searcher<TensorNode, TensorAnalysis> for ProductsSharingLeft {
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &TensorGraph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<SearchMatches<'_, TensorNode>> {
+        let p = egraph.find(eclass);
+        let mut substs = Vec::new();
+        for (x, w1) in leaf_products(egraph, p) {
+            let mut readers: Vec<Id> = egraph[x].parents().map(|r| egraph.find(r)).collect();
+            readers.sort();
+            readers.dedup();
+            for q in readers {
+                for (x2, w2) in leaf_products(egraph, q) {
+                    if x2 != x || w1 >= w2 {
+                        continue;
+                    }
+                    if substs.len() == limit {
+                        break;
+                    }
+                    let mut subst = Subst::with_capacity(5);
+                    for (name, id) in [("?p", p), ("?x", x), ("?w1", w1), ("?q", q), ("?w2", w2)] {
+                        subst.insert(var(name), id);
+                    }
+                    substs.push(subst);
+                }
+            }
+        }
+        (!substs.is_empty()).then_some(SearchMatches {
+            eclass: p,
+            substs,
+            ast: None,
+        })
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        ["?p", "?x", "?w1", "?q", "?w2"].map(var).to_vec()
+    }
+}
+
 /// The rules.
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
-    let pattern: MultiPattern<TensorNode> = "?p = (matmul ?x ?w1), ?q = (matmul ?x ?w2)"
-        .parse()
-        .unwrap_or_else(|e| panic!("internal: merge pattern: {e:?}"));
     vec![Rewrite::new(
         "merge/matmuls-sharing-left-operand",
-        pattern,
+        ProductsSharingLeft,
         MergeSharedLeft,
     )
     .unwrap_or_else(|e| panic!("internal: merge rule: {e}"))]
