@@ -184,12 +184,11 @@ pub fn optimize(
     let phase_start = Instant::now();
     let before = graph_cost(graph, model);
     let candidate_cost = graph_cost(&candidate, model);
-    let result = if candidate_cost.seconds <= before.seconds {
-        candidate
+    let (result, after) = if candidate_cost.seconds <= before.seconds {
+        (candidate, candidate_cost)
     } else {
-        graph.clone()
+        (graph.clone(), before)
     };
-    let after = graph_cost(&result, model);
     phases.cost = phase_start.elapsed();
     let report = Report {
         rules_fired,

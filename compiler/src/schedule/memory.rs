@@ -135,6 +135,9 @@ struct Lives {
     end: Vec<usize>,
     /// Per root: whether the buffer leaves the run.
     escapes: Vec<bool>,
+    /// Per value: whether it is itself an output or an update (a table, not a search
+    /// of the outputs and updates per value, which is quadratic in depth).
+    escapes_itself: Vec<bool>,
 }
 
 impl Lives {
@@ -161,8 +164,10 @@ impl Lives {
             end[r] = end[r].max(own);
         }
         let mut escapes = vec![false; n];
+        let mut escapes_itself = vec![false; n];
         for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
             escapes[root[o.index()].index()] = true;
+            escapes_itself[o.index()] = true;
         }
         Lives {
             root,
@@ -170,6 +175,7 @@ impl Lives {
             last_read,
             end,
             escapes,
+            escapes_itself,
         }
     }
 
@@ -185,9 +191,8 @@ impl Lives {
     /// The step after which `v` is dropped, if any: a slot-backed buffer when nothing
     /// needs it any more, a view or an argument after its own last read; never for a
     /// buffer that escapes or a value that is itself an output or update.
-    fn release_step(&self, g: &Graph, v: ValueId) -> Option<usize> {
-        let escaping_itself = g.outputs.contains(&v) || g.updates.iter().any(|&(_, u)| u == v);
-        if escaping_itself || (self.root(v) == v && self.escapes[v.index()]) {
+    fn release_step(&self, v: ValueId) -> Option<usize> {
+        if self.escapes_itself[v.index()] || (self.root(v) == v && self.escapes[v.index()]) {
             None
         } else if self.slot_backed(v) {
             Some(self.end[v.index()])
@@ -219,7 +224,7 @@ impl MemoryPlan {
         let elems: Vec<u64> = g.ids().map(|v| elems(g, v, bindings)).collect();
         let mut release: Vec<Vec<ValueId>> = vec![Vec::new(); s.steps.len()];
         for v in g.ids() {
-            if let Some(i) = lives.release_step(g, v) {
+            if let Some(i) = lives.release_step(v) {
                 release[i].push(v);
             }
         }
