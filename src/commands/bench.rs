@@ -285,10 +285,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     } else {
         PathBuf::from(".")
     };
-    let (compile, run): (Vec<Workload>, Vec<Workload>) = args
-        .workload
-        .iter()
-        .partition(|&&w| w == Workload::Compile);
+    let (compile, run): (Vec<Workload>, Vec<Workload>) =
+        args.workload.iter().partition(|&&w| w == Workload::Compile);
     if !run.is_empty() {
         run_workloads(&args, &run, &root)?;
     }
@@ -363,11 +361,7 @@ impl CompileTimes {
 
 /// Compiles the training step (AdamW) of the model in `file` with `layers` blocks, from
 /// the file to native code, timing each stage.
-fn compile_once(
-    file: &Path,
-    layers: usize,
-    optimize: bool,
-) -> Result<CompileTimes, Diagnostic> {
+fn compile_once(file: &Path, layers: usize, optimize: bool) -> Result<CompileTimes, Diagnostic> {
     let start = Instant::now();
     let model = load_model(file, &[format!("layers={layers}")])?;
     let parse = start.elapsed();
@@ -401,7 +395,10 @@ fn compile_workload(layers: &[usize], optimize: bool, root: &Path) -> Result<(),
     println!("| model | layers | parse | decompose | e-graph | autodiff | e-graph (step) | schedule | JIT | total | × previous |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
-    for (name, file) in [("gpt", "examples/gpt.smelt"), ("llama", "examples/llama.smelt")] {
+    for (name, file) in [
+        ("gpt", "examples/gpt.smelt"),
+        ("llama", "examples/llama.smelt"),
+    ] {
         let mut previous: Option<(usize, Duration)> = None;
         for &n in layers {
             let t = compile_once(&root.join(file), n, optimize)?;

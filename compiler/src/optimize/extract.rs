@@ -440,7 +440,10 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
                     improved = true;
                     // Operands ranked above `id` would break the order the cycle check
                     // relies on.
-                    if n.children.iter().any(|c| program.rank[at(*c)] > program.rank[at(id)]) {
+                    if n.children
+                        .iter()
+                        .any(|c| program.rank[at(*c)] > program.rank[at(id)])
+                    {
                         program.rank();
                     }
                     break;
@@ -459,9 +462,12 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
 mod tests {
     use super::*;
     use crate::ir::ops::{BinaryOp, UnaryOp};
+    use crate::ir::text;
     use crate::ir::{DType, Op};
     use crate::optimize::cost::RooflineTarget;
     use crate::optimize::lang::OpKey;
+    use crate::optimize::{convert, rules};
+    use egg::Runner;
 
     fn node(eg: &mut TensorGraph, op: Op, children: Vec<Id>) -> Id {
         eg.add(TensorNode::new(OpKey::op(op, None), children))
@@ -491,5 +497,75 @@ mod tests {
         assert!(!is_exp(&tree), "tree cost picks the adds");
         assert!(is_exp(&dag), "DAG cost reuses the product");
         assert!(dag.dag_seconds < tree.dag_seconds);
+    }
+
+    /// The use counts and cost kept while switching agree with a walk of the whole
+    /// program after every switch, kept or undone (folded transposes included).
+    #[test]
+    fn use_counts_agree_with_a_walk_of_the_program() {
+        let src = "graph @t {
+input %a: f32[8, 6]
+input %b: f32[8, 6]
+input %w: f32[6, 6]
+%at = permute %a {perm = [1, 0]}
+%p = matmul %at, %b
+%q = matmul %a, %w
+%r = matmul %b, %w
+%s = add %q, %r
+%e = exp %s
+%bt = permute %b {perm = [1, 0]}
+%u = matmul %bt, %a
+%v = permute %u {perm = [1, 0]}
+%o = add %p, %v
+output %o, %e
+}
+";
+        let g = text::parse(src).unwrap_or_else(|e| panic!("{e}")).graph;
+        let mut eg = TensorGraph::default();
+        let classes = convert::add_graph(&mut eg, &g);
+        let eg = Runner::default()
+            .with_egraph(eg)
+            .with_iter_limit(4)
+            .run(&rules::all_rules(false))
+            .egraph;
+        let roots = convert::roots(&eg, &g, &classes);
+        let model = RooflineTarget::cpu();
+        let table = Table::new(&eg, &model);
+        let best = table.tree_costs();
+        let mut program = Program::new(&table, &roots, tree_selection(&best));
+        let agrees = |program: &Program| {
+            let (mut walked, seconds) = table.reachable(&roots, &program.sel);
+            walked.sort();
+            let counted: Vec<Id> = (table.classes.iter().copied())
+                .filter(|&c| program.is_used(c))
+                .collect();
+            assert_eq!(counted, walked);
+            assert!((program.cost as f64 / 1e18 - seconds).abs() < 1e-15);
+        };
+        agrees(&program);
+        let mut tried = 0;
+        for &id in &table.classes {
+            for i in 0..table.nodes[at(id)].len() {
+                let chosen = program.sel[at(id)];
+                let operands = &table.node(id, i).0.children;
+                if !program.is_used(id)
+                    || i == chosen
+                    || operands.iter().any(|c| best[at(*c)].is_none())
+                    || program.creates_cycle(operands, id)
+                {
+                    continue;
+                }
+                program.switch(id, i);
+                agrees(&program);
+                tried += 1;
+                if tried % 2 == 0 {
+                    program.switch(id, chosen);
+                    agrees(&program);
+                } else {
+                    program.rank();
+                }
+            }
+        }
+        assert!(tried >= 4, "only {tried} switches to try");
     }
 }

@@ -266,7 +266,11 @@ impl Templates {
             .clone()
     }
 
-    fn for_operands(&self, composite: Composite, operands: Vec<TensorType>) -> Option<Arc<Template>> {
+    fn for_operands(
+        &self,
+        composite: Composite,
+        operands: Vec<TensorType>,
+    ) -> Option<Arc<Template>> {
         let key = (format!("{composite:?}"), operands.clone());
         let mut map = self.by_operands.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key)
@@ -280,8 +284,7 @@ impl Templates {
 fn recognise_one(eg: &TensorGraph, class: Id, tmpl: &Template) -> Option<Build> {
     let root_key = tmpl.keys[tmpl.root.index()].as_ref();
     let nodes = &eg[class].nodes;
-    if nodes.iter().any(|n| n.key == tmpl.key) || !nodes.iter().any(|n| Some(&n.key) == root_key)
-    {
+    if nodes.iter().any(|n| n.key == tmpl.key) || !nodes.iter().any(|n| Some(&n.key) == root_key) {
         return None;
     }
     let n_operands = tmpl.graph.inputs().count();

@@ -182,3 +182,58 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     )
     .unwrap_or_else(|e| panic!("internal: merge rule: {e}"))]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::text;
+    use crate::optimize::convert;
+    use egg::MultiPattern;
+
+    /// The pairs, as (p, x, w1, q, w2), sorted.
+    fn pairs(matches: Vec<SearchMatches<TensorNode>>) -> Vec<[Id; 5]> {
+        let mut out: Vec<[Id; 5]> = matches
+            .iter()
+            .flat_map(|m| &m.substs)
+            .map(|s| ["?p", "?x", "?w1", "?q", "?w2"].map(|v| s[var(v)]))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The readers search finds exactly the pairs the multi-pattern it replaces finds
+    /// (restricted to what the applier merges: leaf operands, each pair once).
+    #[test]
+    fn readers_search_finds_the_multi_pattern_pairs() {
+        let src = "graph @t {
+input %x: f32[4, 8]
+input %y: f32[4, 8]
+param %w1: f32[8, 3] = zeros
+param %w2: f32[8, 5] = zeros
+param %w3: f32[8, 3] = zeros
+%a = matmul %x, %w1
+%b = matmul %x, %w2
+%c = matmul %x, %w3
+%d = matmul %y, %w1
+%xt = permute %x {perm = [1, 0]}
+%e = matmul %xt, %a
+%f = exp %d
+output %b, %c, %e, %f
+}
+";
+        let g = text::parse(src).unwrap_or_else(|e| panic!("{e}")).graph;
+        let mut eg = TensorGraph::default();
+        convert::add_graph(&mut eg, &g);
+        eg.rebuild();
+        let pattern: MultiPattern<TensorNode> = "?p = (matmul ?x ?w1), ?q = (matmul ?x ?w2)"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let expected: Vec<[Id; 5]> = pairs(pattern.search(&eg))
+            .into_iter()
+            .filter(|[_, _, w1, _, w2]| w1 < w2 && is_leaf(&eg, *w1) && is_leaf(&eg, *w2))
+            .collect();
+        assert_eq!(expected.len(), 3, "x with w1, w2, w3: three pairs");
+        assert_eq!(pairs(ProductsSharingLeft.search(&eg)), expected);
+    }
+}
