@@ -71,7 +71,10 @@ pub struct RooflineTarget {
 /// decomposing one for every node costed (extraction, whole-graph costs) was a tenth of
 /// its compile time.
 #[derive(Clone, Debug, Default)]
-pub struct CompositeFlops(Arc<Mutex<HashMap<(u64, String, Vec<TensorType>), f64>>>);
+pub struct CompositeFlops(Arc<Mutex<HashMap<CompositeKey, f64>>>);
+
+/// Symbol size, the composite's debug form and its operand types.
+type CompositeKey = (u64, String, Vec<TensorType>);
 
 impl RooflineTarget {
     /// The CPU backend on this 2-core machine: about 150 GFLOP/s in f32 (`gemm` on both

@@ -247,13 +247,20 @@ fn matches(
 #[derive(Default)]
 struct Templates {
     /// By result type: the elementwise templates, then those over the last axis.
-    by_type: Mutex<HashMap<TensorType, Arc<[Vec<Arc<Template>>; 2]>>>,
+    by_type: Mutex<HashMap<TensorType, TypeTemplates>>,
     /// By composite (its debug form) and operand types, for the structural candidates.
-    by_operands: Mutex<HashMap<(String, Vec<TensorType>), Option<Arc<Template>>>>,
+    by_operands: Mutex<HashMap<(String, Vec<TensorType>), StructuralTemplate>>,
 }
 
+/// The templates of one result type: the elementwise ones, then those over the last
+/// axis.
+type TypeTemplates = Arc<[Vec<Arc<Template>>; 2]>;
+
+/// A structural candidate's template (`None`: its operand types do not type-check).
+type StructuralTemplate = Option<Arc<Template>>;
+
 impl Templates {
-    fn for_type(&self, t: &TensorType) -> Arc<[Vec<Arc<Template>>; 2]> {
+    fn for_type(&self, t: &TensorType) -> TypeTemplates {
         let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(t.clone())
             .or_insert_with(|| {
