@@ -21,6 +21,7 @@
 use super::{Schedule, Step};
 use crate::ir::{Bindings, DType, Def, Graph, Op, ValueId};
 use crate::kernel::{Expr, PointwiseKernel};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Where the value a step writes lives.
@@ -278,13 +279,17 @@ impl MemoryPlan {
             )
         });
         let mut slots: Vec<Slot> = Vec::new();
-        let mut spans: Vec<Vec<(usize, usize)>> = Vec::new();
+        // Per slot, the step spans of its chains (disjoint), by first step: only the
+        // span starting last at or before `last` can overlap [first, last], so a check
+        // is a lookup, not a scan of every span (quadratic in depth).
+        let mut spans: Vec<BTreeMap<usize, usize>> = Vec::new();
         let mut slot_of: Vec<Option<usize>> = vec![None; g.values.len()];
         for c in order {
             let chain = &chains[c];
             let (dtype, (first, last)) = (g.ty(chain[0]).dtype, span(chain));
-            let clear =
-                |held: &Vec<(usize, usize)>| held.iter().all(|&(a, b)| b < first || last < a);
+            let clear = |held: &BTreeMap<usize, usize>| {
+                held.range(..=last).next_back().is_none_or(|(_, &end)| end < first)
+            };
             let slot = match (0..slots.len()).find(|&s| slots[s].dtype == dtype && clear(&spans[s]))
             {
                 Some(s) => s,
@@ -294,11 +299,11 @@ impl MemoryPlan {
                         elems: 0,
                         tenants: Vec::new(),
                     });
-                    spans.push(Vec::new());
+                    spans.push(BTreeMap::new());
                     slots.len() - 1
                 }
             };
-            spans[slot].push((first, last));
+            spans[slot].insert(first, last);
             for &v in chain {
                 let first = lives.def[v.index()].expect("written by a step");
                 slots[slot].elems = slots[slot].elems.max(elems[v.index()]);
