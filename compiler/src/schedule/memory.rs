@@ -288,7 +288,9 @@ impl MemoryPlan {
             let chain = &chains[c];
             let (dtype, (first, last)) = (g.ty(chain[0]).dtype, span(chain));
             let clear = |held: &BTreeMap<usize, usize>| {
-                held.range(..=last).next_back().is_none_or(|(_, &end)| end < first)
+                held.range(..=last)
+                    .next_back()
+                    .is_none_or(|(_, &end)| end < first)
             };
             let slot = match (0..slots.len()).find(|&s| slots[s].dtype == dtype && clear(&spans[s]))
             {
