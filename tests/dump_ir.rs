@@ -221,6 +221,31 @@ fn bench_harness_runs() {
 }
 
 #[test]
+fn bench_compile_workload_prints_a_row_of_stage_times_per_model_and_depth() {
+    // Compile time is measured by `smelt bench --workload compile`, not asserted here;
+    // this proves the workload compiles both models at each depth and prints every
+    // stage's time.
+    let out = dump(&["bench", "--workload", "compile", "--layers", "1,2"]);
+    let header = "| model | layers | parse | decompose | e-graph | autodiff | e-graph (step) | schedule | JIT | total | × previous |";
+    assert!(out.contains(header), "{out}");
+    for (model, layers) in [("gpt", "1"), ("gpt", "2"), ("llama", "1"), ("llama", "2")] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {model} | {layers} |")))
+            .unwrap_or_else(|| panic!("no row for {model} at {layers} layers:\n{out}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        // Eight times, parse to total, each a number of milliseconds.
+        assert_eq!(cells.len(), 11, "{row}");
+        for cell in &cells[2..10] {
+            let ms: f64 = cell.parse().unwrap_or_else(|_| panic!("{cell:?} in {row}"));
+            assert!(ms >= 0.0, "{row}");
+        }
+        let growth = cells[10];
+        assert_eq!(growth == "—", layers == "1", "{row}");
+    }
+}
+
+#[test]
 fn optimized_stage_prints_ir_that_reads_back_and_explains_to_stderr() {
     let args = [
         "dump-ir",

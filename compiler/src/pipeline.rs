@@ -14,6 +14,7 @@ use crate::autodiff::{differentiate, find_loss, AutodiffError};
 use crate::ir::Graph;
 use crate::optimize::{optimize, CostModel, Options, Report};
 use crate::passes::decompose;
+use std::time::{Duration, Instant};
 
 /// What a model is compiled into.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +62,29 @@ pub struct Prepared {
     /// One report per optimiser run (forward, then training step); empty when the
     /// optimiser is off.
     pub reports: Vec<Report>,
+    /// How long each stage took, so that a compile-time regression shows where it is.
+    pub times: StageTimes,
+}
+
+/// Wall time of each stage of [`prepare`]; stages that did not run stay zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    /// Rewriting composites into primitives before the first e-graph run.
+    pub decompose: Duration,
+    /// The e-graph optimiser on the forward graph.
+    pub forward_egraph: Duration,
+    /// Building the goal's graph: autodiff and the optimiser update.
+    pub autodiff: Duration,
+    /// The e-graph optimiser on the training step (or gradient graph).
+    pub step_egraph: Duration,
+}
+
+/// Runs `stage`, adding its wall time to `total`.
+fn timed<T>(total: &mut Duration, stage: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let result = stage();
+    *total += start.elapsed();
+    result
 }
 
 /// Runs the pipeline on `forward` (which must verify). With `options: None` the
@@ -72,24 +96,33 @@ pub fn prepare(
     model: &dyn CostModel,
     options: Option<&Options>,
 ) -> Result<Prepared, PipelineError> {
+    let mut times = StageTimes::default();
     let Some(options) = options else {
         return Ok(Prepared {
-            graph: goal.build(forward)?,
+            graph: timed(&mut times.autodiff, || goal.build(forward))?,
             reports: Vec::new(),
+            times,
         });
     };
     let fail = PipelineError::Optimize;
-    let (optimised, first) = optimize(&decompose(forward), model, options).map_err(fail)?;
+    let decomposed = timed(&mut times.decompose, || decompose(forward));
+    let (optimised, first) = timed(&mut times.forward_egraph, || {
+        optimize(&decomposed, model, options)
+    })
+    .map_err(fail)?;
     if *goal == Goal::Run {
         return Ok(Prepared {
             graph: optimised,
             reports: vec![first],
+            times,
         });
     }
-    let step = goal.build(&optimised)?;
-    let (graph, second) = optimize(&step, model, options).map_err(fail)?;
+    let step = timed(&mut times.autodiff, || goal.build(&optimised))?;
+    let (graph, second) =
+        timed(&mut times.step_egraph, || optimize(&step, model, options)).map_err(fail)?;
     Ok(Prepared {
         graph,
         reports: vec![first, second],
+        times,
     })
 }

@@ -1,5 +1,7 @@
 //! `smelt bench`: times the benchmark workloads W1–W4 (../shared/peers/README.md) on
-//! the CPU backend, against the op-by-op CPU backend measured in the same run.
+//! the CPU backend, against the op-by-op CPU backend measured in the same run; and,
+//! with `--workload compile`, how long compiling a training step takes at growing depth,
+//! stage by stage.
 
 use super::bench_peers::{default_results, latest, minutes_ago, PeerCell};
 use super::load_model;
@@ -7,12 +9,13 @@ use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{Def, Graph};
 use smelt_compiler::optimize::{Options, RooflineTarget};
 use smelt_compiler::pipeline::{prepare, Goal};
+use smelt_compiler::schedule::schedule_with;
 use smelt_frontend::Diagnostic;
 use smelt_runtime::cpu::{CpuProgram, Resident};
 use smelt_runtime::{params, rng, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +39,9 @@ pub struct Args {
     /// sitting: bash ../shared/peers/run_one.sh PEER WORKLOAD.
     #[arg(long, value_name = "DIR")]
     peers: Option<PathBuf>,
+    /// Depths the compile workload compiles each model at.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![8, 16, 32, 64, 128])]
+    layers: Vec<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -51,6 +57,9 @@ enum Workload {
     Moe,
     /// W4 in its dense formulation (every expert on every token, zero gates).
     MoeDense,
+    /// Compile time, not run time: the GPT and Llama training steps (AdamW) at each
+    /// `--layers` depth, from the model file to native code, stage by stage.
+    Compile,
 }
 
 struct Case {
@@ -124,6 +133,11 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
             1024,
             10.7,
         ),
+        Workload::Compile => {
+            return Err(Diagnostic::plain(
+                "the compile workload times compilation, not a run",
+            ))
+        }
     };
     Ok(Case {
         name,
@@ -160,6 +174,7 @@ impl Workload {
                 cell("PyTorch eager (dense)", "torch", "moe", "dense"),
                 cell("JAX jit (dense)", "jax", "moe", "dense"),
             ],
+            Workload::Compile => vec![],
         }
     }
 }
@@ -270,11 +285,24 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     } else {
         PathBuf::from(".")
     };
+    let (compile, run): (Vec<Workload>, Vec<Workload>) =
+        args.workload.iter().partition(|&&w| w == Workload::Compile);
+    if !run.is_empty() {
+        run_workloads(&args, &run, &root)?;
+    }
+    if !compile.is_empty() {
+        compile_workload(&args.layers, !args.no_optimize, &root)?;
+    }
+    Ok(())
+}
+
+/// Times the run-time workloads `workloads`.
+fn run_workloads(args: &Args, workloads: &[Workload], root: &Path) -> Result<(), Diagnostic> {
     println!("| workload | smelt median (min) ms | GFLOP/s | compile + first step s | op-by-op median ms | speed-up |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut timed = Vec::new();
-    for &w in &args.workload {
-        let c = case(w, &root)?;
+    for &w in workloads {
+        let c = case(w, root)?;
         let start = Instant::now();
         let fused = build(&c, !args.no_optimize, true)?;
         let feeds = feeds(w, &fused.schedule().graph, c.batch);
@@ -303,9 +331,100 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         timed.push((w, c.name, median));
     }
     println!("\nspeed-up = op-by-op CPU backend (same kernels; no e-graph optimiser, no fusion) ÷ smelt, measured in this run.");
-    match args.peers.or_else(default_results) {
+    match args.peers.clone().or_else(default_results) {
         Some(dir) => print_peers(&dir, &timed),
         None => println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting; then --peers DIR."),
     }
+    Ok(())
+}
+
+/// Wall time of each compile stage of one model at one depth.
+struct CompileTimes {
+    parse: Duration,
+    prepared: smelt_compiler::pipeline::StageTimes,
+    schedule: Duration,
+    jit: Duration,
+}
+
+impl CompileTimes {
+    fn total(&self) -> Duration {
+        let p = &self.prepared;
+        self.parse
+            + p.decompose
+            + p.forward_egraph
+            + p.autodiff
+            + p.step_egraph
+            + self.schedule
+            + self.jit
+    }
+}
+
+/// Compiles the training step (AdamW) of the model in `file` with `layers` blocks, from
+/// the file to native code, timing each stage.
+fn compile_once(file: &Path, layers: usize, optimize: bool) -> Result<CompileTimes, Diagnostic> {
+    let start = Instant::now();
+    let model = load_model(file, &[format!("layers={layers}")])?;
+    let parse = start.elapsed();
+    let options = Options::default();
+    let prepared = prepare(
+        &model.graph,
+        &Goal::Train(Optimizer::adamw()),
+        &RooflineTarget::cpu(),
+        optimize.then_some(&options),
+    )
+    .map_err(|e| Diagnostic::in_file(&model.path, e.to_string()))?;
+    let start = Instant::now();
+    let scheduled = schedule_with(&prepared.graph, true);
+    let schedule = start.elapsed();
+    let start = Instant::now();
+    CpuProgram::from_schedule(scheduled, true).map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let jit = start.elapsed();
+    Ok(CompileTimes {
+        parse,
+        prepared: prepared.times,
+        schedule,
+        jit,
+    })
+}
+
+/// Prints, per model and depth, how long each compile stage took, and how much longer
+/// the whole compilation took than at the previous depth (linear growth: 2× per
+/// doubling).
+fn compile_workload(layers: &[usize], optimize: bool, root: &Path) -> Result<(), Diagnostic> {
+    println!("Compile time (ms) of the training step (AdamW), by stage:\n");
+    println!("| model | layers | parse | decompose | e-graph | autodiff | e-graph (step) | schedule | JIT | total | × previous |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    for (name, file) in [
+        ("gpt", "examples/gpt.smelt"),
+        ("llama", "examples/llama.smelt"),
+    ] {
+        let mut previous: Option<(usize, Duration)> = None;
+        for &n in layers {
+            let t = compile_once(&root.join(file), n, optimize)?;
+            let growth = match previous {
+                Some((m, before)) if m > 0 => format!(
+                    "{:.2} (depth ×{:.1})",
+                    t.total().as_secs_f64() / before.as_secs_f64(),
+                    n as f64 / m as f64
+                ),
+                _ => "—".into(),
+            };
+            let p = &t.prepared;
+            println!(
+                "| {name} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {growth} |",
+                ms(t.parse),
+                ms(p.decompose),
+                ms(p.forward_egraph),
+                ms(p.autodiff),
+                ms(p.step_egraph),
+                ms(t.schedule),
+                ms(t.jit),
+                ms(t.total())
+            );
+            previous = Some((n, t.total()));
+        }
+    }
+    println!("\nThe goal (issue 24): at most 2.2× per doubling of depth.");
     Ok(())
 }

@@ -112,7 +112,7 @@ pub fn differentiate(
     }
     for &(_, g) in &grads {
         // A gradient shared by two values (or equal to a forward value) is listed once.
-        if !b.graph().outputs.contains(&g) {
+        if !b.is_output(g) {
             b.output(g).map_err(AutodiffError)?;
         }
     }

@@ -120,7 +120,7 @@ impl GpuTarget {
             peak_flops: self.f32_flops,
             bandwidth: self.hbm_bandwidth,
             launch_seconds: self.launch_seconds,
-            symbol_size: RooflineTarget::cpu().symbol_size,
+            ..RooflineTarget::cpu()
         }
     }
 }

@@ -12,6 +12,10 @@ pub struct Builder {
     /// Names that generated names must avoid (values that will be added later).
     reserved: HashSet<String>,
     next_anon: usize,
+    /// The outputs and the update targets so far, as sets: checking a new one against
+    /// the lists would be quadratic in a deep model's parameter count.
+    outputs: HashSet<ValueId>,
+    updated: HashSet<ValueId>,
 }
 
 impl Builder {
@@ -27,6 +31,8 @@ impl Builder {
             names: HashSet::new(),
             reserved: HashSet::new(),
             next_anon: 0,
+            outputs: HashSet::new(),
+            updated: HashSet::new(),
         }
     }
 
@@ -92,17 +98,23 @@ impl Builder {
     /// Continues building `graph`: new values are appended after its values.
     pub fn from_graph(graph: Graph) -> Builder {
         let names = graph.values.iter().map(|v| v.name.clone()).collect();
+        let outputs = graph.outputs.iter().copied().collect();
+        let updated = graph.updates.iter().map(|&(target, _)| target).collect();
         Builder {
             graph,
             names,
             reserved: HashSet::new(),
             next_anon: 0,
+            outputs,
+            updated,
         }
     }
 
     /// Declares that parameter or state `target` takes `value` after a run.
     pub fn update(&mut self, target: ValueId, value: ValueId) -> Result<(), String> {
-        super::verify::check_update(&self.graph, target, value, &self.graph.updates)?;
+        let updated_before = self.updated.contains(&target);
+        super::verify::check_update(&self.graph, target, value, updated_before)?;
+        self.updated.insert(target);
         self.graph.updates.push((target, value));
         Ok(())
     }
@@ -156,7 +168,7 @@ impl Builder {
 
     /// Marks `id` as an output.
     pub fn output(&mut self, id: ValueId) -> Result<(), String> {
-        if self.graph.outputs.contains(&id) {
+        if !self.outputs.insert(id) {
             return Err(format!(
                 "'%{}' is already an output",
                 self.graph.value(id).name
@@ -164,6 +176,11 @@ impl Builder {
         }
         self.graph.outputs.push(id);
         Ok(())
+    }
+
+    /// Whether `id` is an output already.
+    pub fn is_output(&self, id: ValueId) -> bool {
+        self.outputs.contains(&id)
     }
 
     /// The finished graph.

@@ -85,7 +85,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 message: "an update names a value that does not exist".into(),
             });
         }
-        check_update(graph, target, value, &graph.updates[..0]).map_err(|message| VerifyError {
+        check_update(graph, target, value, false).map_err(|message| VerifyError {
             value: Some(target),
             message,
         })?;
@@ -100,12 +100,12 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
 }
 
 /// Checks one in-place update: `target` is a param or state value, `value` has its type,
-/// and `earlier` (the updates before it) does not already update it.
+/// and no earlier update targets it (`updated_before`).
 pub(crate) fn check_update(
     graph: &Graph,
     target: ValueId,
     value: ValueId,
-    earlier: &[(ValueId, ValueId)],
+    updated_before: bool,
 ) -> Result<(), String> {
     let (t, v) = (graph.value(target), graph.value(value));
     if !matches!(t.def, Def::Param(_) | Def::State(_)) {
@@ -120,7 +120,7 @@ pub(crate) fn check_update(
             t.name, t.ty, v.name, v.ty
         ));
     }
-    if earlier.iter().any(|(x, _)| *x == target) {
+    if updated_before {
         return Err(format!("'%{}' is updated twice", t.name));
     }
     Ok(())

@@ -91,7 +91,7 @@ pub fn to_graph(
     }
     for root in outputs {
         let mut id = built[&root];
-        if b.graph().outputs.contains(&id) {
+        if b.is_output(id) {
             // Two outputs became one value; outputs must stay distinct, so copy it.
             let ty = b.ty(id).clone();
             id = b.node(None, Op::Reshape, &[id], Some(ty))?;

@@ -9,7 +9,9 @@
 
 use crate::ir::ops::movement::swaps_last_two;
 use crate::ir::{Builder, Def, Dim, Graph, Op, TensorType, ValueId};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// The work of one op or a whole graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -60,7 +62,19 @@ pub struct RooflineTarget {
     pub launch_seconds: f64,
     /// The size assumed for each symbolic dimension (`B`, `T`).
     pub symbol_size: u64,
+    /// Composite flops computed so far (shared by clones).
+    pub composite_flops: CompositeFlops,
 }
+
+/// The floating-point work of composites already decomposed, by symbol size, composite
+/// and operand types: a deep model has the same few composites in every layer, and
+/// decomposing one for every node costed (extraction, whole-graph costs) was a tenth of
+/// its compile time.
+#[derive(Clone, Debug, Default)]
+pub struct CompositeFlops(Arc<Mutex<HashMap<CompositeKey, f64>>>);
+
+/// Symbol size, the composite's debug form and its operand types.
+type CompositeKey = (u64, String, Vec<TensorType>);
 
 impl RooflineTarget {
     /// The CPU backend on this 2-core machine: about 150 GFLOP/s in f32 (`gemm` on both
@@ -72,6 +86,7 @@ impl RooflineTarget {
             bandwidth: 20e9,
             launch_seconds: 2e-6,
             symbol_size: 32,
+            composite_flops: CompositeFlops::default(),
         }
     }
 
@@ -90,6 +105,24 @@ impl RooflineTarget {
     /// Floating-point work of a composite: the sum over its decomposition.
     fn composite_flops(&self, op: &Op, operands: &[&TensorType]) -> f64 {
         let Op::Composite(c) = op else { return 0.0 };
+        let key = (
+            self.symbol_size,
+            format!("{c:?}"),
+            operands.iter().map(|&t| t.clone()).collect(),
+        );
+        let cache = &self.composite_flops.0;
+        if let Some(&flops) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return flops;
+        }
+        let flops = self.decomposed_flops(c, operands);
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, flops);
+        flops
+    }
+
+    fn decomposed_flops(&self, c: &crate::ir::ops::Composite, operands: &[&TensorType]) -> f64 {
         let mut b = Builder::new("composite");
         let mut ids = Vec::new();
         for (i, t) in operands.iter().enumerate() {

@@ -12,6 +12,12 @@
 //!    nothing more), when the switch lowers the DAG cost and creates no cycle (the new
 //!    operands must not depend on the class under the current selection).
 //!
+//! Both steps stay close to linear in the size of the e-graph, which matters for deep
+//! models: the selected program is kept with use counts ([`Program`]), so trying a
+//! switch costs the part of the program it changes rather than a walk of the whole
+//! program, and the cycle check only searches classes above the switching one in a
+//! topological order of the selection ([`Program::creates_cycle`]).
+//!
 //! A class whose chosen node every chosen reader folds into its own read
 //! ([`CostModel::folds_into`], a transpose feeding matrix products) costs nothing: it
 //! never runs as a kernel. Roots are always materialised.
@@ -21,7 +27,7 @@ use super::cost::CostModel;
 use super::lang::TensorNode;
 use crate::ir::TensorType;
 use egg::{Id, Language};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 /// The smallest cost of an op node, so that no op is free (free ops could form cycles
 /// that tree costs cannot tell apart).
@@ -36,19 +42,37 @@ pub struct Extraction {
     pub dag_seconds: f64,
 }
 
+/// Marks a class without a chosen node in [`Selection`].
+const NONE: usize = usize::MAX;
+
+/// The chosen node index of every class, by class id ([`NONE`]: no finite cost).
+type Selection = Vec<usize>;
+
+fn at(id: Id) -> usize {
+    usize::from(id)
+}
+
 struct Table<'m> {
-    /// Per class: its nodes (canonical children) and their own costs. Ordered, so that
-    /// ties are broken the same way on every run (dumps must be reproducible).
-    nodes: BTreeMap<Id, Vec<(TensorNode, f64)>>,
+    /// Per class id: its nodes (canonical children) and their own costs; empty for ids
+    /// that are not canonical.
+    nodes: Vec<Vec<(TensorNode, f64)>>,
+    /// The canonical classes in increasing id order, so that ties are broken the same
+    /// way on every run (dumps must be reproducible).
+    classes: Vec<Id>,
+    /// Per class id: the classes with a node reading it (canonical, each once).
+    readers: Vec<Vec<Id>>,
     model: &'m dyn CostModel,
 }
 
 impl<'m> Table<'m> {
     fn new(egraph: &TensorGraph, model: &'m dyn CostModel) -> Table<'m> {
-        let mut nodes = BTreeMap::new();
+        let size = egraph.classes().map(|c| at(c.id) + 1).max().unwrap_or(0);
+        let mut nodes = vec![Vec::new(); size];
+        let mut readers = vec![Vec::new(); size];
+        let mut classes = Vec::with_capacity(egraph.number_of_classes());
         for class in egraph.classes() {
             let ty = &class.data.ty;
-            let list = class
+            nodes[at(class.id)] = class
                 .nodes
                 .iter()
                 .map(|n| {
@@ -64,9 +88,19 @@ impl<'m> Table<'m> {
                     (n, cost)
                 })
                 .collect();
-            nodes.insert(class.id, list);
+            let mut read_by: Vec<Id> = class.parents().map(|p| egraph.find(p)).collect();
+            read_by.sort();
+            read_by.dedup();
+            readers[at(class.id)] = read_by;
+            classes.push(class.id);
         }
-        Table { nodes, model }
+        classes.sort();
+        Table {
+            nodes,
+            classes,
+            readers,
+            model,
+        }
     }
 
     /// Whether `reader` folds `node` (a child's chosen node) into its read.
@@ -77,17 +111,17 @@ impl<'m> Table<'m> {
         }
     }
 
-    /// Best tree cost and node index of every class that has a finite cost.
-    fn tree_costs(&self) -> HashMap<Id, (f64, usize)> {
-        let mut best: HashMap<Id, (f64, usize)> = HashMap::new();
+    /// Best tree cost and node index of every class (by id) that has a finite cost.
+    fn tree_costs(&self) -> Vec<Option<(f64, usize)>> {
+        let mut best: Vec<Option<(f64, usize)>> = vec![None; self.nodes.len()];
         loop {
             let mut changed = false;
-            for (&id, list) in &self.nodes {
-                for (i, (n, own)) in list.iter().enumerate() {
+            for &id in &self.classes {
+                for (i, (n, own)) in self.nodes[at(id)].iter().enumerate() {
                     let mut total = *own;
                     let mut ok = true;
                     for c in &n.children {
-                        match best.get(c) {
+                        match best[at(*c)] {
                             Some((cc, _)) => total += cc,
                             None => {
                                 ok = false;
@@ -95,8 +129,8 @@ impl<'m> Table<'m> {
                             }
                         }
                     }
-                    if ok && best.get(&id).is_none_or(|(b, _)| total < *b) {
-                        best.insert(id, (total, i));
+                    if ok && best[at(id)].is_none_or(|(b, _)| total < b) {
+                        best[at(id)] = Some((total, i));
                         changed = true;
                     }
                 }
@@ -108,39 +142,46 @@ impl<'m> Table<'m> {
     }
 
     fn node(&self, id: Id, i: usize) -> &(TensorNode, f64) {
-        &self.nodes[&id][i]
+        &self.nodes[at(id)][i]
     }
 
     /// The classes reachable from `roots` under `sel`, and their summed own costs
     /// (classes folded into all their readers count nothing).
-    fn reachable(&self, roots: &[Id], sel: &HashMap<Id, usize>) -> (HashSet<Id>, f64) {
-        let mut seen = HashSet::new();
-        let mut materialised: HashSet<Id> = roots.iter().copied().collect();
+    fn reachable(&self, roots: &[Id], sel: &Selection) -> (Vec<Id>, f64) {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut materialised = vec![false; self.nodes.len()];
+        for &r in roots {
+            materialised[at(r)] = true;
+        }
+        let mut order = Vec::new();
         let mut stack: Vec<Id> = roots.to_vec();
         while let Some(id) = stack.pop() {
-            if !seen.insert(id) {
+            if std::mem::replace(&mut seen[at(id)], true) {
                 continue;
             }
-            let (n, _) = self.node(id, sel[&id]);
+            order.push(id);
+            let (n, _) = self.node(id, sel[at(id)]);
             for &c in &n.children {
-                if !self.folds(&self.node(c, sel[&c]).0, n) {
-                    materialised.insert(c);
+                if !self.folds(&self.node(c, sel[at(c)]).0, n) {
+                    materialised[at(c)] = true;
                 }
                 stack.push(c);
             }
         }
-        let cost = seen
+        let cost = order
             .iter()
-            .filter(|id| materialised.contains(id))
-            .map(|id| self.node(*id, sel[id]).1)
+            .filter(|id| materialised[at(**id)])
+            .map(|&id| self.node(id, sel[at(id)]).1)
             .sum();
-        (seen, cost)
+        (order, cost)
     }
 
     /// The tree cost of class `c` as an operand of `reader`: without the best node's
     /// own cost when `reader` folds it into its read.
-    fn operand_cost(&self, best: &HashMap<Id, (f64, usize)>, c: Id, reader: &TensorNode) -> f64 {
-        let (tree, i) = best[&c];
+    fn operand_cost(&self, best: &[Option<(f64, usize)>], c: Id, reader: &TensorNode) -> f64 {
+        let Some((tree, i)) = best[at(c)] else {
+            return f64::INFINITY;
+        };
         let (node, own) = self.node(c, i);
         if self.folds(node, reader) {
             tree - own
@@ -148,44 +189,200 @@ impl<'m> Table<'m> {
             tree
         }
     }
-
-    /// Whether `target` is reachable from `from` under `sel`.
-    fn reaches(&self, from: &[Id], target: Id, sel: &HashMap<Id, usize>) -> bool {
-        let mut seen = HashSet::new();
-        let mut stack = from.to_vec();
-        while let Some(id) = stack.pop() {
-            if id == target {
-                return true;
-            }
-            if seen.insert(id) {
-                stack.extend(self.node(id, sel[&id]).0.children.iter().copied());
-            }
-        }
-        false
-    }
 }
 
 /// Tree-cost extraction (each use pays for its whole subterm), as egg's `Extractor`
 /// does; kept for comparison and as the starting point of [`extract`].
 pub fn extract_tree(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Extraction {
     let table = Table::new(egraph, model);
-    let sel: HashMap<Id, usize> = table
-        .tree_costs()
-        .into_iter()
-        .map(|(id, (_, i))| (id, i))
-        .collect();
+    let sel = tree_selection(&table.tree_costs());
     finish(&table, roots, &sel)
 }
 
-fn finish(table: &Table, roots: &[Id], sel: &HashMap<Id, usize>) -> Extraction {
+fn tree_selection(best: &[Option<(f64, usize)>]) -> Selection {
+    best.iter().map(|b| b.map_or(NONE, |(_, i)| i)).collect()
+}
+
+fn finish(table: &Table, roots: &[Id], sel: &Selection) -> Extraction {
     let (used, dag_seconds) = table.reachable(roots, sel);
     let choice = used
         .into_iter()
-        .map(|id| (id, table.node(id, sel[&id]).0.clone()))
+        .map(|id| (id, table.node(id, sel[at(id)]).0.clone()))
         .collect();
     Extraction {
         choice,
         dag_seconds,
+    }
+}
+
+/// Seconds as an exact integer count of attoseconds, so that the program's cost is the
+/// same whatever order switches are tried and undone in (float sums would drift).
+fn attoseconds(seconds: f64) -> i128 {
+    (seconds * 1e18).round() as i128
+}
+
+/// The program a selection computes from the roots, with use counts kept up to date as
+/// classes switch nodes.
+struct Program<'t, 'm> {
+    table: &'t Table<'m>,
+    sel: Selection,
+    /// Per class: reads by the chosen nodes of used classes, plus one per root entry.
+    /// A class is used (part of the program) when this is not zero.
+    uses: Vec<usize>,
+    /// The uses that need the class materialised: roots, and readers that do not fold
+    /// its chosen node into their read.
+    materialising: Vec<usize>,
+    /// Summed own cost of the used, materialised classes.
+    cost: i128,
+    /// A topological order of the selection over every class with a chosen node:
+    /// operands rank below their readers.
+    rank: Vec<usize>,
+}
+
+impl<'t, 'm> Program<'t, 'm> {
+    fn new(table: &'t Table<'m>, roots: &[Id], sel: Selection) -> Program<'t, 'm> {
+        let size = table.nodes.len();
+        let mut program = Program {
+            table,
+            sel,
+            uses: vec![0; size],
+            materialising: vec![0; size],
+            cost: 0,
+            rank: Vec::new(),
+        };
+        for &root in roots {
+            program.change_uses(root, true, 1);
+        }
+        program.rank();
+        program
+    }
+
+    /// Ranks every class with a chosen node (post-order of a depth-first walk).
+    fn rank(&mut self) {
+        let mut rank = vec![NONE; self.table.nodes.len()];
+        let mut next = 0;
+        for &start in &self.table.classes {
+            if rank[at(start)] != NONE || self.sel[at(start)] == NONE {
+                continue;
+            }
+            // (class, whether its operands are ranked already)
+            let mut stack = vec![(start, false)];
+            while let Some((id, operands_ranked)) = stack.pop() {
+                if rank[at(id)] != NONE {
+                    continue;
+                }
+                if operands_ranked {
+                    rank[at(id)] = next;
+                    next += 1;
+                    continue;
+                }
+                stack.push((id, true));
+                for &c in &self.chosen(id).0.children {
+                    if rank[at(c)] == NONE {
+                        stack.push((c, false));
+                    }
+                }
+            }
+        }
+        self.rank = rank;
+    }
+
+    fn chosen(&self, id: Id) -> &'t (TensorNode, f64) {
+        self.table.node(id, self.sel[at(id)])
+    }
+
+    fn is_used(&self, id: Id) -> bool {
+        self.uses[at(id)] > 0
+    }
+
+    /// Whether some class of `operands` depends on `id` under the current selection.
+    /// Only classes ranked above `id` can: ranks fall along every path.
+    fn creates_cycle(&self, operands: &[Id], id: Id) -> bool {
+        let floor = self.rank[at(id)];
+        let mut seen = HashSet::new();
+        let mut stack: Vec<Id> = operands
+            .iter()
+            .copied()
+            .filter(|c| self.rank[at(*c)] >= floor)
+            .collect();
+        while let Some(c) = stack.pop() {
+            if c == id {
+                return true;
+            }
+            if !seen.insert(c) {
+                continue;
+            }
+            let above = self.chosen(c).0.children.iter().copied();
+            stack.extend(above.filter(|o| self.rank[at(*o)] >= floor));
+        }
+        false
+    }
+
+    /// What class `id` adds to the program's cost.
+    fn contribution(&self, id: Id) -> i128 {
+        if self.is_used(id) && self.materialising[at(id)] > 0 {
+            attoseconds(self.chosen(id).1)
+        } else {
+            0
+        }
+    }
+
+    /// Adds (`delta` 1) or removes (-1) one use of `id`, materialising it or not; a
+    /// class that becomes used or unused adds or removes the uses of its operands.
+    fn change_uses(&mut self, id: Id, materialise: bool, delta: isize) {
+        let mut stack = vec![(id, materialise)];
+        while let Some((id, materialise)) = stack.pop() {
+            let before = self.contribution(id);
+            let was_used = self.is_used(id);
+            self.uses[at(id)] = self.uses[at(id)].wrapping_add_signed(delta);
+            if materialise {
+                let m = &mut self.materialising[at(id)];
+                *m = m.wrapping_add_signed(delta);
+            }
+            self.cost += self.contribution(id) - before;
+            if was_used != self.is_used(id) {
+                let (reader, _) = self.chosen(id);
+                for &c in &reader.children {
+                    let folded = self.table.folds(&self.chosen(c).0, reader);
+                    stack.push((c, !folded));
+                }
+            }
+        }
+    }
+
+    /// Makes used class `id` compute node `i`. The node's operands must not depend on
+    /// `id` under the current selection ([`Program::creates_cycle`]).
+    fn switch(&mut self, id: Id, i: usize) {
+        let (old, _) = self.chosen(id);
+        for &c in &old.children {
+            let folded = self.table.folds(&self.chosen(c).0, old);
+            self.change_uses(c, !folded, -1);
+        }
+        // Readers that folded the old node may not fold the new one, and the other way
+        // round.
+        let (new, _) = self.table.node(id, i);
+        let before = self.contribution(id);
+        let mut materialising = self.materialising[at(id)];
+        for &r in &self.table.readers[at(id)] {
+            if !self.is_used(r) {
+                continue;
+            }
+            let (reader, _) = self.chosen(r);
+            let reads = reader.children.iter().filter(|&&c| c == id).count();
+            if !self.table.folds(old, reader) {
+                materialising -= reads;
+            }
+            if !self.table.folds(new, reader) {
+                materialising += reads;
+            }
+        }
+        self.materialising[at(id)] = materialising;
+        self.sel[at(id)] = i;
+        self.cost += self.contribution(id) - before;
+        for &c in &new.children {
+            let folded = self.table.folds(&self.chosen(c).0, new);
+            self.change_uses(c, !folded, 1);
+        }
     }
 }
 
@@ -195,17 +392,22 @@ fn finish(table: &Table, roots: &[Id], sel: &HashMap<Id, usize>) -> Extraction {
 pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Extraction {
     let table = Table::new(egraph, model);
     let best = table.tree_costs();
-    let mut sel: HashMap<Id, usize> = best.iter().map(|(&id, &(_, i))| (id, i)).collect();
-    let (mut used, mut current) = table.reachable(roots, &sel);
+    let mut program = Program::new(&table, roots, tree_selection(&best));
+    // A switch must save more than rounding could (one femtosecond).
+    let tolerance = attoseconds(1e-15);
     for _round in 0..4 {
         let mut improved = false;
-        let mut order: Vec<Id> = used.iter().copied().collect();
-        order.sort();
+        let order: Vec<Id> = table
+            .classes
+            .iter()
+            .copied()
+            .filter(|&id| program.is_used(id))
+            .collect();
         for id in order {
-            if !used.contains(&id) {
+            if !program.is_used(id) {
                 continue;
             }
-            let chosen = sel[&id];
+            let chosen = program.sel[at(id)];
             // What switching away could save at most: this node and its operands'
             // subterms (if nothing else used them).
             let (now, own_now) = table.node(id, chosen);
@@ -213,10 +415,10 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
                 + now
                     .children
                     .iter()
-                    .map(|c| best.get(c).map_or(0.0, |b| b.0))
+                    .map(|c| best[at(*c)].map_or(0.0, |b| b.0))
                     .sum::<f64>();
-            for (i, (n, own)) in table.nodes[&id].iter().enumerate() {
-                if i == chosen || !n.children.iter().all(|c| best.contains_key(c)) {
+            for (i, (n, own)) in table.nodes[at(id)].iter().enumerate() {
+                if i == chosen || !n.children.iter().all(|c| best[at(*c)].is_some()) {
                     continue;
                 }
                 // Operands already computed cost nothing more; others their tree cost.
@@ -226,37 +428,46 @@ pub fn extract(egraph: &TensorGraph, roots: &[Id], model: &dyn CostModel) -> Ext
                 let marginal: f64 = own
                     + distinct
                         .iter()
-                        .filter(|c| !used.contains(c))
+                        .filter(|&&c| !program.is_used(c))
                         .map(|&c| table.operand_cost(&best, c, n))
                         .sum::<f64>();
-                if marginal >= could_free || table.reaches(&n.children, id, &sel) {
+                if marginal >= could_free || program.creates_cycle(&n.children, id) {
                     continue;
                 }
-                sel.insert(id, i);
-                let (now_used, cost) = table.reachable(roots, &sel);
-                if cost < current - 1e-15 {
-                    current = cost;
-                    used = now_used;
+                let current = program.cost;
+                program.switch(id, i);
+                if program.cost < current - tolerance {
                     improved = true;
+                    // Operands ranked above `id` would break the order the cycle check
+                    // relies on.
+                    if n.children
+                        .iter()
+                        .any(|c| program.rank[at(*c)] > program.rank[at(id)])
+                    {
+                        program.rank();
+                    }
                     break;
                 }
-                sel.insert(id, chosen);
+                program.switch(id, chosen);
             }
         }
         if !improved {
             break;
         }
     }
-    finish(&table, roots, &sel)
+    finish(&table, roots, &program.sel)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ir::ops::{BinaryOp, UnaryOp};
+    use crate::ir::text;
     use crate::ir::{DType, Op};
     use crate::optimize::cost::RooflineTarget;
     use crate::optimize::lang::OpKey;
+    use crate::optimize::{convert, rules};
+    use egg::Runner;
 
     fn node(eg: &mut TensorGraph, op: Op, children: Vec<Id>) -> Id {
         eg.add(TensorNode::new(OpKey::op(op, None), children))
@@ -286,5 +497,75 @@ mod tests {
         assert!(!is_exp(&tree), "tree cost picks the adds");
         assert!(is_exp(&dag), "DAG cost reuses the product");
         assert!(dag.dag_seconds < tree.dag_seconds);
+    }
+
+    /// The use counts and cost kept while switching agree with a walk of the whole
+    /// program after every switch, kept or undone (folded transposes included).
+    #[test]
+    fn use_counts_agree_with_a_walk_of_the_program() {
+        let src = "graph @t {
+input %a: f32[8, 6]
+input %b: f32[8, 6]
+input %w: f32[6, 6]
+%at = permute %a {perm = [1, 0]}
+%p = matmul %at, %b
+%q = matmul %a, %w
+%r = matmul %b, %w
+%s = add %q, %r
+%e = exp %s
+%bt = permute %b {perm = [1, 0]}
+%u = matmul %bt, %a
+%v = permute %u {perm = [1, 0]}
+%o = add %p, %v
+output %o, %e
+}
+";
+        let g = text::parse(src).unwrap_or_else(|e| panic!("{e}")).graph;
+        let mut eg = TensorGraph::default();
+        let classes = convert::add_graph(&mut eg, &g);
+        let eg = Runner::default()
+            .with_egraph(eg)
+            .with_iter_limit(4)
+            .run(&rules::all_rules(false))
+            .egraph;
+        let roots = convert::roots(&eg, &g, &classes);
+        let model = RooflineTarget::cpu();
+        let table = Table::new(&eg, &model);
+        let best = table.tree_costs();
+        let mut program = Program::new(&table, &roots, tree_selection(&best));
+        let agrees = |program: &Program| {
+            let (mut walked, seconds) = table.reachable(&roots, &program.sel);
+            walked.sort();
+            let counted: Vec<Id> = (table.classes.iter().copied())
+                .filter(|&c| program.is_used(c))
+                .collect();
+            assert_eq!(counted, walked);
+            assert!((program.cost as f64 / 1e18 - seconds).abs() < 1e-15);
+        };
+        agrees(&program);
+        let mut tried = 0;
+        for &id in &table.classes {
+            for i in 0..table.nodes[at(id)].len() {
+                let chosen = program.sel[at(id)];
+                let operands = &table.node(id, i).0.children;
+                if !program.is_used(id)
+                    || i == chosen
+                    || operands.iter().any(|c| best[at(*c)].is_none())
+                    || program.creates_cycle(operands, id)
+                {
+                    continue;
+                }
+                program.switch(id, i);
+                agrees(&program);
+                tried += 1;
+                if tried % 2 == 0 {
+                    program.switch(id, chosen);
+                    agrees(&program);
+                } else {
+                    program.rank();
+                }
+            }
+        }
+        assert!(tried >= 4, "only {tried} switches to try");
     }
 }

@@ -67,6 +67,44 @@ pub struct Report {
     pub egraph_classes: usize,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// Where that time went.
+    pub phases: Phases,
+}
+
+/// Wall time of each phase of one optimisation run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Phases {
+    /// Loading the graph into the e-graph.
+    pub load: Duration,
+    /// Rule search (egg's search phase, all iterations).
+    pub search: Duration,
+    /// Applying matches (egg's apply phase).
+    pub apply: Duration,
+    /// Restoring the e-graph's invariants after each iteration (egg's rebuild).
+    pub rebuild: Duration,
+    /// Choosing one node per class.
+    pub extract: Duration,
+    /// Converting the extraction back into a graph.
+    pub convert_back: Duration,
+    /// Costing the input and the candidate graph.
+    pub cost: Duration,
+}
+
+impl fmt::Display for Phases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "load {:.1} ms, search {:.1} ms, apply {:.1} ms, rebuild {:.1} ms, extract {:.1} ms, convert back {:.1} ms, cost {:.1} ms",
+            ms(self.load),
+            ms(self.search),
+            ms(self.apply),
+            ms(self.rebuild),
+            ms(self.extract),
+            ms(self.convert_back),
+            ms(self.cost)
+        )
+    }
 }
 
 impl fmt::Display for Report {
@@ -88,7 +126,8 @@ impl fmt::Display for Report {
             self.egraph_nodes,
             self.egraph_classes,
             self.elapsed.as_secs_f64() * 1e3
-        )
+        )?;
+        writeln!(f, "phases: {}", self.phases)
     }
 }
 
@@ -112,8 +151,10 @@ pub fn optimize(
     options: &Options,
 ) -> Result<(Graph, Report), String> {
     let start = Instant::now();
+    let mut phases = Phases::default();
     let mut egraph = TensorGraph::default();
     let classes = convert::add_graph(&mut egraph, graph);
+    phases.load = start.elapsed();
     let runner = Runner::default()
         .with_egraph(egraph)
         .with_iter_limit(options.iter_limit)
@@ -128,19 +169,27 @@ pub fn optimize(
                 *rules_fired.entry(rule.to_string()).or_insert(0) += n;
             }
         }
+        phases.search += Duration::from_secs_f64(it.search_time);
+        phases.apply += Duration::from_secs_f64(it.apply_time);
+        phases.rebuild += Duration::from_secs_f64(it.rebuild_time);
     }
     let egraph = &runner.egraph;
+    let phase_start = Instant::now();
     let roots = convert::roots(egraph, graph, &classes);
     let extraction = extract::extract(egraph, &roots, model);
+    phases.extract = phase_start.elapsed();
+    let phase_start = Instant::now();
     let candidate = convert::to_graph(egraph, graph, &classes, &extraction)?;
+    phases.convert_back = phase_start.elapsed();
+    let phase_start = Instant::now();
     let before = graph_cost(graph, model);
     let candidate_cost = graph_cost(&candidate, model);
-    let result = if candidate_cost.seconds <= before.seconds {
-        candidate
+    let (result, after) = if candidate_cost.seconds <= before.seconds {
+        (candidate, candidate_cost)
     } else {
-        graph.clone()
+        (graph.clone(), before)
     };
-    let after = graph_cost(&result, model);
+    phases.cost = phase_start.elapsed();
     let report = Report {
         rules_fired,
         before,
@@ -150,6 +199,7 @@ pub fn optimize(
         egraph_nodes: egraph.total_number_of_nodes(),
         egraph_classes: egraph.number_of_classes(),
         elapsed: start.elapsed(),
+        phases,
     };
     Ok((result, report))
 }

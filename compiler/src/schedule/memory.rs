@@ -21,6 +21,7 @@
 use super::{Schedule, Step};
 use crate::ir::{Bindings, DType, Def, DimError, Graph, Op, ValueId};
 use crate::kernel::{Expr, PointwiseKernel};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Where the value a step writes lives.
@@ -146,6 +147,9 @@ struct Lives {
     end: Vec<usize>,
     /// Per root: whether the buffer leaves the run.
     escapes: Vec<bool>,
+    /// Per value: whether it is itself an output or an update (a table, not a search
+    /// of the outputs and updates per value, which is quadratic in depth).
+    escapes_itself: Vec<bool>,
 }
 
 impl Lives {
@@ -172,8 +176,10 @@ impl Lives {
             end[r] = end[r].max(own);
         }
         let mut escapes = vec![false; n];
+        let mut escapes_itself = vec![false; n];
         for &o in g.outputs.iter().chain(g.updates.iter().map(|(_, v)| v)) {
             escapes[root[o.index()].index()] = true;
+            escapes_itself[o.index()] = true;
         }
         Lives {
             root,
@@ -181,6 +187,7 @@ impl Lives {
             last_read,
             end,
             escapes,
+            escapes_itself,
         }
     }
 
@@ -196,9 +203,8 @@ impl Lives {
     /// The step after which `v` is dropped, if any: a slot-backed buffer when nothing
     /// needs it any more, a view or an argument after its own last read; never for a
     /// buffer that escapes or a value that is itself an output or update.
-    fn release_step(&self, g: &Graph, v: ValueId) -> Option<usize> {
-        let escaping_itself = g.outputs.contains(&v) || g.updates.iter().any(|&(_, u)| u == v);
-        if escaping_itself || (self.root(v) == v && self.escapes[v.index()]) {
+    fn release_step(&self, v: ValueId) -> Option<usize> {
+        if self.escapes_itself[v.index()] || (self.root(v) == v && self.escapes[v.index()]) {
             None
         } else if self.slot_backed(v) {
             Some(self.end[v.index()])
@@ -230,7 +236,7 @@ impl MemoryPlan {
         let elems: Vec<u64> = g.ids().map(|v| elems(g, v, bindings)).collect();
         let mut release: Vec<Vec<ValueId>> = vec![Vec::new(); s.steps.len()];
         for v in g.ids() {
-            if let Some(i) = lives.release_step(g, v) {
+            if let Some(i) = lives.release_step(v) {
                 release[i].push(v);
             }
         }
@@ -283,13 +289,19 @@ impl MemoryPlan {
             )
         });
         let mut slots: Vec<Slot> = Vec::new();
-        let mut spans: Vec<Vec<(usize, usize)>> = Vec::new();
+        // Per slot, the step spans of its chains (disjoint), by first step: only the
+        // span starting last at or before `last` can overlap [first, last], so a check
+        // is a lookup, not a scan of every span (quadratic in depth).
+        let mut spans: Vec<BTreeMap<usize, usize>> = Vec::new();
         let mut slot_of: Vec<Option<usize>> = vec![None; g.values.len()];
         for c in order {
             let chain = &chains[c];
             let (dtype, (first, last)) = (g.ty(chain[0]).dtype, span(chain));
-            let clear =
-                |held: &Vec<(usize, usize)>| held.iter().all(|&(a, b)| b < first || last < a);
+            let clear = |held: &BTreeMap<usize, usize>| {
+                held.range(..=last)
+                    .next_back()
+                    .is_none_or(|(_, &end)| end < first)
+            };
             let slot = match (0..slots.len()).find(|&s| slots[s].dtype == dtype && clear(&spans[s]))
             {
                 Some(s) => s,
@@ -299,11 +311,11 @@ impl MemoryPlan {
                         elems: 0,
                         tenants: Vec::new(),
                     });
-                    spans.push(Vec::new());
+                    spans.push(BTreeMap::new());
                     slots.len() - 1
                 }
             };
-            spans[slot].push((first, last));
+            spans[slot].insert(first, last);
             for &v in chain {
                 let first = lives.def[v.index()].expect("written by a step");
                 slots[slot].elems = slots[slot].elems.max(elems[v.index()]);

@@ -2,6 +2,7 @@
 //! each, in the byte layout of the evaluator's `Data` (the kernels' layout).
 
 use super::driver::{check, CudaError};
+use super::streams::{Lane, Streams};
 use cudarc::driver::{result, sys};
 use smelt_compiler::gpu::eval::Data;
 use smelt_compiler::gpu::kir::Elem;
@@ -30,7 +31,7 @@ impl DeviceBuffer {
     /// Sets every byte to zero (what the evaluator starts computed buffers with), in
     /// `stream`'s order: the synchronous `cuMemsetD8` is not ordered with non-blocking
     /// streams, so a later kernel on one could run first.
-    pub fn zero_on(&self, stream: sys::CUstream) -> Result<(), CudaError> {
+    pub(crate) fn zero_on(&self, stream: sys::CUstream) -> Result<(), CudaError> {
         let bytes = (self.len * self.elem.bytes()).max(1);
         // SAFETY: within this allocation.
         check("cuMemsetD8Async", unsafe {
@@ -41,7 +42,7 @@ impl DeviceBuffer {
     /// Copies host data in, in `stream`'s order; it must match the buffer's type and
     /// length. The host data may be dropped on return: pageable memory is staged
     /// before `cuMemcpyHtoDAsync` returns.
-    pub fn upload_on(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
+    pub(crate) fn upload_on(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
         if data.elem() != self.elem || data.len() != self.len {
             return Err(CudaError(format!(
                 "upload of {} {:?} values into a buffer of {} {:?}",
@@ -67,8 +68,15 @@ impl DeviceBuffer {
         check("cuMemcpyHtoDAsync", r)
     }
 
-    /// Copies host data in and waits for it (set-up outside a program's run).
-    pub fn upload_blocking(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
+    /// Copies host data in on a lane of `streams` and waits for it (set-up outside a
+    /// program's run).
+    pub fn upload_blocking(
+        &self,
+        streams: &Streams,
+        lane: Lane,
+        data: &Data,
+    ) -> Result<(), CudaError> {
+        let stream = streams.lane(lane);
         self.upload_on(stream, data)?;
         // SAFETY: a live stream.
         check("cuStreamSynchronize", unsafe {

@@ -33,5 +33,5 @@ mod tensor_map;
 pub use driver::{driver_present, CudaError, Gpu};
 pub use memory::DeviceBuffer;
 pub use partition::{Granularity, Partition};
-pub use program::{CudaProgram, CudaRunner};
+pub use program::{CudaProgram, CudaRunner, KernelOccupancy};
 pub use streams::{Lane, Streams};

@@ -224,9 +224,9 @@ pub fn cross_stream_probe(gpu: &Gpu, streams: &Streams) -> Result<(), CudaError>
     let sink = DeviceBuffer::alloc(Elem::F32, 1)?;
     let spin = DeviceBuffer::alloc(Elem::I32, 1)?;
     let seen = DeviceBuffer::alloc(Elem::I32, 1)?;
-    written.upload_blocking(streams.comm, &Data::I32(vec![-1]))?;
-    spin.upload_blocking(streams.comm, &Data::I32(vec![2_000_000]))?;
-    seen.upload_blocking(streams.compute, &Data::I32(vec![-2]))?;
+    written.upload_blocking(streams, Lane::Comm, &Data::I32(vec![-1]))?;
+    spin.upload_blocking(streams, Lane::Comm, &Data::I32(vec![2_000_000]))?;
+    seen.upload_blocking(streams, Lane::Compute, &Data::I32(vec![-2]))?;
     let event = check(
         "cuEventCreate",
         result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING),

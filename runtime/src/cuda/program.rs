@@ -71,6 +71,17 @@ impl Drop for CudaProgram {
     }
 }
 
+/// How one loaded kernel occupies an SM, as the driver reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelOccupancy {
+    /// Kernel name.
+    pub kernel: String,
+    /// Registers per thread (0 if the driver did not say).
+    pub registers: u32,
+    /// Blocks per SM the plan capped grids with.
+    pub resident_blocks: u32,
+}
+
 /// Blocks of `f` (with `block` threads) that fit on one SM, as the driver computes it
 /// from the kernel's real registers and shared memory.
 fn occupancy(f: &CudaFunction, block: u32) -> Result<u32, CudaError> {
@@ -293,7 +304,7 @@ impl CudaProgram {
     }
 
     /// Each kernel's registers per thread and resident blocks per SM, from the driver.
-    pub fn occupancy(&self) -> Vec<(String, u32, u32)> {
+    pub fn occupancy(&self) -> Vec<KernelOccupancy> {
         self.program
             .calls
             .iter()
@@ -307,11 +318,11 @@ impl CudaProgram {
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS,
                     )
                 };
-                (
-                    c.kernel.name.clone(),
-                    registers.map_or(0, |r| r as u32),
-                    l.resident_blocks,
-                )
+                KernelOccupancy {
+                    kernel: c.kernel.name.clone(),
+                    registers: registers.map_or(0, |r| r as u32),
+                    resident_blocks: l.resident_blocks,
+                }
             })
             .collect()
     }

@@ -40,39 +40,49 @@ struct Template {
     keys: Vec<Option<OpKey>>,
 }
 
-/// The composites (with operand types) that class `class` might be an application of.
-fn candidates(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
-    let t = ty(eg, class);
-    if !t.dtype.is_float() {
-        return vec![];
+/// The composites (with operand types) that a class of type `t` might be an application
+/// of, whatever the e-graph holds: the elementwise ones, and those over the last axis.
+fn candidates_by_type(t: &TensorType) -> [Vec<(Composite, Vec<TensorType>)>; 2] {
+    if !t.dtype.is_float() || t.rank() == 0 {
+        return [vec![], vec![]];
     }
-    if t.rank() == 0 {
-        return cross_entropy_candidates(eg, class);
-    }
-    let mut out = vec![
+    let elementwise = vec![
         (Composite::Relu, vec![t.clone()]),
         (Composite::Sigmoid, vec![t.clone()]),
         (Composite::Silu, vec![t.clone()]),
         (Composite::Gelu { tanh: false }, vec![t.clone()]),
         (Composite::Gelu { tanh: true }, vec![t.clone()]),
     ];
-    if t.rank() >= 2 {
-        out.extend(attention_candidates(eg, class));
-    }
+    let mut last_axis = Vec::new();
     if let Some(last) = t.dims().last() {
         let axis = t.rank() - 1;
-        out.push((Composite::Softmax { axis }, vec![t.clone()]));
-        out.push((Composite::LogSoftmax { axis }, vec![t.clone()]));
+        last_axis.push((Composite::Softmax { axis }, vec![t.clone()]));
+        last_axis.push((Composite::LogSoftmax { axis }, vec![t.clone()]));
         let vector = TensorType::new(t.dtype, Shape(vec![last.clone()]));
         for eps in [1e-5, 1e-6] {
-            out.push((
+            last_axis.push((
                 Composite::LayerNorm { eps },
                 vec![t.clone(), vector.clone(), vector.clone()],
             ));
-            out.push((Composite::RmsNorm { eps }, vec![t.clone(), vector.clone()]));
+            last_axis.push((Composite::RmsNorm { eps }, vec![t.clone(), vector.clone()]));
         }
     }
-    out
+    [elementwise, last_axis]
+}
+
+/// The composites whose operand types (and attributes) are read off the e-graph below
+/// class `class`: `attention` and `cross_entropy`.
+fn candidates_by_structure(eg: &TensorGraph, class: Id) -> Vec<(Composite, Vec<TensorType>)> {
+    let t = ty(eg, class);
+    if !t.dtype.is_float() {
+        vec![]
+    } else if t.rank() == 0 {
+        cross_entropy_candidates(eg, class)
+    } else if t.rank() >= 2 {
+        attention_candidates(eg, class)
+    } else {
+        vec![]
+    }
 }
 
 /// The class reached from `class` through a node whose op satisfies `pick` (first child).
@@ -230,54 +240,95 @@ fn matches(
     }
 }
 
-type Cache = Mutex<HashMap<(String, Vec<TensorType>), Option<Arc<Template>>>>;
-
-fn cached(cache: &Cache, composite: Composite, operands: Vec<TensorType>) -> Option<Arc<Template>> {
-    let key = (format!("{composite:?}"), operands.clone());
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(key)
-        .or_insert_with(|| template(composite, &operands).map(Arc::new))
-        .clone()
+/// The templates built so far. Deep models repeat a few types in every layer, so a
+/// class's templates are found with one lookup of its type instead of being listed and
+/// looked up one by one for every class in every iteration (most of the recogniser's
+/// time, before).
+#[derive(Default)]
+struct Templates {
+    /// By result type: the elementwise templates, then those over the last axis.
+    by_type: Mutex<HashMap<TensorType, TypeTemplates>>,
+    /// By composite (its debug form) and operand types, for the structural candidates.
+    by_operands: Mutex<HashMap<(String, Vec<TensorType>), StructuralTemplate>>,
 }
 
-fn recognise(eg: &TensorGraph, class: Id, cache: &Cache) -> Vec<(Id, Build)> {
+/// The templates of one result type: the elementwise ones, then those over the last
+/// axis.
+type TypeTemplates = Arc<[Vec<Arc<Template>>; 2]>;
+
+/// A structural candidate's template (`None`: its operand types do not type-check).
+type StructuralTemplate = Option<Arc<Template>>;
+
+impl Templates {
+    fn for_type(&self, t: &TensorType) -> TypeTemplates {
+        let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(t.clone())
+            .or_insert_with(|| {
+                Arc::new(candidates_by_type(t).map(|list| {
+                    list.into_iter()
+                        .filter_map(|(c, operands)| template(c, &operands).map(Arc::new))
+                        .collect()
+                }))
+            })
+            .clone()
+    }
+
+    fn for_operands(
+        &self,
+        composite: Composite,
+        operands: Vec<TensorType>,
+    ) -> Option<Arc<Template>> {
+        let key = (format!("{composite:?}"), operands.clone());
+        let mut map = self.by_operands.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| template(composite, &operands).map(Arc::new))
+            .clone()
+    }
+}
+
+/// The composite node equal to class `class` by template `tmpl`, if it matches and the
+/// class has no such node yet.
+fn recognise_one(eg: &TensorGraph, class: Id, tmpl: &Template) -> Option<Build> {
+    let root_key = tmpl.keys[tmpl.root.index()].as_ref();
+    let nodes = &eg[class].nodes;
+    if nodes.iter().any(|n| n.key == tmpl.key) || !nodes.iter().any(|n| Some(&n.key) == root_key) {
+        return None;
+    }
+    let n_operands = tmpl.graph.inputs().count();
+    let mut binds = vec![None; tmpl.graph.values.len()];
+    if !matches(eg, tmpl, tmpl.root, class, &mut binds) {
+        return None;
+    }
+    let children = (0..n_operands)
+        .map(|i| binds[i].map(Build::Class))
+        .collect::<Option<Vec<Build>>>()?;
+    Some(Build::op(Op::Composite(tmpl.composite.clone()), children))
+}
+
+fn recognise(eg: &TensorGraph, class: Id, templates: &Templates) -> Vec<(Id, Build)> {
     // Cheap filter: every template's root is an op node with a declared-type key.
     if eg[class].nodes.iter().all(|n| n.op().is_none()) {
         return vec![];
     }
-    let mut found = Vec::new();
-    for (composite, operands) in candidates(eg, class) {
-        let Some(tmpl) = cached(cache, composite, operands) else {
-            continue;
-        };
-        let root_key = tmpl.keys[tmpl.root.index()].as_ref();
-        let nodes = &eg[class].nodes;
-        if nodes.iter().any(|n| n.key == tmpl.key)
-            || !nodes.iter().any(|n| Some(&n.key) == root_key)
-        {
-            continue;
-        }
-        let n_operands = tmpl.graph.inputs().count();
-        let mut binds = vec![None; tmpl.graph.values.len()];
-        if matches(eg, &tmpl, tmpl.root, class, &mut binds) {
-            let children: Option<Vec<Build>> = (0..n_operands)
-                .map(|i| binds[i].map(Build::Class))
-                .collect();
-            if let Some(children) = children {
-                found.push((
-                    class,
-                    Build::op(Op::Composite(tmpl.composite.clone()), children),
-                ));
-            }
-        }
-    }
-    found
+    let [elementwise, last_axis] = &*templates.for_type(ty(eg, class));
+    let structural: Vec<Arc<Template>> = candidates_by_structure(eg, class)
+        .into_iter()
+        .filter_map(|(c, operands)| templates.for_operands(c, operands))
+        .collect();
+    // In the order the candidates were always tried (attention between the two).
+    elementwise
+        .iter()
+        .chain(&structural)
+        .chain(last_axis)
+        .filter_map(|tmpl| recognise_one(eg, class, tmpl))
+        .map(|build| (class, build))
+        .collect()
 }
 
 /// The rules.
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
-    let cache: Arc<Cache> = Arc::new(Mutex::new(HashMap::new()));
+    let templates = Arc::new(Templates::default());
     vec![class_rule("composite/recognise", move |eg, id| {
-        recognise(eg, id, &cache)
+        recognise(eg, id, &templates)
     })]
 }
