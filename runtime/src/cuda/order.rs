@@ -108,13 +108,57 @@ pub fn run_order(program: &GpuProgram, plan: &SmPlan) -> RunOrder {
     }
 }
 
+/// A launch that the order does not place after what it depends on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// A wait for an event nothing recorded before it.
+    #[error("stream {stream} waits for event {event}, which was never recorded")]
+    UnrecordedEvent {
+        /// The waiting stream.
+        stream: Stream,
+        /// The event.
+        event: usize,
+    },
+    /// A launch may read or write a buffer before its last write lands.
+    #[error(
+        "launch {call} ({kernel}) on stream {stream} may run before %{value} is written{}",
+        if *.host_fill { " (a host-synchronous fill is not ordered with non-blocking streams)" } else { "" }
+    )]
+    BeforeWrite {
+        /// Call index.
+        call: usize,
+        /// Its kernel.
+        kernel: String,
+        /// Its stream.
+        stream: Stream,
+        /// The buffer's value.
+        value: String,
+        /// The write is a host-synchronous fill.
+        host_fill: bool,
+    },
+    /// A launch may overwrite its output while another stream still reads it.
+    #[error("launch {call} ({kernel}) on stream {stream} may overwrite %{value} while stream {reader} still reads it")]
+    BeforeRead {
+        /// Call index.
+        call: usize,
+        /// Its kernel.
+        kernel: String,
+        /// Its stream.
+        stream: Stream,
+        /// The buffer's value.
+        value: String,
+        /// The reading stream.
+        reader: Stream,
+    },
+}
+
 /// A point on a stream: (stream, operations issued on it so far).
 type Point = (Stream, u64);
 
 /// Checks that in `order` every launch happens after the last write of each buffer it
 /// touches, and after every earlier read of the buffer it writes (its first argument),
 /// by stream order or by event waits. Says which launch and which buffer when not.
-pub fn check_order(program: &GpuProgram, order: &RunOrder) -> Result<(), String> {
+pub fn check_order(program: &GpuProgram, order: &RunOrder) -> Result<(), OrderError> {
     // Vector clocks: clock[s][t] = how many of stream t's operations stream s has seen.
     let mut clock = [[0u64; 2]; 2];
     let mut events: Vec<Option<[u64; 2]>> = vec![None; order.events];
@@ -141,9 +185,8 @@ pub fn check_order(program: &GpuProgram, order: &RunOrder) -> Result<(), String>
                 events[event] = Some(clock[s]);
             }
             DeviceOp::Wait { stream, event } => {
-                let recorded = events[event].ok_or_else(|| {
-                    format!("stream {stream} waits for event {event}, which was never recorded")
-                })?;
+                let recorded =
+                    events[event].ok_or(OrderError::UnrecordedEvent { stream, event })?;
                 let s = stream as usize;
                 for t in 0..2 {
                     clock[s][t] = clock[s][t].max(recorded[t]);
@@ -154,16 +197,13 @@ pub fn check_order(program: &GpuProgram, order: &RunOrder) -> Result<(), String>
                 for &v in &c.args {
                     if let Some(&w) = last_write.get(&v) {
                         if !seen(&clock, stream, w) {
-                            return Err(format!(
-                                "launch {call} ({}) on stream {stream} may run before %{} is written{}",
-                                c.kernel.name,
-                                name(v),
-                                if w.is_none() {
-                                    " (a host-synchronous fill is not ordered with non-blocking streams)"
-                                } else {
-                                    ""
-                                }
-                            ));
+                            return Err(OrderError::BeforeWrite {
+                                call,
+                                kernel: c.kernel.name.clone(),
+                                stream,
+                                value: name(v),
+                                host_fill: w.is_none(),
+                            });
                         }
                     }
                 }
@@ -172,12 +212,13 @@ pub fn check_order(program: &GpuProgram, order: &RunOrder) -> Result<(), String>
                     .get(&out)
                     .and_then(|rs| rs.iter().find(|&&r| !seen(&clock, stream, Some(r))))
                 {
-                    return Err(format!(
-                        "launch {call} ({}) on stream {stream} may overwrite %{} while stream {} still reads it",
-                        c.kernel.name,
-                        name(out),
-                        r.0
-                    ));
+                    return Err(OrderError::BeforeRead {
+                        call,
+                        kernel: c.kernel.name.clone(),
+                        stream,
+                        value: name(out),
+                        reader: r.0,
+                    });
                 }
                 let s = stream as usize;
                 clock[s][s] += 1;
