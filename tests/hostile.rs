@@ -205,6 +205,47 @@ fn item2_oversized_parameter_is_refused_before_allocation() {
     }
 }
 
+/// The CPU backend is held to its memory plan, the interpreter to every value at once: a
+/// chain of three 1000×1000 products holds 8 MB of host parameter, 8 MB of host output
+/// and one 4 MB f32 slot that the intermediates share (20 MB) on the CPU, but four 8 MB
+/// host tensors (32 MB) in the interpreter.
+#[test]
+fn item2_the_cpu_limit_follows_the_memory_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("chain.sir");
+    std::fs::write(
+        &model,
+        "graph @g {\n  param %w: f32[1000, 1000] = normal(0.0, 0.01)\n  %y0 = matmul %w, %w\n  %y1 = matmul %y0, %w\n  %y2 = matmul %y1, %w\n  output %y2\n}\n",
+    )
+    .unwrap();
+    let args = |device, limit| {
+        [
+            "run",
+            path_arg(&model),
+            "--device",
+            device,
+            "--max-memory",
+            limit,
+            "--no-cache",
+        ]
+    };
+    let out = smelt(&args("cpu", "30M"));
+    assert!(
+        out.status.success(),
+        "the CPU run fits its plan: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    refuses(
+        &args("interp", "30M"),
+        &["tensors need", "more than the memory limit of 30.0 MiB"],
+    );
+    // The plan itself is checked: the arguments (16 MB) fit 19M, the whole run does not.
+    refuses(
+        &args("cpu", "19M"),
+        &["tensors need", "more than the memory limit of 19.0 MiB"],
+    );
+}
+
 #[test]
 fn item2_huge_constant_and_constant_of_shape_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,9 @@
 //! arithmetic and compared with the limit before anything is allocated, so that an
 //! oversized model or batch is an error naming the tensor instead of an aborted process.
 
-use smelt_compiler::ir::{Bindings, DType, DimError, Graph, SizeOverflow};
+use smelt_compiler::ir::{Bindings, DType, Def, DimError, Graph, SizeOverflow, ValueId};
+use smelt_compiler::schedule::MemoryPlan;
+use std::collections::HashSet;
 use thiserror::Error;
 
 /// Why a run would not fit.
@@ -69,13 +71,28 @@ fn mem_total(meminfo: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// What a device holds of a graph's values at once, for the total the limit is
+/// checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Every value, as if nothing were freed: the interpreter and the GPU paths (an
+    /// upper bound).
+    Everything,
+    /// Only the arguments (inputs, parameters, state) before compilation; the CPU
+    /// backend's memory plan sizes the rest ([`check_planned`]).
+    Arguments,
+}
+
 /// Checks that every value of `graph` under `bindings` (values with unbound symbols are
-/// skipped: the run binds them from its inputs and checks again) fits in `limit`, one by
-/// one and all together (as if nothing were freed: an upper bound of what a run holds).
-pub fn check(graph: &Graph, bindings: &Bindings, limit: u64) -> Result<(), MemoryError> {
-    let mut total = 0u64;
-    let mut largest = (0u64, String::new());
-    let mut count = 0;
+/// skipped: the run binds them from its inputs and checks again) fits in `limit` on its
+/// own, and that the values `held` counts fit together.
+pub fn check(
+    graph: &Graph,
+    bindings: &Bindings,
+    limit: u64,
+    held: Held,
+) -> Result<(), MemoryError> {
+    let mut total = Total::default();
     for v in &graph.values {
         let bytes = match v.ty.bytes(bindings, host_elem_bytes(v.ty.dtype)) {
             Ok(b) => b,
@@ -96,22 +113,73 @@ pub fn check(graph: &Graph, bindings: &Bindings, limit: u64) -> Result<(), Memor
                 limit,
             });
         }
-        if bytes > largest.0 {
-            largest = (bytes, v.name.clone());
+        if held == Held::Everything || !matches!(v.def, Def::Node { .. }) {
+            total.add(&v.name, bytes);
         }
-        count += 1;
+    }
+    total.check(limit)
+}
+
+/// Checks the CPU backend's run of `graph` (its scheduled graph) under `plan`, made for
+/// the run's bindings: the arguments and escaping values as host tensors, plus the
+/// plan's slots, must fit in `limit` together. Nothing is allocated yet.
+pub fn check_planned(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    bindings: &Bindings,
+    limit: u64,
+) -> Result<(), MemoryError> {
+    let mut total = Total::default();
+    let escaping: HashSet<ValueId> = plan.escaping.iter().copied().collect();
+    for id in graph.ids() {
+        let v = graph.value(id);
+        if matches!(v.def, Def::Node { .. }) && !escaping.contains(&id) {
+            continue;
+        }
+        // Sizes were checked for overflow before compilation; saturate here.
+        let bytes =
+            v.ty.bytes(bindings, host_elem_bytes(v.ty.dtype))
+                .unwrap_or(u64::MAX);
+        total.add(&v.name, bytes);
+    }
+    // The slots hold every other value; each is named by its first tenant.
+    for slot in &plan.slots {
+        if let Some(first) = slot.tenants.first() {
+            total.add(&graph.value(first.value).name, slot.bytes());
+        }
+    }
+    total.check(limit)
+}
+
+/// A running total of tensor bytes and the largest tensor in it.
+#[derive(Default)]
+struct Total {
+    bytes: u64,
+    count: usize,
+    largest: (u64, String),
+}
+
+impl Total {
+    fn add(&mut self, name: &str, bytes: u64) {
+        if bytes > self.largest.0 {
+            self.largest = (bytes, name.to_string());
+        }
+        self.count += 1;
         // Saturating: a sum that large is over any limit anyway.
-        total = total.saturating_add(bytes);
+        self.bytes = self.bytes.saturating_add(bytes);
     }
-    if total > limit {
-        return Err(MemoryError::Total {
-            count,
-            bytes: total,
-            largest: largest.1,
-            limit,
-        });
+
+    fn check(self, limit: u64) -> Result<(), MemoryError> {
+        if self.bytes > limit {
+            return Err(MemoryError::Total {
+                count: self.count,
+                bytes: self.bytes,
+                largest: self.largest.1,
+                limit,
+            });
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A `--max-memory` value that is not a size.
@@ -207,16 +275,20 @@ mod tests {
                 .unwrap()
                 .graph;
         let b = Bindings::from([("B".to_string(), 1000)]);
-        assert!(check(&g, &b, 64 << 20).is_ok());
-        let err = check(&g, &b, 4 << 20).unwrap_err().to_string();
+        assert!(check(&g, &b, 64 << 20, Held::Everything).is_ok());
+        let err = check(&g, &b, 4 << 20, Held::Everything)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("%x (f32[B, 1000]) needs 7.6 MiB"), "{err}");
         let huge = Bindings::from([("B".to_string(), u64::MAX)]);
         assert!(matches!(
-            check(&g, &huge, u64::MAX),
+            check(&g, &huge, u64::MAX, Held::Arguments),
             Err(MemoryError::Size { .. })
         ));
-        // Together over the limit, each under it.
-        let err = check(&g, &b, 10 << 20).unwrap_err();
+        // Together over the limit, each under it; only the argument counts when the
+        // memory plan sizes the rest.
+        let err = check(&g, &b, 10 << 20, Held::Everything).unwrap_err();
         assert!(matches!(err, MemoryError::Total { .. }), "{err}");
+        assert!(check(&g, &b, 10 << 20, Held::Arguments).is_ok());
     }
 }

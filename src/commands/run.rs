@@ -157,12 +157,24 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             .is_some_and(|id| matches!(graph.value(id).def, Def::Param(_) | Def::State(_)))
     };
     // Static sizes first (parameters), so that a missing input is not reported instead.
+    // The CPU backend's intermediates are sized by its memory plan once it is compiled;
+    // the other devices count every value.
     let limit = args.memory.limit();
-    memory::check(graph, &Default::default(), limit)
+    let counted = match args.device {
+        Device::Cpu => memory::Held::Arguments,
+        _ => memory::Held::Everything,
+    };
+    let bindings = memory::check(graph, &Default::default(), limit, counted)
         .map_err(RunError::from)
         .and_then(|()| interp::bind_shapes_except(graph, &feeds, &held))
-        .and_then(|b| Ok(memory::check(graph, &b, limit)?))
-        .and_then(|()| labels::check_class_labels(graph, &feeds))
+        .and_then(|b| {
+            memory::check(graph, &b, limit, counted)?;
+            Ok(b)
+        })
+        .and_then(|b| {
+            labels::check_class_labels(graph, &feeds)?;
+            Ok(b)
+        })
         .map_err(|e| run_error(&model, &origin, e))?;
     for (name, t) in params::init_params(graph, args.seed) {
         feeds.entry(name).or_insert(t);
@@ -178,6 +190,9 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 Some(p) => p,
                 None => compile_cpu(graph, Purpose::Run, &args.opt, &args.cache)?.program,
             };
+            let plan = program.memory_plan(&bindings);
+            memory::check_planned(&program.schedule().graph, &plan, &bindings, limit)
+                .map_err(|e| run_error(&model, &origin, e.into()))?;
             program.run(&feeds).map(|e| e.outputs)
         }
         Device::Gpusim | Device::Cuda => {

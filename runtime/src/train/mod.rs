@@ -18,6 +18,7 @@ use crate::compiled::{Compiled, Purpose};
 use crate::cpu::Resident;
 use crate::engine::{Device, Engine};
 use crate::interp::RunError;
+use crate::memory::Held;
 use crate::params::init_params;
 use crate::tensor::Tensor;
 use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
@@ -73,7 +74,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// The optimiser.
     pub optimizer: Optimizer,
-    /// The most bytes the run's tensors may take ([`crate::memory::check`]).
+    /// The most bytes the run's tensors may take ([`crate::memory::check`], and on the
+    /// CPU backend [`crate::memory::check_planned`]).
     pub max_memory: u64,
 }
 
@@ -167,12 +169,32 @@ fn finite_loss(step: usize, outputs: &[Tensor]) -> Result<f64, TrainError> {
 }
 
 /// Checks that `data` feeds `step_graph` and that a step at the configured batch fits
-/// the memory limit, before parameters or batches are allocated.
-fn check_fits(step_graph: &Graph, data: &Dataset, config: &TrainConfig) -> Result<(), TrainError> {
+/// the memory limit, before parameters or batches are allocated: on the CPU backend by
+/// its memory plan (once `engine` is compiled), elsewhere by every value at once.
+fn check_fits(
+    step_graph: &Graph,
+    data: &Dataset,
+    config: &TrainConfig,
+    engine: &Engine,
+) -> Result<(), TrainError> {
     data.check(step_graph, config.batch)?;
     let bindings = Dataset::batch_bindings(step_graph, config.batch);
-    crate::memory::check(step_graph, &bindings, config.max_memory)
-        .map_err(|e| TrainError::Run(e.into()))
+    let limit = config.max_memory;
+    let fail = |e: crate::memory::MemoryError| TrainError::Run(e.into());
+    match engine {
+        Engine::Cpu(program) => {
+            crate::memory::check(step_graph, &bindings, limit, Held::Arguments).map_err(fail)?;
+            let scheduled = &program.schedule().graph;
+            crate::memory::check_planned(
+                scheduled,
+                &program.memory_plan(&bindings),
+                &bindings,
+                limit,
+            )
+            .map_err(fail)
+        }
+        _ => crate::memory::check(step_graph, &bindings, limit, Held::Everything).map_err(fail),
+    }
 }
 
 /// A training run in progress.
@@ -213,9 +235,10 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
     ) -> Result<Trainer, TrainError> {
-        check_fits(&step_graph, &data, &config)?;
+        // Compiling allocates no tensors; the check comes before any is made.
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
+        check_fits(&step_graph, &data, &config, &engine)?;
         Ok(Trainer::with_engine(
             forward.clone(),
             step_graph,
@@ -249,8 +272,8 @@ impl Trainer {
         // The scheduled graph has the step graph's inputs, parameters, state and
         // updates under the same names, so it feeds batches and initialisers as well.
         let step_graph = compiled.program.schedule().graph.clone();
-        check_fits(&step_graph, &data, &config)?;
         let engine = Engine::Cpu(compiled.program);
+        check_fits(&step_graph, &data, &config, &engine)?;
         Ok(Trainer::with_engine(
             compiled.forward,
             step_graph,
