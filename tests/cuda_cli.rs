@@ -169,3 +169,17 @@ fn training_on_gpusim_follows_the_cpu_losses() {
         assert!((a - b).abs() <= 1e-4 * a.abs(), "cpu {a} vs gpusim {b}");
     }
 }
+
+/// `gpu-check --size` is bounded before anything runs (no GPU needed to see it).
+#[test]
+fn gpu_check_refuses_a_size_out_of_range() {
+    for size in ["0", "100000"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args(["gpu-check", "--size", size])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--size {size}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not between 1 and 32768"), "{err}");
+    }
+}

@@ -42,6 +42,14 @@ fn fail(e: CudaError) -> Diagnostic {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
+    // The product's rows are sampled by index and its reference runs on the CPU, so the
+    // size is bounded before any of it is used.
+    if !(1..=MAX_SIZE).contains(&args.size) {
+        return Err(Diagnostic::plain(format!(
+            "--size {} is not between 1 and {MAX_SIZE}",
+            args.size
+        )));
+    }
     let options = args.gpu.options();
     let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
     let comm = options.comm_sms;
@@ -217,6 +225,10 @@ fn matmul_ms(
     let p = load_matmul(gpu, target, size, comm)?;
     timed(&p.streams, Lane::Compute, repeats, || p.launch())
 }
+
+/// The largest `--size`: a 32768³ bf16 product holds 6 GiB of operands on the GPU, and
+/// its sampled reference rows take minutes on the CPU.
+const MAX_SIZE: usize = 32768;
 
 /// Rows of the product compared with the CPU, and the tolerance (bf16 output: 8-bit
 /// mantissa; f32 accumulation on both sides).
