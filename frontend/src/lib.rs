@@ -7,8 +7,9 @@
 //! | `.smelt` | the smelt model language ([`lang`], `docs/language.md`) |
 //! | `.onnx` | ONNX models ([`onnx`]); initializers become constants |
 //!
-//! [`gguf`] reads llama.cpp's GGUF files (metadata, tensors, dequantisation); the
-//! architecture mapping that turns one into a graph is still to come.
+//! [`gguf`] reads llama.cpp's GGUF files (metadata, tensors, dequantisation), and
+//! [`llm`] turns a GGUF file or a Hugging Face directory into the Llama model of
+//! `examples/llama.smelt` with its weights, tokenizer and chat template.
 //!
 //! Every reader returns a verified graph, plus (for text sources) where each value is
 //! defined, so later errors about a value can point at its line.
@@ -17,6 +18,7 @@
 pub mod diagnostic;
 pub mod gguf;
 pub mod lang;
+pub mod llm;
 pub mod onnx;
 
 use smelt_compiler::input;
@@ -130,7 +132,19 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
     }
 }
 
-/// Compiles a `.smelt` source; the graph is named after the file stem.
+/// A graph name made from a file stem: letters, digits and `_`.
+pub(crate) fn graph_name(stem: &str) -> String {
+    stem.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Imports an ONNX model with import options (input values to specialise shapes on).
 pub fn load_onnx(path: &Path, options: &onnx::ImportOptions) -> Result<Model, LoadError> {
     let shown = path.display().to_string();
@@ -145,6 +159,7 @@ pub fn load_onnx(path: &Path, options: &onnx::ImportOptions) -> Result<Model, Lo
         .map_err(|e| LoadError(Diagnostic::in_file(&shown, e.message)))
 }
 
+/// Compiles a `.smelt` source; the graph is named after the file stem.
 fn load_smelt(
     path: &Path,
     shown: String,
@@ -152,16 +167,7 @@ fn load_smelt(
     overrides: &Overrides,
 ) -> Result<Model, LoadError> {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    let name: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = graph_name(stem);
     match lang::compile(&text, &name, overrides) {
         Ok(lowered) => Ok(Model {
             graph: lowered.graph,

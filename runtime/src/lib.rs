@@ -5,6 +5,7 @@
 pub mod compiled;
 pub mod cpu;
 pub mod cuda;
+pub mod decode;
 pub mod engine;
 pub mod gpusim;
 pub mod gradcheck;

@@ -11,20 +11,46 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A checkpoint directory (or file) written by `smelt train --checkpoint`.
-    checkpoint: PathBuf,
-    /// The text to continue.
+    /// A checkpoint directory (or file) written by `smelt train --checkpoint`, a GGUF
+    /// file, or a Hugging Face model directory (with config.json).
+    pub model: PathBuf,
+    /// The text to continue (with --chat: the user's message).
     #[arg(long, default_value = "")]
-    prompt: String,
-    /// How many bytes to generate.
+    pub prompt: String,
+    /// How many tokens (bytes for smelt's own byte-level models) to generate.
     #[arg(long, default_value_t = 200)]
-    tokens: usize,
-    /// Sampling temperature (0 picks the most likely byte).
+    pub tokens: usize,
+    /// Sampling temperature (0 picks the most likely token).
     #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
+    pub temperature: f64,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
+    /// Pretrained models: wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// Pretrained models with --chat: a system message before the prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Pretrained models: keep only the K most likely tokens (0: all).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub top_k: usize,
+    /// Pretrained models: keep the most likely tokens up to probability P (1: all).
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Pretrained models: drop tokens below P times the most likely one's probability.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub min_p: f64,
+    /// Pretrained models: penalise tokens already in the text (1: off).
+    #[arg(long, value_name = "X", default_value_t = 1.0)]
+    pub repeat_penalty: f64,
+    /// Pretrained models: stop before this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    #[command(flatten)]
+    pub opt: super::OptArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
 }
 
 /// The model's token input `[B, L]` and its `logits` output `[B, T, V]`.
@@ -43,8 +69,11 @@ fn token_model(g: &Graph) -> Result<(ValueId, ValueId), String> {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let shown = args.checkpoint.display().to_string();
-    let ckpt = Checkpoint::load(&args.checkpoint).map_err(|e| Diagnostic::plain(e.to_string()))?;
+    if smelt_frontend::llm::Pretrained::is_pretrained(&args.model) {
+        return super::generate_llm::main(args);
+    }
+    let shown = args.model.display().to_string();
+    let ckpt = Checkpoint::load(&args.model).map_err(|e| Diagnostic::plain(e.to_string()))?;
     let src = ckpt
         .meta
         .get("smelt.graph")

@@ -6,6 +6,7 @@ mod bench_peers;
 pub mod compile;
 pub mod dump_ir;
 pub mod generate;
+mod generate_llm;
 pub mod gpu_check;
 pub mod plot;
 pub mod run;
@@ -13,9 +14,11 @@ pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::gpu::GpuTarget;
-use smelt_compiler::ir::Graph;
+use smelt_compiler::ir::{DType, Graph};
 use smelt_compiler::optimize::Options;
 use smelt_compiler::pipeline::{prepare, Goal};
+use smelt_frontend::lang::Mode;
+use smelt_frontend::llm::Pretrained;
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose};
@@ -24,12 +27,46 @@ use std::path::Path;
 
 /// Loads a model file with `--set NAME=VALUE` config overrides, or returns its diagnostic.
 pub fn load_model(path: &Path, sets: &[String]) -> Result<Model, Diagnostic> {
+    if Pretrained::is_pretrained(path) {
+        return Ok(load_pretrained(path, sets)?.0);
+    }
     let mut overrides = smelt_frontend::Overrides::new();
     for arg in sets {
         let (name, value) = smelt_frontend::parse_override(arg).map_err(Diagnostic::plain)?;
         overrides.insert(name, value);
     }
     smelt_frontend::load_with(path, &overrides).map_err(|e| e.0)
+}
+
+/// Loads a pretrained model (a GGUF file or a Hugging Face directory) for inference:
+/// its graph and its weights as parameter values.
+pub fn load_pretrained(
+    path: &Path,
+    sets: &[String],
+) -> Result<(Model, Vec<(String, smelt_runtime::Tensor)>), Diagnostic> {
+    let shown = path.display().to_string();
+    if let Some(set) = sets.first() {
+        return Err(Diagnostic::in_file(
+            &shown,
+            format!("--set {set}: a pretrained model's configs come from its checkpoint"),
+        ));
+    }
+    let model = Pretrained::open(path).map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
+    let lowered = model
+        .lower(Mode::Infer)
+        .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
+    let weights = model
+        .weights
+        .into_iter()
+        .map(|w| {
+            let values = w.data.into_iter().map(f64::from).collect();
+            (
+                w.name,
+                smelt_runtime::Tensor::from_f64(DType::F32, w.shape, values),
+            )
+        })
+        .collect();
+    Ok((lowered, weights))
 }
 
 /// Writes `text` to `path`, or to stdout when `path` is `None`.

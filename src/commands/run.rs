@@ -1,11 +1,13 @@
 //! `smelt run`: run a model on given inputs.
 
 use super::{
-    compile_cpu, load_compiled, load_model, prepare_for_gpu, CacheArgs, MemoryArgs, OptArgs,
+    compile_cpu, load_compiled, load_model, load_pretrained, prepare_for_gpu, CacheArgs,
+    MemoryArgs, OptArgs,
 };
 use smelt_compiler::gpu::GpuTarget;
 use smelt_compiler::ir::Def;
 use smelt_compiler::pipeline::Goal;
+use smelt_frontend::llm::Pretrained;
 use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::{is_artefact, Purpose};
@@ -19,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file (.smelt, .sir, .json or .onnx), or an artefact from `smelt compile`.
+    /// The model file (.smelt, .sir, .json or .onnx), a pretrained model (.gguf file or
+    /// Hugging Face directory), or an artefact from `smelt compile`.
     model: PathBuf,
     /// Override a config constant of a .smelt model: NAME=VALUE. Repeat for each.
     #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -82,15 +85,22 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     }
     // A compiled artefact brings its program; a model file is compiled (or found in the
     // compile cache) below.
+    let mut feeds: HashMap<String, Tensor> = HashMap::new();
+    let mut origin: HashMap<String, String> = HashMap::new();
     let (model, mut program) = if is_artefact(&args.model) {
         let (model, program) = load_run_artefact(&args)?;
         (model, Some(program))
+    } else if Pretrained::is_pretrained(&args.model) {
+        let (model, weights) = load_pretrained(&args.model, &args.sets)?;
+        for (name, t) in weights {
+            origin.insert(name.clone(), model.path.clone());
+            feeds.insert(name, t);
+        }
+        (model, None)
     } else {
         (load_with_inputs(&args.model, &args.sets, &given)?, None)
     };
     let graph = &model.graph;
-    let mut feeds: HashMap<String, Tensor> = HashMap::new();
-    let mut origin: HashMap<String, String> = HashMap::new();
     if let Some(w) = &args.weights {
         let shown = w.display().to_string();
         let is_param = |n: &str| {

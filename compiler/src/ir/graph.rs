@@ -154,6 +154,51 @@ impl Graph {
             .filter(|&id| matches!(self.value(id).def, Def::State(_)))
     }
 
+    /// The graph with only what its outputs and updates need: unused nodes, inputs,
+    /// parameters and state are dropped (an inference graph made from a training
+    /// model loses its labels and loss). Returns the new graph and, for each old
+    /// value, its id in the new one.
+    pub fn pruned(&self) -> (Graph, Vec<Option<ValueId>>) {
+        let mut needed = vec![false; self.values.len()];
+        for &id in self
+            .outputs
+            .iter()
+            .chain(self.updates.iter().flat_map(|(t, v)| [t, v]))
+        {
+            needed[id.index()] = true;
+        }
+        for i in (0..self.values.len()).rev() {
+            if let (true, Def::Node { operands, .. }) = (needed[i], &self.values[i].def) {
+                for o in operands {
+                    needed[o.index()] = true;
+                }
+            }
+        }
+        let mut map = vec![None; self.values.len()];
+        let mut values = Vec::new();
+        for (i, v) in self.values.iter().enumerate() {
+            if !needed[i] {
+                continue;
+            }
+            let mut v = v.clone();
+            if let Def::Node { operands, .. } = &mut v.def {
+                for o in operands {
+                    *o = map[o.index()].expect("operands precede their users");
+                }
+            }
+            map[i] = Some(ValueId(values.len() as u32));
+            values.push(v);
+        }
+        let at = |id: &ValueId| map[id.index()].expect("kept above");
+        let graph = Graph {
+            name: self.name.clone(),
+            values,
+            outputs: self.outputs.iter().map(at).collect(),
+            updates: self.updates.iter().map(|(t, v)| (at(t), at(v))).collect(),
+        };
+        (graph, map)
+    }
+
     /// Number of op nodes.
     pub fn node_count(&self) -> usize {
         self.values

@@ -52,6 +52,12 @@ pub fn to_graph(
     let mut b = Builder::new(&original.name);
     b.reserve_names(original.values.iter().map(|v| &v.name));
     let mut name_of: HashMap<Id, &str> = HashMap::new();
+    // Outputs keep their names first: callers find results by name (`present.0.k`).
+    for &o in &original.outputs {
+        name_of
+            .entry(egraph.find(classes[o.index()]))
+            .or_insert(&original.value(o).name);
+    }
     for (v, &c) in original.values.iter().zip(classes) {
         name_of.entry(egraph.find(c)).or_insert(&v.name);
     }
@@ -89,12 +95,13 @@ pub fn to_graph(
             egraph, extraction, class, &name_of, &leaf_ids, &mut built, &mut b,
         )?;
     }
-    for root in outputs {
+    for (&wanted, root) in original.outputs.iter().zip(outputs) {
         let mut id = built[&root];
         if b.is_output(id) {
             // Two outputs became one value; outputs must stay distinct, so copy it.
             let ty = b.ty(id).clone();
             id = b.node(None, Op::Reshape, &[id], Some(ty))?;
+            b.rename(id, &original.value(wanted).name);
         }
         b.output(id)?;
     }

@@ -4,6 +4,7 @@
 
 use super::ast::Arg;
 use super::error::{LangError, LangResult};
+use super::kv_cache::Mode;
 use super::lower::{dim_of, Lowerer};
 use super::shapes::broadcast_shapes;
 use super::value::{Env, Val};
@@ -369,6 +370,22 @@ impl<'p> Lowerer<'p> {
                         })?;
                         1.0 / (d as f64).sqrt()
                     }
+                };
+                if self.mode.caches() {
+                    return self
+                        .cached_attention([q, k, v], causal, scale, pos)
+                        .map(Val::Tensor);
+                }
+                // Grouped-query attention: fewer key/value heads than query heads.
+                let (k, v) = match qt.rank() {
+                    r if r >= 3 && self.ty(k).rank() == r => {
+                        let heads = qt.dims()[r - 3].clone();
+                        (
+                            self.repeat_heads(k, &heads, pos)?,
+                            self.repeat_heads(v, &heads, pos)?,
+                        )
+                    }
+                    _ => (k, v),
                 };
                 composite(self, Composite::Attention { causal, scale }, &[q, k, v])
             }
@@ -795,18 +812,28 @@ impl<'p> Lowerer<'p> {
         }
         let half = d / 2;
         let t = xt.dims()[r - 2].clone();
-        let table = TensorType::new(xt.dtype, Shape(vec![t, Dim::fixed(half)]));
         let freqs: Vec<f64> = (0..half)
             .map(|j| base.powf(-2.0 * j as f64 / d as f64))
             .collect();
         let freq_ty = TensorType::new(xt.dtype, Shape(vec![Dim::fixed(half)]));
         let freq = self.node(Op::Constant { values: freqs }, &[], Some(freq_ty), pos)?;
-        let freq = self.broadcast_to(freq, &table.shape, pos)?;
-        let position = self.node(Op::Iota { axis: 0 }, &[], Some(table.clone()), pos)?;
-        let angle = self.node(Op::Binary(BinaryOp::Mul), &[position, freq], None, pos)?;
         let mut half_shape = xt.dims().to_vec();
         half_shape[r - 1] = Dim::fixed(half);
         let half_shape = Shape(half_shape);
+        // Positions 0..T, or after the cached ones when decoding.
+        let (position, table) = if self.mode == Mode::Decode {
+            let at = self.decode_positions(&xt, pos)?;
+            let mut dims = self.ty(at).dims().to_vec();
+            dims[r - 1] = Dim::fixed(half);
+            let table = Shape(dims);
+            (self.broadcast_to(at, &table, pos)?, table)
+        } else {
+            let table = TensorType::new(xt.dtype, Shape(vec![t, Dim::fixed(half)]));
+            let at = self.node(Op::Iota { axis: 0 }, &[], Some(table.clone()), pos)?;
+            (at, table.shape)
+        };
+        let freq = self.broadcast_to(freq, &table, pos)?;
+        let angle = self.node(Op::Binary(BinaryOp::Mul), &[position, freq], None, pos)?;
         let cos = self.node(Op::Unary(UnaryOp::Cos), &[angle], None, pos)?;
         let sin = self.node(Op::Unary(UnaryOp::Sin), &[angle], None, pos)?;
         let cos = self.broadcast_to(cos, &half_shape, pos)?;

@@ -8,11 +8,12 @@
 use super::ast::{Expr, ExprKind, FnDef, Program, Stmt, StmtKind, TypeExpr};
 use super::error::{fail, LangError, LangResult};
 use super::init::initialiser;
+use super::kv_cache::Mode;
 use super::shapes::{check_numel, mul_dims};
 use super::value::{Env, Val};
 use smelt_compiler::ir::text::Pos;
 use smelt_compiler::ir::{
-    check_param_type, is_symbol, Builder, DType, Dim, Graph, Init, Shape, TensorType, ValueId,
+    check_param_type, is_symbol, Builder, DType, Dim, Graph, Init, Op, Shape, TensorType, ValueId,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -57,6 +58,12 @@ pub struct Lowerer<'p> {
     let_names: HashMap<ValueId, String>,
     outputs: Vec<(String, ValueId, Pos)>,
     loss: Option<ValueId>,
+    /// What the model is lowered for (training, or a prefill or decode step).
+    pub(super) mode: Mode,
+    /// In cache modes: `present.N.k` / `present.N.v` outputs, in call order.
+    pub(super) cache_outputs: Vec<(String, ValueId)>,
+    /// In decode mode: the input `past_len: i32[B]`, once declared.
+    pub(super) past_len: Option<ValueId>,
 }
 
 /// Lowers `program` with config `overrides` (NAME -> VALUE text) to a graph named `name`.
@@ -64,6 +71,7 @@ pub fn lower(
     program: &Program,
     name: &str,
     overrides: &HashMap<String, String>,
+    mode: Mode,
 ) -> LangResult<Lowered> {
     let mut functions = HashMap::new();
     for f in &program.functions {
@@ -92,6 +100,9 @@ pub fn lower(
         let_names: HashMap::new(),
         outputs: Vec::new(),
         loss: None,
+        mode,
+        cache_outputs: Vec::new(),
+        past_len: None,
     };
     let mut env = Env::new();
     // The model body cannot `return` (exec_block rejects it outside functions).
@@ -169,6 +180,9 @@ impl<'p> Lowerer<'p> {
         for (name, id, _) in &self.outputs {
             rename(&mut graph, *id, name);
         }
+        for (name, id) in &self.cache_outputs {
+            rename(&mut graph, *id, name);
+        }
         let mut lets: Vec<(ValueId, String)> = self.let_names.drain().collect();
         lets.sort();
         for (id, name) in lets {
@@ -181,10 +195,42 @@ impl<'p> Lowerer<'p> {
         graph
             .outputs
             .extend(self.outputs.iter().map(|(_, id, _)| *id));
-        Lowered {
-            graph,
-            positions: self.positions,
+        if self.mode == Mode::Full {
+            return Lowered {
+                graph,
+                positions: self.positions,
+            };
         }
+        // Inference steps: no loss, plus the cache; what only the loss used goes.
+        graph.outputs.retain(|&o| Some(o) != self.loss);
+        graph
+            .outputs
+            .extend(self.cache_outputs.iter().map(|(_, id)| *id));
+        let (graph, kept) = graph.pruned();
+        let positions = (0..kept.len())
+            .filter(|&i| kept[i].is_some())
+            .map(|i| self.positions[i])
+            .collect();
+        Lowered { graph, positions }
+    }
+
+    /// `value`, or a copy of it when it already has a name, so that an output can be
+    /// named after what it is.
+    pub(super) fn fresh_value(&mut self, value: ValueId, pos: Pos) -> LangResult<ValueId> {
+        let named = !self
+            .b
+            .graph()
+            .value(value)
+            .name
+            .bytes()
+            .all(|c| c.is_ascii_digit())
+            || self.let_names.contains_key(&value)
+            || self.outputs.iter().any(|(_, id, _)| *id == value);
+        if !named {
+            return Ok(value);
+        }
+        let ty = self.ty(value);
+        self.node(Op::Reshape, &[value], Some(ty), pos)
     }
 
     fn exec_block(

@@ -12,6 +12,7 @@ mod builtins;
 pub mod error;
 mod expr;
 mod init;
+mod kv_cache;
 pub mod lexer;
 mod lower;
 pub mod parser;
@@ -21,6 +22,7 @@ mod value;
 pub use builtins::BUILTINS;
 pub use error::LangError;
 pub use init::INITIALISERS;
+pub use kv_cache::{Mode, PAST_AXIS};
 pub use lower::Lowered;
 
 use std::collections::HashMap;
@@ -32,8 +34,19 @@ pub fn compile(
     name: &str,
     overrides: &HashMap<String, String>,
 ) -> Result<Lowered, LangError> {
+    compile_for(src, name, overrides, Mode::Full)
+}
+
+/// [`compile`] for a purpose: the model as written, or a prefill or decode step with a
+/// KV cache (see [`Mode`]).
+pub fn compile_for(
+    src: &str,
+    name: &str,
+    overrides: &HashMap<String, String>,
+    mode: Mode,
+) -> Result<Lowered, LangError> {
     let program = parser::parse(src)?;
-    let lowered = lower::lower(&program, name, overrides)?;
+    let lowered = lower::lower(&program, name, overrides, mode)?;
     // The builder checks every node as it is added; this also covers the renaming of
     // values after lowering, so a bug here is reported instead of producing a bad graph.
     smelt_compiler::ir::verify(&lowered.graph).map_err(|e| {

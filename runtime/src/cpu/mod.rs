@@ -225,6 +225,32 @@ impl CpuProgram {
         kept.truncate(ARENAS_KEPT);
     }
 
+    /// Checks that `name` is a parameter or state value of type `dtype[shape]`, which
+    /// a [`Resident`] may hold.
+    fn check_held(&self, name: &str, dtype: DType, shape: &[usize]) -> Result<(), RunError> {
+        let g = &self.schedule.graph;
+        let id = g
+            .find(name)
+            .filter(|&id| !matches!(g.value(id).def, Def::Node { .. } | Def::Input))
+            .ok_or_else(|| RunError::Unknown(name.to_string()))?;
+        let ty = g.ty(id);
+        let static_shape: Option<Vec<usize>> = ty
+            .dims()
+            .iter()
+            .map(|d| d.as_static().map(|n| n as usize))
+            .collect();
+        if dtype != ty.dtype || static_shape.as_deref() != Some(shape) {
+            return Err(RunError::Mismatch {
+                value: id,
+                name: name.to_string(),
+                expected: ty.to_string(),
+                found: format!("{dtype}{shape:?}"),
+                why: String::new(),
+            });
+        }
+        Ok(())
+    }
+
     /// The schedule this program runs.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -506,30 +532,32 @@ impl Resident {
         program: &CpuProgram,
         tensors: &HashMap<String, Tensor>,
     ) -> Result<Resident, RunError> {
-        let g = &program.schedule.graph;
         let mut values = HashMap::new();
         for (name, t) in tensors {
-            let id = g
-                .find(name)
-                .filter(|&id| !matches!(g.value(id).def, Def::Node { .. } | Def::Input))
-                .ok_or_else(|| RunError::Unknown(name.clone()))?;
-            let name = name.clone();
-            let ty = g.ty(id);
-            let static_shape: Option<Vec<usize>> = ty
-                .dims()
-                .iter()
-                .map(|d| d.as_static().map(|n| n as usize))
-                .collect();
-            if t.dtype != ty.dtype || static_shape.as_ref() != Some(&t.shape) {
-                return Err(RunError::Mismatch {
-                    value: id,
-                    name,
-                    expected: ty.to_string(),
-                    found: t.type_string(),
-                    why: String::new(),
-                });
+            program.check_held(name, t.dtype, &t.shape)?;
+            values.insert(name.clone(), (t.dtype, to_val(t)));
+        }
+        Ok(Resident {
+            values,
+            spares: Mutex::default(),
+        })
+    }
+
+    /// Takes `f32` parameters `(name, shape, values)` of `program`'s graph into the
+    /// backend without a detour through `f64` tensors (a pretrained model's weights).
+    pub fn from_f32(
+        program: &CpuProgram,
+        weights: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>,
+    ) -> Result<Resident, RunError> {
+        let mut values = HashMap::new();
+        for (name, shape, data) in weights {
+            program.check_held(&name, DType::F32, &shape)?;
+            if data.len() != shape.iter().product::<usize>() {
+                return Err(RunError::Unknown(format!(
+                    "{name} (its values do not fill {shape:?})"
+                )));
             }
-            values.insert(name, (t.dtype, to_val(t)));
+            values.insert(name, (DType::F32, Val::new(Buf::F32(data), shape)));
         }
         Ok(Resident {
             values,

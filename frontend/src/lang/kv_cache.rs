@@ -1,0 +1,283 @@
+//! Lowering a model for inference ([`Mode::Infer`]) and for cached decoding
+//! ([`Mode::Prefill`] and [`Mode::Decode`]).
+//!
+//! The model is written once, for training (`attention(q, k, v, causal=true)` over the
+//! whole sequence, `rope(x)` at positions `0..T`). For decoding, the same source is
+//! lowered again with each causal attention call made to:
+//! - **prefill**: return its keys and values (before grouped heads are repeated) as
+//!   outputs `present.N.k` / `present.N.v`, `[B, KV heads, T, D]`, for the cache;
+//! - **decode**: take the cached ones as inputs `past.N.k` / `past.N.v`,
+//!   `[B, KV heads, past, D]`, and attend to them and to the new positions. New tokens
+//!   sit at positions `past_len[b] + t` (input `past_len: i32[B]`), which both `rope`
+//!   and the mask use, so sequences of different lengths share one batch: cached
+//!   positions at or after a row's `past_len` are masked out.
+//!
+//! The decode attention is written in primitives: the softmax runs over the two key
+//! blocks (cached and new) with one shared maximum, so no concatenation of a symbolic
+//! `past` axis with `T` is needed.
+
+use super::error::{LangError, LangResult};
+use super::lower::Lowerer;
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp};
+use smelt_compiler::ir::text::Pos;
+use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
+
+/// What a `.smelt` model is lowered for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// The model as written: every output and the loss (training, plain inference).
+    #[default]
+    Full,
+    /// Inference: every output, without the loss (and the inputs only it used).
+    Infer,
+    /// A whole prompt: the outputs without the loss, plus every causal attention's keys
+    /// and values (`present.N.k`, `present.N.v`) to start a KV cache.
+    Prefill,
+    /// New tokens after cached ones: inputs `past_len: i32[B]` and `past.N.k`,
+    /// `past.N.v`; outputs as in [`Mode::Prefill`], with only the new positions' keys
+    /// and values.
+    Decode,
+}
+
+/// The name of the symbolic axis of cached positions in [`Mode::Decode`].
+pub const PAST_AXIS: &str = "past";
+
+impl Mode {
+    /// True for the modes that read or write a KV cache.
+    pub fn caches(self) -> bool {
+        matches!(self, Mode::Prefill | Mode::Decode)
+    }
+}
+
+impl Lowerer<'_> {
+    /// `x [B, Hk, T, D]` with each head repeated to make `heads` heads (grouped-query
+    /// attention: consecutive query heads share one key/value head).
+    pub(super) fn repeat_heads(
+        &mut self,
+        x: ValueId,
+        heads: &Dim,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
+        let xt = self.ty(x);
+        let r = xt.rank();
+        let have = &xt.dims()[r - 3];
+        if have == heads {
+            return Ok(x);
+        }
+        let (Some(h), Some(g)) = (heads.as_static(), have.as_static()) else {
+            return Err(LangError::new(pos, format!("attention: grouped heads need static head counts, found {heads} query and {have} key heads")));
+        };
+        if g == 0 || h % g != 0 {
+            return Err(LangError::new(
+                pos,
+                format!("attention: {h} query heads cannot share {g} key/value heads evenly"),
+            ));
+        }
+        let mut grouped = xt.dims().to_vec();
+        grouped.insert(r - 2, Dim::fixed(1));
+        let one = self.reshape(x, Shape(grouped.clone()), pos)?;
+        grouped[r - 2] = Dim::fixed(h / g);
+        let spread = self.broadcast_to(one, &Shape(grouped), pos)?;
+        let mut out = xt.dims().to_vec();
+        out[r - 3] = heads.clone();
+        self.reshape(spread, Shape(out), pos)
+    }
+
+    /// `attention(q, k, v)` in a cache mode: records the keys and values for the cache
+    /// and, when decoding, attends to the cached ones too.
+    pub(super) fn cached_attention(
+        &mut self,
+        [q, k, v]: [ValueId; 3],
+        causal: bool,
+        scale: f64,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
+        if !causal {
+            return Err(LangError::new(
+                pos,
+                "attention: decoding with a KV cache needs causal attention (causal=true)",
+            ));
+        }
+        let (qt, kt) = (self.ty(q), self.ty(k));
+        if qt.rank() != 4 || kt.rank() != 4 || self.ty(v).rank() != 4 {
+            return Err(LangError::new(
+                pos,
+                format!("attention: decoding with a KV cache needs [B, heads, T, D] operands, found {qt}"),
+            ));
+        }
+        let layer = self.cache_outputs.len() / 2;
+        for (part, value) in [("k", k), ("v", v)] {
+            let named = self.fresh_value(value, pos)?;
+            self.cache_outputs
+                .push((format!("present.{layer}.{part}"), named));
+        }
+        let heads = qt.dims()[1].clone();
+        let (kr, vr) = (
+            self.repeat_heads(k, &heads, pos)?,
+            self.repeat_heads(v, &heads, pos)?,
+        );
+        if self.mode == Mode::Prefill {
+            let attn = Composite::Attention { causal, scale };
+            return self.node(Op::Composite(attn), &[q, kr, vr], None, pos);
+        }
+        let past_len = self.past_len(&qt.dims()[0], pos)?;
+        let mut past = Vec::new();
+        for (part, now) in [("k", k), ("v", v)] {
+            let mut dims = self.ty(now).dims().to_vec();
+            dims[2] = Dim::sym(PAST_AXIS);
+            let ty = TensorType::new(self.ty(now).dtype, Shape(dims));
+            let name = format!("past.{layer}.{part}");
+            let id = self
+                .b
+                .input(&name, ty)
+                .map_err(|e| LangError::new(pos, e))?;
+            past.push(self.repeat_heads(id, &heads, pos)?);
+        }
+        // Scores of the cached keys, masked where a row's cache ends.
+        let s_past = self.scores(q, past[0], scale, pos)?;
+        let st = self.ty(s_past);
+        let key = self.node(
+            Op::Iota { axis: 3 },
+            &[],
+            Some(st.with_dtype(DType::I32)),
+            pos,
+        )?;
+        let limit = self.node(
+            Op::Broadcast { dims: vec![0] },
+            &[past_len],
+            Some(st.with_dtype(DType::I32)),
+            pos,
+        )?;
+        let valid = self.node(Op::Compare(CompareOp::Lt), &[key, limit], None, pos)?;
+        let s_past = self.masked(valid, s_past, pos)?;
+        // Scores of the new keys, causal among themselves.
+        let s_new = self.scores(q, kr, scale, pos)?;
+        let nt = self.ty(s_new).with_dtype(DType::I32);
+        let rows = self.node(Op::Iota { axis: 2 }, &[], Some(nt.clone()), pos)?;
+        let cols = self.node(Op::Iota { axis: 3 }, &[], Some(nt), pos)?;
+        let seen = self.node(Op::Compare(CompareOp::Ge), &[rows, cols], None, pos)?;
+        let s_new = self.masked(seen, s_new, pos)?;
+        // One softmax over both blocks.
+        let m_past = self.row_reduce(ReduceOp::Max, s_past, pos)?;
+        let m_new = self.row_reduce(ReduceOp::Max, s_new, pos)?;
+        let m = self.node(Op::Binary(BinaryOp::Max), &[m_past, m_new], None, pos)?;
+        let mut weighted = Vec::new();
+        let mut total = Vec::new();
+        for (s, values) in [(s_past, past[1]), (s_new, vr)] {
+            let shape = self.ty(s).shape;
+            let mb = self.broadcast_to(m, &shape, pos)?;
+            let centred = self.node(Op::Binary(BinaryOp::Sub), &[s, mb], None, pos)?;
+            let e = self.node(Op::Unary(UnaryOp::Exp), &[centred], None, pos)?;
+            total.push(self.row_reduce(ReduceOp::Sum, e, pos)?);
+            weighted.push(self.node(Op::MatMul, &[e, values], None, pos)?);
+        }
+        let sum = self.node(Op::Binary(BinaryOp::Add), &total, None, pos)?;
+        let out = self.node(Op::Binary(BinaryOp::Add), &weighted, None, pos)?;
+        let shape = self.ty(out).shape;
+        let sum = self.broadcast_to(sum, &shape, pos)?;
+        self.node(Op::Binary(BinaryOp::Div), &[out, sum], None, pos)
+    }
+
+    /// Positions `past_len[b] + t` as floats `[B, 1, ..., 1, T, 1]` (rank of `x`), for
+    /// RoPE when decoding.
+    pub(super) fn decode_positions(&mut self, xt: &TensorType, pos: Pos) -> LangResult<ValueId> {
+        let r = xt.rank();
+        if r < 3 {
+            return Err(LangError::new(
+                pos,
+                format!("rope: decoding with a KV cache needs [B, ..., T, D], found {xt}"),
+            ));
+        }
+        let (batch, t) = (xt.dims()[0].clone(), xt.dims()[r - 2].clone());
+        let past_len = self.past_len(&batch, pos)?;
+        let bt = TensorType::new(DType::I32, Shape(vec![batch.clone(), t.clone()]));
+        let offset = self.node(Op::Iota { axis: 1 }, &[], Some(bt.clone()), pos)?;
+        let start = self.node(
+            Op::Broadcast { dims: vec![0] },
+            &[past_len],
+            Some(bt.clone()),
+            pos,
+        )?;
+        let at = self.node(Op::Binary(BinaryOp::Add), &[start, offset], None, pos)?;
+        let at = self.node(Op::Cast, &[at], Some(bt.with_dtype(xt.dtype)), pos)?;
+        let mut dims = vec![Dim::fixed(1); r];
+        dims[0] = batch;
+        dims[r - 2] = t;
+        self.reshape(at, Shape(dims), pos)
+    }
+
+    /// The input `past_len: i32[B]`, declared on first use.
+    fn past_len(&mut self, batch: &Dim, pos: Pos) -> LangResult<ValueId> {
+        if let Some(id) = self.past_len {
+            if &self.ty(id).dims()[0] != batch {
+                return Err(LangError::new(
+                    pos,
+                    format!("decoding: batch axis {batch} differs from an earlier one"),
+                ));
+            }
+            return Ok(id);
+        }
+        let ty = TensorType::new(DType::I32, Shape(vec![batch.clone()]));
+        let id = self
+            .b
+            .input("past_len", ty)
+            .map_err(|e| LangError::new(pos, e))?;
+        self.past_len = Some(id);
+        Ok(id)
+    }
+
+    /// `q kᵀ · scale`.
+    fn scores(&mut self, q: ValueId, k: ValueId, scale: f64, pos: Pos) -> LangResult<ValueId> {
+        let kt = self.node(
+            Op::Permute {
+                perm: vec![0, 1, 3, 2],
+            },
+            &[k],
+            None,
+            pos,
+        )?;
+        let s = self.node(Op::MatMul, &[q, kt], None, pos)?;
+        let st = self.ty(s);
+        let c = self.node(
+            Op::Constant {
+                values: vec![scale],
+            },
+            &[],
+            Some(st),
+            pos,
+        )?;
+        self.node(Op::Binary(BinaryOp::Mul), &[s, c], None, pos)
+    }
+
+    /// `s` where `keep`, else `-inf`.
+    fn masked(&mut self, keep: ValueId, s: ValueId, pos: Pos) -> LangResult<ValueId> {
+        let st = self.ty(s);
+        let hidden = self.node(
+            Op::Constant {
+                values: vec![f64::NEG_INFINITY],
+            },
+            &[],
+            Some(st),
+            pos,
+        )?;
+        self.node(Op::Select, &[keep, s, hidden], None, pos)
+    }
+
+    /// Reduces the last axis, keeping it with size 1.
+    fn row_reduce(&mut self, op: ReduceOp, s: ValueId, pos: Pos) -> LangResult<ValueId> {
+        let st = self.ty(s);
+        let r = st.rank();
+        let reduced = self.node(
+            Op::Reduce {
+                op,
+                axes: vec![r - 1],
+            },
+            &[s],
+            None,
+            pos,
+        )?;
+        let mut dims = st.dims().to_vec();
+        dims[r - 1] = Dim::fixed(1);
+        self.reshape(reduced, Shape(dims), pos)
+    }
+}

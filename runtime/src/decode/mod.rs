@@ -1,0 +1,235 @@
+//! Generating tokens with a KV cache on the CPU backend.
+//!
+//! Two compiled programs come from one model definition (the language's prefill and
+//! decode modes): the prefill program reads a prompt and returns its logits and every
+//! attention's keys and values (`present.N.k` / `present.N.v`); the decode program reads
+//! new tokens at positions `past_len..`, the cached keys and values (`past.N.k` /
+//! `past.N.v`), and returns the same. The cache lives here, one growing buffer per
+//! attention and part, laid out `[heads, positions, head_dim]` as the programs use it.
+
+pub mod sample;
+
+use crate::cpu::{CpuProgram, Resident};
+use crate::interp::RunError;
+use crate::tensor::Tensor;
+use smelt_compiler::ir::{DType, Graph};
+use std::collections::HashMap;
+
+/// Why a decoder cannot be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A program lacks an input or output the decoder needs.
+    #[error("the {program} program has no {what}")]
+    Interface {
+        /// `prefill` or `decode`.
+        program: &'static str,
+        /// What is missing.
+        what: String,
+    },
+    /// A run failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The sequence would outgrow the context.
+    #[error("the sequence would reach {len} tokens, beyond the context of {context}")]
+    Context {
+        /// The length it would reach.
+        len: usize,
+        /// The most allowed.
+        context: usize,
+    },
+    /// No tokens were given.
+    #[error("the prompt has no tokens")]
+    Empty,
+}
+
+/// One cached attention: its keys and values so far, `[heads, len, head_dim]` each.
+#[derive(Clone, Debug, Default)]
+struct CachedAttention {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+/// Where a program's outputs are.
+#[derive(Clone, Debug)]
+struct Outputs {
+    logits: usize,
+    /// `(k, v)` output positions per cached attention.
+    cache: Vec<(usize, usize)>,
+}
+
+impl Outputs {
+    fn find(g: &Graph, program: &'static str, attentions: usize) -> Result<Outputs, DecodeError> {
+        let at = |name: &str| {
+            g.outputs
+                .iter()
+                .position(|&o| g.value(o).name == name)
+                .ok_or_else(|| DecodeError::Interface {
+                    program,
+                    what: format!("output '{name}'"),
+                })
+        };
+        let cache = (0..attentions)
+            .map(|n| {
+                Ok((
+                    at(&format!("present.{n}.k"))?,
+                    at(&format!("present.{n}.v"))?,
+                ))
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Outputs {
+            logits: at("logits")?,
+            cache,
+        })
+    }
+}
+
+/// A model ready to generate one sequence, with its KV cache.
+pub struct Decoder {
+    prefill: CpuProgram,
+    step: CpuProgram,
+    weights: Resident,
+    prefill_out: Outputs,
+    step_out: Outputs,
+    tokens_input: String,
+    cache: Vec<CachedAttention>,
+    heads: usize,
+    head_dim: usize,
+    len: usize,
+    context: usize,
+}
+
+impl Decoder {
+    /// A decoder from the compiled prefill and decode programs of one model, its
+    /// weights, and the longest sequence allowed.
+    pub fn new(
+        prefill: CpuProgram,
+        step: CpuProgram,
+        weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+        context: usize,
+    ) -> Result<Decoder, DecodeError> {
+        let g = &step.schedule().graph;
+        let attentions = g
+            .inputs()
+            .filter(|&id| g.value(id).name.starts_with("past.") && g.value(id).name.ends_with(".k"))
+            .count();
+        let missing = |what: &str| DecodeError::Interface {
+            program: "decode",
+            what: what.to_string(),
+        };
+        let first = g
+            .find("past.0.k")
+            .ok_or_else(|| missing("input 'past.0.k'"))?;
+        let dims = g.ty(first).dims();
+        let (heads, head_dim) = match (
+            dims.len(),
+            dims.get(1).and_then(|d| d.as_static()),
+            dims.get(3).and_then(|d| d.as_static()),
+        ) {
+            (4, Some(h), Some(d)) => (h as usize, d as usize),
+            _ => return Err(missing("cache input of type f32[B, heads, past, head_dim]")),
+        };
+        let tokens_input = g
+            .inputs()
+            .find(|&id| g.ty(id).dtype.is_int() && g.ty(id).rank() == 2)
+            .map(|id| g.value(id).name.clone())
+            .ok_or_else(|| missing("integer token input [B, T]"))?;
+        let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
+        let step_out = Outputs::find(g, "decode", attentions)?;
+        let weights = Resident::from_f32(&step, weights)?;
+        Ok(Decoder {
+            prefill,
+            step,
+            weights,
+            prefill_out,
+            step_out,
+            tokens_input,
+            cache: vec![CachedAttention::default(); attentions],
+            heads,
+            head_dim,
+            len: 0,
+            context,
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the sequence.
+    pub fn reset(&mut self) {
+        self.cache
+            .iter_mut()
+            .for_each(|c| *c = CachedAttention::default());
+        self.len = 0;
+    }
+
+    /// Appends `tokens` to the sequence (the whole prompt at first, then one or more
+    /// tokens at a time) and returns the logits of every new position, `[n, vocab]`.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
+        if tokens.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let n = tokens.len();
+        if self.len + n > self.context {
+            return Err(DecodeError::Context {
+                len: self.len + n,
+                context: self.context,
+            });
+        }
+        let ids = tokens.iter().map(|&t| i64::from(t)).collect();
+        let mut feeds = HashMap::from([(
+            self.tokens_input.clone(),
+            Tensor::from_i64(DType::I32, vec![1, n], ids),
+        )]);
+        let (program, outputs) = if self.len == 0 {
+            (&self.prefill, &self.prefill_out)
+        } else {
+            feeds.insert(
+                "past_len".into(),
+                Tensor::from_i64(DType::I32, vec![1], vec![self.len as i64]),
+            );
+            for (i, c) in self.cache.iter().enumerate() {
+                let shape = vec![1, self.heads, self.len, self.head_dim];
+                let as_tensor = |v: &[f32]| {
+                    Tensor::from_f64(
+                        DType::F32,
+                        shape.clone(),
+                        v.iter().map(|&x| f64::from(x)).collect(),
+                    )
+                };
+                feeds.insert(format!("past.{i}.k"), as_tensor(&c.keys));
+                feeds.insert(format!("past.{i}.v"), as_tensor(&c.values));
+            }
+            (&self.step, &self.step_out)
+        };
+        let (out, _) = program.run_resident(&feeds, &self.weights)?;
+        let (heads, d, len) = (self.heads, self.head_dim, self.len);
+        for (c, &(k, v)) in self.cache.iter_mut().zip(&outputs.cache) {
+            c.keys = appended(&c.keys, out[k].floats(), heads, len, n, d);
+            c.values = appended(&c.values, out[v].floats(), heads, len, n, d);
+        }
+        self.len += n;
+        let logits = out[outputs.logits].floats();
+        let vocab = logits.len() / n;
+        Ok(logits
+            .chunks(vocab)
+            .map(|row| row.iter().map(|&x| x as f32).collect())
+            .collect())
+    }
+}
+
+/// `[heads, len, d]` cache rows with `[heads, n, d]` new rows after each head's.
+fn appended(old: &[f32], new: &[f64], heads: usize, len: usize, n: usize, d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(heads * (len + n) * d);
+    for h in 0..heads {
+        out.extend_from_slice(&old[h * len * d..(h + 1) * len * d]);
+        out.extend(new[h * n * d..(h + 1) * n * d].iter().map(|&x| x as f32));
+    }
+    out
+}

@@ -1,0 +1,148 @@
+//! `smelt generate MODEL.gguf|HF_DIR`: text from a pretrained model, streamed as it is
+//! made, with a KV cache (a prefill program for the prompt, a decode program per token).
+
+use super::compile_cpu;
+use super::generate::Args;
+use smelt_frontend::lang::Mode;
+use smelt_frontend::llm::{Message, Pretrained, TextStream};
+use smelt_frontend::Diagnostic;
+use smelt_runtime::compiled::Purpose;
+use smelt_runtime::decode::sample::{Sampler, Sampling};
+use smelt_runtime::decode::Decoder;
+use std::io::Write;
+
+/// Context positions allocated when the model allows more and nothing else is asked.
+const DEFAULT_CONTEXT: usize = 4096;
+
+pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let shown = args.model.display().to_string();
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repeat_penalty,
+        seed: args.seed,
+    };
+    sampling
+        .check()
+        .map_err(|m| Diagnostic::plain(format!("--{m}")))?;
+    let model =
+        Pretrained::open(&args.model).map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
+    let prompt = if args.chat {
+        let template = model.chat_template.as_ref().ok_or_else(|| {
+            Diagnostic::in_file(&shown, "the model has no chat template; leave out --chat")
+        })?;
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message {
+                role: "system".into(),
+                content: system.clone(),
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        });
+        template
+            .render(&messages)
+            .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?
+    } else {
+        args.prompt.clone()
+    };
+    let tokenizer = &model.tokenizer;
+    let prompt_ids = tokenizer
+        .encode(&prompt)
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    if prompt_ids.is_empty() {
+        return Err(Diagnostic::plain(
+            "--prompt is empty: give some text to continue",
+        ));
+    }
+    let compile = |mode| -> Result<_, Diagnostic> {
+        let graph = model
+            .lower(mode)
+            .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?
+            .graph;
+        Ok(compile_cpu(&graph, Purpose::Run, &args.opt, &args.cache)?.program)
+    };
+    let context = model.context.min(DEFAULT_CONTEXT);
+    let (prefill, step) = (compile(Mode::Prefill)?, compile(Mode::Decode)?);
+    let weights = model
+        .weights
+        .into_iter()
+        .map(|w| (w.name, w.shape, w.data))
+        .collect();
+    let mut decoder = Decoder::new(prefill, step, weights, context)
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let mut sampler = Sampler::new(sampling);
+    let mut out = std::io::stdout().lock();
+    if !args.chat {
+        let _ = out.write_all(prompt.as_bytes());
+    }
+    let mut history = prompt_ids.clone();
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let mut printed = 0;
+    let mut logits = decoder
+        .feed(&prompt_ids)
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    for _ in 0..args.tokens {
+        let next = sampler.pick(logits.last().expect("one row per fed token"), &history);
+        if model.stop_tokens.contains(&next) {
+            break;
+        }
+        history.push(next);
+        text += &stream
+            .push(tokenizer, next)
+            .map_err(|e| Diagnostic::plain(e.to_string()))?;
+        if let Some(cut) = args.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            let _ = out.write_all(&text.as_bytes()[printed.min(cut)..cut]);
+            printed = text.len();
+            break;
+        }
+        // Text that may begin a stop string waits until it is known not to.
+        let safe = text.len() - held_back(&text, &args.stop);
+        let _ = out.write_all(&text.as_bytes()[printed..safe]);
+        let _ = out.flush();
+        printed = safe;
+        if decoder.len() >= context {
+            eprintln!("\nstopped: the context of {context} tokens is full");
+            break;
+        }
+        logits = decoder
+            .feed(&[next])
+            .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    }
+    if printed < text.len() && args.stop.iter().all(|s| !text.contains(s.as_str())) {
+        let _ = out.write_all(&text.as_bytes()[printed..]);
+    }
+    let _ = out.write_all(b"\n");
+    Ok(())
+}
+
+/// The length of the longest end of `text` that is the start of a stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    (1..=text.len())
+        .rev()
+        .filter(|&n| text.is_char_boundary(text.len() - n))
+        .find(|&n| {
+            stops
+                .iter()
+                .any(|s| s.len() > n && s.starts_with(&text[text.len() - n..]))
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn only_a_possible_start_of_a_stop_string_is_held() {
+        let stops = ["\nUser:".to_string()];
+        assert_eq!(held_back("Paris.\nUs", &stops), 3);
+        assert_eq!(held_back("Paris.", &stops), 0);
+        assert_eq!(held_back("é", &stops), 0);
+    }
+}
