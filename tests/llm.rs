@@ -14,7 +14,7 @@ use smelt_compiler::optimize::Options;
 use smelt_frontend::lang::Mode;
 use smelt_frontend::llm::Pretrained;
 use smelt_runtime::compiled::{Compiled, Purpose};
-use smelt_runtime::decode::Decoder;
+use smelt_runtime::decode::{Decoder, WeightData};
 use std::path::{Path, PathBuf};
 
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

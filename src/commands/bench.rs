@@ -39,6 +39,13 @@ pub struct Args {
     /// sitting: bash ../shared/peers/run_one.sh PEER WORKLOAD.
     #[arg(long, value_name = "DIR")]
     peers: Option<PathBuf>,
+    /// The GGUF file of the llm workload (default: the peers' SmolLM2-135M-Instruct
+    /// Q4_1, else the test data's).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// The llm workload's weights: in their block formats, or dequantised to f32.
+    #[arg(long, value_enum, default_value_t = super::generate::WeightPrecision::Quantised)]
+    precision: super::generate::WeightPrecision,
     /// Depths the compile workload compiles each model at.
     #[arg(long, value_delimiter = ',', default_values_t = vec![8, 16, 32, 64, 128])]
     layers: Vec<usize>,
@@ -57,6 +64,9 @@ enum Workload {
     Moe,
     /// W4 in its dense formulation (every expert on every token, zero gates).
     MoeDense,
+    /// W5: prefill and decode tok/s of a pretrained LLM (SmolLM2-135M, Q4_1 GGUF),
+    /// as llama-bench measures them.
+    Llm,
     /// Compile time, not run time: the GPT and Llama training steps (AdamW) at each
     /// `--layers` depth, from the model file to native code, stage by stage.
     Compile,
@@ -133,9 +143,9 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
             1024,
             10.7,
         ),
-        Workload::Compile => {
+        Workload::Compile | Workload::Llm => {
             return Err(Diagnostic::plain(
-                "the compile workload times compilation, not a run",
+                "the compile and llm workloads are timed on their own",
             ))
         }
     };
@@ -174,7 +184,7 @@ impl Workload {
                 cell("PyTorch eager (dense)", "torch", "moe", "dense"),
                 cell("JAX jit (dense)", "jax", "moe", "dense"),
             ],
-            Workload::Compile => vec![],
+            Workload::Compile | Workload::Llm => vec![],
         }
     }
 }
@@ -287,8 +297,16 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     };
     let (compile, run): (Vec<Workload>, Vec<Workload>) =
         args.workload.iter().partition(|&&w| w == Workload::Compile);
+    let (llm, run): (Vec<Workload>, Vec<Workload>) = run.iter().partition(|&&w| w == Workload::Llm);
     if !run.is_empty() {
         run_workloads(&args, &run, &root)?;
+    }
+    if !llm.is_empty() {
+        let storage = match args.precision {
+            super::generate::WeightPrecision::Quantised => smelt_frontend::llm::Storage::Blocks,
+            super::generate::WeightPrecision::F32 => smelt_frontend::llm::Storage::F32,
+        };
+        super::bench_llm::llm_workload(args.model.as_deref(), args.iters.min(5), storage, args.peers.as_deref())?;
     }
     if !compile.is_empty() {
         compile_workload(&args.layers, !args.no_optimize, &root)?;

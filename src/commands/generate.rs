@@ -47,10 +47,24 @@ pub struct Args {
     /// Pretrained models: stop before this text (repeatable).
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
+    /// Pretrained models: `quantised` keeps GGUF weights in their block formats
+    /// (Q4_0, Q4_1 and Q8_0 products read blocks directly; activations are rounded to
+    /// 8 bits per block); `f32` dequantises them at load, the exact path.
+    #[arg(long, value_enum, default_value_t = WeightPrecision::Quantised)]
+    pub precision: WeightPrecision,
     #[command(flatten)]
     pub opt: super::OptArgs,
     #[command(flatten)]
     pub cache: super::CacheArgs,
+}
+
+/// How a pretrained model's weights are held.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightPrecision {
+    /// In the checkpoint's block formats where the products can read them.
+    Quantised,
+    /// Dequantised to f32.
+    F32,
 }
 
 /// The model's token input `[B, L]` and its `logits` output `[B, T, V]`.

@@ -1,14 +1,16 @@
 //! `smelt generate MODEL.gguf|HF_DIR`: text from a pretrained model, streamed as it is
 //! made, with a KV cache (a prefill program for the prompt, a decode program per token).
 
-use super::compile_cpu;
+use super::{compile_cpu, CacheArgs, OptArgs};
 use super::generate::Args;
 use smelt_frontend::lang::Mode;
-use smelt_frontend::llm::{Message, Pretrained, TextStream};
+use super::generate::WeightPrecision;
+use smelt_frontend::llm::{GgmlType, Message, Pretrained, Storage, TextStream, Weight};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::Purpose;
 use smelt_runtime::decode::sample::{Sampler, Sampling};
-use smelt_runtime::decode::Decoder;
+use smelt_runtime::cpu::quant::{QuantFormat, QuantMatrix};
+use smelt_runtime::decode::{Decoder, WeightData};
 use std::io::Write;
 
 /// Context positions allocated when the model allows more and nothing else is asked.
@@ -27,8 +29,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     sampling
         .check()
         .map_err(|m| Diagnostic::plain(format!("--{m}")))?;
-    let model =
-        Pretrained::open(&args.model).map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
+    let storage = match args.precision {
+        WeightPrecision::Quantised => Storage::Blocks,
+        WeightPrecision::F32 => Storage::F32,
+    };
+    let mut model = Pretrained::open_with(&args.model, storage)
+        .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
     let prompt = if args.chat {
         let template = model.chat_template.as_ref().ok_or_else(|| {
             Diagnostic::in_file(&shown, "the model has no chat template; leave out --chat")
@@ -50,6 +56,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     } else {
         args.prompt.clone()
     };
+    let context = model.context.min(DEFAULT_CONTEXT);
+    let mut decoder = decoder(&mut model, &args.opt, &args.cache, context)?;
     let tokenizer = &model.tokenizer;
     let prompt_ids = tokenizer
         .encode(&prompt)
@@ -59,22 +67,6 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             "--prompt is empty: give some text to continue",
         ));
     }
-    let compile = |mode| -> Result<_, Diagnostic> {
-        let graph = model
-            .lower(mode)
-            .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?
-            .graph;
-        Ok(compile_cpu(&graph, Purpose::Run, &args.opt, &args.cache)?.program)
-    };
-    let context = model.context.min(DEFAULT_CONTEXT);
-    let (prefill, step) = (compile(Mode::Prefill)?, compile(Mode::Decode)?);
-    let weights = model
-        .weights
-        .into_iter()
-        .map(|w| (w.name, w.shape, w.data))
-        .collect();
-    let mut decoder = Decoder::new(prefill, step, weights, context)
-        .map_err(|e| Diagnostic::plain(e.to_string()))?;
     let mut sampler = Sampler::new(sampling);
     let mut out = std::io::stdout().lock();
     if !args.chat {
@@ -119,6 +111,48 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     }
     let _ = out.write_all(b"\n");
     Ok(())
+}
+
+/// Compiles `model`'s prefill and decode programs (through the compile cache) and
+/// moves its weights into a decoder for sequences of up to `context` tokens.
+pub(crate) fn decoder(
+    model: &mut Pretrained,
+    opt: &OptArgs,
+    cache: &CacheArgs,
+    context: usize,
+) -> Result<Decoder, Diagnostic> {
+    let shown = model.path.clone();
+    let compile = |mode| -> Result<_, Diagnostic> {
+        let graph = model
+            .lower(mode)
+            .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?
+            .graph;
+        Ok(compile_cpu(&graph, Purpose::Run, opt, cache)?.program)
+    };
+    let (prefill, step) = (compile(Mode::Prefill)?, compile(Mode::Decode)?);
+    let weights = std::mem::take(&mut model.weights).into_iter().map(weight_data).collect();
+    Decoder::new(prefill, step, weights, context).map_err(|e| Diagnostic::plain(e.to_string()))
+}
+
+/// A loaded weight for the decoder: blocks the CPU backend's products read directly
+/// stay quantised; other formats are dequantised.
+fn weight_data(w: Weight) -> (String, Vec<usize>, WeightData) {
+    let format = match w.blocks.as_ref().map(|b| b.ggml_type) {
+        Some(GgmlType::Q4_0) => Some(QuantFormat::Q4_0),
+        Some(GgmlType::Q4_1) => Some(QuantFormat::Q4_1),
+        Some(GgmlType::Q8_0) => Some(QuantFormat::Q8_0),
+        _ => None,
+    };
+    let data = match (format, &w.blocks) {
+        (Some(format), Some(b)) if w.shape.len() == 2 => {
+            match QuantMatrix::new(format, w.shape[0], w.shape[1], b.bytes.clone()) {
+                Ok(q) => WeightData::Quantised(q),
+                Err(_) => WeightData::F32(w.values()),
+            }
+        }
+        _ => WeightData::F32(w.values()),
+    };
+    (w.name, w.shape, data)
 }
 
 /// The length of the longest end of `text` that is the start of a stop string.

@@ -2,11 +2,12 @@
 //! prints before exiting with code 2.
 
 pub mod bench;
+mod bench_llm;
 mod bench_peers;
 pub mod compile;
 pub mod dump_ir;
 pub mod generate;
-mod generate_llm;
+pub mod generate_llm;
 pub mod gpu_check;
 pub mod plot;
 pub mod run;
@@ -178,6 +179,17 @@ pub struct OptArgs {
 }
 
 impl OptArgs {
+    /// The settings the flags default to.
+    pub fn defaults() -> OptArgs {
+        let o = Options::default();
+        OptArgs {
+            no_optimize: false,
+            opt_iters: o.iter_limit,
+            opt_nodes: o.node_limit,
+            opt_time_ms: o.time_limit.as_millis() as u64,
+        }
+    }
+
     /// The optimiser's options, or `None` with `--no-optimize`.
     pub fn options(&self) -> Option<Options> {
         (!self.no_optimize).then(|| Options {
@@ -225,7 +237,7 @@ impl MemoryArgs {
 }
 
 /// The compile-cache flags shared by `run` and `train`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct CacheArgs {
     /// Compile afresh and leave the compile cache alone ($SMELT_CACHE_DIR, else
     /// $XDG_CACHE_HOME/smelt, else ~/.cache/smelt).

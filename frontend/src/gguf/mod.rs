@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::Path;
 use thiserror::Error;
 
-pub use quants::GgmlType;
+pub use quants::{dequantize, GgmlType};
 
 /// Why a GGUF file cannot be read.
 #[derive(Debug, Error)]

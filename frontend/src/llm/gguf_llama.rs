@@ -7,14 +7,14 @@
 
 use super::chat::ChatTemplate;
 use super::tokenizer::Tokenizer;
-use super::{transposed, LlamaShape, LlmError, Pretrained, Weight};
-use crate::gguf::{GgufFile, MetaValue};
+use super::{transposed, Blocks, LlamaShape, LlmError, Pretrained, Storage, Weight};
+use crate::gguf::{GgufFile, MetaValue, TensorInfo};
 use std::path::Path;
 
 /// Architectures whose GGUF tensors follow llama.cpp's `llama` layout.
 const LLAMA_LIKE: [&str; 2] = ["llama", "mistral"];
 
-pub(super) fn open(path: &Path) -> Result<Pretrained, LlmError> {
+pub(super) fn open(path: &Path, storage: Storage) -> Result<Pretrained, LlmError> {
     let file = GgufFile::open(path)?;
     let arch = string(&file, "general.architecture")?.to_string();
     if !LLAMA_LIKE.contains(&arch.as_str()) {
@@ -41,7 +41,7 @@ pub(super) fn open(path: &Path) -> Result<Pretrained, LlmError> {
         },
     };
     let configs = shape.configs()?;
-    let weights = weights(&file, &shape)?;
+    let weights = weights(&file, &shape, storage)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let chat_template = match file.meta("tokenizer.chat_template") {
         Some(MetaValue::Str(t)) => {
@@ -80,39 +80,42 @@ pub(super) fn open(path: &Path) -> Result<Pretrained, LlmError> {
 }
 
 /// Every parameter of `examples/llama.smelt`, from the file's tensors.
-fn weights(file: &GgufFile, s: &LlamaShape) -> Result<Vec<Weight>, LlmError> {
+fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weight>, LlmError> {
     let head_dim = s.dim / s.heads;
-    let mut out = Vec::new();
-    let embedding = tensor(file, "token_embd.weight", &[s.vocab, s.dim])?;
-    let head = match file.tensor("output.weight") {
-        Some(_) => tensor(file, "output.weight", &[s.vocab, s.dim])?,
-        None => embedding.clone(), // tied: the head is the embedding table
+    let vector = |name: String, theirs: &str, len: usize| -> Result<Weight, LlmError> {
+        Ok(Weight { name, shape: vec![len], data: tensor(file, theirs, &[len])?, blocks: None })
     };
-    out.push(Weight {
-        name: "head".into(),
-        shape: vec![s.dim, s.vocab],
-        data: transposed(&head, s.vocab, s.dim),
-    });
-    out.push(Weight {
-        name: "tok_emb".into(),
-        shape: vec![s.vocab, s.dim],
-        data: embedding,
-    });
-    out.push(Weight {
-        name: "norm".into(),
-        shape: vec![s.dim],
-        data: tensor(file, "output_norm.weight", &[s.dim])?,
-    });
+    // A matrix stored `[rows, cols]` becomes the parameter `[cols, rows]`; query and key
+    // rows go back to RoPE-halves order for `rope_heads` heads.
+    let matrix = |name: String, theirs: &str, rows: usize, cols: usize, rope_heads: Option<usize>| -> Result<Weight, LlmError> {
+        let info = checked(file, theirs, &[rows, cols])?;
+        let shape = vec![cols, rows];
+        if storage == Storage::Blocks && info.ggml_type.block_elems() > 1 {
+            let mut bytes = file.raw(info).to_vec();
+            if let Some(heads) = rope_heads {
+                bytes = rope_rows_to_halves(&bytes, heads, rows / heads, bytes.len() / rows);
+            }
+            let blocks = Some(Blocks { ggml_type: info.ggml_type, bytes });
+            return Ok(Weight { name, shape, data: Vec::new(), blocks });
+        }
+        let mut data = file.dequantize(info)?;
+        if let Some(heads) = rope_heads {
+            data = rope_rows_to_halves(&data, heads, rows / heads, cols);
+        }
+        Ok(Weight { name, shape, data: transposed(&data, rows, cols), blocks: None })
+    };
+    // Tied models use the embedding table as the head.
+    let head = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    let mut out = vec![
+        matrix("head".into(), head, s.vocab, s.dim, None)?,
+        Weight { name: "tok_emb".into(), shape: vec![s.vocab, s.dim], data: tensor(file, "token_embd.weight", &[s.vocab, s.dim])?, blocks: None },
+        vector("norm".into(), "output_norm.weight", s.dim)?,
+    ];
     for l in 0..s.layers {
         let blk = |n: &str| format!("blk.{l}.{n}.weight");
         let ours = |n: &str| format!("layers.{l}.{n}");
-        for (theirs, mine) in [("attn_norm", "attn_norm"), ("ffn_norm", "mlp_norm")] {
-            out.push(Weight {
-                name: ours(mine),
-                shape: vec![s.dim],
-                data: tensor(file, &blk(theirs), &[s.dim])?,
-            });
-        }
+        out.push(vector(ours("attn_norm"), &blk("attn_norm"), s.dim)?);
+        out.push(vector(ours("mlp_norm"), &blk("ffn_norm"), s.dim)?);
         let kv = s.kv_heads * head_dim;
         let matrices = [
             ("attn_q", "attn.wq", s.dim, s.dim, Some(s.heads)),
@@ -124,39 +127,31 @@ fn weights(file: &GgufFile, s: &LlamaShape) -> Result<Vec<Weight>, LlmError> {
             ("ffn_down", "mlp.w_down", s.dim, s.hidden, None),
         ];
         for (theirs, mine, rows, cols, rope_heads) in matrices {
-            let mut data = tensor(file, &blk(theirs), &[rows, cols])?;
-            if let Some(heads) = rope_heads {
-                data = rope_rows_to_halves(&data, heads, rows / heads, cols);
-            }
-            out.push(Weight {
-                name: ours(mine),
-                shape: vec![cols, rows],
-                data: transposed(&data, rows, cols),
-            });
+            out.push(matrix(ours(mine), &blk(theirs), rows, cols, rope_heads)?);
         }
     }
     Ok(out)
 }
 
 /// Rows of each head reordered from adjacent-pair RoPE order (`2i + s`) to halves
-/// order (`s * D/2 + i`).
-fn rope_rows_to_halves(data: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+/// order (`s * D/2 + i`); a row is `row_len` items (values or block bytes).
+fn rope_rows_to_halves<T: Copy + Default>(data: &[T], heads: usize, head_dim: usize, row_len: usize) -> Vec<T> {
     let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..half {
             for s in 0..2 {
-                let from = (h * head_dim + 2 * i + s) * cols;
-                let to = (h * head_dim + s * half + i) * cols;
-                out[to..to + cols].copy_from_slice(&data[from..from + cols]);
+                let from = (h * head_dim + 2 * i + s) * row_len;
+                let to = (h * head_dim + s * half + i) * row_len;
+                out[to..to + row_len].copy_from_slice(&data[from..from + row_len]);
             }
         }
     }
     out
 }
 
-/// A tensor's values, checked to have `shape`.
-fn tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, LlmError> {
+/// A tensor's info, checked to have `shape`.
+fn checked<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<&'f TensorInfo, LlmError> {
     let info = file
         .tensor(name)
         .ok_or_else(|| LlmError::Invalid(format!("no tensor '{name}'")))?;
@@ -167,7 +162,12 @@ fn tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, LlmE
             info.shape
         )));
     }
-    Ok(file.dequantize(info)?)
+    Ok(info)
+}
+
+/// A tensor's values, checked to have `shape`.
+fn tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>, LlmError> {
+    Ok(file.dequantize(checked(file, name, shape)?)?)
 }
 
 fn string<'f>(file: &'f GgufFile, key: &str) -> Result<&'f str, LlmError> {

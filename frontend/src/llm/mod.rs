@@ -14,6 +14,9 @@ mod tokenizer;
 pub use chat::{ChatTemplate, Message};
 pub use tokenizer::{TextStream, Tokenizer};
 
+/// A weight's block format (re-exported for callers that pick kernels by it).
+pub use crate::gguf::GgmlType;
+
 use crate::lang::{self, Mode};
 use crate::{Model, Overrides, Source};
 use std::path::Path;
@@ -55,15 +58,52 @@ pub enum LlmError {
     Lower(String),
 }
 
-/// One weight under its model parameter name, as `f32` in row-major order.
+/// One weight under its model parameter name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weight {
     /// The parameter of the model (`layers.0.attn.wq`).
     pub name: String,
     /// Its shape.
     pub shape: Vec<usize>,
-    /// Its values.
+    /// Its values as `f32` in row-major order; empty when only `blocks` are kept.
     pub data: Vec<f32>,
+    /// A matrix `[k, n]` as the checkpoint stores it: `n` rows of `k` values in a GGUF
+    /// block format (with [`Storage::Blocks`]).
+    pub blocks: Option<Blocks>,
+}
+
+/// A matrix weight `[k, n]` in a GGUF block format: `n` rows, each `k` values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocks {
+    /// The block format.
+    pub ggml_type: crate::gguf::GgmlType,
+    /// The rows' blocks, row after row.
+    pub bytes: Vec<u8>,
+}
+
+impl Weight {
+    /// The values as `f32` in row-major order, dequantised from the blocks if need be.
+    pub fn values(&self) -> Vec<f32> {
+        match &self.blocks {
+            Some(b) if self.data.is_empty() => {
+                let (k, n) = (self.shape[0], self.shape[1]);
+                let mut rows = Vec::with_capacity(k * n);
+                crate::gguf::dequantize(b.ggml_type, &b.bytes, &mut rows);
+                transposed(&rows, n, k)
+            }
+            _ => self.data.clone(),
+        }
+    }
+}
+
+/// How matrix weights of a quantised checkpoint are kept in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Dequantised to `f32` (exact, four or more times the file's size).
+    #[default]
+    F32,
+    /// In the file's block formats, for products that read blocks directly.
+    Blocks,
 }
 
 /// A loaded pretrained model.
@@ -93,12 +133,18 @@ impl Pretrained {
         path.extension().is_some_and(|e| e == "gguf") || path.join("config.json").is_file()
     }
 
-    /// Loads a `.gguf` file or a Hugging Face directory.
+    /// Loads a `.gguf` file or a Hugging Face directory with every weight as `f32`.
     pub fn open(path: &Path) -> Result<Pretrained, LlmError> {
+        Pretrained::open_with(path, Storage::F32)
+    }
+
+    /// Loads a `.gguf` file (matrix weights kept as `storage` says) or a Hugging Face
+    /// directory (always `f32`).
+    pub fn open_with(path: &Path, storage: Storage) -> Result<Pretrained, LlmError> {
         if path.is_dir() {
             hf::open(path)
         } else {
-            gguf_llama::open(path)
+            gguf_llama::open(path, storage)
         }
     }
 

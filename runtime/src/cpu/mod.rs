@@ -18,6 +18,7 @@ mod attention;
 mod buffers;
 mod fused;
 mod kernels;
+pub mod quant;
 mod routing;
 mod rows;
 
@@ -31,6 +32,7 @@ use smelt_compiler::codegen::cranelift::{self, JitKernel};
 use smelt_compiler::ir::{Bindings, DType, Def, Graph, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::memory::Home;
+use quant::QuantMatrix;
 use smelt_compiler::schedule::{schedule_with, MemoryPlan, Schedule, Step};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -251,6 +253,23 @@ impl CpuProgram {
         Ok(())
     }
 
+    /// Checks that parameter `name`, of type `f32[k, n]`, is read only as the right
+    /// operand of matrix products, as stored (what a quantised weight supports).
+    pub fn read_only_as_weight(&self, name: &str, [k, n]: [usize; 2]) -> Result<(), String> {
+        self.check_held(name, DType::F32, &[k, n]).map_err(|e| e.to_string())?;
+        let g = &self.schedule.graph;
+        let id = g.find(name).expect("checked above");
+        for step in &self.schedule.steps {
+            let as_weight = matches!(step, Step::MatMul { rhs, lhs, .. }
+                if rhs.value == id && !rhs.transposed && lhs.value != id);
+            if !as_weight && step.reads(g).contains(&id) {
+                let user = &g.value(step.output()).name;
+                return Err(format!("'{name}' is read by %{user} other than as a product's weight"));
+            }
+        }
+        Ok(())
+    }
+
     /// The schedule this program runs.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -427,7 +446,9 @@ impl CpuProgram {
                         }
                     };
                     let (a, b) = (live(&reads[0]), live(&reads[1]));
-                    let product = kernels::matmul(
+                    let product = match resident.quantised.get(&g.value(rhs.value).name) {
+                        Some(w) => quant_product(out_buf, a, lhs.transposed, w, start),
+                        None => kernels::matmul(
                         out_buf,
                         a,
                         lhs.transposed,
@@ -435,7 +456,8 @@ impl CpuProgram {
                         rhs.transposed,
                         &shape,
                         start,
-                    );
+                        ),
+                    };
                     (product, given)
                 }
             };
@@ -505,10 +527,13 @@ impl CpuProgram {
 /// The buffers that updates replace are kept as spares and hold the next step's updates
 /// of the same names ("in-place" updates one step apart): a step never writes over the
 /// state it reads, so a step that is not applied (a non-finite loss) changes nothing.
+///
+/// Weights of matrix products may be held quantised instead ([`Resident::quantise`]).
 #[derive(Debug, Default)]
 pub struct Resident {
     values: HashMap<String, (DType, Val)>,
     spares: Mutex<HashMap<String, Buf>>,
+    quantised: HashMap<String, Arc<QuantMatrix>>,
 }
 
 impl Clone for Resident {
@@ -517,6 +542,7 @@ impl Clone for Resident {
         Resident {
             values: self.values.clone(),
             spares: Mutex::default(),
+            quantised: self.quantised.clone(),
         }
     }
 }
@@ -540,6 +566,7 @@ impl Resident {
         Ok(Resident {
             values,
             spares: Mutex::default(),
+            quantised: HashMap::new(),
         })
     }
 
@@ -562,7 +589,34 @@ impl Resident {
         Ok(Resident {
             values,
             spares: Mutex::default(),
+            quantised: HashMap::new(),
         })
+    }
+
+    /// Holds parameter `name` of `programs` as the quantised `weight` instead of `f32`
+    /// values. Each program must use it only as the right operand `[k, n]` of matrix
+    /// products read as stored (not transposed), which [`quant::matmul`] then computes;
+    /// otherwise it stays as it is and the reason is returned.
+    pub fn quantise(
+        &mut self,
+        programs: &[&CpuProgram],
+        name: &str,
+        weight: QuantMatrix,
+    ) -> Result<(), String> {
+        let (k, n) = weight.dims();
+        for program in programs {
+            program.read_only_as_weight(name, [k, n])?;
+        }
+        // The f32 value is never read: an empty buffer keeps the declared shape.
+        self.values.insert(name.to_string(), (DType::F32, Val::new(Buf::F32(Vec::new()), vec![k, n])));
+        self.quantised.insert(name.to_string(), Arc::new(weight));
+        Ok(())
+    }
+
+    /// Bytes of the held values (quantised weights at their block size).
+    pub fn size_bytes(&self) -> usize {
+        let plain: usize = self.values.values().map(|(_, v)| v.buf().len() * 4).sum();
+        plain + self.quantised.values().map(|q| q.size_bytes()).sum::<usize>()
     }
 
     /// Makes the updates the new values (no copy); the buffers they replace, where
@@ -593,6 +647,33 @@ impl Resident {
             .map(|(name, (dtype, v))| (name.clone(), to_tensor(*dtype, v)))
             .collect()
     }
+}
+
+/// `op(a) · w` for a quantised weight `w [k, n]`, written into `out` or added to
+/// `start`; `a` is `[..., m, k]` (or its transpose), and batches share `w`.
+fn quant_product(out: Out, a: &Val, transposed: bool, w: &QuantMatrix, start: Option<Buf>) -> Buf {
+    let (k, n) = w.dims();
+    let rows = a.f32().len() / k;
+    let copied;
+    let lhs: &[f32] = if transposed {
+        // `[..., k, m]` read as `[..., m, k]`: made contiguous once.
+        let r = a.shape.len();
+        let m = a.shape[r - 1];
+        let batch = rows / m;
+        let src = a.f32();
+        copied = (0..batch)
+            .flat_map(|b| (0..m).flat_map(move |i| (0..k).map(move |j| src[b * m * k + j * m + i])))
+            .collect::<Vec<f32>>();
+        &copied
+    } else {
+        a.f32()
+    };
+    let (mut result, accumulate) = match start {
+        Some(Buf::F32(v)) => (v, true),
+        _ => (out.f32_overwritten(rows * n), false),
+    };
+    quant::matmul(lhs, rows, w, &mut result, accumulate);
+    Buf::F32(result)
 }
 
 /// Compiles a pointwise kernel to native code.

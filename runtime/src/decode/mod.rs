@@ -9,6 +9,7 @@
 
 pub mod sample;
 
+use crate::cpu::quant::QuantMatrix;
 use crate::cpu::{CpuProgram, Resident};
 use crate::interp::RunError;
 use crate::tensor::Tensor;
@@ -98,13 +99,23 @@ pub struct Decoder {
     context: usize,
 }
 
+/// A weight's values for the decoder.
+#[derive(Clone, Debug)]
+pub enum WeightData {
+    /// `f32` values in row-major order.
+    F32(Vec<f32>),
+    /// A matrix in a block format, read directly by the products that use it (or
+    /// dequantised when the programs use it otherwise).
+    Quantised(QuantMatrix),
+}
+
 impl Decoder {
     /// A decoder from the compiled prefill and decode programs of one model, its
-    /// weights, and the longest sequence allowed.
+    /// weights `(name, shape, values)`, and the longest sequence allowed.
     pub fn new(
         prefill: CpuProgram,
         step: CpuProgram,
-        weights: Vec<(String, Vec<usize>, Vec<f32>)>,
+        weights: Vec<(String, Vec<usize>, WeightData)>,
         context: usize,
     ) -> Result<Decoder, DecodeError> {
         let g = &step.schedule().graph;
@@ -135,7 +146,28 @@ impl Decoder {
             .ok_or_else(|| missing("integer token input [B, T]"))?;
         let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
         let step_out = Outputs::find(g, "decode", attentions)?;
-        let weights = Resident::from_f32(&step, weights)?;
+        let mut plain = Vec::new();
+        let mut quantised = Vec::new();
+        for (name, shape, data) in weights {
+            match data {
+                WeightData::F32(v) => plain.push((name, shape, v)),
+                WeightData::Quantised(q) => {
+                    let dims = [q.dims().0, q.dims().1];
+                    let direct = [&prefill, &step].iter().all(|p| p.read_only_as_weight(&name, dims).is_ok());
+                    if direct {
+                        quantised.push((name, q));
+                    } else {
+                        plain.push((name, shape, q.dequantize()));
+                    }
+                }
+            }
+        }
+        let mut weights = Resident::from_f32(&step, plain)?;
+        for (name, q) in quantised {
+            weights
+                .quantise(&[&prefill, &step], &name, q)
+                .map_err(|what| DecodeError::Interface { program: "decode", what })?;
+        }
         Ok(Decoder {
             prefill,
             step,
@@ -149,6 +181,11 @@ impl Decoder {
             len: 0,
             context,
         })
+    }
+
+    /// Bytes of the weights as held (quantised ones at their block size).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.size_bytes()
     }
 
     /// Tokens in the cache.

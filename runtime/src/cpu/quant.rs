@@ -1,0 +1,398 @@
+//! Matrix products with weights kept in llama.cpp's block formats (Q4_0, Q4_1, Q8_0),
+//! so a quantised model occupies about its file size and each product reads a quarter
+//! of the bytes an `f32` weight would need.
+//!
+//! A weight `W [k, n]` (`k` inputs, `n` outputs) is stored as the file stores it: `n`
+//! rows of `k / 32` blocks. Each row of the activations is quantised to 8-bit blocks
+//! (one scale per 32 values, as llama.cpp's `Q8_1`), and each block pair is an integer
+//! dot product scaled once (`maddubs`/`madd` with AVX2).
+//!
+//! **Error bound.** Only the activations' rounding adds error to the exact product of
+//! the dequantised weights: each `x_i` moves by at most `d_x / 2`, so a result moves
+//! by at most `Σ_blocks (d_x / 2) · Σ_i |w_i|` plus `f32` rounding ([`error_bound`]).
+//! The `f32` path (`--precision f32` dequantises at load) is the exact one.
+
+use rayon::prelude::*;
+
+/// Values per block in every supported format.
+pub const BLOCK: usize = 32;
+
+/// A supported block format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// `d · (q − 8)`, 4-bit `q`; 18 bytes per block.
+    Q4_0,
+    /// `d · q + m`, 4-bit `q`; 20 bytes per block.
+    Q4_1,
+    /// `d · q`, 8-bit signed `q`; 34 bytes per block.
+    Q8_0,
+}
+
+impl QuantFormat {
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 => 18,
+            QuantFormat::Q4_1 => 20,
+            QuantFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// A weight `[k, n]` as `n` rows of quantised blocks along `k`, unpacked at load into
+/// what the kernels read: each block's scale (and offset) as `f32`, and its quants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantMatrix {
+    format: QuantFormat,
+    k: usize,
+    n: usize,
+    /// `d` per block, row after row.
+    scales: Vec<f32>,
+    /// The value of quant 0 per block (`m`; `−8d` for Q4_0; unused for Q8_0).
+    offsets: Vec<f32>,
+    /// The quants: 16 bytes per 4-bit block (low nibbles values 0..16, high 16..32),
+    /// 32 per 8-bit block.
+    quants: Vec<u8>,
+}
+
+impl QuantMatrix {
+    /// The weight `[k, n]` whose `n` rows of `k` values are the blocks in `bytes`.
+    pub fn new(format: QuantFormat, k: usize, n: usize, bytes: Vec<u8>) -> Result<QuantMatrix, String> {
+        if k % BLOCK != 0 || k == 0 || n == 0 {
+            return Err(format!("a quantised weight needs a row length that is a positive multiple of {BLOCK}, found [{k}, {n}]"));
+        }
+        let blocks = n * (k / BLOCK);
+        let want = blocks * format.block_bytes();
+        if bytes.len() != want {
+            return Err(format!("{format:?} weight [{k}, {n}] needs {want} bytes, found {}", bytes.len()));
+        }
+        let mut q = QuantMatrix { format, k, n, scales: Vec::with_capacity(blocks), offsets: Vec::new(), quants: Vec::new() };
+        for block in bytes.chunks_exact(format.block_bytes()) {
+            let d = f16(block, 0);
+            q.scales.push(d);
+            let payload = match format {
+                QuantFormat::Q8_0 => &block[2..],
+                QuantFormat::Q4_0 => {
+                    q.offsets.push(-8.0 * d);
+                    &block[2..]
+                }
+                QuantFormat::Q4_1 => {
+                    q.offsets.push(f16(block, 2));
+                    &block[4..]
+                }
+            };
+            q.quants.extend_from_slice(payload);
+        }
+        Ok(q)
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.quants.len() + 4 * (self.scales.len() + self.offsets.len())
+    }
+
+    /// Row `j`: its scales, offsets (empty for Q8_0) and quants.
+    fn row(&self, j: usize) -> Row<'_> {
+        let blocks = self.k / BLOCK;
+        let per = self.quants.len() / self.scales.len();
+        let offsets = if self.offsets.is_empty() { &[][..] } else { &self.offsets[j * blocks..(j + 1) * blocks] };
+        Row {
+            scales: &self.scales[j * blocks..(j + 1) * blocks],
+            offsets,
+            quants: &self.quants[j * blocks * per..(j + 1) * blocks * per],
+        }
+    }
+
+    /// The weight as `f32`, `[k, n]` row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.k * self.n];
+        for j in 0..self.n {
+            for (i, v) in self.dequantize_row(j).into_iter().enumerate() {
+                out[i * self.n + j] = v;
+            }
+        }
+        out
+    }
+
+    /// Output `j`'s weights (row `j` of the stored matrix) as `f32`.
+    pub fn dequantize_row(&self, j: usize) -> Vec<f32> {
+        let row = self.row(j);
+        let mut out = Vec::with_capacity(self.k);
+        for (b, &d) in row.scales.iter().enumerate() {
+            match self.format {
+                QuantFormat::Q8_0 => out.extend(row.quants[b * 32..(b + 1) * 32].iter().map(|&q| d * f32::from(q as i8))),
+                QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+                    let (m, qs) = (row.offsets[b], &row.quants[b * 16..(b + 1) * 16]);
+                    out.extend(qs.iter().map(|&q| d * f32::from(q & 15) + m));
+                    out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One stored row of a [`QuantMatrix`].
+struct Row<'a> {
+    scales: &'a [f32],
+    offsets: &'a [f32],
+    quants: &'a [u8],
+}
+
+/// An `f16` stored little-endian at `at`.
+fn f16(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// One activation row in 8-bit blocks: per block a scale `d`, `d · Σ q`, and the `q`s.
+struct Q8Row {
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+fn quantize_row(x: &[f32]) -> Q8Row {
+    let blocks = x.len() / BLOCK;
+    let mut row = Q8Row { scales: Vec::with_capacity(blocks), sums: Vec::with_capacity(blocks), qs: Vec::with_capacity(x.len()) };
+    for block in x.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for &v in block {
+            let q = (v * inv).round() as i8;
+            sum += i32::from(q);
+            row.qs.push(q);
+        }
+        row.scales.push(d);
+        row.sums.push(d * sum as f32);
+    }
+    row
+}
+
+/// `out = a · w` (`out += a · w` when `accumulate`) for row-major `a [m, k]` and
+/// `out [m, n]`.
+pub fn matmul(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate: bool) {
+    let (k, n) = (w.k, w.n);
+    debug_assert_eq!((a.len(), out.len()), (m * k, m * n));
+    let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
+    let dot = kernel(w.format);
+    // Columns in parallel: each task reads a run of weight rows once for all `m`.
+    let tile = (n / (4 * rayon::current_num_threads())).clamp(16, 256);
+    let results: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(tile))
+        .into_par_iter()
+        .map(|t| {
+            let cols = t * tile..((t + 1) * tile).min(n);
+            let mut part = vec![0.0f32; m * cols.len()];
+            for (c, j) in cols.clone().enumerate() {
+                let wrow = w.row(j);
+                for (i, x) in rows.iter().enumerate() {
+                    part[i * cols.len() + c] = dot(&wrow, x);
+                }
+            }
+            (cols.start, part)
+        })
+        .collect();
+    for (start, part) in results {
+        let width = part.len() / m;
+        for i in 0..m {
+            let dst = &mut out[i * n + start..i * n + start + width];
+            let src = &part[i * width..(i + 1) * width];
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(o, s)| *o += s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// A bound on `|matmul(a, w) − a · dequantised(w)|` for output `(i, j)` (see the
+/// module comment), with room for `f32` rounding.
+pub fn error_bound(a: &[f32], w: &QuantMatrix, i: usize, j: usize) -> f32 {
+    let x = &a[i * w.k..(i + 1) * w.k];
+    let wrow = w.dequantize_row(j);
+    let mut bound = 0.0f32;
+    let mut magnitude = 0.0f32;
+    for (xb, wb) in x.chunks_exact(BLOCK).zip(wrow.chunks_exact(BLOCK)) {
+        let d = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+        let wsum: f32 = wb.iter().map(|v| v.abs()).sum();
+        bound += 0.5 * d * wsum;
+        magnitude += xb.iter().zip(wb).map(|(a, b)| (a * b).abs()).sum::<f32>();
+    }
+    bound * 1.01 + magnitude * 1e-5
+}
+
+type Dot = fn(&Row, &Q8Row) -> f32;
+
+fn kernel(format: QuantFormat) -> Dot {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return match format {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            QuantFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8(w, x) },
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => |w, x| unsafe { avx2::dot_q4(w, x) },
+        };
+    }
+    match format {
+        QuantFormat::Q8_0 => scalar_dot_q8,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => scalar_dot_q4,
+    }
+}
+
+/// The portable dot product of an 8-bit weight row with a quantised activation row.
+fn scalar_dot_q8(w: &Row, x: &Q8Row) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, d) in w.scales.iter().enumerate() {
+        let (qw, qx) = (&w.quants[b * 32..(b + 1) * 32], &x.qs[b * BLOCK..(b + 1) * BLOCK]);
+        let integer: i32 = qw.iter().zip(qx).map(|(&q, &v)| i32::from(q as i8) * i32::from(v)).sum();
+        acc += d * x.scales[b] * integer as f32;
+    }
+    acc
+}
+
+/// The portable dot product of a 4-bit weight row with a quantised activation row.
+fn scalar_dot_q4(w: &Row, x: &Q8Row) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, d) in w.scales.iter().enumerate() {
+        let (qw, qx) = (&w.quants[b * 16..(b + 1) * 16], &x.qs[b * BLOCK..(b + 1) * BLOCK]);
+        let integer: i32 = qw
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| i32::from(q & 15) * i32::from(qx[i]) + i32::from(q >> 4) * i32::from(qx[i + 16]))
+            .sum();
+        acc += d * x.scales[b] * integer as f32 + w.offsets[b] * x.sums[b];
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Q8Row, Row, BLOCK};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 8-bit weights: `|w| · sign(x, w)` keeps `maddubs`'s unsigned-by-signed form.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q8(w: &Row, x: &Q8Row) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (b, &d) in w.scales.iter().enumerate() {
+            let qw = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
+            let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
+        }
+        hsum(acc)
+    }
+
+    /// 4-bit weights (`d · q + offset`): low nibbles are values 0..16 of a block,
+    /// high nibbles 16..32.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q4(w: &Row, x: &Q8Row) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let low = _mm_set1_epi8(15);
+        let mut acc = _mm256_setzero_ps();
+        let mut shift = _mm256_setzero_ps();
+        let blocks = w.scales.len();
+        let mut b = 0;
+        while b < blocks {
+            let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
+            let lo = _mm_and_si128(packed, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+            let qw = _mm256_set_m128i(hi, lo);
+            let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b] * x.scales[b]), sums, acc);
+            b += 1;
+        }
+        // Σ offset · (d_x Σ q_x), eight blocks at a time.
+        let mut i = 0;
+        while i + 8 <= blocks {
+            let m = _mm256_loadu_ps(w.offsets.as_ptr().add(i));
+            let s = _mm256_loadu_ps(x.sums.as_ptr().add(i));
+            shift = _mm256_fmadd_ps(m, s, shift);
+            i += 8;
+        }
+        let mut tail = 0.0;
+        while i < blocks {
+            tail += w.offsets[i] * x.sums[i];
+            i += 1;
+        }
+        hsum(acc) + hsum(shift) + tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng;
+
+    /// Random blocks of `format` for a `[k, n]` weight, with scales like real ones.
+    fn random_matrix(format: QuantFormat, k: usize, n: usize, seed: u64) -> QuantMatrix {
+        let mut bytes = Vec::new();
+        let mut i = 0u64;
+        let mut next = || {
+            i += 1;
+            rng::uniform01(seed, i)
+        };
+        for _ in 0..n * (k / BLOCK) {
+            let d = half::f16::from_f32((0.01 + 0.05 * next()) as f32).to_le_bytes();
+            bytes.extend(d);
+            if format == QuantFormat::Q4_1 {
+                bytes.extend(half::f16::from_f32((-0.2 * next()) as f32).to_le_bytes());
+            }
+            let payload = if format == QuantFormat::Q8_0 { 32 } else { 16 };
+            bytes.extend((0..payload).map(|_| (next() * 256.0) as u8));
+        }
+        QuantMatrix::new(format, k, n, bytes).unwrap()
+    }
+
+    /// Every kernel (AVX2 where the machine has it, and the portable one) against the
+    /// exact product of the dequantised weights, within [`error_bound`].
+    #[test]
+    fn products_match_the_dequantised_weights_within_the_bound() {
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let (m, k, n) = (3, 96, 40);
+            let w = random_matrix(format, k, n, 11);
+            let a: Vec<f32> = (0..m * k).map(|i| rng::normal01(5, i as u64) as f32).collect();
+            let mut fast = vec![1.0f32; m * n];
+            matmul(&a, m, &w, &mut fast, true);
+            let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
+            for j in 0..n {
+                let wj = w.dequantize_row(j);
+                for i in 0..m {
+                    let exact: f32 = a[i * k..(i + 1) * k].iter().zip(&wj).map(|(x, y)| x * y).sum();
+                    let bound = error_bound(&a, &w, i, j);
+                    let got = fast[i * n + j] - 1.0;
+                    assert!((got - exact).abs() <= bound, "{format:?} ({i}, {j}): {got} vs exact {exact}, bound {bound}");
+                    let portable = match format {
+                        QuantFormat::Q8_0 => scalar_dot_q8(&w.row(j), &rows[i]),
+                        _ => scalar_dot_q4(&w.row(j), &rows[i]),
+                    };
+                    assert!((portable - got).abs() <= 1e-4 * exact.abs().max(1.0), "{format:?}: portable {portable} vs {got}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_byte_count_is_refused() {
+        assert!(QuantMatrix::new(QuantFormat::Q4_1, 64, 2, vec![0; 79]).is_err());
+        assert!(QuantMatrix::new(QuantFormat::Q8_0, 48, 2, vec![0; 102]).is_err());
+    }
+}
