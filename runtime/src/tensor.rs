@@ -116,8 +116,7 @@ impl Tensor {
 
     /// The type, printed like the IR's (`f32[2, 3]`).
     pub fn type_string(&self) -> String {
-        let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
-        format!("{}[{}]", self.dtype, dims.join(", "))
+        crate::interp::type_string(self.dtype, &self.shape)
     }
 }
 

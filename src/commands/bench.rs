@@ -306,7 +306,12 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             super::generate::WeightPrecision::Quantised => smelt_frontend::llm::Storage::Blocks,
             super::generate::WeightPrecision::F32 => smelt_frontend::llm::Storage::F32,
         };
-        super::bench_llm::llm_workload(args.model.as_deref(), args.iters.min(5), storage, args.peers.as_deref())?;
+        super::bench_llm::llm_workload(
+            args.model.as_deref(),
+            args.iters.min(5),
+            storage,
+            args.peers.as_deref(),
+        )?;
     }
     if !compile.is_empty() {
         compile_workload(&args.layers, !args.no_optimize, &root)?;

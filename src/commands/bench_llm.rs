@@ -22,11 +22,15 @@ fn model_path(given: Option<&Path>) -> Result<PathBuf, Diagnostic> {
     }
     let peers = bench_peers::default_results().map(|r| r.with_file_name("models").join(GGUF));
     let testdata = PathBuf::from("target/llm-testdata").join(GGUF);
-    peers.into_iter().chain([testdata]).find(|p| p.is_file()).ok_or_else(|| {
-        Diagnostic::plain(format!(
+    peers
+        .into_iter()
+        .chain([testdata])
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Diagnostic::plain(format!(
             "no {GGUF}: pass --model, or run python3 scripts/llm-testdata.py target/llm-testdata"
         ))
-    })
+        })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,11 +64,15 @@ pub fn llm_workload(
     let tokens: Vec<u32> = (0..TOKENS as u64)
         .map(|i| (rng::uniform01(42, i) * vocab as f64) as u32)
         .collect();
-    let run = |decoder: &mut smelt_runtime::decode::Decoder, chunks: &[&[u32]]| -> Result<f64, Diagnostic> {
+    let run = |decoder: &mut smelt_runtime::decode::Decoder,
+               chunks: &[&[u32]]|
+     -> Result<f64, Diagnostic> {
         decoder.reset();
         let start = Instant::now();
         for chunk in chunks {
-            decoder.feed(chunk).map_err(|e| Diagnostic::plain(e.to_string()))?;
+            decoder
+                .feed(chunk)
+                .map_err(|e| Diagnostic::plain(e.to_string()))?;
         }
         Ok(TOKENS as f64 / start.elapsed().as_secs_f64())
     };
@@ -80,10 +88,15 @@ pub fn llm_workload(
     }
     let (prefill, decode) = (median(prefill), median(decode));
     let rss = peak_rss_mib().map_or("?".to_string(), |m| format!("{m:.0}"));
-    println!("W5 llm: {} ({}), {} threads, {iters} repetitions", path.file_name().and_then(|n| n.to_str()).unwrap_or(GGUF), match storage {
-        Storage::Blocks => "weights quantised",
-        Storage::F32 => "weights as f32",
-    }, std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!(
+        "W5 llm: {} ({}), {} threads, {iters} repetitions",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or(GGUF),
+        match storage {
+            Storage::Blocks => "weights quantised",
+            Storage::F32 => "weights as f32",
+        },
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     println!("| | smelt | llama.cpp | smelt ÷ llama.cpp |");
     println!("|---|---:|---:|---:|");
     let peer = peers
@@ -94,9 +107,20 @@ pub fn llm_workload(
         Some(theirs) => format!("{theirs:.1} | {:.2}", ours / theirs),
         None => "— | —".to_string(),
     };
-    println!("| prefill tok/s (128-token prompt) | {prefill:.1} | {} |", cell(prefill, "prefill_tok_s"));
-    println!("| decode tok/s (128 tokens, batch 1) | {decode:.1} | {} |", cell(decode, "decode_tok_s"));
-    println!("| peak RSS MiB (weights held: {weights_mib:.0} MiB) | {rss} | {} | |", peer.as_ref().and_then(|(r, _)| r["peak_rss_mib"].as_f64()).map_or("—".into(), |m| format!("{m:.0}")));
+    println!(
+        "| prefill tok/s (128-token prompt) | {prefill:.1} | {} |",
+        cell(prefill, "prefill_tok_s")
+    );
+    println!(
+        "| decode tok/s (128 tokens, batch 1) | {decode:.1} | {} |",
+        cell(decode, "decode_tok_s")
+    );
+    println!(
+        "| peak RSS MiB (weights held: {weights_mib:.0} MiB) | {rss} | {} | |",
+        peer.as_ref()
+            .and_then(|(r, _)| r["peak_rss_mib"].as_f64())
+            .map_or("—".into(), |m| format!("{m:.0}"))
+    );
     match &peer {
         Some((_, age)) => println!("llama.cpp's record was written {age:.0} min ago; compare only within one sitting."),
         None => println!("No llama.cpp W5 record: bash ../shared/peers/setup.sh llamacpp && bash ../shared/peers/run_one.sh llamacpp llm, in the same sitting."),

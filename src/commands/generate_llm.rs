@@ -1,15 +1,14 @@
 //! `smelt generate MODEL.gguf|HF_DIR`: text from a pretrained model, streamed as it is
 //! made, with a KV cache (a prefill program for the prompt, a decode program per token).
 
-use super::{compile_cpu, CacheArgs, OptArgs};
 use super::generate::Args;
-use smelt_frontend::lang::Mode;
 use super::generate::WeightPrecision;
-use smelt_frontend::llm::{GgmlType, Message, Pretrained, Storage, TextStream, Weight};
+use super::{compile_cpu, CacheArgs, OptArgs};
+use smelt_frontend::lang::Mode;
+use smelt_frontend::llm::{Message, Pretrained, Storage, TextStream, Weight};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::Purpose;
 use smelt_runtime::decode::sample::{Sampler, Sampling};
-use smelt_runtime::cpu::quant::{QuantFormat, QuantMatrix};
 use smelt_runtime::decode::{Decoder, WeightData};
 use std::io::Write;
 
@@ -130,27 +129,20 @@ pub(crate) fn decoder(
         Ok(compile_cpu(&graph, Purpose::Run, opt, cache)?.program)
     };
     let (prefill, step) = (compile(Mode::Prefill)?, compile(Mode::Decode)?);
-    let weights = std::mem::take(&mut model.weights).into_iter().map(weight_data).collect();
+    let weights = std::mem::take(&mut model.weights)
+        .into_iter()
+        .map(weight_data)
+        .collect();
     Decoder::new(prefill, step, weights, context).map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// A loaded weight for the decoder: blocks the CPU backend's products read directly
 /// stay quantised; other formats are dequantised.
 fn weight_data(w: Weight) -> (String, Vec<usize>, WeightData) {
-    let format = match w.blocks.as_ref().map(|b| b.ggml_type) {
-        Some(GgmlType::Q4_0) => Some(QuantFormat::Q4_0),
-        Some(GgmlType::Q4_1) => Some(QuantFormat::Q4_1),
-        Some(GgmlType::Q8_0) => Some(QuantFormat::Q8_0),
-        _ => None,
-    };
-    let data = match (format, &w.blocks) {
-        (Some(format), Some(b)) if w.shape.len() == 2 => {
-            match QuantMatrix::new(format, w.shape[0], w.shape[1], b.bytes.clone()) {
-                Ok(q) => WeightData::Quantised(q),
-                Err(_) => WeightData::F32(w.values()),
-            }
-        }
-        _ => WeightData::F32(w.values()),
+    let data = match &w.blocks {
+        Some(b) => WeightData::quantised(b.ggml_type.id(), w.shape[0], w.shape[1], b.bytes.clone())
+            .unwrap_or_else(|| WeightData::F32(w.values())),
+        None => WeightData::F32(w.data),
     };
     (w.name, w.shape, data)
 }

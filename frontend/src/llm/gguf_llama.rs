@@ -83,11 +83,21 @@ pub(super) fn open(path: &Path, storage: Storage) -> Result<Pretrained, LlmError
 fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weight>, LlmError> {
     let head_dim = s.dim / s.heads;
     let vector = |name: String, theirs: &str, len: usize| -> Result<Weight, LlmError> {
-        Ok(Weight { name, shape: vec![len], data: tensor(file, theirs, &[len])?, blocks: None })
+        Ok(Weight {
+            name,
+            shape: vec![len],
+            data: tensor(file, theirs, &[len])?,
+            blocks: None,
+        })
     };
     // A matrix stored `[rows, cols]` becomes the parameter `[cols, rows]`; query and key
     // rows go back to RoPE-halves order for `rope_heads` heads.
-    let matrix = |name: String, theirs: &str, rows: usize, cols: usize, rope_heads: Option<usize>| -> Result<Weight, LlmError> {
+    let matrix = |name: String,
+                  theirs: &str,
+                  rows: usize,
+                  cols: usize,
+                  rope_heads: Option<usize>|
+     -> Result<Weight, LlmError> {
         let info = checked(file, theirs, &[rows, cols])?;
         let shape = vec![cols, rows];
         if storage == Storage::Blocks && info.ggml_type.block_elems() > 1 {
@@ -95,20 +105,42 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
             if let Some(heads) = rope_heads {
                 bytes = rope_rows_to_halves(&bytes, heads, rows / heads, bytes.len() / rows);
             }
-            let blocks = Some(Blocks { ggml_type: info.ggml_type, bytes });
-            return Ok(Weight { name, shape, data: Vec::new(), blocks });
+            let blocks = Some(Blocks {
+                ggml_type: info.ggml_type,
+                bytes,
+            });
+            return Ok(Weight {
+                name,
+                shape,
+                data: Vec::new(),
+                blocks,
+            });
         }
         let mut data = file.dequantize(info)?;
         if let Some(heads) = rope_heads {
             data = rope_rows_to_halves(&data, heads, rows / heads, cols);
         }
-        Ok(Weight { name, shape, data: transposed(&data, rows, cols), blocks: None })
+        Ok(Weight {
+            name,
+            shape,
+            data: transposed(&data, rows, cols),
+            blocks: None,
+        })
     };
     // Tied models use the embedding table as the head.
-    let head = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    let head = if file.tensor("output.weight").is_some() {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
     let mut out = vec![
         matrix("head".into(), head, s.vocab, s.dim, None)?,
-        Weight { name: "tok_emb".into(), shape: vec![s.vocab, s.dim], data: tensor(file, "token_embd.weight", &[s.vocab, s.dim])?, blocks: None },
+        Weight {
+            name: "tok_emb".into(),
+            shape: vec![s.vocab, s.dim],
+            data: tensor(file, "token_embd.weight", &[s.vocab, s.dim])?,
+            blocks: None,
+        },
         vector("norm".into(), "output_norm.weight", s.dim)?,
     ];
     for l in 0..s.layers {
@@ -135,7 +167,12 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
 
 /// Rows of each head reordered from adjacent-pair RoPE order (`2i + s`) to halves
 /// order (`s * D/2 + i`); a row is `row_len` items (values or block bytes).
-fn rope_rows_to_halves<T: Copy + Default>(data: &[T], heads: usize, head_dim: usize, row_len: usize) -> Vec<T> {
+fn rope_rows_to_halves<T: Copy + Default>(
+    data: &[T],
+    heads: usize,
+    head_dim: usize,
+    row_len: usize,
+) -> Vec<T> {
     let half = head_dim / 2;
     let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
@@ -151,7 +188,11 @@ fn rope_rows_to_halves<T: Copy + Default>(data: &[T], heads: usize, head_dim: us
 }
 
 /// A tensor's info, checked to have `shape`.
-fn checked<'f>(file: &'f GgufFile, name: &str, shape: &[usize]) -> Result<&'f TensorInfo, LlmError> {
+fn checked<'f>(
+    file: &'f GgufFile,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'f TensorInfo, LlmError> {
     let info = file
         .tensor(name)
         .ok_or_else(|| LlmError::Invalid(format!("no tensor '{name}'")))?;

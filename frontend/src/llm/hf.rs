@@ -191,18 +191,21 @@ fn weights(
         Weight {
             name: "head".into(),
             shape: vec![s.dim, s.vocab],
-            data: transposed(&head, s.vocab, s.dim), blocks: None,
-},
+            data: transposed(&head, s.vocab, s.dim),
+            blocks: None,
+        },
         Weight {
             name: "tok_emb".into(),
             shape: vec![s.vocab, s.dim],
-            data: embedding, blocks: None,
-},
+            data: embedding,
+            blocks: None,
+        },
         Weight {
             name: "norm".into(),
             shape: vec![s.dim],
-            data: take("model.norm.weight", &[s.dim])?, blocks: None,
-},
+            data: take("model.norm.weight", &[s.dim])?,
+            blocks: None,
+        },
     ];
     let kv = s.kv_heads * (s.dim / s.heads);
     for l in 0..s.layers {
@@ -215,8 +218,9 @@ fn weights(
             out.push(Weight {
                 name: ours(to),
                 shape: vec![s.dim],
-                data: take(&theirs(from), &[s.dim])?, blocks: None,
-});
+                data: take(&theirs(from), &[s.dim])?,
+                blocks: None,
+            });
         }
         let matrices = [
             ("self_attn.q_proj", "attn.wq", s.dim, s.dim),
@@ -232,8 +236,9 @@ fn weights(
             out.push(Weight {
                 name: ours(to),
                 shape: vec![cols, rows],
-                data: transposed(&data, rows, cols), blocks: None,
-});
+                data: transposed(&data, rows, cols),
+                blocks: None,
+            });
         }
     }
     Ok(out)

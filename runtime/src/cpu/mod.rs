@@ -24,15 +24,15 @@ mod rows;
 
 pub use buffers::AllocStats;
 
-use crate::interp::{bind_shapes_except, Execution, RunError};
+use crate::interp::{bind_more, bind_shapes_except, Execution, RunError};
 use crate::tensor::{Data, Tensor};
 use buffers::{Arena, Out};
 use fused::Input;
+use quant::QuantMatrix;
 use smelt_compiler::codegen::cranelift::{self, JitKernel};
 use smelt_compiler::ir::{Bindings, DType, Def, Graph, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::memory::Home;
-use quant::QuantMatrix;
 use smelt_compiler::schedule::{schedule_with, MemoryPlan, Schedule, Step};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -256,7 +256,8 @@ impl CpuProgram {
     /// Checks that parameter `name`, of type `f32[k, n]`, is read only as the right
     /// operand of matrix products, as stored (what a quantised weight supports).
     pub fn read_only_as_weight(&self, name: &str, [k, n]: [usize; 2]) -> Result<(), String> {
-        self.check_held(name, DType::F32, &[k, n]).map_err(|e| e.to_string())?;
+        self.check_held(name, DType::F32, &[k, n])
+            .map_err(|e| e.to_string())?;
         let g = &self.schedule.graph;
         let id = g.find(name).expect("checked above");
         for step in &self.schedule.steps {
@@ -264,7 +265,9 @@ impl CpuProgram {
                 if rhs.value == id && !rhs.transposed && lhs.value != id);
             if !as_weight && step.reads(g).contains(&id) {
                 let user = &g.value(step.output()).name;
-                return Err(format!("'{name}' is read by %{user} other than as a product's weight"));
+                return Err(format!(
+                    "'{name}' is read by %{user} other than as a product's weight"
+                ));
             }
         }
         Ok(())
@@ -303,7 +306,16 @@ impl CpuProgram {
     ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
         let held = |name: &str| resident.values.contains_key(name);
-        let bindings = bind_shapes_except(g, feeds, &held)?;
+        let mut bindings = bind_shapes_except(g, feeds, &held)?;
+        // Held inputs (a KV cache) bind the symbols only they have (`past`).
+        let held_inputs: Vec<(ValueId, DType, &[usize])> = g
+            .inputs()
+            .filter_map(|id| {
+                let (dtype, v) = resident.values.get(&g.value(id).name)?;
+                Some((id, *dtype, &v.shape[..]))
+            })
+            .collect();
+        bind_more(g, &mut bindings, &held_inputs)?;
         let mut arena = self.take_arena(&bindings);
         arena.stats = AllocStats::default();
         let run = self.run_planned(&mut arena, &bindings, feeds, resident, updates_to);
@@ -449,13 +461,13 @@ impl CpuProgram {
                     let product = match resident.quantised.get(&g.value(rhs.value).name) {
                         Some(w) => quant_product(out_buf, a, lhs.transposed, w, start),
                         None => kernels::matmul(
-                        out_buf,
-                        a,
-                        lhs.transposed,
-                        b,
-                        rhs.transposed,
-                        &shape,
-                        start,
+                            out_buf,
+                            a,
+                            lhs.transposed,
+                            b,
+                            rhs.transposed,
+                            &shape,
+                            start,
                         ),
                     };
                     (product, given)
@@ -608,15 +620,43 @@ impl Resident {
             program.read_only_as_weight(name, [k, n])?;
         }
         // The f32 value is never read: an empty buffer keeps the declared shape.
-        self.values.insert(name.to_string(), (DType::F32, Val::new(Buf::F32(Vec::new()), vec![k, n])));
+        self.values.insert(
+            name.to_string(),
+            (DType::F32, Val::new(Buf::F32(Vec::new()), vec![k, n])),
+        );
         self.quantised.insert(name.to_string(), Arc::new(weight));
         Ok(())
+    }
+
+    /// Holds `f32` values of shape `shape` for input `name` (data that stays in the
+    /// backend between runs, such as a KV cache); checked against the graph at each run.
+    pub fn set_input(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
+        self.values.insert(
+            name.to_string(),
+            (DType::F32, Val::new(Buf::F32(data), shape)),
+        );
+    }
+
+    /// Removes held input `name` and returns its values (without a copy when nothing
+    /// else shares them).
+    pub fn take_input(&mut self, name: &str) -> Option<Vec<f32>> {
+        let (_, v) = self.values.remove(name)?;
+        let buf = Arc::try_unwrap(v.data).unwrap_or_else(|shared| (*shared).clone());
+        match buf {
+            Buf::F32(data) => Some(data),
+            _ => None,
+        }
     }
 
     /// Bytes of the held values (quantised weights at their block size).
     pub fn size_bytes(&self) -> usize {
         let plain: usize = self.values.values().map(|(_, v)| v.buf().len() * 4).sum();
-        plain + self.quantised.values().map(|q| q.size_bytes()).sum::<usize>()
+        plain
+            + self
+                .quantised
+                .values()
+                .map(|q| q.size_bytes())
+                .sum::<usize>()
     }
 
     /// Makes the updates the new values (no copy); the buffers they replace, where

@@ -57,16 +57,31 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     /// The weight `[k, n]` whose `n` rows of `k` values are the blocks in `bytes`.
-    pub fn new(format: QuantFormat, k: usize, n: usize, bytes: Vec<u8>) -> Result<QuantMatrix, String> {
+    pub fn new(
+        format: QuantFormat,
+        k: usize,
+        n: usize,
+        bytes: Vec<u8>,
+    ) -> Result<QuantMatrix, String> {
         if k % BLOCK != 0 || k == 0 || n == 0 {
             return Err(format!("a quantised weight needs a row length that is a positive multiple of {BLOCK}, found [{k}, {n}]"));
         }
         let blocks = n * (k / BLOCK);
         let want = blocks * format.block_bytes();
         if bytes.len() != want {
-            return Err(format!("{format:?} weight [{k}, {n}] needs {want} bytes, found {}", bytes.len()));
+            return Err(format!(
+                "{format:?} weight [{k}, {n}] needs {want} bytes, found {}",
+                bytes.len()
+            ));
         }
-        let mut q = QuantMatrix { format, k, n, scales: Vec::with_capacity(blocks), offsets: Vec::new(), quants: Vec::new() };
+        let mut q = QuantMatrix {
+            format,
+            k,
+            n,
+            scales: Vec::with_capacity(blocks),
+            offsets: Vec::new(),
+            quants: Vec::new(),
+        };
         for block in bytes.chunks_exact(format.block_bytes()) {
             let d = f16(block, 0);
             q.scales.push(d);
@@ -100,7 +115,11 @@ impl QuantMatrix {
     fn row(&self, j: usize) -> Row<'_> {
         let blocks = self.k / BLOCK;
         let per = self.quants.len() / self.scales.len();
-        let offsets = if self.offsets.is_empty() { &[][..] } else { &self.offsets[j * blocks..(j + 1) * blocks] };
+        let offsets = if self.offsets.is_empty() {
+            &[][..]
+        } else {
+            &self.offsets[j * blocks..(j + 1) * blocks]
+        };
         Row {
             scales: &self.scales[j * blocks..(j + 1) * blocks],
             offsets,
@@ -125,7 +144,11 @@ impl QuantMatrix {
         let mut out = Vec::with_capacity(self.k);
         for (b, &d) in row.scales.iter().enumerate() {
             match self.format {
-                QuantFormat::Q8_0 => out.extend(row.quants[b * 32..(b + 1) * 32].iter().map(|&q| d * f32::from(q as i8))),
+                QuantFormat::Q8_0 => out.extend(
+                    row.quants[b * 32..(b + 1) * 32]
+                        .iter()
+                        .map(|&q| d * f32::from(q as i8)),
+                ),
                 QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
                     let (m, qs) = (row.offsets[b], &row.quants[b * 16..(b + 1) * 16]);
                     out.extend(qs.iter().map(|&q| d * f32::from(q & 15) + m));
@@ -158,7 +181,11 @@ struct Q8Row {
 
 fn quantize_row(x: &[f32]) -> Q8Row {
     let blocks = x.len() / BLOCK;
-    let mut row = Q8Row { scales: Vec::with_capacity(blocks), sums: Vec::with_capacity(blocks), qs: Vec::with_capacity(x.len()) };
+    let mut row = Q8Row {
+        scales: Vec::with_capacity(blocks),
+        sums: Vec::with_capacity(blocks),
+        qs: Vec::with_capacity(x.len()),
+    };
     for block in x.chunks_exact(BLOCK) {
         let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -249,8 +276,15 @@ fn kernel(format: QuantFormat) -> Dot {
 fn scalar_dot_q8(w: &Row, x: &Q8Row) -> f32 {
     let mut acc = 0.0f32;
     for (b, d) in w.scales.iter().enumerate() {
-        let (qw, qx) = (&w.quants[b * 32..(b + 1) * 32], &x.qs[b * BLOCK..(b + 1) * BLOCK]);
-        let integer: i32 = qw.iter().zip(qx).map(|(&q, &v)| i32::from(q as i8) * i32::from(v)).sum();
+        let (qw, qx) = (
+            &w.quants[b * 32..(b + 1) * 32],
+            &x.qs[b * BLOCK..(b + 1) * BLOCK],
+        );
+        let integer: i32 = qw
+            .iter()
+            .zip(qx)
+            .map(|(&q, &v)| i32::from(q as i8) * i32::from(v))
+            .sum();
         acc += d * x.scales[b] * integer as f32;
     }
     acc
@@ -260,11 +294,16 @@ fn scalar_dot_q8(w: &Row, x: &Q8Row) -> f32 {
 fn scalar_dot_q4(w: &Row, x: &Q8Row) -> f32 {
     let mut acc = 0.0f32;
     for (b, d) in w.scales.iter().enumerate() {
-        let (qw, qx) = (&w.quants[b * 16..(b + 1) * 16], &x.qs[b * BLOCK..(b + 1) * BLOCK]);
+        let (qw, qx) = (
+            &w.quants[b * 16..(b + 1) * 16],
+            &x.qs[b * BLOCK..(b + 1) * BLOCK],
+        );
         let integer: i32 = qw
             .iter()
             .enumerate()
-            .map(|(i, &q)| i32::from(q & 15) * i32::from(qx[i]) + i32::from(q >> 4) * i32::from(qx[i + 16]))
+            .map(|(i, &q)| {
+                i32::from(q & 15) * i32::from(qx[i]) + i32::from(q >> 4) * i32::from(qx[i + 16])
+            })
             .sum();
         acc += d * x.scales[b] * integer as f32 + w.offsets[b] * x.sums[b];
     }
@@ -286,18 +325,19 @@ mod avx2 {
     }
 
     /// 8-bit weights: `|w| · sign(x, w)` keeps `maddubs`'s unsigned-by-signed form.
+    /// Two accumulators take alternate blocks, so additions do not wait on each other.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q8(w: &Row, x: &Q8Row) -> f32 {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 2];
         for (b, &d) in w.scales.iter().enumerate() {
             let qw = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
             let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
             let products = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
             let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
+            acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc[b & 1]);
         }
-        hsum(acc)
+        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 
     /// 4-bit weights (`d · q + offset`): low nibbles are values 0..16 of a block,
@@ -306,20 +346,20 @@ mod avx2 {
     pub(super) unsafe fn dot_q4(w: &Row, x: &Q8Row) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(15);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 2];
         let mut shift = _mm256_setzero_ps();
         let blocks = w.scales.len();
-        let mut b = 0;
-        while b < blocks {
+        for b in 0..blocks {
             let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
             let lo = _mm_and_si128(packed, low);
             let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
             let qw = _mm256_set_m128i(hi, lo);
             let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
             let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b] * x.scales[b]), sums, acc);
-            b += 1;
+            acc[b & 1] =
+                _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b] * x.scales[b]), sums, acc[b & 1]);
         }
+        let acc = _mm256_add_ps(acc[0], acc[1]);
         // Σ offset · (d_x Σ q_x), eight blocks at a time.
         let mut i = 0;
         while i + 8 <= blocks {
@@ -369,22 +409,34 @@ mod tests {
         for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
             let (m, k, n) = (3, 96, 40);
             let w = random_matrix(format, k, n, 11);
-            let a: Vec<f32> = (0..m * k).map(|i| rng::normal01(5, i as u64) as f32).collect();
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| rng::normal01(5, i as u64) as f32)
+                .collect();
             let mut fast = vec![1.0f32; m * n];
             matmul(&a, m, &w, &mut fast, true);
             let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
             for j in 0..n {
                 let wj = w.dequantize_row(j);
                 for i in 0..m {
-                    let exact: f32 = a[i * k..(i + 1) * k].iter().zip(&wj).map(|(x, y)| x * y).sum();
+                    let exact: f32 = a[i * k..(i + 1) * k]
+                        .iter()
+                        .zip(&wj)
+                        .map(|(x, y)| x * y)
+                        .sum();
                     let bound = error_bound(&a, &w, i, j);
                     let got = fast[i * n + j] - 1.0;
-                    assert!((got - exact).abs() <= bound, "{format:?} ({i}, {j}): {got} vs exact {exact}, bound {bound}");
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "{format:?} ({i}, {j}): {got} vs exact {exact}, bound {bound}"
+                    );
                     let portable = match format {
                         QuantFormat::Q8_0 => scalar_dot_q8(&w.row(j), &rows[i]),
                         _ => scalar_dot_q4(&w.row(j), &rows[i]),
                     };
-                    assert!((portable - got).abs() <= 1e-4 * exact.abs().max(1.0), "{format:?}: portable {portable} vs {got}");
+                    assert!(
+                        (portable - got).abs() <= 1e-4 * exact.abs().max(1.0),
+                        "{format:?}: portable {portable} vs {got}"
+                    );
                 }
             }
         }

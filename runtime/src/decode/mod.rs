@@ -9,7 +9,7 @@
 
 pub mod sample;
 
-use crate::cpu::quant::QuantMatrix;
+use crate::cpu::quant::{QuantFormat, QuantMatrix};
 use crate::cpu::{CpuProgram, Resident};
 use crate::interp::RunError;
 use crate::tensor::Tensor;
@@ -41,13 +41,6 @@ pub enum DecodeError {
     /// No tokens were given.
     #[error("the prompt has no tokens")]
     Empty,
-}
-
-/// One cached attention: its keys and values so far, `[heads, len, head_dim]` each.
-#[derive(Clone, Debug, Default)]
-struct CachedAttention {
-    keys: Vec<f32>,
-    values: Vec<f32>,
 }
 
 /// Where a program's outputs are.
@@ -88,11 +81,12 @@ impl Outputs {
 pub struct Decoder {
     prefill: CpuProgram,
     step: CpuProgram,
-    weights: Resident,
+    /// The weights, and the cache as the decode program's inputs `past.N.k` and
+    /// `past.N.v` (`[1, heads, len, head_dim]`), held in the backend's buffers.
+    held: Resident,
     prefill_out: Outputs,
     step_out: Outputs,
     tokens_input: String,
-    cache: Vec<CachedAttention>,
     heads: usize,
     head_dim: usize,
     len: usize,
@@ -107,6 +101,22 @@ pub enum WeightData {
     /// A matrix in a block format, read directly by the products that use it (or
     /// dequantised when the programs use it otherwise).
     Quantised(QuantMatrix),
+}
+
+impl WeightData {
+    /// A matrix `[k, n]` stored as `n` rows of blocks of ggml type `ggml_type` (its
+    /// number in GGUF files), if the CPU backend's products read that format.
+    pub fn quantised(ggml_type: u32, k: usize, n: usize, bytes: Vec<u8>) -> Option<WeightData> {
+        let format = match ggml_type {
+            2 => QuantFormat::Q4_0,
+            3 => QuantFormat::Q4_1,
+            8 => QuantFormat::Q8_0,
+            _ => return None,
+        };
+        QuantMatrix::new(format, k, n, bytes)
+            .ok()
+            .map(WeightData::Quantised)
+    }
 }
 
 impl Decoder {
@@ -153,7 +163,9 @@ impl Decoder {
                 WeightData::F32(v) => plain.push((name, shape, v)),
                 WeightData::Quantised(q) => {
                     let dims = [q.dims().0, q.dims().1];
-                    let direct = [&prefill, &step].iter().all(|p| p.read_only_as_weight(&name, dims).is_ok());
+                    let direct = [&prefill, &step]
+                        .iter()
+                        .all(|p| p.read_only_as_weight(&name, dims).is_ok());
                     if direct {
                         quantised.push((name, q));
                     } else {
@@ -166,16 +178,18 @@ impl Decoder {
         for (name, q) in quantised {
             weights
                 .quantise(&[&prefill, &step], &name, q)
-                .map_err(|what| DecodeError::Interface { program: "decode", what })?;
+                .map_err(|what| DecodeError::Interface {
+                    program: "decode",
+                    what,
+                })?;
         }
         Ok(Decoder {
             prefill,
             step,
-            weights,
+            held: weights,
             prefill_out,
             step_out,
             tokens_input,
-            cache: vec![CachedAttention::default(); attentions],
             heads,
             head_dim,
             len: 0,
@@ -185,7 +199,7 @@ impl Decoder {
 
     /// Bytes of the weights as held (quantised ones at their block size).
     pub fn weight_bytes(&self) -> usize {
-        self.weights.size_bytes()
+        self.held.size_bytes()
     }
 
     /// Tokens in the cache.
@@ -200,9 +214,11 @@ impl Decoder {
 
     /// Forgets the sequence.
     pub fn reset(&mut self) {
-        self.cache
-            .iter_mut()
-            .for_each(|c| *c = CachedAttention::default());
+        for i in 0..self.step_out.cache.len() {
+            for part in ["k", "v"] {
+                self.held.take_input(&format!("past.{i}.{part}"));
+            }
+        }
         self.len = 0;
     }
 
@@ -231,25 +247,18 @@ impl Decoder {
                 "past_len".into(),
                 Tensor::from_i64(DType::I32, vec![1], vec![self.len as i64]),
             );
-            for (i, c) in self.cache.iter().enumerate() {
-                let shape = vec![1, self.heads, self.len, self.head_dim];
-                let as_tensor = |v: &[f32]| {
-                    Tensor::from_f64(
-                        DType::F32,
-                        shape.clone(),
-                        v.iter().map(|&x| f64::from(x)).collect(),
-                    )
-                };
-                feeds.insert(format!("past.{i}.k"), as_tensor(&c.keys));
-                feeds.insert(format!("past.{i}.v"), as_tensor(&c.values));
-            }
             (&self.step, &self.step_out)
         };
-        let (out, _) = program.run_resident(&feeds, &self.weights)?;
+        let (out, _) = program.run_resident(&feeds, &self.held)?;
         let (heads, d, len) = (self.heads, self.head_dim, self.len);
-        for (c, &(k, v)) in self.cache.iter_mut().zip(&outputs.cache) {
-            c.keys = appended(&c.keys, out[k].floats(), heads, len, n, d);
-            c.values = appended(&c.values, out[v].floats(), heads, len, n, d);
+        for (i, &(k, v)) in outputs.cache.iter().enumerate() {
+            for (part, at) in [("k", k), ("v", v)] {
+                let name = format!("past.{i}.{part}");
+                let old = self.held.take_input(&name).unwrap_or_default();
+                let grown = appended(&old, out[at].floats(), heads, len, n, d);
+                self.held
+                    .set_input(&name, vec![1, heads, len + n, d], grown);
+            }
         }
         self.len += n;
         let logits = out[outputs.logits].floats();

@@ -225,27 +225,43 @@ pub fn bind_shapes_except(
                 })
         })
         .collect::<Result<_, _>>()?;
-    let mismatch = |id: ValueId, t: &Tensor, why: String| RunError::Mismatch {
+    let given: Vec<(ValueId, DType, &[usize])> = fed
+        .iter()
+        .map(|&(id, t)| (id, t.dtype, &t.shape[..]))
+        .collect();
+    bind_more(graph, &mut bindings, &given)?;
+    Ok(bindings)
+}
+
+/// Binds the symbols of values given as `(value, dtype, shape)` (plain symbols like
+/// `B` first, then every dimension is checked, products included), adding to
+/// `bindings`.
+pub fn bind_more(
+    graph: &Graph,
+    bindings: &mut Bindings,
+    given: &[(ValueId, DType, &[usize])],
+) -> Result<(), RunError> {
+    let mismatch = |id: ValueId, dtype: DType, shape: &[usize], why: String| RunError::Mismatch {
         value: id,
         name: graph.value(id).name.clone(),
         expected: graph.ty(id).to_string(),
-        found: t.type_string(),
+        found: type_string(dtype, shape),
         why,
     };
-    // First bind plain symbols (`B`), then check every dimension, products included.
-    for &(id, t) in &fed {
+    for &(id, dtype, shape) in given {
         let ty = graph.ty(id);
-        if ty.dtype != t.dtype || ty.rank() != t.shape.len() {
-            return Err(mismatch(id, t, String::new()));
+        if ty.dtype != dtype || ty.rank() != shape.len() {
+            return Err(mismatch(id, dtype, shape, String::new()));
         }
-        for (d, &n) in ty.dims().iter().zip(&t.shape) {
+        for (d, &n) in ty.dims().iter().zip(shape) {
             if let [sym] = d.syms() {
                 if d.coeff() == 1 {
                     if let Some(&old) = bindings.get(sym) {
                         if old != n as u64 {
                             return Err(mismatch(
                                 id,
-                                t,
+                                dtype,
+                                shape,
                                 format!(" ({sym} is already {old} from another input)"),
                             ));
                         }
@@ -255,16 +271,29 @@ pub fn bind_shapes_except(
             }
         }
     }
-    for &(id, t) in &fed {
-        for (d, &n) in graph.ty(id).dims().iter().zip(&t.shape) {
-            match d.eval(&bindings) {
+    for &(id, dtype, shape) in given {
+        for (d, &n) in graph.ty(id).dims().iter().zip(shape) {
+            match d.eval(bindings) {
                 Ok(m) if m == n as u64 => {}
-                Ok(m) => return Err(mismatch(id, t, format!(" (dimension {d} is {m})"))),
+                Ok(m) => {
+                    return Err(mismatch(
+                        id,
+                        dtype,
+                        shape,
+                        format!(" (dimension {d} is {m})"),
+                    ))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
-    Ok(bindings)
+    Ok(())
+}
+
+/// A type printed like the IR's (`f32[2, 3]`).
+pub fn type_string(dtype: DType, shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("{dtype}[{}]", dims.join(", "))
 }
 
 /// The results of one run: the outputs in order, and the new values of updated
