@@ -94,15 +94,20 @@ impl Sampler {
         if s.temperature == 0.0 {
             return best as u32;
         }
+        let top = scores[best];
         // Candidates, most likely first (ties by id, so the order is reproducible).
+        // Tokens below e^-40 of the best weigh nothing at f64 precision beside it, so
+        // they are left out before sorting (a vocabulary has tens of thousands).
+        let floor = top - 40.0 * s.temperature;
         let mut order: Vec<usize> = (0..scores.len())
-            .filter(|&i| scores[i].is_finite())
+            .filter(|&i| scores[i].is_finite() && scores[i] >= floor)
             .collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        if s.top_k > 0 {
+        let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+        if s.top_k > 0 && s.top_k < order.len() {
+            order.select_nth_unstable_by(s.top_k - 1, by_score);
             order.truncate(s.top_k);
         }
-        let top = scores[best];
+        order.sort_by(by_score);
         let weights: Vec<f64> = order
             .iter()
             .map(|&i| ((scores[i] - top) / s.temperature).exp())
