@@ -341,3 +341,36 @@ fn an_unknown_architecture_is_named() {
         );
     }
 }
+
+#[test]
+fn malformed_pretrained_models_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    let config = tmp.path().join("config.json");
+    std::fs::write(&config, r#"{"model_type": "llama", "hidden_size": 64"#).unwrap();
+    let err = expect_user_error(&smelt(&["generate", &dir, "--prompt", "x"]));
+    assert!(err.contains("config.json: EOF while parsing"), "{err}");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100}"#,
+    )
+    .unwrap();
+    let err = expect_user_error(&smelt(&["generate", &dir, "--prompt", "x"]));
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(&config, r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
+    let err = expect_user_error(&smelt(&["run", &dir]));
+    assert!(err.contains("'num_attention_heads' is missing"), "{err}");
+    // A GGUF file cut short: the reader says where it ends.
+    let Some(data) = data_dir() else { return };
+    let cut = tmp.path().join("cut.gguf");
+    let bytes = std::fs::read(data.join(GGUF)).unwrap();
+    std::fs::write(&cut, &bytes[..1 << 20]).unwrap();
+    let err = expect_user_error(&smelt(&[
+        "generate",
+        &cut.display().to_string(),
+        "--prompt",
+        "x",
+    ]));
+    assert!(err.contains("the file ends inside"), "{err}");
+}
