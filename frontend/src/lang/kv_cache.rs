@@ -14,7 +14,8 @@
 //!
 //! The decode attention is written in primitives: the softmax runs over the two key
 //! blocks (cached and new) with one shared maximum, so no concatenation of a symbolic
-//! `past` axis with `T` is needed.
+//! `past` axis with `T` is needed, and the query heads that share a key/value head
+//! are stacked so the cache is read once per key/value head, never repeated.
 
 use super::error::{LangError, LangResult};
 use super::lower::Lowerer;
@@ -112,15 +113,47 @@ impl Lowerer<'_> {
                 .push((format!("present.{layer}.{part}"), named));
         }
         let heads = qt.dims()[1].clone();
-        let (kr, vr) = (
-            self.repeat_heads(k, &heads, pos)?,
-            self.repeat_heads(v, &heads, pos)?,
-        );
         if self.mode == Mode::Prefill {
+            let (kr, vr) = (
+                self.repeat_heads(k, &heads, pos)?,
+                self.repeat_heads(v, &heads, pos)?,
+            );
             let attn = Composite::Attention { causal, scale };
             return self.node(Op::Composite(attn), &[q, kr, vr], None, pos);
         }
-        let past_len = self.past_len(&qt.dims()[0], pos)?;
+        let out = self.decode_attention([q, k, v], layer, scale, pos)?;
+        self.reshape(out, qt.shape.clone(), pos)
+    }
+
+    /// Decode-mode attention of `q [B, H, T, D]` over the cached keys and values of
+    /// attention `layer` and the new ones (`k`, `v`, `[B, G, T, D]`). The `H / G` query
+    /// heads that share a key/value head are stacked along the rows (`[B, G, H/G·T, D]`),
+    /// so the cache is read once per group and never repeated. Returns `[B, G, H/G·T, D]`.
+    fn decode_attention(
+        &mut self,
+        [q, k, v]: [ValueId; 3],
+        layer: usize,
+        scale: f64,
+        pos: Pos,
+    ) -> LangResult<ValueId> {
+        let (qt, kt) = (self.ty(q), self.ty(k));
+        let [batch, heads, t, d] = [0, 1, 2, 3].map(|i| qt.dims()[i].clone());
+        let groups = kt.dims()[1].clone();
+        let per_group = match (heads.as_static(), groups.as_static()) {
+            (Some(h), Some(g)) if g > 0 && h % g == 0 => h / g,
+            _ => return Err(LangError::new(
+                pos,
+                format!(
+                    "attention: {heads} query heads cannot share {groups} key/value heads evenly"
+                ),
+            )),
+        };
+        let rows = t
+            .mul(&Dim::fixed(per_group))
+            .map_err(|e| LangError::new(pos, e.to_string()))?;
+        let grouped = Shape(vec![batch.clone(), groups.clone(), rows.clone(), d]);
+        let qg = self.reshape(q, grouped, pos)?;
+        let past_len = self.past_len(&batch, pos)?;
         let mut past = Vec::new();
         for (part, now) in [("k", k), ("v", v)] {
             let mut dims = self.ty(now).dims().to_vec();
@@ -131,31 +164,25 @@ impl Lowerer<'_> {
                 .b
                 .input(&name, ty)
                 .map_err(|e| LangError::new(pos, e))?;
-            past.push(self.repeat_heads(id, &heads, pos)?);
+            past.push(id);
         }
         // Scores of the cached keys, masked where a row's cache ends.
-        let s_past = self.scores(q, past[0], scale, pos)?;
-        let st = self.ty(s_past);
-        let key = self.node(
-            Op::Iota { axis: 3 },
-            &[],
-            Some(st.with_dtype(DType::I32)),
-            pos,
-        )?;
-        let limit = self.node(
-            Op::Broadcast { dims: vec![0] },
-            &[past_len],
-            Some(st.with_dtype(DType::I32)),
-            pos,
-        )?;
+        let s_past = self.scores(qg, past[0], scale, pos)?;
+        let st = self.ty(s_past).with_dtype(DType::I32);
+        let key = self.node(Op::Iota { axis: 3 }, &[], Some(st.clone()), pos)?;
+        let limit = self.node(Op::Broadcast { dims: vec![0] }, &[past_len], Some(st), pos)?;
         let valid = self.node(Op::Compare(CompareOp::Lt), &[key, limit], None, pos)?;
         let s_past = self.masked(valid, s_past, pos)?;
-        // Scores of the new keys, causal among themselves.
-        let s_new = self.scores(q, kr, scale, pos)?;
-        let nt = self.ty(s_new).with_dtype(DType::I32);
-        let rows = self.node(Op::Iota { axis: 2 }, &[], Some(nt.clone()), pos)?;
-        let cols = self.node(Op::Iota { axis: 3 }, &[], Some(nt), pos)?;
-        let seen = self.node(Op::Compare(CompareOp::Ge), &[rows, cols], None, pos)?;
+        // Scores of the new keys, causal among themselves: row `r·T + i` is position `i`.
+        let s_new = self.scores(qg, k, scale, pos)?;
+        let nt = TensorType::new(
+            DType::I32,
+            Shape(vec![batch, groups, Dim::fixed(per_group), t.clone(), t]),
+        );
+        let query_at = self.node(Op::Iota { axis: 3 }, &[], Some(nt.clone()), pos)?;
+        let key_at = self.node(Op::Iota { axis: 4 }, &[], Some(nt), pos)?;
+        let seen = self.node(Op::Compare(CompareOp::Ge), &[query_at, key_at], None, pos)?;
+        let seen = self.reshape(seen, self.ty(s_new).shape, pos)?;
         let s_new = self.masked(seen, s_new, pos)?;
         // One softmax over both blocks.
         let m_past = self.row_reduce(ReduceOp::Max, s_past, pos)?;
@@ -163,7 +190,7 @@ impl Lowerer<'_> {
         let m = self.node(Op::Binary(BinaryOp::Max), &[m_past, m_new], None, pos)?;
         let mut weighted = Vec::new();
         let mut total = Vec::new();
-        for (s, values) in [(s_past, past[1]), (s_new, vr)] {
+        for (s, values) in [(s_past, past[1]), (s_new, v)] {
             let shape = self.ty(s).shape;
             let mb = self.broadcast_to(m, &shape, pos)?;
             let centred = self.node(Op::Binary(BinaryOp::Sub), &[s, mb], None, pos)?;
