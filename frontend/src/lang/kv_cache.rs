@@ -141,12 +141,14 @@ impl Lowerer<'_> {
         let groups = kt.dims()[1].clone();
         let per_group = match (heads.as_static(), groups.as_static()) {
             (Some(h), Some(g)) if g > 0 && h % g == 0 => h / g,
-            _ => return Err(LangError::new(
-                pos,
-                format!(
+            _ => {
+                return Err(LangError::new(
+                    pos,
+                    format!(
                     "attention: {heads} query heads cannot share {groups} key/value heads evenly"
                 ),
-            )),
+                ))
+            }
         };
         let rows = t
             .mul(&Dim::fixed(per_group))
