@@ -5,7 +5,7 @@ use super::generate::Args;
 use super::generate::WeightPrecision;
 use super::{compile_cpu, CacheArgs, OptArgs};
 use smelt_frontend::lang::Mode;
-use smelt_frontend::llm::{Message, Pretrained, Storage, TextStream, Weight};
+use smelt_frontend::llm::{BlockLayout, Message, Pretrained, Storage, TextStream, Weight};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::Purpose;
 use smelt_runtime::decode::sample::{Sampler, Sampling};
@@ -140,8 +140,13 @@ pub(crate) fn decoder(
 /// stay quantised; other formats are dequantised.
 fn weight_data(w: Weight) -> (String, Vec<usize>, WeightData) {
     let data = match &w.blocks {
-        Some(b) => WeightData::quantised(b.ggml_type.id(), w.shape[0], w.shape[1], b.bytes.clone())
-            .unwrap_or_else(|| WeightData::F32(w.values())),
+        Some(b) => WeightData::quantised(
+            b.ggml_type.id(),
+            [w.shape[0], w.shape[1]],
+            b.bytes.clone(),
+            b.layout == BlockLayout::Rows,
+        )
+        .unwrap_or_else(|| WeightData::F32(w.values())),
         None => WeightData::F32(w.data),
     };
     (w.name, w.shape, data)

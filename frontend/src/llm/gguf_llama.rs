@@ -7,7 +7,7 @@
 
 use super::chat::ChatTemplate;
 use super::tokenizer::Tokenizer;
-use super::{transposed, Blocks, LlamaShape, LlmError, Pretrained, Storage, Weight};
+use super::{transposed, BlockLayout, Blocks, LlamaShape, LlmError, Pretrained, Storage, Weight};
 use crate::gguf::{GgufFile, MetaValue, TensorInfo};
 use std::path::Path;
 
@@ -107,6 +107,7 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
             }
             let blocks = Some(Blocks {
                 ggml_type: info.ggml_type,
+                layout: BlockLayout::Columns,
                 bytes,
             });
             return Ok(Weight {
@@ -127,6 +128,31 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
             blocks: None,
         })
     };
+    // A lookup table `[rows, cols]`, kept as its stored rows when quantised.
+    let table =
+        |name: String, theirs: &str, rows: usize, cols: usize| -> Result<Weight, LlmError> {
+            let info = checked(file, theirs, &[rows, cols])?;
+            let shape = vec![rows, cols];
+            if storage == Storage::Blocks && info.ggml_type.block_elems() > 1 {
+                let blocks = Some(Blocks {
+                    ggml_type: info.ggml_type,
+                    layout: BlockLayout::Rows,
+                    bytes: file.raw(info).to_vec(),
+                });
+                return Ok(Weight {
+                    name,
+                    shape,
+                    data: Vec::new(),
+                    blocks,
+                });
+            }
+            Ok(Weight {
+                name,
+                shape,
+                data: file.dequantize(info)?,
+                blocks: None,
+            })
+        };
     // Tied models use the embedding table as the head.
     let head = if file.tensor("output.weight").is_some() {
         "output.weight"
@@ -135,12 +161,7 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
     };
     let mut out = vec![
         matrix("head".into(), head, s.vocab, s.dim, None)?,
-        Weight {
-            name: "tok_emb".into(),
-            shape: vec![s.vocab, s.dim],
-            data: tensor(file, "token_embd.weight", &[s.vocab, s.dim])?,
-            blocks: None,
-        },
+        table("tok_emb".into(), "token_embd.weight", s.vocab, s.dim)?,
         vector("norm".into(), "output_norm.weight", s.dim)?,
     ];
     for l in 0..s.layers {

@@ -67,18 +67,29 @@ pub struct Weight {
     pub shape: Vec<usize>,
     /// Its values as `f32` in row-major order; empty when only `blocks` are kept.
     pub data: Vec<f32>,
-    /// A matrix `[k, n]` as the checkpoint stores it: `n` rows of `k` values in a GGUF
-    /// block format (with [`Storage::Blocks`]).
+    /// The weight as the checkpoint stores it, in a GGUF block format (with
+    /// [`Storage::Blocks`]).
     pub blocks: Option<Blocks>,
 }
 
-/// A matrix weight `[k, n]` in a GGUF block format: `n` rows, each `k` values.
+/// A 2-D weight in a GGUF block format, stored row after row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blocks {
     /// The block format.
     pub ggml_type: crate::gguf::GgmlType,
+    /// How the stored rows relate to the weight's shape.
+    pub layout: BlockLayout,
     /// The rows' blocks, row after row.
     pub bytes: Vec<u8>,
+}
+
+/// How a [`Blocks`] weight's stored rows relate to its shape `[a, b]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// A product's weight `[k, n]`: `n` stored rows of `k` values (its columns).
+    Columns,
+    /// A lookup table `[rows, k]`: its rows as stored.
+    Rows,
 }
 
 impl Weight {
@@ -86,10 +97,13 @@ impl Weight {
     pub fn values(&self) -> Vec<f32> {
         match &self.blocks {
             Some(b) if self.data.is_empty() => {
-                let (k, n) = (self.shape[0], self.shape[1]);
-                let mut rows = Vec::with_capacity(k * n);
+                let (a, c) = (self.shape[0], self.shape[1]);
+                let mut rows = Vec::with_capacity(a * c);
                 crate::gguf::dequantize(b.ggml_type, &b.bytes, &mut rows);
-                transposed(&rows, n, k)
+                match b.layout {
+                    BlockLayout::Columns => transposed(&rows, c, a),
+                    BlockLayout::Rows => rows,
+                }
             }
             _ => self.data.clone(),
         }

@@ -852,7 +852,7 @@ fn pad(out: Out, axis: usize, low: usize, high: usize, value: f64, x: &Val, dtyp
     }
 }
 
-fn indices(idx: &Val, n: usize, axis: usize) -> Result<&[i64], String> {
+pub(super) fn indices(idx: &Val, n: usize, axis: usize) -> Result<&[i64], String> {
     let Buf::Int(v) = idx.buf() else {
         unreachable!("indices are integers (verified)")
     };

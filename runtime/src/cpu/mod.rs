@@ -30,7 +30,7 @@ use buffers::{Arena, Out};
 use fused::Input;
 use quant::QuantMatrix;
 use smelt_compiler::codegen::cranelift::{self, JitKernel};
-use smelt_compiler::ir::{Bindings, DType, Def, Graph, ValueId};
+use smelt_compiler::ir::{Bindings, DType, Def, Graph, Op, ValueId};
 use smelt_compiler::kernel::PointwiseKernel;
 use smelt_compiler::schedule::memory::Home;
 use smelt_compiler::schedule::{schedule_with, MemoryPlan, Schedule, Step};
@@ -273,6 +273,32 @@ impl CpuProgram {
         Ok(())
     }
 
+    /// Checks that parameter `name`, of type `f32[rows, k]`, is read only as the table
+    /// of row lookups (`gather` along axis 0), what a quantised table supports.
+    pub fn read_only_as_table(&self, name: &str, [rows, k]: [usize; 2]) -> Result<(), String> {
+        self.check_held(name, DType::F32, &[rows, k])
+            .map_err(|e| e.to_string())?;
+        let g = &self.schedule.graph;
+        let id = g.find(name).expect("checked above");
+        for step in &self.schedule.steps {
+            let lookup = |v: &ValueId| match &g.value(*v).def {
+                Def::Node {
+                    op: Op::Gather { axis: 0 },
+                    operands,
+                } => operands[0] == id && operands[1] != id,
+                _ => false,
+            };
+            let as_table = matches!(step, Step::Library(v) if lookup(v));
+            if !as_table && step.reads(g).contains(&id) {
+                let user = &g.value(step.output()).name;
+                return Err(format!(
+                    "'{name}' is read by %{user} other than as a lookup table"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The schedule this program runs.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
@@ -425,14 +451,21 @@ impl CpuProgram {
                     }
                     let out_buf = dest();
                     let given = buffers::given(&out_buf);
-                    let buf = kernels::eval(
-                        op,
-                        &args,
-                        &step.library_operands(g),
-                        v.ty.dtype,
-                        &shape,
-                        out_buf,
-                    )
+                    let table = match op {
+                        Op::Gather { axis: 0 } => resident.tables.get(&g.value(reads[0]).name),
+                        _ => None,
+                    };
+                    let buf = match table {
+                        Some(t) => quant_lookup(out_buf, t, args[1]),
+                        None => kernels::eval(
+                            op,
+                            &args,
+                            &step.library_operands(g),
+                            v.ty.dtype,
+                            &shape,
+                            out_buf,
+                        ),
+                    }
                     .map_err(|message| RunError::Eval {
                         value: out,
                         name: v.name.clone(),
@@ -546,6 +579,7 @@ pub struct Resident {
     values: HashMap<String, (DType, Val)>,
     spares: Mutex<HashMap<String, Buf>>,
     quantised: HashMap<String, Arc<QuantMatrix>>,
+    tables: HashMap<String, Arc<QuantMatrix>>,
 }
 
 impl Clone for Resident {
@@ -555,6 +589,7 @@ impl Clone for Resident {
             values: self.values.clone(),
             spares: Mutex::default(),
             quantised: self.quantised.clone(),
+            tables: self.tables.clone(),
         }
     }
 }
@@ -579,6 +614,7 @@ impl Resident {
             values,
             spares: Mutex::default(),
             quantised: HashMap::new(),
+            tables: HashMap::new(),
         })
     }
 
@@ -602,6 +638,7 @@ impl Resident {
             values,
             spares: Mutex::default(),
             quantised: HashMap::new(),
+            tables: HashMap::new(),
         })
     }
 
@@ -613,7 +650,7 @@ impl Resident {
         &mut self,
         programs: &[&CpuProgram],
         name: &str,
-        weight: QuantMatrix,
+        weight: Arc<QuantMatrix>,
     ) -> Result<(), String> {
         let (k, n) = weight.dims();
         for program in programs {
@@ -624,7 +661,27 @@ impl Resident {
             name.to_string(),
             (DType::F32, Val::new(Buf::F32(Vec::new()), vec![k, n])),
         );
-        self.quantised.insert(name.to_string(), Arc::new(weight));
+        self.quantised.insert(name.to_string(), weight);
+        Ok(())
+    }
+
+    /// Holds parameter `name` of `programs`, a lookup table `[rows, k]`, as the stored
+    /// rows of the quantised `table` (`[k, rows]` as a product's weight, the layout of
+    /// a tied model's head). Each program must only gather rows of it.
+    pub fn quantise_table(
+        &mut self,
+        programs: &[&CpuProgram],
+        name: &str,
+        table: Arc<QuantMatrix>,
+    ) -> Result<(), String> {
+        let (k, rows) = table.dims();
+        for program in programs {
+            program.read_only_as_table(name, [rows, k])?;
+        }
+        let placeholder = Val::new(Buf::F32(Vec::new()), vec![rows, k]);
+        self.values
+            .insert(name.to_string(), (DType::F32, placeholder));
+        self.tables.insert(name.to_string(), table);
         Ok(())
     }
 
@@ -651,10 +708,12 @@ impl Resident {
     /// Bytes of the held values (quantised weights at their block size).
     pub fn size_bytes(&self) -> usize {
         let plain: usize = self.values.values().map(|(_, v)| v.buf().len() * 4).sum();
+        // A matrix shared by a product and a lookup (a tied head) counts once.
+        let mut seen = std::collections::HashSet::new();
+        let blocks = self.quantised.values().chain(self.tables.values());
         plain
-            + self
-                .quantised
-                .values()
+            + blocks
+                .filter(|q| seen.insert(Arc::as_ptr(q)))
                 .map(|q| q.size_bytes())
                 .sum::<usize>()
     }
@@ -687,6 +746,16 @@ impl Resident {
             .map(|(name, (dtype, v))| (name.clone(), to_tensor(*dtype, v)))
             .collect()
     }
+}
+
+/// The rows `ids` of a quantised lookup table, as `f32`.
+fn quant_lookup(out: Out, table: &QuantMatrix, ids: &Val) -> Result<Buf, String> {
+    let rows = kernels::indices(ids, table.dims().1, 0)?;
+    let mut values = out.f32_overwritten(0);
+    for &r in rows {
+        table.append_row(r as usize, &mut values);
+    }
+    Ok(Buf::F32(values))
 }
 
 /// `op(a) · w` for a quantised weight `w [k, n]`, written into `out` or added to

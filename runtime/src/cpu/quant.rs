@@ -138,10 +138,25 @@ impl QuantMatrix {
         out
     }
 
+    /// The stored rows as `f32`, `[n, k]` row-major (a lookup table's values).
+    pub fn dequantize_rows(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.k * self.n);
+        for j in 0..self.n {
+            self.append_row(j, &mut out);
+        }
+        out
+    }
+
     /// Output `j`'s weights (row `j` of the stored matrix) as `f32`.
     pub fn dequantize_row(&self, j: usize) -> Vec<f32> {
-        let row = self.row(j);
         let mut out = Vec::with_capacity(self.k);
+        self.append_row(j, &mut out);
+        out
+    }
+
+    /// Appends stored row `j` as `f32` to `out` (a lookup of a quantised table).
+    pub fn append_row(&self, j: usize, out: &mut Vec<f32>) {
+        let row = self.row(j);
         for (b, &d) in row.scales.iter().enumerate() {
             match self.format {
                 QuantFormat::Q8_0 => out.extend(
@@ -156,7 +171,6 @@ impl QuantMatrix {
                 }
             }
         }
-        out
     }
 }
 
@@ -438,6 +452,17 @@ mod tests {
                         "{format:?}: portable {portable} vs {got}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_row_is_the_matrix_column() {
+        let w = random_matrix(QuantFormat::Q4_1, 64, 5, 3);
+        let (columns, rows) = (w.dequantize(), w.dequantize_rows());
+        for j in 0..5 {
+            for i in 0..64 {
+                assert_eq!(rows[j * 64 + i], columns[i * 5 + j]);
             }
         }
     }

@@ -15,6 +15,7 @@ use crate::interp::RunError;
 use crate::tensor::Tensor;
 use smelt_compiler::ir::{DType, Graph};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why a decoder cannot be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -98,24 +99,42 @@ pub struct Decoder {
 pub enum WeightData {
     /// `f32` values in row-major order.
     F32(Vec<f32>),
-    /// A matrix in a block format, read directly by the products that use it (or
-    /// dequantised when the programs use it otherwise).
+    /// A matrix `[k, n]` in a block format, read directly by the products that use it
+    /// (or dequantised when the programs use it otherwise).
     Quantised(QuantMatrix),
+    /// A lookup table `[rows, k]` whose stored rows are those of the matrix
+    /// (`[k, rows]`), read a row at a time by the lookups (or dequantised).
+    QuantisedTable(QuantMatrix),
 }
 
 impl WeightData {
-    /// A matrix `[k, n]` stored as `n` rows of blocks of ggml type `ggml_type` (its
-    /// number in GGUF files), if the CPU backend's products read that format.
-    pub fn quantised(ggml_type: u32, k: usize, n: usize, bytes: Vec<u8>) -> Option<WeightData> {
+    /// A 2-D weight of shape `shape` stored in blocks of ggml type `ggml_type` (its
+    /// number in GGUF files), if the CPU backend reads that format: a product's weight
+    /// `[k, n]` stored as its `n` columns, or with `table` a lookup table `[n, k]`
+    /// stored as its rows.
+    pub fn quantised(
+        ggml_type: u32,
+        shape: [usize; 2],
+        bytes: Vec<u8>,
+        table: bool,
+    ) -> Option<WeightData> {
+        let (k, n) = if table {
+            (shape[1], shape[0])
+        } else {
+            (shape[0], shape[1])
+        };
         let format = match ggml_type {
             2 => QuantFormat::Q4_0,
             3 => QuantFormat::Q4_1,
             8 => QuantFormat::Q8_0,
             _ => return None,
         };
-        QuantMatrix::new(format, k, n, bytes)
-            .ok()
-            .map(WeightData::Quantised)
+        let matrix = QuantMatrix::new(format, k, n, bytes).ok()?;
+        Some(if table {
+            WeightData::QuantisedTable(matrix)
+        } else {
+            WeightData::Quantised(matrix)
+        })
     }
 }
 
@@ -156,32 +175,56 @@ impl Decoder {
             .ok_or_else(|| missing("integer token input [B, T]"))?;
         let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
         let step_out = Outputs::find(g, "decode", attentions)?;
+        let programs = [&prefill, &step];
         let mut plain = Vec::new();
         let mut quantised = Vec::new();
+        // Equal matrices (a tied head and its embedding table) are held once.
+        let mut shared: Vec<Arc<QuantMatrix>> = Vec::new();
+        let mut share = |q: QuantMatrix| match shared.iter().find(|s| ***s == q) {
+            Some(s) => s.clone(),
+            None => {
+                shared.push(Arc::new(q));
+                shared[shared.len() - 1].clone()
+            }
+        };
         for (name, shape, data) in weights {
             match data {
                 WeightData::F32(v) => plain.push((name, shape, v)),
                 WeightData::Quantised(q) => {
                     let dims = [q.dims().0, q.dims().1];
-                    let direct = [&prefill, &step]
+                    if programs
                         .iter()
-                        .all(|p| p.read_only_as_weight(&name, dims).is_ok());
-                    if direct {
-                        quantised.push((name, q));
+                        .all(|p| p.read_only_as_weight(&name, dims).is_ok())
+                    {
+                        quantised.push((name, share(q), false));
                     } else {
                         plain.push((name, shape, q.dequantize()));
+                    }
+                }
+                WeightData::QuantisedTable(q) => {
+                    let dims = [q.dims().1, q.dims().0];
+                    if programs
+                        .iter()
+                        .all(|p| p.read_only_as_table(&name, dims).is_ok())
+                    {
+                        quantised.push((name, share(q), true));
+                    } else {
+                        plain.push((name, shape, q.dequantize_rows()));
                     }
                 }
             }
         }
         let mut weights = Resident::from_f32(&step, plain)?;
-        for (name, q) in quantised {
-            weights
-                .quantise(&[&prefill, &step], &name, q)
-                .map_err(|what| DecodeError::Interface {
-                    program: "decode",
-                    what,
-                })?;
+        for (name, q, table) in quantised {
+            let held = if table {
+                weights.quantise_table(&programs, &name, q)
+            } else {
+                weights.quantise(&programs, &name, q)
+            };
+            held.map_err(|what| DecodeError::Interface {
+                program: "decode",
+                what,
+            })?;
         }
         Ok(Decoder {
             prefill,
