@@ -3,11 +3,13 @@
 //! of the bytes an `f32` weight would need.
 //!
 //! A weight `W [k, n]` (`k` inputs, `n` outputs) is stored as the file stores it: `n`
-//! rows of `k / 32` blocks. Each row of the activations is quantised to 8-bit blocks
-//! (one scale per 32 values, as llama.cpp's `Q8_1`), and each block pair is an integer
-//! dot product scaled once (`maddubs`/`madd` with AVX2).
+//! rows of `k / 32` blocks. For a few rows of activations (a decode step), each row is
+//! quantised to 8-bit blocks (one scale per 32 values, as llama.cpp's `Q8_1`), and
+//! each block pair is an integer dot product scaled once (`maddubs`/`madd` with
+//! AVX2). For many rows (a prompt), tiles of the weight are dequantised once and
+//! multiplied in `f32` by `gemm`, which is exact and faster there.
 //!
-//! **Error bound.** Only the activations' rounding adds error to the exact product of
+//! **Error bound** of the 8-bit path. Only the activations' rounding adds error to the exact product of
 //! the dequantised weights: each `x_i` moves by at most `d_x / 2`, so a result moves
 //! by at most `Σ_blocks (d_x / 2) · Σ_i |w_i|` plus `f32` rounding ([`error_bound`]).
 //! The `f32` path (`--precision f32` dequantises at load) is the exact one.
@@ -216,11 +218,22 @@ fn quantize_row(x: &[f32]) -> Q8Row {
     row
 }
 
+/// Rows of activations from which a product dequantises tiles of the weight and
+/// multiplies them in `f32` (a prompt), rather than rounding the activations to 8 bits
+/// (a decode step): unpacking a tile once pays for itself over this many rows.
+const F32_TILES_FROM_ROWS: usize = 16;
+
+/// Weight columns per dequantised tile: `64 × k` floats stay in the L2 cache.
+const TILE_COLUMNS: usize = 64;
+
 /// `out = a · w` (`out += a · w` when `accumulate`) for row-major `a [m, k]` and
 /// `out [m, n]`.
 pub fn matmul(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate: bool) {
     let (k, n) = (w.k, w.n);
     debug_assert_eq!((a.len(), out.len()), (m * k, m * n));
+    if m >= F32_TILES_FROM_ROWS {
+        return matmul_f32_tiles(a, m, w, out, accumulate);
+    }
     let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
     let dot = kernel(w.format);
     // Columns in parallel: each task reads a run of weight rows once for all `m`.
@@ -239,6 +252,48 @@ pub fn matmul(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate:
             (cols.start, part)
         })
         .collect();
+    scatter_columns(results, m, n, out, accumulate);
+}
+
+/// [`matmul`] for many rows: tiles of `TILE_COLUMNS` weight columns are dequantised
+/// and multiplied in `f32` by `gemm`, in parallel over tiles (the exact product of the
+/// dequantised weights, up to `f32` rounding).
+fn matmul_f32_tiles(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate: bool) {
+    let (k, n) = (w.k, w.n);
+    let results: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TILE_COLUMNS))
+        .into_par_iter()
+        .map(|t| {
+            let cols = t * TILE_COLUMNS..((t + 1) * TILE_COLUMNS).min(n);
+            let width = cols.len();
+            let mut tile = Vec::with_capacity(width * k);
+            for j in cols.clone() {
+                w.append_row(j, &mut tile);
+            }
+            let mut part = vec![0.0f32; m * width];
+            // part [m, width] = a [m, k] · tile viewed as [k, width] (column j contiguous).
+            super::kernels::gemm_f32(
+                (&mut part, width),
+                (m, width, k),
+                (a, k, 1),
+                (&tile, 1, k),
+                1.0,
+                false,
+                gemm::Parallelism::None,
+            );
+            (cols.start, part)
+        })
+        .collect();
+    scatter_columns(results, m, n, out, accumulate);
+}
+
+/// Writes (or adds) per-tile results `[m, width]` into their columns of `out [m, n]`.
+fn scatter_columns(
+    results: Vec<(usize, Vec<f32>)>,
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
     for (start, part) in results {
         let width = part.len() / m;
         for i in 0..m {
@@ -452,6 +507,28 @@ mod tests {
                         "{format:?}: portable {portable} vs {got}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Prompts take the dequantised-tile path: the exact product up to f32 rounding.
+    #[test]
+    fn many_rows_multiply_the_dequantised_weights() {
+        let (m, k, n) = (F32_TILES_FROM_ROWS + 3, 96, TILE_COLUMNS + 9);
+        let w = random_matrix(QuantFormat::Q4_0, k, n, 4);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| rng::normal01(9, i as u64) as f32)
+            .collect();
+        let mut out = vec![0.5f32; m * n];
+        matmul(&a, m, &w, &mut out, true);
+        let dense = w.dequantize();
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f32 = (0..k).map(|p| a[i * k + p] * dense[p * n + j]).sum::<f32>() + 0.5;
+                assert!(
+                    (out[i * n + j] - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                    "({i}, {j})"
+                );
             }
         }
     }
