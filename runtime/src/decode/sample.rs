@@ -95,53 +95,43 @@ impl Sampler {
             return best as u32;
         }
         let top = scores[best];
-        // Candidates, most likely first (ties by id, so the order is reproducible).
-        // Tokens below e^-40 of the best weigh nothing at f64 precision beside it, so
-        // they are left out before sorting (a vocabulary has tens of thousands).
+        let weight = |i: usize| ((scores[i] - top) / s.temperature).exp();
+        // Candidates in id order. Tokens below e^-40 of the best weigh nothing at f64
+        // precision beside it, and min-p drops tokens below its share of the best.
         let floor = top - 40.0 * s.temperature;
         let mut order: Vec<usize> = (0..scores.len())
-            .filter(|&i| scores[i].is_finite() && scores[i] >= floor)
+            .filter(|&i| scores[i].is_finite() && scores[i] >= floor && weight(i) >= s.min_p)
             .collect();
+        // Top-k and top-p need the most likely first (ties by id, so the order is
+        // reproducible); plain temperature sampling does not sort at all.
         let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
         if s.top_k > 0 && s.top_k < order.len() {
             order.select_nth_unstable_by(s.top_k - 1, by_score);
             order.truncate(s.top_k);
+            order.sort_unstable();
         }
-        order.sort_by(by_score);
-        let weights: Vec<f64> = order
-            .iter()
-            .map(|&i| ((scores[i] - top) / s.temperature).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut keep = weights.len();
         if s.top_p < 1.0 {
+            order.sort_by(by_score);
+            let total: f64 = order.iter().map(|&i| weight(i)).sum();
             let mut mass = 0.0;
-            keep = weights
+            let keep = order
                 .iter()
-                .position(|w| {
-                    mass += w / total;
+                .position(|&i| {
+                    mass += weight(i) / total;
                     mass >= s.top_p
                 })
-                .map_or(keep, |i| i + 1);
+                .map_or(order.len(), |i| i + 1);
+            order.truncate(keep);
         }
-        if s.min_p > 0.0 {
-            keep = keep.min(
-                weights
-                    .iter()
-                    .take_while(|&&w| w >= s.min_p * weights[0])
-                    .count()
-                    .max(1),
-            );
-        }
-        let kept = &weights[..keep];
-        let mut target = u * kept.iter().sum::<f64>();
-        for (w, &i) in kept.iter().zip(&order) {
+        let weights: Vec<f64> = order.iter().map(|&i| weight(i)).collect();
+        let mut target = u * weights.iter().sum::<f64>();
+        for (w, &i) in weights.iter().zip(&order) {
             target -= w;
             if target <= 0.0 {
                 return i as u32;
             }
         }
-        order[keep - 1] as u32
+        order.last().map_or(best, |&i| i) as u32
     }
 }
 
