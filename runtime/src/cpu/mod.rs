@@ -256,44 +256,40 @@ impl CpuProgram {
     /// Checks that parameter `name`, of type `f32[k, n]`, is read only as the right
     /// operand of matrix products, as stored (what a quantised weight supports).
     pub fn read_only_as_weight(&self, name: &str, [k, n]: [usize; 2]) -> Result<(), String> {
-        self.check_held(name, DType::F32, &[k, n])
-            .map_err(|e| e.to_string())?;
-        let g = &self.schedule.graph;
-        let id = g.find(name).expect("checked above");
-        for step in &self.schedule.steps {
-            let as_weight = matches!(step, Step::MatMul { rhs, lhs, .. }
-                if rhs.value == id && !rhs.transposed && lhs.value != id);
-            if !as_weight && step.reads(g).contains(&id) {
-                let user = &g.value(step.output()).name;
-                return Err(format!(
-                    "'{name}' is read by %{user} other than as a product's weight"
-                ));
-            }
-        }
-        Ok(())
+        self.read_only_by(name, [k, n], "a product's weight", |_, step, id| {
+            matches!(step, Step::MatMul { rhs, lhs, .. }
+                if rhs.value == id && !rhs.transposed && lhs.value != id)
+        })
     }
 
     /// Checks that parameter `name`, of type `f32[rows, k]`, is read only as the table
     /// of row lookups (`gather` along axis 0), what a quantised table supports.
     pub fn read_only_as_table(&self, name: &str, [rows, k]: [usize; 2]) -> Result<(), String> {
-        self.check_held(name, DType::F32, &[rows, k])
+        self.read_only_by(name, [rows, k], "a lookup table", |g, step, id| {
+            let Step::Library(v) = step else { return false };
+            matches!(&g.value(*v).def,
+                Def::Node { op: Op::Gather { axis: 0 }, operands }
+                    if operands[0] == id && operands[1] != id)
+        })
+    }
+
+    /// Checks that `name` is an `f32` parameter of shape `shape` and that every step
+    /// reading it is one `allowed` accepts (what a held form of it supports).
+    fn read_only_by(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        what: &str,
+        allowed: impl Fn(&Graph, &Step, ValueId) -> bool,
+    ) -> Result<(), String> {
+        self.check_held(name, DType::F32, &shape)
             .map_err(|e| e.to_string())?;
         let g = &self.schedule.graph;
         let id = g.find(name).expect("checked above");
         for step in &self.schedule.steps {
-            let lookup = |v: &ValueId| match &g.value(*v).def {
-                Def::Node {
-                    op: Op::Gather { axis: 0 },
-                    operands,
-                } => operands[0] == id && operands[1] != id,
-                _ => false,
-            };
-            let as_table = matches!(step, Step::Library(v) if lookup(v));
-            if !as_table && step.reads(g).contains(&id) {
+            if !allowed(g, step, id) && step.reads(g).contains(&id) {
                 let user = &g.value(step.output()).name;
-                return Err(format!(
-                    "'{name}' is read by %{user} other than as a lookup table"
-                ));
+                return Err(format!("'{name}' is read by %{user} other than as {what}"));
             }
         }
         Ok(())

@@ -188,30 +188,25 @@ impl Decoder {
             }
         };
         for (name, shape, data) in weights {
-            match data {
-                WeightData::F32(v) => plain.push((name, shape, v)),
-                WeightData::Quantised(q) => {
-                    let dims = [q.dims().0, q.dims().1];
-                    if programs
-                        .iter()
-                        .all(|p| p.read_only_as_weight(&name, dims).is_ok())
-                    {
-                        quantised.push((name, share(q), false));
-                    } else {
-                        plain.push((name, shape, q.dequantize()));
-                    }
+            // A quantised form is kept only where both programs read it the way its
+            // kernels support; elsewhere it is dequantised.
+            let (q, table) = match data {
+                WeightData::F32(v) => {
+                    plain.push((name, shape, v));
+                    continue;
                 }
-                WeightData::QuantisedTable(q) => {
-                    let dims = [q.dims().1, q.dims().0];
-                    if programs
-                        .iter()
-                        .all(|p| p.read_only_as_table(&name, dims).is_ok())
-                    {
-                        quantised.push((name, share(q), true));
-                    } else {
-                        plain.push((name, shape, q.dequantize_rows()));
-                    }
-                }
+                WeightData::Quantised(q) => (q, false),
+                WeightData::QuantisedTable(q) => (q, true),
+            };
+            let (k, n) = q.dims();
+            let supported = programs.iter().all(|p| match table {
+                true => p.read_only_as_table(&name, [n, k]).is_ok(),
+                false => p.read_only_as_weight(&name, [k, n]).is_ok(),
+            });
+            match (supported, table) {
+                (true, _) => quantised.push((name, share(q), table)),
+                (false, true) => plain.push((name, shape, q.dequantize_rows())),
+                (false, false) => plain.push((name, shape, q.dequantize())),
             }
         }
         let mut weights = Resident::from_f32(&step, plain)?;
