@@ -15,11 +15,11 @@ pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::gpu::GpuTarget;
-use smelt_compiler::ir::{DType, Graph};
+use smelt_compiler::ir::Graph;
 use smelt_compiler::optimize::Options;
 use smelt_compiler::pipeline::{prepare, Goal};
 use smelt_frontend::lang::Mode;
-use smelt_frontend::llm::Pretrained;
+use smelt_frontend::llm::{Pretrained, Storage};
 use smelt_frontend::{Diagnostic, Model};
 use smelt_runtime::compiled::cache::{Cache, Outcome};
 use smelt_runtime::compiled::{Compiled, Purpose};
@@ -44,7 +44,7 @@ pub fn load_model(path: &Path, sets: &[String]) -> Result<Model, Diagnostic> {
 pub fn load_pretrained(
     path: &Path,
     sets: &[String],
-) -> Result<(Model, Vec<(String, smelt_runtime::Tensor)>), Diagnostic> {
+) -> Result<(Model, Vec<smelt_frontend::llm::Weight>), Diagnostic> {
     let shown = path.display().to_string();
     if let Some(set) = sets.first() {
         return Err(Diagnostic::in_file(
@@ -52,22 +52,13 @@ pub fn load_pretrained(
             format!("--set {set}: a pretrained model's configs come from its checkpoint"),
         ));
     }
-    let model = Pretrained::open(path).map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
+    // Blocks are not dequantised until a caller asks for the values.
+    let model = Pretrained::open_with(path, Storage::Blocks)
+        .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
     let lowered = model
         .lower(Mode::Infer)
         .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
-    let weights = model
-        .weights
-        .into_iter()
-        .map(|w| {
-            let values = w.data.into_iter().map(f64::from).collect();
-            (
-                w.name,
-                smelt_runtime::Tensor::from_f64(DType::F32, w.shape, values),
-            )
-        })
-        .collect();
-    Ok((lowered, weights))
+    Ok((lowered, model.weights))
 }
 
 /// Writes `text` to `path`, or to stdout when `path` is `None`.

@@ -5,7 +5,7 @@ use super::{
     MemoryArgs, OptArgs,
 };
 use smelt_compiler::gpu::GpuTarget;
-use smelt_compiler::ir::Def;
+use smelt_compiler::ir::{DType, Def};
 use smelt_compiler::pipeline::Goal;
 use smelt_frontend::llm::Pretrained;
 use smelt_frontend::onnx::{Const, ConstData, ImportOptions};
@@ -92,9 +92,10 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         (model, Some(program))
     } else if Pretrained::is_pretrained(&args.model) {
         let (model, weights) = load_pretrained(&args.model, &args.sets)?;
-        for (name, t) in weights {
-            origin.insert(name.clone(), model.path.clone());
-            feeds.insert(name, t);
+        for w in weights {
+            let values = w.values().into_iter().map(f64::from).collect();
+            origin.insert(w.name.clone(), model.path.clone());
+            feeds.insert(w.name, Tensor::from_f64(DType::F32, w.shape, values));
         }
         (model, None)
     } else {

@@ -83,11 +83,14 @@ pub struct Decoder {
     prefill: CpuProgram,
     step: CpuProgram,
     /// The weights, and the cache as the decode program's inputs `past.N.k` and
-    /// `past.N.v` (`[1, heads, len, head_dim]`), held in the backend's buffers.
+    /// `past.N.v` (`[1, heads, capacity, head_dim]`, the first `len` positions filled),
+    /// held in the backend's buffers.
     held: Resident,
     prefill_out: Outputs,
     step_out: Outputs,
     tokens_input: String,
+    /// Cache positions allocated per head (a multiple of [`CACHE_STEP`]).
+    capacity: usize,
     heads: usize,
     head_dim: usize,
     len: usize,
@@ -228,6 +231,7 @@ impl Decoder {
             prefill_out,
             step_out,
             tokens_input,
+            capacity: 0,
             heads,
             head_dim,
             len: 0,
@@ -258,6 +262,7 @@ impl Decoder {
             }
         }
         self.len = 0;
+        self.capacity = 0;
     }
 
     /// Appends `tokens` to the sequence (the whole prompt at first, then one or more
@@ -289,15 +294,21 @@ impl Decoder {
         };
         let (out, _) = program.run_resident(&feeds, &self.held)?;
         let (heads, d, len) = (self.heads, self.head_dim, self.len);
+        let capacity = match len + n {
+            needed if needed > self.capacity => needed.next_multiple_of(CACHE_STEP),
+            _ => self.capacity,
+        };
+        let rows = Rows { heads, d, len, n };
         for (i, &(k, v)) in outputs.cache.iter().enumerate() {
             for (part, at) in [("k", k), ("v", v)] {
                 let name = format!("past.{i}.{part}");
                 let old = self.held.take_input(&name).unwrap_or_default();
-                let grown = appended(&old, out[at].floats(), heads, len, n, d);
+                let cache = rows.place(old, self.capacity, capacity, out[at].floats());
                 self.held
-                    .set_input(&name, vec![1, heads, len + n, d], grown);
+                    .set_input(&name, vec![1, heads, capacity, d], cache);
             }
         }
+        self.capacity = capacity;
         self.len += n;
         let logits = out[outputs.logits].floats();
         let vocab = logits.len() / n;
@@ -308,12 +319,43 @@ impl Decoder {
     }
 }
 
-/// `[heads, len, d]` cache rows with `[heads, n, d]` new rows after each head's.
-fn appended(old: &[f32], new: &[f64], heads: usize, len: usize, n: usize, d: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(heads * (len + n) * d);
-    for h in 0..heads {
-        out.extend_from_slice(&old[h * len * d..(h + 1) * len * d]);
-        out.extend(new[h * n * d..(h + 1) * n * d].iter().map(|&x| x as f32));
+/// Cache positions are allocated this many at a time: a decode step writes its rows in
+/// place, and the decode program sees a new `past` size (and makes a new memory plan)
+/// only when the cache grows. Positions at or after `past_len` are masked out.
+const CACHE_STEP: usize = 64;
+
+/// Where one run's new cache rows go: `n` rows per head after `len` filled ones, each
+/// `d` values, for `heads` heads.
+struct Rows {
+    heads: usize,
+    d: usize,
+    len: usize,
+    n: usize,
+}
+
+impl Rows {
+    /// The cache `[heads, capacity, d]` holding `old` (`[heads, old_capacity, d]`, its
+    /// first `len` rows filled) and then the `new` rows `[heads, n, d]`: written in
+    /// place when the capacity is unchanged, else copied into a larger buffer.
+    fn place(&self, old: Vec<f32>, old_capacity: usize, capacity: usize, new: &[f64]) -> Vec<f32> {
+        let Rows { heads, d, len, n } = *self;
+        let mut cache = if capacity == old_capacity && old.len() == heads * capacity * d {
+            old
+        } else {
+            let mut grown = vec![0.0; heads * capacity * d];
+            for h in 0..heads {
+                let (from, to) = (h * old_capacity * d, h * capacity * d);
+                grown[to..to + len * d].copy_from_slice(&old[from..from + len * d]);
+            }
+            grown
+        };
+        for h in 0..heads {
+            let at = (h * capacity + len) * d;
+            let rows = &new[h * n * d..(h + 1) * n * d];
+            for (c, &x) in cache[at..at + n * d].iter_mut().zip(rows) {
+                *c = x as f32;
+            }
+        }
+        cache
     }
-    out
 }
