@@ -11,6 +11,7 @@ use smelt_runtime::compiled::Purpose;
 use smelt_runtime::decode::sample::{Sampler, Sampling};
 use smelt_runtime::decode::{Decoder, WeightData};
 use std::io::Write;
+use std::time::Instant;
 
 /// Context positions allocated when the model allows more and nothing else is asked.
 const DEFAULT_CONTEXT: usize = 4096;
@@ -75,15 +76,19 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let mut stream = TextStream::new();
     let mut text = String::new();
     let mut printed = 0;
+    let started = Instant::now();
     let mut logits = decoder
         .feed(&prompt_ids)
         .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let prefilled = started.elapsed();
+    let mut generated = 0usize;
     for _ in 0..args.tokens {
         let next = sampler.pick(logits.last().expect("one row per fed token"), &history);
         if model.stop_tokens.contains(&next) {
             break;
         }
         history.push(next);
+        generated += 1;
         text += &stream
             .push(tokenizer, next)
             .map_err(|e| Diagnostic::plain(e.to_string()))?;
@@ -109,6 +114,17 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         let _ = out.write_all(&text.as_bytes()[printed..]);
     }
     let _ = out.write_all(b"\n");
+    let _ = out.flush();
+    let decoding = started.elapsed() - prefilled;
+    let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
+    eprintln!(
+        "prompt: {} tokens in {:.2} s ({:.1} tok/s); generated: {generated} tokens in {:.2} s ({:.1} tok/s)",
+        prompt_ids.len(),
+        prefilled.as_secs_f64(),
+        rate(prompt_ids.len(), prefilled),
+        decoding.as_secs_f64(),
+        rate(generated, decoding),
+    );
     Ok(())
 }
 
