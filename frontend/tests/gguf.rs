@@ -64,6 +64,39 @@ fn every_block_format_matches_ggufs_dequantiser() {
     }
 }
 
+/// The CPU backend's quantised matrices (the blocks products read directly, Q4_K
+/// unpacked into per-32 scales and offsets at load) hold the values gguf gives, to
+/// 1 ulp as above.
+#[test]
+fn the_backends_quantised_matrices_hold_ggufs_values() {
+    use smelt_runtime::decode::WeightData;
+    let Some(dir) = data_dir() else { return };
+    let file = GgufFile::open(&dir.join("blocks.gguf")).unwrap();
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+    ] {
+        let name = format!("{ty:?}");
+        let info = file.tensor(&name).unwrap();
+        let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
+        let table = WeightData::quantised(ty.id(), [rows, cols], file.raw(info).to_vec(), true);
+        let Some(WeightData::QuantisedTable(matrix)) = table else {
+            panic!("{name} is not held quantised");
+        };
+        let want: Vec<f32> = std::fs::read(dir.join(format!("{name}.f32")))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        for (i, (g, w)) in matrix.dequantize_rows().iter().zip(&want).enumerate() {
+            let tol = f32::EPSILON * w.abs().max(1.0 / 1024.0);
+            assert!((g - w).abs() <= tol, "{name}[{i}]: {g} against gguf's {w}");
+        }
+    }
+}
+
 #[test]
 fn metadata_of_every_value_type() {
     let Some(dir) = data_dir() else { return };

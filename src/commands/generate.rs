@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     pub stop: Vec<String>,
     /// Pretrained models: `quantised` keeps GGUF weights in their block formats
-    /// (Q4_0, Q4_1 and Q8_0 products read blocks directly; activations are rounded to
+    /// (Q4_0, Q4_1, Q8_0 and Q4_K products read blocks directly; activations are rounded to
     /// 8 bits per block); `f32` dequantises them at load, the exact path.
     #[arg(long, value_enum, default_value_t = WeightPrecision::Quantised)]
     pub precision: WeightPrecision,

@@ -1,4 +1,5 @@
-//! Matrix products with weights kept in llama.cpp's block formats (Q4_0, Q4_1, Q8_0),
+//! Matrix products with weights kept in llama.cpp's block formats (Q4_0, Q4_1, Q8_0, and
+//! Q4_K unpacked into the 4-bit layout at load),
 //! so a quantised model occupies about its file size and each product reads a quarter
 //! of the bytes an `f32` weight would need.
 //!
@@ -28,15 +29,36 @@ pub enum QuantFormat {
     Q4_1,
     /// `d · q`, 8-bit signed `q`; 34 bytes per block.
     Q8_0,
+    /// Super-blocks of 256: `d · s_j · q − dmin · m_j` with a 6-bit scale `s_j` and
+    /// min `m_j` per 32 values, 4-bit `q`; 144 bytes. Unpacked at load into the same
+    /// per-32 scale and offset as [`QuantFormat::Q4_1`], so the 4-bit kernels run it.
+    Q4K,
 }
 
 impl QuantFormat {
-    /// Bytes per block of 32 values.
+    /// Bytes per block of [`QuantFormat::block_values`] values.
     pub fn block_bytes(self) -> usize {
         match self {
             QuantFormat::Q4_0 => 18,
             QuantFormat::Q4_1 => 20,
             QuantFormat::Q8_0 => 34,
+            QuantFormat::Q4K => 144,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        match self {
+            QuantFormat::Q4K => 256,
+            _ => BLOCK,
+        }
+    }
+
+    /// The format the kernels run after unpacking at load.
+    fn unpacked(self) -> QuantFormat {
+        match self {
+            QuantFormat::Q4K => QuantFormat::Q4_1,
+            other => other,
         }
     }
 }
@@ -65,19 +87,20 @@ impl QuantMatrix {
         n: usize,
         bytes: Vec<u8>,
     ) -> Result<QuantMatrix, String> {
-        if k % BLOCK != 0 || k == 0 || n == 0 {
-            return Err(format!("a quantised weight needs a row length that is a positive multiple of {BLOCK}, found [{k}, {n}]"));
+        let per = format.block_values();
+        if k % per != 0 || k == 0 || n == 0 {
+            return Err(format!("a {format:?} weight needs a row length that is a positive multiple of {per}, found [{k}, {n}]"));
         }
-        let blocks = n * (k / BLOCK);
-        let want = blocks * format.block_bytes();
+        let want = n * (k / per) * format.block_bytes();
         if bytes.len() != want {
             return Err(format!(
                 "{format:?} weight [{k}, {n}] needs {want} bytes, found {}",
                 bytes.len()
             ));
         }
+        let blocks = n * (k / BLOCK);
         let mut q = QuantMatrix {
-            format,
+            format: format.unpacked(),
             k,
             n,
             scales: Vec::with_capacity(blocks),
@@ -85,10 +108,14 @@ impl QuantMatrix {
             quants: Vec::new(),
         };
         for block in bytes.chunks_exact(format.block_bytes()) {
+            if format == QuantFormat::Q4K {
+                q.push_q4k(block);
+                continue;
+            }
             let d = f16(block, 0);
             q.scales.push(d);
             let payload = match format {
-                QuantFormat::Q8_0 => &block[2..],
+                QuantFormat::Q8_0 | QuantFormat::Q4K => &block[2..],
                 QuantFormat::Q4_0 => {
                     q.offsets.push(-8.0 * d);
                     &block[2..]
@@ -101,6 +128,41 @@ impl QuantMatrix {
             q.quants.extend_from_slice(payload);
         }
         Ok(q)
+    }
+
+    /// Appends one Q4_K super-block as eight 4-bit blocks of 32: sub-block `j`'s scale
+    /// is `d · s_j` and its offset `−dmin · m_j`; its quants are the low (even `j`) or
+    /// high (odd `j`) nibbles of 32 bytes, repacked as value `i` low and `i + 16` high.
+    fn push_q4k(&mut self, block: &[u8]) {
+        let (d, dmin) = (f16(block, 0), f16(block, 2));
+        let packed = &block[4..16];
+        // 6-bit scale and min of sub-block j (ggml's `get_scale_min_k4`).
+        let scale_min = |j: usize| -> (u8, u8) {
+            if j < 4 {
+                (packed[j] & 63, packed[j + 4] & 63)
+            } else {
+                (
+                    (packed[j + 4] & 15) | ((packed[j - 4] >> 6) << 4),
+                    (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4),
+                )
+            }
+        };
+        let qs = &block[16..144];
+        for j in 0..8 {
+            let (sc, m) = scale_min(j);
+            self.scales.push(d * f32::from(sc));
+            self.offsets.push(-dmin * f32::from(m));
+            let bytes = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+            let value = |i: usize| {
+                if j % 2 == 0 {
+                    bytes[i] & 15
+                } else {
+                    bytes[i] >> 4
+                }
+            };
+            self.quants
+                .extend((0..16).map(|i| value(i) | (value(i + 16) << 4)));
+        }
     }
 
     /// `(k, n)`.
@@ -166,7 +228,7 @@ impl QuantMatrix {
                         .iter()
                         .map(|&q| d * f32::from(q as i8)),
                 ),
-                QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+                QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
                     let (m, qs) = (row.offsets[b], &row.quants[b * 16..(b + 1) * 16]);
                     out.extend(qs.iter().map(|&q| d * f32::from(q & 15) + m));
                     out.extend(qs.iter().map(|&q| d * f32::from(q >> 4) + m));
@@ -347,12 +409,14 @@ fn kernel(format: QuantFormat) -> Dot {
         return match format {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             QuantFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8(w, x) },
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 => |w, x| unsafe { avx2::dot_q4(w, x) },
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
+                |w, x| unsafe { avx2::dot_q4(w, x) }
+            }
         };
     }
     match format {
         QuantFormat::Q8_0 => scalar_dot_q8,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => scalar_dot_q4,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => scalar_dot_q4,
     }
 }
 

@@ -130,6 +130,7 @@ impl WeightData {
             2 => QuantFormat::Q4_0,
             3 => QuantFormat::Q4_1,
             8 => QuantFormat::Q8_0,
+            12 => QuantFormat::Q4K,
             _ => return None,
         };
         let matrix = QuantMatrix::new(format, k, n, bytes).ok()?;
