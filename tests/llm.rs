@@ -372,6 +372,13 @@ fn malformed_pretrained_models_are_clear_errors() {
     std::fs::write(&config, r#"{"model_type": "llama", "hidden_size": 64}"#).unwrap();
     let err = expect_user_error(&smelt(&["run", &dir]));
     assert!(err.contains("'num_attention_heads' is missing"), "{err}");
+    let err = expect_user_error(&smelt(&[
+        "train",
+        &dir,
+        "--data",
+        "examples/data/genesis.txt",
+    ]));
+    assert!(err.contains("fine-tuning) is not supported yet"), "{err}");
     // A GGUF file cut short: the reader says where it ends.
     let Some(data) = data_dir() else { return };
     let cut = tmp.path().join("cut.gguf");

@@ -97,6 +97,12 @@ fn fail(e: TrainError) -> Diagnostic {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
+    if smelt_frontend::llm::Pretrained::is_pretrained(&args.model) {
+        return Err(Diagnostic::in_file(
+            &args.model.display().to_string(),
+            "training a pretrained model (fine-tuning) is not supported yet; use it with generate, run or dump-ir",
+        ));
+    }
     // Either a compiled training step (artefact) or a model to compile now.
     let source = if is_artefact(&args.model) {
         Source::Compiled(Box::new(load_train_artefact(&args)?))
