@@ -81,7 +81,7 @@ fn the_backends_quantised_matrices_hold_ggufs_values() {
         let name = format!("{ty:?}");
         let info = file.tensor(&name).unwrap();
         let (rows, cols) = (info.shape[0] as usize, info.shape[1] as usize);
-        let table = WeightData::quantised(ty.id(), [rows, cols], file.raw(info).to_vec(), true);
+        let table = WeightData::quantised(ty.id(), [rows, cols], file.raw(info), true);
         let Some(WeightData::QuantisedTable(matrix)) = table else {
             panic!("{name} is not held quantised");
         };

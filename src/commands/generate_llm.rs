@@ -159,7 +159,7 @@ fn weight_data(w: Weight) -> (String, Vec<usize>, WeightData) {
         Some(b) => WeightData::quantised(
             b.ggml_type.id(),
             [w.shape[0], w.shape[1]],
-            b.bytes.clone(),
+            &b.bytes,
             b.layout == BlockLayout::Rows,
         )
         .unwrap_or_else(|| WeightData::F32(w.values())),

@@ -85,7 +85,7 @@ impl QuantMatrix {
         format: QuantFormat,
         k: usize,
         n: usize,
-        bytes: Vec<u8>,
+        bytes: &[u8],
     ) -> Result<QuantMatrix, String> {
         let per = format.block_values();
         if k % per != 0 || k == 0 || n == 0 {
@@ -547,7 +547,7 @@ mod tests {
             let payload = if format == QuantFormat::Q8_0 { 32 } else { 16 };
             bytes.extend((0..payload).map(|_| (next() * 256.0) as u8));
         }
-        QuantMatrix::new(format, k, n, bytes).unwrap()
+        QuantMatrix::new(format, k, n, &bytes).unwrap()
     }
 
     /// Every kernel (AVX2 where the machine has it, and the portable one) against the
@@ -625,7 +625,7 @@ mod tests {
 
     #[test]
     fn a_wrong_byte_count_is_refused() {
-        assert!(QuantMatrix::new(QuantFormat::Q4_1, 64, 2, vec![0; 79]).is_err());
-        assert!(QuantMatrix::new(QuantFormat::Q8_0, 48, 2, vec![0; 102]).is_err());
+        assert!(QuantMatrix::new(QuantFormat::Q4_1, 64, 2, &[0; 79]).is_err());
+        assert!(QuantMatrix::new(QuantFormat::Q8_0, 48, 2, &[0; 102]).is_err());
     }
 }

@@ -118,7 +118,7 @@ impl WeightData {
     pub fn quantised(
         ggml_type: u32,
         shape: [usize; 2],
-        bytes: Vec<u8>,
+        bytes: &[u8],
         table: bool,
     ) -> Option<WeightData> {
         let (k, n) = if table {
