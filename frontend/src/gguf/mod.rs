@@ -16,6 +16,7 @@ use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 
 pub use quants::{dequantize, GgmlType};
@@ -149,7 +150,7 @@ pub struct GgufFile {
     /// Tensors in file order.
     pub tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
-    map: Mmap,
+    map: Arc<Mmap>,
 }
 
 impl fmt::Debug for GgufFile {
@@ -280,7 +281,7 @@ impl GgufFile {
             metadata,
             tensors,
             by_name,
-            map,
+            map: Arc::new(map),
         })
     }
 
@@ -299,6 +300,15 @@ impl GgufFile {
         &self.map[info.bytes.clone()]
     }
 
+    /// A tensor's raw bytes, sharing the file's mapping: they stay readable after the
+    /// `GgufFile` is dropped, and the mapping goes when the last of them does.
+    pub fn raw_shared(&self, info: &TensorInfo) -> MappedBytes {
+        MappedBytes {
+            map: self.map.clone(),
+            range: info.bytes.clone(),
+        }
+    }
+
     /// A tensor's values as f32, dequantised block by block.
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>, GgufError> {
         let n = usize::try_from(info.elements()).map_err(|_| GgufError::Tensor {
@@ -312,6 +322,37 @@ impl GgufFile {
         })?;
         quants::dequantize(info.ggml_type, self.raw(info), &mut out);
         Ok(out)
+    }
+}
+
+/// Bytes of a mapped GGUF file (one tensor's blocks), kept without a copy.
+#[derive(Clone)]
+pub struct MappedBytes {
+    map: Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for MappedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+impl fmt::Debug for MappedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MappedBytes({} bytes at {})",
+            self.range.len(),
+            self.range.start
+        )
+    }
+}
+
+impl PartialEq for MappedBytes {
+    fn eq(&self, other: &MappedBytes) -> bool {
+        **self == **other
     }
 }
 

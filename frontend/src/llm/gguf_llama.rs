@@ -7,7 +7,9 @@
 
 use super::chat::ChatTemplate;
 use super::tokenizer::Tokenizer;
-use super::{transposed, BlockLayout, Blocks, LlamaShape, LlmError, Pretrained, Storage, Weight};
+use super::{
+    transposed, BlockBytes, BlockLayout, Blocks, LlamaShape, LlmError, Pretrained, Storage, Weight,
+};
 use crate::gguf::{GgufFile, MetaValue, TensorInfo};
 use std::path::Path;
 
@@ -101,10 +103,18 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
         let info = checked(file, theirs, &[rows, cols])?;
         let shape = vec![cols, rows];
         if storage == Storage::Blocks && info.ggml_type.block_elems() > 1 {
-            let mut bytes = file.raw(info).to_vec();
-            if let Some(heads) = rope_heads {
-                bytes = rope_rows_to_halves(&bytes, heads, rows / heads, bytes.len() / rows);
-            }
+            let bytes = match rope_heads {
+                Some(heads) => {
+                    let raw = file.raw(info);
+                    BlockBytes::Owned(rope_rows_to_halves(
+                        raw,
+                        heads,
+                        rows / heads,
+                        raw.len() / rows,
+                    ))
+                }
+                None => BlockBytes::Mapped(file.raw_shared(info)),
+            };
             let blocks = Some(Blocks {
                 ggml_type: info.ggml_type,
                 layout: BlockLayout::Columns,
@@ -137,7 +147,7 @@ fn weights(file: &GgufFile, s: &LlamaShape, storage: Storage) -> Result<Vec<Weig
                 let blocks = Some(Blocks {
                     ggml_type: info.ggml_type,
                     layout: BlockLayout::Rows,
-                    bytes: file.raw(info).to_vec(),
+                    bytes: BlockBytes::Mapped(file.raw_shared(info)),
                 });
                 return Ok(Weight {
                     name,

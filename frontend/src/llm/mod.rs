@@ -80,7 +80,26 @@ pub struct Blocks {
     /// How the stored rows relate to the weight's shape.
     pub layout: BlockLayout,
     /// The rows' blocks, row after row.
-    pub bytes: Vec<u8>,
+    pub bytes: BlockBytes,
+}
+
+/// The bytes of a [`Blocks`] weight: still in the mapped file, or reordered in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockBytes {
+    /// As the file stores them, read from its mapping (no copy).
+    Mapped(crate::gguf::MappedBytes),
+    /// Rows reordered at load (query and key heads).
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for BlockBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockBytes::Mapped(m) => m,
+            BlockBytes::Owned(v) => v,
+        }
+    }
 }
 
 /// How a [`Blocks`] weight's stored rows relate to its shape `[a, b]`.
