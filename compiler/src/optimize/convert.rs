@@ -176,3 +176,31 @@ fn emit(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::text;
+    use crate::optimize::{optimize, Options, RooflineTarget};
+
+    /// An output that the optimiser merges into an earlier value (a reshape to the same
+    /// shape) keeps its own name, and two outputs that become one value both do:
+    /// callers find results by name (a decoder's `present.0.k`).
+    #[test]
+    fn outputs_keep_their_names_through_optimisation() {
+        let src = "graph @t {
+input %x: f32[4, 8]
+%k = exp %x
+%present: f32[4, 8] = reshape %k
+%twin: f32[4, 8] = reshape %k
+output %present, %twin, %k
+}";
+        let graph = text::parse(src).unwrap().graph;
+        let (optimised, _) = optimize(&graph, &RooflineTarget::cpu(), &Options::default()).unwrap();
+        let names: Vec<&str> = optimised
+            .outputs
+            .iter()
+            .map(|&o| optimised.value(o).name.as_str())
+            .collect();
+        assert_eq!(names, ["present", "twin", "k"]);
+    }
+}
