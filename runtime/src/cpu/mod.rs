@@ -448,7 +448,9 @@ impl CpuProgram {
                     let out_buf = dest();
                     let given = buffers::given(&out_buf);
                     let table = match op {
-                        Op::Gather { axis: 0 } => resident.tables.get(&g.value(reads[0]).name),
+                        Op::Gather { axis: 0 } if !resident.tables.is_empty() => {
+                            resident.tables.get(&g.value(reads[0]).name)
+                        }
                         _ => None,
                     };
                     let buf = match table {
@@ -487,7 +489,11 @@ impl CpuProgram {
                         }
                     };
                     let (a, b) = (live(&reads[0]), live(&reads[1]));
-                    let product = match resident.quantised.get(&g.value(rhs.value).name) {
+                    let quantised = match resident.quantised.is_empty() {
+                        true => None,
+                        false => resident.quantised.get(&g.value(rhs.value).name),
+                    };
+                    let product = match quantised {
                         Some(w) => quant_product(out_buf, a, lhs.transposed, w, start),
                         None => kernels::matmul(
                             out_buf,
@@ -590,6 +596,15 @@ impl Clone for Resident {
     }
 }
 
+/// How a [`Resident`] quantised matrix is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantUse {
+    /// As the right operand `[k, n]` of matrix products.
+    Weight,
+    /// As a lookup table `[n, k]` of the stored rows.
+    Table,
+}
+
 /// The updates of one [`CpuProgram::run_resident`], still in the backend's buffers.
 #[derive(Debug)]
 pub struct Updates(Vec<(String, (DType, Val))>);
@@ -620,64 +635,65 @@ impl Resident {
         program: &CpuProgram,
         weights: impl IntoIterator<Item = (String, Vec<usize>, Vec<f32>)>,
     ) -> Result<Resident, RunError> {
-        let mut values = HashMap::new();
+        let mut held = Resident::default();
         for (name, shape, data) in weights {
-            program.check_held(&name, DType::F32, &shape)?;
-            if data.len() != shape.iter().product::<usize>() {
-                return Err(RunError::Unknown(format!(
-                    "{name} (its values do not fill {shape:?})"
-                )));
-            }
-            values.insert(name, (DType::F32, Val::new(Buf::F32(data), shape)));
+            held.insert_f32(program, name, shape, data)?;
         }
-        Ok(Resident {
-            values,
-            spares: Mutex::default(),
-            quantised: HashMap::new(),
-            tables: HashMap::new(),
-        })
+        Ok(held)
     }
 
-    /// Holds parameter `name` of `programs` as the quantised `weight` instead of `f32`
-    /// values. Each program must use it only as the right operand `[k, n]` of matrix
-    /// products read as stored (not transposed), which [`quant::matmul`] then computes;
-    /// otherwise it stays as it is and the reason is returned.
+    /// Holds the `f32` values of parameter (or state) `name` of `program`'s graph.
+    pub fn insert_f32(
+        &mut self,
+        program: &CpuProgram,
+        name: String,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> Result<(), RunError> {
+        program.check_held(&name, DType::F32, &shape)?;
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(RunError::Unknown(format!(
+                "{name} (its values do not fill {shape:?})"
+            )));
+        }
+        self.values
+            .insert(name, (DType::F32, Val::new(Buf::F32(data), shape)));
+        Ok(())
+    }
+
+    /// Holds parameter `name` of `programs` as the quantised `matrix` instead of `f32`
+    /// values, as `usage` says: a product's weight `[k, n]` (every program must read it
+    /// only as the right operand of matrix products, as stored; [`quant::matmul`]
+    /// computes them), or a lookup table `[n, k]` of the matrix's stored rows (every
+    /// program must only gather its rows). Otherwise nothing is held and the reason is
+    /// returned.
     pub fn quantise(
         &mut self,
         programs: &[&CpuProgram],
         name: &str,
-        weight: Arc<QuantMatrix>,
+        matrix: Arc<QuantMatrix>,
+        usage: QuantUse,
     ) -> Result<(), String> {
-        let (k, n) = weight.dims();
+        let (k, n) = matrix.dims();
+        let shape = match usage {
+            QuantUse::Weight => [k, n],
+            QuantUse::Table => [n, k],
+        };
         for program in programs {
-            program.read_only_as_weight(name, [k, n])?;
+            match usage {
+                QuantUse::Weight => program.read_only_as_weight(name, shape)?,
+                QuantUse::Table => program.read_only_as_table(name, shape)?,
+            }
         }
         // The f32 value is never read: an empty buffer keeps the declared shape.
-        self.values.insert(
-            name.to_string(),
-            (DType::F32, Val::new(Buf::F32(Vec::new()), vec![k, n])),
-        );
-        self.quantised.insert(name.to_string(), weight);
-        Ok(())
-    }
-
-    /// Holds parameter `name` of `programs`, a lookup table `[rows, k]`, as the stored
-    /// rows of the quantised `table` (`[k, rows]` as a product's weight, the layout of
-    /// a tied model's head). Each program must only gather rows of it.
-    pub fn quantise_table(
-        &mut self,
-        programs: &[&CpuProgram],
-        name: &str,
-        table: Arc<QuantMatrix>,
-    ) -> Result<(), String> {
-        let (k, rows) = table.dims();
-        for program in programs {
-            program.read_only_as_table(name, [rows, k])?;
-        }
-        let placeholder = Val::new(Buf::F32(Vec::new()), vec![rows, k]);
+        let placeholder = Val::new(Buf::F32(Vec::new()), shape.to_vec());
         self.values
             .insert(name.to_string(), (DType::F32, placeholder));
-        self.tables.insert(name.to_string(), table);
+        let held = match usage {
+            QuantUse::Weight => &mut self.quantised,
+            QuantUse::Table => &mut self.tables,
+        };
+        held.insert(name.to_string(), matrix);
         Ok(())
     }
 

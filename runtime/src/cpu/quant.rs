@@ -91,8 +91,11 @@ impl QuantMatrix {
         if k % per != 0 || k == 0 || n == 0 {
             return Err(format!("a {format:?} weight needs a row length that is a positive multiple of {per}, found [{k}, {n}]"));
         }
-        let want = n * (k / per) * format.block_bytes();
-        if bytes.len() != want {
+        let want = n
+            .checked_mul(k / per)
+            .and_then(|blocks| blocks.checked_mul(format.block_bytes()));
+        if want != Some(bytes.len()) {
+            let want = want.map_or("more than 2^64".to_string(), |w| w.to_string());
             return Err(format!(
                 "{format:?} weight [{k}, {n}] needs {want} bytes, found {}",
                 bytes.len()

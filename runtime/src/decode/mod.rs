@@ -10,7 +10,7 @@
 pub mod sample;
 
 use crate::cpu::quant::{QuantFormat, QuantMatrix};
-use crate::cpu::{CpuProgram, Resident};
+use crate::cpu::{CpuProgram, QuantUse, Resident};
 use crate::interp::RunError;
 use crate::tensor::Tensor;
 use smelt_compiler::ir::{DType, Graph};
@@ -180,55 +180,42 @@ impl Decoder {
         let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
         let step_out = Outputs::find(g, "decode", attentions)?;
         let programs = [&prefill, &step];
-        let mut plain = Vec::new();
-        let mut quantised = Vec::new();
+        let mut held = Resident::default();
         // Equal matrices (a tied head and its embedding table) are held once.
         let mut shared: Vec<Arc<QuantMatrix>> = Vec::new();
-        let mut share = |q: QuantMatrix| match shared.iter().find(|s| ***s == q) {
-            Some(s) => s.clone(),
-            None => {
-                shared.push(Arc::new(q));
-                shared[shared.len() - 1].clone()
-            }
-        };
         for (name, shape, data) in weights {
-            // A quantised form is kept only where both programs read it the way its
-            // kernels support; elsewhere it is dequantised.
-            let (q, table) = match data {
+            let (matrix, usage) = match data {
                 WeightData::F32(v) => {
-                    plain.push((name, shape, v));
+                    held.insert_f32(&step, name, shape, v)?;
                     continue;
                 }
-                WeightData::Quantised(q) => (q, false),
-                WeightData::QuantisedTable(q) => (q, true),
+                WeightData::Quantised(q) => (q, QuantUse::Weight),
+                WeightData::QuantisedTable(q) => (q, QuantUse::Table),
             };
-            let (k, n) = q.dims();
-            let supported = programs.iter().all(|p| match table {
-                true => p.read_only_as_table(&name, [n, k]).is_ok(),
-                false => p.read_only_as_weight(&name, [k, n]).is_ok(),
-            });
-            match (supported, table) {
-                (true, _) => quantised.push((name, share(q), table)),
-                (false, true) => plain.push((name, shape, q.dequantize_rows())),
-                (false, false) => plain.push((name, shape, q.dequantize())),
+            let matrix = match shared.iter().find(|s| ***s == matrix) {
+                Some(s) => s.clone(),
+                None => {
+                    shared.push(Arc::new(matrix));
+                    shared[shared.len() - 1].clone()
+                }
+            };
+            // Where a program reads it other than its kernels support, it is
+            // dequantised instead.
+            if held
+                .quantise(&programs, &name, matrix.clone(), usage)
+                .is_err()
+            {
+                let values = match usage {
+                    QuantUse::Weight => matrix.dequantize(),
+                    QuantUse::Table => matrix.dequantize_rows(),
+                };
+                held.insert_f32(&step, name, shape, values)?;
             }
-        }
-        let mut weights = Resident::from_f32(&step, plain)?;
-        for (name, q, table) in quantised {
-            let held = if table {
-                weights.quantise_table(&programs, &name, q)
-            } else {
-                weights.quantise(&programs, &name, q)
-            };
-            held.map_err(|what| DecodeError::Interface {
-                program: "decode",
-                what,
-            })?;
         }
         Ok(Decoder {
             prefill,
             step,
-            held: weights,
+            held,
             prefill_out,
             step_out,
             tokens_input,
