@@ -5,6 +5,10 @@
 use super::LlmError;
 use minijinja::{context, Environment, Error, ErrorKind};
 
+/// Instructions a chat template may run per rendering: far more than real templates
+/// need (a few thousand for a long conversation), and a bound on a hostile one.
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
@@ -25,6 +29,8 @@ impl ChatTemplate {
     /// Parses `source`; `bos` and `eos` are the texts of the tokens the template may use.
     pub fn new(source: &str, bos: String, eos: String) -> Result<ChatTemplate, LlmError> {
         let mut env = Environment::new();
+        // The template comes from the model file: a hostile one must not run forever.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",

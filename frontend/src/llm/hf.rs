@@ -135,7 +135,11 @@ fn read_weights(dir: &Path) -> Result<HashMap<String, Loaded>, LlmError> {
             path: path.display().to_string(),
             why,
         };
-        let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+        // Mapped, not read: a shard is converted to f32 tensor by tensor.
+        let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+        // SAFETY: read-only, and smelt does not write model files while reading them
+        // (as for GGUF files); another process truncating it is outside what it guards.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fail(e.to_string()))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(e.to_string()))?;
         for (name, view) in st.tensors() {
             let data = view.data();
