@@ -20,19 +20,8 @@ use std::path::{Path, PathBuf};
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SMELT_LLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/llm-testdata"));
-    if dir.join("STAMP").is_file() {
-        return Some(dir);
-    }
-    let why = format!(
-        "LLM test data not found in {} (run: python3 scripts/llm-testdata.py {0})",
-        dir.display()
-    );
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipping: {why}");
-    None
+    let make = "python3 scripts/llm-testdata.py";
+    common::script_data("SMELT_LLM_TESTDATA", "llm-testdata", "STAMP", make)
 }
 
 fn json(path: &Path) -> serde_json::Value {

@@ -7,25 +7,14 @@
 //! Tolerance: the reader and gguf compute each value with the same f32 operations, so
 //! values agree to 1 ulp (|a − b| ≤ 2^-23 · max(|b|, 2^-10)).
 
+mod common;
+
 use smelt_frontend::gguf::{GgmlType, GgufError, GgufFile, MetaValue};
 use std::path::PathBuf;
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SMELT_GGUF_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/gguf-testdata")
-        });
-    if dir.join("blocks.gguf").is_file() {
-        return Some(dir);
-    }
-    let why = format!(
-        "GGUF test data not found in {} (run: python3 scripts/gguf-testdata.py {0}, with pip's gguf and numpy)",
-        dir.display()
-    );
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipping: {why}");
-    None
+    let make = "python3 scripts/gguf-testdata.py (with pip's gguf and numpy)";
+    common::script_data("SMELT_GGUF_TESTDATA", "gguf-testdata", "blocks.gguf", make)
 }
 
 fn expected(dir: &std::path::Path) -> serde_json::Value {

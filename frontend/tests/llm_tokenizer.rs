@@ -5,24 +5,15 @@
 //! `tokenizer.json`, and decode them back to the text. Data: `$SMELT_LLM_TESTDATA`
 //! (default `target/llm-testdata`), made by `.ci/run`; required under `CI`.
 
+mod common;
+
 use smelt_frontend::gguf::GgufFile;
 use smelt_frontend::llm::{Message, Pretrained, Tokenizer};
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SMELT_LLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/llm-testdata"));
-    if dir.join("STAMP").is_file() {
-        return Some(dir);
-    }
-    let why = format!(
-        "LLM test data not found in {} (run: python3 scripts/llm-testdata.py {0})",
-        dir.display()
-    );
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipping: {why}");
-    None
+    let make = "python3 scripts/llm-testdata.py";
+    common::script_data("SMELT_LLM_TESTDATA", "llm-testdata", "STAMP", make)
 }
 
 fn cases(dir: &Path) -> Vec<(String, Vec<u32>)> {
@@ -100,4 +91,18 @@ fn the_embedded_chat_template_renders_chatml() {
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     );
     assert_eq!(model.stop_tokens, [2], "<|im_end|> ends a reply");
+}
+
+#[test]
+fn a_template_that_never_ends_is_an_error() {
+    use smelt_frontend::llm::ChatTemplate;
+    let looping =
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let template = ChatTemplate::new(looping, String::new(), String::new()).unwrap();
+    let user = Message {
+        role: "user".into(),
+        content: "hi".into(),
+    };
+    let err = template.render(&[user]).expect_err("runs out of fuel");
+    assert!(err.to_string().contains("fuel"), "{err}");
 }

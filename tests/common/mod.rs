@@ -24,6 +24,31 @@ pub fn cache_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("smelt-cache")
 }
 
+/// Test data made by a script into `$VAR` (default `target/DEFAULT`), recognised by
+/// the file `marker` in it. Without it the test skips, saying how to make it, except
+/// under `CI`, where that is a failure.
+pub fn script_data(
+    var: &str,
+    default: &str,
+    marker: &str,
+    make: &str,
+) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os(var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join(default)
+        });
+    if dir.join(marker).is_file() {
+        return Some(dir);
+    }
+    let why = format!("test data not found in {} (run: {make} {0})", dir.display());
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
 /// Stdout and stderr as text.
 pub fn texts(out: &Output) -> (String, String) {
     (

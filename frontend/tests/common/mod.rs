@@ -14,6 +14,22 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Test data made by a script into `$VAR` (default `target/DEFAULT`), recognised by
+/// the file `marker` in it. Without it the test skips, saying how to make it, except
+/// under `CI`, where that is a failure.
+pub fn script_data(var: &str, default: &str, marker: &str, make: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target").join(default));
+    if dir.join(marker).is_file() {
+        return Some(dir);
+    }
+    let why = format!("test data not found in {} (run: {make} {0})", dir.display());
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipping: {why}");
+    None
+}
+
 /// Loads `examples/NAME` through the public entry point.
 pub fn load_example(name: &str) -> Model {
     let path = root().join("examples").join(name);
