@@ -45,6 +45,12 @@ enum Command {
         after_help = "Examples:\n  smelt generate ckpt --prompt 'In the beginning' --tokens 300"
     )]
     Generate(commands::generate::Args),
+    /// Serve a pretrained model over HTTP with OpenAI's API (chat and text completions,
+    /// streamed or whole), batching the running requests together.
+    #[command(
+        after_help = "Examples:\n  smelt serve SmolLM2-135M-Instruct.Q4_1.gguf --port 8080 --parallel 8\n  curl http://127.0.0.1:8080/v1/chat/completions -d '{\"model\": \"SmolLM2-135M-Instruct.Q4_1\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
+    )]
+    Serve(commands::serve::Args),
     /// Time the benchmark workloads (W1–W4) on the CPU backend, with ratios to the
     /// op-by-op baseline measured in the same run.
     #[command(after_help = "Examples:\n  smelt bench\n  smelt bench --workload matmul --iters 30")]
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => commands::compile::main(args),
         Command::Train(args) => commands::train::main(args),
         Command::Generate(args) => commands::generate::main(args),
+        Command::Serve(args) => commands::serve::main(args),
         Command::Bench(args) => commands::bench::main(args),
         Command::Plot(args) => commands::plot::main(args),
         Command::GpuCheck(args) => commands::gpu_check::main(args),

@@ -5,11 +5,13 @@ use super::generate::Args;
 use super::generate::WeightPrecision;
 use super::{compile_cpu, CacheArgs, OptArgs};
 use smelt_frontend::lang::Mode;
-use smelt_frontend::llm::{BlockLayout, Message, Pretrained, Storage, TextStream, Weight};
+use smelt_frontend::llm::{
+    stop_prefix_len, BlockLayout, Message, Pretrained, Storage, TextStream, Weight,
+};
 use smelt_frontend::Diagnostic;
 use smelt_runtime::compiled::Purpose;
 use smelt_runtime::decode::sample::{Sampler, Sampling};
-use smelt_runtime::decode::{Decoder, WeightData};
+use smelt_runtime::decode::{Decoder, Engine, WeightData};
 use std::io::Write;
 use std::time::Instant;
 
@@ -98,7 +100,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             break;
         }
         // Text that may begin a stop string waits until it is known not to.
-        let safe = text.len() - held_back(&text, &args.stop);
+        let safe = text.len() - stop_prefix_len(&text, &args.stop);
         let _ = out.write_all(&text.as_bytes()[printed..safe]);
         let _ = out.flush();
         printed = safe;
@@ -136,6 +138,16 @@ pub(crate) fn decoder(
     cache: &CacheArgs,
     context: usize,
 ) -> Result<Decoder, Diagnostic> {
+    engine(model, opt, cache, context).map(Decoder::with_engine)
+}
+
+/// As [`decoder`], an engine for many sequences.
+pub(crate) fn engine(
+    model: &mut Pretrained,
+    opt: &OptArgs,
+    cache: &CacheArgs,
+    context: usize,
+) -> Result<Engine, Diagnostic> {
     let shown = model.path.clone();
     let compile = |mode| -> Result<_, Diagnostic> {
         let graph = model
@@ -149,7 +161,7 @@ pub(crate) fn decoder(
         .into_iter()
         .map(weight_data)
         .collect();
-    Decoder::new(prefill, step, weights, context).map_err(|e| Diagnostic::plain(e.to_string()))
+    Engine::new(prefill, step, weights, context).map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// A loaded weight for the decoder: blocks the CPU backend's products read directly
@@ -166,30 +178,4 @@ fn weight_data(w: Weight) -> (String, Vec<usize>, WeightData) {
         None => WeightData::F32(w.data),
     };
     (w.name, w.shape, data)
-}
-
-/// The length of the longest end of `text` that is the start of a stop string.
-fn held_back(text: &str, stops: &[String]) -> usize {
-    (1..=text.len())
-        .rev()
-        .filter(|&n| text.is_char_boundary(text.len() - n))
-        .find(|&n| {
-            stops
-                .iter()
-                .any(|s| s.len() > n && s.starts_with(&text[text.len() - n..]))
-        })
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::held_back;
-
-    #[test]
-    fn only_a_possible_start_of_a_stop_string_is_held() {
-        let stops = ["\nUser:".to_string()];
-        assert_eq!(held_back("Paris.\nUs", &stops), 3);
-        assert_eq!(held_back("Paris.", &stops), 0);
-        assert_eq!(held_back("é", &stops), 0);
-    }
 }

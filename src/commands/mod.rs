@@ -11,6 +11,7 @@ pub mod generate_llm;
 pub mod gpu_check;
 pub mod plot;
 pub mod run;
+pub mod serve;
 pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;

@@ -12,7 +12,7 @@ mod hf;
 mod tokenizer;
 
 pub use chat::{ChatTemplate, Message};
-pub use tokenizer::{TextStream, Tokenizer};
+pub use tokenizer::{stop_prefix_len, TextStream, Tokenizer};
 
 /// A weight's block format (re-exported for callers that pick kernels by it).
 pub use crate::gguf::GgmlType;

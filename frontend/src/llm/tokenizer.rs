@@ -170,3 +170,30 @@ impl Default for TextStream {
         TextStream::new()
     }
 }
+
+/// The length of the longest end of `text` that is the start of a stop string: text a
+/// stream holds back until it is known whether a stop string follows.
+pub fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
+    (1..=text.len())
+        .rev()
+        .filter(|&n| text.is_char_boundary(text.len() - n))
+        .find(|&n| {
+            stops
+                .iter()
+                .any(|s| s.len() > n && s.starts_with(&text[text.len() - n..]))
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_prefix_len;
+
+    #[test]
+    fn only_a_possible_start_of_a_stop_string_is_held() {
+        let stops = ["\nUser:".to_string()];
+        assert_eq!(stop_prefix_len("Paris.\nUs", &stops), 3);
+        assert_eq!(stop_prefix_len("Paris.", &stops), 0);
+        assert_eq!(stop_prefix_len("é", &stops), 0);
+    }
+}

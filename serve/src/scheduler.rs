@@ -1,0 +1,493 @@
+//! Continuous batching: one thread owns the decode engine and, step after step, runs
+//! every running sequence's next token in one batched decode step, then one chunk of
+//! the oldest waiting prompt. Requests join when a place and KV cache blocks are free,
+//! and leave when they finish; the rest wait in a bounded queue.
+//!
+//! Each request's tokens are sent back on its own channel as they are chosen; a closed
+//! channel (the client went away) or a raised stop flag (the handler saw a stop string)
+//! frees the sequence before the next step.
+
+use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
+use smelt_runtime::decode::sample::{Sampler, Sampling};
+use smelt_runtime::decode::{Engine, SeqId};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Positions per block of the KV cache budget.
+pub const BLOCK_TOKENS: usize = 16;
+
+/// The scheduler's limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The most sequences decoded at once.
+    pub parallel: usize,
+    /// KV cache positions shared by all running sequences (in blocks of
+    /// [`BLOCK_TOKENS`]).
+    pub cache_tokens: usize,
+    /// The most requests waiting for a place; more are refused (HTTP 429).
+    pub queue: usize,
+    /// The most prompt tokens prefilled between two decode steps.
+    pub chunk: usize,
+}
+
+/// Why a choice ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-sequence token (or, decided by the handler, a stop string).
+    Stop,
+    /// `max_tokens`, or the context, was reached.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// A token's log-probability and the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the scheduler tells a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Choice `choice` generated `token`.
+    Token {
+        choice: usize,
+        token: u32,
+        logprobs: Option<Logprobs>,
+    },
+    /// Choice `choice` ended.
+    Done { choice: usize, finish: Finish },
+    /// The request failed.
+    Failed(String),
+}
+
+/// A request for the scheduler.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    /// One sampling per choice.
+    pub choices: Vec<Sampling>,
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
+    /// The most tokens per choice.
+    pub max_tokens: usize,
+    /// With `Some(n)`, each token comes with its log-probability and the `n` most
+    /// likely alternatives.
+    pub top_logprobs: Option<usize>,
+    pub events: UnboundedSender<Event>,
+    /// Raised by the handler to end a choice (a stop string was seen).
+    pub stop: Arc<Vec<AtomicBool>>,
+    pub arrived: Instant,
+}
+
+impl Job {
+    /// KV cache blocks the job reserves while it runs.
+    pub fn blocks(&self) -> usize {
+        self.choices.len() * (self.prompt.len() + self.max_tokens).div_ceil(BLOCK_TOKENS)
+    }
+}
+
+/// Sends jobs to the scheduler thread.
+#[derive(Clone)]
+pub struct Scheduler {
+    jobs: mpsc::Sender<Job>,
+    waiting: Arc<AtomicUsize>,
+    limits: Limits,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread over `engine`; it ends when every [`Scheduler`] is
+    /// dropped and the running requests are finished.
+    pub fn spawn(
+        engine: Engine,
+        limits: Limits,
+        stop_tokens: Vec<u32>,
+        metrics: Arc<Metrics>,
+    ) -> (Scheduler, std::thread::JoinHandle<()>) {
+        let (jobs, inbox) = mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        metrics::set(
+            &metrics.kv_blocks_total,
+            (limits.cache_tokens / BLOCK_TOKENS) as u64,
+        );
+        let mut state = Batcher {
+            engine,
+            limits: limits.clone(),
+            stop_tokens,
+            metrics,
+            waiting: waiting.clone(),
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            blocks_used: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("smelt-scheduler".into())
+            .spawn(move || state.run(inbox))
+            .expect("a thread can be started");
+        (
+            Scheduler {
+                jobs,
+                waiting,
+                limits,
+            },
+            thread,
+        )
+    }
+
+    /// The scheduler's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Queues `job`, or refuses it when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if before >= self.limits.queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::busy(before));
+        }
+        self.jobs.send(job).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            ApiError::unavailable("the server is shutting down")
+        })
+    }
+}
+
+/// One choice of a running request.
+struct Choice {
+    sequence: SeqId,
+    sampler: Sampler,
+    /// Prompt and generated tokens (the repetition penalty reads them).
+    history: Vec<u32>,
+    /// Generated tokens by id (presence and frequency penalties).
+    counts: HashMap<u32, u32>,
+    generated: usize,
+    /// The token to feed at the next step.
+    next: Option<u32>,
+    last_token_at: Instant,
+    done: bool,
+}
+
+/// A request that holds a place.
+struct Running {
+    job: Job,
+    blocks: usize,
+    /// While the prompt is read: the sequence and how many tokens were fed.
+    prefill: Option<(SeqId, usize)>,
+    choices: Vec<Choice>,
+}
+
+struct Batcher {
+    engine: Engine,
+    limits: Limits,
+    stop_tokens: Vec<u32>,
+    metrics: Arc<Metrics>,
+    waiting: Arc<AtomicUsize>,
+    queue: VecDeque<Job>,
+    running: Vec<Running>,
+    blocks_used: usize,
+}
+
+impl Batcher {
+    fn run(&mut self, inbox: mpsc::Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.queue.is_empty() {
+                match inbox.recv() {
+                    Ok(job) => self.queue.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = inbox.try_recv() {
+                self.queue.push_back(job);
+            }
+            self.drop_abandoned();
+            self.admit();
+            self.prefill_chunk();
+            self.decode_step();
+            self.retire();
+            self.report();
+        }
+    }
+
+    /// Forgets queued requests whose clients left, and ends choices whose client
+    /// left or whose handler saw a stop string.
+    fn drop_abandoned(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|job| !job.events.is_closed());
+        self.waiting
+            .fetch_sub(before - self.queue.len(), Ordering::SeqCst);
+        for r in &mut self.running {
+            let gone = r.job.events.is_closed();
+            for (i, c) in r.choices.iter_mut().enumerate() {
+                if gone || r.job.stop[i].load(Ordering::SeqCst) {
+                    c.done = true;
+                }
+            }
+            if gone {
+                r.choices.iter_mut().for_each(|c| c.done = true);
+                if let Some((sequence, _)) = r.prefill.take() {
+                    self.engine.remove(sequence);
+                }
+            }
+        }
+    }
+
+    /// Gives waiting requests places, oldest first, while places and blocks last.
+    fn admit(&mut self) {
+        while let Some(job) = self.queue.front() {
+            let places: usize = self.running.iter().map(|r| r.job.choices.len()).sum();
+            let blocks = job.blocks();
+            if places + job.choices.len() > self.limits.parallel
+                || self.blocks_used + blocks > self.limits.cache_tokens / BLOCK_TOKENS
+            {
+                break;
+            }
+            let job = self.queue.pop_front().expect("looked at");
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.blocks_used += blocks;
+            let sequence = self.engine.start();
+            self.running.push(Running {
+                job,
+                blocks,
+                prefill: Some((sequence, 0)),
+                choices: Vec::new(),
+            });
+        }
+    }
+
+    /// Feeds one chunk of the oldest prompt still being read; when it is all read,
+    /// each choice draws its first token.
+    fn prefill_chunk(&mut self) {
+        let Some(r) = self.running.iter_mut().find(|r| r.prefill.is_some()) else {
+            return;
+        };
+        let (sequence, fed) = r.prefill.expect("found");
+        let prompt = &r.job.prompt;
+        let end = (fed + self.limits.chunk).min(prompt.len());
+        let logits = match self.engine.feed(sequence, &prompt[fed..end]) {
+            Ok(logits) => logits,
+            Err(e) => {
+                let _ = r.job.events.send(Event::Failed(e.to_string()));
+                r.prefill = None;
+                self.engine.remove(sequence);
+                return;
+            }
+        };
+        metrics::add(&self.metrics.prompt_tokens, (end - fed) as u64);
+        if end < prompt.len() {
+            r.prefill = Some((sequence, end));
+            return;
+        }
+        r.prefill = None;
+        let last = logits.last().expect("a chunk has tokens");
+        let now = Instant::now();
+        for (i, sampling) in r.job.choices.iter().enumerate() {
+            let sequence = if i == 0 {
+                sequence
+            } else {
+                self.engine.fork(sequence)
+            };
+            r.choices.push(Choice {
+                sequence,
+                sampler: Sampler::new(sampling.clone()),
+                history: prompt.clone(),
+                counts: HashMap::new(),
+                generated: 0,
+                next: None,
+                last_token_at: now,
+                done: false,
+            });
+        }
+        self.metrics
+            .time_to_first_token
+            .observe(r.job.arrived.elapsed().as_secs_f64());
+        for i in 0..r.choices.len() {
+            choose(
+                &mut self.engine,
+                &self.stop_tokens,
+                &self.metrics,
+                r,
+                i,
+                last,
+            );
+        }
+    }
+
+    /// Runs one batched decode step over every choice with a token to feed.
+    fn decode_step(&mut self) {
+        let mut who = Vec::new();
+        let mut next = Vec::new();
+        for (ri, r) in self.running.iter().enumerate() {
+            for (ci, c) in r.choices.iter().enumerate() {
+                if let (false, Some(t)) = (c.done, c.next) {
+                    who.push((ri, ci));
+                    next.push((c.sequence, t));
+                }
+            }
+        }
+        if next.is_empty() {
+            return;
+        }
+        metrics::set(&self.metrics.batch_size, next.len() as u64);
+        metrics::add(&self.metrics.decode_steps, 1);
+        match self.engine.step(&next) {
+            Ok(logits) => {
+                for ((ri, ci), row) in who.into_iter().zip(&logits) {
+                    let r = &mut self.running[ri];
+                    r.choices[ci].next = None;
+                    choose(
+                        &mut self.engine,
+                        &self.stop_tokens,
+                        &self.metrics,
+                        r,
+                        ci,
+                        row,
+                    );
+                }
+            }
+            Err(e) => {
+                for (ri, _) in who {
+                    let r = &mut self.running[ri];
+                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                    r.choices.iter_mut().for_each(|c| c.done = true);
+                }
+            }
+        }
+    }
+
+    /// Frees finished choices' sequences and finished requests' places and blocks.
+    fn retire(&mut self) {
+        for r in &mut self.running {
+            for c in &r.choices {
+                if c.done {
+                    self.engine.remove(c.sequence);
+                }
+            }
+        }
+        let engine = &mut self.engine;
+        let mut freed = 0;
+        self.running.retain(|r| {
+            let finished = r.prefill.is_none() && r.choices.iter().all(|c| c.done);
+            if finished {
+                freed += r.blocks;
+                r.choices.iter().for_each(|c| engine.remove(c.sequence));
+            }
+            !finished
+        });
+        self.blocks_used -= freed;
+    }
+
+    fn report(&self) {
+        let m = &self.metrics;
+        metrics::set(&m.queued, self.queue.len() as u64);
+        let running: usize = self.running.iter().map(|r| r.job.choices.len()).sum();
+        metrics::set(&m.running, running as u64);
+        metrics::set(&m.kv_blocks_used, self.blocks_used as u64);
+        metrics::set(&m.kv_cache_bytes, self.engine.cache_bytes() as u64);
+        if running == 0 {
+            metrics::set(&m.batch_size, 0);
+        }
+    }
+}
+
+/// Choice `i` of `r` draws its next token from `logits` and sends it, or ends.
+fn choose(
+    engine: &mut Engine,
+    stop_tokens: &[u32],
+    metrics: &Metrics,
+    r: &mut Running,
+    i: usize,
+    logits: &[f32],
+) {
+    let job = &r.job;
+    let c = &mut r.choices[i];
+    if c.done {
+        return;
+    }
+    let penalised;
+    let scores = if (job.presence_penalty, job.frequency_penalty) != (0.0, 0.0) {
+        let mut l = logits.to_vec();
+        for (&t, &n) in &c.counts {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x -= (job.presence_penalty + job.frequency_penalty * f64::from(n)) as f32;
+            }
+        }
+        penalised = l;
+        &penalised[..]
+    } else {
+        logits
+    };
+    let token = c.sampler.pick(scores, &c.history);
+    let now = Instant::now();
+    let finish = |c: &mut Choice, finish| {
+        c.done = true;
+        let _ = job.events.send(Event::Done { choice: i, finish });
+    };
+    if stop_tokens.contains(&token) {
+        return finish(c, Finish::Stop);
+    }
+    let logprobs = job.top_logprobs.map(|n| logprobs_of(logits, token, n));
+    if c.generated > 0 {
+        metrics
+            .inter_token_latency
+            .observe((now - c.last_token_at).as_secs_f64());
+    }
+    c.last_token_at = now;
+    c.generated += 1;
+    c.history.push(token);
+    *c.counts.entry(token).or_default() += 1;
+    metrics::add(&metrics.generated_tokens, 1);
+    let _ = job.events.send(Event::Token {
+        choice: i,
+        token,
+        logprobs,
+    });
+    if c.generated >= job.max_tokens || engine.len(c.sequence) + 1 > engine.context() {
+        return finish(c, Finish::Length);
+    }
+    c.next = Some(token);
+}
+
+/// The log-probability of `token` under `logits` and the `n` most likely tokens'.
+pub fn logprobs_of(logits: &[f32], token: u32, n: usize) -> Logprobs {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&x| f64::from(x - top).exp()).sum();
+    let log_z = f64::from(top) + sum.ln();
+    let lp = |t: usize| (f64::from(logits[t]) - log_z) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    if n > 0 && n < order.len() {
+        order.select_nth_unstable_by(n - 1, by_logit);
+    }
+    order.truncate(n);
+    order.sort_by(by_logit);
+    Logprobs {
+        logprob: lp(token as usize),
+        top: order.into_iter().map(|t| (t as u32, lp(t))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logprobs_of;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_first() {
+        let l = logprobs_of(&[0.0, 2.0, 1.0], 2, 2);
+        let z = (1.0f64 + 2f64.exp() + 1f64.exp()).ln();
+        assert!((f64::from(l.logprob) - (1.0 - z)).abs() < 1e-6);
+        assert_eq!(l.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+}
