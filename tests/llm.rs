@@ -14,7 +14,7 @@ use smelt_compiler::optimize::Options;
 use smelt_frontend::lang::Mode;
 use smelt_frontend::llm::{BlockLayout, Pretrained, Storage};
 use smelt_runtime::compiled::{Compiled, Purpose};
-use smelt_runtime::decode::{Decoder, WeightData};
+use smelt_runtime::decode::{Decoder, Engine, WeightData};
 use std::path::{Path, PathBuf};
 
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -262,6 +262,108 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
         let again = cached.feed(&tokens).unwrap();
         assert_eq!(again.last(), expected.last(), "{storage:?}");
     }
+}
+
+/// Continuous batching: sequences of different lengths decoded together in one step,
+/// joining and leaving the batch as they go, get the logits each gets decoded alone
+/// (the same tokens are fed both ways). A row's arithmetic does not depend on the
+/// other rows, so they agree to rounding: 1e-5 of the row's largest logit.
+#[test]
+fn a_batch_of_sequences_decodes_as_each_alone() {
+    let Some(dir) = data_dir() else { return };
+    for storage in [Storage::F32, Storage::Blocks] {
+        let model = Pretrained::open_with(&dir.join(GGUF), storage).unwrap();
+        let program = |mode| {
+            let graph = model.lower(mode).unwrap().graph;
+            Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
+                .unwrap()
+                .program
+        };
+        let (prefill, step) = (program(Mode::Prefill), program(Mode::Decode));
+        let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
+        let prompts = [
+            "The quick brown fox",
+            "Once upon a time, in a land far",
+            "1, 2,",
+        ];
+        const STEPS: usize = 6;
+        // Alone: each prompt, then its greedy tokens one at a time.
+        let mut alone = Decoder::new(prefill.clone(), step.clone(), weights.clone(), 256).unwrap();
+        let mut fed = Vec::new();
+        let mut expected = Vec::new();
+        for p in prompts {
+            alone.reset();
+            let mut logits = vec![alone
+                .feed(&model.tokenizer.encode(p).unwrap())
+                .unwrap()
+                .pop()
+                .unwrap()];
+            let mut tokens = Vec::new();
+            for _ in 0..STEPS {
+                let t = argmax(logits.last().unwrap());
+                tokens.push(t);
+                logits.push(alone.feed(&[t]).unwrap().pop().unwrap());
+            }
+            fed.push(tokens);
+            expected.push(logits);
+        }
+        // Batched: sequence 2 joins at step 2, sequence 0 leaves after step 4.
+        let mut engine = Engine::new(prefill, step, weights, 256).unwrap();
+        let ids: Vec<_> = prompts.iter().map(|_| engine.start()).collect();
+        let mut got: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .zip(&ids)
+            .map(|(p, &id)| {
+                vec![engine
+                    .feed(id, &model.tokenizer.encode(p).unwrap())
+                    .unwrap()
+                    .pop()
+                    .unwrap()]
+            })
+            .collect();
+        let mut done = [0usize; 3];
+        for round in 0..STEPS + 2 {
+            let members: Vec<usize> = (0..3)
+                .filter(|&s| done[s] < STEPS && (s != 2 || round >= 2) && (s != 0 || round < 5))
+                .collect();
+            let next: Vec<_> = members.iter().map(|&s| (ids[s], fed[s][done[s]])).collect();
+            for (&s, logits) in members.iter().zip(engine.step(&next).unwrap()) {
+                got[s].push(logits);
+                done[s] += 1;
+            }
+        }
+        // Sequence 0 finishes alone, after leaving the batch.
+        while done[0] < STEPS {
+            got[0].push(
+                engine
+                    .feed(ids[0], &[fed[0][done[0]]])
+                    .unwrap()
+                    .pop()
+                    .unwrap(),
+            );
+            done[0] += 1;
+        }
+        for s in 0..3 {
+            assert_eq!(got[s].len(), expected[s].len(), "sequence {s}");
+            for (pos, (g, w)) in got[s].iter().zip(&expected[s]).enumerate() {
+                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let diff = g
+                    .iter()
+                    .zip(w)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{storage:?}, sequence {s}, position {pos}: max |Δ| {diff} over logits up to {scale}"
+                );
+            }
+        }
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+        .unwrap() as u32
 }
 
 /// A weight as `smelt generate` hands it to the decoder.

@@ -239,14 +239,16 @@ fn submit(app: &App, p: Prepared) -> Result<Submitted, ApiError> {
     }
     let room = app.context - prompt;
     let max_tokens = match p.checked.max_tokens {
-        Some(n) if n > room => return Err(ApiError::invalid(
-            "max_tokens",
-            format!(
+        Some(n) if n > room => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!(
                 "the prompt ({prompt} tokens) and max_tokens ({n}) exceed the context of {} tokens",
                 app.context
             ),
-        )
-        .with_code("context_length_exceeded")),
+            )
+            .with_code("context_length_exceeded"))
+        }
         Some(n) => n,
         None => room,
     };
