@@ -45,6 +45,9 @@ pub struct Common {
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub repeat_penalty: Option<f64>,
+    /// llama.cpp's extension: generate past end-of-sequence tokens (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -115,6 +118,7 @@ pub struct Checked {
     pub n: usize,
     pub presence_penalty: f64,
     pub frequency_penalty: f64,
+    pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -186,6 +190,7 @@ impl Common {
                 -2.0,
                 2.0,
             )?,
+            ignore_eos: self.ignore_eos,
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
         })

@@ -287,6 +287,7 @@ fn submit(app: &App, p: Prepared) -> Result<Submitted, ApiError> {
         frequency_penalty: p.checked.frequency_penalty,
         max_tokens,
         top_logprobs: p.top_logprobs,
+        ignore_eos: p.checked.ignore_eos,
         events,
         stop: stop.clone(),
         arrived: Instant::now(),

@@ -86,6 +86,8 @@ pub struct Job {
     /// With `Some(n)`, each token comes with its log-probability and the `n` most
     /// likely alternatives.
     pub top_logprobs: Option<usize>,
+    /// End-of-sequence tokens do not end the choices.
+    pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
     /// Raised by the handler to end a choice (a stop string was seen).
     pub stop: Arc<Vec<AtomicBool>>,
@@ -435,7 +437,7 @@ fn choose(
         c.done = true;
         let _ = job.events.send(Event::Done { choice: i, finish });
     };
-    if stop_tokens.contains(&token) {
+    if !job.ignore_eos && stop_tokens.contains(&token) {
         return finish(c, Finish::Stop);
     }
     let logprobs = job.top_logprobs.map(|n| logprobs_of(logits, token, n));

@@ -306,31 +306,28 @@ pub fn matmul(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate:
     }
     let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
     let dot = kernel(w.format);
-    if m * n * (k / BLOCK) < PARALLEL_FROM_BLOCKS {
-        let mut part = vec![0.0f32; m * n];
-        for j in 0..n {
-            let wrow = w.row(j);
-            for (i, x) in rows.iter().enumerate() {
-                part[i * n + j] = dot(&wrow, x);
+    // Columns `cols` of the product for every row: each weight row is read (and
+    // unpacked) once for all `m` activation rows.
+    let columns = |cols: std::ops::Range<usize>| {
+        let width = cols.len();
+        let mut part = vec![0.0f32; m * width];
+        let mut column = vec![0.0f32; m];
+        for (c, j) in cols.clone().enumerate() {
+            dot(&w.row(j), &rows, &mut column);
+            for (i, &v) in column.iter().enumerate() {
+                part[i * width + c] = v;
             }
         }
-        return scatter_columns(vec![(0, part)], m, n, out, accumulate);
+        (cols.start, part)
+    };
+    if m * n * (k / BLOCK) < PARALLEL_FROM_BLOCKS {
+        return scatter_columns(vec![columns(0..n)], m, n, out, accumulate);
     }
-    // Columns in parallel: each task reads a run of weight rows once for all `m`.
+    // Runs of columns in parallel.
     let tile = (n / (4 * rayon::current_num_threads())).clamp(16, 256);
     let results: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(tile))
         .into_par_iter()
-        .map(|t| {
-            let cols = t * tile..((t + 1) * tile).min(n);
-            let mut part = vec![0.0f32; m * cols.len()];
-            for (c, j) in cols.clone().enumerate() {
-                let wrow = w.row(j);
-                for (i, x) in rows.iter().enumerate() {
-                    part[i * cols.len() + c] = dot(&wrow, x);
-                }
-            }
-            (cols.start, part)
-        })
+        .map(|t| columns(t * tile..((t + 1) * tile).min(n)))
         .collect();
     scatter_columns(results, m, n, out, accumulate);
 }
@@ -404,22 +401,33 @@ pub fn error_bound(a: &[f32], w: &QuantMatrix, i: usize, j: usize) -> f32 {
     bound * 1.01 + magnitude * 1e-5
 }
 
-type Dot = fn(&Row, &Q8Row) -> f32;
+/// Dot products of one weight row with every activation row: `out[i] = w · xs[i]`.
+/// Each row's arithmetic is the same whatever the number of rows, so a sequence's
+/// results do not depend on the batch it runs in.
+type DotRows = fn(&Row, &[Q8Row], &mut [f32]);
 
-fn kernel(format: QuantFormat) -> Dot {
+fn kernel(format: QuantFormat) -> DotRows {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         return match format {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            QuantFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8(w, x) },
+            QuantFormat::Q8_0 => |w, xs, out| unsafe { avx2::dot_rows::<true>(w, xs, out) },
             QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
-                |w, x| unsafe { avx2::dot_q4(w, x) }
+                |w, xs, out| unsafe { avx2::dot_rows::<false>(w, xs, out) }
             }
         };
     }
     match format {
-        QuantFormat::Q8_0 => scalar_dot_q8,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => scalar_dot_q4,
+        QuantFormat::Q8_0 => |w, xs, out| {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = scalar_dot_q8(w, x);
+            }
+        },
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => |w, xs, out| {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = scalar_dot_q4(w, x);
+            }
+        },
     }
 }
 
@@ -475,43 +483,83 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// 8-bit weights: `|w| · sign(x, w)` keeps `maddubs`'s unsigned-by-signed form.
-    /// Two accumulators take alternate blocks, so additions do not wait on each other.
+    /// [`super::DotRows`] for 8-bit weights (`Q8`) or 4-bit ones, four activation rows
+    /// at a time (the rest one by one).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q8(w: &Row, x: &Q8Row) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, &d) in w.scales.iter().enumerate() {
-            let qw = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
-            let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-            acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc[b & 1]);
+    pub(super) unsafe fn dot_rows<const Q8: bool>(w: &Row, xs: &[Q8Row], out: &mut [f32]) {
+        let mut i = 0;
+        while i + 4 <= xs.len() {
+            out[i..i + 4].copy_from_slice(&group::<Q8, 4>(w, &xs[i..i + 4]));
+            i += 4;
         }
-        hsum(_mm256_add_ps(acc[0], acc[1]))
+        while i < xs.len() {
+            out[i] = group::<Q8, 1>(w, &xs[i..i + 1])[0];
+            i += 1;
+        }
     }
 
-    /// 4-bit weights (`d · q + offset`): low nibbles are values 0..16 of a block,
-    /// high nibbles 16..32.
+    /// The weight row's blocks are unpacked once for the `R` rows. 8-bit weights use
+    /// `|w| · sign(x, w)` to keep `maddubs`'s unsigned-by-signed form; 4-bit weights
+    /// (`d · q + offset`) hold values 0..16 of a block in low nibbles, 16..32 in high
+    /// ones. Each row has two accumulators taking alternate blocks, so additions do not
+    /// wait on each other.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q4(w: &Row, x: &Q8Row) -> f32 {
+    unsafe fn group<const Q8: bool, const R: usize>(w: &Row, xs: &[Q8Row]) -> [f32; R] {
         let ones = _mm256_set1_epi16(1);
         let low = _mm_set1_epi8(15);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut shift = _mm256_setzero_ps();
+        let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
+        let scales: [*const f32; R] = std::array::from_fn(|r| xs[r].scales.as_ptr());
+        // Block `b` of every row into `acc` (plain arrays indexed by constants, so the
+        // accumulators stay in registers).
+        let block = |b: usize, acc: &mut [__m256; R]| {
+            let (qw, sign) = if Q8 {
+                let q = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
+                (_mm256_sign_epi8(q, q), q)
+            } else {
+                let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                (_mm256_set_m128i(hi, lo), ones)
+            };
+            let d = *w.scales.get_unchecked(b);
+            for r in 0..R {
+                let mut qx = _mm256_loadu_si256(qs[r].add(b * BLOCK) as *const __m256i);
+                if Q8 {
+                    qx = _mm256_sign_epi8(qx, sign);
+                }
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *scales[r].add(b)), sums, acc[r]);
+            }
+        };
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
         let blocks = w.scales.len();
-        for b in 0..blocks {
-            let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
-            let lo = _mm_and_si128(packed, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-            let qw = _mm256_set_m128i(hi, lo);
-            let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones));
-            acc[b & 1] =
-                _mm256_fmadd_ps(_mm256_set1_ps(w.scales[b] * x.scales[b]), sums, acc[b & 1]);
+        let mut b = 0;
+        while b + 2 <= blocks {
+            block(b, &mut even);
+            block(b + 1, &mut odd);
+            b += 2;
         }
-        let acc = _mm256_add_ps(acc[0], acc[1]);
-        // Σ offset · (d_x Σ q_x), eight blocks at a time.
+        if b < blocks {
+            block(b, &mut even);
+        }
+        let mut out = [0.0f32; R];
+        for r in 0..R {
+            out[r] = hsum(_mm256_add_ps(even[r], odd[r]));
+            if !Q8 {
+                out[r] += offsets(w, &xs[r]);
+            }
+        }
+        out
+    }
+
+    /// `Σ offset · (d_x Σ q_x)` over the blocks, eight at a time.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn offsets(w: &Row, x: &Q8Row) -> f32 {
+        let blocks = w.scales.len();
+        let mut shift = _mm256_setzero_ps();
         let mut i = 0;
         while i + 8 <= blocks {
             let m = _mm256_loadu_ps(w.offsets.as_ptr().add(i));
@@ -524,7 +572,7 @@ mod avx2 {
             tail += w.offsets[i] * x.sums[i];
             i += 1;
         }
-        hsum(acc) + hsum(shift) + tail
+        hsum(shift) + tail
     }
 }
 
@@ -558,7 +606,7 @@ mod tests {
     #[test]
     fn products_match_the_dequantised_weights_within_the_bound() {
         for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
-            let (m, k, n) = (3, 96, 40);
+            let (m, k, n) = (7, 96, 40);
             let w = random_matrix(format, k, n, 11);
             let a: Vec<f32> = (0..m * k)
                 .map(|i| rng::normal01(5, i as u64) as f32)
@@ -589,6 +637,26 @@ mod tests {
                         "{format:?}: portable {portable} vs {got}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A row's product is the same, bit for bit, whatever rows run beside it (a
+    /// sequence's tokens do not depend on the batch it is decoded in).
+    #[test]
+    fn a_rows_product_does_not_depend_on_the_other_rows() {
+        for format in [QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let (k, n) = (96, 40);
+            let w = random_matrix(format, k, n, 3);
+            let a: Vec<f32> = (0..6 * k)
+                .map(|i| rng::normal01(9, i as u64) as f32)
+                .collect();
+            let mut batch = vec![0.0f32; 6 * n];
+            matmul(&a, 6, &w, &mut batch, false);
+            for i in 0..6 {
+                let mut alone = vec![0.0f32; n];
+                matmul(&a[i * k..(i + 1) * k], 1, &w, &mut alone, false);
+                assert_eq!(alone, batch[i * n..(i + 1) * n], "{format:?}, row {i}");
             }
         }
     }
