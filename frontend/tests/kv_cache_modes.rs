@@ -45,10 +45,11 @@ fn decode_reads_the_cache_at_per_sequence_positions() {
         [
             "tokens i32[B, T]",
             "past_len i32[B]",
-            "past.0.k f32[B, 2, past, 32]",
-            "past.0.v f32[B, 2, past, 32]",
-            "past.1.k f32[B, 2, past, 32]",
-            "past.1.v f32[B, 2, past, 32]",
+            "block_table i32[B, pages]",
+            "cache.0.k f32[blocks, 2, 16, 32]",
+            "cache.0.v f32[blocks, 2, 16, 32]",
+            "cache.1.k f32[blocks, 2, 16, 32]",
+            "cache.1.v f32[blocks, 2, 16, 32]",
         ]
     );
     let outputs: Vec<&str> = g
@@ -97,7 +98,7 @@ fn a_cache_needs_causal_attention() {
 /// The prefill and decode modes in the reference interpreter, on the small Llama with
 /// random weights: a decode step after a prefill gives the logits of the whole
 /// sequence run at once, and two sequences of different lengths decoded in one batch
-/// (the shorter one's cache padded, `past_len` per row) give each one's own logits.
+/// (in one paged cache, `past_len` per row) give each one's own logits.
 #[test]
 fn decode_steps_match_whole_sequences_and_ragged_batches() {
     use smelt_compiler::ir::DType;
@@ -122,7 +123,9 @@ fn decode_steps_match_whole_sequences_and_ragged_batches() {
         let t = rows[0].len();
         Tensor::from_i64(DType::I32, vec![rows.len(), t], rows.concat())
     };
-    let (a, b): (&[i64], &[i64]) = (&[5, 17, 200, 3, 99], &[42, 8, 130]);
+    // Sequence a spans two cache blocks.
+    let a: &[i64] = &[5, 17, 200, 3, 99].repeat(4);
+    let b: &[i64] = &[42, 8, 130];
     let (next_a, next_b) = (61, 7);
     let cache_a = run(&prefill, vec![("tokens".into(), tokens(&[a]))]);
     let cache_b = run(&prefill, vec![("tokens".into(), tokens(&[b]))]);
@@ -137,42 +140,59 @@ fn decode_steps_match_whole_sequences_and_ragged_batches() {
                 Tensor::from_i64(DType::I32, vec![lens.len()], lens.to_vec()),
             ),
         ];
-        let longest = *lens.iter().max().unwrap() as usize;
+        // The paged cache: sequence `i` holds blocks in order after those of the ones
+        // before it, its table row lists them, padded with block 0; positions past a
+        // sequence's length hold 1e3 (masked out).
+        const BLOCK: usize = 16;
+        let blocks: Vec<usize> = lens.iter().map(|&l| (l as usize).div_ceil(BLOCK)).collect();
+        let pages = *blocks.iter().max().unwrap();
+        let mut table = Vec::new();
+        let mut first = 0;
+        for &b in &blocks {
+            table.extend((0..pages).map(|p| if p < b { (first + p) as i64 } else { 0 }));
+            first += b;
+        }
+        extra.push((
+            "block_table".to_string(),
+            Tensor::from_i64(DType::I32, vec![lens.len(), pages], table),
+        ));
         for n in 0..2 {
             for part in ["k", "v"] {
-                // [1, 2, len, 32] per sequence, padded with 1e3 (masked out) to the longest.
                 let mut values = Vec::new();
-                for cache in caches {
+                for (cache, &b) in caches.iter().zip(&blocks) {
                     let t = &cache[&format!("present.{n}.{part}")];
                     let len = t.shape[2];
-                    for h in 0..2 {
-                        for p in 0..longest {
-                            for d in 0..32 {
-                                values.push(if p < len {
-                                    t.floats()[(h * len + p) * 32 + d]
-                                } else {
-                                    1e3
-                                });
+                    for block in 0..b {
+                        for h in 0..2 {
+                            for i in 0..BLOCK {
+                                let p = block * BLOCK + i;
+                                for d in 0..32 {
+                                    values.push(if p < len {
+                                        t.floats()[(h * len + p) * 32 + d]
+                                    } else {
+                                        1e3
+                                    });
+                                }
                             }
                         }
                     }
                 }
-                let shape = vec![caches.len(), 2, longest, 32];
+                let shape = vec![first, 2, BLOCK, 32];
                 extra.push((
-                    format!("past.{n}.{part}"),
+                    format!("cache.{n}.{part}"),
                     Tensor::from_f64(DType::F32, shape, values),
                 ));
             }
         }
         run(&decode, extra)["logits"].floats().to_vec()
     };
-    let alone_a = step(&[next_a], &[5], &[&cache_a]);
+    let alone_a = step(&[next_a], &[20], &[&cache_a]);
     let alone_b = step(&[next_b], &[3], &[&cache_b]);
     let whole = run(
         &infer,
         vec![("tokens".into(), tokens(&[&[a, &[next_a]].concat()]))],
     );
-    let last = &whole["logits"].floats()[5 * 256..];
+    let last = &whole["logits"].floats()[20 * 256..];
     // The interpreter runs in f64, but the cache passes through f32 tensors between
     // the runs (the whole-sequence run keeps its keys in f64): 1e-6 covers that.
     let close = |x: &[f64], y: &[f64]| {
@@ -184,6 +204,6 @@ fn decode_steps_match_whole_sequences_and_ragged_batches() {
         close(&alone_a, last),
         "a decode step gives the whole sequence's last logits"
     );
-    let batched = step(&[next_a, next_b], &[5, 3], &[&cache_a, &cache_b]);
+    let batched = step(&[next_a, next_b], &[20, 3], &[&cache_a, &cache_b]);
     assert!(close(&batched[..256], &alone_a) && close(&batched[256..], &alone_b));
 }

@@ -17,7 +17,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod text;
 
-pub use scheduler::{Limits, BLOCK_TOKENS};
+pub use scheduler::Limits;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub batch_size: AtomicU64,
     pub decode_steps: AtomicU64,
     pub kv_blocks_used: AtomicU64,
+    pub kv_blocks_reserved: AtomicU64,
     pub kv_blocks_total: AtomicU64,
     pub kv_cache_bytes: AtomicU64,
     pub time_to_first_token: Histogram,
@@ -136,8 +137,14 @@ impl Metrics {
         metric(
             "kv_cache_blocks_used",
             "gauge",
-            "KV cache blocks reserved by running sequences.",
+            "KV cache blocks holding running sequences' positions.",
             &self.kv_blocks_used,
+        );
+        metric(
+            "kv_cache_blocks_reserved",
+            "gauge",
+            "KV cache blocks reserved by running requests (prompt and max_tokens).",
+            &self.kv_blocks_reserved,
         );
         metric(
             "kv_cache_blocks_total",
@@ -148,7 +155,7 @@ impl Metrics {
         metric(
             "kv_cache_bytes",
             "gauge",
-            "Bytes of KV cache buffers allocated.",
+            "Bytes of the KV cache pool allocated (it grows up to --ctx positions).",
             &self.kv_cache_bytes,
         );
         self.time_to_first_token.render(

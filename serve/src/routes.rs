@@ -253,8 +253,9 @@ fn submit(app: &App, p: Prepared) -> Result<Submitted, ApiError> {
         None => room,
     };
     let limits = app.scheduler.limits();
-    let blocks_wanted = p.checked.n * (prompt + max_tokens).div_ceil(crate::BLOCK_TOKENS);
-    if blocks_wanted * crate::BLOCK_TOKENS > limits.cache_tokens || p.checked.n > limits.parallel {
+    let block = app.scheduler.block_positions();
+    let blocks_wanted = p.checked.n * (prompt + max_tokens).div_ceil(block);
+    if blocks_wanted > limits.cache_tokens.div_ceil(block) || p.checked.n > limits.parallel {
         return Err(ApiError::invalid(
             "n",
             format!(

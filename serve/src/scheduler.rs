@@ -17,16 +17,12 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Positions per block of the KV cache budget.
-pub const BLOCK_TOKENS: usize = 16;
-
 /// The scheduler's limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// The most sequences decoded at once.
     pub parallel: usize,
-    /// KV cache positions shared by all running sequences (in blocks of
-    /// [`BLOCK_TOKENS`]).
+    /// KV cache positions shared by all running sequences (in the engine's blocks).
     pub cache_tokens: usize,
     /// The most requests waiting for a place; more are refused (HTTP 429).
     pub queue: usize,
@@ -95,9 +91,9 @@ pub struct Job {
 }
 
 impl Job {
-    /// KV cache blocks the job reserves while it runs.
-    pub fn blocks(&self) -> usize {
-        self.choices.len() * (self.prompt.len() + self.max_tokens).div_ceil(BLOCK_TOKENS)
+    /// KV cache blocks of `block` positions the job reserves while it runs.
+    pub fn blocks(&self, block: usize) -> usize {
+        self.choices.len() * (self.prompt.len() + self.max_tokens).div_ceil(block)
     }
 }
 
@@ -107,6 +103,7 @@ pub struct Scheduler {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
     limits: Limits,
+    block: usize,
 }
 
 impl Scheduler {
@@ -120,9 +117,10 @@ impl Scheduler {
     ) -> (Scheduler, std::thread::JoinHandle<()>) {
         let (jobs, inbox) = mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let block = engine.block_positions();
         metrics::set(
             &metrics.kv_blocks_total,
-            (limits.cache_tokens / BLOCK_TOKENS) as u64,
+            limits.cache_tokens.div_ceil(block) as u64,
         );
         let mut state = Batcher {
             engine,
@@ -132,7 +130,8 @@ impl Scheduler {
             waiting: waiting.clone(),
             queue: VecDeque::new(),
             running: Vec::new(),
-            blocks_used: 0,
+            blocks_reserved: 0,
+            block,
         };
         let thread = std::thread::Builder::new()
             .name("smelt-scheduler".into())
@@ -143,6 +142,7 @@ impl Scheduler {
                 jobs,
                 waiting,
                 limits,
+                block,
             },
             thread,
         )
@@ -151,6 +151,11 @@ impl Scheduler {
     /// The scheduler's limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Positions per KV cache block.
+    pub fn block_positions(&self) -> usize {
+        self.block
     }
 
     /// Queues `job`, or refuses it when the queue is full.
@@ -199,7 +204,9 @@ struct Batcher {
     waiting: Arc<AtomicUsize>,
     queue: VecDeque<Job>,
     running: Vec<Running>,
-    blocks_used: usize,
+    /// Blocks reserved by running requests (for their prompts and `max_tokens`).
+    blocks_reserved: usize,
+    block: usize,
 }
 
 impl Batcher {
@@ -250,15 +257,15 @@ impl Batcher {
     fn admit(&mut self) {
         while let Some(job) = self.queue.front() {
             let places: usize = self.running.iter().map(|r| r.job.choices.len()).sum();
-            let blocks = job.blocks();
+            let blocks = job.blocks(self.block);
             if places + job.choices.len() > self.limits.parallel
-                || self.blocks_used + blocks > self.limits.cache_tokens / BLOCK_TOKENS
+                || self.blocks_reserved + blocks > self.limits.cache_tokens.div_ceil(self.block)
             {
                 break;
             }
             let job = self.queue.pop_front().expect("looked at");
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            self.blocks_used += blocks;
+            self.blocks_reserved += blocks;
             let sequence = self.engine.start();
             self.running.push(Running {
                 job,
@@ -299,7 +306,18 @@ impl Batcher {
             let sequence = if i == 0 {
                 sequence
             } else {
-                self.engine.fork(sequence)
+                match self.engine.fork(sequence) {
+                    Ok(copy) => copy,
+                    Err(e) => {
+                        // Cannot happen within the reserved blocks; said, not hidden.
+                        let _ = r.job.events.send(Event::Failed(e.to_string()));
+                        r.choices
+                            .iter()
+                            .for_each(|c| self.engine.remove(c.sequence));
+                        r.choices.clear();
+                        return;
+                    }
+                }
             };
             r.choices.push(Choice {
                 sequence,
@@ -388,7 +406,7 @@ impl Batcher {
             }
             !finished
         });
-        self.blocks_used -= freed;
+        self.blocks_reserved -= freed;
     }
 
     fn report(&self) {
@@ -396,7 +414,8 @@ impl Batcher {
         metrics::set(&m.queued, self.queue.len() as u64);
         let running: usize = self.running.iter().map(|r| r.job.choices.len()).sum();
         metrics::set(&m.running, running as u64);
-        metrics::set(&m.kv_blocks_used, self.blocks_used as u64);
+        metrics::set(&m.kv_blocks_reserved, self.blocks_reserved as u64);
+        metrics::set(&m.kv_blocks_used, self.engine.blocks_used() as u64);
         metrics::set(&m.kv_cache_bytes, self.engine.cache_bytes() as u64);
         if running == 0 {
             metrics::set(&m.batch_size, 0);

@@ -138,15 +138,17 @@ pub(crate) fn decoder(
     cache: &CacheArgs,
     context: usize,
 ) -> Result<Decoder, Diagnostic> {
-    engine(model, opt, cache, context).map(Decoder::with_engine)
+    engine(model, opt, cache, context, context).map(Decoder::with_engine)
 }
 
-/// As [`decoder`], an engine for many sequences.
+/// As [`decoder`], an engine for many sequences whose KV cache holds up to
+/// `cache_positions` positions in all.
 pub(crate) fn engine(
     model: &mut Pretrained,
     opt: &OptArgs,
     cache: &CacheArgs,
     context: usize,
+    cache_positions: usize,
 ) -> Result<Engine, Diagnostic> {
     let shown = model.path.clone();
     let compile = |mode| -> Result<_, Diagnostic> {
@@ -161,7 +163,8 @@ pub(crate) fn engine(
         .into_iter()
         .map(weight_data)
         .collect();
-    Engine::new(prefill, step, weights, context).map_err(|e| Diagnostic::plain(e.to_string()))
+    Engine::with_cache(prefill, step, weights, context, cache_positions)
+        .map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// A loaded weight for the decoder: blocks the CPU backend's products read directly

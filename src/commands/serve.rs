@@ -24,8 +24,8 @@ pub struct Args {
     /// The most sequences decoded together (each choice of a request is one).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// KV cache positions shared by all running sequences; also the longest sequence
-    /// (at most the model's context).
+    /// KV cache positions shared by all running sequences (a paged pool that grows up
+    /// to this); also the longest sequence (at most the model's context).
     #[arg(long, default_value_t = 8192)]
     pub ctx: usize,
     /// The most requests waiting for a place; more get HTTP 429.
@@ -111,7 +111,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let mut model = Pretrained::open_with(&args.model, storage)
         .map_err(|e| Diagnostic::in_file(&shown, e.to_string()))?;
     let context = model.context.min(args.ctx);
-    let engine = engine(&mut model, &args.opt, &args.cache, context)?;
+    let engine = engine(&mut model, &args.opt, &args.cache, context, args.ctx)?;
     let name = args.alias.clone().unwrap_or_else(|| {
         let file = args.model.file_name().unwrap_or(args.model.as_os_str());
         let file = file.to_string_lossy();

@@ -254,3 +254,32 @@ def test_sigterm_finishes_running_streams_then_exits_0():
     assert s.stop() == 0
     log = s.log_path.read_text()
     assert "SIGTERM" in log and "stopped" in log
+
+
+def test_requests_wait_for_kv_cache_blocks_and_give_them_back():
+    # 10 blocks of 16 positions; each request reserves ceil((prompt + 60) / 16) = 5,
+    # so two run at once and the third waits for blocks, not for a place.
+    s = Server("--parallel", "4", "--ctx", "160", exit_after=300)
+    try:
+        c = s.client()
+        assert s.metric("kv_cache_blocks_total") == 10
+        results, peak = [None] * 3, {"queued": 0, "used": 0}
+
+        def run(i):
+            results[i] = complete(c, prompt=f"{i} apples and", temperature=0, max_tokens=60,
+                                  extra_body={"ignore_eos": True})
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        [t.start() for t in threads]
+        while any(t.is_alive() for t in threads):
+            peak["queued"] = max(peak["queued"], s.metric("queue_length"))
+            peak["used"] = max(peak["used"], s.metric("kv_cache_blocks_used"))
+            assert s.metric("kv_cache_blocks_reserved") <= 10
+            time.sleep(0.02)
+        assert all(r.usage.completion_tokens == 60 for r in results)
+        assert peak["queued"] >= 1 and 0 < peak["used"] <= 10
+        assert s.metric("kv_cache_blocks_used") == 0
+        # The pool never outgrows its 160 positions (30 layers × 2 × 3 heads × 64 × 4 bytes each).
+        assert s.metric("kv_cache_bytes") <= 160 * 30 * 2 * 3 * 64 * 4
+    finally:
+        assert s.stop() == 0

@@ -6,11 +6,15 @@
 //! lowered again with each causal attention call made to:
 //! - **prefill**: return its keys and values (before grouped heads are repeated) as
 //!   outputs `present.N.k` / `present.N.v`, `[B, KV heads, T, D]`, for the cache;
-//! - **decode**: take the cached ones as inputs `past.N.k` / `past.N.v`,
-//!   `[B, KV heads, past, D]`, and attend to them and to the new positions. New tokens
-//!   sit at positions `past_len[b] + t` (input `past_len: i32[B]`), which both `rope`
-//!   and the mask use, so sequences of different lengths share one batch: cached
-//!   positions at or after a row's `past_len` are masked out.
+//! - **decode**: read the cached ones from a paged cache, as vLLM keeps it: inputs
+//!   `cache.N.k` / `cache.N.v`, `[blocks, KV heads, BLOCK_POSITIONS, D]`, hold blocks of
+//!   positions of every sequence, and row `b` of `block_table: i32[B, pages]` lists the
+//!   blocks of sequence `b` in order. The new tokens attend to the cached positions
+//!   and to each other. They sit at positions `past_len[b] + t` (input
+//!   `past_len: i32[B]`), which both `rope` and the mask use, so sequences of different
+//!   lengths share one batch: positions at or after a row's `past_len` (the rest of its
+//!   last block, and padding entries of its table) are masked out. The caller writes
+//!   the new keys and values (`present.N.k`/`v`) into the blocks after each run.
 //!
 //! The decode attention is written in primitives: the softmax runs over the two key
 //! blocks (cached and new) with one shared maximum, so no concatenation of a symbolic
@@ -40,8 +44,13 @@ pub enum Mode {
     Decode,
 }
 
-/// The name of the symbolic axis of cached positions in [`Mode::Decode`].
-pub const PAST_AXIS: &str = "past";
+/// Positions per block of the paged cache of [`Mode::Decode`].
+pub const BLOCK_POSITIONS: u64 = 16;
+
+/// The symbolic axis of [`Mode::Decode`]'s cache blocks.
+pub const BLOCKS_AXIS: &str = "blocks";
+/// The symbolic axis of [`Mode::Decode`]'s block table: entries (pages) per sequence.
+pub const PAGES_AXIS: &str = "pages";
 
 impl Mode {
     /// True for the modes that read or write a KV cache.
@@ -156,17 +165,41 @@ impl Lowerer<'_> {
         let grouped = Shape(vec![batch.clone(), groups.clone(), rows.clone(), d]);
         let qg = self.reshape(q, grouped, pos)?;
         let past_len = self.past_len(&batch, pos)?;
+        let table = self.block_table(&batch, pos)?;
         let mut past = Vec::new();
         for (part, now) in [("k", k), ("v", v)] {
-            let mut dims = self.ty(now).dims().to_vec();
-            dims[2] = Dim::sym(PAST_AXIS);
-            let ty = TensorType::new(self.ty(now).dtype, Shape(dims));
-            let name = format!("past.{layer}.{part}");
-            let id = self
+            let nt = self.ty(now);
+            let block = Shape(vec![
+                Dim::sym(BLOCKS_AXIS),
+                groups.clone(),
+                Dim::fixed(BLOCK_POSITIONS),
+                nt.dims()[3].clone(),
+            ]);
+            let name = format!("cache.{layer}.{part}");
+            let cache = self
                 .b
-                .input(&name, ty)
+                .input(&name, TensorType::new(nt.dtype, block))
                 .map_err(|e| LangError::new(pos, e))?;
-            past.push(id);
+            // [B, pages, G, BLOCK, D] → [B, G, pages·BLOCK, D]: each row's positions in order.
+            let pages = self.node(Op::Gather { axis: 0 }, &[cache, table], None, pos)?;
+            let heads_first = self.node(
+                Op::Permute {
+                    perm: vec![0, 2, 1, 3, 4],
+                },
+                &[pages],
+                None,
+                pos,
+            )?;
+            let positions = Dim::sym(PAGES_AXIS)
+                .mul(&Dim::fixed(BLOCK_POSITIONS))
+                .map_err(|e| LangError::new(pos, e.to_string()))?;
+            let flat = Shape(vec![
+                batch.clone(),
+                groups.clone(),
+                positions,
+                nt.dims()[3].clone(),
+            ]);
+            past.push(self.reshape(heads_first, flat, pos)?);
         }
         // Scores of the cached keys, masked where a row's cache ends.
         let s_past = self.scores(qg, past[0], scale, pos)?;
@@ -252,6 +285,20 @@ impl Lowerer<'_> {
             .input("past_len", ty)
             .map_err(|e| LangError::new(pos, e))?;
         self.past_len = Some(id);
+        Ok(id)
+    }
+
+    /// The input `block_table: i32[B, pages]`, declared on first use.
+    fn block_table(&mut self, batch: &Dim, pos: Pos) -> LangResult<ValueId> {
+        if let Some(id) = self.block_table {
+            return Ok(id);
+        }
+        let ty = TensorType::new(DType::I32, Shape(vec![batch.clone(), Dim::sym(PAGES_AXIS)]));
+        let id = self
+            .b
+            .input("block_table", ty)
+            .map_err(|e| LangError::new(pos, e))?;
+        self.block_table = Some(id);
         Ok(id)
     }
 

@@ -64,6 +64,8 @@ pub struct Lowerer<'p> {
     pub(super) cache_outputs: Vec<(String, ValueId)>,
     /// In decode mode: the input `past_len: i32[B]`, once declared.
     pub(super) past_len: Option<ValueId>,
+    /// In decode mode: the input `block_table: i32[B, pages]`, once declared.
+    pub(super) block_table: Option<ValueId>,
 }
 
 /// Lowers `program` with config `overrides` (NAME -> VALUE text) to a graph named `name`.
@@ -103,6 +105,7 @@ pub fn lower(
         mode,
         cache_outputs: Vec::new(),
         past_len: None,
+        block_table: None,
     };
     let mut env = Env::new();
     // The model body cannot `return` (exec_block rejects it outside functions).

@@ -22,7 +22,7 @@ mod value;
 pub use builtins::BUILTINS;
 pub use error::LangError;
 pub use init::INITIALISERS;
-pub use kv_cache::{Mode, PAST_AXIS};
+pub use kv_cache::{Mode, BLOCKS_AXIS, BLOCK_POSITIONS, PAGES_AXIS};
 pub use lower::Lowered;
 
 use std::collections::HashMap;

@@ -700,3 +700,58 @@ mod tests {
         assert!(QuantMatrix::new(QuantFormat::Q8_0, 48, 2, &[0; 102]).is_err());
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::rng;
+
+    /// `cargo test --release -p smelt-runtime quant_paths -- --ignored --nocapture`:
+    /// the 8-bit path against dequantised tiles at each row count (SmolLM2's MLP shape).
+    #[test]
+    #[ignore]
+    fn quant_paths() {
+        let (k, n) = (576, 1536);
+        let mut bytes = Vec::new();
+        for i in 0..n * (k / BLOCK) {
+            bytes.extend(half::f16::from_f32(0.02).to_le_bytes());
+            bytes.extend(half::f16::from_f32(-0.1).to_le_bytes());
+            bytes.extend((0..16).map(|j| ((i * 7 + j * 13) % 256) as u8));
+        }
+        let w = QuantMatrix::new(QuantFormat::Q4_1, k, n, &bytes).unwrap();
+        for m in [1, 2, 4, 8, 16, 32, 64, 128] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| rng::normal01(1, i as u64) as f32)
+                .collect();
+            let mut out = vec![0.0f32; m * n];
+            let time = |f: &dyn Fn(&mut [f32])| {
+                let mut out = vec![0.0f32; m * n];
+                f(&mut out);
+                let t = std::time::Instant::now();
+                let reps = 20;
+                for _ in 0..reps {
+                    f(&mut out);
+                }
+                t.elapsed().as_secs_f64() / reps as f64 * 1e3
+            };
+            let int8 = time(&|o| {
+                let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
+                let dot = kernel(w.format);
+                let mut col = vec![0.0f32; m];
+                for j in 0..n {
+                    dot(&w.row(j), &rows, &mut col);
+                    for i in 0..m {
+                        o[i * n + j] = col[i];
+                    }
+                }
+            });
+            let tiles = time(&|o| matmul_f32_tiles(&a, m, &w, o, false));
+            matmul(&a, m, &w, &mut out, false);
+            println!(
+                "m {m:4}: 8-bit {int8:7.3} ms ({:.3}/row), f32 tiles {tiles:7.3} ms ({:.3}/row)",
+                int8 / m as f64,
+                tiles / m as f64
+            );
+        }
+    }
+}

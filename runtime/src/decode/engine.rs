@@ -1,12 +1,13 @@
-//! The decode engine: one model's programs and weights, and the caches of every
-//! sequence it is generating.
+//! The decode engine: one model's programs and weights, and the paged KV cache of
+//! every sequence it is generating.
 //!
-//! Sequences being decoded together share one batched cache (rows in the order of the
-//! last step); a sequence fed on its own (a prompt, or a chunk of one) has a cache of
-//! its own until it joins a step. Moving a sequence between the two copies its cache,
-//! which happens when sequences join or leave a batch, not at every step.
+//! Every sequence owns a list of cache blocks ([`pool`](super::pool)). A run (one
+//! sequence's prompt or chunk, or one token of many sequences at once) reads each
+//! sequence's cached positions through its row of the block table, and its new keys
+//! and values are then written into the sequences' blocks. Sequences join and leave a
+//! batch without moving their caches.
 
-use super::cache::{Caches, Geometry};
+use super::pool::{Geometry, Pool};
 use super::{DecodeError, Outputs, WeightData};
 use crate::cpu::quant::QuantMatrix;
 use crate::cpu::{CpuProgram, QuantUse, Resident};
@@ -19,74 +20,92 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqId(u64);
 
-/// Where a sequence's cache is.
-#[derive(Debug)]
-enum Place {
-    /// Row `usize` of the batch.
-    Batched(usize),
-    /// A cache of its own (empty before the first tokens).
-    Alone(Caches),
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Sequence {
     len: usize,
-    place: Place,
+    /// Its cache blocks, positions in order.
+    blocks: Vec<u32>,
 }
 
 /// Generates many sequences of one model at once.
 pub struct Engine {
     prefill: CpuProgram,
     step: CpuProgram,
-    /// The weights (the caches are lent to it for each run as inputs `past.N.k`,
-    /// `past.N.v`).
+    /// The weights (the pool's buffers are lent to it for each run as inputs
+    /// `cache.N.k`, `cache.N.v`).
     held: Resident,
     prefill_out: Outputs,
     step_out: Outputs,
     tokens_input: String,
     geometry: Geometry,
     context: usize,
+    pool: Pool,
     sequences: HashMap<SeqId, Sequence>,
-    /// The shared cache of the last step and which sequence each row holds (`None`
-    /// for a row whose sequence left).
-    batch: Caches,
-    rows: Vec<Option<SeqId>>,
     next_id: u64,
 }
 
 impl Engine {
     /// An engine from the compiled prefill and decode programs of one model, its
-    /// weights `(name, shape, values)`, and the longest sequence allowed.
+    /// weights `(name, shape, values)`, and the longest sequence allowed; its cache
+    /// holds up to that many positions.
     pub fn new(
         prefill: CpuProgram,
         step: CpuProgram,
         weights: Vec<(String, Vec<usize>, WeightData)>,
         context: usize,
     ) -> Result<Engine, DecodeError> {
+        Engine::with_cache(prefill, step, weights, context, context)
+    }
+
+    /// As [`Engine::new`], with a cache of `cache_positions` positions shared by all
+    /// sequences (rounded up to whole blocks).
+    pub fn with_cache(
+        prefill: CpuProgram,
+        step: CpuProgram,
+        weights: Vec<(String, Vec<usize>, WeightData)>,
+        context: usize,
+        cache_positions: usize,
+    ) -> Result<Engine, DecodeError> {
         let g = &step.schedule().graph;
         let attentions = g
             .inputs()
-            .filter(|&id| g.value(id).name.starts_with("past.") && g.value(id).name.ends_with(".k"))
+            .filter(|&id| {
+                g.value(id).name.starts_with("cache.") && g.value(id).name.ends_with(".k")
+            })
             .count();
         let missing = |what: &str| DecodeError::Interface {
             program: "decode",
             what: what.to_string(),
         };
         let first = g
-            .find("past.0.k")
-            .ok_or_else(|| missing("input 'past.0.k'"))?;
+            .find("cache.0.k")
+            .ok_or_else(|| missing("input 'cache.0.k'"))?;
+        g.find("block_table")
+            .ok_or_else(|| missing("input 'block_table'"))?;
         let dims = g.ty(first).dims();
-        let (heads, head_dim) = match (
+        let geometry = match (
             dims.len(),
             dims.get(1).and_then(|d| d.as_static()),
+            dims.get(2).and_then(|d| d.as_static()),
             dims.get(3).and_then(|d| d.as_static()),
         ) {
-            (4, Some(h), Some(d)) => (h as usize, d as usize),
-            _ => return Err(missing("cache input of type f32[B, heads, past, head_dim]")),
+            (4, Some(h), Some(b), Some(d)) if b > 0 => Geometry {
+                heads: h as usize,
+                block: b as usize,
+                head_dim: d as usize,
+                buffers: 2 * attentions,
+            },
+            _ => {
+                return Err(missing(
+                    "cache input of type f32[blocks, heads, block, head_dim]",
+                ))
+            }
         };
         let tokens_input = g
             .inputs()
-            .find(|&id| g.ty(id).dtype.is_int() && g.ty(id).rank() == 2)
+            .find(|&id| {
+                g.ty(id).dtype.is_int() && g.ty(id).rank() == 2 && g.value(id).name != "block_table"
+            })
             .map(|id| g.value(id).name.clone())
             .ok_or_else(|| missing("integer token input [B, T]"))?;
         let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
@@ -99,15 +118,10 @@ impl Engine {
             prefill_out,
             step_out,
             tokens_input,
-            geometry: Geometry {
-                heads,
-                head_dim,
-                buffers: 2 * attentions,
-            },
+            pool: Pool::new(cache_positions.div_ceil(geometry.block)),
+            geometry,
             context,
             sequences: HashMap::new(),
-            batch: Caches::default(),
-            rows: Vec::new(),
             next_id: 0,
         })
     }
@@ -117,17 +131,19 @@ impl Engine {
         self.held.size_bytes()
     }
 
-    /// Bytes of every cache held, allocated but unfilled positions included.
+    /// Bytes of the cache pool (allocated blocks, free or not).
     pub fn cache_bytes(&self) -> usize {
-        let alone: usize = self
-            .sequences
-            .values()
-            .map(|s| match &s.place {
-                Place::Alone(c) => c.size_bytes(),
-                Place::Batched(_) => 0,
-            })
-            .sum();
-        alone + self.batch.size_bytes()
+        self.pool.size_bytes()
+    }
+
+    /// Positions per cache block.
+    pub fn block_positions(&self) -> usize {
+        self.geometry.block
+    }
+
+    /// Cache blocks held by sequences.
+    pub fn blocks_used(&self) -> usize {
+        self.pool.used()
     }
 
     /// Bytes one cached position takes (keys and values of every attention).
@@ -144,27 +160,26 @@ impl Engine {
     pub fn start(&mut self) -> SeqId {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        self.sequences.insert(
-            id,
-            Sequence {
-                len: 0,
-                place: Place::Alone(Caches::default()),
-            },
-        );
+        self.sequences.insert(id, Sequence::default());
         id
     }
 
     /// A new sequence with a copy of `id`'s tokens so far (choices that share a prompt).
-    pub fn fork(&mut self, id: SeqId) -> SeqId {
-        let (len, cache) = match self.sequences.get(&id) {
-            Some(s) => (s.len, self.cache_of(s)),
-            None => (0, Caches::default()),
+    pub fn fork(&mut self, id: SeqId) -> Result<SeqId, DecodeError> {
+        let (len, from) = match self.sequences.get(&id) {
+            Some(s) => (s.len, s.blocks.clone()),
+            None => return Err(DecodeError::Unknown),
         };
+        let blocks = self
+            .pool
+            .allocate(self.geometry, from.len())
+            .map_err(|_| self.full())?;
+        for (&f, &t) in from.iter().zip(&blocks) {
+            self.pool.copy(self.geometry, f, t);
+        }
         let copy = self.start();
-        let s = self.sequences.get_mut(&copy).expect("just started");
-        s.len = len;
-        s.place = Place::Alone(cache);
-        copy
+        self.sequences.insert(copy, Sequence { len, blocks });
+        Ok(copy)
     }
 
     /// Tokens in sequence `id`'s cache (0 for an unknown one).
@@ -172,32 +187,17 @@ impl Engine {
         self.sequences.get(&id).map_or(0, |s| s.len)
     }
 
-    /// Forgets sequence `id` and frees its cache.
+    /// Forgets sequence `id` and frees its cache blocks.
     pub fn remove(&mut self, id: SeqId) {
-        if let Some(Sequence {
-            place: Place::Batched(row),
-            ..
-        }) = self.sequences.remove(&id)
-        {
-            self.rows[row] = None;
-        }
-        if self.rows.iter().all(Option::is_none) {
-            self.rows.clear();
-            self.batch = Caches::default();
+        if let Some(s) = self.sequences.remove(&id) {
+            self.pool.release(&s.blocks);
         }
     }
 
     /// Appends `tokens` to sequence `id` (a whole prompt, a chunk of one, or tokens
     /// after it) and returns the logits of every new position, `[n, vocab]`.
     pub fn feed(&mut self, id: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
-        let len = self.check(id, tokens.len())?;
-        let mut cache = self.take_alone(id);
-        let ran = self.run(&mut cache, &[len], tokens);
-        let s = self.sequences.get_mut(&id).expect("checked");
-        s.place = Place::Alone(cache);
-        let logits = ran?;
-        s.len += tokens.len();
-        Ok(logits)
+        self.run(&[id], tokens)
     }
 
     /// Appends one token to each sequence of `next` in one batched run and returns each
@@ -206,123 +206,60 @@ impl Engine {
         if next.is_empty() {
             return Ok(Vec::new());
         }
-        let mut lens = Vec::with_capacity(next.len());
-        for &(id, _) in next {
-            lens.push(self.check(id, 1)?);
-        }
-        let order: Vec<Option<SeqId>> = next.iter().map(|&(id, _)| Some(id)).collect();
-        if order != self.rows {
-            self.regroup(&order);
-        }
+        let ids: Vec<SeqId> = next.iter().map(|&(id, _)| id).collect();
         let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
-        let mut batch = std::mem::take(&mut self.batch);
-        let ran = self.run(&mut batch, &lens, &tokens);
-        self.batch = batch;
-        let logits = ran?;
-        for &(id, _) in next {
-            self.sequences.get_mut(&id).expect("checked").len += 1;
-        }
-        Ok(logits)
+        self.run(&ids, &tokens)
     }
 
-    /// The length of sequence `id` before `n` more tokens, if they fit.
-    fn check(&self, id: SeqId, n: usize) -> Result<usize, DecodeError> {
+    fn full(&self) -> DecodeError {
+        DecodeError::CacheFull {
+            positions: self.pool.used() * self.geometry.block,
+        }
+    }
+
+    /// Runs `tokens` (the same number for each sequence of `ids`) through the prefill
+    /// program (sequences with nothing cached yet) or the decode program, writes their
+    /// keys and values into the sequences' blocks, and returns the logits, one row per
+    /// token.
+    fn run(&mut self, ids: &[SeqId], tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
+        let rows = ids.len();
+        let n = tokens.len() / rows;
         if n == 0 {
             return Err(DecodeError::Empty);
         }
-        let len = self.sequences.get(&id).ok_or(DecodeError::Unknown)?.len;
-        if len + n > self.context {
-            return Err(DecodeError::Context {
-                len: len + n,
-                context: self.context,
-            });
-        }
-        Ok(len)
-    }
-
-    /// A copy of sequence `s`'s cache as a one-row cache.
-    fn cache_of(&self, s: &Sequence) -> Caches {
-        match &s.place {
-            Place::Alone(c) => c.clone(),
-            Place::Batched(row) => {
-                Caches::gather(self.geometry, [(&self.batch, *row, s.len)].into_iter(), 0)
+        let mut lens = Vec::with_capacity(rows);
+        for (i, id) in ids.iter().enumerate() {
+            let s = self.sequences.get(id).ok_or(DecodeError::Unknown)?;
+            if ids[..i].contains(id) {
+                return Err(DecodeError::Unknown);
             }
-        }
-    }
-
-    /// Sequence `id`'s cache as its own, taken out of the batch if it is there.
-    fn take_alone(&mut self, id: SeqId) -> Caches {
-        let s = self.sequences.get(&id).expect("checked");
-        if let Place::Batched(row) = s.place {
-            let cache = self.cache_of(s);
-            self.rows[row] = None;
-            return cache;
-        }
-        match &mut self.sequences.get_mut(&id).expect("checked").place {
-            Place::Alone(c) => std::mem::take(c),
-            Place::Batched(_) => unreachable!("handled above"),
-        }
-    }
-
-    /// Makes the batch hold the sequences `order` in that order: rows of sequences
-    /// that stay are copied, those of sequences not in `order` move to caches of
-    /// their own, and sequences that join bring theirs.
-    fn regroup(&mut self, order: &[Option<SeqId>]) {
-        let old = std::mem::take(&mut self.batch);
-        let old_rows = std::mem::take(&mut self.rows);
-        for (row, id) in old_rows.iter().enumerate() {
-            let Some(id) = id else { continue };
-            if order.contains(&Some(*id)) {
-                continue;
+            if s.len + n > self.context {
+                return Err(DecodeError::Context {
+                    len: s.len + n,
+                    context: self.context,
+                });
             }
-            let s = self
-                .sequences
-                .get_mut(id)
-                .expect("rows hold live sequences");
-            let alone = Caches::gather(self.geometry, [(&old, row, s.len)].into_iter(), 0);
-            s.place = Place::Alone(alone);
+            lens.push(s.len);
         }
-        let empty = Caches::default();
-        let sources: Vec<(&Caches, usize, usize)> = order
+        // Blocks for the new positions, all or none.
+        let size = self.geometry.block;
+        let wanted: Vec<usize> = ids
             .iter()
-            .map(|id| {
-                let s = &self.sequences[&id.expect("steps name live sequences")];
-                match &s.place {
-                    Place::Batched(row) => (&old, *row, s.len),
-                    Place::Alone(c) => (c, 0, s.len),
-                }
-            })
-            .map(|(c, row, len)| {
-                if len == 0 {
-                    (&empty, 0, 0)
-                } else {
-                    (c, row, len)
-                }
-            })
+            .zip(&lens)
+            .map(|(id, &len)| (len + n).div_ceil(size) - self.sequences[id].blocks.len())
             .collect();
-        self.batch = Caches::gather(self.geometry, sources.into_iter(), 0);
-        for (row, id) in order.iter().enumerate() {
-            let s = self.sequences.get_mut(&id.expect("checked")).expect("live");
-            s.place = Place::Batched(row);
+        let mut fresh = self
+            .pool
+            .allocate(self.geometry, wanted.iter().sum())
+            .map_err(|_| self.full())?;
+        for (id, &w) in ids.iter().zip(&wanted) {
+            let s = self.sequences.get_mut(id).expect("checked");
+            s.blocks.extend(fresh.drain(fresh.len() - w..));
         }
-        self.rows = order.to_vec();
-    }
-
-    /// Runs `tokens` (`n` per row, rows of lengths `lens`) through the prefill program
-    /// (a cache with nothing yet) or the decode program, and appends their keys and
-    /// values to `cache`. Returns the logits, one row per token.
-    fn run(
-        &mut self,
-        cache: &mut Caches,
-        lens: &[usize],
-        tokens: &[u32],
-    ) -> Result<Vec<Vec<f32>>, DecodeError> {
-        let rows = lens.len();
-        let n = tokens.len() / rows;
-        let ids = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids64 = tokens.iter().map(|&t| i64::from(t)).collect();
         let mut feeds = HashMap::from([(
             self.tokens_input.clone(),
-            Tensor::from_i64(DType::I32, vec![rows, n], ids),
+            Tensor::from_i64(DType::I32, vec![rows, n], ids64),
         )]);
         let first = lens.iter().all(|&l| l == 0);
         let (program, outputs) = if first {
@@ -333,13 +270,33 @@ impl Engine {
                 "past_len".into(),
                 Tensor::from_i64(DType::I32, vec![rows], past),
             );
+            // Each row lists the blocks of its cached positions, padded with its first
+            // block (masked: at or past its length).
+            let pages = lens
+                .iter()
+                .map(|l| l.div_ceil(size))
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut table = Vec::with_capacity(rows * pages);
+            for id in ids {
+                let blocks = &self.sequences[id].blocks;
+                table.extend((0..pages).map(|p| i64::from(*blocks.get(p).unwrap_or(&blocks[0]))));
+            }
+            feeds.insert(
+                "block_table".into(),
+                Tensor::from_i64(DType::I32, vec![rows, pages], table),
+            );
             (&self.step, &self.step_out)
         };
-        // The caches are lent to the held values for the run, and always taken back.
-        let shape = cache.shape(self.geometry);
-        let lent = !first;
-        if lent {
-            for (i, buffer) in std::mem::take(&mut cache.buffers).into_iter().enumerate() {
+        // The pool's buffers are lent to the held values for the run, and always taken
+        // back.
+        let shape = self.pool.shape(self.geometry);
+        if !first {
+            for (i, buffer) in std::mem::take(&mut self.pool.buffers)
+                .into_iter()
+                .enumerate()
+            {
                 self.held.set_input(&cache_name(i), shape.clone(), buffer);
             }
         }
@@ -350,8 +307,8 @@ impl Engine {
         // steps, with fewer and larger loops, did not gain, so only decoding does this.
         let held = &self.held;
         let ran = rayon::scope(|_| program.run_resident(&feeds, held));
-        if lent {
-            cache.buffers = (0..self.geometry.buffers)
+        if !first {
+            self.pool.buffers = (0..self.geometry.buffers)
                 .map(|i| self.held.take_input(&cache_name(i)).unwrap_or_default())
                 .collect();
         }
@@ -361,7 +318,14 @@ impl Engine {
             .iter()
             .flat_map(|&(k, v)| [out[k].floats(), out[v].floats()])
             .collect();
-        cache.append(self.geometry, &new, lens, n);
+        let tables: Vec<&[u32]> = ids
+            .iter()
+            .map(|id| &self.sequences[id].blocks[..])
+            .collect();
+        self.pool.write(self.geometry, &new, &tables, &lens, n);
+        for id in ids {
+            self.sequences.get_mut(id).expect("checked").len += n;
+        }
         let logits = out[outputs.logits].floats();
         let vocab = logits.len() / (rows * n);
         Ok(logits
@@ -374,7 +338,7 @@ impl Engine {
 /// The decode program's input for cache buffer `i` (two per attention: keys, values).
 fn cache_name(i: usize) -> String {
     let part = if i % 2 == 0 { "k" } else { "v" };
-    format!("past.{}.{part}", i / 2)
+    format!("cache.{}.{part}", i / 2)
 }
 
 /// The weights held for `programs`: quantised where every program reads them as its

@@ -3,18 +3,18 @@
 //! Two compiled programs come from one model definition (the language's prefill and
 //! decode modes): the prefill program reads a prompt and returns its logits and every
 //! attention's keys and values (`present.N.k` / `present.N.v`); the decode program reads
-//! new tokens at positions `past_len..`, the cached keys and values (`past.N.k` /
-//! `past.N.v`), and returns the same. The cache lives here ([`cache`]), one growing
-//! buffer per attention and part, laid out `[rows, heads, positions, head_dim]` as the
-//! programs use it.
+//! new tokens at positions `past_len..`, the cached keys and values from a paged cache
+//! (`cache.N.k` / `cache.N.v`, blocks of positions, with a `block_table` row per
+//! sequence), and returns the same. The cache lives here (`pool.rs`): blocks shared by
+//! all sequences, each sequence owning a list of them.
 //!
 //! The [`Engine`] owns the programs, the weights and every sequence's cache: it feeds
 //! one sequence's prompt (in chunks, if the caller likes) and runs one decode step for
 //! many sequences of different lengths at once (continuous batching). [`Decoder`] is
 //! the same for one sequence.
 
-mod cache;
 mod engine;
+mod pool;
 pub mod sample;
 
 pub use engine::{Engine, SeqId};
@@ -49,7 +49,13 @@ pub enum DecodeError {
     /// No tokens were given.
     #[error("the prompt has no tokens")]
     Empty,
-    /// The sequence was removed, or never started.
+    /// The KV cache has no free block left.
+    #[error("the KV cache is full ({positions} positions held)")]
+    CacheFull {
+        /// Positions held by sequences.
+        positions: usize,
+    },
+    /// The sequence was removed, or never started (or named twice in one step).
     #[error("no such sequence")]
     Unknown,
 }

@@ -1,0 +1,186 @@
+//! The paged KV cache, as vLLM keeps it: for each cached attention and part (keys,
+//! values) one buffer of blocks `[blocks, heads, block, head_dim]`, shared by every
+//! sequence. A sequence owns a list of blocks, its positions in order; the decode
+//! program reads them through its row of the block table. The pool grows on demand
+//! up to its limit, so memory follows the positions held, not the longest sequence.
+
+/// The sizes every buffer shares.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    /// Key/value heads.
+    pub heads: usize,
+    /// Values per head and position.
+    pub head_dim: usize,
+    /// Positions per block.
+    pub block: usize,
+    /// Buffers: two per cached attention (keys, then values).
+    pub buffers: usize,
+}
+
+impl Geometry {
+    /// Floats of one block in one buffer.
+    fn block_floats(&self) -> usize {
+        self.heads * self.block * self.head_dim
+    }
+}
+
+/// The pool is full: no block is free and it may not grow.
+#[derive(Debug)]
+pub(crate) struct Full;
+
+/// Blocks of cached keys and values.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    /// One buffer per attention and part, in [`Geometry::buffers`] order.
+    pub buffers: Vec<Vec<f32>>,
+    /// Blocks allocated in every buffer.
+    pub blocks: usize,
+    /// The most blocks allowed.
+    limit: usize,
+    free: Vec<u32>,
+}
+
+/// Blocks the pool starts with, and the least it grows by.
+const FIRST_BLOCKS: usize = 16;
+
+impl Pool {
+    /// An empty pool of at most `limit` blocks (at least one).
+    pub fn new(limit: usize) -> Pool {
+        Pool {
+            limit: limit.max(1),
+            ..Pool::default()
+        }
+    }
+
+    /// The shape of each buffer.
+    pub fn shape(&self, geo: Geometry) -> Vec<usize> {
+        vec![self.blocks, geo.heads, geo.block, geo.head_dim]
+    }
+
+    /// Blocks held by sequences.
+    pub fn used(&self) -> usize {
+        self.blocks - self.free.len()
+    }
+
+    /// Bytes allocated.
+    pub fn size_bytes(&self) -> usize {
+        self.buffers.iter().map(|b| b.len() * 4).sum()
+    }
+
+    /// `n` free blocks, growing the pool if needed.
+    pub fn allocate(&mut self, geo: Geometry, n: usize) -> Result<Vec<u32>, Full> {
+        if self.free.len() < n {
+            let wanted = self.blocks + n - self.free.len();
+            if wanted > self.limit {
+                return Err(Full);
+            }
+            let grown = wanted
+                .max(2 * self.blocks)
+                .max(FIRST_BLOCKS)
+                .min(self.limit);
+            self.buffers.resize_with(geo.buffers, Vec::new);
+            for b in &mut self.buffers {
+                b.resize(grown * geo.block_floats(), 0.0);
+            }
+            self.free.extend((self.blocks as u32..grown as u32).rev());
+            self.blocks = grown;
+        }
+        Ok(self.free.split_off(self.free.len() - n))
+    }
+
+    /// Makes `blocks` free again.
+    pub fn release(&mut self, blocks: &[u32]) {
+        self.free.extend_from_slice(blocks);
+    }
+
+    /// Copies the contents of block `from` into block `to`.
+    pub fn copy(&mut self, geo: Geometry, from: u32, to: u32) {
+        let n = geo.block_floats();
+        for b in &mut self.buffers {
+            b.copy_within(from as usize * n..(from as usize + 1) * n, to as usize * n);
+        }
+    }
+
+    /// Writes `n` new positions of each sequence: `new[i]` holds buffer `i`'s values
+    /// `[rows, heads, n, head_dim]`; row `r` goes to positions `lens[r]..` of the
+    /// blocks `tables[r]`.
+    pub fn write(
+        &mut self,
+        geo: Geometry,
+        new: &[&[f64]],
+        tables: &[&[u32]],
+        lens: &[usize],
+        n: usize,
+    ) {
+        let (heads, d, size) = (geo.heads, geo.head_dim, geo.block);
+        for (buffer, new) in self.buffers.iter_mut().zip(new) {
+            for (r, (table, &len)) in tables.iter().zip(lens).enumerate() {
+                for t in 0..n {
+                    let p = len + t;
+                    let block = table[p / size] as usize;
+                    for h in 0..heads {
+                        let at = ((block * heads + h) * size + p % size) * d;
+                        let from = ((r * heads + h) * n + t) * d;
+                        for (c, &x) in buffer[at..at + d].iter_mut().zip(&new[from..from + d]) {
+                            *c = x as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEO: Geometry = Geometry {
+        heads: 2,
+        head_dim: 3,
+        block: 4,
+        buffers: 2,
+    };
+
+    #[test]
+    fn blocks_grow_to_the_limit_are_reused_and_hold_their_rows() {
+        let mut pool = Pool::new(20);
+        let a = pool.allocate(GEO, 3).unwrap();
+        assert_eq!((pool.blocks, pool.used()), (FIRST_BLOCKS, 3));
+        // Two rows: a at 0..6, b at 0..2 then 2..3.
+        let b = pool.allocate(GEO, 1).unwrap();
+        let rows = |lens: &[usize], n: usize| -> Vec<Vec<f64>> {
+            (0..2)
+                .map(|buf| {
+                    let mut v = Vec::new();
+                    for (r, &len) in lens.iter().enumerate() {
+                        for h in 0..2 {
+                            for p in len..len + n {
+                                v.extend((0..3).map(|i| {
+                                    (buf * 1000 + r * 100 + h * 10 + p) as f64 + i as f64 / 10.0
+                                }));
+                            }
+                        }
+                    }
+                    v
+                })
+                .collect()
+        };
+        let new = rows(&[0, 0], 2);
+        pool.write(GEO, &[&new[0], &new[1]], &[&a, &b], &[0, 0], 2);
+        let at = |block: u32, h: usize, slot: usize| ((block as usize * 2 + h) * 4 + slot) * 3;
+        assert_eq!(pool.buffers[1][at(b[0], 1, 1)], 1000.0 + 100.0 + 10.0 + 1.0);
+        let new = rows(&[2], 4);
+        pool.write(GEO, &[&new[0], &new[1]], &[&a], &[2], 4);
+        // Position 5 of row 0 is in its second block, slot 1.
+        assert_eq!(pool.buffers[0][at(a[1], 0, 1) + 2], 5.2);
+        pool.copy(GEO, a[1], b[0]);
+        assert_eq!(pool.buffers[0][at(b[0], 0, 1) + 2], 5.2);
+        pool.release(&a);
+        assert_eq!(pool.used(), 1);
+        // Past the limit of 20 blocks: refused.
+        assert!(pool.allocate(GEO, 20).is_err());
+        assert_eq!(pool.allocate(GEO, 19).unwrap().len(), 19);
+        assert_eq!(pool.blocks, 20);
+    }
+}
