@@ -360,6 +360,64 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
     }
 }
 
+/// Prefix caching and forks (with `f32` weights): a prompt whose first blocks come
+/// from the cache gives the logits of the same prompt computed whole, to 1e-4 of the
+/// row's largest logit (the suffix runs in the decode program, whose reductions run
+/// over other shapes); a forked sequence shares the full blocks and continues exactly
+/// as its source does.
+#[test]
+fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
+    let Some(dir) = data_dir() else { return };
+    let model = Pretrained::open_with(&dir.join(GGUF), Storage::F32).unwrap();
+    let program = |mode| {
+        let graph = model.lower(mode).unwrap().graph;
+        Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
+            .unwrap()
+            .program
+    };
+    let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
+    let mut engine =
+        Engine::new(program(Mode::Prefill), program(Mode::Decode), weights, 512).unwrap();
+    let text = "A long prompt shares its beginning with another one: the quick brown fox jumps over the lazy dog, and then the lazy dog wakes up and chases the quick brown fox all around the farm.";
+    let prompt = model.tokenizer.encode(text).unwrap();
+    assert!(prompt.len() > 33, "{} tokens", prompt.len());
+    let first = engine.start();
+    let whole = engine.feed(first, &prompt).unwrap().pop().unwrap();
+    let held = engine.blocks_used();
+    let (second, cached) = engine.start_with(&prompt);
+    assert_eq!(cached, (prompt.len() - 1) / 16 * 16);
+    assert_eq!(
+        engine.blocks_used(),
+        held,
+        "the cached blocks are shared, not copied"
+    );
+    let got = engine
+        .feed(second, &prompt[cached..])
+        .unwrap()
+        .pop()
+        .unwrap();
+    let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let diff = got
+        .iter()
+        .zip(&whole)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "max |Δ| {diff} over logits up to {scale}"
+    );
+    // A fork continues as its source.
+    let fork = engine.fork(second).unwrap();
+    let next = argmax(&got);
+    let both = engine.step(&[(second, next), (fork, next)]).unwrap();
+    assert_eq!(both[0], both[1]);
+    // Everything given back: the registered blocks stay cached for the next prompt.
+    for id in [first, second, fork] {
+        engine.remove(id);
+    }
+    assert_eq!(engine.blocks_used(), 0);
+    assert_eq!(engine.start_with(&prompt).1, cached);
+}
+
 fn argmax(row: &[f32]) -> u32 {
     (0..row.len())
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub requests_failed: AtomicU64,
     pub requests_rejected: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    pub prompt_tokens_cached: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub queued: AtomicU64,
     pub running: AtomicU64,
@@ -101,8 +102,14 @@ impl Metrics {
         metric(
             "prompt_tokens_total",
             "counter",
-            "Prompt tokens prefilled.",
+            "Prompt tokens computed (not reused from the cache).",
             &self.prompt_tokens,
+        );
+        metric(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens whose keys and values were reused from the cache.",
+            &self.prompt_tokens_cached,
         );
         metric(
             "generated_tokens_total",

@@ -266,11 +266,13 @@ impl Batcher {
             let job = self.queue.pop_front().expect("looked at");
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             self.blocks_reserved += blocks;
-            let sequence = self.engine.start();
+            // Leading blocks of the prompt already cached are not computed again.
+            let (sequence, cached) = self.engine.start_with(&job.prompt);
+            metrics::add(&self.metrics.prompt_tokens_cached, cached as u64);
             self.running.push(Running {
                 job,
                 blocks,
-                prefill: Some((sequence, 0)),
+                prefill: Some((sequence, cached)),
                 choices: Vec::new(),
             });
         }

@@ -25,6 +25,18 @@ struct Sequence {
     len: usize,
     /// Its cache blocks, positions in order.
     blocks: Vec<u32>,
+    /// Its tokens.
+    tokens: Vec<u32>,
+    /// The prefix hash of each full block (of the tokens up to the block's end).
+    hashes: Vec<u64>,
+}
+
+/// The prefix hash of a block holding `tokens` after blocks of prefix hash `before`.
+fn chain(before: u64, tokens: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (before, tokens).hash(&mut h);
+    h.finish()
 }
 
 /// Generates many sequences of one model at once.
@@ -164,21 +176,64 @@ impl Engine {
         id
     }
 
-    /// A new sequence with a copy of `id`'s tokens so far (choices that share a prompt).
+    /// A new sequence that will start with `prompt`, holding the longest run of its
+    /// leading full blocks already in the cache (leaving at least one token to feed),
+    /// and how many of its tokens that covers: feed it the rest.
+    pub fn start_with(&mut self, prompt: &[u32]) -> (SeqId, usize) {
+        let size = self.geometry.block;
+        let mut s = Sequence::default();
+        let mut before = 0;
+        for tokens in prompt[..prompt.len().saturating_sub(1)].chunks_exact(size) {
+            let hash = chain(before, tokens);
+            let Some(block) = self.pool.lookup(hash, tokens) else {
+                break;
+            };
+            self.pool.share(block);
+            s.blocks.push(block);
+            s.hashes.push(hash);
+            s.tokens.extend_from_slice(tokens);
+            before = hash;
+        }
+        s.len = s.tokens.len();
+        let cached = s.len;
+        let id = self.start();
+        self.sequences.insert(id, s);
+        (id, cached)
+    }
+
+    /// A new sequence with `id`'s tokens so far (choices that share a prompt): it
+    /// shares `id`'s full blocks and copies the last, partly filled one.
     pub fn fork(&mut self, id: SeqId) -> Result<SeqId, DecodeError> {
-        let (len, from) = match self.sequences.get(&id) {
-            Some(s) => (s.len, s.blocks.clone()),
-            None => return Err(DecodeError::Unknown),
-        };
-        let blocks = self
-            .pool
-            .allocate(self.geometry, from.len())
-            .map_err(|_| self.full())?;
-        for (&f, &t) in from.iter().zip(&blocks) {
-            self.pool.copy(self.geometry, f, t);
+        let s = self.sequences.get(&id).ok_or(DecodeError::Unknown)?;
+        let full = s.len / self.geometry.block;
+        let mut blocks = s.blocks[..full].to_vec();
+        let (tokens, hashes, len) = (s.tokens.clone(), s.hashes.clone(), s.len);
+        let partial = s
+            .blocks
+            .get(full)
+            .copied()
+            .filter(|_| len % self.geometry.block != 0);
+        if let Some(from) = partial {
+            let to = self
+                .pool
+                .allocate(self.geometry, 1)
+                .map_err(|_| self.full())?[0];
+            self.pool.copy(self.geometry, from, to);
+            blocks.push(to);
+        }
+        for &b in &blocks[..full] {
+            self.pool.share(b);
         }
         let copy = self.start();
-        self.sequences.insert(copy, Sequence { len, blocks });
+        self.sequences.insert(
+            copy,
+            Sequence {
+                len,
+                blocks,
+                tokens,
+                hashes,
+            },
+        );
         Ok(copy)
     }
 
@@ -323,8 +378,18 @@ impl Engine {
             .map(|id| &self.sequences[id].blocks[..])
             .collect();
         self.pool.write(self.geometry, &new, &tables, &lens, n);
-        for id in ids {
-            self.sequences.get_mut(id).expect("checked").len += n;
+        for (r, id) in ids.iter().enumerate() {
+            let s = self.sequences.get_mut(id).expect("checked");
+            s.len += n;
+            s.tokens.extend_from_slice(&tokens[r * n..(r + 1) * n]);
+            // Blocks filled by this run become reusable prefixes.
+            while (s.hashes.len() + 1) * size <= s.len {
+                let i = s.hashes.len();
+                let held = &s.tokens[i * size..(i + 1) * size];
+                let hash = chain(s.hashes.last().copied().unwrap_or(0), held);
+                self.pool.register(s.blocks[i], hash, held);
+                s.hashes.push(hash);
+            }
         }
         let logits = out[outputs.logits].floats();
         let vocab = logits.len() / (rows * n);

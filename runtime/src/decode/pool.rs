@@ -3,6 +3,14 @@
 //! sequence. A sequence owns a list of blocks, its positions in order; the decode
 //! program reads them through its row of the block table. The pool grows on demand
 //! up to its limit, so memory follows the positions held, not the longest sequence.
+//!
+//! Full blocks are shared: a block is counted by every sequence that holds it (choices
+//! forked from one prompt), and a full block is registered under the hash of the tokens
+//! up to its end, so a later prompt that starts with the same tokens reuses it instead
+//! of computing it again (vLLM's prefix caching). Registered blocks nobody holds stay
+//! cached until the pool needs them, oldest first.
+
+use std::collections::{HashMap, VecDeque};
 
 /// The sizes every buffer shares.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +45,18 @@ pub(crate) struct Pool {
     pub blocks: usize,
     /// The most blocks allowed.
     limit: usize,
+    /// Unheld, unregistered blocks.
     free: Vec<u32>,
+    /// Holders of each block.
+    refs: Vec<u32>,
+    /// Blocks with at least one holder.
+    held: usize,
+    /// Registered full blocks by prefix hash, with the tokens each holds.
+    by_prefix: HashMap<u64, u32>,
+    prefix_of: Vec<Option<(u64, Vec<u32>)>>,
+    /// Registered blocks nobody holds, oldest first (entries may be stale: checked when
+    /// taken).
+    idle: VecDeque<u32>,
 }
 
 /// Blocks the pool starts with, and the least it grows by.
@@ -59,7 +78,7 @@ impl Pool {
 
     /// Blocks held by sequences.
     pub fn used(&self) -> usize {
-        self.blocks - self.free.len()
+        self.held
     }
 
     /// Bytes allocated.
@@ -67,13 +86,11 @@ impl Pool {
         self.buffers.iter().map(|b| b.len() * 4).sum()
     }
 
-    /// `n` free blocks, growing the pool if needed.
+    /// `n` blocks, each held once: free ones first, then new ones while the pool may
+    /// grow, then the oldest cached ones nobody holds.
     pub fn allocate(&mut self, geo: Geometry, n: usize) -> Result<Vec<u32>, Full> {
-        if self.free.len() < n {
+        if self.free.len() < n && self.blocks < self.limit {
             let wanted = self.blocks + n - self.free.len();
-            if wanted > self.limit {
-                return Err(Full);
-            }
             let grown = wanted
                 .max(2 * self.blocks)
                 .max(FIRST_BLOCKS)
@@ -82,15 +99,72 @@ impl Pool {
             for b in &mut self.buffers {
                 b.resize(grown * geo.block_floats(), 0.0);
             }
+            self.refs.resize(grown, 0);
+            self.prefix_of.resize(grown, None);
             self.free.extend((self.blocks as u32..grown as u32).rev());
             self.blocks = grown;
         }
-        Ok(self.free.split_off(self.free.len() - n))
+        while self.free.len() < n {
+            let Some(b) = self.idle.pop_front() else {
+                return Err(Full);
+            };
+            if self.refs[b as usize] == 0 {
+                if let Some((hash, _)) = self.prefix_of[b as usize].take() {
+                    self.by_prefix.remove(&hash);
+                    self.free.push(b);
+                }
+            }
+        }
+        let taken = self.free.split_off(self.free.len() - n);
+        for &b in &taken {
+            self.refs[b as usize] = 1;
+        }
+        self.held += n;
+        Ok(taken)
     }
 
-    /// Makes `blocks` free again.
+    /// One more holder of `block`.
+    pub fn share(&mut self, block: u32) {
+        let r = &mut self.refs[block as usize];
+        if *r == 0 {
+            self.held += 1;
+        }
+        *r += 1;
+    }
+
+    /// One holder fewer of each of `blocks`; a block nobody holds is free again, or
+    /// stays cached if registered.
     pub fn release(&mut self, blocks: &[u32]) {
-        self.free.extend_from_slice(blocks);
+        for &b in blocks {
+            let r = &mut self.refs[b as usize];
+            *r -= 1;
+            if *r == 0 {
+                self.held -= 1;
+                if self.prefix_of[b as usize].is_some() {
+                    self.idle.push_back(b);
+                } else {
+                    self.free.push(b);
+                }
+            }
+        }
+    }
+
+    /// Registers full block `block`, holding `tokens`, under `hash` (the hash of every
+    /// token up to its end), unless a block is registered under it already.
+    pub fn register(&mut self, block: u32, hash: u64, tokens: &[u32]) {
+        if self.prefix_of[block as usize].is_none() && !self.by_prefix.contains_key(&hash) {
+            self.by_prefix.insert(hash, block);
+            self.prefix_of[block as usize] = Some((hash, tokens.to_vec()));
+        }
+    }
+
+    /// The registered block of prefix hash `hash`, if it holds `tokens`.
+    pub fn lookup(&self, hash: u64, tokens: &[u32]) -> Option<u32> {
+        let &b = self.by_prefix.get(&hash)?;
+        match &self.prefix_of[b as usize] {
+            Some((_, held)) if held == tokens => Some(b),
+            _ => None,
+        }
     }
 
     /// Copies the contents of block `from` into block `to`.
@@ -182,5 +256,26 @@ mod tests {
         assert!(pool.allocate(GEO, 20).is_err());
         assert_eq!(pool.allocate(GEO, 19).unwrap().len(), 19);
         assert_eq!(pool.blocks, 20);
+    }
+
+    #[test]
+    fn shared_blocks_live_while_held_and_cached_ones_are_taken_last() {
+        let mut pool = Pool::new(3);
+        let a = pool.allocate(GEO, 2).unwrap();
+        pool.register(a[0], 7, &[1, 2, 3, 4]);
+        pool.share(a[0]);
+        pool.release(&a);
+        assert_eq!(pool.used(), 1, "a[0] still has a holder");
+        assert_eq!(pool.lookup(7, &[1, 2, 3, 4]), Some(a[0]));
+        assert_eq!(pool.lookup(7, &[1, 2, 3, 5]), None, "tokens are checked");
+        pool.release(&a[..1]);
+        assert_eq!(pool.used(), 0);
+        // The cached block survives while free ones last, then is taken.
+        let b = pool.allocate(GEO, 2).unwrap();
+        assert!(!b.contains(&a[0]) && pool.lookup(7, &[1, 2, 3, 4]).is_some());
+        let c = pool.allocate(GEO, 1).unwrap();
+        assert_eq!(c, vec![a[0]]);
+        assert_eq!(pool.lookup(7, &[1, 2, 3, 4]), None);
+        assert!(pool.allocate(GEO, 1).is_err());
     }
 }
