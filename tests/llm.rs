@@ -264,9 +264,10 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
     }
 }
 
-/// Continuous batching: sequences of different lengths decoded together in one step,
-/// joining and leaving the batch as they go, get the logits each gets decoded alone
-/// (the same tokens are fed both ways). A row's arithmetic does not depend on the
+/// Continuous batching: prompts of different lengths read in one padded run, then
+/// sequences of different lengths decoded together in one step, joining and leaving
+/// the batch as they go, get the logits each gets alone (the same tokens are fed both
+/// ways). A row's arithmetic does not depend on the
 /// other rows, so they agree to rounding: 1e-5 of the row's largest logit.
 #[test]
 fn a_batch_of_sequences_decodes_as_each_alone() {
@@ -307,19 +308,25 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
             fed.push(tokens);
             expected.push(logits);
         }
-        // Batched: sequence 2 joins at step 2, sequence 0 leaves after step 4.
+        // Batched: the prompts (of different lengths) read in one run; sequence 2
+        // joins the steps at step 2, sequence 0 leaves after step 4.
         let mut engine = Engine::new(prefill, step, weights, 256).unwrap();
+        engine.set_batch_invariant(true);
         let ids: Vec<_> = prompts.iter().map(|_| engine.start()).collect();
-        let mut got: Vec<Vec<Vec<f32>>> = prompts
+        let encoded: Vec<Vec<u32>> = prompts
             .iter()
-            .zip(&ids)
-            .map(|(p, &id)| {
-                vec![engine
-                    .feed(id, &model.tokenizer.encode(p).unwrap())
-                    .unwrap()
-                    .pop()
-                    .unwrap()]
-            })
+            .map(|p| model.tokenizer.encode(p).unwrap())
+            .collect();
+        let rows: Vec<_> = ids
+            .iter()
+            .zip(&encoded)
+            .map(|(&id, t)| (id, &t[..]))
+            .collect();
+        let mut got: Vec<Vec<Vec<f32>>> = engine
+            .feed_many(&rows)
+            .unwrap()
+            .into_iter()
+            .map(|last| vec![last])
             .collect();
         let mut done = [0usize; 3];
         for round in 0..STEPS + 2 {

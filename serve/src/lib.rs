@@ -74,8 +74,11 @@ pub enum ServeError {
 pub fn serve(model: Served, config: Config) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let context = model.engine.context();
+    // A request's tokens must not depend on what it is batched with.
+    let mut engine = model.engine;
+    engine.set_batch_invariant(true);
     let (scheduler, worker) = scheduler::Scheduler::spawn(
-        model.engine,
+        engine,
         config.limits.clone(),
         model.stop_tokens,
         metrics.clone(),

@@ -1,6 +1,6 @@
-//! Continuous batching: one thread owns the decode engine and, step after step, runs
-//! every running sequence's next token in one batched decode step, then one chunk of
-//! the oldest waiting prompt. Requests join when a place and KV cache blocks are free,
+//! Continuous batching: one thread owns the decode engine and, step after step, reads
+//! the next chunk of every prompt being read in one batched run, then runs every
+//! running sequence's next token in one batched decode step. Requests join when a place and KV cache blocks are free,
 //! and leave when they finish; the rest wait in a bounded queue.
 //!
 //! Each request's tokens are sent back on its own channel as they are chosen; a closed
@@ -278,34 +278,65 @@ impl Batcher {
         }
     }
 
-    /// Feeds one chunk of the oldest prompt still being read; when it is all read,
-    /// each choice draws its first token.
+    /// Feeds the next chunk of every prompt still being read, in one batched run; a
+    /// prompt read to its end gets its choices, and each draws its first token.
     fn prefill_chunk(&mut self) {
-        let Some(r) = self.running.iter_mut().find(|r| r.prefill.is_some()) else {
+        let chunk = self.limits.chunk;
+        let reading: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].prefill.is_some())
+            .collect();
+        if reading.is_empty() {
             return;
-        };
-        let (sequence, fed) = r.prefill.expect("found");
-        let prompt = &r.job.prompt;
-        let end = (fed + self.limits.chunk).min(prompt.len());
-        let logits = match self.engine.feed(sequence, &prompt[fed..end]) {
+        }
+        let rows: Vec<(SeqId, &[u32])> = reading
+            .iter()
+            .map(|&i| {
+                let r = &self.running[i];
+                let (sequence, fed) = r.prefill.expect("reading");
+                let end = (fed + chunk).min(r.job.prompt.len());
+                (sequence, &r.job.prompt[fed..end])
+            })
+            .collect();
+        let fed: usize = rows.iter().map(|(_, t)| t.len()).sum();
+        let ran = self.engine.feed_many(&rows);
+        let ends: Vec<usize> = reading
+            .iter()
+            .zip(&rows)
+            .map(|(&i, (_, t))| self.running[i].prefill.expect("reading").1 + t.len())
+            .collect();
+        let logits = match ran {
             Ok(logits) => logits,
             Err(e) => {
-                let _ = r.job.events.send(Event::Failed(e.to_string()));
-                r.prefill = None;
-                self.engine.remove(sequence);
+                for &i in &reading {
+                    let r = &mut self.running[i];
+                    let _ = r.job.events.send(Event::Failed(e.to_string()));
+                    if let Some((sequence, _)) = r.prefill.take() {
+                        self.engine.remove(sequence);
+                    }
+                }
                 return;
             }
         };
-        metrics::add(&self.metrics.prompt_tokens, (end - fed) as u64);
-        if end < prompt.len() {
-            r.prefill = Some((sequence, end));
-            return;
+        metrics::add(&self.metrics.prompt_tokens, fed as u64);
+        for ((&i, end), last) in reading.iter().zip(ends).zip(&logits) {
+            let r = &mut self.running[i];
+            let (sequence, _) = r.prefill.expect("reading");
+            if end < r.job.prompt.len() {
+                r.prefill = Some((sequence, end));
+            } else {
+                r.prefill = None;
+                self.start_choices(i, sequence, last);
+            }
         }
-        r.prefill = None;
-        let last = logits.last().expect("a chunk has tokens");
+    }
+
+    /// Request `i`'s prompt is read into `sequence`: its choices (forks of it) start,
+    /// and each draws its first token from `last`.
+    fn start_choices(&mut self, i: usize, sequence: SeqId, last: &[f32]) {
+        let r = &mut self.running[i];
         let now = Instant::now();
-        for (i, sampling) in r.job.choices.iter().enumerate() {
-            let sequence = if i == 0 {
+        for (c, sampling) in r.job.choices.iter().enumerate() {
+            let sequence = if c == 0 {
                 sequence
             } else {
                 match self.engine.fork(sequence) {
@@ -324,7 +355,7 @@ impl Batcher {
             r.choices.push(Choice {
                 sequence,
                 sampler: Sampler::new(sampling.clone()),
-                history: prompt.clone(),
+                history: r.job.prompt.clone(),
                 counts: HashMap::new(),
                 generated: 0,
                 next: None,
@@ -335,13 +366,13 @@ impl Batcher {
         self.metrics
             .time_to_first_token
             .observe(r.job.arrived.elapsed().as_secs_f64());
-        for i in 0..r.choices.len() {
+        for c in 0..r.choices.len() {
             choose(
                 &mut self.engine,
                 &self.stop_tokens,
                 &self.metrics,
                 r,
-                i,
+                c,
                 last,
             );
         }

@@ -494,7 +494,13 @@ impl CpuProgram {
                         false => resident.quantised.get(&g.value(rhs.value).name),
                     };
                     let product = match quantised {
-                        Some(w) => quant_product(out_buf, a, lhs.transposed, w, start),
+                        Some(w) => quant_product(
+                            out_buf,
+                            a,
+                            lhs.transposed,
+                            (w, resident.rows_independent),
+                            start,
+                        ),
                         None => kernels::matmul(
                             out_buf,
                             a,
@@ -582,6 +588,9 @@ pub struct Resident {
     spares: Mutex<HashMap<String, Buf>>,
     quantised: HashMap<String, Arc<QuantMatrix>>,
     tables: HashMap<String, Arc<QuantMatrix>>,
+    /// Products with quantised weights compute each row of activations on its own,
+    /// whatever the number of rows ([`Resident::set_rows_independent`]).
+    rows_independent: bool,
 }
 
 impl Clone for Resident {
@@ -592,6 +601,7 @@ impl Clone for Resident {
             spares: Mutex::default(),
             quantised: self.quantised.clone(),
             tables: self.tables.clone(),
+            rows_independent: self.rows_independent,
         }
     }
 }
@@ -626,6 +636,7 @@ impl Resident {
             spares: Mutex::default(),
             quantised: HashMap::new(),
             tables: HashMap::new(),
+            rows_independent: false,
         })
     }
 
@@ -695,6 +706,14 @@ impl Resident {
         };
         held.insert(name.to_string(), matrix);
         Ok(())
+    }
+
+    /// With `on`, products with quantised weights round every row of activations to 8
+    /// bits, however many rows there are, so each row's result does not depend on the
+    /// others (batched decoding: a sequence's tokens do not depend on its batch).
+    /// Otherwise many rows (a prompt) are multiplied by dequantised tiles instead.
+    pub fn set_rows_independent(&mut self, on: bool) {
+        self.rows_independent = on;
     }
 
     /// Holds `f32` values of shape `shape` for input `name` (data that stays in the
@@ -771,8 +790,15 @@ fn quant_lookup(out: Out, table: &QuantMatrix, ids: &Val) -> Result<Buf, String>
 }
 
 /// `op(a) · w` for a quantised weight `w [k, n]`, written into `out` or added to
-/// `start`; `a` is `[..., m, k]` (or its transpose), and batches share `w`.
-fn quant_product(out: Out, a: &Val, transposed: bool, w: &QuantMatrix, start: Option<Buf>) -> Buf {
+/// `start`; `a` is `[..., m, k]` (or its transpose), and batches share `w`. With
+/// `rows_independent`, every row is computed on its own ([`quant::matmul`]).
+fn quant_product(
+    out: Out,
+    a: &Val,
+    transposed: bool,
+    (w, rows_independent): (&QuantMatrix, bool),
+    start: Option<Buf>,
+) -> Buf {
     let (k, n) = w.dims();
     let rows = a.f32().len() / k;
     let copied;
@@ -793,7 +819,7 @@ fn quant_product(out: Out, a: &Val, transposed: bool, w: &QuantMatrix, start: Op
         Some(Buf::F32(v)) => (v, true),
         _ => (out.f32_overwritten(rows * n), false),
     };
-    quant::matmul(lhs, rows, w, &mut result, accumulate);
+    quant::matmul(lhs, rows, w, &mut result, accumulate, rows_independent);
     Buf::F32(result)
 }
 

@@ -284,9 +284,12 @@ fn quantize_row(x: &[f32]) -> Q8Row {
 }
 
 /// Rows of activations from which a product dequantises tiles of the weight and
-/// multiplies them in `f32` (a prompt), rather than rounding the activations to 8 bits
-/// (a decode step): unpacking a tile once pays for itself over this many rows.
-const F32_TILES_FROM_ROWS: usize = 16;
+/// multiplies them in `f32` (a long prompt), rather than rounding the activations to 8
+/// bits (decode steps, batches of them, short prompts): unpacking a tile once pays for
+/// itself over this many rows. Measured on SmolLM2's 576 × 1536 Q4_1 product, both
+/// paths on 2 threads (`quant_paths` below): 8 bits 0.95 ms and tiles 1.34 ms at 32
+/// rows, about even (2.0 ms) at 64.
+const F32_TILES_FROM_ROWS: usize = 64;
 
 /// Block products below which a product runs on one thread: waking the other costs
 /// more than it saves. Measured on SmolLM2: running the 576 × 576 and 576 × 192
@@ -297,11 +300,20 @@ const PARALLEL_FROM_BLOCKS: usize = 2_048;
 const TILE_COLUMNS: usize = 64;
 
 /// `out = a · w` (`out += a · w` when `accumulate`) for row-major `a [m, k]` and
-/// `out [m, n]`.
-pub fn matmul(a: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32], accumulate: bool) {
+/// `out [m, n]`. Rows are rounded to 8 bits and multiplied one by one (each row's
+/// result the same whatever the others are) unless there are many and they need not
+/// be `rows_independent`; then tiles of dequantised weights are multiplied in `f32`.
+pub fn matmul(
+    a: &[f32],
+    m: usize,
+    w: &QuantMatrix,
+    out: &mut [f32],
+    accumulate: bool,
+    rows_independent: bool,
+) {
     let (k, n) = (w.k, w.n);
     debug_assert_eq!((a.len(), out.len()), (m * k, m * n));
-    if m >= F32_TILES_FROM_ROWS {
+    if m >= F32_TILES_FROM_ROWS && !rows_independent {
         return matmul_f32_tiles(a, m, w, out, accumulate);
     }
     let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
@@ -409,12 +421,18 @@ type DotRows = fn(&Row, &[Q8Row], &mut [f32]);
 fn kernel(format: QuantFormat) -> DotRows {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        return match format {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            QuantFormat::Q8_0 => |w, xs, out| unsafe { avx2::dot_rows::<true>(w, xs, out) },
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
-                |w, xs, out| unsafe { avx2::dot_rows::<false>(w, xs, out) }
-            }
+        let q8 = format == QuantFormat::Q8_0;
+        if is_x86_feature_detected!("avxvnni") {
+            // SAFETY: the CPU has AVX2, FMA and AVX-VNNI (checked just above).
+            return match q8 {
+                true => |w, xs, out| unsafe { avx2::dot_rows_vnni::<true>(w, xs, out) },
+                false => |w, xs, out| unsafe { avx2::dot_rows_vnni::<false>(w, xs, out) },
+            };
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return match q8 {
+            true => |w, xs, out| unsafe { avx2::dot_rows::<true>(w, xs, out) },
+            false => |w, xs, out| unsafe { avx2::dot_rows::<false>(w, xs, out) },
         };
     }
     match format {
@@ -483,76 +501,96 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// [`super::DotRows`] for 8-bit weights (`Q8`) or 4-bit ones, four activation rows
-    /// at a time (the rest one by one).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows<const Q8: bool>(w: &Row, xs: &[Q8Row], out: &mut [f32]) {
-        let mut i = 0;
-        while i + 4 <= xs.len() {
-            out[i..i + 4].copy_from_slice(&group::<Q8, 4>(w, &xs[i..i + 4]));
-            i += 4;
-        }
-        while i < xs.len() {
-            out[i] = group::<Q8, 1>(w, &xs[i..i + 1])[0];
-            i += 1;
-        }
+    /// The integer sums of an unsigned-by-signed byte product, four bytes per lane:
+    /// `maddubs` then `madd` on AVX2 (exact here: no pair of products reaches the
+    /// 16-bit limit, as weights are below 2^7 in magnitude after the sign trick, or
+    /// 4-bit), or one `vpdpbusd` where the CPU has AVX-VNNI. Both give the same sums.
+    macro_rules! byte_sums {
+        (avx2, $w:expr, $x:expr) => {
+            _mm256_madd_epi16(_mm256_maddubs_epi16($w, $x), _mm256_set1_epi16(1))
+        };
+        (vnni, $w:expr, $x:expr) => {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), $w, $x)
+        };
     }
 
-    /// The weight row's blocks are unpacked once for the `R` rows. 8-bit weights use
-    /// `|w| · sign(x, w)` to keep `maddubs`'s unsigned-by-signed form; 4-bit weights
-    /// (`d · q + offset`) hold values 0..16 of a block in low nibbles, 16..32 in high
-    /// ones. Each row has two accumulators taking alternate blocks, so additions do not
-    /// wait on each other.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group<const Q8: bool, const R: usize>(w: &Row, xs: &[Q8Row]) -> [f32; R] {
-        let ones = _mm256_set1_epi16(1);
-        let low = _mm_set1_epi8(15);
-        let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
-        let scales: [*const f32; R] = std::array::from_fn(|r| xs[r].scales.as_ptr());
-        // Block `b` of every row into `acc` (plain arrays indexed by constants, so the
-        // accumulators stay in registers).
-        let block = |b: usize, acc: &mut [__m256; R]| {
-            let (qw, sign) = if Q8 {
-                let q = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
-                (_mm256_sign_epi8(q, q), q)
-            } else {
-                let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                (_mm256_set_m128i(hi, lo), ones)
-            };
-            let d = *w.scales.get_unchecked(b);
-            for r in 0..R {
-                let mut qx = _mm256_loadu_si256(qs[r].add(b * BLOCK) as *const __m256i);
-                if Q8 {
-                    qx = _mm256_sign_epi8(qx, sign);
+    /// [`super::DotRows`] kernels for 8-bit weights (`Q8`) or 4-bit ones, four
+    /// activation rows at a time (the rest one by one), for one instruction set.
+    macro_rules! dot_kernels {
+        ($dot_rows:ident, $group:ident, $features:literal, $isa:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $dot_rows<const Q8: bool>(w: &Row, xs: &[Q8Row], out: &mut [f32]) {
+                let mut i = 0;
+                while i + 4 <= xs.len() {
+                    out[i..i + 4].copy_from_slice(&$group::<Q8, 4>(w, &xs[i..i + 4]));
+                    i += 4;
                 }
-                let sums =
-                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones));
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * *scales[r].add(b)), sums, acc[r]);
+                while i < xs.len() {
+                    out[i] = $group::<Q8, 1>(w, &xs[i..i + 1])[0];
+                    i += 1;
+                }
+            }
+
+            /// The weight row's blocks are unpacked once for the `R` rows. 8-bit
+            /// weights use `|w| · sign(x, w)` to keep the unsigned-by-signed form;
+            /// 4-bit weights (`d · q + offset`) hold values 0..16 of a block in low
+            /// nibbles, 16..32 in high ones. Each row has two accumulators taking
+            /// alternate blocks, so additions do not wait on each other.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn $group<const Q8: bool, const R: usize>(w: &Row, xs: &[Q8Row]) -> [f32; R] {
+                let low = _mm_set1_epi8(15);
+                let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
+                let scales: [*const f32; R] = std::array::from_fn(|r| xs[r].scales.as_ptr());
+                // Block `b` of every row into `acc` (plain arrays indexed by constants,
+                // so the accumulators stay in registers).
+                let block = |b: usize, acc: &mut [__m256; R]| {
+                    let (qw, sign) = if Q8 {
+                        let q = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
+                        (_mm256_sign_epi8(q, q), q)
+                    } else {
+                        let packed =
+                            _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
+                        let lo = _mm_and_si128(packed, low);
+                        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                        (_mm256_set_m128i(hi, lo), _mm256_setzero_si256())
+                    };
+                    let d = *w.scales.get_unchecked(b);
+                    for r in 0..R {
+                        let mut qx = _mm256_loadu_si256(qs[r].add(b * BLOCK) as *const __m256i);
+                        if Q8 {
+                            qx = _mm256_sign_epi8(qx, sign);
+                        }
+                        let sums = _mm256_cvtepi32_ps(byte_sums!($isa, qw, qx));
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d * *scales[r].add(b)), sums, acc[r]);
+                    }
+                };
+                let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+                let blocks = w.scales.len();
+                let mut b = 0;
+                while b + 2 <= blocks {
+                    block(b, &mut even);
+                    block(b + 1, &mut odd);
+                    b += 2;
+                }
+                if b < blocks {
+                    block(b, &mut even);
+                }
+                let mut out = [0.0f32; R];
+                for r in 0..R {
+                    out[r] = hsum(_mm256_add_ps(even[r], odd[r]));
+                    if !Q8 {
+                        out[r] += offsets(w, &xs[r]);
+                    }
+                }
+                out
             }
         };
-        let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-        let blocks = w.scales.len();
-        let mut b = 0;
-        while b + 2 <= blocks {
-            block(b, &mut even);
-            block(b + 1, &mut odd);
-            b += 2;
-        }
-        if b < blocks {
-            block(b, &mut even);
-        }
-        let mut out = [0.0f32; R];
-        for r in 0..R {
-            out[r] = hsum(_mm256_add_ps(even[r], odd[r]));
-            if !Q8 {
-                out[r] += offsets(w, &xs[r]);
-            }
-        }
-        out
     }
+
+    dot_kernels!(dot_rows, group, "avx2,fma", avx2);
+    dot_kernels!(dot_rows_vnni, group_vnni, "avx2,fma,avxvnni", vnni);
 
     /// `Σ offset · (d_x Σ q_x)` over the blocks, eight at a time.
     #[inline]
@@ -612,7 +650,7 @@ mod tests {
                 .map(|i| rng::normal01(5, i as u64) as f32)
                 .collect();
             let mut fast = vec![1.0f32; m * n];
-            matmul(&a, m, &w, &mut fast, true);
+            matmul(&a, m, &w, &mut fast, true, false);
             let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
             for j in 0..n {
                 let wj = w.dequantize_row(j);
@@ -648,15 +686,36 @@ mod tests {
         for format in [QuantFormat::Q4_1, QuantFormat::Q8_0] {
             let (k, n) = (96, 40);
             let w = random_matrix(format, k, n, 3);
-            let a: Vec<f32> = (0..6 * k)
+            // Past the tile threshold too, when rows must be independent.
+            let m = F32_TILES_FROM_ROWS + 2;
+            let a: Vec<f32> = (0..m * k)
                 .map(|i| rng::normal01(9, i as u64) as f32)
                 .collect();
-            let mut batch = vec![0.0f32; 6 * n];
-            matmul(&a, 6, &w, &mut batch, false);
-            for i in 0..6 {
+            let mut batch = vec![0.0f32; m * n];
+            matmul(&a, m, &w, &mut batch, false, true);
+            for i in [0, 5, m - 1] {
                 let mut alone = vec![0.0f32; n];
-                matmul(&a[i * k..(i + 1) * k], 1, &w, &mut alone, false);
+                matmul(&a[i * k..(i + 1) * k], 1, &w, &mut alone, false, true);
                 assert_eq!(alone, batch[i * n..(i + 1) * n], "{format:?}, row {i}");
+            }
+            // Every instruction set this machine has gives the same sums.
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("fma") {
+                let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
+                let (mut plain, mut vnni) = (vec![0.0f32; m], vec![0.0f32; m]);
+                let q8 = format == QuantFormat::Q8_0;
+                // SAFETY: AVX2, FMA and AVX-VNNI were detected.
+                unsafe {
+                    match q8 {
+                        true => avx2::dot_rows::<true>(&w.row(3), &rows, &mut plain),
+                        false => avx2::dot_rows::<false>(&w.row(3), &rows, &mut plain),
+                    }
+                    match q8 {
+                        true => avx2::dot_rows_vnni::<true>(&w.row(3), &rows, &mut vnni),
+                        false => avx2::dot_rows_vnni::<false>(&w.row(3), &rows, &mut vnni),
+                    }
+                }
+                assert_eq!(plain, vnni, "{format:?}");
             }
         }
     }
@@ -670,7 +729,7 @@ mod tests {
             .map(|i| rng::normal01(9, i as u64) as f32)
             .collect();
         let mut out = vec![0.5f32; m * n];
-        matmul(&a, m, &w, &mut out, true);
+        matmul(&a, m, &w, &mut out, true, false);
         let dense = w.dequantize();
         for i in 0..m {
             for j in 0..n {
@@ -746,7 +805,7 @@ mod timing {
                 }
             });
             let tiles = time(&|o| matmul_f32_tiles(&a, m, &w, o, false));
-            matmul(&a, m, &w, &mut out, false);
+            matmul(&a, m, &w, &mut out, false, false);
             println!(
                 "m {m:4}: 8-bit {int8:7.3} ms ({:.3}/row), f32 tiles {tiles:7.3} ms ({:.3}/row)",
                 int8 / m as f64,

@@ -252,18 +252,35 @@ impl Engine {
     /// Appends `tokens` to sequence `id` (a whole prompt, a chunk of one, or tokens
     /// after it) and returns the logits of every new position, `[n, vocab]`.
     pub fn feed(&mut self, id: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
-        self.run(&[id], tokens)
+        Ok(self.run(&[(id, tokens)])?.pop().expect("one row"))
+    }
+
+    /// Appends tokens to several sequences in one batched run (prompts, or chunks of
+    /// them, of any lengths: shorter rows are padded, and the padding is neither
+    /// cached nor seen) and returns each one's logits for its last new position.
+    pub fn feed_many(&mut self, rows: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, DecodeError> {
+        Ok(self
+            .run(rows)?
+            .into_iter()
+            .map(|mut r| r.pop().expect("a token per row"))
+            .collect())
     }
 
     /// Appends one token to each sequence of `next` in one batched run and returns each
     /// one's logits for its next position, in the same order.
     pub fn step(&mut self, next: &[(SeqId, u32)]) -> Result<Vec<Vec<f32>>, DecodeError> {
-        if next.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<SeqId> = next.iter().map(|&(id, _)| id).collect();
-        let tokens: Vec<u32> = next.iter().map(|&(_, t)| t).collect();
-        self.run(&ids, &tokens)
+        let rows: Vec<(SeqId, &[u32])> = next
+            .iter()
+            .map(|(id, t)| (*id, std::slice::from_ref(t)))
+            .collect();
+        self.feed_many(&rows)
+    }
+
+    /// With `on`, every run computes each row of activations on its own
+    /// ([`Resident::set_rows_independent`]), so a sequence's logits do not depend on
+    /// what it is batched with, at some cost for long prompts.
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        self.held.set_rows_independent(on);
     }
 
     fn full(&self) -> DecodeError {
@@ -272,25 +289,23 @@ impl Engine {
         }
     }
 
-    /// Runs `tokens` (the same number for each sequence of `ids`) through the prefill
-    /// program (sequences with nothing cached yet) or the decode program, writes their
-    /// keys and values into the sequences' blocks, and returns the logits, one row per
-    /// token.
-    fn run(&mut self, ids: &[SeqId], tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
-        let rows = ids.len();
-        let n = tokens.len() / rows;
-        if n == 0 {
+    /// Runs each row's tokens (padded to the longest) through the prefill program
+    /// (no row has anything cached yet) or the decode program, writes their keys and
+    /// values into the sequences' blocks, and returns each row's logits, one per token.
+    fn run(&mut self, rows: &[(SeqId, &[u32])]) -> Result<Vec<Vec<Vec<f32>>>, DecodeError> {
+        let n = rows.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        if rows.iter().any(|(_, t)| t.is_empty()) || n == 0 {
             return Err(DecodeError::Empty);
         }
-        let mut lens = Vec::with_capacity(rows);
-        for (i, id) in ids.iter().enumerate() {
+        let mut lens = Vec::with_capacity(rows.len());
+        for (i, (id, tokens)) in rows.iter().enumerate() {
             let s = self.sequences.get(id).ok_or(DecodeError::Unknown)?;
-            if ids[..i].contains(id) {
+            if rows[..i].iter().any(|(other, _)| other == id) {
                 return Err(DecodeError::Unknown);
             }
-            if s.len + n > self.context {
+            if s.len + tokens.len() > self.context {
                 return Err(DecodeError::Context {
-                    len: s.len + n,
+                    len: s.len + tokens.len(),
                     context: self.context,
                 });
             }
@@ -298,23 +313,28 @@ impl Engine {
         }
         // Blocks for the new positions, all or none.
         let size = self.geometry.block;
-        let wanted: Vec<usize> = ids
+        let wanted: Vec<usize> = rows
             .iter()
             .zip(&lens)
-            .map(|(id, &len)| (len + n).div_ceil(size) - self.sequences[id].blocks.len())
+            .map(|((id, t), &len)| (len + t.len()).div_ceil(size) - self.sequences[id].blocks.len())
             .collect();
         let mut fresh = self
             .pool
             .allocate(self.geometry, wanted.iter().sum())
             .map_err(|_| self.full())?;
-        for (id, &w) in ids.iter().zip(&wanted) {
+        for ((id, _), &w) in rows.iter().zip(&wanted) {
             let s = self.sequences.get_mut(id).expect("checked");
             s.blocks.extend(fresh.drain(fresh.len() - w..));
         }
-        let ids64 = tokens.iter().map(|&t| i64::from(t)).collect();
+        // Shorter rows are padded at the end with their last token: causal attention
+        // keeps the padding out of the real positions.
+        let padded: Vec<i64> = rows
+            .iter()
+            .flat_map(|(_, t)| (0..n).map(move |i| i64::from(t[i.min(t.len() - 1)])))
+            .collect();
         let mut feeds = HashMap::from([(
             self.tokens_input.clone(),
-            Tensor::from_i64(DType::I32, vec![rows, n], ids64),
+            Tensor::from_i64(DType::I32, vec![rows.len(), n], padded),
         )]);
         let first = lens.iter().all(|&l| l == 0);
         let (program, outputs) = if first {
@@ -323,7 +343,7 @@ impl Engine {
             let past = lens.iter().map(|&l| l as i64).collect();
             feeds.insert(
                 "past_len".into(),
-                Tensor::from_i64(DType::I32, vec![rows], past),
+                Tensor::from_i64(DType::I32, vec![rows.len()], past),
             );
             // Each row lists the blocks of its cached positions, padded with its first
             // block (masked: at or past its length).
@@ -333,14 +353,14 @@ impl Engine {
                 .max()
                 .unwrap_or(1)
                 .max(1);
-            let mut table = Vec::with_capacity(rows * pages);
-            for id in ids {
+            let mut table = Vec::with_capacity(rows.len() * pages);
+            for (id, _) in rows {
                 let blocks = &self.sequences[id].blocks;
                 table.extend((0..pages).map(|p| i64::from(*blocks.get(p).unwrap_or(&blocks[0]))));
             }
             feeds.insert(
                 "block_table".into(),
-                Tensor::from_i64(DType::I32, vec![rows, pages], table),
+                Tensor::from_i64(DType::I32, vec![rows.len(), pages], table),
             );
             (&self.step, &self.step_out)
         };
@@ -373,15 +393,17 @@ impl Engine {
             .iter()
             .flat_map(|&(k, v)| [out[k].floats(), out[v].floats()])
             .collect();
-        let tables: Vec<&[u32]> = ids
+        let counts: Vec<usize> = rows.iter().map(|(_, t)| t.len()).collect();
+        let tables: Vec<&[u32]> = rows
             .iter()
-            .map(|id| &self.sequences[id].blocks[..])
+            .map(|(id, _)| &self.sequences[id].blocks[..])
             .collect();
-        self.pool.write(self.geometry, &new, &tables, &lens, n);
-        for (r, id) in ids.iter().enumerate() {
+        self.pool
+            .write(self.geometry, &new, &tables, (&lens, &counts), n);
+        for (id, tokens) in rows {
             let s = self.sequences.get_mut(id).expect("checked");
-            s.len += n;
-            s.tokens.extend_from_slice(&tokens[r * n..(r + 1) * n]);
+            s.len += tokens.len();
+            s.tokens.extend_from_slice(tokens);
             // Blocks filled by this run become reusable prefixes.
             while (s.hashes.len() + 1) * size <= s.len {
                 let i = s.hashes.len();
@@ -392,10 +414,18 @@ impl Engine {
             }
         }
         let logits = out[outputs.logits].floats();
-        let vocab = logits.len() / (rows * n);
-        Ok(logits
-            .chunks(vocab)
-            .map(|row| row.iter().map(|&x| x as f32).collect())
+        let vocab = logits.len() / (rows.len() * n);
+        Ok(counts
+            .iter()
+            .enumerate()
+            .map(|(r, &count)| {
+                (0..count)
+                    .map(|t| {
+                        let at = (r * n + t) * vocab;
+                        logits[at..at + vocab].iter().map(|&x| x as f32).collect()
+                    })
+                    .collect()
+            })
             .collect())
     }
 }

@@ -175,21 +175,21 @@ impl Pool {
         }
     }
 
-    /// Writes `n` new positions of each sequence: `new[i]` holds buffer `i`'s values
-    /// `[rows, heads, n, head_dim]`; row `r` goes to positions `lens[r]..` of the
-    /// blocks `tables[r]`.
+    /// Writes new positions of each sequence: `new[i]` holds buffer `i`'s values
+    /// `[rows, heads, n, head_dim]`; the first `counts[r]` of row `r` go to positions
+    /// `lens[r]..` of the blocks `tables[r]` (the rest is padding).
     pub fn write(
         &mut self,
         geo: Geometry,
         new: &[&[f64]],
         tables: &[&[u32]],
-        lens: &[usize],
+        (lens, counts): (&[usize], &[usize]),
         n: usize,
     ) {
         let (heads, d, size) = (geo.heads, geo.head_dim, geo.block);
         for (buffer, new) in self.buffers.iter_mut().zip(new) {
             for (r, (table, &len)) in tables.iter().zip(lens).enumerate() {
-                for t in 0..n {
+                for t in 0..counts[r] {
                     let p = len + t;
                     let block = table[p / size] as usize;
                     for h in 0..heads {
@@ -241,11 +241,11 @@ mod tests {
                 .collect()
         };
         let new = rows(&[0, 0], 2);
-        pool.write(GEO, &[&new[0], &new[1]], &[&a, &b], &[0, 0], 2);
+        pool.write(GEO, &[&new[0], &new[1]], &[&a, &b], (&[0, 0], &[2, 2]), 2);
         let at = |block: u32, h: usize, slot: usize| ((block as usize * 2 + h) * 4 + slot) * 3;
         assert_eq!(pool.buffers[1][at(b[0], 1, 1)], 1000.0 + 100.0 + 10.0 + 1.0);
         let new = rows(&[2], 4);
-        pool.write(GEO, &[&new[0], &new[1]], &[&a], &[2], 4);
+        pool.write(GEO, &[&new[0], &new[1]], &[&a], (&[2], &[4]), 4);
         // Position 5 of row 0 is in its second block, slot 1.
         assert_eq!(pool.buffers[0][at(a[1], 0, 1) + 2], 5.2);
         pool.copy(GEO, a[1], b[0]);
