@@ -26,7 +26,7 @@ pub struct Limits {
     pub cache_tokens: usize,
     /// The most requests waiting for a place; more are refused (HTTP 429).
     pub queue: usize,
-    /// The most prompt tokens prefilled between two decode steps.
+    /// The most prompt tokens read between two decode steps (over all prompts).
     pub chunk: usize,
 }
 
@@ -278,25 +278,30 @@ impl Batcher {
         }
     }
 
-    /// Feeds the next chunk of every prompt still being read, in one batched run; a
+    /// Feeds the next tokens of the prompts still being read, in one batched run; a
     /// prompt read to its end gets its choices, and each draws its first token.
     fn prefill_chunk(&mut self) {
-        let chunk = self.limits.chunk;
-        let reading: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].prefill.is_some())
-            .collect();
+        // Oldest first, up to `chunk` prompt tokens in all: the first prompts get their
+        // first tokens sooner than if all were read at once, and running streams wait
+        // for at most one chunk between tokens.
+        let mut budget = self.limits.chunk;
+        let mut reading = Vec::new();
+        let mut rows: Vec<(SeqId, &[u32])> = Vec::new();
+        for (i, r) in self.running.iter().enumerate() {
+            let Some((sequence, fed)) = r.prefill else {
+                continue;
+            };
+            if budget == 0 {
+                break;
+            }
+            let end = (fed + budget).min(r.job.prompt.len());
+            budget -= end - fed;
+            reading.push(i);
+            rows.push((sequence, &r.job.prompt[fed..end]));
+        }
         if reading.is_empty() {
             return;
         }
-        let rows: Vec<(SeqId, &[u32])> = reading
-            .iter()
-            .map(|&i| {
-                let r = &self.running[i];
-                let (sequence, fed) = r.prefill.expect("reading");
-                let end = (fed + chunk).min(r.job.prompt.len());
-                (sequence, &r.job.prompt[fed..end])
-            })
-            .collect();
         let fed: usize = rows.iter().map(|(_, t)| t.len()).sum();
         let ran = self.engine.feed_many(&rows);
         let ends: Vec<usize> = reading

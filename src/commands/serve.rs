@@ -31,9 +31,9 @@ pub struct Args {
     /// The most requests waiting for a place; more get HTTP 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
-    /// The most prompt tokens read between two decode steps (long prompts are read in
-    /// chunks, so running streams keep going).
-    #[arg(long, default_value_t = 256)]
+    /// The most prompt tokens read between two decode steps, over all prompts (long
+    /// prompts are read in chunks, so running streams keep going).
+    #[arg(long, default_value_t = 64)]
     pub chunk: usize,
     /// Requests must send `Authorization: Bearer KEY`.
     #[arg(long, value_name = "KEY")]

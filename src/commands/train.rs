@@ -418,7 +418,8 @@ impl Progress {
             }
             None => {
                 let every = (self.total / 20).max(1);
-                if r.step % every == 0 || r.step == self.total || r.step == self.first + 1 {
+                if r.step.is_multiple_of(every) || r.step == self.total || r.step == self.first + 1
+                {
                     let done = (r.step - self.first) as f64;
                     let eta = elapsed / done * (self.total - r.step) as f64;
                     eprintln!("step {}/{} {msg} ETA {eta:.0}s", r.step, self.total);

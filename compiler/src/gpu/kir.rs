@@ -710,7 +710,7 @@ fn check_tensor_map(k: &Kernel, m: &TensorMap) -> Result<(), String> {
     .map_err(|e| what(&e))?;
     expect(
         m.box_dims.iter().all(|&b| (1..=256).contains(&b))
-            && (m.box_dims[0] as usize * buffer.elem.bytes()) % 16 == 0,
+            && (m.box_dims[0] as usize * buffer.elem.bytes()).is_multiple_of(16),
         "box sizes are 1 to 256, the innermost a multiple of 16 bytes",
     )
     .map_err(|e| what(&e))

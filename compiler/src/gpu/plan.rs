@@ -68,7 +68,7 @@ pub struct SmPlan {
 
 /// Checks a `--comm-sms` value against a target.
 pub fn check_comm_sms(target: &GpuTarget, n: u32) -> Result<(), String> {
-    if n % 2 != 0 {
+    if !n.is_multiple_of(2) {
         return Err(format!(
             "--comm-sms must be even (communication kernels pair SMs), got {n}"
         ));

@@ -137,7 +137,7 @@ impl Dim {
 
     /// `self / other` when `other` divides `self` exactly (as monomials), else `None`.
     pub fn div_exact(&self, other: &Dim) -> Option<Dim> {
-        if other.coeff == 0 || self.coeff % other.coeff != 0 {
+        if other.coeff == 0 || !self.coeff.is_multiple_of(other.coeff) {
             return None;
         }
         let mut syms = self.syms.clone();

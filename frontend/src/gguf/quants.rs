@@ -126,7 +126,7 @@ impl GgmlType {
     /// whole blocks.
     pub fn bytes_for(self, row: u64, elements: u64) -> Result<u64, String> {
         let block = self.block_elems();
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return Err(format!(
                 "{self:?} stores blocks of {block} elements, but its rows have {row}"
             ));

@@ -237,7 +237,7 @@ impl LlamaShape {
                 "the {what} must lie in 1..=2^24"
             )));
         }
-        if self.dim % self.heads != 0 || self.heads % self.kv_heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(LlmError::Invalid(format!(
                 "{} heads must divide the hidden size {} and be a multiple of the {} key/value heads",
                 self.heads, self.dim, self.kv_heads

@@ -88,7 +88,7 @@ impl QuantMatrix {
         bytes: &[u8],
     ) -> Result<QuantMatrix, String> {
         let per = format.block_values();
-        if k % per != 0 || k == 0 || n == 0 {
+        if !k.is_multiple_of(per) || k == 0 || n == 0 {
             return Err(format!("a {format:?} weight needs a row length that is a positive multiple of {per}, found [{k}, {n}]"));
         }
         let want = n

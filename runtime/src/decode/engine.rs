@@ -432,7 +432,7 @@ impl Engine {
 
 /// The decode program's input for cache buffer `i` (two per attention: keys, values).
 fn cache_name(i: usize) -> String {
-    let part = if i % 2 == 0 { "k" } else { "v" };
+    let part = if i.is_multiple_of(2) { "k" } else { "v" };
     format!("cache.{}.{part}", i / 2)
 }
 

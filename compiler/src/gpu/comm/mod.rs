@@ -40,7 +40,7 @@ pub struct MoeLayout {
 impl MoeLayout {
     /// Checks the sizes fit the kernels' i32 indexing and the rank split.
     pub fn check(&self) -> Result<(), String> {
-        if self.ranks == 0 || self.experts % self.ranks != 0 {
+        if self.ranks == 0 || !self.experts.is_multiple_of(self.ranks) {
             return Err(format!(
                 "{} experts do not split evenly over {} ranks",
                 self.experts, self.ranks

@@ -203,7 +203,7 @@ impl State {
             let end = base as usize + arr.len * arr.elem.bytes();
             if (base..end as u32).contains(&addr) {
                 let off = (addr - base) as usize;
-                if off % arr.elem.bytes() != 0 {
+                if !off.is_multiple_of(arr.elem.bytes()) {
                     return Err(format!(
                         "shared address {addr:#x} splits an element of {}",
                         arr.name
@@ -302,7 +302,7 @@ impl Block<'_> {
     }
 
     fn whole_warpgroups(&self, mask: &[bool]) -> Result<(), String> {
-        if mask.len() % wgmma::WARPGROUP != 0 {
+        if !mask.len().is_multiple_of(wgmma::WARPGROUP) {
             return Err(format!("wgmma in a block of {} threads", mask.len()));
         }
         for g in mask.chunks(wgmma::WARPGROUP) {
@@ -385,7 +385,7 @@ impl Block<'_> {
                 let start = self.address(*dst, self.get(*index, t), 1)?;
                 let eb = k.shared[array].elem.bytes();
                 let addr = self.hopper.base[array] as usize + start * eb;
-                if addr % 128 != 0 {
+                if !addr.is_multiple_of(128) {
                     return Err(format!(
                         "TMA destination {}[{start}] (address {addr:#x}) is not 128-byte aligned",
                         k.shared[array].name
@@ -429,7 +429,7 @@ impl Block<'_> {
                 };
                 let e = self.address(*space, self.get(*index, t), 1)?;
                 let addr = self.hopper.base[array] as usize + e * k.shared[array].elem.bytes();
-                if addr % 16 != 0 {
+                if !addr.is_multiple_of(16) {
                     return Err(format!(
                         "wgmma operand at {}[{e}] is not 16-byte aligned",
                         k.shared[array].name

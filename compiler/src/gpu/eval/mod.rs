@@ -374,7 +374,7 @@ impl<'a> Block<'a> {
     }
 
     fn whole_warps(&self, mask: &[bool], what: &str) -> Result<(), String> {
-        if mask.len() % 32 != 0 {
+        if !mask.len().is_multiple_of(32) {
             return Err(format!("{what} in a block of {} threads", mask.len()));
         }
         for w in mask.chunks(32) {
@@ -550,7 +550,7 @@ impl<'a> Block<'a> {
                 self.space_name(s)
             ));
         }
-        if i as usize % width != 0 {
+        if !(i as usize).is_multiple_of(width) {
             return Err(format!(
                 "vector access of {width} elements at index {i} of {} is misaligned",
                 self.space_name(s)

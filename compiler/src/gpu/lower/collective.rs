@@ -22,7 +22,7 @@ pub(super) fn all_to_all(
 ) -> Result<KernelCall, String> {
     let n: usize = shapes[v.index()].iter().product();
     let elem = elem_of(g.ty(v).dtype)?;
-    let width = if n % 4 == 0 && elem.bytes() == 4 {
+    let width = if n.is_multiple_of(4) && elem.bytes() == 4 {
         4
     } else {
         1
