@@ -323,13 +323,7 @@ pub fn matmul(
     let columns = |cols: std::ops::Range<usize>| {
         let width = cols.len();
         let mut part = vec![0.0f32; m * width];
-        let mut column = vec![0.0f32; m];
-        for (c, j) in cols.clone().enumerate() {
-            dot(&w.row(j), &rows, &mut column);
-            for (i, &v) in column.iter().enumerate() {
-                part[i * width + c] = v;
-            }
-        }
+        dot(w, cols.clone(), &rows, &mut part);
         (cols.start, part)
     };
     if m * n * (k / BLOCK) < PARALLEL_FROM_BLOCKS {
@@ -413,10 +407,28 @@ pub fn error_bound(a: &[f32], w: &QuantMatrix, i: usize, j: usize) -> f32 {
     bound * 1.01 + magnitude * 1e-5
 }
 
-/// Dot products of one weight row with every activation row: `out[i] = w · xs[i]`.
-/// Each row's arithmetic is the same whatever the number of rows, so a sequence's
-/// results do not depend on the batch it runs in.
-type DotRows = fn(&Row, &[Q8Row], &mut [f32]);
+/// Dot products of the weight's stored rows `cols` with every activation row:
+/// `part[i · width + c] = w[cols.start + c] · xs[i]`. Each pair's arithmetic is the
+/// same whatever the number of rows or columns, so a sequence's results do not depend
+/// on the batch it runs in.
+type DotRows = fn(&QuantMatrix, std::ops::Range<usize>, &[Q8Row], &mut [f32]);
+
+/// [`DotRows`] from a kernel for one weight row.
+fn by_weight_row(
+    w: &QuantMatrix,
+    cols: std::ops::Range<usize>,
+    xs: &[Q8Row],
+    part: &mut [f32],
+    dot: fn(&Row, &Q8Row) -> f32,
+) {
+    let width = cols.len();
+    for (c, j) in cols.enumerate() {
+        let row = w.row(j);
+        for (i, x) in xs.iter().enumerate() {
+            part[i * width + c] = dot(&row, x);
+        }
+    }
+}
 
 fn kernel(format: QuantFormat) -> DotRows {
     #[cfg(target_arch = "x86_64")]
@@ -425,27 +437,21 @@ fn kernel(format: QuantFormat) -> DotRows {
         if is_x86_feature_detected!("avxvnni") {
             // SAFETY: the CPU has AVX2, FMA and AVX-VNNI (checked just above).
             return match q8 {
-                true => |w, xs, out| unsafe { avx2::dot_rows_vnni::<true>(w, xs, out) },
-                false => |w, xs, out| unsafe { avx2::dot_rows_vnni::<false>(w, xs, out) },
+                true => |w, c, xs, out| unsafe { avx2::dot_rows_vnni::<true>(w, c, xs, out) },
+                false => |w, c, xs, out| unsafe { avx2::dot_rows_vnni::<false>(w, c, xs, out) },
             };
         }
         // SAFETY: the CPU has AVX2 and FMA (checked above).
         return match q8 {
-            true => |w, xs, out| unsafe { avx2::dot_rows::<true>(w, xs, out) },
-            false => |w, xs, out| unsafe { avx2::dot_rows::<false>(w, xs, out) },
+            true => |w, c, xs, out| unsafe { avx2::dot_rows::<true>(w, c, xs, out) },
+            false => |w, c, xs, out| unsafe { avx2::dot_rows::<false>(w, c, xs, out) },
         };
     }
     match format {
-        QuantFormat::Q8_0 => |w, xs, out| {
-            for (o, x) in out.iter_mut().zip(xs) {
-                *o = scalar_dot_q8(w, x);
-            }
-        },
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => |w, xs, out| {
-            for (o, x) in out.iter_mut().zip(xs) {
-                *o = scalar_dot_q4(w, x);
-            }
-        },
+        QuantFormat::Q8_0 => |w, c, xs, out| by_weight_row(w, c, xs, out, scalar_dot_q8),
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
+            |w, c, xs, out| by_weight_row(w, c, xs, out, scalar_dot_q4)
+        }
     }
 }
 
@@ -489,8 +495,9 @@ fn scalar_dot_q4(w: &Row, x: &Q8Row) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q8Row, Row, BLOCK};
+    use super::{Q8Row, QuantMatrix, Row, BLOCK};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -517,18 +524,96 @@ mod avx2 {
     /// [`super::DotRows`] kernels for 8-bit weights (`Q8`) or 4-bit ones, four
     /// activation rows at a time (the rest one by one), for one instruction set.
     macro_rules! dot_kernels {
-        ($dot_rows:ident, $group:ident, $features:literal, $isa:ident) => {
+        ($dot_rows:ident, $group:ident, $cols:ident, $features:literal, $isa:ident) => {
+            /// Fewer than four activation rows: four weight rows at a time for each;
+            /// else four activation rows at a time for each weight row.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $dot_rows<const Q8: bool>(w: &Row, xs: &[Q8Row], out: &mut [f32]) {
-                let mut i = 0;
-                while i + 4 <= xs.len() {
-                    out[i..i + 4].copy_from_slice(&$group::<Q8, 4>(w, &xs[i..i + 4]));
-                    i += 4;
+            pub(super) unsafe fn $dot_rows<const Q8: bool>(
+                w: &QuantMatrix,
+                cols: Range<usize>,
+                xs: &[Q8Row],
+                part: &mut [f32],
+            ) {
+                let width = cols.len();
+                if xs.len() < 4 {
+                    for (i, x) in xs.iter().enumerate() {
+                        let out = &mut part[i * width..(i + 1) * width];
+                        let mut c = 0;
+                        while c + 4 <= width {
+                            let ws = std::array::from_fn(|d| w.row(cols.start + c + d));
+                            out[c..c + 4].copy_from_slice(&$cols::<Q8, 4>(&ws, x));
+                            c += 4;
+                        }
+                        while c < width {
+                            out[c] = $cols::<Q8, 1>(&[w.row(cols.start + c)], x)[0];
+                            c += 1;
+                        }
+                    }
+                    return;
                 }
-                while i < xs.len() {
-                    out[i] = $group::<Q8, 1>(w, &xs[i..i + 1])[0];
-                    i += 1;
+                for (c, j) in cols.enumerate() {
+                    let row = w.row(j);
+                    let mut i = 0;
+                    while i + 4 <= xs.len() {
+                        let r = $group::<Q8, 4>(&row, &xs[i..i + 4]);
+                        for (d, v) in r.into_iter().enumerate() {
+                            part[(i + d) * width + c] = v;
+                        }
+                        i += 4;
+                    }
+                    while i < xs.len() {
+                        part[i * width + c] = $group::<Q8, 1>(&row, &xs[i..i + 1])[0];
+                        i += 1;
+                    }
                 }
+            }
+
+            /// `C` weight rows with one activation row: the activation block is loaded
+            /// once for the `C` rows; each pair's arithmetic is that of `$group`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn $cols<const Q8: bool, const C: usize>(ws: &[Row; C], x: &Q8Row) -> [f32; C] {
+                let low = _mm_set1_epi8(15);
+                let block = |b: usize, acc: &mut [__m256; C]| {
+                    let qx0 = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let dx = *x.scales.get_unchecked(b);
+                    for c in 0..C {
+                        let w = &ws[c];
+                        let (qw, qx) = if Q8 {
+                            let q =
+                                _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
+                            (_mm256_sign_epi8(q, q), _mm256_sign_epi8(qx0, q))
+                        } else {
+                            let packed =
+                                _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
+                            let lo = _mm_and_si128(packed, low);
+                            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+                            (_mm256_set_m128i(hi, lo), qx0)
+                        };
+                        let sums = _mm256_cvtepi32_ps(byte_sums!($isa, qw, qx));
+                        let d = *w.scales.get_unchecked(b);
+                        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), sums, acc[c]);
+                    }
+                };
+                let (mut even, mut odd) = ([_mm256_setzero_ps(); C], [_mm256_setzero_ps(); C]);
+                let blocks = x.scales.len();
+                let mut b = 0;
+                while b + 2 <= blocks {
+                    block(b, &mut even);
+                    block(b + 1, &mut odd);
+                    b += 2;
+                }
+                if b < blocks {
+                    block(b, &mut even);
+                }
+                let mut out = [0.0f32; C];
+                for c in 0..C {
+                    out[c] = hsum(_mm256_add_ps(even[c], odd[c]));
+                    if !Q8 {
+                        out[c] += offsets(&ws[c], x);
+                    }
+                }
+                out
             }
 
             /// The weight row's blocks are unpacked once for the `R` rows. 8-bit
@@ -589,8 +674,14 @@ mod avx2 {
         };
     }
 
-    dot_kernels!(dot_rows, group, "avx2,fma", avx2);
-    dot_kernels!(dot_rows_vnni, group_vnni, "avx2,fma,avxvnni", vnni);
+    dot_kernels!(dot_rows, group, cols, "avx2,fma", avx2);
+    dot_kernels!(
+        dot_rows_vnni,
+        group_vnni,
+        cols_vnni,
+        "avx2,fma,avxvnni",
+        vnni
+    );
 
     /// `Σ offset · (d_x Σ q_x)` over the blocks, eight at a time.
     #[inline]
@@ -698,23 +789,31 @@ mod tests {
                 matmul(&a[i * k..(i + 1) * k], 1, &w, &mut alone, false, true);
                 assert_eq!(alone, batch[i * n..(i + 1) * n], "{format:?}, row {i}");
             }
-            // Every instruction set this machine has gives the same sums.
+            // Every instruction set this machine has gives the same sums, and the
+            // kernels for few rows (by weight rows) and for many (by activation rows)
+            // the same products.
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("fma") {
                 let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
-                let (mut plain, mut vnni) = (vec![0.0f32; m], vec![0.0f32; m]);
+                let (mut plain, mut vnni) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+                let mut few = vec![0.0f32; 2 * n];
                 let q8 = format == QuantFormat::Q8_0;
                 // SAFETY: AVX2, FMA and AVX-VNNI were detected.
                 unsafe {
                     match q8 {
-                        true => avx2::dot_rows::<true>(&w.row(3), &rows, &mut plain),
-                        false => avx2::dot_rows::<false>(&w.row(3), &rows, &mut plain),
+                        true => avx2::dot_rows::<true>(&w, 0..n, &rows, &mut plain),
+                        false => avx2::dot_rows::<false>(&w, 0..n, &rows, &mut plain),
                     }
                     match q8 {
-                        true => avx2::dot_rows_vnni::<true>(&w.row(3), &rows, &mut vnni),
-                        false => avx2::dot_rows_vnni::<false>(&w.row(3), &rows, &mut vnni),
+                        true => avx2::dot_rows_vnni::<true>(&w, 0..n, &rows, &mut vnni),
+                        false => avx2::dot_rows_vnni::<false>(&w, 0..n, &rows, &mut vnni),
+                    }
+                    match q8 {
+                        true => avx2::dot_rows_vnni::<true>(&w, 0..n, &rows[..2], &mut few),
+                        false => avx2::dot_rows_vnni::<false>(&w, 0..n, &rows[..2], &mut few),
                     }
                 }
+                assert_eq!(few, vnni[..2 * n], "{format:?}");
                 assert_eq!(plain, vnni, "{format:?}");
             }
         }
@@ -795,14 +894,7 @@ mod timing {
             };
             let int8 = time(&|o| {
                 let rows: Vec<Q8Row> = a.chunks_exact(k).map(quantize_row).collect();
-                let dot = kernel(w.format);
-                let mut col = vec![0.0f32; m];
-                for j in 0..n {
-                    dot(&w.row(j), &rows, &mut col);
-                    for i in 0..m {
-                        o[i * n + j] = col[i];
-                    }
-                }
+                kernel(w.format)(&w, 0..n, &rows, o);
             });
             let tiles = time(&|o| matmul_f32_tiles(&a, m, &w, o, false));
             matmul(&a, m, &w, &mut out, false, false);
