@@ -1,6 +1,7 @@
 """Starts `smelt serve` on loopback for the tests, as llama.cpp's server tests do.
 
-The binary is $SMELT_BIN (default target/debug/smelt), the model SmolLM2-135M-Instruct's
+The binary is $SMELT_BIN (default debug/smelt in $CARGO_TARGET_DIR, or in target/), the
+model SmolLM2-135M-Instruct's
 Q4_1 GGUF from $SMELT_LLM_TESTDATA (default target/llm-testdata; `.ci/run` makes it).
 Every server is started with --port 0 (the port it picked is read from its log) and
 --exit-after, so none outlives the tests.
@@ -17,7 +18,8 @@ import openai
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SMELT_BIN", str(ROOT / "target" / "debug" / "smelt"))
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = os.environ.get("SMELT_BIN", str(TARGET / "debug" / "smelt"))
 DATA = pathlib.Path(os.environ.get("SMELT_LLM_TESTDATA", ROOT / "target" / "llm-testdata"))
 MODEL = DATA / "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "SmolLM2-135M-Instruct.Q4_1"
@@ -38,7 +40,8 @@ class Server:
 
     def __init__(self, *flags, exit_after=600):
         require_data()
-        self.log_path = ROOT / "target" / f"serve-test-{os.getpid()}-{time.monotonic_ns()}.log"
+        TARGET.mkdir(parents=True, exist_ok=True)
+        self.log_path = TARGET / f"serve-test-{os.getpid()}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "w+")
         args = [BIN, "serve", str(MODEL), "--host", "127.0.0.1", "--port", "0",
                 "--exit-after", str(exit_after), *flags]
