@@ -33,7 +33,7 @@ pub struct Args {
     pub queue: usize,
     /// The most prompt tokens read between two decode steps, over all prompts (long
     /// prompts are read in chunks, so running streams keep going).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub chunk: usize,
     /// Requests must send `Authorization: Bearer KEY`.
     #[arg(long, value_name = "KEY")]
