@@ -217,13 +217,7 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
             .encode("The quick brown fox jumps over the lazy dog. It was a sunny day")
             .unwrap();
         assert!(tokens.len() >= 12);
-        let program = |mode| {
-            let graph = model.lower(mode).unwrap().graph;
-            Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
-                .unwrap()
-                .program
-        };
-        let (prefill, step) = (program(Mode::Prefill), program(Mode::Decode));
+        let (prefill, step) = programs(&model);
         let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
         let quantised = weights
             .iter()
@@ -274,13 +268,7 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
     let Some(dir) = data_dir() else { return };
     for storage in [Storage::F32, Storage::Blocks] {
         let model = Pretrained::open_with(&dir.join(GGUF), storage).unwrap();
-        let program = |mode| {
-            let graph = model.lower(mode).unwrap().graph;
-            Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
-                .unwrap()
-                .program
-        };
-        let (prefill, step) = (program(Mode::Prefill), program(Mode::Decode));
+        let (prefill, step) = programs(&model);
         let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
         let prompts = [
             "The quick brown fox",
@@ -376,15 +364,11 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
 fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     let Some(dir) = data_dir() else { return };
     let model = Pretrained::open_with(&dir.join(GGUF), Storage::F32).unwrap();
-    let program = |mode| {
-        let graph = model.lower(mode).unwrap().graph;
-        Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
-            .unwrap()
-            .program
-    };
     let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
-    let mut engine =
-        Engine::new(program(Mode::Prefill), program(Mode::Decode), weights, 512).unwrap();
+    let mut engine = {
+        let (prefill, step) = programs(&model);
+        Engine::new(prefill, step, weights, 512).unwrap()
+    };
     let text = "A long prompt shares its beginning with another one: the quick brown fox jumps over the lazy dog, and then the lazy dog wakes up and chases the quick brown fox all around the farm.";
     let prompt = model.tokenizer.encode(text).unwrap();
     assert!(prompt.len() > 33, "{} tokens", prompt.len());
@@ -429,6 +413,22 @@ fn argmax(row: &[f32]) -> u32 {
     (0..row.len())
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))
         .unwrap() as u32
+}
+
+/// The model's prefill and decode programs, compiled as `smelt generate` compiles them.
+fn programs(
+    model: &Pretrained,
+) -> (
+    smelt_runtime::cpu::CpuProgram,
+    smelt_runtime::cpu::CpuProgram,
+) {
+    let program = |mode| {
+        let graph = model.lower(mode).unwrap().graph;
+        Compiled::compile(&graph, Purpose::Run, Some(&Options::default()))
+            .unwrap()
+            .program
+    };
+    (program(Mode::Prefill), program(Mode::Decode))
 }
 
 /// A weight as `smelt generate` hands it to the decoder.

@@ -58,11 +58,16 @@ impl Server {
 
     /// `(status, body)` of one request.
     fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.request_with(method, path, "", body)
+    }
+
+    /// As [`Server::request`], with `headers` (lines ending in `\r\n`) added.
+    fn request_with(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
         let mut s = TcpStream::connect(&self.address).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -139,18 +144,13 @@ fn bad_requests_get_openai_errors() {
     let (status, body) = server.request("POST", "/v1/chat/completions", "{");
     assert_eq!(status, 401, "the key is checked first: {body}");
     let with_key = |body: &str| {
-        let mut s = TcpStream::connect(&server.address).unwrap();
-        write!(
-            s,
-            "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer k\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        let (status, reply) = server.request_with(
+            "POST",
+            "/v1/chat/completions",
+            "Authorization: Bearer k\r\n",
+            body,
+        );
+        let json: serde_json::Value = serde_json::from_str(&reply).unwrap();
         (status, json)
     };
     for (body, status) in [

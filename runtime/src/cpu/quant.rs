@@ -508,6 +508,28 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Runs `block(b, acc)` over `blocks` blocks into two sets of `N` accumulators,
+    /// even blocks into one and odd into the other (so additions do not wait on each
+    /// other), and returns their sums: the one order every kernel uses.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn two_chains<const N: usize>(
+        blocks: usize,
+        mut block: impl FnMut(usize, &mut [__m256; N]),
+    ) -> [__m256; N] {
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        let mut b = 0;
+        while b + 2 <= blocks {
+            block(b, &mut even);
+            block(b + 1, &mut odd);
+            b += 2;
+        }
+        if b < blocks {
+            block(b, &mut even);
+        }
+        std::array::from_fn(|i| _mm256_add_ps(even[i], odd[i]))
+    }
+
     /// The integer sums of an unsigned-by-signed byte product, four bytes per lane:
     /// `maddubs` then `madd` on AVX2 (exact here: no pair of products reaches the
     /// 16-bit limit, as weights are below 2^7 in magnitude after the sign trick, or
@@ -595,20 +617,10 @@ mod avx2 {
                         acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), sums, acc[c]);
                     }
                 };
-                let (mut even, mut odd) = ([_mm256_setzero_ps(); C], [_mm256_setzero_ps(); C]);
-                let blocks = x.scales.len();
-                let mut b = 0;
-                while b + 2 <= blocks {
-                    block(b, &mut even);
-                    block(b + 1, &mut odd);
-                    b += 2;
-                }
-                if b < blocks {
-                    block(b, &mut even);
-                }
+                let sums = two_chains::<C>(x.scales.len(), block);
                 let mut out = [0.0f32; C];
                 for c in 0..C {
-                    out[c] = hsum(_mm256_add_ps(even[c], odd[c]));
+                    out[c] = hsum(sums[c]);
                     if !Q8 {
                         out[c] += offsets(&ws[c], x);
                     }
@@ -651,20 +663,10 @@ mod avx2 {
                             _mm256_fmadd_ps(_mm256_set1_ps(d * *scales[r].add(b)), sums, acc[r]);
                     }
                 };
-                let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-                let blocks = w.scales.len();
-                let mut b = 0;
-                while b + 2 <= blocks {
-                    block(b, &mut even);
-                    block(b + 1, &mut odd);
-                    b += 2;
-                }
-                if b < blocks {
-                    block(b, &mut even);
-                }
+                let sums = two_chains::<R>(w.scales.len(), block);
                 let mut out = [0.0f32; R];
                 for r in 0..R {
-                    out[r] = hsum(_mm256_add_ps(even[r], odd[r]));
+                    out[r] = hsum(sums[r]);
                     if !Q8 {
                         out[r] += offsets(w, &xs[r]);
                     }
