@@ -54,9 +54,11 @@ pub(crate) struct Pool {
     /// Registered full blocks by prefix hash, with the tokens each holds.
     by_prefix: HashMap<u64, u32>,
     prefix_of: Vec<Option<(u64, Vec<u32>)>>,
-    /// Registered blocks nobody holds, oldest first (entries may be stale: checked when
-    /// taken).
+    /// Registered blocks nobody holds, in the order they were queued (entries may be
+    /// stale: checked when taken); each block at most once (`queued`), so the queue
+    /// never outgrows the pool however often a block is held and let go.
     idle: VecDeque<u32>,
+    queued: Vec<bool>,
 }
 
 /// Blocks the pool starts with, and the least it grows by.
@@ -101,6 +103,7 @@ impl Pool {
             }
             self.refs.resize(grown, 0);
             self.prefix_of.resize(grown, None);
+            self.queued.resize(grown, false);
             self.free.extend((self.blocks as u32..grown as u32).rev());
             self.blocks = grown;
         }
@@ -108,6 +111,7 @@ impl Pool {
             let Some(b) = self.idle.pop_front() else {
                 return Err(Full);
             };
+            self.queued[b as usize] = false;
             if self.refs[b as usize] == 0 {
                 if let Some((hash, _)) = self.prefix_of[b as usize].take() {
                     self.by_prefix.remove(&hash);
@@ -141,7 +145,10 @@ impl Pool {
             if *r == 0 {
                 self.held -= 1;
                 if self.prefix_of[b as usize].is_some() {
-                    self.idle.push_back(b);
+                    if !self.queued[b as usize] {
+                        self.queued[b as usize] = true;
+                        self.idle.push_back(b);
+                    }
                 } else {
                     self.free.push(b);
                 }
@@ -270,6 +277,11 @@ mod tests {
         assert_eq!(pool.lookup(7, &[1, 2, 3, 5]), None, "tokens are checked");
         pool.release(&a[..1]);
         assert_eq!(pool.used(), 0);
+        for _ in 0..100 {
+            pool.share(a[0]);
+            pool.release(&a[..1]);
+        }
+        assert_eq!(pool.idle.len(), 1);
         // The cached block survives while free ones last, then is taken.
         let b = pool.allocate(GEO, 2).unwrap();
         assert!(!b.contains(&a[0]) && pool.lookup(7, &[1, 2, 3, 4]).is_some());
