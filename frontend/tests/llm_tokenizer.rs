@@ -8,7 +8,7 @@
 mod common;
 
 use smelt_frontend::gguf::GgufFile;
-use smelt_frontend::llm::{Message, Pretrained, Tokenizer};
+use smelt_frontend::llm::{Message, Pretrained, TextStream, Tokenizer};
 use std::path::{Path, PathBuf};
 
 fn data_dir() -> Option<PathBuf> {
@@ -105,4 +105,20 @@ fn a_template_that_never_ends_is_an_error() {
     };
     let err = template.render(&[user]).expect_err("runs out of fuel");
     assert!(err.to_string().contains("fuel"), "{err}");
+}
+
+/// Streamed one token at a time, every case's text comes out whole and in order
+/// (characters split across tokens included), as decoding all its ids at once gives.
+#[test]
+fn a_text_stream_gives_the_whole_text() {
+    let Some(dir) = data_dir() else { return };
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    for (text, ids) in cases(&dir) {
+        let mut stream = TextStream::new();
+        let streamed: String = ids
+            .iter()
+            .map(|&id| stream.push(&tokenizer, id).unwrap())
+            .collect();
+        assert_eq!(streamed, tokenizer.decode(&ids).unwrap(), "{text:?}");
+    }
 }

@@ -78,16 +78,26 @@ impl App {
     }
 }
 
-/// The request body, or an OpenAI-style error (too large, unreadable, not JSON of
-/// the expected shape).
-fn parse<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| ApiError {
-        status: r.status(),
-        ..ApiError::body(r.body_text())
-    })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::body(format!("invalid request body: {e}")))
+impl App {
+    /// A completion request: the key checked, then the body read (an OpenAI-style
+    /// error if it is too large, unreadable, or not JSON of the expected shape), then
+    /// its model checked.
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+        common: fn(&T) -> &crate::api::Common,
+    ) -> Result<T, ApiError> {
+        self.authorise(headers)?;
+        let body = body.map_err(|r| ApiError {
+            status: r.status(),
+            ..ApiError::body(r.body_text())
+        })?;
+        let req: T = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::body(format!("invalid request body: {e}")))?;
+        self.check_model(&common(&req).model)?;
+        Ok(req)
+    }
 }
 
 /// Which endpoint a response is for.
@@ -113,9 +123,7 @@ pub async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let prepared = (|| {
-        app.authorise(&headers)?;
-        let req: ChatRequest = parse(body)?;
-        app.check_model(&req.common.model)?;
+        let req: ChatRequest = app.read(&headers, body, |r: &ChatRequest| &r.common)?;
         let template = app.chat_template.as_ref().ok_or_else(|| {
             ApiError::invalid(
                 "messages",
@@ -165,9 +173,7 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let prepared = (|| {
-        app.authorise(&headers)?;
-        let req: CompletionRequest = parse(body)?;
-        app.check_model(&req.common.model)?;
+        let req = app.read(&headers, body, |r: &CompletionRequest| &r.common)?;
         let mut prompts = req.prompt.into_vec();
         if prompts.len() != 1 {
             return Err(ApiError::invalid(

@@ -176,8 +176,6 @@ impl Scheduler {
 struct Choice {
     sequence: SeqId,
     sampler: Sampler,
-    /// Prompt and generated tokens (the repetition penalty reads them).
-    history: Vec<u32>,
     /// Generated tokens by id (presence and frequency penalties).
     counts: HashMap<u32, u32>,
     generated: usize,
@@ -244,11 +242,9 @@ impl Batcher {
                     c.done = true;
                 }
             }
-            if gone {
-                r.choices.iter_mut().for_each(|c| c.done = true);
-                if let Some((sequence, _)) = r.prefill.take() {
-                    self.engine.remove(sequence);
-                }
+            if let (true, Some((sequence, _))) = (gone, r.prefill) {
+                r.prefill = None;
+                self.engine.remove(sequence);
             }
         }
     }
@@ -360,7 +356,6 @@ impl Batcher {
             r.choices.push(Choice {
                 sequence,
                 sampler: Sampler::new(sampling.clone()),
-                history: r.job.prompt.clone(),
                 counts: HashMap::new(),
                 generated: 0,
                 next: None,
@@ -434,13 +429,11 @@ impl Batcher {
                 }
             }
         }
-        let engine = &mut self.engine;
         let mut freed = 0;
         self.running.retain(|r| {
             let finished = r.prefill.is_none() && r.choices.iter().all(|c| c.done);
             if finished {
                 freed += r.blocks;
-                r.choices.iter().for_each(|c| engine.remove(c.sequence));
             }
             !finished
         });
@@ -488,7 +481,9 @@ fn choose(
     } else {
         logits
     };
-    let token = c.sampler.pick(scores, &c.history);
+    // The sequence holds the prompt and every token generated so far (each is fed
+    // before the next is drawn): the repetition penalty's history.
+    let token = c.sampler.pick(scores, engine.tokens(c.sequence));
     let now = Instant::now();
     let finish = |c: &mut Choice, finish| {
         c.done = true;
@@ -505,7 +500,6 @@ fn choose(
     }
     c.last_token_at = now;
     c.generated += 1;
-    c.history.push(token);
     *c.counts.entry(token).or_default() += 1;
     metrics::add(&metrics.generated_tokens, 1);
     let _ = job.events.send(Event::Token {

@@ -135,10 +135,16 @@ impl Tokenizer {
 }
 
 /// Decodes ids one at a time into text that is safe to print: bytes of a character
-/// split across tokens wait until the character is whole.
+/// split across tokens wait until the character is whole. Each token decodes only the
+/// ids since the last text given out (and the one before, for context), so a long
+/// stream costs the same per token as a short one.
 pub struct TextStream {
     ids: Vec<u32>,
-    shown: usize,
+    /// Ids before this one are behind us; `ids[prefix..read]` decode to text already
+    /// given out, which is decoded again so the next token joins it as it would in
+    /// the whole sequence.
+    prefix: usize,
+    read: usize,
 }
 
 impl TextStream {
@@ -146,22 +152,23 @@ impl TextStream {
     pub fn new() -> TextStream {
         TextStream {
             ids: Vec::new(),
-            shown: 0,
+            prefix: 0,
+            read: 0,
         }
     }
 
     /// Adds `id` and returns the text that became complete.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, LlmError> {
         self.ids.push(id);
-        let text = tokenizer.decode(&self.ids)?;
-        match text.get(self.shown..) {
-            Some(new) if !text.ends_with('\u{fffd}') => {
-                let new = new.to_string();
-                self.shown = text.len();
-                Ok(new)
-            }
-            _ => Ok(String::new()),
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read])?;
+        let text = tokenizer.decode(&self.ids[self.prefix..])?;
+        if text.len() <= before.len() || text.ends_with('\u{fffd}') || !text.starts_with(&before) {
+            return Ok(String::new());
         }
+        let new = text[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        Ok(new)
     }
 }
 
@@ -174,7 +181,9 @@ impl Default for TextStream {
 /// The length of the longest end of `text` that is the start of a stop string: text a
 /// stream holds back until it is known whether a stop string follows.
 pub fn stop_prefix_len(text: &str, stops: &[String]) -> usize {
-    (1..=text.len())
+    // Only ends shorter than the longest stop string can start one.
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    (1..=text.len().min(longest.saturating_sub(1)))
         .rev()
         .filter(|&n| text.is_char_boundary(text.len() - n))
         .find(|&n| {

@@ -237,6 +237,11 @@ impl Engine {
         Ok(copy)
     }
 
+    /// The tokens of sequence `id` so far (none for an unknown one).
+    pub fn tokens(&self, id: SeqId) -> &[u32] {
+        self.sequences.get(&id).map_or(&[], |s| &s.tokens)
+    }
+
     /// Tokens in sequence `id`'s cache (0 for an unknown one).
     pub fn len(&self, id: SeqId) -> usize {
         self.sequences.get(&id).map_or(0, |s| s.len)
