@@ -8,7 +8,7 @@
 //! forked from one prompt), and a full block is registered under the hash of the tokens
 //! up to its end, so a later prompt that starts with the same tokens reuses it instead
 //! of computing it again (vLLM's prefix caching). Registered blocks nobody holds stay
-//! cached until the pool needs them, oldest first.
+//! cached until the pool needs them, taken in the order they were first let go.
 
 use std::collections::{HashMap, VecDeque};
 
