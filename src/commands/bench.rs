@@ -68,7 +68,8 @@ enum Workload {
     /// as llama-bench measures them.
     Llm,
     /// Compile time, not run time: the GPT and Llama training steps (AdamW) at each
-    /// `--layers` depth, from the model file to native code, stage by stage.
+    /// `--layers` depth, from the model file to native code, stage by stage (median
+    /// of up to 5 runs per depth).
     Compile,
 }
 
@@ -314,7 +315,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )?;
     }
     if !compile.is_empty() {
-        compile_workload(&args.layers, !args.no_optimize, &root)?;
+        compile_workload(&args.layers, !args.no_optimize, &root, args.iters.min(5))?;
     }
     Ok(())
 }
@@ -361,26 +362,19 @@ fn run_workloads(args: &Args, workloads: &[Workload], root: &Path) -> Result<(),
     Ok(())
 }
 
-/// Wall time of each compile stage of one model at one depth.
-struct CompileTimes {
-    parse: Duration,
-    prepared: smelt_compiler::pipeline::StageTimes,
-    schedule: Duration,
-    jit: Duration,
-}
+/// The compile stages `smelt bench --workload compile` times, in order.
+const COMPILE_STAGES: [&str; 7] = [
+    "parse",
+    "decompose",
+    "e-graph",
+    "autodiff",
+    "e-graph (step)",
+    "schedule",
+    "JIT",
+];
 
-impl CompileTimes {
-    fn total(&self) -> Duration {
-        let p = &self.prepared;
-        self.parse
-            + p.decompose
-            + p.forward_egraph
-            + p.autodiff
-            + p.step_egraph
-            + self.schedule
-            + self.jit
-    }
-}
+/// Wall time of each stage of [`COMPILE_STAGES`] for one model at one depth.
+type CompileTimes = [Duration; COMPILE_STAGES.len()];
 
 /// Compiles the training step (AdamW) of the model in `file` with `layers` blocks, from
 /// the file to native code, timing each stage.
@@ -402,50 +396,71 @@ fn compile_once(file: &Path, layers: usize, optimize: bool) -> Result<CompileTim
     let start = Instant::now();
     CpuProgram::from_schedule(scheduled, true).map_err(|e| Diagnostic::plain(e.to_string()))?;
     let jit = start.elapsed();
-    Ok(CompileTimes {
+    let p = prepared.times;
+    Ok([
         parse,
-        prepared: prepared.times,
+        p.decompose,
+        p.forward_egraph,
+        p.autodiff,
+        p.step_egraph,
         schedule,
         jit,
-    })
+    ])
 }
 
-/// Prints, per model and depth, how long each compile stage took, and how much longer
-/// the whole compilation took than at the previous depth (linear growth: 2× per
-/// doubling).
-fn compile_workload(layers: &[usize], optimize: bool, root: &Path) -> Result<(), Diagnostic> {
-    println!("Compile time (ms) of the training step (AdamW), by stage:\n");
-    println!("| model | layers | parse | decompose | e-graph | autodiff | e-graph (step) | schedule | JIT | total | × previous |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+/// Prints, per model and depth, the median over `runs` compilations of each stage and
+/// of the whole, and how much longer the whole took than at the previous depth (linear
+/// growth: 2× per doubling). Depths run interleaved, round by round, so a slow spell
+/// of a shared machine does not land on one depth.
+fn compile_workload(
+    layers: &[usize],
+    optimize: bool,
+    root: &Path,
+    runs: usize,
+) -> Result<(), Diagnostic> {
+    println!(
+        "Compile time (ms) of the training step (AdamW), by stage, median of {runs} runs:\n"
+    );
+    println!(
+        "| model | layers | {} | total | × previous |",
+        COMPILE_STAGES.join(" | ")
+    );
+    println!("|---|---:|{}---:|---:|", "---:|".repeat(COMPILE_STAGES.len()));
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
     for (name, file) in [
         ("gpt", "examples/gpt.smelt"),
         ("llama", "examples/llama.smelt"),
     ] {
+        let mut times: Vec<Vec<CompileTimes>> = vec![Vec::new(); layers.len()];
+        for _ in 0..runs.max(1) {
+            for (i, &n) in layers.iter().enumerate() {
+                times[i].push(compile_once(&root.join(file), n, optimize)?);
+            }
+        }
         let mut previous: Option<(usize, Duration)> = None;
-        for &n in layers {
-            let t = compile_once(&root.join(file), n, optimize)?;
+        for (&n, runs) in layers.iter().zip(times) {
+            let total = median(runs.iter().map(|t| t.iter().sum()).collect());
+            let stages: Vec<String> = (0..COMPILE_STAGES.len())
+                .map(|s| ms(median(runs.iter().map(|t| t[s]).collect())))
+                .collect();
             let growth = match previous {
                 Some((m, before)) if m > 0 => format!(
                     "{:.2} (depth ×{:.1})",
-                    t.total().as_secs_f64() / before.as_secs_f64(),
+                    total.as_secs_f64() / before.as_secs_f64(),
                     n as f64 / m as f64
                 ),
                 _ => "—".into(),
             };
-            let p = &t.prepared;
             println!(
-                "| {name} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {growth} |",
-                ms(t.parse),
-                ms(p.decompose),
-                ms(p.forward_egraph),
-                ms(p.autodiff),
-                ms(p.step_egraph),
-                ms(t.schedule),
-                ms(t.jit),
-                ms(t.total())
+                "| {name} | {n} | {} | {} | {growth} |",
+                stages.join(" | "),
+                ms(total)
             );
-            previous = Some((n, t.total()));
+            previous = Some((n, total));
         }
     }
     println!("\nThe goal (issue 24): at most 2.2× per doubling of depth.");

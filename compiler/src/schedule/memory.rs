@@ -21,7 +21,7 @@
 use super::{Schedule, Step};
 use crate::ir::{Bindings, DType, Def, DimError, Graph, Op, ValueId};
 use crate::kernel::{Expr, PointwiseKernel};
-use std::collections::BTreeMap;
+use super::first_fit::FirstFit;
 use std::fmt::Write;
 
 /// Where the value a step writes lives.
@@ -289,33 +289,20 @@ impl MemoryPlan {
             )
         });
         let mut slots: Vec<Slot> = Vec::new();
-        // Per slot, the step spans of its chains (disjoint), by first step: only the
-        // span starting last at or before `last` can overlap [first, last], so a check
-        // is a lookup, not a scan of every span (quadratic in depth).
-        let mut spans: Vec<BTreeMap<usize, usize>> = Vec::new();
+        let mut first_fit = FirstFit::new(chains.len());
         let mut slot_of: Vec<Option<usize>> = vec![None; g.values.len()];
         for c in order {
             let chain = &chains[c];
             let (dtype, (first, last)) = (g.ty(chain[0]).dtype, span(chain));
-            let clear = |held: &BTreeMap<usize, usize>| {
-                held.range(..=last)
-                    .next_back()
-                    .is_none_or(|(_, &end)| end < first)
-            };
-            let slot = match (0..slots.len()).find(|&s| slots[s].dtype == dtype && clear(&spans[s]))
-            {
-                Some(s) => s,
-                None => {
-                    slots.push(Slot {
-                        dtype,
-                        elems: 0,
-                        tenants: Vec::new(),
-                    });
-                    spans.push(BTreeMap::new());
-                    slots.len() - 1
-                }
-            };
-            spans[slot].insert(first, last);
+            let slot = first_fit.find(dtype, first, last).unwrap_or_else(|| {
+                slots.push(Slot {
+                    dtype,
+                    elems: 0,
+                    tenants: Vec::new(),
+                });
+                first_fit.add_slot(dtype)
+            });
+            first_fit.occupy(slot, first, last);
             for &v in chain {
                 let first = lives.def[v.index()].expect("written by a step");
                 slots[slot].elems = slots[slot].elems.max(elems[v.index()]);
@@ -369,17 +356,26 @@ impl MemoryPlan {
     /// The most bytes of slot-backed values alive at one step (a value overwritten in
     /// place and its successor count once): the lower bound slots could reach.
     pub fn live_peak_bytes(&self) -> u64 {
-        let mut live = vec![0u64; self.steps.len() + 1];
+        // Bytes arriving and leaving per step, summed in step order: linear in the
+        // plan (adding each life step by step was quadratic in depth).
+        let mut change = vec![0i128; self.steps.len() + 2];
         for slot in &self.slots {
             for t in &slot.tenants {
                 let from = t.first + usize::from(t.in_place_of.is_some());
-                let bytes = bytes_of(self.elems[t.value.index()], slot.dtype);
-                for l in live.iter_mut().take(t.last + 1).skip(from) {
-                    *l = l.saturating_add(bytes);
+                if from <= t.last {
+                    let bytes = i128::from(bytes_of(self.elems[t.value.index()], slot.dtype));
+                    change[from] += bytes;
+                    change[t.last + 1] -= bytes;
                 }
             }
         }
-        live.into_iter().max().unwrap_or(0)
+        let mut live = 0i128;
+        let mut peak = 0i128;
+        for c in change {
+            live += c;
+            peak = peak.max(live);
+        }
+        u64::try_from(peak).unwrap_or(u64::MAX)
     }
 
     /// The plan in text: a summary line, then each slot with its values and live steps,

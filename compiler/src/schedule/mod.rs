@@ -10,6 +10,7 @@
 //! prints it.
 
 mod epilogue;
+mod first_fit;
 mod fusion;
 pub mod memory;
 pub mod serial;
