@@ -297,7 +297,10 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
             expected.push(logits);
         }
         // Batched: the prompts (of different lengths) read in one run; sequence 2
-        // joins the steps at step 2, sequence 0 leaves after step 4.
+        // joins the steps at step 2, sequence 0 leaves after step 4. This engine's
+        // programs compute the logits of each row's last token only, as the server's
+        // do; the lone decoder's compute every position's.
+        let (prefill, step) = programs_for(&model, (Mode::PrefillLast, Mode::DecodeLast));
         let mut engine = Engine::new(prefill, step, weights, 256).unwrap();
         engine.set_batch_invariant(true);
         let ids: Vec<_> = prompts.iter().map(|_| engine.start()).collect();
@@ -415,9 +418,21 @@ fn argmax(row: &[f32]) -> u32 {
         .unwrap() as u32
 }
 
-/// The model's prefill and decode programs, compiled as `smelt generate` compiles them.
+/// The model's prefill and decode programs with the logits of every position,
+/// compiled as `smelt generate` compiles its last-token ones.
 fn programs(
     model: &Pretrained,
+) -> (
+    smelt_runtime::cpu::CpuProgram,
+    smelt_runtime::cpu::CpuProgram,
+) {
+    programs_for(model, (Mode::Prefill, Mode::Decode))
+}
+
+/// The model's programs for a prefill mode and a decode mode.
+fn programs_for(
+    model: &Pretrained,
+    (prefill, decode): (Mode, Mode),
 ) -> (
     smelt_runtime::cpu::CpuProgram,
     smelt_runtime::cpu::CpuProgram,
@@ -428,7 +443,7 @@ fn programs(
             .unwrap()
             .program
     };
-    (program(Mode::Prefill), program(Mode::Decode))
+    (program(prefill), program(decode))
 }
 
 /// A weight as `smelt generate` hands it to the decoder.

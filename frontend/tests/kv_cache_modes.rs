@@ -207,3 +207,68 @@ fn decode_steps_match_whole_sequences_and_ragged_batches() {
     let batched = step(&[next_a, next_b], &[20, 3], &[&cache_a, &cache_b]);
     assert!(close(&batched[..256], &alone_a) && close(&batched[256..], &alone_b));
 }
+
+/// The last-token modes pick each row's last new token before the head, so the head's
+/// product reads one row per sequence, and their logits equal the every-position
+/// modes' logits at those tokens (a padded batch of two prompts, in the interpreter).
+#[test]
+fn last_token_modes_give_each_rows_last_logits_from_one_head_row() {
+    use smelt_compiler::ir::{DType, Def, Op};
+    use smelt_runtime::{interp, params, Precision, Tensor};
+    for mode in [Mode::PrefillLast, Mode::DecodeLast] {
+        let g = lowered(mode);
+        let logits = g.outputs[0];
+        assert_eq!(
+            format!("{} {}", g.value(logits).name, g.ty(logits)),
+            "logits f32[B, 1, 256]"
+        );
+        assert_eq!(g.ty(g.find("last_token").unwrap()).to_string(), "i32[B]");
+        let head = g.find("head").unwrap();
+        let head_rows: Vec<String> = g
+            .values
+            .iter()
+            .filter_map(|v| match &v.def {
+                Def::Node {
+                    op: Op::MatMul,
+                    operands,
+                } if operands[1] == head => Some(g.ty(operands[0]).to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(head_rows, ["f32[B, 128]"], "{mode:?}");
+    }
+    let (every, last) = (lowered(Mode::Prefill), lowered(Mode::PrefillLast));
+    let weights = params::init_params(&lowered(Mode::Infer), 11);
+    // Row 1 is 3 tokens long, padded to 5 with its last token.
+    let tokens = Tensor::from_i64(
+        DType::I32,
+        vec![2, 5],
+        vec![5, 17, 200, 3, 99, 42, 8, 130, 130, 130],
+    );
+    let run = |g: &smelt_compiler::ir::Graph, extra: Vec<(String, Tensor)>| {
+        let mut feeds = weights.clone();
+        feeds.insert("tokens".into(), tokens.clone());
+        feeds.extend(extra);
+        interp::run(g, &feeds, Precision::F64).unwrap()[0]
+            .floats()
+            .to_vec()
+    };
+    let all = run(&every, vec![]);
+    let picked = run(
+        &last,
+        vec![(
+            "last_token".into(),
+            Tensor::from_i64(DType::I32, vec![2], vec![4, 2]),
+        )],
+    );
+    for (row, at) in [(0, 4), (1, 2)] {
+        let want = &all[(row * 5 + at) * 256..][..256];
+        let got = &picked[row * 256..][..256];
+        assert!(
+            want.iter()
+                .zip(got)
+                .all(|(w, g)| (w - g).abs() <= 1e-12 * (1.0 + w.abs())),
+            "row {row}"
+        );
+    }
+}

@@ -418,14 +418,15 @@ fn compile_workload(
     root: &Path,
     runs: usize,
 ) -> Result<(), Diagnostic> {
-    println!(
-        "Compile time (ms) of the training step (AdamW), by stage, median of {runs} runs:\n"
-    );
+    println!("Compile time (ms) of the training step (AdamW), by stage, median of {runs} runs:\n");
     println!(
         "| model | layers | {} | total | × previous |",
         COMPILE_STAGES.join(" | ")
     );
-    println!("|---|---:|{}---:|---:|", "---:|".repeat(COMPILE_STAGES.len()));
+    println!(
+        "|---|---:|{}---:|---:|",
+        "---:|".repeat(COMPILE_STAGES.len())
+    );
     let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
     let median = |mut v: Vec<Duration>| {
         v.sort();

@@ -158,7 +158,7 @@ pub(crate) fn engine(
             .graph;
         Ok(compile_cpu(&graph, Purpose::Run, opt, cache)?.program)
     };
-    let (prefill, step) = (compile(Mode::Prefill)?, compile(Mode::Decode)?);
+    let (prefill, step) = (compile(Mode::PrefillLast)?, compile(Mode::DecodeLast)?);
     let weights = std::mem::take(&mut model.weights)
         .into_iter()
         .map(weight_data)

@@ -97,7 +97,12 @@ impl<K: Copy + PartialEq> FirstFit<K> {
     fn refresh(&mut self, slot: usize) {
         let (value, change) = self.free_until(slot);
         let kind = self.slots[slot].0;
-        let tree = &mut self.trees.iter_mut().find(|(k, _)| *k == kind).expect("made").1;
+        let tree = &mut self
+            .trees
+            .iter_mut()
+            .find(|(k, _)| *k == kind)
+            .expect("made")
+            .1;
         tree.set(slot, value);
         self.next_change[slot] = change;
         if let Some(when) = change {
@@ -154,7 +159,11 @@ impl MaxTree {
         }
         let mut n = 1;
         while n < self.leaves {
-            n = if self.nodes[2 * n] > bound { 2 * n } else { 2 * n + 1 };
+            n = if self.nodes[2 * n] > bound {
+                2 * n
+            } else {
+                2 * n + 1
+            };
         }
         Some(n - self.leaves)
     }
@@ -166,7 +175,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// The scan the sweep replaces: every slot in order, each checked on its own.
-    fn scan(slots: &[(u8, BTreeMap<usize, usize>)], kind: u8, first: usize, last: usize) -> Option<usize> {
+    fn scan(
+        slots: &[(u8, BTreeMap<usize, usize>)],
+        kind: u8,
+        first: usize,
+        last: usize,
+    ) -> Option<usize> {
         slots.iter().position(|(k, held)| {
             *k == kind
                 && held

@@ -18,10 +18,10 @@
 //! The CPU backend allocates exactly from this plan (`runtime/src/cpu/buffers.rs`), and
 //! `smelt dump-ir --stage scheduled` prints it.
 
+use super::first_fit::FirstFit;
 use super::{Schedule, Step};
 use crate::ir::{Bindings, DType, Def, DimError, Graph, Op, ValueId};
 use crate::kernel::{Expr, PointwiseKernel};
-use super::first_fit::FirstFit;
 use std::fmt::Write;
 
 /// Where the value a step writes lives.

@@ -4,7 +4,6 @@
 
 use super::ast::Arg;
 use super::error::{LangError, LangResult};
-use super::kv_cache::Mode;
 use super::lower::{dim_of, Lowerer};
 use super::shapes::broadcast_shapes;
 use super::value::{Env, Val};
@@ -821,7 +820,7 @@ impl<'p> Lowerer<'p> {
         half_shape[r - 1] = Dim::fixed(half);
         let half_shape = Shape(half_shape);
         // Positions 0..T, or after the cached ones when decoding.
-        let (position, table) = if self.mode == Mode::Decode {
+        let (position, table) = if self.mode.reads_cache() {
             let at = self.decode_positions(&xt, pos)?;
             let mut dims = self.ty(at).dims().to_vec();
             dims[r - 1] = Dim::fixed(half);

@@ -42,6 +42,12 @@ pub enum Mode {
     /// `past.N.v`; outputs as in [`Mode::Prefill`], with only the new positions' keys
     /// and values.
     Decode,
+    /// As [`Mode::Prefill`], with each output (`[B, T, ...]`) only at each row's last
+    /// new token (`[B, 1, ...]`), named by the input `last_token: i32[B]`: what
+    /// generating needs, without the head's products at every prompt position.
+    PrefillLast,
+    /// As [`Mode::Decode`], with outputs as in [`Mode::PrefillLast`].
+    DecodeLast,
 }
 
 /// Positions per block of the paged cache of [`Mode::Decode`].
@@ -55,7 +61,22 @@ pub const PAGES_AXIS: &str = "pages";
 impl Mode {
     /// True for the modes that read or write a KV cache.
     pub fn caches(self) -> bool {
-        matches!(self, Mode::Prefill | Mode::Decode)
+        self.starts_cache() || self.reads_cache()
+    }
+
+    /// True for the modes that start a KV cache from a whole prompt.
+    pub fn starts_cache(self) -> bool {
+        matches!(self, Mode::Prefill | Mode::PrefillLast)
+    }
+
+    /// True for the modes that read a paged KV cache.
+    pub fn reads_cache(self) -> bool {
+        matches!(self, Mode::Decode | Mode::DecodeLast)
+    }
+
+    /// True for the modes whose outputs are taken at each row's last new token only.
+    pub fn last_token_only(self) -> bool {
+        matches!(self, Mode::PrefillLast | Mode::DecodeLast)
     }
 }
 
@@ -122,7 +143,7 @@ impl Lowerer<'_> {
                 .push((format!("present.{layer}.{part}"), named));
         }
         let heads = qt.dims()[1].clone();
-        if self.mode == Mode::Prefill {
+        if self.mode.starts_cache() {
             let (kr, vr) = (
                 self.repeat_heads(k, &heads, pos)?,
                 self.repeat_heads(v, &heads, pos)?,

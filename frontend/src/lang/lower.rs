@@ -370,7 +370,12 @@ impl<'p> Lowerer<'p> {
                         format!("output '{name}' repeats another output's value"),
                     );
                 }
-                self.outputs.push((name.clone(), id, stmt.pos));
+                let out = if self.mode.last_token_only() {
+                    self.at_last_token(id, stmt.pos)?
+                } else {
+                    id
+                };
+                self.outputs.push((name.clone(), out, stmt.pos));
                 // `output y = e` also binds `y`, so later statements can use it.
                 env.define(name, Val::Tensor(id));
                 Ok(())

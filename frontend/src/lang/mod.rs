@@ -13,6 +13,7 @@ pub mod error;
 mod expr;
 mod init;
 mod kv_cache;
+mod last_token;
 pub mod lexer;
 mod lower;
 pub mod parser;
@@ -23,6 +24,7 @@ pub use builtins::BUILTINS;
 pub use error::LangError;
 pub use init::INITIALISERS;
 pub use kv_cache::{Mode, BLOCKS_AXIS, BLOCK_POSITIONS, PAGES_AXIS};
+pub use last_token::LAST_TOKEN_INPUT;
 pub use lower::Lowered;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 //! batch without moving their caches.
 
 use super::pool::{Geometry, Pool};
-use super::{DecodeError, Outputs, WeightData};
+use super::{DecodeError, Outputs, WeightData, LAST_TOKEN};
 use crate::cpu::quant::QuantMatrix;
 use crate::cpu::{CpuProgram, QuantUse, Resident};
 use crate::tensor::Tensor;
@@ -49,6 +49,8 @@ pub struct Engine {
     prefill_out: Outputs,
     step_out: Outputs,
     tokens_input: String,
+    /// The programs compute logits at each row's last new token only.
+    last_only: bool,
     geometry: Geometry,
     context: usize,
     pool: Pool,
@@ -120,6 +122,16 @@ impl Engine {
             })
             .map(|id| g.value(id).name.clone())
             .ok_or_else(|| missing("integer token input [B, T]"))?;
+        // Programs lowered for the last token only (the language's `PrefillLast` and
+        // `DecodeLast` modes) take the input `last_token` and give one row of logits
+        // per sequence; both programs must agree.
+        let last_only = g.find(LAST_TOKEN).is_some();
+        if prefill.schedule().graph.find(LAST_TOKEN).is_some() != last_only {
+            return Err(DecodeError::Interface {
+                program: "prefill",
+                what: format!("input '{LAST_TOKEN}' exactly when the decode program has it"),
+            });
+        }
         let prefill_out = Outputs::find(&prefill.schedule().graph, "prefill", attentions)?;
         let step_out = Outputs::find(g, "decode", attentions)?;
         let held = hold_weights(&[&prefill, &step], weights)?;
@@ -130,6 +142,7 @@ impl Engine {
             prefill_out,
             step_out,
             tokens_input,
+            last_only,
             pool: Pool::new(cache_positions.div_ceil(geometry.block)),
             geometry,
             context,
@@ -255,7 +268,8 @@ impl Engine {
     }
 
     /// Appends `tokens` to sequence `id` (a whole prompt, a chunk of one, or tokens
-    /// after it) and returns the logits of every new position, `[n, vocab]`.
+    /// after it) and returns the logits of every new position, `[n, vocab]`, or of the
+    /// last one only when the programs compute only that (`[1, vocab]`).
     pub fn feed(&mut self, id: SeqId, tokens: &[u32]) -> Result<Vec<Vec<f32>>, DecodeError> {
         Ok(self.run(&[(id, tokens)])?.pop().expect("one row"))
     }
@@ -341,6 +355,13 @@ impl Engine {
             self.tokens_input.clone(),
             Tensor::from_i64(DType::I32, vec![rows.len(), n], padded),
         )]);
+        if self.last_only {
+            let last = rows.iter().map(|(_, t)| t.len() as i64 - 1).collect();
+            feeds.insert(
+                LAST_TOKEN.into(),
+                Tensor::from_i64(DType::I32, vec![rows.len()], last),
+            );
+        }
         let first = lens.iter().all(|&l| l == 0);
         let (program, outputs) = if first {
             (&self.prefill, &self.prefill_out)
@@ -419,14 +440,17 @@ impl Engine {
             }
         }
         let logits = out[outputs.logits].floats();
-        let vocab = logits.len() / (rows.len() * n);
+        let positions = if self.last_only { 1 } else { n };
+        let vocab = logits.len() / (rows.len() * positions);
         Ok(counts
             .iter()
             .enumerate()
             .map(|(r, &count)| {
-                (0..count)
+                // Row `r`'s logits: one per new token, or its last one's alone.
+                let kept = if self.last_only { 1 } else { count };
+                (0..kept)
                     .map(|t| {
-                        let at = (r * n + t) * vocab;
+                        let at = (r * positions + t) * vocab;
                         logits[at..at + vocab].iter().map(|&x| x as f32).collect()
                     })
                     .collect()

@@ -24,6 +24,10 @@ use crate::cpu::CpuProgram;
 use crate::interp::RunError;
 use smelt_compiler::ir::Graph;
 
+/// The input of programs lowered for the last token only (the language's
+/// `PrefillLast` and `DecodeLast` modes): each row's last new token, `i32[B]`.
+pub const LAST_TOKEN: &str = "last_token";
+
 /// Why a decoder cannot be built or run.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
