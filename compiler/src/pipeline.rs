@@ -13,7 +13,7 @@ use crate::autodiff::optimizer::{training_step, Optimizer};
 use crate::autodiff::{differentiate, find_loss, AutodiffError};
 use crate::ir::Graph;
 use crate::optimize::{optimize, CostModel, Options, Report};
-use crate::passes::decompose;
+use crate::passes::decompose_except;
 use std::time::{Duration, Instant};
 
 /// What a model is compiled into.
@@ -105,7 +105,9 @@ pub fn prepare(
         });
     };
     let fail = PipelineError::Optimize;
-    let decomposed = timed(&mut times.decompose, || decompose(forward));
+    let decomposed = timed(&mut times.decompose, || {
+        decompose_except(forward, &|c, _| c.stays_whole())
+    });
     let (optimised, first) = timed(&mut times.forward_egraph, || {
         optimize(&decomposed, model, options)
     })

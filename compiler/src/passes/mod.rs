@@ -2,4 +2,4 @@
 
 pub mod decompose;
 
-pub use decompose::decompose;
+pub use decompose::{decompose, decompose_except};

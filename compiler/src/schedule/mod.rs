@@ -124,15 +124,19 @@ pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
     Schedule { graph, steps }
 }
 
-/// The composites the CPU backend runs whole, as library steps: attention and its
-/// backward pieces on f32 (per batch entry, `gemm` products and one fused pass over each
+/// The composites the CPU backend runs whole, as library steps: `paged_attention` on
+/// f32 (reading the cache blocks in place), attention and its backward pieces on f32 (per batch entry, `gemm` products and one fused pass over each
 /// score row, instead of a transposed copy of k, a mask, reductions and pointwise
 /// passes over the T×S scores).
 pub fn cpu_keeps(c: &Composite, types: &[&TensorType]) -> bool {
-    matches!(
-        c,
-        Composite::Attention { .. } | Composite::AttentionGrad { .. }
-    ) && types.iter().all(|t| t.dtype == DType::F32)
+    match c {
+        Composite::Attention { .. } | Composite::AttentionGrad { .. } => {
+            types.iter().all(|t| t.dtype == DType::F32)
+        }
+        // Reads each row's cache blocks in place (one pass per query row).
+        Composite::PagedAttention { .. } => types[0].dtype == DType::F32,
+        _ => false,
+    }
 }
 
 /// Fuses an already expanded graph (a backend that keeps some composites expands the

@@ -16,14 +16,16 @@
 //!   last block, and padding entries of its table) are masked out. The caller writes
 //!   the new keys and values (`present.N.k`/`v`) into the blocks after each run.
 //!
-//! The decode attention is written in primitives: the softmax runs over the two key
-//! blocks (cached and new) with one shared maximum, so no concatenation of a symbolic
-//! `past` axis with `T` is needed, and the query heads that share a key/value head
-//! are stacked so the cache is read once per key/value head, never repeated.
+//! The decode attention is the composite `paged_attention` (defined, like every
+//! composite, by its decomposition in the compiler: a gather of each row's blocks and
+//! one softmax over cached and new keys with one shared maximum); the query heads that
+//! share a key/value head are stacked along its rows, so the cache is read once per
+//! key/value head, never repeated. The CPU backend keeps it whole and reads the blocks
+//! in place.
 
 use super::error::{LangError, LangResult};
 use super::lower::Lowerer;
-use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp};
+use smelt_compiler::ir::ops::{BinaryOp, Composite};
 use smelt_compiler::ir::text::Pos;
 use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 
@@ -187,7 +189,7 @@ impl Lowerer<'_> {
         let qg = self.reshape(q, grouped, pos)?;
         let past_len = self.past_len(&batch, pos)?;
         let table = self.block_table(&batch, pos)?;
-        let mut past = Vec::new();
+        let mut caches = Vec::new();
         for (part, now) in [("k", k), ("v", v)] {
             let nt = self.ty(now);
             let block = Shape(vec![
@@ -201,64 +203,15 @@ impl Lowerer<'_> {
                 .b
                 .input(&name, TensorType::new(nt.dtype, block))
                 .map_err(|e| LangError::new(pos, e))?;
-            // [B, pages, G, BLOCK, D] → [B, G, pages·BLOCK, D]: each row's positions in order.
-            let pages = self.node(Op::Gather { axis: 0 }, &[cache, table], None, pos)?;
-            let heads_first = self.node(
-                Op::Permute {
-                    perm: vec![0, 2, 1, 3, 4],
-                },
-                &[pages],
-                None,
-                pos,
-            )?;
-            let positions = Dim::sym(PAGES_AXIS)
-                .mul(&Dim::fixed(BLOCK_POSITIONS))
-                .map_err(|e| LangError::new(pos, e.to_string()))?;
-            let flat = Shape(vec![
-                batch.clone(),
-                groups.clone(),
-                positions,
-                nt.dims()[3].clone(),
-            ]);
-            past.push(self.reshape(heads_first, flat, pos)?);
+            caches.push(cache);
         }
-        // Scores of the cached keys, masked where a row's cache ends.
-        let s_past = self.scores(qg, past[0], scale, pos)?;
-        let st = self.ty(s_past).with_dtype(DType::I32);
-        let key = self.node(Op::Iota { axis: 3 }, &[], Some(st.clone()), pos)?;
-        let limit = self.node(Op::Broadcast { dims: vec![0] }, &[past_len], Some(st), pos)?;
-        let valid = self.node(Op::Compare(CompareOp::Lt), &[key, limit], None, pos)?;
-        let s_past = self.masked(valid, s_past, pos)?;
-        // Scores of the new keys, causal among themselves: row `r·T + i` is position `i`.
-        let s_new = self.scores(qg, k, scale, pos)?;
-        let nt = TensorType::new(
-            DType::I32,
-            Shape(vec![batch, groups, Dim::fixed(per_group), t.clone(), t]),
-        );
-        let query_at = self.node(Op::Iota { axis: 3 }, &[], Some(nt.clone()), pos)?;
-        let key_at = self.node(Op::Iota { axis: 4 }, &[], Some(nt), pos)?;
-        let seen = self.node(Op::Compare(CompareOp::Ge), &[query_at, key_at], None, pos)?;
-        let seen = self.reshape(seen, self.ty(s_new).shape, pos)?;
-        let s_new = self.masked(seen, s_new, pos)?;
-        // One softmax over both blocks.
-        let m_past = self.row_reduce(ReduceOp::Max, s_past, pos)?;
-        let m_new = self.row_reduce(ReduceOp::Max, s_new, pos)?;
-        let m = self.node(Op::Binary(BinaryOp::Max), &[m_past, m_new], None, pos)?;
-        let mut weighted = Vec::new();
-        let mut total = Vec::new();
-        for (s, values) in [(s_past, past[1]), (s_new, v)] {
-            let shape = self.ty(s).shape;
-            let mb = self.broadcast_to(m, &shape, pos)?;
-            let centred = self.node(Op::Binary(BinaryOp::Sub), &[s, mb], None, pos)?;
-            let e = self.node(Op::Unary(UnaryOp::Exp), &[centred], None, pos)?;
-            total.push(self.row_reduce(ReduceOp::Sum, e, pos)?);
-            weighted.push(self.node(Op::MatMul, &[e, values], None, pos)?);
-        }
-        let sum = self.node(Op::Binary(BinaryOp::Add), &total, None, pos)?;
-        let out = self.node(Op::Binary(BinaryOp::Add), &weighted, None, pos)?;
-        let shape = self.ty(out).shape;
-        let sum = self.broadcast_to(sum, &shape, pos)?;
-        self.node(Op::Binary(BinaryOp::Div), &[out, sum], None, pos)
+        let attention = Composite::PagedAttention { scale };
+        self.node(
+            Op::Composite(attention),
+            &[qg, k, v, caches[0], caches[1], table, past_len],
+            None,
+            pos,
+        )
     }
 
     /// Positions `past_len[b] + t` as floats `[B, 1, ..., 1, T, 1]` (rank of `x`), for
@@ -321,60 +274,5 @@ impl Lowerer<'_> {
             .map_err(|e| LangError::new(pos, e))?;
         self.block_table = Some(id);
         Ok(id)
-    }
-
-    /// `q kᵀ · scale`.
-    fn scores(&mut self, q: ValueId, k: ValueId, scale: f64, pos: Pos) -> LangResult<ValueId> {
-        let kt = self.node(
-            Op::Permute {
-                perm: vec![0, 1, 3, 2],
-            },
-            &[k],
-            None,
-            pos,
-        )?;
-        let s = self.node(Op::MatMul, &[q, kt], None, pos)?;
-        let st = self.ty(s);
-        let c = self.node(
-            Op::Constant {
-                values: vec![scale],
-            },
-            &[],
-            Some(st),
-            pos,
-        )?;
-        self.node(Op::Binary(BinaryOp::Mul), &[s, c], None, pos)
-    }
-
-    /// `s` where `keep`, else `-inf`.
-    fn masked(&mut self, keep: ValueId, s: ValueId, pos: Pos) -> LangResult<ValueId> {
-        let st = self.ty(s);
-        let hidden = self.node(
-            Op::Constant {
-                values: vec![f64::NEG_INFINITY],
-            },
-            &[],
-            Some(st),
-            pos,
-        )?;
-        self.node(Op::Select, &[keep, s, hidden], None, pos)
-    }
-
-    /// Reduces the last axis, keeping it with size 1.
-    fn row_reduce(&mut self, op: ReduceOp, s: ValueId, pos: Pos) -> LangResult<ValueId> {
-        let st = self.ty(s);
-        let r = st.rank();
-        let reduced = self.node(
-            Op::Reduce {
-                op,
-                axes: vec![r - 1],
-            },
-            &[s],
-            None,
-            pos,
-        )?;
-        let mut dims = st.dims().to_vec();
-        dims[r - 1] = Dim::fixed(1);
-        self.reshape(reduced, Shape(dims), pos)
     }
 }

@@ -38,12 +38,14 @@ impl Lowerer<'_> {
         let st = self.ty(start);
         let (batch, t) = match st.dims() {
             [b, t, ..] if st.rank() >= 2 && t.as_static().is_none() => (b.clone(), t.clone()),
-            _ => return Err(LangError::new(
-                pos,
-                format!(
+            _ => {
+                return Err(LangError::new(
+                    pos,
+                    format!(
                     "an output at the last token needs [B, T, ...] with a symbolic T, found {st}"
                 ),
-            )),
+                ))
+            }
         };
         let mut x = self.pick_last(start, &batch, &t, pos)?;
         for (op, mut operands, ty) in tail.into_iter().rev() {

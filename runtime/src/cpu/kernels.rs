@@ -202,6 +202,9 @@ pub(super) fn eval(
             c @ (smelt_compiler::ir::ops::Composite::Attention { .. }
             | smelt_compiler::ir::ops::Composite::AttentionGrad { .. }),
         ) => super::attention::eval(c, x, shape, out),
+        Op::Composite(smelt_compiler::ir::ops::Composite::PagedAttention { scale }) => {
+            super::paged_attention::eval(*scale as f32, x, shape, out)?
+        }
         Op::Composite(c) => super::rows::eval(c, x, n, out),
     })
 }

@@ -18,6 +18,7 @@ mod attention;
 mod buffers;
 mod fused;
 mod kernels;
+mod paged_attention;
 pub mod quant;
 mod routing;
 mod rows;

@@ -6,6 +6,7 @@
 
 use super::attention::{self, AttentionPart};
 use super::elementwise::named_enum;
+use super::paged_attention;
 use super::row_grad;
 use super::{expect_arity, BinaryOp, CompareOp, Op, ReduceOp, ShapeResult, UnaryOp};
 use crate::ir::attr::{Attr, AttrReader};
@@ -34,6 +35,8 @@ named_enum! {
         CrossEntropy = "cross_entropy",
         /// `softmax(q kᵀ · scale [+ causal mask]) v`.
         Attention = "attention",
+        /// Causal attention of new tokens over a paged KV cache and themselves.
+        PagedAttention = "paged_attention",
         /// Attention's row log-sum-exp (see [`super::attention`]).
         AttentionLse = "attention_lse",
         /// Attention's adjoint of `q`.
@@ -101,6 +104,12 @@ pub enum Composite {
         /// Multiplies the scores (usually `1/sqrt(D)`).
         scale: f64,
     },
+    /// `paged_attention %q, %k, %v, %cache_k, %cache_v, %block_table, %past_len {scale}`:
+    /// a decode step's attention over a paged KV cache (see [`super::paged_attention`]).
+    PagedAttention {
+        /// Multiplies the scores.
+        scale: f64,
+    },
     /// A piece of attention's backward pass (`attention_lse`, `attention_grad_q`, ...;
     /// see [`super::attention`]), with the attributes of the attention it belongs to.
     AttentionGrad {
@@ -149,6 +158,7 @@ impl Composite {
         "rms_norm",
         "cross_entropy",
         "attention",
+        "paged_attention",
         "attention_lse",
         "attention_grad_q",
         "attention_grad_k",
@@ -173,6 +183,7 @@ impl Composite {
             Composite::RmsNorm { .. } => CompositeKind::RmsNorm,
             Composite::CrossEntropy => CompositeKind::CrossEntropy,
             Composite::Attention { .. } => CompositeKind::Attention,
+            Composite::PagedAttention { .. } => CompositeKind::PagedAttention,
             Composite::AttentionGrad { part, .. } => match part {
                 AttentionPart::Lse => CompositeKind::AttentionLse,
                 AttentionPart::GradQ => CompositeKind::AttentionGradQ,
@@ -190,6 +201,14 @@ impl Composite {
     /// The name in the text form.
     pub fn name(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// True for composites the optimiser keeps whole, so no rewrite looks inside them
+    /// and none is expanded before it: `paged_attention`, whose expansion gathers every
+    /// cached block into a copy (what a backend that keeps it whole avoids), and which
+    /// no template would find again.
+    pub fn stays_whole(&self) -> bool {
+        matches!(self, Composite::PagedAttention { .. })
     }
 
     /// True for the row composites (softmax, log_softmax, layer_norm, rms_norm,
@@ -212,6 +231,7 @@ impl Composite {
             | Composite::Silu
             | Composite::Gelu { .. }
             | Composite::Attention { .. }
+            | Composite::PagedAttention { .. }
             | Composite::AttentionGrad { .. } => false,
         }
     }
@@ -243,6 +263,7 @@ impl Composite {
                     ("scale", Attr::Float(*scale)),
                 ]
             }
+            Composite::PagedAttention { scale } => vec![("scale", Attr::Float(*scale))],
             Composite::Relu
             | Composite::Sigmoid
             | Composite::Silu
@@ -277,6 +298,9 @@ impl Composite {
             CompositeKind::CrossEntropy => Composite::CrossEntropy,
             CompositeKind::Attention => Composite::Attention {
                 causal: a.bool("causal")?,
+                scale: a.float("scale")?,
+            },
+            CompositeKind::PagedAttention => Composite::PagedAttention {
                 scale: a.float("scale")?,
             },
             CompositeKind::AttentionLse
@@ -367,6 +391,7 @@ impl Composite {
                 Ok(TensorType::scalar(logits.dtype))
             }
             Composite::Attention { .. } => attention::infer_attention(x),
+            Composite::PagedAttention { .. } => paged_attention::infer(x),
             Composite::AttentionGrad { part, .. } => attention::infer_part(*part, x),
             Composite::SoftmaxGrad { .. }
             | Composite::LogSoftmaxGrad { .. }
@@ -416,6 +441,7 @@ impl Composite {
                 causal,
                 scale,
             } => attention::decompose_part(*part, b, x, *causal, *scale),
+            Composite::PagedAttention { scale } => paged_attention::decompose(b, x, *scale),
             Composite::SoftmaxGrad { .. }
             | Composite::LogSoftmaxGrad { .. }
             | Composite::LayerNormGrad { .. }

@@ -14,6 +14,7 @@
 //! | [`routing`] | `top_k`, `grouped_matmul`, `grouped_matmul_weight_grad` (sparse experts) |
 //! | [`composite`] | `relu`, `softmax`, `layer_norm`, `cross_entropy`, `attention`, ... (expand to the above) |
 //! | [`attention`] | `attention` and its backward composites (`attention_lse`, `attention_grad_q`, ...) |
+//! | [`paged_attention`] | `paged_attention` (a decode step over a paged KV cache; composite) |
 
 pub mod attention;
 pub mod collective;
@@ -22,6 +23,7 @@ pub mod elementwise;
 pub mod indexing;
 pub mod linalg;
 pub mod movement;
+pub mod paged_attention;
 pub mod reduce;
 pub mod routing;
 mod row_grad;
