@@ -374,7 +374,13 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     };
     let text = "A long prompt shares its beginning with another one: the quick brown fox jumps over the lazy dog, and then the lazy dog wakes up and chases the quick brown fox all around the farm.";
     let prompt = model.tokenizer.encode(text).unwrap();
-    assert!(prompt.len() > 33, "{} tokens", prompt.len());
+    // Not a whole number of blocks, so the last block stays partly filled (and
+    // unregistered): a second start with it reuses the whole blocks only.
+    assert!(
+        prompt.len() > 33 && prompt.len() % 16 != 0,
+        "{} tokens",
+        prompt.len()
+    );
     let first = engine.start();
     let whole = engine.feed(first, &prompt).unwrap().pop().unwrap();
     let held = engine.blocks_used();
@@ -410,6 +416,29 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     }
     assert_eq!(engine.blocks_used(), 0);
     assert_eq!(engine.start_with(&prompt).1, cached);
+    // A prompt that shares 25 tokens (a block and 9 of the next) reuses exactly those:
+    // the start of the second block is copied from the cached one.
+    let mut other = prompt[..25].to_vec();
+    other.extend(model.tokenizer.encode(" and a different ending.").unwrap());
+    let alone = engine.start();
+    let expected = engine.feed(alone, &other).unwrap().pop().unwrap();
+    engine.remove(alone);
+    let before = engine.blocks_used();
+    let (third, cached) = engine.start_with(&other);
+    assert_eq!(cached, 25);
+    // The first block is shared (the sequence started above holds it too); the start
+    // of the second is a copy.
+    assert_eq!(engine.blocks_used(), before + 1);
+    let got = engine.feed(third, &other[25..]).unwrap().pop().unwrap();
+    let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let diff = got
+        .iter()
+        .zip(&expected)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-4 * scale,
+        "max |Δ| {diff} over logits up to {scale}"
+    );
 }
 
 fn argmax(row: &[f32]) -> u32 {

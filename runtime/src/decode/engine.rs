@@ -190,8 +190,9 @@ impl Engine {
     }
 
     /// A new sequence that will start with `prompt`, holding the longest run of its
-    /// leading full blocks already in the cache (leaving at least one token to feed),
-    /// and how many of its tokens that covers: feed it the rest.
+    /// leading tokens already in the cache (leaving at least one token to feed): whole
+    /// blocks shared, then a copy of the start of one more. Returns how many tokens
+    /// that covers: feed it the rest.
     pub fn start_with(&mut self, prompt: &[u32]) -> (SeqId, usize) {
         let size = self.geometry.block;
         let mut s = Sequence::default();
@@ -206,6 +207,21 @@ impl Engine {
             s.hashes.push(hash);
             s.tokens.extend_from_slice(tokens);
             before = hash;
+        }
+        // The next block, shared only in part: a copy of the registered block with the
+        // longest common start gives those positions (the rest of the copy is masked
+        // until this sequence writes it).
+        let rest = &prompt[s.tokens.len()..prompt.len().saturating_sub(1)];
+        let next = &rest[..rest.len().min(size)];
+        if let Some((from, common)) = self.pool.longest_start(before, next) {
+            // Held while the copy's block is found, so it cannot be the one taken.
+            self.pool.share(from);
+            if let Ok(to) = self.pool.allocate(self.geometry, 1) {
+                self.pool.copy(self.geometry, from, to[0]);
+                s.blocks.push(to[0]);
+                s.tokens.extend_from_slice(&next[..common]);
+            }
+            self.pool.release(&[from]);
         }
         s.len = s.tokens.len();
         let cached = s.len;
@@ -434,8 +450,9 @@ impl Engine {
             while (s.hashes.len() + 1) * size <= s.len {
                 let i = s.hashes.len();
                 let held = &s.tokens[i * size..(i + 1) * size];
-                let hash = chain(s.hashes.last().copied().unwrap_or(0), held);
-                self.pool.register(s.blocks[i], hash, held);
+                let parent = s.hashes.last().copied().unwrap_or(0);
+                let hash = chain(parent, held);
+                self.pool.register(s.blocks[i], (parent, hash), held);
                 s.hashes.push(hash);
             }
         }

@@ -7,7 +7,9 @@
 //! Full blocks are shared: a block is counted by every sequence that holds it (choices
 //! forked from one prompt), and a full block is registered under the hash of the tokens
 //! up to its end, so a later prompt that starts with the same tokens reuses it instead
-//! of computing it again (vLLM's prefix caching). Registered blocks nobody holds stay
+//! of computing it again (vLLM's prefix caching). A prompt that shares only the start
+//! of the next block copies the registered block with the longest common start and
+//! reuses those positions, so reuse goes to the token, not to the block. Registered blocks nobody holds stay
 //! cached until the pool needs them, taken in the order they were first let go.
 
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +34,16 @@ impl Geometry {
     }
 }
 
+/// What a registered block holds.
+#[derive(Clone, Debug)]
+struct Registered {
+    /// The prefix hash of the blocks before it (0 for a first block).
+    parent: u64,
+    /// The prefix hash up to its end.
+    hash: u64,
+    tokens: Vec<u32>,
+}
+
 /// The pool is full: no block is free and it may not grow.
 #[derive(Debug)]
 pub(crate) struct Full;
@@ -51,9 +63,12 @@ pub(crate) struct Pool {
     refs: Vec<u32>,
     /// Blocks with at least one holder.
     held: usize,
-    /// Registered full blocks by prefix hash, with the tokens each holds.
+    /// Registered full blocks by prefix hash, and what each holds.
     by_prefix: HashMap<u64, u32>,
-    prefix_of: Vec<Option<(u64, Vec<u32>)>>,
+    prefix_of: Vec<Option<Registered>>,
+    /// Registered blocks by the prefix hash of the blocks before them: the candidates
+    /// for a prompt that shares only the start of a block.
+    by_parent: HashMap<u64, Vec<u32>>,
     /// Registered blocks nobody holds, in the order they were queued (entries may be
     /// stale: checked when taken); each block at most once (`queued`), so the queue
     /// never outgrows the pool however often a block is held and let go.
@@ -113,8 +128,14 @@ impl Pool {
             };
             self.queued[b as usize] = false;
             if self.refs[b as usize] == 0 {
-                if let Some((hash, _)) = self.prefix_of[b as usize].take() {
-                    self.by_prefix.remove(&hash);
+                if let Some(gone) = self.prefix_of[b as usize].take() {
+                    self.by_prefix.remove(&gone.hash);
+                    if let Some(siblings) = self.by_parent.get_mut(&gone.parent) {
+                        siblings.retain(|&s| s != b);
+                        if siblings.is_empty() {
+                            self.by_parent.remove(&gone.parent);
+                        }
+                    }
                     self.free.push(b);
                 }
             }
@@ -157,19 +178,39 @@ impl Pool {
     }
 
     /// Registers full block `block`, holding `tokens`, under `hash` (the hash of every
-    /// token up to its end), unless a block is registered under it already.
-    pub fn register(&mut self, block: u32, hash: u64, tokens: &[u32]) {
+    /// token up to its end; `parent` is that of the blocks before it), unless a block
+    /// is registered under it already.
+    pub fn register(&mut self, block: u32, (parent, hash): (u64, u64), tokens: &[u32]) {
         if self.prefix_of[block as usize].is_none() && !self.by_prefix.contains_key(&hash) {
             self.by_prefix.insert(hash, block);
-            self.prefix_of[block as usize] = Some((hash, tokens.to_vec()));
+            self.by_parent.entry(parent).or_default().push(block);
+            self.prefix_of[block as usize] = Some(Registered {
+                parent,
+                hash,
+                tokens: tokens.to_vec(),
+            });
         }
+    }
+
+    /// Of the registered blocks that follow prefix hash `parent`, the one whose tokens
+    /// start with the longest run of `tokens`, and that run's length (at least 1).
+    pub fn longest_start(&self, parent: u64, tokens: &[u32]) -> Option<(u32, usize)> {
+        self.by_parent
+            .get(&parent)?
+            .iter()
+            .filter_map(|&b| {
+                let held = &self.prefix_of[b as usize].as_ref()?.tokens;
+                let common = held.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+                (common > 0).then_some((b, common))
+            })
+            .max_by_key(|&(b, common)| (common, std::cmp::Reverse(b)))
     }
 
     /// The registered block of prefix hash `hash`, if it holds `tokens`.
     pub fn lookup(&self, hash: u64, tokens: &[u32]) -> Option<u32> {
         let &b = self.by_prefix.get(&hash)?;
         match &self.prefix_of[b as usize] {
-            Some((_, held)) if held == tokens => Some(b),
+            Some(r) if r.tokens == tokens => Some(b),
             _ => None,
         }
     }
@@ -269,7 +310,7 @@ mod tests {
     fn shared_blocks_live_while_held_and_cached_ones_are_taken_last() {
         let mut pool = Pool::new(3);
         let a = pool.allocate(GEO, 2).unwrap();
-        pool.register(a[0], 7, &[1, 2, 3, 4]);
+        pool.register(a[0], (0, 7), &[1, 2, 3, 4]);
         pool.share(a[0]);
         pool.release(&a);
         assert_eq!(pool.used(), 1, "a[0] still has a holder");
@@ -288,6 +329,23 @@ mod tests {
         let c = pool.allocate(GEO, 1).unwrap();
         assert_eq!(c, vec![a[0]]);
         assert_eq!(pool.lookup(7, &[1, 2, 3, 4]), None);
+        assert_eq!(pool.longest_start(0, &[1, 2]), None, "gone with its block");
         assert!(pool.allocate(GEO, 1).is_err());
+    }
+
+    /// A prompt that shares only the start of a block finds the registered block after
+    /// the same prefix with the longest common start.
+    #[test]
+    fn the_longest_common_start_among_a_prefix_s_next_blocks() {
+        let mut pool = Pool::new(8);
+        let a = pool.allocate(GEO, 3).unwrap();
+        pool.register(a[0], (5, 11), &[1, 2, 3, 4]);
+        pool.register(a[1], (5, 12), &[1, 2, 9, 9]);
+        pool.register(a[2], (6, 13), &[1, 2, 3, 4]);
+        assert_eq!(pool.longest_start(5, &[1, 2, 3, 7]), Some((a[0], 3)));
+        assert_eq!(pool.longest_start(5, &[1, 2, 9]), Some((a[1], 3)));
+        assert_eq!(pool.longest_start(5, &[1, 8]), Some((a[0].min(a[1]), 1)));
+        assert_eq!(pool.longest_start(5, &[2]), None);
+        assert_eq!(pool.longest_start(7, &[1]), None, "another prefix");
     }
 }
