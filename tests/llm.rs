@@ -261,8 +261,9 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
 /// Continuous batching: prompts of different lengths read in one padded run, then
 /// sequences of different lengths decoded together in one step, joining and leaving
 /// the batch as they go, get the logits each gets alone (the same tokens are fed both
-/// ways). A row's arithmetic does not depend on the
-/// other rows, so they agree to rounding: 1e-5 of the row's largest logit.
+/// ways, both engines batch-invariant as the server's). A row's arithmetic does not
+/// depend on the other rows, so they agree to rounding: 1e-5 of the row's largest
+/// logit.
 #[test]
 fn a_batch_of_sequences_decodes_as_each_alone() {
     let Some(dir) = data_dir() else { return };
@@ -277,7 +278,11 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
         ];
         const STEPS: usize = 6;
         // Alone: each prompt, then its greedy tokens one at a time.
-        let mut alone = Decoder::new(prefill.clone(), step.clone(), weights.clone(), 256).unwrap();
+        let mut alone = {
+            let mut e = Engine::new(prefill.clone(), step.clone(), weights.clone(), 256).unwrap();
+            e.set_batch_invariant(true);
+            Decoder::with_engine(e)
+        };
         let mut fed = Vec::new();
         let mut expected = Vec::new();
         for p in prompts {
@@ -439,6 +444,38 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
         diff <= 1e-4 * scale,
         "max |Δ| {diff} over logits up to {scale}"
     );
+}
+
+/// With batch invariance on (as the server runs), where a prompt's keys and values
+/// come from does not change a bit of its logits: computed whole, or after whole
+/// cached blocks and a copied start of one more (quantised weights, last-token
+/// programs).
+#[test]
+fn batch_invariant_logits_do_not_depend_on_the_cache() {
+    let Some(dir) = data_dir() else { return };
+    let model = Pretrained::open_with(&dir.join(GGUF), Storage::Blocks).unwrap();
+    let weights: Vec<_> = model.weights.iter().map(weight_data).collect();
+    let (prefill, step) = programs_for(&model, (Mode::PrefillLast, Mode::DecodeLast));
+    let engine = || {
+        let mut e = Engine::new(prefill.clone(), step.clone(), weights.clone(), 256).unwrap();
+        e.set_batch_invariant(true);
+        e
+    };
+    let first = model
+        .tokenizer
+        .encode("A prompt long enough to fill two blocks of the cache: the quick brown fox jumps over the lazy dog, and then the lazy dog wakes up and chases the fox.")
+        .unwrap();
+    let mut second = first[..25].to_vec();
+    second.extend(model.tokenizer.encode(" but it ends elsewhere.").unwrap());
+    let mut fresh = engine();
+    let id = fresh.start();
+    let whole = fresh.feed(id, &second).unwrap();
+    let mut warm = engine();
+    let id = warm.start();
+    warm.feed(id, &first).unwrap();
+    let (id, cached) = warm.start_with(&second);
+    assert_eq!(cached, 25);
+    assert_eq!(warm.feed(id, &second[cached..]).unwrap(), whole);
 }
 
 fn argmax(row: &[f32]) -> u32 {

@@ -51,6 +51,8 @@ pub struct Engine {
     tokens_input: String,
     /// The programs compute logits at each row's last new token only.
     last_only: bool,
+    /// See [`Engine::set_batch_invariant`].
+    batch_invariant: bool,
     geometry: Geometry,
     context: usize,
     pool: Pool,
@@ -143,6 +145,7 @@ impl Engine {
             step_out,
             tokens_input,
             last_only,
+            batch_invariant: false,
             pool: Pool::new(cache_positions.div_ceil(geometry.block)),
             geometry,
             context,
@@ -312,10 +315,13 @@ impl Engine {
     }
 
     /// With `on`, every run computes each row of activations on its own
-    /// ([`Resident::set_rows_independent`]), so a sequence's logits do not depend on
-    /// what it is batched with, at some cost for long prompts.
+    /// ([`Resident::set_rows_independent`]) and prompts run through the decode program
+    /// too (whose attention takes each position's keys in order, cached or new), so a
+    /// sequence's logits depend neither on what it is batched with nor on how much of
+    /// its prompt came from the cache, at some cost for long prompts.
     pub fn set_batch_invariant(&mut self, on: bool) {
         self.held.set_rows_independent(on);
+        self.batch_invariant = on;
     }
 
     fn full(&self) -> DecodeError {
@@ -378,7 +384,7 @@ impl Engine {
                 Tensor::from_i64(DType::I32, vec![rows.len()], last),
             );
         }
-        let first = lens.iter().all(|&l| l == 0);
+        let first = lens.iter().all(|&l| l == 0) && !self.batch_invariant;
         let (program, outputs) = if first {
             (&self.prefill, &self.prefill_out)
         } else {
