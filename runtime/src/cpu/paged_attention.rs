@@ -14,6 +14,7 @@ use super::buffers::Out;
 use super::kernels::indices;
 use super::{Buf, Val};
 use rayon::prelude::*;
+use std::slice::ChunksExact;
 
 /// Score-and-value multiply-adds below which the step runs on one thread.
 const PARALLEL_FROM: usize = 1 << 15;
@@ -89,45 +90,84 @@ struct Operands<'a> {
 }
 
 impl Geometry {
-    /// The rows of sequence `b` for key/value head `g`, into `dst` (`[R, Dv]`).
+    /// The rows of sequence `b` for key/value head `g`, into `dst` (`[R, Dv]`). The
+    /// rows of one new token (one per stacked query head) go together, so each key
+    /// and value row is read once for all of them; every row still sums its keys in
+    /// position order, whatever the split between cached and new.
     fn pair(&self, x: &Operands, b: usize, g: usize, scale: f32, dst: &mut [f32]) {
-        let (d, dv, p) = (self.width, self.value_width, self.block);
+        let (d, dv, p, t) = (self.width, self.value_width, self.block, self.tokens);
+        let heads = self.rows / t;
         // Positions past the table's pages do not exist (the definition masks
         // positions at or after `past_len` among those the table lists).
         let cached = (x.past[b].max(0) as usize).min(self.pages * p);
         let pages = &x.table[b * self.pages..(b + 1) * self.pages];
-        // Where cached position `i`'s key or value row starts in its cache.
-        let cached_row = |i: usize, row_width: usize| {
-            let blk = pages[i / p] as usize;
-            ((blk * self.groups + g) * p + i % p) * row_width
-        };
-        let new_row =
-            |j: usize, row_width: usize| ((b * self.groups + g) * self.tokens + j) * row_width;
-        let mut scores = Vec::with_capacity(cached + self.tokens);
-        for (r, out) in dst.chunks_exact_mut(dv).enumerate() {
-            // Row `h·T + t` is a query head at new token `t`: it sees keys up to `t`.
-            let seen = r % self.tokens + 1;
-            let query = &x.q[((b * self.groups + g) * self.rows + r) * d..][..d];
-            scores.clear();
-            scores.extend(
-                (0..cached).map(|i| dot(query, &x.cache_k[cached_row(i, d)..][..d]) * scale),
-            );
-            scores.extend((0..seen).map(|j| dot(query, &x.k[new_row(j, d)..][..d]) * scale));
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0.0f32;
+        let queries = &x.q[(b * self.groups + g) * self.rows * d..][..self.rows * d];
+        // Per stacked head, its scores over the positions its token sees.
+        let mut scores = vec![Vec::with_capacity(cached + t); heads];
+        let mut sums = vec![0.0f32; heads];
+        for token in 0..t {
+            let seen = cached + token + 1;
+            let row = |h: usize| h * t + token;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+                s.clear();
             }
-            out.fill(0.0);
-            for (i, &e) in scores[..cached].iter().enumerate() {
-                add_scaled(out, e, &x.cache_v[cached_row(i, dv)..][..dv]);
+            let keys = self
+                .cached_rows(x.cache_k, pages, g, d, cached)
+                .chain(self.new_rows(x.k, b, g, d).take(token + 1));
+            for key in keys {
+                for (h, s) in scores.iter_mut().enumerate() {
+                    s.push(dot(&queries[row(h) * d..][..d], key) * scale);
+                }
             }
-            for (j, &e) in scores[cached..].iter().enumerate() {
-                add_scaled(out, e, &x.v[new_row(j, dv)..][..dv]);
+            for (s, sum) in scores.iter_mut().zip(sums.iter_mut()) {
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                *sum = 0.0;
+                for v in s.iter_mut() {
+                    *v = (*v - max).exp();
+                    *sum += *v;
+                }
             }
-            out.iter_mut().for_each(|o| *o /= sum);
+            for h in 0..heads {
+                dst[row(h) * dv..][..dv].fill(0.0);
+            }
+            let values = self
+                .cached_rows(x.cache_v, pages, g, dv, cached)
+                .chain(self.new_rows(x.v, b, g, dv).take(token + 1));
+            for (i, value) in values.enumerate().take(seen) {
+                for (h, s) in scores.iter().enumerate() {
+                    add_scaled(&mut dst[row(h) * dv..][..dv], s[i], value);
+                }
+            }
+            for (h, &sum) in sums.iter().enumerate() {
+                dst[row(h) * dv..][..dv].iter_mut().for_each(|o| *o /= sum);
+            }
         }
+    }
+
+    /// The first `cached` rows (of width `w`) of key/value head `g` in `cache`, in
+    /// position order, block by block through `pages`.
+    fn cached_rows<'a>(
+        &'a self,
+        cache: &'a [f32],
+        pages: &'a [i64],
+        g: usize,
+        w: usize,
+        cached: usize,
+    ) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let p = self.block;
+        pages
+            .iter()
+            .flat_map(move |&blk| {
+                let start = (blk as usize * self.groups + g) * p * w;
+                cache[start..start + p * w].chunks_exact(w)
+            })
+            .take(cached)
+    }
+
+    /// The new tokens' rows (of width `w`) of sequence `b`, key/value head `g`.
+    fn new_rows<'a>(&self, data: &'a [f32], b: usize, g: usize, w: usize) -> ChunksExact<'a, f32> {
+        let start = (b * self.groups + g) * self.tokens * w;
+        data[start..start + self.tokens * w].chunks_exact(w)
     }
 }
 
