@@ -382,7 +382,7 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     // Not a whole number of blocks, so the last block stays partly filled (and
     // unregistered): a second start with it reuses the whole blocks only.
     assert!(
-        prompt.len() > 33 && prompt.len() % 16 != 0,
+        prompt.len() > 33 && !prompt.len().is_multiple_of(16),
         "{} tokens",
         prompt.len()
     );
