@@ -240,11 +240,7 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
         got.extend(cached.feed(&tokens[9..]).unwrap());
         assert_eq!(cached.len(), tokens.len());
         for (pos, (g, w)) in got.iter().zip(&expected).enumerate() {
-            let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let diff = g
-                .iter()
-                .zip(w)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let (diff, scale) = largest_difference(g, w);
             let tolerance = if storage == Storage::F32 { 1e-4 } else { 0.05 };
             assert!(
                 diff <= tolerance * scale,
@@ -349,11 +345,7 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
         for s in 0..3 {
             assert_eq!(got[s].len(), expected[s].len(), "sequence {s}");
             for (pos, (g, w)) in got[s].iter().zip(&expected[s]).enumerate() {
-                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                let diff = g
-                    .iter()
-                    .zip(w)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                let (diff, scale) = largest_difference(g, w);
                 assert!(
                     diff <= 1e-5 * scale,
                     "{storage:?}, sequence {s}, position {pos}: max |Δ| {diff} over logits up to {scale}"
@@ -401,11 +393,7 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
         .unwrap()
         .pop()
         .unwrap();
-    let scale = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let diff = got
-        .iter()
-        .zip(&whole)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (diff, scale) = largest_difference(&got, &whole);
     assert!(
         diff <= 1e-4 * scale,
         "max |Δ| {diff} over logits up to {scale}"
@@ -435,11 +423,7 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     // of the second is a copy.
     assert_eq!(engine.blocks_used(), before + 1);
     let got = engine.feed(third, &other[25..]).unwrap().pop().unwrap();
-    let scale = expected.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let diff = got
-        .iter()
-        .zip(&expected)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (diff, scale) = largest_difference(&got, &expected);
     assert!(
         diff <= 1e-4 * scale,
         "max |Δ| {diff} over logits up to {scale}"
@@ -476,6 +460,17 @@ fn batch_invariant_logits_do_not_depend_on_the_cache() {
     let (id, cached) = warm.start_with(&second);
     assert_eq!(cached, 25);
     assert_eq!(warm.feed(id, &second[cached..]).unwrap(), whole);
+}
+
+/// The largest `|got − want|` over a row of logits, and the largest `|want|` (the
+/// scale tolerances are relative to).
+fn largest_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    (diff, scale)
 }
 
 fn argmax(row: &[f32]) -> u32 {
