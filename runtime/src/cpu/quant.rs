@@ -530,6 +530,37 @@ mod avx2 {
         std::array::from_fn(|i| _mm256_add_ps(even[i], odd[i]))
     }
 
+    /// Block `b` of weight row `w` as the unsigned bytes the products take, with the
+    /// signs to give the activations ([`signed_as`]). 8-bit weights use
+    /// `|w| · sign(x, w)` to keep the unsigned-by-signed form; 4-bit weights
+    /// (`d · q + offset`) hold values 0..16 of a block in low nibbles, 16..32 in high
+    /// ones, and need no signs.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn weight_block<const Q8: bool>(w: &Row, b: usize) -> (__m256i, __m256i) {
+        if Q8 {
+            let q = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
+            (_mm256_sign_epi8(q, q), q)
+        } else {
+            let low = _mm_set1_epi8(15);
+            let packed = _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
+            let lo = _mm_and_si128(packed, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
+            (_mm256_set_m128i(hi, lo), _mm256_setzero_si256())
+        }
+    }
+
+    /// An activation block with the signs of [`weight_block`] (8-bit weights), or as is.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn signed_as<const Q8: bool>(x: __m256i, sign: __m256i) -> __m256i {
+        if Q8 {
+            _mm256_sign_epi8(x, sign)
+        } else {
+            x
+        }
+    }
+
     /// The integer sums of an unsigned-by-signed byte product, four bytes per lane:
     /// `maddubs` then `madd` on AVX2 (exact here: no pair of products reaches the
     /// 16-bit limit, as weights are below 2^7 in magnitude after the sign trick, or
@@ -595,23 +626,13 @@ mod avx2 {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn $cols<const Q8: bool, const C: usize>(ws: &[Row; C], x: &Q8Row) -> [f32; C] {
-                let low = _mm_set1_epi8(15);
                 let block = |b: usize, acc: &mut [__m256; C]| {
                     let qx0 = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
                     let dx = *x.scales.get_unchecked(b);
                     for c in 0..C {
                         let w = &ws[c];
-                        let (qw, qx) = if Q8 {
-                            let q =
-                                _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
-                            (_mm256_sign_epi8(q, q), _mm256_sign_epi8(qx0, q))
-                        } else {
-                            let packed =
-                                _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
-                            let lo = _mm_and_si128(packed, low);
-                            let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                            (_mm256_set_m128i(hi, lo), qx0)
-                        };
+                        let (qw, sign) = weight_block::<Q8>(w, b);
+                        let qx = signed_as::<Q8>(qx0, sign);
                         let sums = _mm256_cvtepi32_ps(byte_sums!($isa, qw, qx));
                         let d = *w.scales.get_unchecked(b);
                         acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), sums, acc[c]);
@@ -628,36 +649,22 @@ mod avx2 {
                 out
             }
 
-            /// The weight row's blocks are unpacked once for the `R` rows. 8-bit
-            /// weights use `|w| · sign(x, w)` to keep the unsigned-by-signed form;
-            /// 4-bit weights (`d · q + offset`) hold values 0..16 of a block in low
-            /// nibbles, 16..32 in high ones. Each row has two accumulators taking
-            /// alternate blocks, so additions do not wait on each other.
+            /// The weight row's blocks are unpacked once for the `R` rows
+            /// ([`weight_block`]). Each row has two accumulators taking alternate
+            /// blocks, so additions do not wait on each other.
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn $group<const Q8: bool, const R: usize>(w: &Row, xs: &[Q8Row]) -> [f32; R] {
-                let low = _mm_set1_epi8(15);
                 let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
                 let scales: [*const f32; R] = std::array::from_fn(|r| xs[r].scales.as_ptr());
                 // Block `b` of every row into `acc` (plain arrays indexed by constants,
                 // so the accumulators stay in registers).
                 let block = |b: usize, acc: &mut [__m256; R]| {
-                    let (qw, sign) = if Q8 {
-                        let q = _mm256_loadu_si256(w.quants.as_ptr().add(b * 32) as *const __m256i);
-                        (_mm256_sign_epi8(q, q), q)
-                    } else {
-                        let packed =
-                            _mm_loadu_si128(w.quants.as_ptr().add(b * 16) as *const __m128i);
-                        let lo = _mm_and_si128(packed, low);
-                        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low);
-                        (_mm256_set_m128i(hi, lo), _mm256_setzero_si256())
-                    };
+                    let (qw, sign) = weight_block::<Q8>(w, b);
                     let d = *w.scales.get_unchecked(b);
                     for r in 0..R {
-                        let mut qx = _mm256_loadu_si256(qs[r].add(b * BLOCK) as *const __m256i);
-                        if Q8 {
-                            qx = _mm256_sign_epi8(qx, sign);
-                        }
+                        let qx = _mm256_loadu_si256(qs[r].add(b * BLOCK) as *const __m256i);
+                        let qx = signed_as::<Q8>(qx, sign);
                         let sums = _mm256_cvtepi32_ps(byte_sums!($isa, qw, qx));
                         acc[r] =
                             _mm256_fmadd_ps(_mm256_set1_ps(d * *scales[r].add(b)), sums, acc[r]);
