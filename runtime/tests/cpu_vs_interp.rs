@@ -220,23 +220,26 @@ fn attention_library_steps() {
 /// `paged_attention` runs whole, reading the cache blocks where they lie, against the
 /// interpreter's decomposition (which gathers them): two query heads stacked per
 /// key/value head, three new tokens, and rows whose cache is empty, ends inside a
-/// block, and runs past the pages its table lists; tables share and repeat blocks.
+/// block, and runs past the pages its table lists (by up to `i64::MAX`); tables share
+/// and repeat blocks.
 #[test]
 fn paged_attention_reads_the_cache_in_place() {
-    let body = "input %q: f32[B, 2, 6, 8]\ninput %k: f32[B, 2, 3, 8]\ninput %v: f32[B, 2, 3, 5]\ninput %ck: f32[7, 2, 4, 8]\ninput %cv: f32[7, 2, 4, 5]\ninput %table: i32[B, 3]\ninput %past: i32[B]\n%y = paged_attention %q, %k, %v, %ck, %cv, %table, %past {scale = 0.35}\noutput %y";
+    let body = "input %q: f32[B, 2, 6, 8]\ninput %k: f32[B, 2, 3, 8]\ninput %v: f32[B, 2, 3, 5]\ninput %ck: f32[7, 2, 4, 8]\ninput %cv: f32[7, 2, 4, 5]\ninput %table: i32[B, 3]\ninput %past: i64[B]\n%y = paged_attention %q, %k, %v, %ck, %cv, %table, %past {scale = 0.35}\noutput %y";
     let g = text::parse(&format!("graph @t {{\n{body}\n}}\n"))
         .unwrap()
         .graph;
     assert_eq!(CpuProgram::compile(&g).unwrap().schedule().steps.len(), 1);
     for seed in [1, 2] {
-        let mut feeds = common::random_feeds(&g, seed, 4, 4);
-        let table = vec![0, 1, 2, 3, 3, 3, 6, 5, 4, 2, 0, 0];
+        let mut feeds = common::random_feeds(&g, seed, 5, 4);
+        let table = vec![0, 1, 2, 3, 3, 3, 6, 5, 4, 2, 0, 0, 1, 1, 4];
         feeds.insert(
             "table".into(),
-            Tensor::from_i64(DType::I32, vec![4, 3], table),
+            Tensor::from_i64(DType::I32, vec![5, 3], table),
         );
-        let past = vec![0, 3, 14, 5];
-        feeds.insert("past".into(), Tensor::from_i64(DType::I32, vec![4], past));
+        // Lengths are the caller's: some past the table's 12 positions, two so far
+        // that their sum would overflow if counted whole.
+        let past = vec![0, 3, 14, i64::MAX, i64::MAX];
+        feeds.insert("past".into(), Tensor::from_i64(DType::I64, vec![5], past));
         compare(&g, &feeds);
     }
 }

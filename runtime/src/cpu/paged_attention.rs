@@ -1,10 +1,12 @@
 //! `paged_attention` (see `compiler::ir::ops::paged_attention`) as a library step.
 //!
-//! Each query row reads its sequence's cached keys block by block through the block
-//! table, where they lie, then the new tokens' keys up to its own. Its scores go to a
-//! scratch row; one softmax pass (maximum, `exp(s − max)`, sum) follows, and the values
-//! are summed with those weights, again read in place. The decomposition instead
-//! gathers every row's blocks into a contiguous copy (and permutes it) on every step.
+//! The query rows of one new token (one per stacked query head) read their sequence's
+//! cached keys block by block through the block table, where they lie, then the new
+//! tokens' keys up to their own; each key row is read once for all of them. Each row's
+//! scores go to a scratch row; one softmax pass (maximum, `exp(s − max)`, sum)
+//! follows, and the values are summed with those weights, again read in place. The
+//! decomposition instead gathers every row's blocks into a contiguous copy (and
+//! permutes it) on every step.
 //!
 //! Every row is computed on its own, so a sequence's result does not depend on the
 //! batch it runs in. (Key/value head, sequence) pairs run in parallel when the work is
@@ -57,7 +59,11 @@ pub(super) fn eval(scale: f32, x: &[&Val], shape: &[usize], out: Out) -> Result<
     let run = |(pair, dst): (usize, &mut [f32])| {
         geometry.pair(&operands, pair / groups, pair % groups, scale, dst)
     };
-    let visible: usize = past.iter().map(|&l| l.max(0) as usize + tokens).sum();
+    // Lengths come from the caller: counted only up to the positions the table lists.
+    let visible: usize = past
+        .iter()
+        .map(|&l| (l.max(0) as usize).min(pages * block) + tokens)
+        .sum();
     if visible * groups * rows * (width + value_width) < PARALLEL_FROM {
         out.chunks_mut(per_pair).enumerate().for_each(run);
     } else {
