@@ -1,7 +1,8 @@
 //! Continuous batching: one thread owns the decode engine and, step after step, reads
 //! the next chunk of every prompt being read in one batched run, then runs every
-//! running sequence's next token in one batched decode step. Requests join when a place and KV cache blocks are free,
-//! and leave when they finish; the rest wait in a bounded queue.
+//! running sequence's next token in one batched decode step. Requests join when a
+//! place and KV cache blocks are free, and leave when they finish; the rest wait in a
+//! bounded queue.
 //!
 //! Each request's tokens are sent back on its own channel as they are chosen; a closed
 //! channel (the client went away) or a raised stop flag (the handler saw a stop string)

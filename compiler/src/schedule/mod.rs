@@ -125,9 +125,10 @@ pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
 }
 
 /// The composites the CPU backend runs whole, as library steps: `paged_attention` on
-/// f32 (reading the cache blocks in place), attention and its backward pieces on f32 (per batch entry, `gemm` products and one fused pass over each
-/// score row, instead of a transposed copy of k, a mask, reductions and pointwise
-/// passes over the T×S scores).
+/// f32 (reading the cache blocks in place), and attention and its backward pieces on
+/// f32 (per batch entry, `gemm` products and one fused pass over each score row,
+/// instead of a transposed copy of k, a mask, reductions and pointwise passes over the
+/// T×S scores).
 pub fn cpu_keeps(c: &Composite, types: &[&TensorType]) -> bool {
     match c {
         Composite::Attention { .. } | Composite::AttentionGrad { .. } => {

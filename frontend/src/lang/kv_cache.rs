@@ -185,7 +185,7 @@ impl Lowerer<'_> {
         let rows = t
             .mul(&Dim::fixed(per_group))
             .map_err(|e| LangError::new(pos, e.to_string()))?;
-        let grouped = Shape(vec![batch.clone(), groups.clone(), rows.clone(), d]);
+        let grouped = Shape(vec![batch.clone(), groups.clone(), rows, d]);
         let qg = self.reshape(q, grouped, pos)?;
         let past_len = self.past_len(&batch, pos)?;
         let table = self.block_table(&batch, pos)?;

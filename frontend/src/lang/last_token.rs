@@ -37,7 +37,7 @@ impl Lowerer<'_> {
         }
         let st = self.ty(start);
         let (batch, t) = match st.dims() {
-            [b, t, ..] if st.rank() >= 2 && t.as_static().is_none() => (b.clone(), t.clone()),
+            [b, t, ..] if t.as_static().is_none() => (b.clone(), t.clone()),
             _ => {
                 return Err(LangError::new(
                     pos,

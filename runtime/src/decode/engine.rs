@@ -295,8 +295,12 @@ impl Engine {
 
     /// Appends tokens to several sequences in one batched run (prompts, or chunks of
     /// them, of any lengths: shorter rows are padded, and the padding is neither
-    /// cached nor seen) and returns each one's logits for its last new position.
+    /// cached nor seen) and returns each one's logits for its last new position (none
+    /// for no rows).
     pub fn feed_many(&mut self, rows: &[(SeqId, &[u32])]) -> Result<Vec<Vec<f32>>, DecodeError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         Ok(self
             .run(rows)?
             .into_iter()

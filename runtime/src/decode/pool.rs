@@ -9,8 +9,9 @@
 //! up to its end, so a later prompt that starts with the same tokens reuses it instead
 //! of computing it again (vLLM's prefix caching). A prompt that shares only the start
 //! of the next block copies the registered block with the longest common start and
-//! reuses those positions, so reuse goes to the token, not to the block. Registered blocks nobody holds stay
-//! cached until the pool needs them, taken in the order they were first let go.
+//! reuses those positions, so reuse goes to the token, not to the block. Registered
+//! blocks nobody holds stay cached until the pool needs them, taken in the order they
+//! were first let go.
 
 use std::collections::{HashMap, VecDeque};
 
