@@ -15,7 +15,7 @@ pub mod optimizer;
 
 use crate::ir::ops::{BinaryOp, Op};
 use crate::ir::{verify, Builder, Def, Graph, ValueId};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use thiserror::Error;
 
 /// Why a graph could not be differentiated.
@@ -91,7 +91,7 @@ pub fn differentiate(
         needs[id.index()] = from_wrt && v.ty.dtype.is_float();
     }
 
-    let mut adj: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut adj: FxHashMap<ValueId, ValueId> = FxHashMap::default();
     if needs[loss.index()] {
         let seed = b.splat(1.0, lt.clone());
         adj.insert(loss, seed);
@@ -125,7 +125,7 @@ pub fn differentiate(
 /// Propagates adjoints from value `hi` down to value `lo` (inclusive), in reverse order.
 fn backprop(
     b: &mut Builder,
-    adj: &mut HashMap<ValueId, ValueId>,
+    adj: &mut FxHashMap<ValueId, ValueId>,
     needs: &mut Vec<bool>,
     hi: usize,
     lo: usize,
@@ -183,7 +183,7 @@ fn extend_needs(b: &Builder, needs: &mut Vec<bool>) {
     }
 }
 
-fn accumulate(b: &mut Builder, adj: &mut HashMap<ValueId, ValueId>, v: ValueId, c: ValueId) {
+fn accumulate(b: &mut Builder, adj: &mut FxHashMap<ValueId, ValueId>, v: ValueId, c: ValueId) {
     let total = match adj.get(&v) {
         Some(&old) => b.binary(BinaryOp::Add, old, c),
         None => c,

@@ -3,19 +3,19 @@
 
 use super::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
 use super::{is_value_name, Def, Graph, Init, TensorType, Value, ValueId};
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 
 /// Incrementally builds a [`Graph`].
 pub struct Builder {
     graph: Graph,
-    names: HashSet<String>,
+    names: FxHashSet<String>,
     /// Names that generated names must avoid (values that will be added later).
-    reserved: HashSet<String>,
+    reserved: FxHashSet<String>,
     next_anon: usize,
     /// The outputs and the update targets so far, as sets: checking a new one against
     /// the lists would be quadratic in a deep model's parameter count.
-    outputs: HashSet<ValueId>,
-    updated: HashSet<ValueId>,
+    outputs: FxHashSet<ValueId>,
+    updated: FxHashSet<ValueId>,
 }
 
 impl Builder {
@@ -28,11 +28,11 @@ impl Builder {
                 outputs: Vec::new(),
                 updates: Vec::new(),
             },
-            names: HashSet::new(),
-            reserved: HashSet::new(),
+            names: FxHashSet::default(),
+            reserved: FxHashSet::default(),
             next_anon: 0,
-            outputs: HashSet::new(),
-            updated: HashSet::new(),
+            outputs: FxHashSet::default(),
+            updated: FxHashSet::default(),
         }
     }
 
@@ -103,7 +103,7 @@ impl Builder {
         Builder {
             graph,
             names,
-            reserved: HashSet::new(),
+            reserved: FxHashSet::default(),
             next_anon: 0,
             outputs,
             updated,

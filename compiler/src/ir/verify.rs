@@ -3,7 +3,7 @@
 //! again in tests.
 
 use super::{check_param_type, is_value_name, Def, Graph, TensorType, ValueId};
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use thiserror::Error;
 
 /// A broken invariant, at a value (or at the graph as a whole when `value` is `None`).
@@ -19,7 +19,7 @@ pub struct VerifyError {
 /// Checks `graph`: unique valid names, operands defined before use, stored types equal
 /// to the shape rules' results, static float parameters, at least one distinct output.
 pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
-    let mut names = HashSet::new();
+    let mut names = FxHashSet::default();
     for id in graph.ids() {
         let v = graph.value(id);
         let fail = |message: String| VerifyError {
@@ -61,7 +61,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             message: format!("graph @{} has no output", graph.name),
         });
     }
-    let mut seen = HashSet::new();
+    let mut seen = FxHashSet::default();
     for &o in &graph.outputs {
         if o.index() >= graph.values.len() {
             return Err(VerifyError {
@@ -76,7 +76,7 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
             });
         }
     }
-    let mut targets = HashSet::new();
+    let mut targets = FxHashSet::default();
     for &(target, value) in &graph.updates {
         let n = graph.values.len();
         if target.index() >= n || value.index() >= n {

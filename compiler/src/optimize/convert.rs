@@ -12,7 +12,7 @@ use super::extract::Extraction;
 use super::lang::{Kind, OpKey, TensorNode};
 use crate::ir::{verify, Builder, Def, Graph, Op, ValueId};
 use egg::Id;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Adds every value of `graph` to `egraph`; returns each value's class, by value index.
 pub fn add_graph(egraph: &mut TensorGraph, graph: &Graph) -> Vec<Id> {
@@ -51,7 +51,7 @@ pub fn to_graph(
 ) -> Result<Graph, String> {
     let mut b = Builder::new(&original.name);
     b.reserve_names(original.values.iter().map(|v| &v.name));
-    let mut name_of: HashMap<Id, &str> = HashMap::new();
+    let mut name_of: FxHashMap<Id, &str> = FxHashMap::default();
     // Outputs keep their names first: callers find results by name (`present.0.k`).
     for &o in &original.outputs {
         name_of
@@ -61,8 +61,8 @@ pub fn to_graph(
     for (v, &c) in original.values.iter().zip(classes) {
         name_of.entry(egraph.find(c)).or_insert(&v.name);
     }
-    let mut built: HashMap<Id, ValueId> = HashMap::new();
-    let mut leaf_ids: HashMap<&str, ValueId> = HashMap::new();
+    let mut built: FxHashMap<Id, ValueId> = FxHashMap::default();
+    let mut leaf_ids: FxHashMap<&str, ValueId> = FxHashMap::default();
     for v in &original.values {
         let id = match &v.def {
             Def::Input => b.input(&v.name, v.ty.clone())?,
@@ -118,8 +118,8 @@ pub fn to_graph(
 fn reachable(
     extraction: &Extraction,
     roots: impl Iterator<Item = Id>,
-) -> Result<HashSet<Id>, String> {
-    let mut seen = HashSet::new();
+) -> Result<FxHashSet<Id>, String> {
+    let mut seen = FxHashSet::default();
     let mut stack: Vec<Id> = roots.collect();
     while let Some(class) = stack.pop() {
         if seen.insert(class) {
@@ -138,9 +138,9 @@ fn emit(
     egraph: &TensorGraph,
     extraction: &Extraction,
     root: Id,
-    name_of: &HashMap<Id, &str>,
-    leaf_ids: &HashMap<&str, ValueId>,
-    built: &mut HashMap<Id, ValueId>,
+    name_of: &FxHashMap<Id, &str>,
+    leaf_ids: &FxHashMap<&str, ValueId>,
+    built: &mut FxHashMap<Id, ValueId>,
     b: &mut Builder,
 ) -> Result<(), String> {
     let mut stack: Vec<(Id, bool)> = vec![(root, false)];

@@ -27,7 +27,7 @@ use super::cost::CostModel;
 use super::lang::TensorNode;
 use crate::ir::TensorType;
 use egg::{Id, Language};
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// The smallest cost of an op node, so that no op is free (free ops could form cycles
 /// that tree costs cannot tell apart).
@@ -37,7 +37,7 @@ const MIN_OP_SECONDS: f64 = 1e-9;
 #[derive(Debug)]
 pub struct Extraction {
     /// Class (canonical id) → chosen node (children canonical).
-    pub choice: HashMap<Id, TensorNode>,
+    pub choice: FxHashMap<Id, TensorNode>,
     /// Estimated seconds of the extracted program, shared subterms counted once.
     pub dag_seconds: f64,
 }
@@ -299,7 +299,7 @@ impl<'t, 'm> Program<'t, 'm> {
     /// Only classes ranked above `id` can: ranks fall along every path.
     fn creates_cycle(&self, operands: &[Id], id: Id) -> bool {
         let floor = self.rank[at(id)];
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         let mut stack: Vec<Id> = operands
             .iter()
             .copied()

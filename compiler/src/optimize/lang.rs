@@ -8,9 +8,10 @@
 
 use crate::ir::{Op, TensorType};
 use egg::{FromOp, Id, Language, Symbol};
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What a node stands for: a graph leaf (input, parameter or state) or an op.
 #[derive(Debug, PartialEq)]
@@ -59,9 +60,10 @@ impl OpKey {
         if let Some(t) = &declared {
             text.push_str(&format!(":{t}"));
         }
+        let text = Symbol::from(text);
         OpKey {
-            text: Symbol::from(text),
-            kind: Arc::new(Kind::Op { op, declared }),
+            text,
+            kind: interned_kind(text, || Kind::Op { op, declared }),
         }
     }
 
@@ -111,6 +113,21 @@ impl OpKey {
             Kind::Leaf { .. } => None,
         }
     }
+}
+
+/// The one shared [`Kind`] of every op key with text `text`. Rules read a node's op for
+/// every node of every class in every iteration; with one allocation per node those
+/// reads missed the cache once per node in deep models, while a model has only a few
+/// thousand distinct operations. The table only grows, like egg's symbol table that
+/// already keeps every key's text.
+fn interned_kind(text: Symbol, kind: impl FnOnce() -> Kind) -> Arc<Kind> {
+    static KINDS: Mutex<Option<FxHashMap<Symbol, Arc<Kind>>>> = Mutex::new(None);
+    let mut kinds = KINDS.lock().unwrap_or_else(|e| e.into_inner());
+    kinds
+        .get_or_insert_with(FxHashMap::default)
+        .entry(text)
+        .or_insert_with(|| Arc::new(kind()))
+        .clone()
 }
 
 impl PartialEq for OpKey {

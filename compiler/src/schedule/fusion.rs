@@ -11,7 +11,8 @@ use super::{transpose, Step};
 use crate::ir::ops::BinaryOp;
 use crate::ir::{Def, Graph, Op, ValueId};
 use crate::kernel::{AxisMap, Expr, ExprId, PointwiseKernel};
-use std::collections::{BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
 
 /// True if value `v` of `g` can be computed inside a pointwise kernel. Integer division
 /// and power are left out: they can fail (division by zero), which only a library
@@ -151,7 +152,7 @@ struct KernelBuilder<'g> {
     g: &'g Graph,
     inputs: Vec<ValueId>,
     exprs: Vec<(Expr, crate::ir::DType)>,
-    memo: HashMap<(ValueId, AxisMap), ExprId>,
+    memo: FxHashMap<(ValueId, AxisMap), ExprId>,
     fused_ops: BTreeSet<&'static str>,
 }
 
@@ -161,7 +162,7 @@ impl<'g> KernelBuilder<'g> {
             g,
             inputs: Vec::new(),
             exprs: Vec::new(),
-            memo: HashMap::new(),
+            memo: FxHashMap::default(),
             fused_ops: BTreeSet::new(),
         };
         let rank = g.ty(root).rank();

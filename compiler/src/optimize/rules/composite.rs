@@ -22,11 +22,11 @@
 
 use super::super::lang::OpKey;
 use super::super::{TensorAnalysis, TensorGraph, TensorNode};
-use super::{class_rule, constant, nodes_where, ty, Build};
+use super::{class_rule, constant, nodes_where, ty, Build, TensorClass};
 use crate::ir::ops::{BinaryOp, Composite, ReduceOp, UnaryOp};
 use crate::ir::{Builder, DType, Def, Graph, Op, Shape, TensorType, ValueId};
-use egg::{Id, Rewrite};
-use std::collections::HashMap;
+use egg::{Id, Rewrite, Symbol};
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 
 /// A composite's decomposition on typed placeholder operands.
@@ -247,14 +247,23 @@ fn matches(
 #[derive(Default)]
 struct Templates {
     /// By result type: the elementwise templates, then those over the last axis.
-    by_type: Mutex<HashMap<TensorType, TypeTemplates>>,
+    by_type: Mutex<FxHashMap<TensorType, TypeTemplates>>,
     /// By composite (its debug form) and operand types, for the structural candidates.
-    by_operands: Mutex<HashMap<(String, Vec<TensorType>), StructuralTemplate>>,
+    by_operands: Mutex<FxHashMap<(String, Vec<TensorType>), StructuralTemplate>>,
 }
 
-/// The templates of one result type: the elementwise ones, then those over the last
-/// axis.
-type TypeTemplates = Arc<[Vec<Arc<Template>>; 2]>;
+/// The templates of one result type.
+struct ForType {
+    /// The elementwise templates.
+    elementwise: Vec<Arc<Template>>,
+    /// The templates over the last axis.
+    last_axis: Vec<Arc<Template>>,
+    /// The root key of each of them: a class with none of these keys among its nodes
+    /// matches none of them, which rules out nearly every class at once.
+    roots: Vec<Symbol>,
+}
+
+type TypeTemplates = Arc<ForType>;
 
 /// A structural candidate's template (`None`: its operand types do not type-check).
 type StructuralTemplate = Option<Arc<Template>>;
@@ -262,15 +271,29 @@ type StructuralTemplate = Option<Arc<Template>>;
 impl Templates {
     fn for_type(&self, t: &TensorType) -> TypeTemplates {
         let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(t.clone())
-            .or_insert_with(|| {
-                Arc::new(candidates_by_type(t).map(|list| {
-                    list.into_iter()
-                        .filter_map(|(c, operands)| template(c, &operands).map(Arc::new))
-                        .collect()
-                }))
-            })
-            .clone()
+        if let Some(found) = map.get(t) {
+            return found.clone();
+        }
+        let [elementwise, last_axis] = candidates_by_type(t).map(|list| {
+            list.into_iter()
+                .filter_map(|(c, operands)| template(c, &operands).map(Arc::new))
+                .collect::<Vec<_>>()
+        });
+        let mut roots: Vec<Symbol> = elementwise
+            .iter()
+            .chain(&last_axis)
+            .filter_map(|tmpl| tmpl.keys[tmpl.root.index()].as_ref())
+            .map(OpKey::text)
+            .collect();
+        roots.sort();
+        roots.dedup();
+        let found = Arc::new(ForType {
+            elementwise,
+            last_axis,
+            roots,
+        });
+        map.insert(t.clone(), found.clone());
+        found
     }
 
     fn for_operands(
@@ -288,15 +311,15 @@ impl Templates {
 
 /// The composite node equal to class `class` by template `tmpl`, if it matches and the
 /// class has no such node yet.
-fn recognise_one(eg: &TensorGraph, class: Id, tmpl: &Template) -> Option<Build> {
+fn recognise_one(eg: &TensorGraph, class: &TensorClass, tmpl: &Template) -> Option<Build> {
     let root_key = tmpl.keys[tmpl.root.index()].as_ref();
-    let nodes = &eg[class].nodes;
+    let nodes = &class.nodes;
     if nodes.iter().any(|n| n.key == tmpl.key) || !nodes.iter().any(|n| Some(&n.key) == root_key) {
         return None;
     }
     let n_operands = tmpl.graph.inputs().count();
     let mut binds = vec![None; tmpl.graph.values.len()];
-    if !matches(eg, tmpl, tmpl.root, class, &mut binds) {
+    if !matches(eg, tmpl, tmpl.root, class.id, &mut binds) {
         return None;
     }
     let children = (0..n_operands)
@@ -305,13 +328,23 @@ fn recognise_one(eg: &TensorGraph, class: Id, tmpl: &Template) -> Option<Build> 
     Some(Build::op(Op::Composite(tmpl.composite.clone()), children))
 }
 
-fn recognise(eg: &TensorGraph, class: Id, templates: &Templates) -> Vec<(Id, Build)> {
+fn recognise(eg: &TensorGraph, class: &TensorClass, templates: &Templates) -> Vec<(Id, Build)> {
     // Cheap filter: every template's root is an op node with a declared-type key.
-    if eg[class].nodes.iter().all(|n| n.op().is_none()) {
+    if class.nodes.iter().all(|n| n.op().is_none()) {
         return vec![];
     }
-    let [elementwise, last_axis] = &*templates.for_type(ty(eg, class));
-    let structural: Vec<Arc<Template>> = candidates_by_structure(eg, class)
+    let for_type = templates.for_type(&class.data.ty);
+    let by_type: [&[Arc<Template>]; 2] = if class
+        .nodes
+        .iter()
+        .any(|n| for_type.roots.contains(&n.key.text()))
+    {
+        [&for_type.elementwise, &for_type.last_axis]
+    } else {
+        [&[], &[]]
+    };
+    let [elementwise, last_axis] = by_type;
+    let structural: Vec<Arc<Template>> = candidates_by_structure(eg, class.id)
         .into_iter()
         .filter_map(|(c, operands)| templates.for_operands(c, operands))
         .collect();
@@ -321,14 +354,14 @@ fn recognise(eg: &TensorGraph, class: Id, templates: &Templates) -> Vec<(Id, Bui
         .chain(&structural)
         .chain(last_axis)
         .filter_map(|tmpl| recognise_one(eg, class, tmpl))
-        .map(|build| (class, build))
+        .map(|build| (class.id, build))
         .collect()
 }
 
 /// The rules.
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     let templates = Arc::new(Templates::default());
-    vec![class_rule("composite/recognise", move |eg, id| {
-        recognise(eg, id, &templates)
+    vec![class_rule("composite/recognise", move |eg, class| {
+        recognise(eg, class, &templates)
     })]
 }

@@ -16,11 +16,11 @@ pub mod layout;
 pub mod matmul;
 pub mod merge;
 
-use super::analysis::{node_type, TensorGraph};
+use super::analysis::{node_type, Facts, TensorGraph};
 use super::lang::{OpKey, TensorNode};
 use super::TensorAnalysis;
 use crate::ir::{Op, TensorType};
-use egg::{Applier, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
+use egg::{Applier, EClass, Id, PatternAst, Rewrite, SearchMatches, Searcher, Subst, Symbol, Var};
 use std::sync::Arc;
 
 /// An expression to add to the e-graph: an existing class, or an op over expressions.
@@ -74,9 +74,30 @@ pub fn union_same_type(egraph: &mut TensorGraph, a: Id, b: Id) -> bool {
 
 /// A rule's search-and-build function: for class `id`, pairs `(class, expression)`
 /// whose members are equal.
-pub type Finder = Arc<dyn Fn(&TensorGraph, Id) -> Vec<(Id, Build)> + Send + Sync>;
+pub type Finder = Arc<dyn Fn(&TensorGraph, &TensorClass) -> Vec<(Id, Build)> + Send + Sync>;
+
+/// An e-class of the tensor e-graph.
+pub type TensorClass = EClass<TensorNode, Facts>;
 
 struct ClassRule(Finder);
+
+impl ClassRule {
+    fn search_class(
+        &self,
+        egraph: &TensorGraph,
+        class: &TensorClass,
+        limit: usize,
+    ) -> Option<SearchMatches<'static, TensorNode>> {
+        if limit == 0 || (self.0)(egraph, class).is_empty() {
+            return None;
+        }
+        Some(SearchMatches {
+            eclass: class.id,
+            substs: vec![Subst::default()],
+            ast: None,
+        })
+    }
+}
 
 impl Searcher<TensorNode, TensorAnalysis> for ClassRule {
     fn search_eclass_with_limit(
@@ -85,14 +106,28 @@ impl Searcher<TensorNode, TensorAnalysis> for ClassRule {
         eclass: Id,
         limit: usize,
     ) -> Option<SearchMatches<'_, TensorNode>> {
-        if limit == 0 || (self.0)(egraph, eclass).is_empty() {
-            return None;
+        self.search_class(egraph, &egraph[eclass], limit)
+    }
+
+    // Walks the classes in storage order and hands each to the finder as is: looking
+    // every class up by id again (egg's default) cost one cache miss per class per rule,
+    // a large share of search time in deep models.
+    fn search_with_limit(
+        &self,
+        egraph: &TensorGraph,
+        mut limit: usize,
+    ) -> Vec<SearchMatches<'_, TensorNode>> {
+        let mut found = Vec::new();
+        for class in egraph.classes() {
+            if limit == 0 {
+                break;
+            }
+            if let Some(m) = self.search_class(egraph, class, limit) {
+                limit -= 1;
+                found.push(m);
+            }
         }
-        Some(SearchMatches {
-            eclass,
-            substs: vec![Subst::default()],
-            ast: None,
-        })
+        found
     }
 
     fn vars(&self) -> Vec<Var> {
@@ -109,7 +144,7 @@ impl Applier<TensorNode, TensorAnalysis> for ClassRule {
         _searcher_ast: Option<&PatternAst<TensorNode>>,
         _rule_name: Symbol,
     ) -> Vec<Id> {
-        let found = (self.0)(egraph, eclass);
+        let found = (self.0)(egraph, &egraph[eclass]);
         let mut changed = Vec::new();
         for (target, build) in found {
             if let Some(id) = add_build(egraph, &build) {
@@ -125,7 +160,7 @@ impl Applier<TensorNode, TensorAnalysis> for ClassRule {
 /// A rule named `name` from a finder.
 pub fn class_rule(
     name: &str,
-    find: impl Fn(&TensorGraph, Id) -> Vec<(Id, Build)> + Send + Sync + 'static,
+    find: impl Fn(&TensorGraph, &TensorClass) -> Vec<(Id, Build)> + Send + Sync + 'static,
 ) -> Rewrite<TensorNode, TensorAnalysis> {
     let finder: Finder = Arc::new(find);
     Rewrite::new(name, ClassRule(finder.clone()), ClassRule(finder))
@@ -138,12 +173,12 @@ pub fn node_rule(
     name: &str,
     find: impl Fn(&TensorGraph, &TensorNode) -> Option<Build> + Send + Sync + 'static,
 ) -> Rewrite<TensorNode, TensorAnalysis> {
-    class_rule(name, move |egraph, id| {
-        egraph[id]
+    class_rule(name, move |egraph, class| {
+        class
             .nodes
             .iter()
             .filter_map(|n| find(egraph, n))
-            .map(|b| (id, b))
+            .map(|b| (class.id, b))
             .collect()
     })
 }
