@@ -3,10 +3,11 @@
 //! of. Every case is also run in the reference interpreter before and after, which
 //! must agree (see `optimize_soundness.rs` for the tolerance).
 
-use smelt_compiler::ir::{text, Def, Graph};
+use smelt_compiler::ir::{text, DType, Def, Graph};
 use smelt_compiler::optimize::{optimize, Options, RooflineTarget};
 use smelt_compiler::passes::decompose;
 use smelt_runtime::interp::{execute, Precision};
+use smelt_runtime::tensor::Data;
 use smelt_runtime::{rng, Tensor};
 use std::collections::HashMap;
 
@@ -112,6 +113,136 @@ fn cases() -> Vec<Case> {
             "%a: f32[4, 8] = constant {value = 2.0}\n%b: f32[4, 8] = constant {value = 3.0}\n%c = add %a, %b\n%y = mul %x, %c\noutput %y",
             ("algebra/mul-one", false),
             "constant mul",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = -1.0}\n%y = mul %x, %c\noutput %y",
+            ("algebra/mul-minus-one", true),
+            "neg",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 0.0}\n%y = sub %x, %c\noutput %y",
+            ("algebra/sub-zero", true),
+            "",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 0.0}\n%y = sub %c, %x\noutput %y",
+            ("algebra/zero-sub", true),
+            "neg",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 1.0}\n%y = div %x, %c\noutput %y",
+            ("algebra/div-one", true),
+            "",
+        ),
+        case(
+            "%c: f32[4, 8] = constant {value = 1.0}\n%y = div %c, %x\noutput %y",
+            ("algebra/div-one", false),
+            "constant div",
+        ),
+        case(
+            "input %z: f32[4, 8]\n%n = neg %z\n%y = add %x, %n\noutput %y",
+            ("algebra/add-neg", true),
+            "sub",
+        ),
+        case(
+            "input %z: f32[4, 8]\n%n = neg %z\n%y = add %n, %x\noutput %y",
+            ("algebra/add-neg", true),
+            "sub",
+        ),
+        case(
+            "input %z: f32[4, 8]\n%a = neg %x\n%b = neg %z\n%y = mul %a, %b\noutput %y",
+            ("algebra/neg-times-neg", true),
+            "mul",
+        ),
+        case(
+            "input %z: f32[4, 8]\n%a = neg %x\n%y = mul %a, %z\noutput %y",
+            ("algebra/neg-times-neg", false),
+            "mul neg",
+        ),
+        case(
+            "%a = max %x, %x\n%b = min %x, %x\n%y = add %a, %b\noutput %y",
+            ("algebra/idempotent-max-min", true),
+            "add",
+        ),
+        case(
+            "input %m: bool[4, 8]\n%y = select %m, %x, %x\noutput %y",
+            ("algebra/select-same", true),
+            "",
+        ),
+        case(
+            "%y: f32[4, 8] = cast %x\noutput %y",
+            ("algebra/cast-same-type", true),
+            "",
+        ),
+        case(
+            "%y: f64[4, 8] = cast %x\noutput %y",
+            ("algebra/cast-same-type", false),
+            "cast",
+        ),
+        // `x * 0` is not 0 for infinite or NaN `x`: only with finite values assumed.
+        case(
+            "%c: f32[4, 8] = constant {value = 0.0}\n%y = mul %x, %c\noutput %y",
+            ("algebra/mul-zero", false),
+            "constant mul",
+        ),
+        Case {
+            finite: true,
+            ..case(
+                "%c: f32[4, 8] = constant {value = 0.0}\n%y = mul %c, %x\noutput %y",
+                ("algebra/mul-zero", true),
+                "constant",
+            )
+        },
+        case(
+            "%y = permute %x {perm = [0, 1]}\noutput %y",
+            ("layout/permute-identity", true),
+            "",
+        ),
+        case(
+            "%y: f32[4, 8] = reshape %x\noutput %y",
+            ("layout/reshape-identity", true),
+            "",
+        ),
+        case(
+            "%y: f32[8, 4] = reshape %x\noutput %y",
+            ("layout/reshape-identity", false),
+            "reshape",
+        ),
+        case(
+            "%y: f32[4, 8] = broadcast %x {dims = [0, 1]}\noutput %y",
+            ("layout/broadcast-identity", true),
+            "",
+        ),
+        case(
+            "input %v: f32[8]\n%a: f32[4, 8] = broadcast %v {dims = [1]}\n%y: f32[2, 4, 8] = broadcast %a {dims = [1, 2]}\noutput %y",
+            ("layout/broadcast-broadcast", true),
+            "broadcast",
+        ),
+        case(
+            "input %a: f32[8, 4]\ninput %b: f32[6, 8]\n%at = permute %a {perm = [1, 0]}\n%bt = permute %b {perm = [1, 0]}\n%y = matmul %at, %bt\noutput %y",
+            ("layout/matmul-of-transposes", true),
+            "matmul permute permute",
+        ),
+        case(
+            "%a = exp %x\n%y = permute %a {perm = [1, 0]}\noutput %y",
+            ("layout/sink-permute-through-unary", true),
+            "exp permute",
+        ),
+        // A (B C) with a thin middle: (A B) C does far fewer flops.
+        case(
+            "input %a: f32[4, 256]\ninput %b: f32[256, 4]\ninput %c: f32[4, 256]\n%bc = matmul %b, %c\n%y = matmul %a, %bc\noutput %y",
+            ("matmul/assoc-right-to-left", true),
+            "matmul matmul",
+        ),
+        case(
+            "input %w: f32[8, 16]\n%c: f32[4, 8] = constant {value = 3.0}\n%s = mul %x, %c\n%y = matmul %s, %w\noutput %y",
+            ("matmul/pull-scalar-out", true),
+            "constant matmul mul",
+        ),
+        case(
+            "input %w: f32[8, 16]\n%p = matmul %x, %w\n%c: f32[4, 16] = constant {value = 3.0}\n%y = mul %p, %c\noutput %y",
+            ("matmul/push-scalar-in", true),
+            "constant matmul mul",
         ),
         case(
             "%a = permute %x {perm = [1, 0]}\n%y = permute %a {perm = [1, 0]}\noutput %y",
@@ -270,7 +401,14 @@ fn feeds(g: &Graph) -> HashMap<String, Tensor> {
             .map(|i| 2.0 * rng::uniform01(seed, i as u64) - 1.0)
             .collect();
         // Integer inputs are class labels: spread over [0, 8), the class count here.
-        let t = if v.ty.dtype.is_int() {
+        let t = if v.ty.dtype == DType::Bool {
+            let data = Data::Bool(xs.iter().map(|x| *x > 0.0).collect());
+            Tensor {
+                dtype: DType::Bool,
+                shape,
+                data,
+            }
+        } else if v.ty.dtype.is_int() {
             let labels = xs.iter().map(|x| ((x + 1.0) * 4.0) as i64).collect();
             Tensor::from_i64(v.ty.dtype, shape, labels)
         } else {
@@ -292,6 +430,25 @@ fn op_names(g: &Graph) -> String {
         .collect();
     names.sort();
     names.join(" ")
+}
+
+/// Every rule of the optimiser has a case in the table that makes it fire.
+#[test]
+fn every_rule_has_a_case_that_fires() {
+    let fired: std::collections::BTreeSet<&str> = cases()
+        .iter()
+        .filter(|c| c.rule.1)
+        .map(|c| c.rule.0)
+        .collect();
+    let missing: Vec<String> = smelt_compiler::optimize::rules::all_rules(true)
+        .iter()
+        .map(|r| r.name.to_string())
+        .filter(|name| !fired.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules without a case that fires: {missing:?}"
+    );
 }
 
 #[test]
