@@ -172,3 +172,213 @@ fn run_reads_string_tensor_files() {
     assert_eq!(same.to_f64_vec(), [1.0, 0.0, 1.0]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An input of element type `elem_type` whose dimensions are the named dynamic axes
+/// `dims` (ONNX `dim_param`) or sizes.
+fn dynamic_value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
+    use smelt_frontend::onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use smelt_frontend::onnx::proto::{type_proto, TensorShapeProto, TypeProto};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d.parse::<i64>() {
+                Ok(n) => dimension::Value::DimValue(n),
+                Err(_) => dimension::Value::DimParam((*d).into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem_type),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The shape computations of a PyTorch export with dynamic `batch` and `sequence` axes,
+/// on `x: f32[batch, sequence, 8]`:
+/// - `heads = Transpose(Reshape(x, [b, t, 2, 4]), [0, 2, 1, 3])`, the shape built by
+///   `Shape -> Gather -> Unsqueeze -> Concat`;
+/// - `rows = Reshape(x, [b * t, -1])`;
+/// - `placed = x + Expand(Unsqueeze(Cast(Range(0, t, 1))), Shape(x))` (position ids);
+/// - `zeros = ConstantOfShape([b, 1])`, and `half = Reshape(x, [b, t, 16 / 4, 2])` with
+///   the 16 computed as `Gather(Shape(x), 2) * 2`.
+fn dynamic_axes_model() -> Vec<u8> {
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| (*s).into()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    let ints = |name: &str, dims: Vec<i64>, values: Vec<i64>| TensorProto {
+        name: Some(name.into()),
+        dims,
+        data_type: Some(INT64),
+        int64_data: values,
+        ..Default::default()
+    };
+    let mut to_float = node("Cast", &["pos"], "pos_f");
+    to_float.attribute = vec![smelt_frontend::onnx::proto::AttributeProto {
+        name: Some("to".into()),
+        i: Some(i64::from(FLOAT)),
+        r#type: Some(2),
+        ..Default::default()
+    }];
+    let graph = GraphProto {
+        name: Some("dynamic_axes".into()),
+        node: vec![
+            node("Shape", &["x"], "s"),
+            node("Gather", &["s", "zero"], "b"),
+            node("Gather", &["s", "one"], "t"),
+            node("Gather", &["s", "two"], "f"),
+            node("Unsqueeze", &["b", "axis0"], "b1"),
+            node("Unsqueeze", &["t", "axis0"], "t1"),
+            node("Concat", &["b1", "t1", "two_four"], "split_shape"),
+            node("Reshape", &["x", "split_shape"], "split"),
+            {
+                let mut n = node("Transpose", &["split"], "heads");
+                n.attribute = vec![smelt_frontend::onnx::proto::AttributeProto {
+                    name: Some("perm".into()),
+                    ints: vec![0, 2, 1, 3],
+                    r#type: Some(7),
+                    ..Default::default()
+                }];
+                n
+            },
+            node("Mul", &["b", "t"], "bt"),
+            node("Unsqueeze", &["bt", "axis0"], "bt1"),
+            node("Concat", &["bt1", "minus_one"], "rows_shape"),
+            node("Reshape", &["x", "rows_shape"], "rows"),
+            node("Range", &["zero", "t", "one"], "pos"),
+            to_float,
+            node("Unsqueeze", &["pos_f", "axes02"], "pos3"),
+            node("Expand", &["pos3", "s"], "pos_x"),
+            node("Add", &["x", "pos_x"], "placed"),
+            node("Concat", &["b1", "one1"], "zeros_shape"),
+            node("ConstantOfShape", &["zeros_shape"], "zeros"),
+            node("Mul", &["f", "two"], "f2"),
+            node("Div", &["f2", "four"], "f2q"),
+            node("Unsqueeze", &["f2q", "axis0"], "f2q1"),
+            node("Concat", &["b1", "t1", "f2q1", "two1"], "half_shape"),
+            node("Reshape", &["x", "half_shape"], "half"),
+        ],
+        initializer: vec![
+            ints("zero", vec![], vec![0]),
+            ints("one", vec![], vec![1]),
+            ints("two", vec![], vec![2]),
+            ints("four", vec![], vec![4]),
+            ints("axis0", vec![1], vec![0]),
+            ints("axes02", vec![2], vec![0, 2]),
+            ints("two_four", vec![2], vec![2, 4]),
+            ints("minus_one", vec![1], vec![-1]),
+            ints("one1", vec![1], vec![1]),
+            ints("two1", vec![1], vec![2]),
+        ],
+        input: vec![dynamic_value_info("x", FLOAT, &["batch", "sequence", "8"])],
+        output: ["heads", "rows", "placed", "zeros", "half"]
+            .iter()
+            .map(|n| ValueInfoProto {
+                name: Some((*n).into()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A model with dynamic axes imports once with symbolic sizes (`dump-ir` shows them)
+/// and runs on the CPU backend at two batch sizes and sequence lengths, the second time
+/// with the compiled program from the cache; the values are checked element by element
+/// against the shape algebra written out here.
+#[test]
+fn dynamic_axes_import_once_and_run_at_any_size() {
+    let dir = temp_dir("dynamic");
+    let model = dir.join("dynamic.onnx");
+    std::fs::write(&model, dynamic_axes_model()).expect("model written");
+    let model = model.to_str().expect("utf-8 path");
+
+    let out = smelt(&["dump-ir", model]);
+    let (ir, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    for shown in [
+        "f32[batch, 2, sequence, 4]",
+        "f32[batch*sequence, 8]",
+        "f32[batch, sequence, 8]",
+        "f32[batch, 1]",
+        "f32[batch, sequence, 4, 2]",
+        "iota",
+    ] {
+        assert!(ir.contains(shown), "{shown} missing from\n{ir}");
+    }
+
+    let cache = dir.join("cache");
+    for (run, (b, t)) in [(2usize, 3usize), (1, 5)].into_iter().enumerate() {
+        let values: Vec<f64> = (0..b * t * 8).map(|i| (i as f64 * 0.37).sin()).collect();
+        let x = dir.join(format!("x{run}.npy"));
+        smelt_runtime::io::write_npy(
+            &x,
+            &Tensor::from_f64(DType::F32, vec![b, t, 8], values.clone()),
+        )
+        .expect("input written");
+        let outputs = dir.join(format!("out{run}"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args(["run", model, "--verbose", "--input"])
+            .arg(format!("x={}", x.display()))
+            .arg("--output-dir")
+            .arg(&outputs)
+            .env("SMELT_CACHE_DIR", &cache)
+            .output()
+            .expect("smelt runs");
+        let (_, stderr) = texts(&out);
+        assert!(out.status.success(), "{stderr}");
+        if run == 1 {
+            assert!(stderr.contains("compile cache: hit"), "{stderr}");
+        }
+        let read = |name: &str| read_npy(&outputs.join(format!("{name}.npy"))).expect(name);
+        let x_at = |i: usize, j: usize, k: usize| values[(i * t + j) * 8 + k];
+        let close = |got: &Tensor, want: Vec<f64>, shape: Vec<usize>, name: &str| {
+            assert_eq!(got.shape, shape, "{name}");
+            for (g, w) in got.to_f64_vec().iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{name}: {g} vs {w}"
+                );
+            }
+        };
+        let mut heads = Vec::new();
+        for i in 0..b {
+            for h in 0..2 {
+                for j in 0..t {
+                    for k in 0..4 {
+                        heads.push(x_at(i, j, h * 4 + k));
+                    }
+                }
+            }
+        }
+        close(&read("heads"), heads, vec![b, 2, t, 4], "heads");
+        close(&read("rows"), values.clone(), vec![b * t, 8], "rows");
+        let placed = (0..b * t * 8)
+            .map(|n| values[n] + ((n / 8) % t) as f64)
+            .collect();
+        close(&read("placed"), placed, vec![b, t, 8], "placed");
+        close(&read("zeros"), vec![0.0; b], vec![b, 1], "zeros");
+        close(&read("half"), values.clone(), vec![b, t, 4, 2], "half");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

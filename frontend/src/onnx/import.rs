@@ -3,6 +3,7 @@
 //! made explicit, reshapes, casts, constants).
 
 use super::proto::{AttributeProto, NodeProto};
+use super::shape_values::ShapeValue;
 use super::tensor::{decode_tensor, Const, ConstData};
 use smelt_compiler::ir::{Builder, DType, Dim, Op, Shape, TensorType, ValueId};
 use std::collections::HashMap;
@@ -43,13 +44,16 @@ pub fn unsupported<T>(message: impl Into<String>) -> OpResult<T> {
 }
 
 /// What an ONNX value name stands for: an IR value, a constant known at import time,
-/// or both (a constant already materialised, or a graph input whose value was given).
+/// or both (a constant already materialised, or a graph input whose value was given);
+/// or a small integer vector holding symbolic sizes, which only shape operands take.
 #[derive(Clone, Debug, Default)]
 pub struct Slot {
     /// The IR value.
     pub id: Option<ValueId>,
     /// The value, when known at import time.
     pub konst: Option<Const>,
+    /// The value, when known at import time only in terms of symbolic sizes.
+    pub sizes: Option<ShapeValue>,
 }
 
 /// One result of an op mapping.
@@ -58,6 +62,18 @@ pub enum Out {
     Ir(ValueId),
     /// A value computed at import time (shapes and other static data).
     Const(Const),
+    /// A shape computation's result, possibly with symbolic sizes.
+    Sizes(ShapeValue),
+}
+
+impl Out {
+    /// `v` as a constant when it has no symbolic element.
+    pub fn known(v: ShapeValue) -> Out {
+        match v.to_const() {
+            Some(c) => Out::Const(c),
+            None => Out::Sizes(v),
+        }
+    }
 }
 
 /// The node being imported: its proto and the opset in force.
@@ -204,6 +220,11 @@ impl Importer {
         if let Some(id) = slot.id {
             return Ok(id);
         }
+        if let Some(sizes) = &slot.sizes {
+            return unsupported(format!(
+                "value '{name}' ({sizes}) holds sizes of symbolic dimensions and is used as data; such values may only be shape operands (of Reshape, Expand, ConstantOfShape, Range)"
+            ));
+        }
         let konst = slot
             .konst
             .ok_or_else(|| format!("value '{name}' has no definition"))?;
@@ -230,12 +251,42 @@ impl Importer {
         }
     }
 
+    /// The value of ONNX value `name` as a small integer vector, if it is known at
+    /// import time as one (symbolic sizes included).
+    pub fn known(&self, name: &str) -> Option<ShapeValue> {
+        let slot = self.slots.get(name)?;
+        match (&slot.sizes, &slot.konst) {
+            (Some(sizes), _) => Some(sizes.clone()),
+            (None, Some(c)) => ShapeValue::from_const(c),
+            (None, None) => None,
+        }
+    }
+
+    /// Optional input `i` that gives sizes (a shape operand), known at import time with
+    /// symbolic sizes allowed.
+    pub fn sizes_input(&self, node: &NodeCtx, i: usize) -> OpResult<Option<ShapeValue>> {
+        let Some(name) = node.input_name(i) else {
+            return Ok(None);
+        };
+        match self.known(name) {
+            Some(v) => Ok(Some(v)),
+            None => self.const_input(node, i).map(|_| None),
+        }
+    }
+
     /// Optional input `i` whose value must be known at import time (shapes, axes).
     pub fn const_input(&self, node: &NodeCtx, i: usize) -> OpResult<Option<Const>> {
         let Some(name) = node.input_name(i) else {
             return Ok(None);
         };
-        match &self.slot(name)?.konst {
+        let slot = self.slot(name)?;
+        if let Some(sizes) = &slot.sizes {
+            return unsupported(format!(
+                "input {i} ('{name}') of '{}' is {sizes}, which depends on symbolic dimensions, and this operand must be static",
+                node.op()
+            ));
+        }
+        match &slot.konst {
             Some(c) => Ok(Some(c.clone())),
             None => unsupported(format!(
                 "input {i} ('{name}') of '{}' must be known at import time (an initializer, a Constant, or a graph input whose value is given), because the IR's shapes are static",

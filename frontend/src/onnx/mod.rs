@@ -20,6 +20,7 @@
 
 pub mod import;
 mod ops;
+pub mod shape_values;
 mod strings;
 pub mod tensor;
 
@@ -248,8 +249,8 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         im.slots.insert(
             init_name,
             Slot {
-                id: None,
                 konst: Some(c),
+                ..Slot::default()
             },
         );
     }
@@ -277,6 +278,7 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
                     .get(&onnx_name)
                     .or_else(|| options.input_values.get(&ir))
                     .cloned(),
+                sizes: None,
             },
         );
         inputs.push((onnx_name, id));
@@ -371,12 +373,16 @@ fn import_node(
                 }
                 Slot {
                     id: Some(id),
-                    konst: None,
+                    ..Slot::default()
                 }
             }
             Out::Const(c) => Slot {
-                id: None,
                 konst: Some(c),
+                ..Slot::default()
+            },
+            Out::Sizes(v) => Slot {
+                sizes: Some(v),
+                ..Slot::default()
             },
         };
         im.slots.insert(out_name.clone(), slot);

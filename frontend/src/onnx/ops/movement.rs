@@ -2,21 +2,24 @@
 //! `Concat`, `Split`, `Slice`, `Expand`, `Gather`, and the shape computations folded at
 //! import time: `Shape`, `Size`, `ConstantOfShape`, `Range`.
 //!
-//! Shape operands must be known at import time because the IR's shapes are static.
-//! Small integer computations on them (`Shape` -> `Gather` -> `Unsqueeze` -> `Concat`)
-//! are folded so that exported dynamic-shape patterns still import.
+//! Shape operands must be known at import time, as numbers or as symbolic sizes of the
+//! inputs' dynamic axes ([`ShapeValue`]). Small integer computations on them (`Shape`
+//! -> `Gather` -> `Unsqueeze` -> `Concat`, with `Add`/`Sub`/`Mul`/`Div`, `Equal`,
+//! `Where`, `Max`/`Min`) are folded, so exported dynamic-shape patterns import once
+//! with symbolic dimensions; `Range` up to a symbolic size becomes an `iota`.
 
 use super::one;
 use crate::onnx::import::{
-    broadcast_shapes, norm_axis, numel, unsupported, Importer, NodeCtx, OpResult, Out,
+    broadcast_shapes, norm_axis, unsupported, Importer, NodeCtx, OpResult, Out,
 };
+use crate::onnx::shape_values::{self, ShapeValue, SymInt};
 use crate::onnx::tensor::{round_float, Const, ConstData};
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp};
-use smelt_compiler::ir::{DType, Dim, Op, Shape, ValueId};
+use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 
 pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>>> {
     if let Some(folded) = fold(im, node, op)? {
-        return Ok(Some(vec![Out::Const(folded)]));
+        return Ok(Some(vec![folded]));
     }
     match op {
         "Reshape" => {
@@ -24,10 +27,13 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
             let shape = if node.opset < 5 {
                 node.ints("shape")
                     .ok_or("'Reshape' needs attribute 'shape'")?
+                    .into_iter()
+                    .map(SymInt::Int)
+                    .collect()
             } else {
-                im.const_input(node, 1)?
+                im.sizes_input(node, 1)?
                     .ok_or("'Reshape' needs a shape input")?
-                    .as_i64s()
+                    .elems
             };
             let allow_zero = node.int_or("allowzero", 0)? != 0;
             let dims = reshape_dims(&im.dims(x), &shape, allow_zero)?;
@@ -104,29 +110,19 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "Slice" => one(slice(im, node)?),
         "Expand" => {
             let x = im.input(node, 0)?;
-            let shape = im
-                .const_input(node, 1)?
+            let target = im
+                .sizes_input(node, 1)?
                 .ok_or("'Expand' needs a shape input")?
-                .as_i64s();
-            let target = shape
-                .iter()
-                .map(|&d| u64::try_from(d).map(Dim::fixed))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| format!("'Expand' shape {shape:?} has negative sizes"))?;
+                .to_dims("'Expand' shape")?;
             let dims = broadcast_shapes(&[im.dims(x), target])?;
             one(im.broadcast_to(x, &dims)?)
         }
         "Gather" => one(gather(im, node)?),
         "ConstantOfShape" => {
-            let shape = im
-                .const_input(node, 0)?
+            let dims = im
+                .sizes_input(node, 0)?
                 .ok_or("'ConstantOfShape' needs a shape input")?
-                .as_i64s();
-            let dims = shape
-                .iter()
-                .map(|&d| u64::try_from(d).map(Dim::fixed))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|_| format!("shape {shape:?} has negative sizes"))?;
+                .to_dims("shape")?;
             let (dtype, value) = match node.tensor("value")? {
                 Some(t) if t.numel() == 1 => (t.dtype, t.as_f64s()[0]),
                 Some(_) => return Err("'value' must hold one element".into()),
@@ -176,31 +172,34 @@ fn unsqueeze_dims(dims: Vec<Dim>, axes: &[i64]) -> OpResult<Vec<Dim>> {
 }
 
 /// The target dims of `Reshape` (`0` copies the input dim unless `allow_zero`, `-1` is inferred).
-fn reshape_dims(input: &[Dim], shape: &[i64], allow_zero: bool) -> OpResult<Vec<Dim>> {
+fn reshape_dims(input: &[Dim], shape: &[SymInt], allow_zero: bool) -> OpResult<Vec<Dim>> {
+    let shown: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let shape_text = format!("[{}]", shown.join(", "));
     let mut dims: Vec<Option<Dim>> = Vec::new();
-    for (i, &s) in shape.iter().enumerate() {
+    for (i, s) in shape.iter().enumerate() {
         dims.push(match s {
-            0 if !allow_zero => Some(
-                input
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| format!("reshape shape {shape:?}: no input dim {i} to copy"))?,
+            SymInt::Int(0) if !allow_zero => {
+                Some(input.get(i).cloned().ok_or_else(|| {
+                    format!("reshape shape {shape_text}: no input dim {i} to copy")
+                })?)
+            }
+            SymInt::Int(-1) => None,
+            s => Some(
+                s.to_dim()
+                    .ok_or_else(|| format!("reshape shape {shape_text} has size {s}"))?,
             ),
-            -1 => None,
-            s if s >= 0 => Some(Dim::fixed(s as u64)),
-            s => return Err(format!("reshape shape {shape:?} has size {s}").into()),
         });
     }
     let unknown = dims.iter().filter(|d| d.is_none()).count();
     if unknown > 1 {
-        return Err(format!("reshape shape {shape:?} has more than one -1").into());
+        return Err(format!("reshape shape {shape_text} has more than one -1").into());
     }
     if unknown == 1 {
         let total = Shape(input.to_vec()).numel()?;
         let known = Shape(dims.iter().flatten().cloned().collect()).numel()?;
         let inferred = total.div_exact(&known).ok_or_else(|| {
             format!(
-                "cannot infer the -1 of reshape shape {shape:?} from input [{}]",
+                "cannot infer the -1 of reshape shape {shape_text} from input [{}]",
                 Shape(input.to_vec())
             )
         })?;
@@ -265,7 +264,7 @@ fn split(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
 
 fn slice(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     let x = im.input(node, 0)?;
-    let dims = im.static_dims(x, "'Slice'")?;
+    let dims = im.dims(x);
     let rank = dims.len();
     let (starts, ends, axes, steps) = if node.opset < 10 {
         (
@@ -291,7 +290,17 @@ fn slice(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     let mut y = x;
     for i in 0..starts.len() {
         let axis = norm_axis(axes[i], rank)?;
-        let n = i128::from(dims[axis]);
+        let Some(n) = dims[axis].as_static() else {
+            // A symbolic axis may only be kept whole (PyTorch's `x[:, 0:]`).
+            if starts[i] == 0 && steps[i] == 1 && ends[i] >= i64::from(i32::MAX) {
+                continue;
+            }
+            return unsupported(format!(
+                "'Slice' of axis {axis} (size {}) from {} to {} by {}: a symbolic axis may only be sliced whole",
+                dims[axis], starts[i], ends[i], steps[i]
+            ));
+        };
+        let n = i128::from(n);
         let step = i128::from(steps[i]);
         let (s, e) = (i128::from(starts[i]), i128::from(ends[i]));
         let wrap = |v: i128| if v < 0 { v + n } else { v };
@@ -361,88 +370,126 @@ fn gather(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
 }
 
 /// Folds shape computations whose operands are all known at import time.
-fn fold(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Const>> {
+fn fold(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Out>> {
     match op {
         "Shape" => {
             let x = im.input(node, 0)?;
-            let dims = im.static_dims(x, "'Shape'")?;
+            let dims = im.dims(x);
             let r = dims.len() as i64;
             let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
             let start = clampi(node.int_or("start", 0)?);
             let end = clampi(node.int_or("end", r)?).max(start);
-            Ok(Some(Const::ints(
-                dims[start..end].iter().map(|&d| d as i64).collect(),
-            )))
+            Ok(Some(Out::known(ShapeValue::from_dims(&dims[start..end]))))
         }
         "Size" => {
             let x = im.input(node, 0)?;
-            let dims = im.static_dims(x, "'Size'")?;
-            Ok(Some(Const {
-                dtype: DType::I64,
-                shape: vec![],
-                data: ConstData::Int(vec![numel(&dims)? as i64]),
-            }))
+            let count = Shape(im.dims(x)).numel()?;
+            Ok(Some(Out::known(ShapeValue {
+                scalar: true,
+                ..ShapeValue::from_dims(&[count])
+            })))
         }
-        "Range" => {
-            let get = |i| -> OpResult<Const> {
-                im.const_input(node, i)?
-                    .ok_or_else(|| format!("'Range' needs input {i}").into())
-            };
-            let (start, limit, delta) = (get(0)?, get(1)?, get(2)?);
-            let dtype = start.dtype;
-            let (s, l, d) = (start.as_f64s()[0], limit.as_f64s()[0], delta.as_f64s()[0]);
-            if d == 0.0 {
-                return Err("'Range' delta must not be 0".into());
-            }
-            let count = ((l - s) / d).ceil().max(0.0);
-            if count > 1e8 {
-                return unsupported(format!("'Range' of {count} elements is too large"));
-            }
-            let count = count as usize;
-            let data = if dtype.is_float() {
-                // Each element is start + i * delta computed in the output type.
-                let (s, d) = (round_float(dtype, s), round_float(dtype, d));
-                ConstData::Float(
-                    (0..count)
-                        .map(|i| round_float(dtype, s + i as f64 * d))
-                        .collect(),
-                )
-            } else {
-                let (s, d) = (start.as_i64s()[0], delta.as_i64s()[0]);
-                ConstData::Int((0..count as i64).map(|i| s + i * d).collect())
-            };
-            Ok(Some(Const {
-                dtype,
-                shape: vec![count],
-                data,
-            }))
-        }
+        "Range" => range(im, node),
+        _ if shape_values::ELEMENTWISE.contains(&op) => fold_elementwise(im, node, op),
         "Unsqueeze" | "Squeeze" | "Concat" | "Gather" | "Identity" | "Cast" => {
-            fold_small_ints(im, node, op)
+            Ok(fold_small_ints(im, node, op)?.map(Out::known))
         }
         _ => Ok(None),
     }
 }
 
-/// Integer tensors of rank <= 1 known at import time stay known through these ops.
-fn fold_small_ints(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Const>> {
-    let mut consts = Vec::new();
+/// Integer arithmetic and comparisons on small integer values known at import time
+/// (sizes above all: `batch * sequence`, `hidden / heads`), so that the shapes they
+/// build stay known.
+fn fold_elementwise(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Out>> {
+    let mut operands = Vec::new();
+    for i in 0..node.input_count() {
+        match node.input_name(i).and_then(|name| im.known(name)) {
+            Some(v) => operands.push(v),
+            None => return Ok(None),
+        }
+    }
+    let condition_first = op == "Where";
+    // `Max` and `Min` take any number of operands; only pairs are folded.
+    if operands.len() != if condition_first { 3 } else { 2 } {
+        return Ok(None);
+    }
+    let ints_only = operands
+        .iter()
+        .enumerate()
+        .all(|(i, v)| v.dtype.is_int() || (condition_first && i == 0));
+    if !ints_only {
+        return Ok(None);
+    }
+    Ok(Some(Out::known(shape_values::elementwise(op, &operands)?)))
+}
+
+/// `Range`: a constant when its operands are known numbers; `iota` over a symbolic
+/// length when it counts from 0 by 1 up to a symbolic size (position ids).
+fn range(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Out>> {
+    let known = |i: usize| node.input_name(i).and_then(|n| im.known(n));
+    if let (Some(start), Some(limit), Some(delta)) = (known(0), known(1), known(2)) {
+        if limit.is_symbolic() {
+            let is = |v: &ShapeValue, n: i64| v.elems == [SymInt::Int(n)];
+            if !(is(&start, 0) && is(&delta, 1)) {
+                return unsupported(format!(
+                    "'Range' from {start} to {limit} by {delta}: only ranges from 0 by 1 may end at a symbolic size"
+                ));
+            }
+            let length = limit.to_dims("'Range' limit")?;
+            let ty = TensorType::new(limit.dtype, Shape(length));
+            return Ok(Some(Out::Ir(im.op_typed(Op::Iota { axis: 0 }, &[], ty)?)));
+        }
+    }
+    let get = |i| -> OpResult<Const> {
+        im.const_input(node, i)?
+            .ok_or_else(|| format!("'Range' needs input {i}").into())
+    };
+    let (start, limit, delta) = (get(0)?, get(1)?, get(2)?);
+    let dtype = start.dtype;
+    let (s, l, d) = (start.as_f64s()[0], limit.as_f64s()[0], delta.as_f64s()[0]);
+    if d == 0.0 {
+        return Err("'Range' delta must not be 0".into());
+    }
+    let count = ((l - s) / d).ceil().max(0.0);
+    if count > 1e8 {
+        return unsupported(format!("'Range' of {count} elements is too large"));
+    }
+    let count = count as usize;
+    let data = if dtype.is_float() {
+        // Each element is start + i * delta computed in the output type.
+        let (s, d) = (round_float(dtype, s), round_float(dtype, d));
+        ConstData::Float(
+            (0..count)
+                .map(|i| round_float(dtype, s + i as f64 * d))
+                .collect(),
+        )
+    } else {
+        let (s, d) = (start.as_i64s()[0], delta.as_i64s()[0]);
+        ConstData::Int((0..count as i64).map(|i| s + i * d).collect())
+    };
+    Ok(Some(Out::Const(Const {
+        dtype,
+        shape: vec![count],
+        data,
+    })))
+}
+
+/// Integer tensors of rank <= 1 known at import time (symbolic sizes included) stay
+/// known through these ops.
+fn fold_small_ints(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<ShapeValue>> {
+    let mut known = Vec::new();
     for i in 0..node.input_count() {
         let Some(name) = node.input_name(i) else {
             continue;
         };
-        match im.slots.get(name).and_then(|s| s.konst.clone()) {
-            Some(c) if c.dtype.is_int() && c.shape.len() <= 1 => consts.push(c),
+        match im.known(name) {
+            Some(v) if v.dtype != DType::Bool || op == "Identity" => known.push(v),
             _ => return Ok(None),
         }
     }
-    let Some(first) = consts.first() else {
+    let Some(first) = known.first() else {
         return Ok(None);
-    };
-    let ints = |v: Vec<i64>, shape: Vec<usize>, dtype| Const {
-        dtype,
-        shape,
-        data: ConstData::Int(v),
     };
     Ok(match op {
         "Identity" => Some(first.clone()),
@@ -450,45 +497,52 @@ fn fold_small_ints(im: &Importer, node: &NodeCtx, op: &str) -> OpResult<Option<C
             .int("to")?
             .map(|t| crate::onnx::tensor::ir_dtype(t as i32))
         {
-            Some(Ok(t)) if t.is_int() => Some(ints(first.as_i64s(), first.shape.clone(), t)),
+            Some(Ok(t)) if t.is_int() => Some(first.cast(t)),
             _ => None,
         },
-        "Unsqueeze" | "Squeeze" => {
-            let axes = axes_operand(im, node, 13)?;
-            let dims: Vec<Dim> = first.shape.iter().map(|&d| Dim::fixed(d as u64)).collect();
-            let dims = if op == "Unsqueeze" {
-                unsqueeze_dims(dims, &axes.unwrap_or_default())?
-            } else {
-                dims.into_iter().filter(|d| *d != Dim::fixed(1)).collect()
-            };
-            let shape: Option<Vec<usize>> = Shape(dims)
-                .as_static()
-                .map(|s| s.iter().map(|&d| d as usize).collect());
-            shape
-                .filter(|s| s.len() <= 1)
-                .map(|s| ints(first.as_i64s(), s, first.dtype))
+        "Unsqueeze" => {
+            let axes = axes_operand(im, node, 13)?.unwrap_or_default();
+            let len = Dim::fixed(first.elems.len() as u64);
+            let rank = if first.scalar { 0 } else { 1 };
+            let dims = unsqueeze_dims(vec![len; rank], &axes)?;
+            (dims.len() == 1).then(|| ShapeValue {
+                scalar: false,
+                ..first.clone()
+            })
         }
+        "Squeeze" => (first.elems.len() == 1).then(|| ShapeValue {
+            scalar: true,
+            ..first.clone()
+        }),
         "Concat" => {
-            if consts.iter().any(|c| c.shape.len() != 1) {
+            if known.iter().any(|v| v.scalar) {
                 return Ok(None);
             }
-            let v: Vec<i64> = consts.iter().flat_map(|c| c.as_i64s()).collect();
-            let n = v.len();
-            Some(ints(v, vec![n], first.dtype))
+            Some(ShapeValue {
+                dtype: first.dtype,
+                scalar: false,
+                elems: known.iter().flat_map(|v| v.elems.clone()).collect(),
+            })
         }
-        "Gather" if consts.len() == 2 && first.shape.len() == 1 => {
-            let table = first.as_i64s();
-            let n = table.len() as i64;
-            let idx = &consts[1];
-            let mut out = Vec::new();
-            for i in idx.as_i64s() {
+        "Gather" if known.len() == 2 && !first.scalar => {
+            let n = first.elems.len() as i64;
+            let idx = &known[1];
+            let mut elems = Vec::new();
+            for i in &idx.elems {
+                let SymInt::Int(i) = *i else {
+                    return Ok(None);
+                };
                 let j = if i < 0 { i + n } else { i };
-                match table.get(j as usize) {
-                    Some(&v) if j >= 0 => out.push(v),
+                match first.elems.get(j as usize) {
+                    Some(e) if j >= 0 => elems.push(e.clone()),
                     _ => return Err(format!("gather index {i} is out of range for {n}").into()),
                 }
             }
-            Some(ints(out, idx.shape.clone(), first.dtype))
+            Some(ShapeValue {
+                dtype: first.dtype,
+                scalar: idx.scalar,
+                elems,
+            })
         }
         _ => None,
     })
