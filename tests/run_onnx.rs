@@ -40,6 +40,11 @@ fn reshape_model() -> Vec<u8> {
         }],
         ..Default::default()
     };
+    opset_13_model(graph)
+}
+
+/// A model of `graph` in the default domain at opset 13, encoded.
+fn opset_13_model(graph: GraphProto) -> Vec<u8> {
     ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
@@ -173,34 +178,6 @@ fn run_reads_string_tensor_files() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// An input of element type `elem_type` whose dimensions are the named dynamic axes
-/// `dims` (ONNX `dim_param`) or sizes.
-fn dynamic_value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
-    use smelt_frontend::onnx::proto::tensor_shape_proto::{dimension, Dimension};
-    use smelt_frontend::onnx::proto::{type_proto, TensorShapeProto, TypeProto};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d.parse::<i64>() {
-                Ok(n) => dimension::Value::DimValue(n),
-                Err(_) => dimension::Value::DimParam((*d).into()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem_type),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The shape computations of a PyTorch export with dynamic `batch` and `sequence` axes,
 /// on `x: f32[batch, sequence, 8]`:
 /// - `heads = Transpose(Reshape(x, [b, t, 2, 4]), [0, 2, 1, 3])`, the shape built by
@@ -280,7 +257,11 @@ fn dynamic_axes_model() -> Vec<u8> {
             ints("one1", vec![1], vec![1]),
             ints("two1", vec![1], vec![2]),
         ],
-        input: vec![dynamic_value_info("x", FLOAT, &["batch", "sequence", "8"])],
+        input: vec![common::onnx_dynamic_value_info(
+            "x",
+            FLOAT,
+            &["batch", "sequence", "8"],
+        )],
         output: ["heads", "rows", "placed", "zeros", "half"]
             .iter()
             .map(|n| ValueInfoProto {
@@ -290,16 +271,7 @@ fn dynamic_axes_model() -> Vec<u8> {
             .collect(),
         ..Default::default()
     };
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(13),
-        }],
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    opset_13_model(graph)
 }
 
 /// A model with dynamic axes imports once with symbolic sizes (`dump-ir` shows them)

@@ -234,26 +234,39 @@ pub fn onnx_value_info(
     elem_type: i32,
     dims: &[i64],
 ) -> smelt_frontend::onnx::proto::ValueInfoProto {
+    let dims: Vec<String> = dims.iter().map(ToString::to_string).collect();
+    let dims: Vec<&str> = dims.iter().map(String::as_str).collect();
+    onnx_dynamic_value_info(name, elem_type, &dims)
+}
+
+/// An ONNX graph input or output whose dimensions are sizes (`"8"`) or the names of
+/// dynamic axes (`"batch"`, ONNX `dim_param`).
+pub fn onnx_dynamic_value_info(
+    name: &str,
+    elem_type: i32,
+    dims: &[&str],
+) -> smelt_frontend::onnx::proto::ValueInfoProto {
     use smelt_frontend::onnx::proto::{
         tensor_shape_proto::{dimension, Dimension},
         type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
     };
 
-    let shape = TensorShapeProto {
-        dim: dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d)),
-                ..Default::default()
-            })
-            .collect(),
-    };
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d.parse::<i64>() {
+                Ok(n) => dimension::Value::DimValue(n),
+                Err(_) => dimension::Value::DimParam((*d).into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
     ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: Some(elem_type),
-                shape: Some(shape),
+                shape: Some(TensorShapeProto { dim }),
             })),
             ..Default::default()
         }),
