@@ -69,6 +69,12 @@ enum Command {
         after_help = "Examples:\n  smelt plot train.jsonl -o loss.svg\n  smelt plot adamw.jsonl sgd.jsonl -o compare.svg"
     )]
     Plot(commands::plot::Args),
+    /// Simulate a pipeline-parallel training step: a schedule (1F1B, zero bubble) over
+    /// stages and micro-batches under given pass costs; step time, bubbles, trace.
+    #[command(
+        after_help = "Example:\n  smelt simulate --schedule zb1p --pp 4 --micro-batches 8 --costs F=1,B=2,W=1"
+    )]
+    Simulate(commands::simulate::Args),
     /// Measure the GPU path on a real GPU: bf16 matmul time, where communication CTAs
     /// run, the slowdown of reserving SMs, and all-to-all/compute overlap.
     #[command(after_help = "Example:\n  smelt gpu-check --target h200 --comm-sms 24")]
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::main(args),
         Command::Bench(args) => commands::bench::main(args),
         Command::Plot(args) => commands::plot::main(args),
+        Command::Simulate(args) => commands::simulate::main(args),
         Command::GpuCheck(args) => commands::gpu_check::main(args),
     };
     match result {

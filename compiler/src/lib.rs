@@ -16,4 +16,5 @@ pub mod kernel;
 pub mod optimize;
 pub mod passes;
 pub mod pipeline;
+pub mod pipeline_parallel;
 pub mod schedule;

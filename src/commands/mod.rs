@@ -12,6 +12,7 @@ pub mod gpu_check;
 pub mod plot;
 pub mod run;
 pub mod serve;
+pub mod simulate;
 pub mod train;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;

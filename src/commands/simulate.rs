@@ -1,0 +1,115 @@
+//! `smelt simulate`: plays a pipeline-parallel schedule out under given pass costs and
+//! reports the step time and bubbles, optionally as a Chrome trace.
+
+use super::write_output;
+use smelt_compiler::pipeline_parallel::{generate, ScheduleKind};
+use smelt_frontend::Diagnostic;
+use smelt_sim::{simulate, Costs};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// One forward, one backward.
+    #[value(name = "1f1b")]
+    OneFOneB,
+    /// Zero bubble: backward split into input (B) and weight (W) passes.
+    Zb1p,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The schedule.
+    #[arg(long)]
+    schedule: ScheduleArg,
+    /// Pipeline stages (one rank each).
+    #[arg(long)]
+    pp: usize,
+    /// Micro-batches per training step.
+    #[arg(long)]
+    micro_batches: usize,
+    /// Pass costs in any one unit: `F=…,B=…,W=…` (B the whole backward, W its
+    /// weight-gradient part). Costs taken from a compiled model are not implemented yet.
+    #[arg(long)]
+    costs: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Also write the timeline as a Chrome trace (opens in Perfetto).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
+fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
+    let mut costs = Costs {
+        forward: f64::NAN,
+        backward: f64::NAN,
+        weight: 0.0,
+    };
+    for item in text.split(',') {
+        let bad = || {
+            Diagnostic::plain(format!(
+                "--costs: '{item}' is not NAME=VALUE with NAME one of F, B, W and VALUE a number"
+            ))
+        };
+        let (name, value) = item.split_once('=').ok_or_else(bad)?;
+        let value: f64 = value.trim().parse().map_err(|_| bad())?;
+        match name.trim() {
+            "F" => costs.forward = value,
+            "B" => costs.backward = value,
+            "W" => costs.weight = value,
+            _ => return Err(bad()),
+        }
+    }
+    if costs.forward.is_nan() || costs.backward.is_nan() {
+        return Err(Diagnostic::plain(
+            "--costs must give F and B (W defaults to 0)",
+        ));
+    }
+    costs
+        .check()
+        .map_err(|e| Diagnostic::plain(format!("--costs: {e}")))?;
+    Ok(costs)
+}
+
+pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let costs = parse_costs(&args.costs)?;
+    let kind = match args.schedule {
+        ScheduleArg::OneFOneB => ScheduleKind::OneFOneB,
+        ScheduleArg::Zb1p => ScheduleKind::ZeroBubble,
+    };
+    let plan = generate(kind, args.pp, args.micro_batches)
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let timeline = simulate(&plan, &costs).map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let report = timeline.report();
+    if let Some(path) = &args.trace {
+        let trace = timeline.chrome_trace().to_string();
+        std::fs::write(path, trace)
+            .map_err(|e| Diagnostic::plain(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let text = match args.format {
+        Format::Json => {
+            serde_json::json!({
+                "step_time": report.step_time,
+                "bubble": report.bubble,
+                "bubble_per_rank": report.bubble_per_rank,
+                "ranks": plan.to_text().lines().collect::<Vec<_>>(),
+            })
+            .to_string()
+                + "\n"
+        }
+        Format::Text => format!(
+            "{}step time {}, bubble {} (largest over ranks; per rank: {:?})\n",
+            plan.to_text(),
+            report.step_time,
+            report.bubble,
+            report.bubble_per_rank
+        ),
+    };
+    write_output(None, &text)
+}

@@ -1,0 +1,61 @@
+//! `smelt simulate` from the command line: the JSON report's bubble is the closed form
+//! of DeepSeek-V3's report, the trace is a Chrome trace, and bad costs are errors.
+
+mod common;
+
+use common::{expect_user_error, smelt, texts};
+
+#[test]
+fn json_report_and_trace() {
+    let trace = std::env::temp_dir().join(format!("smelt-simulate-{}.json", std::process::id()));
+    let out = smelt(&[
+        "simulate",
+        "--schedule",
+        "zb1p",
+        "--pp",
+        "8",
+        "--micro-batches",
+        "16",
+        "--costs",
+        "F=2,B=3,W=1",
+        "--format",
+        "json",
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+    ]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    // (PP - 1)(F + B - 2W) = 7 * 3; the step is 16 micro-batches of F + B plus that.
+    assert_eq!(report["bubble"], 21.0);
+    assert_eq!(report["step_time"], 16.0 * 5.0 + 21.0);
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace written"))
+            .expect("trace is JSON");
+    let slices = trace["traceEvents"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .count();
+    assert_eq!(slices, 8 * 16 * 3);
+}
+
+#[test]
+fn bad_costs_are_user_errors() {
+    for costs in ["F=1", "F=1,B=2,W=2", "F=-1,B=2", "F=1,B=x", "G=1"] {
+        let out = smelt(&[
+            "simulate",
+            "--schedule",
+            "1f1b",
+            "--pp",
+            "4",
+            "--micro-batches",
+            "8",
+            "--costs",
+            costs,
+        ]);
+        let err = expect_user_error(&out);
+        assert!(err.contains("--costs"), "{costs}: {err}");
+    }
+}
