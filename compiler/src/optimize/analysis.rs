@@ -13,6 +13,7 @@ use super::lang::{Kind, OpKey, TensorNode};
 use crate::ir::ops::{BinaryOp, UnaryOp};
 use crate::ir::{DType, Op, TensorType};
 use egg::{Analysis, DidMerge, EGraph, Id};
+use rustc_hash::FxHashMap;
 
 /// The e-graph of a tensor program.
 pub type TensorGraph = EGraph<TensorNode, TensorAnalysis>;
@@ -26,9 +27,31 @@ pub struct Facts {
     pub constant: Option<f64>,
 }
 
-/// The analysis of [`TensorGraph`] (stateless: facts live in the classes).
+/// The analysis of [`TensorGraph`]. Facts live in the classes; the analysis itself
+/// keeps an index of the classes each op was first added to, so that a rule about one
+/// op visits those classes instead of all of them ([`TensorAnalysis::classes_with`]).
 #[derive(Default, Clone, Debug)]
-pub struct TensorAnalysis;
+pub struct TensorAnalysis {
+    /// Op name (`None` for leaves) → the class each node with that op was created in.
+    /// Classes merge later: readers canonicalise the ids.
+    created_in: FxHashMap<&'static str, Vec<Id>>,
+}
+
+impl TensorAnalysis {
+    /// The classes (canonical, sorted, each once) holding a node whose op is one of
+    /// `ops` (by [`crate::ir::Op::name`]).
+    pub fn classes_with(egraph: &TensorGraph, ops: &[&str]) -> Vec<Id> {
+        let mut ids: Vec<Id> = ops
+            .iter()
+            .filter_map(|op| egraph.analysis.created_in.get(op))
+            .flatten()
+            .map(|&id| egraph.find(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
 
 /// The type of a node from its key and its children's types, or why it is ill-typed.
 pub fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, String> {
@@ -118,6 +141,13 @@ impl Analysis<TensorNode> for TensorAnalysis {
     }
 
     fn modify(egraph: &mut TensorGraph, id: Id) {
+        // A class of one node is new (or a merge of equal nodes, indexed already).
+        if let [node] = egraph[id].nodes.as_slice() {
+            if let Some(op) = node.op() {
+                let name = op.name();
+                egraph.analysis.created_in.entry(name).or_default().push(id);
+            }
+        }
         let Some(value) = egraph[id].data.constant else {
             return;
         };

@@ -47,56 +47,60 @@ fn bin(op: BinaryOp, a: Build, b: Build) -> Build {
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     use BinaryOp::*;
     vec![
-        node_rule("algebra/mul-one", |eg, n| match binary(n)? {
+        node_rule("algebra/mul-one", &["mul"], |eg, n| match binary(n)? {
             (Mul, x, c) | (Mul, c, x) if is_const(eg, c, 1.0) => Some(Build::Class(x)),
             _ => None,
         }),
-        node_rule("algebra/mul-minus-one", |eg, n| match binary(n)? {
-            (Mul, x, c) | (Mul, c, x) if is_const(eg, c, -1.0) => Some(neg(Build::Class(x))),
-            _ => None,
+        node_rule("algebra/mul-minus-one", &["mul"], |eg, n| {
+            match binary(n)? {
+                (Mul, x, c) | (Mul, c, x) if is_const(eg, c, -1.0) => Some(neg(Build::Class(x))),
+                _ => None,
+            }
         }),
-        node_rule("algebra/add-zero", |eg, n| match binary(n)? {
+        node_rule("algebra/add-zero", &["add"], |eg, n| match binary(n)? {
             (Add, x, c) | (Add, c, x) if is_const(eg, c, 0.0) => Some(Build::Class(x)),
             _ => None,
         }),
-        node_rule("algebra/sub-zero", |eg, n| match binary(n)? {
+        node_rule("algebra/sub-zero", &["sub"], |eg, n| match binary(n)? {
             (Sub, x, c) if is_const(eg, c, 0.0) => Some(Build::Class(x)),
             _ => None,
         }),
-        node_rule("algebra/zero-sub", |eg, n| match binary(n)? {
+        node_rule("algebra/zero-sub", &["sub"], |eg, n| match binary(n)? {
             (Sub, c, x) if is_const(eg, c, 0.0) => Some(neg(Build::Class(x))),
             _ => None,
         }),
-        node_rule("algebra/div-one", |eg, n| match binary(n)? {
+        node_rule("algebra/div-one", &["div"], |eg, n| match binary(n)? {
             (Div, x, c) if is_const(eg, c, 1.0) => Some(Build::Class(x)),
             _ => None,
         }),
-        node_rule("algebra/div-pow2-to-mul", |eg, n| match binary(n)? {
-            (Div, x, c) => {
-                let k = constant(eg, c)?;
-                let exact = k != 0.0 && k.is_finite() && (1.0 / k).is_finite() && {
-                    let (m, _) = frexp(k.abs());
-                    m == 0.5
-                };
-                (exact && ty(eg, x).dtype == DType::F32).then(|| {
-                    bin(
-                        Mul,
-                        Build::Class(x),
-                        Build::splat(1.0 / k, ty(eg, c).clone()),
-                    )
-                })
+        node_rule("algebra/div-pow2-to-mul", &["div"], |eg, n| {
+            match binary(n)? {
+                (Div, x, c) => {
+                    let k = constant(eg, c)?;
+                    let exact = k != 0.0 && k.is_finite() && (1.0 / k).is_finite() && {
+                        let (m, _) = frexp(k.abs());
+                        m == 0.5
+                    };
+                    (exact && ty(eg, x).dtype == DType::F32).then(|| {
+                        bin(
+                            Mul,
+                            Build::Class(x),
+                            Build::splat(1.0 / k, ty(eg, c).clone()),
+                        )
+                    })
+                }
+                _ => None,
             }
-            _ => None,
         }),
-        node_rule("algebra/neg-neg", |eg, n| match n.op()? {
+        node_rule("algebra/neg-neg", &["neg"], |eg, n| match n.op()? {
             Op::Unary(UnaryOp::Neg) => negated(eg, n.children[0]).map(Build::Class),
             _ => None,
         }),
-        node_rule("algebra/sub-neg", |eg, n| match binary(n)? {
+        node_rule("algebra/sub-neg", &["sub"], |eg, n| match binary(n)? {
             (Sub, x, y) => negated(eg, y).map(|y| bin(Add, Build::Class(x), Build::Class(y))),
             _ => None,
         }),
-        node_rule("algebra/add-neg", |eg, n| match binary(n)? {
+        node_rule("algebra/add-neg", &["add"], |eg, n| match binary(n)? {
             (Add, x, y) => match (negated(eg, x), negated(eg, y)) {
                 (_, Some(y)) => Some(bin(Sub, Build::Class(x), Build::Class(y))),
                 (Some(x), None) => Some(bin(Sub, Build::Class(y), Build::Class(x))),
@@ -104,28 +108,38 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
             },
             _ => None,
         }),
-        node_rule("algebra/neg-times-neg", |eg, n| match binary(n)? {
-            (Mul, x, y) => {
-                let (x, y) = (negated(eg, x)?, negated(eg, y)?);
-                Some(bin(Mul, Build::Class(x), Build::Class(y)))
+        node_rule("algebra/neg-times-neg", &["mul"], |eg, n| {
+            match binary(n)? {
+                (Mul, x, y) => {
+                    let (x, y) = (negated(eg, x)?, negated(eg, y)?);
+                    Some(bin(Mul, Build::Class(x), Build::Class(y)))
+                }
+                _ => None,
             }
-            _ => None,
         }),
-        node_rule("algebra/idempotent-max-min", |eg, n| match binary(n)? {
-            (Max | Min, x, y) if eg.find(x) == eg.find(y) => Some(Build::Class(x)),
-            _ => None,
-        }),
-        node_rule("algebra/select-same", |eg, n| match n.op()? {
-            Op::Select if eg.find(n.children[1]) == eg.find(n.children[2]) => {
-                Some(Build::Class(n.children[1]))
+        node_rule(
+            "algebra/idempotent-max-min",
+            &["max", "min"],
+            |eg, n| match binary(n)? {
+                (Max | Min, x, y) if eg.find(x) == eg.find(y) => Some(Build::Class(x)),
+                _ => None,
+            },
+        ),
+        node_rule("algebra/select-same", &["select"], |eg, n| {
+            match n.op()? {
+                Op::Select if eg.find(n.children[1]) == eg.find(n.children[2]) => {
+                    Some(Build::Class(n.children[1]))
+                }
+                _ => None,
             }
-            _ => None,
         }),
-        node_rule("algebra/cast-same-type", |eg, n| match n.op()? {
-            Op::Cast if n.key.declared() == Some(ty(eg, n.children[0])) => {
-                Some(Build::Class(n.children[0]))
+        node_rule("algebra/cast-same-type", &["cast"], |eg, n| {
+            match n.op()? {
+                Op::Cast if n.key.declared() == Some(ty(eg, n.children[0])) => {
+                    Some(Build::Class(n.children[0]))
+                }
+                _ => None,
             }
-            _ => None,
         }),
     ]
 }
@@ -134,13 +148,13 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
 pub fn finite_rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     use BinaryOp::*;
     vec![
-        node_rule("algebra/sub-self", |eg, n| match binary(n)? {
+        node_rule("algebra/sub-self", &["sub"], |eg, n| match binary(n)? {
             (Sub, x, y) if eg.find(x) == eg.find(y) && ty(eg, x).dtype.is_float() => {
                 Some(Build::splat(0.0, ty(eg, x).clone()))
             }
             _ => None,
         }),
-        node_rule("algebra/mul-zero", |eg, n| match binary(n)? {
+        node_rule("algebra/mul-zero", &["mul"], |eg, n| match binary(n)? {
             (Mul, x, c) | (Mul, c, x) if is_const(eg, c, 0.0) && ty(eg, x).dtype.is_float() => {
                 Some(Build::splat(0.0, ty(eg, x).clone()))
             }

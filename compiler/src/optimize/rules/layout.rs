@@ -46,11 +46,13 @@ fn transposed(egraph: &TensorGraph, id: Id) -> Option<Id> {
 /// The rules.
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     vec![
-        node_rule("layout/permute-identity", |_, n| match n.op()? {
-            Op::Permute { perm } if is_identity(perm) => Some(Build::Class(n.children[0])),
-            _ => None,
+        node_rule("layout/permute-identity", &["permute"], |_, n| {
+            match n.op()? {
+                Op::Permute { perm } if is_identity(perm) => Some(Build::Class(n.children[0])),
+                _ => None,
+            }
         }),
-        node_rule("layout/permute-permute", |eg, n| {
+        node_rule("layout/permute-permute", &["permute"], |eg, n| {
             let Op::Permute { perm: outer } = n.op()? else {
                 return None;
             };
@@ -68,13 +70,15 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 Build::op(Op::Permute { perm }, vec![x])
             })
         }),
-        node_rule("layout/reshape-identity", |eg, n| match n.op()? {
-            Op::Reshape if n.key.declared() == Some(ty(eg, n.children[0])) => {
-                Some(Build::Class(n.children[0]))
+        node_rule("layout/reshape-identity", &["reshape"], |eg, n| {
+            match n.op()? {
+                Op::Reshape if n.key.declared() == Some(ty(eg, n.children[0])) => {
+                    Some(Build::Class(n.children[0]))
+                }
+                _ => None,
             }
-            _ => None,
         }),
-        node_rule("layout/reshape-reshape", |eg, n| {
+        node_rule("layout/reshape-reshape", &["reshape"], |eg, n| {
             let Op::Reshape = n.op()? else { return None };
             let inner = nodes_where(eg, n.children[0], |op| *op == Op::Reshape).next()?;
             let declared = n.key.declared()?.clone();
@@ -84,15 +88,19 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 vec![Build::Class(inner.children[0])],
             ))
         }),
-        node_rule("layout/broadcast-identity", |eg, n| match n.op()? {
-            Op::Broadcast { dims }
-                if is_identity(dims) && n.key.declared() == Some(ty(eg, n.children[0])) =>
-            {
-                Some(Build::Class(n.children[0]))
-            }
-            _ => None,
-        }),
-        node_rule("layout/broadcast-broadcast", |eg, n| {
+        node_rule(
+            "layout/broadcast-identity",
+            &["broadcast"],
+            |eg, n| match n.op()? {
+                Op::Broadcast { dims }
+                    if is_identity(dims) && n.key.declared() == Some(ty(eg, n.children[0])) =>
+                {
+                    Some(Build::Class(n.children[0]))
+                }
+                _ => None,
+            },
+        ),
+        node_rule("layout/broadcast-broadcast", &["broadcast"], |eg, n| {
             let Op::Broadcast { dims: outer } = n.op()? else {
                 return None;
             };
@@ -110,7 +118,7 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 vec![Build::Class(inner_node.children[0])],
             ))
         }),
-        node_rule("layout/transpose-of-matmul", |eg, n| {
+        node_rule("layout/transpose-of-matmul", &["permute"], |eg, n| {
             let Op::Permute { perm } = n.op()? else {
                 return None;
             };
@@ -125,7 +133,7 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 vec![transpose(Build::Class(b), r), transpose(Build::Class(a), r)],
             ))
         }),
-        node_rule("layout/matmul-of-transposes", |eg, n| {
+        node_rule("layout/matmul-of-transposes", &["matmul"], |eg, n| {
             let Op::MatMul = n.op()? else { return None };
             let a = transposed(eg, n.children[0])?;
             let b = transposed(eg, n.children[1])?;
@@ -135,16 +143,20 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 r,
             ))
         }),
-        node_rule("layout/sink-permute-through-unary", |eg, n| {
-            let Op::Permute { perm } = n.op()? else {
-                return None;
-            };
-            let u = nodes_where(eg, n.children[0], |op| matches!(op, Op::Unary(_))).next()?;
-            let inner = Build::op(
-                Op::Permute { perm: perm.clone() },
-                vec![Build::Class(u.children[0])],
-            );
-            Some(Build::Node(u.key.clone(), vec![inner]))
-        }),
+        node_rule(
+            "layout/sink-permute-through-unary",
+            &["permute"],
+            |eg, n| {
+                let Op::Permute { perm } = n.op()? else {
+                    return None;
+                };
+                let u = nodes_where(eg, n.children[0], |op| matches!(op, Op::Unary(_))).next()?;
+                let inner = Build::op(
+                    Op::Permute { perm: perm.clone() },
+                    vec![Build::Class(u.children[0])],
+                );
+                Some(Build::Node(u.key.clone(), vec![inner]))
+            },
+        ),
     ]
 }

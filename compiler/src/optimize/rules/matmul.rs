@@ -37,19 +37,19 @@ fn matmuls(egraph: &TensorGraph, id: Id) -> impl Iterator<Item = (Id, Id)> + '_ 
 /// The rules.
 pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
     vec![
-        node_rule("matmul/assoc-left-to-right", |eg, n| {
+        node_rule("matmul/assoc-left-to-right", &["matmul"], |eg, n| {
             let Op::MatMul = n.op()? else { return None };
             let (ab, c) = (n.children[0], n.children[1]);
             let (a, b) = matmuls(eg, ab).next()?;
             Some(mm(Build::Class(a), mm(Build::Class(b), Build::Class(c))))
         }),
-        node_rule("matmul/assoc-right-to-left", |eg, n| {
+        node_rule("matmul/assoc-right-to-left", &["matmul"], |eg, n| {
             let Op::MatMul = n.op()? else { return None };
             let (a, bc) = (n.children[0], n.children[1]);
             let (b, c) = matmuls(eg, bc).next()?;
             Some(mm(mm(Build::Class(a), Build::Class(b)), Build::Class(c)))
         }),
-        node_rule("matmul/factor-shared-operand", |eg, n| {
+        node_rule("matmul/factor-shared-operand", &["add"], |eg, n| {
             let Op::Binary(BinaryOp::Add) = n.op()? else {
                 return None;
             };
@@ -75,7 +75,7 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
             }
             None
         }),
-        node_rule("matmul/pull-scalar-out", |eg, n| {
+        node_rule("matmul/pull-scalar-out", &["matmul"], |eg, n| {
             let Op::MatMul = n.op()? else { return None };
             let (a, b) = (n.children[0], n.children[1]);
             let (inner, k, other_left) = match (scaled(eg, a), scaled(eg, b)) {
@@ -94,7 +94,7 @@ pub fn rules() -> Vec<Rewrite<TensorNode, TensorAnalysis>> {
                 vec![product, Build::splat(k, out_ty)],
             ))
         }),
-        node_rule("matmul/push-scalar-in", |eg, n| {
+        node_rule("matmul/push-scalar-in", &["mul"], |eg, n| {
             let Op::Binary(BinaryOp::Mul) = n.op()? else {
                 return None;
             };

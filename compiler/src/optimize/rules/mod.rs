@@ -79,7 +79,9 @@ pub type Finder = Arc<dyn Fn(&TensorGraph, &TensorClass) -> Vec<(Id, Build)> + S
 /// An e-class of the tensor e-graph.
 pub type TensorClass = EClass<TensorNode, Facts>;
 
-struct ClassRule(Finder);
+/// A rule's finder, and the ops one of whose nodes every class it matches holds (`None`:
+/// any class may match).
+struct ClassRule(Finder, Option<&'static [&'static str]>);
 
 impl ClassRule {
     fn search_class(
@@ -109,23 +111,29 @@ impl Searcher<TensorNode, TensorAnalysis> for ClassRule {
         self.search_class(egraph, &egraph[eclass], limit)
     }
 
-    // Walks the classes in storage order and hands each to the finder as is: looking
-    // every class up by id again (egg's default) cost one cache miss per class per rule,
-    // a large share of search time in deep models.
+    // A rule about one op visits the classes holding that op (the analysis indexes
+    // them); others walk every class in storage order and hand each to the finder as
+    // is (egg's default looks every class up by id again, a cache miss per class per
+    // rule, a large share of search time in deep models).
     fn search_with_limit(
         &self,
         egraph: &TensorGraph,
         mut limit: usize,
     ) -> Vec<SearchMatches<'_, TensorNode>> {
         let mut found = Vec::new();
-        for class in egraph.classes() {
-            if limit == 0 {
-                break;
+        let mut visit = |class: &TensorClass| {
+            if limit > 0 {
+                if let Some(m) = self.search_class(egraph, class, limit) {
+                    limit -= 1;
+                    found.push(m);
+                }
             }
-            if let Some(m) = self.search_class(egraph, class, limit) {
-                limit -= 1;
-                found.push(m);
-            }
+        };
+        match self.1 {
+            Some(ops) => TensorAnalysis::classes_with(egraph, ops)
+                .into_iter()
+                .for_each(|id| visit(&egraph[id])),
+            None => egraph.classes().for_each(visit),
         }
         found
     }
@@ -162,25 +170,36 @@ pub fn class_rule(
     name: &str,
     find: impl Fn(&TensorGraph, &TensorClass) -> Vec<(Id, Build)> + Send + Sync + 'static,
 ) -> Rewrite<TensorNode, TensorAnalysis> {
-    let finder: Finder = Arc::new(find);
-    Rewrite::new(name, ClassRule(finder.clone()), ClassRule(finder))
+    rule(name, None, Arc::new(find))
+}
+
+fn rule(
+    name: &str,
+    ops: Option<&'static [&'static str]>,
+    finder: Finder,
+) -> Rewrite<TensorNode, TensorAnalysis> {
+    Rewrite::new(name, ClassRule(finder.clone(), ops), ClassRule(finder, ops))
         .unwrap_or_else(|e| panic!("internal: rule {name}: {e}"))
 }
 
 /// A class rule that looks at each node of the class in turn: `find(egraph, node)`
-/// gives expressions equal to the class.
+/// gives expressions equal to the class. It matches only at nodes whose op is one of
+/// `ops` (by [`Op::name`]), so only classes holding such a node are searched.
 pub fn node_rule(
     name: &str,
+    ops: &'static [&'static str],
     find: impl Fn(&TensorGraph, &TensorNode) -> Option<Build> + Send + Sync + 'static,
 ) -> Rewrite<TensorNode, TensorAnalysis> {
-    class_rule(name, move |egraph, class| {
+    let finder: Finder = Arc::new(move |egraph: &TensorGraph, class: &TensorClass| {
         class
             .nodes
             .iter()
+            .filter(|n| n.op().is_some_and(|op| ops.contains(&op.name())))
             .filter_map(|n| find(egraph, n))
             .map(|b| (class.id, b))
             .collect()
-    })
+    });
+    rule(name, Some(ops), finder)
 }
 
 /// The type of class `id`.
