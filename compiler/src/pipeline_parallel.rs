@@ -8,12 +8,12 @@
 //!   Pipeline Parallelism", 2023). The backward is split into the part that gives the
 //!   input's gradient ([`Pass::BackwardInput`], on the critical path) and the weights'
 //!   gradient ([`Pass::BackwardWeight`], needed by nothing downstream), and the weight
-//!   passes run only where the rank would otherwise wait. Rank `r` starts a forward only
-//!   while fewer than `P - r` micro-batches await their input backward, as in 1F1B.
-//!   Not yet ZB-H1 itself: ZB-H1 runs weight passes during the steady phase, so that
-//!   the activations they need are freed as in 1F1B; here most weight passes wait for
-//!   the drain, which gives the same bubble, `(P - 1)(F + B - 2W)` (tested in
-//!   `sim/tests/bubbles.rs`), but holds those activations longer.
+//!   passes run where the rank would otherwise wait, or when `P - 1` of them are already
+//!   waiting. Rank `r` starts a forward only while fewer than `P - r` micro-batches await
+//!   their input backward, as in 1F1B. The bubble is ZB-H1's, `(P - 1)(F + B - 2W)`
+//!   (tested in `sim/tests/bubbles.rs`), but the order is not yet ZB-H1's own: a rank
+//!   may hold up to `P - 1` micro-batches more for their weight passes, where ZB-H1
+//!   keeps 1F1B's peak of `P`.
 //!
 //! The lists carry no times. The order within each rank is fixed here; when each pass
 //! runs follows from the passes it depends on ([`Plan::dependencies`]), which is what a
@@ -185,8 +185,8 @@ pub fn one_f_one_b(stages: usize, micro_batches: usize) -> Result<Plan, Schedule
 /// The zero-bubble schedule over `stages` ranks (see the module doc for how it differs
 /// from ZB-H1). The order is that of a greedy rule played out with every pass taking
 /// one unit of time: an idle rank runs the next input backward if its gradient has
-/// arrived, else the next forward if its input has arrived and the memory bound allows,
-/// else the oldest pending weight pass.
+/// arrived, else the oldest weight pass if `P - 1` wait, else the next forward if its
+/// input has arrived and the memory bound allows, else the oldest waiting weight pass.
 pub fn zb1p(stages: usize, micro_batches: usize) -> Result<Plan, ScheduleError> {
     check(stages, micro_batches)?;
     let (p, m) = (stages, micro_batches);
@@ -221,11 +221,15 @@ pub fn zb1p(stages: usize, micro_batches: usize) -> Result<Plan, ScheduleError> 
                 pass: Pass::BackwardWeight,
                 micro_batch: w,
             });
+            // At most P - 1 weight passes wait, so memory stays bounded whatever M is.
+            let weight_due = pending_weights[r].len() >= p;
             picks[r] = if input_ready {
                 Some(Step {
                     pass: Pass::BackwardInput,
                     micro_batch: b,
                 })
+            } else if weight_due {
+                oldest_weight
             } else if forward_ready {
                 Some(Step {
                     pass: Pass::Forward,
@@ -277,6 +281,31 @@ mod tests {
              F0 F1 B0 F2 B1 F3 B2 F4 B3 F5 B4 B5\n\
              F0 B0 F1 B1 F2 B2 F3 B3 F4 B4 F5 B5\n"
         );
+    }
+
+    /// Whatever the number of micro-batches, rank `r` holds at most `P - r` awaiting
+    /// their input backward plus `P - 1` awaiting their weight pass.
+    #[test]
+    fn zero_bubble_memory_does_not_grow_with_micro_batches() {
+        for stages in [2, 4, 8] {
+            let plan = zb1p(stages, 5 * stages).unwrap();
+            for (rank, steps) in plan.ranks.iter().enumerate() {
+                let mut held: usize = 0;
+                let mut peak = 0;
+                for step in steps {
+                    match step.pass {
+                        Pass::Forward => held += 1,
+                        Pass::BackwardWeight => held -= 1,
+                        _ => {}
+                    }
+                    peak = peak.max(held);
+                }
+                assert!(
+                    peak <= 2 * stages - 1 - rank,
+                    "rank {rank} of {stages}: {peak}"
+                );
+            }
+        }
     }
 
     #[test]
