@@ -185,7 +185,9 @@ fn run_reads_string_tensor_files() {
 /// - `rows = Reshape(x, [b * t, -1])`;
 /// - `placed = x + Expand(Unsqueeze(Cast(Range(0, t, 1))), Shape(x))` (position ids);
 /// - `zeros = ConstantOfShape([b, 1])`, and `half = Reshape(x, [b, t, 16 / 4, 2])` with
-///   the 16 computed as `Gather(Shape(x), 2) * 2`.
+///   the 16 computed as `Gather(Shape(x), 2) * 2`;
+/// - `pairs = Reshape(x, Concat(Shape(x)[0:2], [4, 2]))` (a `Slice` of the shape), and
+///   `trimmed = x[:, :t]` (a `Slice` ending at a symbolic size).
 fn dynamic_axes_model() -> Vec<u8> {
     let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
         op_type: Some(op.into()),
@@ -244,6 +246,10 @@ fn dynamic_axes_model() -> Vec<u8> {
             node("Unsqueeze", &["f2q", "axis0"], "f2q1"),
             node("Concat", &["b1", "t1", "f2q1", "two1"], "half_shape"),
             node("Reshape", &["x", "half_shape"], "half"),
+            node("Slice", &["s", "zero1", "two1"], "lead"),
+            node("Concat", &["lead", "four_two"], "pairs_shape"),
+            node("Reshape", &["x", "pairs_shape"], "pairs"),
+            node("Slice", &["x", "zero1", "t1", "one1"], "trimmed"),
         ],
         initializer: vec![
             ints("zero", vec![], vec![0]),
@@ -256,19 +262,23 @@ fn dynamic_axes_model() -> Vec<u8> {
             ints("minus_one", vec![1], vec![-1]),
             ints("one1", vec![1], vec![1]),
             ints("two1", vec![1], vec![2]),
+            ints("zero1", vec![1], vec![0]),
+            ints("four_two", vec![2], vec![4, 2]),
         ],
         input: vec![common::onnx_dynamic_value_info(
             "x",
             FLOAT,
             &["batch", "sequence", "8"],
         )],
-        output: ["heads", "rows", "placed", "zeros", "half"]
-            .iter()
-            .map(|n| ValueInfoProto {
-                name: Some((*n).into()),
-                ..Default::default()
-            })
-            .collect(),
+        output: [
+            "heads", "rows", "placed", "zeros", "half", "pairs", "trimmed",
+        ]
+        .iter()
+        .map(|n| ValueInfoProto {
+            name: Some((*n).into()),
+            ..Default::default()
+        })
+        .collect(),
         ..Default::default()
     };
     opset_13_model(graph)
@@ -351,6 +361,8 @@ fn dynamic_axes_import_once_and_run_at_any_size() {
         close(&read("placed"), placed, vec![b, t, 8], "placed");
         close(&read("zeros"), vec![0.0; b], vec![b, 1], "zeros");
         close(&read("half"), values.clone(), vec![b, t, 4, 2], "half");
+        close(&read("pairs"), values.clone(), vec![b, t, 4, 2], "pairs");
+        close(&read("trimmed"), values.clone(), vec![b, t, 8], "trimmed");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

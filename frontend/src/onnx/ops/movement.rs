@@ -4,9 +4,11 @@
 //!
 //! Shape operands must be known at import time, as numbers or as symbolic sizes of the
 //! inputs' dynamic axes ([`ShapeValue`]). Small integer computations on them (`Shape`
-//! -> `Gather` -> `Unsqueeze` -> `Concat`, with `Add`/`Sub`/`Mul`/`Div`, `Equal`,
-//! `Where`, `Max`/`Min`) are folded, so exported dynamic-shape patterns import once
-//! with symbolic dimensions; `Range` up to a symbolic size becomes an `iota`.
+//! -> `Gather` -> `Unsqueeze` -> `Concat`, `Slice` of a shape, with `Add`/`Sub`/`Mul`/
+//! `Div`, `Equal`, `Where`, `Max`/`Min`) are folded, so exported dynamic-shape patterns
+//! import once with symbolic dimensions; `Range` up to a symbolic size becomes an
+//! `iota`, and a `Slice` of data may end at a symbolic size when it keeps the axis
+//! whole.
 
 use super::one;
 use crate::onnx::import::{
@@ -269,15 +271,21 @@ fn slice(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     let (starts, ends, axes, steps) = if node.opset < 10 {
         (
             node.ints("starts").ok_or("'Slice' needs 'starts'")?,
-            node.ints("ends").ok_or("'Slice' needs 'ends'")?,
+            node.ints("ends")
+                .ok_or("'Slice' needs 'ends'")?
+                .into_iter()
+                .map(SymInt::Int)
+                .collect(),
             node.ints("axes"),
             None,
         )
     } else {
         let get = |i| im.const_input(node, i).map(|c| c.map(|c| c.as_i64s()));
+        // Ends may be symbolic sizes (`x[:, :seq]` with `seq` from `Shape`).
+        let ends = im.sizes_input(node, 2)?.ok_or("'Slice' needs ends")?;
         (
             get(1)?.ok_or("'Slice' needs starts")?,
-            get(2)?.ok_or("'Slice' needs ends")?,
+            ends.elems,
             get(3)?,
             get(4)?,
         )
@@ -291,8 +299,12 @@ fn slice(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
     for i in 0..starts.len() {
         let axis = norm_axis(axes[i], rank)?;
         let Some(n) = dims[axis].as_static() else {
-            // A symbolic axis may only be kept whole (PyTorch's `x[:, 0:]`).
-            if starts[i] == 0 && steps[i] == 1 && ends[i] >= i64::from(i32::MAX) {
+            // A symbolic axis may only be kept whole (PyTorch's `x[:, 0:]`, `x[:, :seq]`).
+            let to_the_end = match &ends[i] {
+                SymInt::Int(e) => *e >= i64::from(i32::MAX),
+                SymInt::Dim(d) => *d == dims[axis],
+            };
+            if starts[i] == 0 && steps[i] == 1 && to_the_end {
                 continue;
             }
             return unsupported(format!(
@@ -300,9 +312,15 @@ fn slice(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
                 dims[axis], starts[i], ends[i], steps[i]
             ));
         };
+        let SymInt::Int(end) = ends[i] else {
+            return unsupported(format!(
+                "'Slice' of axis {axis} (size {n}) ends at {}, a symbolic size",
+                ends[i]
+            ));
+        };
         let n = i128::from(n);
         let step = i128::from(steps[i]);
-        let (s, e) = (i128::from(starts[i]), i128::from(ends[i]));
+        let (s, e) = (i128::from(starts[i]), i128::from(end));
         let wrap = |v: i128| if v < 0 { v + n } else { v };
         if step == 0 {
             return Err("'Slice' step must not be 0".into());
@@ -391,11 +409,62 @@ fn fold(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Out>> {
         }
         "Range" => range(im, node),
         _ if shape_values::ELEMENTWISE.contains(&op) => fold_elementwise(im, node, op),
+        "Slice" => fold_slice(im, node),
         "Unsqueeze" | "Squeeze" | "Concat" | "Gather" | "Identity" | "Cast" => {
             Ok(fold_small_ints(im, node, op)?.map(Out::known))
         }
         _ => Ok(None),
     }
+}
+
+/// `Slice` of a 1-D integer vector known at import time (`Shape(x)[:-1]`), whose
+/// starts, ends and steps are constants (opset 10 and later).
+fn fold_slice(im: &Importer, node: &NodeCtx) -> OpResult<Option<Out>> {
+    let Some(v) = node.input_name(0).and_then(|n| im.known(n)) else {
+        return Ok(None);
+    };
+    if v.scalar || node.opset < 10 {
+        return Ok(None);
+    }
+    let get = |i| im.const_input(node, i).map(|c| c.map(|c| c.as_i64s()));
+    let (Some(starts), Some(ends)) = (get(1)?, get(2)?) else {
+        return Ok(None);
+    };
+    let axes = get(3)?.unwrap_or_else(|| vec![0]);
+    let steps = get(4)?.unwrap_or_else(|| vec![1]);
+    if [starts.len(), ends.len(), steps.len()] != [1, 1, 1] || !matches!(axes[..], [0] | [-1]) {
+        return Ok(None);
+    }
+    let n = v.elems.len() as i64;
+    let (start, end, step) = (starts[0], ends[0], steps[0]);
+    if step == 0 {
+        return Err("'Slice' step must not be 0".into());
+    }
+    let wrap = |x: i64| if x < 0 { x.saturating_add(n) } else { x };
+    let picked: Vec<i64> = if step > 0 {
+        let (s, e) = (wrap(start).clamp(0, n), wrap(end).clamp(0, n));
+        (s..e).step_by(step as usize).collect()
+    } else {
+        let (s, e) = (
+            wrap(start).clamp(-1, n - 1).max(0),
+            wrap(end).clamp(-1, n - 1),
+        );
+        if n == 0 {
+            return Ok(Some(Out::known(ShapeValue { elems: vec![], ..v })));
+        }
+        let mut out = Vec::new();
+        let mut k = s;
+        while k > e {
+            out.push(k);
+            k += step;
+        }
+        out
+    };
+    let elems = picked
+        .iter()
+        .map(|&i| v.elems[i as usize].clone())
+        .collect();
+    Ok(Some(Out::known(ShapeValue { elems, ..v })))
 }
 
 /// Integer arithmetic and comparisons on small integer values known at import time
