@@ -59,3 +59,23 @@ fn bad_costs_are_user_errors() {
         assert!(err.contains("--costs"), "{costs}: {err}");
     }
 }
+
+/// Sizes are checked before anything is allocated for them.
+#[test]
+fn oversized_pipelines_are_user_errors() {
+    for (pp, micro_batches) in [("0", "8"), ("4", "0"), ("1000000000", "1000000000")] {
+        let out = smelt(&[
+            "simulate",
+            "--schedule",
+            "zb1p",
+            "--pp",
+            pp,
+            "--micro-batches",
+            micro_batches,
+            "--costs",
+            "F=1,B=2,W=1",
+        ]);
+        let err = expect_user_error(&out);
+        assert!(err.contains("stage"), "{pp} × {micro_batches}: {err}");
+    }
+}

@@ -82,7 +82,24 @@ pub enum ScheduleError {
         /// Micro-batches asked for.
         micro_batches: usize,
     },
+    /// More passes than a list (and a simulation of it) is made for.
+    #[error("{stages} stages × {micro_batches} micro-batches: at most {MAX_STAGES} stages and {MAX_STAGE_PASSES} stage passes")]
+    TooLarge {
+        /// Stages asked for.
+        stages: usize,
+        /// Micro-batches asked for.
+        micro_batches: usize,
+    },
 }
+
+/// The most `stages × micro_batches` a schedule is generated for: lists, generators and
+/// simulations take memory in proportion (DeepSeek-V3 ran 16 stages; a million leaves
+/// room for any real pipeline).
+pub const MAX_STAGE_PASSES: usize = 1 << 20;
+
+/// The most stages: the zero-bubble generator's time grows with the square of the
+/// stage count.
+pub const MAX_STAGES: usize = 4096;
 
 /// Per-rank pass lists of one training step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,9 +154,20 @@ impl Plan {
     }
 }
 
+/// Checks the sizes before anything is allocated for them.
 fn check(stages: usize, micro_batches: usize) -> Result<(), ScheduleError> {
     if stages == 0 || micro_batches == 0 {
         return Err(ScheduleError::Empty {
+            stages,
+            micro_batches,
+        });
+    }
+    if stages > MAX_STAGES
+        || stages
+            .checked_mul(micro_batches)
+            .is_none_or(|n| n > MAX_STAGE_PASSES)
+    {
+        return Err(ScheduleError::TooLarge {
             stages,
             micro_batches,
         });
