@@ -240,12 +240,8 @@ fn decoding_with_the_cache_matches_rerunning_the_prefix() {
         got.extend(cached.feed(&tokens[9..]).unwrap());
         assert_eq!(cached.len(), tokens.len());
         for (pos, (g, w)) in got.iter().zip(&expected).enumerate() {
-            let (diff, scale) = largest_difference(g, w);
             let tolerance = if storage == Storage::F32 { 1e-4 } else { 0.05 };
-            assert!(
-                diff <= tolerance * scale,
-                "{storage:?}, position {pos}: max |Δ| {diff} over logits up to {scale}"
-            );
+            assert_logits_close(g, w, tolerance, || format!("{storage:?}, position {pos}"));
         }
         // A reset decoder starts over.
         cached.reset();
@@ -345,11 +341,9 @@ fn a_batch_of_sequences_decodes_as_each_alone() {
         for s in 0..3 {
             assert_eq!(got[s].len(), expected[s].len(), "sequence {s}");
             for (pos, (g, w)) in got[s].iter().zip(&expected[s]).enumerate() {
-                let (diff, scale) = largest_difference(g, w);
-                assert!(
-                    diff <= 1e-5 * scale,
-                    "{storage:?}, sequence {s}, position {pos}: max |Δ| {diff} over logits up to {scale}"
-                );
+                assert_logits_close(g, w, 1e-5, || {
+                    format!("{storage:?}, sequence {s}, position {pos}")
+                });
             }
         }
     }
@@ -393,11 +387,7 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
         .unwrap()
         .pop()
         .unwrap();
-    let (diff, scale) = largest_difference(&got, &whole);
-    assert!(
-        diff <= 1e-4 * scale,
-        "max |Δ| {diff} over logits up to {scale}"
-    );
+    assert_logits_close(&got, &whole, 1e-4, || "cached prefix".into());
     // A fork continues as its source.
     let fork = engine.fork(second).unwrap();
     let next = argmax(&got);
@@ -423,11 +413,7 @@ fn cached_prefixes_and_forks_give_the_logits_of_the_whole_prompt() {
     // of the second is a copy.
     assert_eq!(engine.blocks_used(), before + 1);
     let got = engine.feed(third, &other[25..]).unwrap().pop().unwrap();
-    let (diff, scale) = largest_difference(&got, &expected);
-    assert!(
-        diff <= 1e-4 * scale,
-        "max |Δ| {diff} over logits up to {scale}"
-    );
+    assert_logits_close(&got, &expected, 1e-4, || "copied partial block".into());
 }
 
 /// With batch invariance on (as the server runs), where a prompt's keys and values
@@ -464,13 +450,19 @@ fn batch_invariant_logits_do_not_depend_on_the_cache() {
 
 /// The largest `|got − want|` over a row of logits, and the largest `|want|` (the
 /// scale tolerances are relative to).
-fn largest_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
+/// Asserts `max |got - want| <= tolerance * max |want|` over a row of logits; `what`
+/// names the row in the failure message.
+fn assert_logits_close(got: &[f32], want: &[f32], tolerance: f32, what: impl Fn() -> String) {
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let diff = got
         .iter()
         .zip(want)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    (diff, scale)
+    assert!(
+        diff <= tolerance * scale,
+        "{}: max |Δ| {diff} over logits up to {scale}",
+        what()
+    );
 }
 
 fn argmax(row: &[f32]) -> u32 {

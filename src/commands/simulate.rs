@@ -46,11 +46,7 @@ pub struct Args {
 }
 
 fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
-    let mut costs = Costs {
-        forward: f64::NAN,
-        backward: f64::NAN,
-        weight: 0.0,
-    };
+    let (mut forward, mut backward, mut weight) = (None, None, 0.0);
     for item in text.split(',') {
         let bad = || {
             Diagnostic::plain(format!(
@@ -60,17 +56,22 @@ fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
         let (name, value) = item.split_once('=').ok_or_else(bad)?;
         let value: f64 = value.trim().parse().map_err(|_| bad())?;
         match name.trim() {
-            "F" => costs.forward = value,
-            "B" => costs.backward = value,
-            "W" => costs.weight = value,
+            "F" => forward = Some(value),
+            "B" => backward = Some(value),
+            "W" => weight = value,
             _ => return Err(bad()),
         }
     }
-    if costs.forward.is_nan() || costs.backward.is_nan() {
+    let (Some(forward), Some(backward)) = (forward, backward) else {
         return Err(Diagnostic::plain(
             "--costs must give F and B (W defaults to 0)",
         ));
-    }
+    };
+    let costs = Costs {
+        forward,
+        backward,
+        weight,
+    };
     costs
         .check()
         .map_err(|e| Diagnostic::plain(format!("--costs: {e}")))?;

@@ -270,6 +270,12 @@ impl Importer {
         };
         match self.known(name) {
             Some(v) => Ok(Some(v)),
+            // Known, but not as an integer vector: not a valid shape operand.
+            None if self.slot(name)?.konst.is_some() => Err(format!(
+                "input {i} ('{name}') of '{}' must be an integer tensor of rank 0 or 1",
+                node.op()
+            )
+            .into()),
             None => self.const_input(node, i).map(|_| None),
         }
     }

@@ -191,10 +191,10 @@ pub fn node_rule(
     find: impl Fn(&TensorGraph, &TensorNode) -> Option<Build> + Send + Sync + 'static,
 ) -> Rewrite<TensorNode, TensorAnalysis> {
     let finder: Finder = Arc::new(move |egraph: &TensorGraph, class: &TensorClass| {
+        // `find` checks each node's op itself; `ops` only narrows the classes searched.
         class
             .nodes
             .iter()
-            .filter(|n| n.op().is_some_and(|op| ops.contains(&op.name())))
             .filter_map(|n| find(egraph, n))
             .map(|b| (class.id, b))
             .collect()
