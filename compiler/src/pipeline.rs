@@ -9,7 +9,7 @@
 //! optimised once more for what autodiff and the optimiser update add (scalar
 //! folding, transposes of products).
 
-use crate::autodiff::optimizer::{training_step, Optimizer};
+use crate::autodiff::optimizer::{replica_training_step, training_step, Optimizer};
 use crate::autodiff::{differentiate, find_loss, AutodiffError};
 use crate::ir::Graph;
 use crate::optimize::{optimize, CostModel, Options, Report};
@@ -26,6 +26,14 @@ pub enum Goal {
     Gradients,
     /// One training step with this optimiser.
     Train(Optimizer),
+    /// One data-parallel rank's training step: gradients are averaged over `replicas`
+    /// ranks by `all_reduce` before the update.
+    TrainReplica {
+        /// The optimiser.
+        optimizer: Optimizer,
+        /// The data-parallel ranks (at least 2).
+        replicas: usize,
+    },
 }
 
 impl Goal {
@@ -39,6 +47,10 @@ impl Goal {
                 Ok(differentiate(forward, loss, &params)?.graph)
             }
             Goal::Train(opt) => training_step(forward, opt),
+            Goal::TrainReplica {
+                optimizer,
+                replicas,
+            } => replica_training_step(forward, optimizer, *replicas),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! interpreter ([`interp`]), which defines what every op computes.
 #![warn(missing_docs)]
 
+pub mod comm;
 pub mod compiled;
 pub mod cpu;
 pub mod cuda;

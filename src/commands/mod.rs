@@ -14,6 +14,7 @@ pub mod run;
 pub mod serve;
 pub mod simulate;
 pub mod train;
+mod world;
 
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::gpu::GpuTarget;

@@ -31,9 +31,14 @@ pub struct Args {
     /// Total number of steps (a resumed run continues up to this step).
     #[arg(long, default_value_t = 200)]
     steps: usize,
-    /// Samples per batch.
+    /// Samples per batch (with --dp, the global batch: each rank runs its share).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Data-parallel ranks: one process each, started with `mpirun -np N` (needs a
+    /// smelt built with the `mpi` feature). Gradients are averaged over the ranks every
+    /// step; rank 0 writes the log, profile and checkpoints.
+    #[arg(long, default_value_t = 1)]
+    dp: usize,
     /// Base learning rate.
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
@@ -97,6 +102,12 @@ fn fail(e: TrainError) -> Diagnostic {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
+    let world = super::world::join(args.dp)?;
+    smelt_runtime::comm::with_world(world, || train(args))
+}
+
+fn train(args: Args) -> Result<(), Diagnostic> {
+    let lead = smelt_runtime::comm::current_rank().0 == 0;
     if smelt_frontend::llm::Pretrained::is_pretrained(&args.model) {
         return Err(Diagnostic::in_file(
             &args.model.display().to_string(),
@@ -109,9 +120,14 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     } else {
         Source::Model(load_model(&args.model, &args.sets)?.graph)
     };
-    if args.batch == 0 || args.steps == 0 || args.checkpoint_every == 0 {
+    if args.batch == 0 || args.steps == 0 || args.checkpoint_every == 0 || args.dp == 0 {
         return Err(Diagnostic::plain(
-            "--steps, --batch and --checkpoint-every must be at least 1",
+            "--steps, --batch, --checkpoint-every and --dp must be at least 1",
+        ));
+    }
+    if args.dp > 1 && matches!(args.device, DeviceArg::Gpusim | DeviceArg::Cuda) {
+        return Err(Diagnostic::plain(
+            "--dp runs on --device cpu or interp (the GPU runtime has no NCCL engine yet)",
         ));
     }
     if !(args.lr.is_finite() && args.lr > 0.0) {
@@ -121,10 +137,11 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )));
     }
     let optimizer = match &source {
-        Source::Compiled(c) => match &c.purpose {
-            Purpose::Train(opt) => opt.clone(),
-            Purpose::Run => unreachable!("load_train_artefact refuses run artefacts"),
-        },
+        Source::Compiled(c) => c
+            .purpose
+            .optimizer()
+            .expect("load_train_artefact refuses run artefacts")
+            .clone(),
         Source::Model(_) => args.optimizer.optimizer()?,
     };
     let config = TrainConfig {
@@ -135,6 +152,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         seed: args.seed,
         optimizer: optimizer.clone(),
         max_memory: args.memory.limit(),
+        data_parallel: args.dp,
     };
     let ckpt = match &args.resume {
         None => None,
@@ -172,7 +190,14 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let mut trainer = match (source, args.device) {
         (Source::Compiled(c), _) => Trainer::from_compiled(*c, data, config),
         (Source::Model(g), DeviceArg::Cpu) => {
-            let compiled = compile_cpu(&g, Purpose::Train(optimizer), &args.opt, &args.cache)?;
+            let purpose = match args.dp {
+                1 => Purpose::Train(optimizer),
+                replicas => Purpose::TrainReplica {
+                    optimizer,
+                    replicas,
+                },
+            };
+            let compiled = compile_cpu(&g, purpose, &args.opt, &args.cache)?;
             Trainer::from_compiled(compiled, data, config)
         }
         (Source::Model(g), DeviceArg::Interp) => {
@@ -193,7 +218,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     if let Some(ckpt) = ckpt {
         trainer.restore(ckpt).map_err(fail)?;
     }
-    let mut log = match &args.log {
+    let mut log = match args.log.as_ref().filter(|_| lead) {
         Some(p) => Some(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -211,10 +236,14 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
             "the checkpoint is at step {first}; ask for more --steps to continue"
         )));
     }
-    let mut progress = Progress::new(first, args.steps);
-    let mut profile = args.profile.as_ref().map(|_| Profile::new());
+    let mut progress = Progress::new(first, args.steps, lead);
+    let mut profile = args
+        .profile
+        .as_ref()
+        .filter(|_| lead)
+        .map(|_| Profile::new());
     let save = |trainer: &Trainer, profile: &mut Option<Profile>| -> Result<(), Diagnostic> {
-        if let Some(dir) = &args.checkpoint {
+        if let Some(dir) = args.checkpoint.as_ref().filter(|_| lead) {
             let began = profile.as_ref().map(Profile::now);
             trainer.checkpoint().save(dir).map_err(fail)?;
             if let (Some(p), Some(began)) = (profile.as_mut(), began) {
@@ -261,7 +290,7 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         p.write(path)?;
         eprintln!("profile: {}", path.display());
     }
-    if let Some(dir) = &args.checkpoint {
+    if let Some(dir) = args.checkpoint.as_ref().filter(|_| lead) {
         eprintln!(
             "checkpoint: {}",
             dir.join(smelt_runtime::train::checkpoint::FILE).display()
@@ -375,8 +404,10 @@ impl Profile {
     }
 }
 
-/// A progress bar on a terminal; plain lines otherwise.
+/// A progress bar on a terminal; plain lines otherwise; nothing on data-parallel ranks
+/// other than 0.
 struct Progress {
+    shown: bool,
     bar: Option<indicatif::ProgressBar>,
     total: usize,
     first: usize,
@@ -385,8 +416,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(first: usize, total: usize) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    fn new(first: usize, total: usize, shown: bool) -> Progress {
+        let bar = (shown && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -398,6 +429,7 @@ impl Progress {
             bar
         });
         Progress {
+            shown,
             bar,
             total,
             first,
@@ -416,6 +448,7 @@ impl Progress {
                 bar.set_position(r.step as u64);
                 bar.set_message(msg);
             }
+            None if !self.shown => {}
             None => {
                 let every = (self.total / 20).max(1);
                 if r.step.is_multiple_of(every) || r.step == self.total || r.step == self.first + 1

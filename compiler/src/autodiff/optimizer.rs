@@ -58,6 +58,19 @@ impl Optimizer {
 /// named `PARAM.m`, `PARAM.v` (AdamW) or `PARAM.momentum` (SGD), and an update for each
 /// parameter and state value. The outputs are the forward graph's outputs.
 pub fn training_step(graph: &Graph, opt: &Optimizer) -> Result<Graph, AutodiffError> {
+    replica_training_step(graph, opt, 1)
+}
+
+/// The training step of one of `replicas` data-parallel ranks, each fed its share of
+/// the batch: every gradient is summed over the ranks (`all_reduce`) and divided by
+/// `replicas` before the update, so with a loss that is a mean over the batch, every
+/// rank applies the gradient of the whole batch's loss and the ranks' parameters stay
+/// equal. With one replica this is [`training_step`].
+pub fn replica_training_step(
+    graph: &Graph,
+    opt: &Optimizer,
+    replicas: usize,
+) -> Result<Graph, AutodiffError> {
     let loss = find_loss(graph)?;
     let params: Vec<ValueId> = graph.params().collect();
     if params.is_empty() {
@@ -72,6 +85,12 @@ pub fn training_step(graph: &Graph, opt: &Optimizer) -> Result<Graph, AutodiffEr
     let step = b.input("step", TensorType::scalar(DType::F32)).map_err(e)?;
     let mut updates = Vec::new();
     for &(p, grad) in &grads.grads {
+        let grad = if replicas > 1 {
+            let sum = b.add(Op::AllReduce, &[grad]);
+            b.binary_scalar(BinaryOp::Mul, sum, 1.0 / replicas as f64)
+        } else {
+            grad
+        };
         let pt = b.ty(p).clone();
         let name = b.graph().value(p).name.clone();
         let scalar = |b: &mut Builder, s: ValueId| {

@@ -198,6 +198,8 @@ impl CostModel for RooflineTarget {
             | Op::Gather { .. }
             | Op::ScatterAdd { .. }
             | Op::AllToAll { .. } => kernel(0.0, moved),
+            // The sum over ranks: one add per element and rank; with one rank, a copy.
+            Op::AllReduce => kernel(n, moved),
             Op::Iota { .. } | Op::RandomUniform { .. } | Op::RandomNormal { .. } => {
                 kernel(n, self.bytes(result))
             }

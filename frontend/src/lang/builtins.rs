@@ -40,6 +40,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("embedding", "embedding(table, ids)"),
     ("gather", "gather(x, ids, axis=0)"),
     ("all_to_all", "all_to_all(x, axis=0)"),
+    ("all_reduce", "all_reduce(x)"),
     ("rope", "rope(x, base=10000.0)"),
     ("top_k_mask", "top_k_mask(x, k)"),
     ("top_k", "top_k(x, k)"),
@@ -411,6 +412,11 @@ impl<'p> Lowerer<'p> {
                 let axis = self.axis(&tt, c.int("axis", 0)?, pos)?;
                 self.node(Op::Gather { axis }, &[table, ids], None, pos)
                     .map(Val::Tensor)
+            }
+            "all_reduce" => {
+                c.shape(1, 1, &[])?;
+                let x = self.float_tensor(c, 0)?;
+                self.node(Op::AllReduce, &[x], None, pos).map(Val::Tensor)
             }
             "all_to_all" => {
                 c.shape(1, 1, &["axis"])?;

@@ -49,26 +49,73 @@ pub enum Purpose {
     Run,
     /// One training step with this optimiser (`smelt train`).
     Train(Optimizer),
+    /// One data-parallel rank's training step, its gradients averaged over `replicas`
+    /// ranks (`mpirun -np N smelt train --data-parallel N`).
+    TrainReplica {
+        /// The optimiser.
+        optimizer: Optimizer,
+        /// The data-parallel ranks (at least 2).
+        replicas: usize,
+    },
 }
 
 impl Purpose {
+    /// The optimiser of a training step.
+    pub fn optimizer(&self) -> Option<&Optimizer> {
+        match self {
+            Purpose::Run => None,
+            Purpose::Train(optimizer) | Purpose::TrainReplica { optimizer, .. } => Some(optimizer),
+        }
+    }
+
+    /// The data-parallel ranks the program's gradients are averaged over (1 unless
+    /// it is a replica's step).
+    pub fn replicas(&self) -> usize {
+        match self {
+            Purpose::TrainReplica { replicas, .. } => *replicas,
+            _ => 1,
+        }
+    }
+
+    /// The pipeline goal that computes it.
+    pub fn goal(&self) -> Goal {
+        match self {
+            Purpose::Run => Goal::Run,
+            Purpose::Train(opt) => Goal::Train(opt.clone()),
+            Purpose::TrainReplica {
+                optimizer,
+                replicas,
+            } => Goal::TrainReplica {
+                optimizer: optimizer.clone(),
+                replicas: *replicas,
+            },
+        }
+    }
+
     /// A canonical description, part of the payload and of cache keys.
     fn to_json(&self) -> Value {
-        match self {
-            Purpose::Run => json!("run"),
-            Purpose::Train(Optimizer::Sgd {
+        let optimizer = |opt: &Optimizer| match opt {
+            Optimizer::Sgd {
                 momentum,
                 weight_decay,
-            }) => json!({ "train": { "sgd": {
-                "momentum": momentum.to_bits(), "weight_decay": weight_decay.to_bits() } } }),
-            Purpose::Train(Optimizer::AdamW {
+            } => json!({ "sgd": {
+                "momentum": momentum.to_bits(), "weight_decay": weight_decay.to_bits() } }),
+            Optimizer::AdamW {
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
-            }) => json!({ "train": { "adamw": {
+            } => json!({ "adamw": {
                 "beta1": beta1.to_bits(), "beta2": beta2.to_bits(), "eps": eps.to_bits(),
-                "weight_decay": weight_decay.to_bits() } } }),
+                "weight_decay": weight_decay.to_bits() } }),
+        };
+        match self {
+            Purpose::Run => json!("run"),
+            Purpose::Train(opt) => json!({ "train": optimizer(opt) }),
+            Purpose::TrainReplica {
+                optimizer: opt,
+                replicas,
+            } => json!({ "train": optimizer(opt), "replicas": replicas }),
         }
     }
 
@@ -79,20 +126,30 @@ impl Purpose {
         let bad = || format!("unknown purpose {v}");
         let f = |o: &Value, k: &str| o[k].as_u64().map(f64::from_bits).ok_or_else(bad);
         let t = &v["train"];
-        if let Some(o) = t.get("sgd") {
-            Ok(Purpose::Train(Optimizer::Sgd {
+        let optimizer = if let Some(o) = t.get("sgd") {
+            Optimizer::Sgd {
                 momentum: f(o, "momentum")?,
                 weight_decay: f(o, "weight_decay")?,
-            }))
+            }
         } else if let Some(o) = t.get("adamw") {
-            Ok(Purpose::Train(Optimizer::AdamW {
+            Optimizer::AdamW {
                 beta1: f(o, "beta1")?,
                 beta2: f(o, "beta2")?,
                 eps: f(o, "eps")?,
                 weight_decay: f(o, "weight_decay")?,
-            }))
+            }
         } else {
-            Err(bad())
+            return Err(bad());
+        };
+        match v.get("replicas") {
+            None => Ok(Purpose::Train(optimizer)),
+            Some(r) => match r.as_u64() {
+                Some(replicas @ 2..) => Ok(Purpose::TrainReplica {
+                    optimizer,
+                    replicas: replicas as usize,
+                }),
+                _ => Err(bad()),
+            },
         }
     }
 }
@@ -133,10 +190,7 @@ impl Compiled {
         purpose: Purpose,
         optimize: Option<&Options>,
     ) -> Result<Compiled, ArtefactError> {
-        let goal = match &purpose {
-            Purpose::Run => Goal::Run,
-            Purpose::Train(opt) => Goal::Train(opt.clone()),
-        };
+        let goal = purpose.goal();
         let graph = prepare(forward, &goal, &RooflineTarget::cpu(), optimize)
             .map_err(|e| ArtefactError(e.to_string()))?
             .graph;

@@ -101,6 +101,15 @@ fn copy_buf(out: Out, b: &Buf, offset: usize, strides: &[usize], shape: &[usize]
     }
 }
 
+/// The sum of `buf` over the ranks of the calling thread's world (`crate::comm`).
+fn all_reduce(mut buf: Buf) -> Result<Buf, String> {
+    let Buf::F32(values) = &mut buf else {
+        return Err("all_reduce sums f32 buffers".into());
+    };
+    crate::comm::with_current(|w| w.all_reduce_f32(values)).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
 /// Runs library op `op` on its operands `x`, read as `reads` says (a `grouped_matmul`
 /// weight may be the operand of a transpose folded into the product), into `out` (the
 /// step's planned buffer), for a result of `dtype` and `shape`.
@@ -124,6 +133,7 @@ pub(super) fn eval(
         // A loopback exchange with one rank (see `ir::ops::collective`). The runtime
         // aliases both instead (see the memory plan); this copy is for completeness.
         Op::Reshape | Op::AllToAll { .. } => copy_buf(out, x[0].buf(), 0, &[1], &[n]),
+        Op::AllReduce => all_reduce(copy_buf(out, x[0].buf(), 0, &[1], &[n]))?,
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
             copy_buf(

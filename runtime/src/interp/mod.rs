@@ -388,6 +388,12 @@ fn eval(
         },
         // One rank: the exchange sends every chunk back to its own rank.
         Op::AllToAll { .. } => x[0].clone(),
+        Op::AllReduce => {
+            let mut values = x[0].to_f64_vec();
+            crate::comm::with_current(|w| w.all_reduce_f64(&mut values))
+                .map_err(|e| e.to_string())?;
+            ctx.numbers(dtype, shape, values)
+        }
         Op::Permute { perm } => movement::permute(perm, x[0], shape),
         Op::Broadcast { dims } => movement::broadcast(dims, x[0], shape),
         Op::Slice {

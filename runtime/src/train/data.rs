@@ -210,10 +210,26 @@ impl Dataset {
         seed: u64,
         step: usize,
     ) -> HashMap<String, Tensor> {
+        self.batch_part(graph, batch, 0..batch, seed, step)
+    }
+
+    /// Samples `part` of the batch of `batch` samples for step `step` (0-based) of a run
+    /// seeded with `seed`: a data-parallel rank's share, the same samples a single
+    /// process would draw at those positions.
+    pub fn batch_part(
+        &self,
+        graph: &Graph,
+        batch: usize,
+        part: std::ops::Range<usize>,
+        seed: u64,
+        step: usize,
+    ) -> HashMap<String, Tensor> {
         let stream = rng::seed_for(seed, "smelt.batches");
         let pick = |k: usize, n: usize| {
             ((rng::uniform01(stream, (step * batch + k) as u64) * n as f64) as usize).min(n - 1)
         };
+        let (first, batch) = (part.start, part.len());
+        let pick = |k: usize, n: usize| pick(first + k, n);
         let inputs = Dataset::data_inputs(graph);
         match self {
             Dataset::Text(bytes) => {

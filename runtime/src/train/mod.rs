@@ -14,14 +14,14 @@ pub use checkpoint::Checkpoint;
 pub use data::Dataset;
 pub use schedule::Schedule;
 
-use crate::compiled::{Compiled, Purpose};
+use crate::compiled::Compiled;
 use crate::cpu::Resident;
 use crate::engine::{Device, Engine};
 use crate::interp::RunError;
 use crate::memory::Held;
 use crate::params::init_params;
 use crate::tensor::Tensor;
-use smelt_compiler::autodiff::optimizer::{training_step, Optimizer};
+use smelt_compiler::autodiff::optimizer::{replica_training_step, Optimizer};
 use smelt_compiler::autodiff::AutodiffError;
 use smelt_compiler::ir::{text, DType, Graph};
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +77,10 @@ pub struct TrainConfig {
     /// The most bytes the run's tensors may take ([`crate::memory::check`], and on the
     /// CPU backend [`crate::memory::check_planned`]).
     pub max_memory: u64,
+    /// Data-parallel ranks (1: none). Each rank of the calling thread's world
+    /// ([`crate::comm`]) runs `batch / data_parallel` samples of every batch, and the
+    /// step averages gradients over the ranks. Not a setting a resumed run must keep.
+    pub data_parallel: usize,
 }
 
 /// A setting of a resumed run that differs from the checkpoint's.
@@ -97,6 +101,11 @@ impl std::fmt::Display for SettingChange {
 }
 
 impl TrainConfig {
+    /// The samples each data-parallel rank runs per step.
+    pub fn rank_batch(&self) -> usize {
+        self.batch / self.data_parallel.max(1)
+    }
+
     /// The settings a resumed run must keep to continue the same run (the batches and
     /// updates depend on them): `(metadata key, flag, value)`. `--steps` may change.
     pub fn settings(&self) -> Vec<(&'static str, &'static str, String)> {
@@ -160,8 +169,10 @@ pub struct Phase {
 }
 
 /// The loss of a step (its first output), which must be finite for the step to count.
-fn finite_loss(step: usize, outputs: &[Tensor]) -> Result<f64, TrainError> {
-    let loss = outputs[0].to_f64_vec()[0];
+/// Each data-parallel rank's loss is its part's mean, so the batch's is their mean;
+/// every rank gets it before deciding, so all stop together.
+fn finite_loss(step: usize, outputs: &[Tensor], shard: Shard) -> Result<f64, TrainError> {
+    let loss = shard.mean_over_ranks(outputs[0].to_f64_vec()[0])?;
     if !loss.is_finite() {
         return Err(TrainError::NonFinite { step, loss });
     }
@@ -177,8 +188,8 @@ fn check_fits(
     config: &TrainConfig,
     engine: &Engine,
 ) -> Result<(), TrainError> {
-    data.check(step_graph, config.batch)?;
-    let bindings = Dataset::batch_bindings(step_graph, config.batch);
+    data.check(step_graph, config.rank_batch())?;
+    let bindings = Dataset::batch_bindings(step_graph, config.rank_batch());
     let limit = config.max_memory;
     let fail = |e: crate::memory::MemoryError| TrainError::Run(e.into());
     match engine {
@@ -209,6 +220,8 @@ pub struct Trainer {
     held: Option<Resident>,
     /// The names in `state` (parameters and optimiser state).
     state_names: std::collections::HashSet<String>,
+    /// This process's part of every batch.
+    shard: Shard,
     completed: usize,
     data: Dataset,
 }
@@ -221,13 +234,13 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
     ) -> Result<Trainer, TrainError> {
-        let step_graph = training_step(forward, &config.optimizer)?;
+        let step_graph = replica_training_step(forward, &config.optimizer, config.data_parallel)?;
         Trainer::with_step(forward, step_graph, data, config, device)
     }
 
-    /// Starts a run of `forward` whose training step (for `config`'s optimiser, with
-    /// the step graph's interface) is `step_graph`, e.g. made by
-    /// `smelt_compiler::pipeline::prepare`.
+    /// Starts a run of `forward` whose training step (for `config`'s optimiser and
+    /// data-parallel ranks, with the step graph's interface) is `step_graph`, e.g. made
+    /// by `smelt_compiler::pipeline::prepare`.
     pub fn with_step(
         forward: &Graph,
         step_graph: Graph,
@@ -235,6 +248,7 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
     ) -> Result<Trainer, TrainError> {
+        let shard = Shard::of_world(&config)?;
         // Compiling allocates no tensors; the check comes before any is made.
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
@@ -245,6 +259,7 @@ impl Trainer {
             engine,
             data,
             config,
+            shard,
         ))
     }
 
@@ -255,20 +270,28 @@ impl Trainer {
         data: Dataset,
         config: TrainConfig,
     ) -> Result<Trainer, TrainError> {
-        match &compiled.purpose {
-            Purpose::Train(opt) if *opt == config.optimizer => {}
-            Purpose::Train(opt) => {
+        match compiled.purpose.optimizer() {
+            Some(opt) if *opt == config.optimizer => {}
+            Some(opt) => {
                 return Err(TrainError::Backend(format!(
                     "the program was compiled for optimiser {opt:?}, not {:?}",
                     config.optimizer
                 )))
             }
-            Purpose::Run => {
+            None => {
                 return Err(TrainError::Backend(
                     "the program was compiled without --train".into(),
                 ))
             }
         }
+        let replicas = compiled.purpose.replicas();
+        if replicas != config.data_parallel {
+            return Err(TrainError::Backend(format!(
+                "the program was compiled for {replicas} data-parallel rank(s), not {}",
+                config.data_parallel
+            )));
+        }
+        let shard = Shard::of_world(&config)?;
         // The scheduled graph has the step graph's inputs, parameters, state and
         // updates under the same names, so it feeds batches and initialisers as well.
         let step_graph = compiled.program.schedule().graph.clone();
@@ -280,6 +303,7 @@ impl Trainer {
             engine,
             data,
             config,
+            shard,
         ))
     }
 
@@ -289,6 +313,7 @@ impl Trainer {
         engine: Engine,
         data: Dataset,
         config: TrainConfig,
+        shard: Shard,
     ) -> Trainer {
         let state = init_params(&step_graph, config.seed);
         let state_names = state.keys().cloned().collect();
@@ -302,6 +327,7 @@ impl Trainer {
             state_names,
             completed: 0,
             data,
+            shard,
         }
     }
 
@@ -380,9 +406,10 @@ impl Trainer {
             .config
             .schedule
             .lr(self.config.lr, step, self.config.steps);
-        let mut feeds = self.data.batch(
+        let mut feeds = self.data.batch_part(
             &self.step_graph,
             self.config.batch,
+            self.shard.samples(self.config.batch),
             self.config.seed,
             self.completed,
         );
@@ -394,6 +421,7 @@ impl Trainer {
             Tensor::from_f64(DType::F32, vec![], vec![step as f64]),
         );
         let batch_end = start.elapsed().as_secs_f64();
+        let shard = self.shard;
         let (run_end, loss) = match &self.engine {
             // The state stays in the backend's f32 buffers from step to step.
             Engine::Cpu(program) => {
@@ -409,7 +437,7 @@ impl Trainer {
                 let run_end = start.elapsed().as_secs_f64();
                 let held = self.held.insert(held);
                 let (outputs, updates) = run?;
-                let loss = finite_loss(step, &outputs)?;
+                let loss = finite_loss(step, &outputs, shard)?;
                 held.apply(updates);
                 (run_end, loss)
             }
@@ -424,7 +452,7 @@ impl Trainer {
                     }
                 }
                 let run = run?;
-                let loss = finite_loss(step, &run.outputs)?;
+                let loss = finite_loss(step, &run.outputs, shard)?;
                 self.state.extend(run.updates);
                 (run_end, loss)
             }
@@ -465,5 +493,51 @@ impl Trainer {
             tensors: self.state().into_iter().collect(),
             meta,
         }
+    }
+}
+
+/// The part of every batch a data-parallel rank runs: samples
+/// `[rank·b, (rank+1)·b)` of the batch, where `b` is the batch over the ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shard {
+    rank: usize,
+    ranks: usize,
+}
+
+impl Shard {
+    /// This thread's part, from its world ([`crate::comm`]), which must have
+    /// `config.data_parallel` ranks that divide the batch.
+    fn of_world(config: &TrainConfig) -> Result<Shard, TrainError> {
+        let (rank, ranks) = crate::comm::current_rank();
+        let wanted = config.data_parallel.max(1);
+        if ranks != wanted {
+            return Err(TrainError::Backend(format!(
+                "data parallelism over {wanted} rank(s) needs a world of {wanted} processes, but this one has {ranks} (start it with mpirun -np {wanted})"
+            )));
+        }
+        if !config.batch.is_multiple_of(ranks) {
+            return Err(TrainError::Data(format!(
+                "the batch of {} samples does not split evenly over {ranks} data-parallel ranks",
+                config.batch
+            )));
+        }
+        Ok(Shard { rank, ranks })
+    }
+
+    /// The sample indices of this rank's part of a batch of `batch`.
+    fn samples(&self, batch: usize) -> std::ops::Range<usize> {
+        let part = batch / self.ranks;
+        self.rank * part..(self.rank + 1) * part
+    }
+
+    /// The mean of `value` over the ranks (every rank gets it).
+    fn mean_over_ranks(&self, value: f64) -> Result<f64, TrainError> {
+        if self.ranks == 1 {
+            return Ok(value);
+        }
+        let mut v = [value];
+        crate::comm::with_current(|w| w.all_reduce_f64(&mut v))
+            .map_err(|e| TrainError::Backend(e.to_string()))?;
+        Ok(v[0] / self.ranks as f64)
     }
 }

@@ -1,8 +1,9 @@
-//! Communication kernels: `all_to_all` runs on the SMs the plan reserves for
-//! communication (`Role::Comm`: exactly `--comm-sms` blocks on stream 1), so it
-//! overlaps the compute kernels on the other SMs, as DeepSeek-V3's dispatch and combine
-//! kernels do. With one rank the exchange is a loopback: each chunk is copied to its
-//! own rank's receive buffer, 16 bytes per access where the size allows.
+//! Communication kernels: `all_to_all` and `all_reduce` run on the SMs the plan
+//! reserves for communication (`Role::Comm`: exactly `--comm-sms` blocks on stream 1),
+//! so they overlap the compute kernels on the other SMs, as DeepSeek-V3's dispatch and
+//! combine kernels do. The GPU runtime has one rank (no NCCL engine yet), so both are a
+//! loopback: the send buffer is copied to the receive buffer, 16 bytes per access where
+//! the size allows.
 
 use super::{elem_of, KernelCall, Role, Shapes};
 use crate::gpu::build::KernelBuilder;
@@ -13,7 +14,7 @@ use crate::ir::{Graph, ValueId};
 /// reserved SMs each run one block.
 pub(crate) const COMM_BLOCK: u32 = 1024;
 
-pub(super) fn all_to_all(
+pub(super) fn loopback(
     name: &str,
     g: &Graph,
     shapes: &Shapes,

@@ -211,7 +211,9 @@ fn library(
         {
             vec![rows::lower(name, g, shapes, v, operands, c)?]
         }
-        Op::AllToAll { .. } => vec![collective::all_to_all(name, g, shapes, v, operands[0])?],
+        Op::AllReduce | Op::AllToAll { .. } => {
+            vec![collective::loopback(name, g, shapes, v, operands[0])?]
+        }
         Op::TopK { .. } => vec![routing::top_k(name, g, shapes, v, operands[0])?],
         Op::GroupedMatMul => {
             // The weight may be read through a transpose folded into the product.

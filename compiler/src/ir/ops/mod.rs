@@ -146,6 +146,9 @@ pub enum Op {
         /// Stream seed.
         seed: u64,
     },
+    /// The sum of the operand over every rank of the world (data-parallel gradients);
+    /// the identity with one rank.
+    AllReduce,
     /// The expert-parallel exchange along `axis` (a loopback with one rank).
     AllToAll {
         /// The axis split into one chunk per rank.
@@ -190,6 +193,7 @@ impl Op {
             Op::Iota { .. } => "iota",
             Op::RandomUniform { .. } => "random_uniform",
             Op::RandomNormal { .. } => "random_normal",
+            Op::AllReduce => "all_reduce",
             Op::AllToAll { .. } => "all_to_all",
             Op::TopK { .. } => "top_k",
             Op::GroupedMatMul => "grouped_matmul",
@@ -265,6 +269,7 @@ impl Op {
             Op::GroupedMatMulWeightGrad { groups } => vec![("groups", int(*groups))],
             Op::Composite(c) => c.attrs(),
             Op::GroupedMatMul
+            | Op::AllReduce
             | Op::Unary(_)
             | Op::Binary(_)
             | Op::Compare(_)
@@ -330,6 +335,7 @@ impl Op {
                 "iota" => Op::Iota {
                     axis: a.index("axis")?,
                 },
+                "all_reduce" => Op::AllReduce,
                 "all_to_all" => Op::AllToAll {
                     axis: a.index("axis")?,
                 },
@@ -396,6 +402,7 @@ impl Op {
             Op::RandomUniform { .. } | Op::RandomNormal { .. } => {
                 source::infer_random(self.name(), operands, declared_ty()?)
             }
+            Op::AllReduce => collective::infer_all_reduce(operands),
             Op::AllToAll { axis } => collective::infer_all_to_all(*axis, operands),
             Op::TopK { k } => routing::infer_top_k(*k, operands),
             Op::GroupedMatMul => routing::infer_grouped_matmul(operands),
@@ -448,6 +455,7 @@ impl Op {
                 vec![Some(indexing::vjp_gather(*axis, b, (x[0], x[1]), g)), None]
             }
             Op::ScatterAdd { axis } => indexing::vjp_scatter_add(*axis, b, x[1], g, needs),
+            Op::AllReduce => one(collective::vjp_all_reduce(b, g)),
             Op::AllToAll { axis } => one(collective::vjp_all_to_all(*axis, b, g)),
             Op::TopK { .. } => vec![None],
             Op::GroupedMatMul => routing::vjp_grouped_matmul(b, (x[0], x[1], x[2]), g, needs)?,
@@ -487,6 +495,7 @@ impl Op {
                 "iota",
                 "random_uniform",
                 "random_normal",
+                "all_reduce",
                 "all_to_all",
                 "top_k",
                 "grouped_matmul",

@@ -1,0 +1,99 @@
+//! Collective communication between the ranks of a world: the engine under the IR's
+//! collective ops (`all_reduce`).
+//!
+//! A world is a [`Collectives`] implementation: [`Solo`] (one rank, the default),
+//! [`local::LocalWorld`] (ranks as threads of one process, for tests of any world size)
+//! or, with the `mpi` cargo feature, [`mpi::MpiWorld`] (one rank per process, started
+//! by `mpirun`). The backends find the world of the calling thread through
+//! [`with_current`]; [`with_world`] sets it for a scope. Backends run a program's steps
+//! on the thread that called them, so every collective of a step reaches the world of
+//! that thread, in the program's (deterministic) order on every rank.
+
+pub mod local;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a collective failed.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CommError {
+    /// The ranks contributed buffers of different lengths (different models or
+    /// configurations on different ranks).
+    #[error("ranks disagree on the size of an all_reduce: {0:?} elements by rank")]
+    SizeMismatch(Vec<usize>),
+    /// The engine reported a failure.
+    #[error("{engine}: {message}")]
+    Engine {
+        /// The engine (`mpi`, `local`).
+        engine: &'static str,
+        /// What it said.
+        message: String,
+    },
+}
+
+/// A world of ranks that can combine values: each call is collective, made by every
+/// rank in the same order.
+pub trait Collectives: Send + Sync {
+    /// This rank, from 0.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// Replaces `values` on every rank by their elementwise sum over all ranks.
+    fn all_reduce_f32(&self, values: &mut [f32]) -> Result<(), CommError>;
+    /// Replaces `values` on every rank by their elementwise sum over all ranks.
+    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), CommError>;
+}
+
+/// The world of one rank: every collective is the identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Solo;
+
+impl Collectives for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_f32(&self, _: &mut [f32]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn all_reduce_f64(&self, _: &mut [f64]) -> Result<(), CommError> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<dyn Collectives>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `world` as the calling thread's world (the previous one is restored
+/// afterwards, also when `f` panics).
+pub fn with_world<R>(world: Arc<dyn Collectives>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<dyn Collectives>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(world)));
+    f()
+}
+
+/// Calls `f` with the calling thread's world ([`Solo`] outside [`with_world`]).
+pub fn with_current<R>(f: impl FnOnce(&dyn Collectives) -> R) -> R {
+    let world = CURRENT.with(|c| c.borrow().clone());
+    match world {
+        Some(w) => f(w.as_ref()),
+        None => f(&Solo),
+    }
+}
+
+/// The calling thread's rank and world size.
+pub fn current_rank() -> (usize, usize) {
+    with_current(|w| (w.rank(), w.size()))
+}

@@ -1,0 +1,109 @@
+//! The MPI engine (cargo feature `mpi`): one rank per process, started by `mpirun`, on
+//! the system's MPI library through the `mpi` crate (rsmpi).
+
+use super::{Collectives, CommError};
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives};
+use mpi::Threading;
+use std::sync::Mutex;
+
+/// The MPI world of this process. Dropping it finalises MPI (once per process).
+pub struct MpiWorld {
+    calls: Mutex<SimpleCommunicator>,
+    rank: usize,
+    size: usize,
+    // Declared last: dropped (MPI_Finalize) after the communicator.
+    _universe: Universe,
+}
+
+// SAFETY: MPI is initialised with `Threading::Serialized` (or better), which allows
+// calls from any thread as long as no two run at once; every call goes through the
+// `calls` mutex. The universe is only dropped, once, with the value.
+unsafe impl Send for MpiWorld {}
+// SAFETY: as above: shared access reaches MPI only through the mutex.
+unsafe impl Sync for MpiWorld {}
+
+impl MpiWorld {
+    /// Initialises MPI. `None` when the process was not started by an MPI launcher
+    /// (a singleton run would be a world of one, which [`super::Solo`] already is) or
+    /// MPI was initialised before.
+    pub fn init() -> Result<Option<MpiWorld>, CommError> {
+        if !launched_by_mpirun() {
+            return Ok(None);
+        }
+        let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized)
+        else {
+            return Ok(None);
+        };
+        if threading < Threading::Serialized {
+            return Err(CommError::Engine {
+                engine: "mpi",
+                message: format!(
+                    "the MPI library offers thread level {threading:?}; smelt needs Serialized"
+                ),
+            });
+        }
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        Ok(Some(MpiWorld {
+            calls: Mutex::new(world),
+            rank,
+            size,
+            _universe: universe,
+        }))
+    }
+
+    fn all_reduce<T: mpi::datatype::Equivalence + Copy>(
+        &self,
+        values: &mut [T],
+    ) -> Result<(), CommError> {
+        let world = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Every rank first checks that all contribute the same length: MPI itself would
+        // read past the shorter buffers.
+        // One call: the maximum of (len, −len) is (longest, −shortest).
+        let len = values.len() as i64;
+        let mut extremes = [0i64; 2];
+        world.all_reduce_into(&[len, -len][..], &mut extremes[..], SystemOperation::max());
+        let (longest, shortest) = (extremes[0], -extremes[1]);
+        if longest != shortest {
+            return Err(CommError::Engine {
+                engine: "mpi",
+                message: format!(
+                    "ranks disagree on the size of an all_reduce ({shortest} to {longest} elements; rank {} has {len})",
+                    self.rank
+                ),
+            });
+        }
+        let send = values.to_vec();
+        world.all_reduce_into(&send[..], values, SystemOperation::sum());
+        Ok(())
+    }
+}
+
+/// Whether an MPI launcher started this process (Open MPI, MPICH and Slurm's PMI set
+/// these).
+fn launched_by_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+impl Collectives for MpiWorld {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_reduce_f32(&self, values: &mut [f32]) -> Result<(), CommError> {
+        self.all_reduce(values)
+    }
+    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), CommError> {
+        self.all_reduce(values)
+    }
+}

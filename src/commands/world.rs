@@ -1,0 +1,42 @@
+//! The world of ranks a command runs in: one process, or the MPI world `mpirun` started.
+
+use smelt_frontend::Diagnostic;
+use smelt_runtime::comm::{Collectives, Solo};
+use std::sync::Arc;
+
+/// Joins the world for `ranks` data-parallel ranks: with one rank this process alone;
+/// otherwise the MPI world (this smelt must be built with the `mpi` feature and started
+/// by `mpirun -np RANKS`). A process started by `mpirun` with several ranks must be
+/// given their number, so that no rank trains alone and overwrites another's files.
+pub fn join(ranks: usize) -> Result<Arc<dyn Collectives>, Diagnostic> {
+    let world = mpi_world()?;
+    let size = world.as_ref().map_or(1, |w| w.size());
+    if size != ranks.max(1) {
+        let why = if world.is_some() {
+            format!("mpirun started {size} processes but --dp is {ranks}: give --dp {size}")
+        } else if cfg!(feature = "mpi") {
+            format!("--dp {ranks} runs one process per rank: start it with mpirun -np {ranks} smelt train ...")
+        } else {
+            format!("--dp {ranks} needs MPI, and this smelt was built without it (cargo build --features mpi, with an MPI library such as Open MPI installed)")
+        };
+        return Err(Diagnostic::plain(why));
+    }
+    Ok(match world {
+        Some(w) => w,
+        None => Arc::new(Solo),
+    })
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_world() -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
+    match smelt_runtime::comm::mpi::MpiWorld::init() {
+        Ok(Some(w)) => Ok(Some(Arc::new(w))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(Diagnostic::plain(e.to_string())),
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_world() -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
+    Ok(None)
+}
