@@ -347,3 +347,20 @@ fn gpt_trains_on_text_and_generates() {
     ]);
     assert!(out.starts_with("In the") && out.len() >= 26, "{out:?}");
 }
+
+#[test]
+fn data_parallel_outside_an_mpi_world_is_a_user_error() {
+    // Without mpirun (or without the `mpi` feature) there is no world of two ranks.
+    let err = expect_user_error(&smelt(&[
+        "train",
+        "examples/gpt.smelt",
+        "--data",
+        "examples/data/genesis.txt",
+        "--dp",
+        "2",
+    ]));
+    assert!(
+        err.contains("--dp 2") && (err.contains("mpirun -np 2") || err.contains("without it")),
+        "{err}"
+    );
+}
