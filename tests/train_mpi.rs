@@ -192,6 +192,37 @@ fn moe_on_two_ranks_trains_as_one_process() {
 }
 
 #[test]
+fn a_run_checkpointed_on_two_ranks_resumes_in_one_process() {
+    let Some(mpirun) = mpirun() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, split) = (tmp.path().join("straight"), tmp.path().join("split"));
+    let single = |args: &[String]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_smelt"));
+        c.args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SMELT_CACHE_DIR", cache_dir());
+        run(c)
+    };
+    single(&train_args(&gpt(), &straight, 12));
+    let mut first = train_args(&gpt(), &split, 6);
+    first.extend(["--dp", "2"].map(String::from));
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    run(mpi_command(&mpirun, 2, &first));
+    let mut rest = train_args(&gpt(), &split, 12);
+    rest.extend(["--resume".to_string(), split.display().to_string()]);
+    single(&rest);
+    let (want, got) = (losses(&straight), losses(&split));
+    assert_eq!(got.len(), 12, "6 steps on two ranks, then 6 in one process");
+    for (step, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "step {}: loss {a}, one process throughout {b}",
+            step + 1
+        );
+    }
+}
+
+#[test]
 fn a_world_that_disagrees_with_dp_is_refused() {
     let Some(mpirun) = mpirun() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -208,6 +239,34 @@ fn a_world_that_disagrees_with_dp_is_refused() {
         !tmp.path().join("log.jsonl").exists(),
         "no rank trained alone"
     );
+}
+
+#[test]
+fn ranks_started_with_different_settings_are_refused() {
+    let Some(mpirun) = mpirun() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let smelt = env!("CARGO_BIN_EXE_smelt");
+    let mut rank0 = train_args(&gpt(), &tmp.path().join("a"), 2);
+    rank0.extend(["--dp", "2"].map(String::from));
+    let mut rank1 = rank0.clone();
+    rank1.extend(["--seed", "1"].map(String::from));
+    // Open MPI's MPMD form: one command per rank, separated by `:`.
+    let out = Command::new(mpirun)
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "1", smelt])
+        .args(&rank0)
+        .args([":", "-np", "1", smelt])
+        .args(&rank1)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SMELT_CACHE_DIR", cache_dir())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("different models or settings"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(!tmp.path().join("a/log.jsonl").exists(), "no step ran");
 }
 
 #[test]

@@ -226,3 +226,35 @@ fn all_reduce_sums_over_the_world_in_the_interpreter_and_the_cpu_backend() {
         assert_eq!(cpu, vec![3.0, 30.0, 1.5]);
     }
 }
+
+#[test]
+fn ranks_with_different_settings_are_refused_at_start() {
+    let purpose = Purpose::TrainReplica {
+        optimizer: Optimizer::adamw(),
+        replicas: 2,
+    };
+    let compiled = Compiled::compile(&model(), purpose, None).unwrap();
+    let errors: Vec<Option<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = LocalWorld::ranks(2)
+            .into_iter()
+            .map(|w| {
+                let compiled = compiled.clone();
+                s.spawn(move || {
+                    let mut c = config(2);
+                    c.lr *= 1.0 + w.rank() as f64;
+                    let w: Arc<dyn Collectives> = w;
+                    comm::with_world(w, || {
+                        Trainer::from_compiled(compiled, data(), c)
+                            .err()
+                            .map(|e| e.to_string())
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for e in errors {
+        let e = e.expect("every rank refuses");
+        assert!(e.contains("different models or settings"), "{e}");
+    }
+}

@@ -114,6 +114,24 @@ mod tests {
     }
 
     #[test]
+    fn ranks_agree_only_on_equal_keys() {
+        let check = |keys: [u64; 3]| -> Vec<bool> {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = LocalWorld::ranks(3)
+                    .into_iter()
+                    .map(|w| s.spawn(move || super::super::agree(&*w, keys[w.rank()]).unwrap()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        };
+        assert_eq!(check([u64::MAX, u64::MAX, u64::MAX]), vec![true; 3]);
+        assert_eq!(check([7, 7, 7 | 1 << 63]), vec![false; 3]);
+        // Equal sums, different values.
+        assert_eq!(check([1, 3, 2]), vec![false; 3]);
+        assert_eq!(check([0, 0, 1 << 20]), vec![false; 3]);
+    }
+
+    #[test]
     fn ranks_with_different_sizes_all_fail() {
         let results: Vec<Result<(), CommError>> = std::thread::scope(|s| {
             let handles: Vec<_> = LocalWorld::ranks(2)

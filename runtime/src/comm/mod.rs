@@ -97,3 +97,17 @@ pub fn with_current<R>(f: impl FnOnce(&dyn Collectives) -> R) -> R {
 pub fn current_rank() -> (usize, usize) {
     with_current(|w| (w.rank(), w.size()))
 }
+
+/// Whether every rank of `world` passed the same `key` (a fingerprint of its model and
+/// settings). Collective. Each 16-bit piece of the key is summed with its square over
+/// the ranks: the pieces agree exactly when the spread `n·Σx² − (Σx)²` is zero, and
+/// every sum stays an exact integer in f64.
+pub fn agree(world: &dyn Collectives, key: u64) -> Result<bool, CommError> {
+    let pieces: Vec<f64> = (0..4)
+        .map(|i| ((key >> (16 * i)) & 0xffff) as f64)
+        .collect();
+    let mut sums: Vec<f64> = pieces.iter().flat_map(|&x| [x, x * x]).collect();
+    world.all_reduce_f64(&mut sums)?;
+    let n = world.size() as f64;
+    Ok(sums.chunks(2).all(|s| n * s[1] - s[0] * s[0] == 0.0))
+}

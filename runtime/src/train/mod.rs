@@ -248,7 +248,7 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
     ) -> Result<Trainer, TrainError> {
-        let shard = Shard::of_world(&config)?;
+        let shard = Shard::of_world(&config, &step_graph)?;
         // Compiling allocates no tensors; the check comes before any is made.
         let engine =
             Engine::new(&step_graph, device).map_err(|e| TrainError::Backend(e.to_string()))?;
@@ -291,10 +291,10 @@ impl Trainer {
                 config.data_parallel
             )));
         }
-        let shard = Shard::of_world(&config)?;
         // The scheduled graph has the step graph's inputs, parameters, state and
         // updates under the same names, so it feeds batches and initialisers as well.
         let step_graph = compiled.program.schedule().graph.clone();
+        let shard = Shard::of_world(&config, &step_graph)?;
         let engine = Engine::Cpu(compiled.program);
         check_fits(&step_graph, &data, &config, &engine)?;
         Ok(Trainer::with_engine(
@@ -506,8 +506,9 @@ struct Shard {
 
 impl Shard {
     /// This thread's part, from its world ([`crate::comm`]), which must have
-    /// `config.data_parallel` ranks that divide the batch.
-    fn of_world(config: &TrainConfig) -> Result<Shard, TrainError> {
+    /// `config.data_parallel` ranks that divide the batch, all running `step_graph`
+    /// with the same settings (checked collectively).
+    fn of_world(config: &TrainConfig, step_graph: &Graph) -> Result<Shard, TrainError> {
         let (rank, ranks) = crate::comm::current_rank();
         let wanted = config.data_parallel.max(1);
         if ranks != wanted {
@@ -520,6 +521,20 @@ impl Shard {
                 "the batch of {} samples does not split evenly over {ranks} data-parallel ranks",
                 config.batch
             )));
+        }
+        if ranks > 1 {
+            use std::hash::{Hash, Hasher};
+            // SipHash with fixed keys: the same on every rank of one smelt build.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            text::print(step_graph).hash(&mut h);
+            format!("{:?} {}", config.settings(), config.steps).hash(&mut h);
+            let same = crate::comm::with_current(|w| crate::comm::agree(w, h.finish()))
+                .map_err(|e| TrainError::Backend(e.to_string()))?;
+            if !same {
+                return Err(TrainError::Backend(format!(
+                    "rank {rank}: the data-parallel ranks run different models or settings (the model file, --set, the optimiser, --lr, --batch, --seed, --schedule and --steps must be the same on every rank)"
+                )));
+            }
         }
         Ok(Shard { rank, ranks })
     }
