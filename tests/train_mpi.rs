@@ -269,14 +269,15 @@ fn ranks_started_with_different_settings_are_refused() {
     assert!(!tmp.path().join("a/log.jsonl").exists(), "no step ran");
 }
 
-#[test]
-fn a_rank_that_dies_ends_the_run() {
-    let Some(mpirun) = mpirun() else { return };
+/// Starts a long two-rank run, sends rank 1 `signal` once rank 0 has logged a step,
+/// and returns what the run printed once it ended (it must end within 60 s, failing).
+fn signal_rank_1_mid_run(mpirun: &Path, signal: &str, extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let args = train_args(&gpt(), tmp.path(), 100_000);
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend(["--dp", "2", "--checkpoint-every", "100000"]);
-    let mut child = mpi_command(&mpirun, 2, &args)
+    args.extend(extra);
+    let mut child = mpi_command(mpirun, 2, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -289,10 +290,10 @@ fn a_rank_that_dies_ends_the_run() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let rank1 = smelt_pid_of_rank(child.id(), 1).expect("rank 1's process");
-    let killed = Command::new("kill")
-        .args(["-9", &rank1.to_string()])
+    let sent = Command::new("kill")
+        .args([signal, &rank1.to_string()])
         .status();
-    assert!(killed.unwrap().success());
+    assert!(sent.unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -300,16 +301,38 @@ fn a_rank_that_dies_ends_the_run() {
         }
         if Instant::now() > deadline {
             child.kill().ok();
-            panic!("the run went on for 60 s after rank 1 died");
+            Command::new("kill")
+                .args(["-9", &rank1.to_string()])
+                .status()
+                .ok();
+            panic!("the run went on for 60 s after rank 1 got {signal}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = texts(&out);
     assert!(!status.success(), "{stdout}\n{stderr}");
+    stdout + &stderr
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_run() {
+    let Some(mpirun) = mpirun() else { return };
+    let out = signal_rank_1_mid_run(&mpirun, "-KILL", &[]);
     assert!(
-        (stdout.clone() + &stderr).contains("rank 1"),
-        "the launcher names the lost rank:\n{stdout}\n{stderr}"
+        out.contains("rank 1"),
+        "the launcher names the lost rank:\n{out}"
+    );
+}
+
+#[test]
+fn a_rank_that_hangs_stops_the_run_after_the_comm_timeout() {
+    let Some(mpirun) = mpirun() else { return };
+    // A stopped process neither answers nor exits: only the timeout can end the run.
+    let out = signal_rank_1_mid_run(&mpirun, "-STOP", &["--comm-timeout", "3"]);
+    assert!(
+        out.contains("rank 0: the other ranks did not answer within 3s (--comm-timeout)"),
+        "{out}"
     );
 }
 

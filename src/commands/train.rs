@@ -39,6 +39,10 @@ pub struct Args {
     /// step; rank 0 writes the log, profile and checkpoints.
     #[arg(long, default_value_t = 1)]
     dp: usize,
+    /// Seconds a data-parallel rank waits for the others at a collective before the
+    /// run is stopped on every rank.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    comm_timeout: f64,
     /// Base learning rate.
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
@@ -102,7 +106,14 @@ fn fail(e: TrainError) -> Diagnostic {
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
-    let world = super::world::join(args.dp)?;
+    if !(args.comm_timeout.is_finite() && args.comm_timeout > 0.0 && args.comm_timeout < 1e9) {
+        return Err(Diagnostic::plain(format!(
+            "--comm-timeout must be a positive number of seconds, found {}",
+            args.comm_timeout
+        )));
+    }
+    let timeout = std::time::Duration::from_secs_f64(args.comm_timeout);
+    let world = super::world::join(args.dp, timeout)?;
     smelt_runtime::comm::with_world(world, || train(args))
 }
 

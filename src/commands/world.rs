@@ -3,13 +3,14 @@
 use smelt_frontend::Diagnostic;
 use smelt_runtime::comm::{Collectives, Solo};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Joins the world for `ranks` data-parallel ranks: with one rank this process alone;
 /// otherwise the MPI world (this smelt must be built with the `mpi` feature and started
 /// by `mpirun -np RANKS`). A process started by `mpirun` with several ranks must be
 /// given their number, so that no rank trains alone and overwrites another's files.
-pub fn join(ranks: usize) -> Result<Arc<dyn Collectives>, Diagnostic> {
-    let world = mpi_world()?;
+pub fn join(ranks: usize, timeout: Duration) -> Result<Arc<dyn Collectives>, Diagnostic> {
+    let world = mpi_world(timeout)?;
     let size = world.as_ref().map_or(1, |w| w.size());
     if size != ranks.max(1) {
         let why = if world.is_some() {
@@ -28,8 +29,8 @@ pub fn join(ranks: usize) -> Result<Arc<dyn Collectives>, Diagnostic> {
 }
 
 #[cfg(feature = "mpi")]
-fn mpi_world() -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
-    match smelt_runtime::comm::mpi::MpiWorld::init() {
+fn mpi_world(timeout: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
+    match smelt_runtime::comm::mpi::MpiWorld::init(timeout) {
         Ok(Some(w)) => Ok(Some(Arc::new(w))),
         Ok(None) => Ok(None),
         Err(e) => Err(Diagnostic::plain(e.to_string())),
@@ -37,6 +38,6 @@ fn mpi_world() -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_world() -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
+fn mpi_world(_: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
     Ok(None)
 }

@@ -8,12 +8,15 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives};
 use mpi::Threading;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The MPI world of this process. Dropping it finalises MPI (once per process).
 pub struct MpiWorld {
     calls: Mutex<SimpleCommunicator>,
     rank: usize,
     size: usize,
+    /// How long a collective may wait for the other ranks before every rank is stopped.
+    timeout: Duration,
     // Declared last: dropped (MPI_Finalize) after the communicator.
     _universe: Universe,
 }
@@ -28,8 +31,9 @@ unsafe impl Sync for MpiWorld {}
 impl MpiWorld {
     /// Initialises MPI. `None` when the process was not started by an MPI launcher
     /// (a singleton run would be a world of one, which [`super::Solo`] already is) or
-    /// MPI was initialised before.
-    pub fn init() -> Result<Option<MpiWorld>, CommError> {
+    /// MPI was initialised before. A collective that waits longer than `timeout` for
+    /// the other ranks (one hangs, or its machine went away) stops them all.
+    pub fn init(timeout: Duration) -> Result<Option<MpiWorld>, CommError> {
         if !launched_by_mpirun() {
             return Ok(None);
         }
@@ -51,6 +55,7 @@ impl MpiWorld {
             calls: Mutex::new(world),
             rank,
             size,
+            timeout,
             _universe: universe,
         }))
     }
@@ -68,7 +73,7 @@ impl MpiWorld {
         // One call: the maximum of (len, −len) is (longest, −shortest).
         let len = values.len() as i64;
         let mut extremes = [0i64; 2];
-        world.all_reduce_into(&[len, -len][..], &mut extremes[..], SystemOperation::max());
+        self.within_timeout(&world, &[len, -len], &mut extremes, SystemOperation::max());
         let (longest, shortest) = (extremes[0], -extremes[1]);
         if longest != shortest {
             return Err(CommError::Engine {
@@ -80,8 +85,44 @@ impl MpiWorld {
             });
         }
         let send = values.to_vec();
-        world.all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.within_timeout(&world, &send, values, SystemOperation::sum());
         Ok(())
+    }
+
+    /// An all-reduce that polls its request until it completes or the timeout passes.
+    /// A collective cannot be cancelled, so on timeout MPI_Abort stops every rank (the
+    /// launcher then ends the run with this rank's message).
+    fn within_timeout<T: mpi::datatype::Equivalence>(
+        &self,
+        world: &SimpleCommunicator,
+        send: &[T],
+        recv: &mut [T],
+        op: SystemOperation,
+    ) {
+        let deadline = Instant::now() + self.timeout;
+        mpi::request::scope(|scope| {
+            let mut request = world.immediate_all_reduce_into(scope, send, recv, op);
+            for polls in 0u64.. {
+                request = match request.test() {
+                    Ok(_) => return,
+                    Err(pending) => pending,
+                };
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "error: rank {}: the other ranks did not answer within {:?} (--comm-timeout); stopping every rank",
+                        self.rank, self.timeout
+                    );
+                    world.abort(2);
+                }
+                // Spin briefly (collectives of one step follow each other closely),
+                // then give the core back.
+                if polls < 2_000 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        })
     }
 }
 
