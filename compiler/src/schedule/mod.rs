@@ -13,6 +13,7 @@ mod epilogue;
 mod first_fit;
 mod fusion;
 pub mod memory;
+mod overlap;
 pub mod serial;
 mod transpose;
 
@@ -121,6 +122,7 @@ pub fn schedule_with(graph: &Graph, fuse: bool) -> Schedule {
     if fuse {
         steps = epilogue::fold_additive_epilogues(&graph, steps);
     }
+    let steps = overlap::defer_collective_consumers(&graph, steps);
     Schedule { graph, steps }
 }
 

@@ -111,3 +111,11 @@ pub fn agree(world: &dyn Collectives, key: u64) -> Result<bool, CommError> {
     let n = world.size() as f64;
     Ok(sums.chunks(2).all(|s| n * s[1] - s[0] * s[0] == 0.0))
 }
+
+/// The calling thread's world, to hand to a thread that communicates for it; `None`
+/// for [`Solo`].
+pub fn current_world() -> Option<Arc<dyn Collectives>> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .filter(|w| w.size() > 1)
+}

@@ -101,6 +101,12 @@ fn copy_buf(out: Out, b: &Buf, offset: usize, strides: &[usize], shape: &[usize]
     }
 }
 
+/// A copy of `x` into `out`.
+pub(super) fn copy(out: Out, x: &Val) -> Buf {
+    let n = x.buf().len();
+    copy_buf(out, x.buf(), 0, &[1], &[n])
+}
+
 /// The sum of `buf` over the ranks of the calling thread's world (`crate::comm`).
 fn all_reduce(mut buf: Buf) -> Result<Buf, String> {
     let Buf::F32(values) = &mut buf else {

@@ -16,6 +16,7 @@
 
 mod attention;
 mod buffers;
+mod comm_lane;
 mod fused;
 mod kernels;
 mod paged_attention;
@@ -346,7 +347,9 @@ impl CpuProgram {
         run
     }
 
-    /// Runs the steps with every output in the buffer `arena`'s plan gives it.
+    /// Runs the steps with every output in the buffer `arena`'s plan gives it; in a
+    /// world of several ranks, collectives go to a communication lane that overlaps
+    /// them with the steps that do not need their results.
     fn run_planned(
         &self,
         arena: &mut Arena,
@@ -356,6 +359,45 @@ impl CpuProgram {
         updates_to: UpdatesTo,
     ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
+        let communicates = self.schedule.steps.iter().any(|s| {
+            matches!(
+                &g.value(s.output()).def,
+                Def::Node {
+                    op: Op::AllReduce,
+                    ..
+                }
+            )
+        });
+        match communicates.then(crate::comm::current_world).flatten() {
+            None => self.run_steps(arena, bindings, feeds, resident, updates_to, None),
+            Some(world) => std::thread::scope(|scope| {
+                let lane = comm_lane::Lane::start(scope, world);
+                self.run_steps(arena, bindings, feeds, resident, updates_to, Some(&lane))
+            }),
+        }
+    }
+
+    fn run_steps(
+        &self,
+        arena: &mut Arena,
+        bindings: &Bindings,
+        feeds: &HashMap<String, Tensor>,
+        resident: &Resident,
+        updates_to: UpdatesTo,
+        lane: Option<&comm_lane::Lane>,
+    ) -> Result<Ran, RunError> {
+        let g = &self.schedule.graph;
+        let mut in_flight: HashMap<ValueId, comm_lane::InFlight> = HashMap::new();
+        let landed = |id: ValueId, flight: comm_lane::InFlight| {
+            flight
+                .wait()
+                .map(|(sum, shape)| Val::new(Buf::F32(sum), shape))
+                .map_err(|e| RunError::Eval {
+                    value: id,
+                    name: g.value(id).name.clone(),
+                    message: e.to_string(),
+                })
+        };
         // The buffers the state replaced last step hold this step's updates.
         let mut update_spares: HashMap<ValueId, Buf> = g
             .updates
@@ -377,6 +419,11 @@ impl CpuProgram {
             let mem = &plan.steps[i];
             let out = step.output();
             let v = g.value(out);
+            for r in step.reads(g) {
+                if let Some(flight) = in_flight.remove(&r) {
+                    env[r.index()] = Some(landed(r, flight)?);
+                }
+            }
             let shape = v.ty.shape.eval(bindings)?;
             let n: usize = shape.iter().product();
             // An in-place operand leaves the environment: the step owns its buffer.
@@ -448,6 +495,17 @@ impl CpuProgram {
                     }
                     let out_buf = dest();
                     let given = buffers::given(&out_buf);
+                    if let (Op::AllReduce, Some(lane)) = (op, lane) {
+                        // A copy into the planned buffer travels; the sum lands there.
+                        let buf = kernels::copy(out_buf, args[0]);
+                        arena.account(given, &buf, escaping);
+                        let Buf::F32(values) = buf else {
+                            unreachable!("all_reduce sums f32 buffers")
+                        };
+                        in_flight.insert(out, lane.all_reduce(values, shape));
+                        self.release(arena, &mut env, &mem.release);
+                        continue;
+                    }
                     let table = match op {
                         Op::Gather { axis: 0 } if !resident.tables.is_empty() => {
                             resident.tables.get(&g.value(reads[0]).name)
@@ -519,6 +577,9 @@ impl CpuProgram {
             debug_assert_eq!(buf.len(), n);
             env[out.index()] = Some(Val::new(buf, shape));
             self.release(arena, &mut env, &mem.release);
+        }
+        for (id, flight) in in_flight.drain() {
+            env[id.index()] = Some(landed(id, flight)?);
         }
         let kept = |id: ValueId| env[id.index()].clone().expect("kept to the end");
         let outputs = g
