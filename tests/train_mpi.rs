@@ -127,6 +127,16 @@ fn matches_one_process(model: &[String], ranks: usize) {
 
     let (want, got) = (losses(&single), losses(&parallel));
     assert_eq!(got.len(), 20, "rank 0 logs every step once");
+    // Each step's log line says how its gradient sums went.
+    for line in std::fs::read_to_string(parallel.join("log.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hidden = v["comm_hidden"].as_f64().expect("comm_hidden is logged");
+        assert!((0.0..=1.0).contains(&hidden), "{line}");
+        assert!(v["comm_seconds"].as_f64().expect("comm_seconds is logged") > 0.0);
+    }
     for (step, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!(
             (a - b).abs() <= 1e-5 * b.abs(),

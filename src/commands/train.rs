@@ -280,8 +280,18 @@ fn train(args: Args) -> Result<(), Diagnostic> {
             p.step(&report, began);
         }
         if let Some(f) = &mut log {
+            // Data-parallel steps on the CPU backend also say how their gradient sums
+            // went: seconds on the communication lane, and the share compute hid.
+            let comm = match report.comm.collectives {
+                0 => String::new(),
+                _ => format!(
+                    ",\"comm_seconds\":{},\"comm_hidden\":{}",
+                    report.comm.seconds,
+                    report.comm.hidden()
+                ),
+            };
             let line = format!(
-                "{{\"step\":{},\"loss\":{},\"lr\":{},\"seconds\":{},\"tokens_per_second\":{}}}\n",
+                "{{\"step\":{},\"loss\":{},\"lr\":{},\"seconds\":{},\"tokens_per_second\":{}{comm}}}\n",
                 report.step,
                 report.loss,
                 report.lr,

@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::Scope;
 
-type Reply = Result<Vec<f32>, CommError>;
+type Reply = Result<(Vec<f32>, f64), CommError>;
 
 /// A collective's buffer on its way to the lane thread.
 struct Job {
@@ -21,6 +21,16 @@ struct Job {
 /// The sending end of the lane; dropping it ends the lane thread.
 pub(super) struct Lane {
     jobs: Sender<Job>,
+}
+
+/// A sum back from the lane.
+pub(super) struct Landed {
+    /// The sum.
+    pub sum: Vec<f32>,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Seconds the lane spent on it.
+    pub seconds: f64,
 }
 
 /// A sum not yet back from the lane.
@@ -36,7 +46,10 @@ impl Lane {
         let (jobs, queue) = channel::<Job>();
         scope.spawn(move || {
             for mut job in queue {
-                let sum = world.all_reduce_f32(&mut job.values).map(|()| job.values);
+                let began = std::time::Instant::now();
+                let sum = world
+                    .all_reduce_f32(&mut job.values)
+                    .map(|()| (job.values, began.elapsed().as_secs_f64()));
                 // The loop may have stopped on an error of its own; nobody waits then.
                 job.reply.send(sum).ok();
             }
@@ -64,13 +77,17 @@ impl Lane {
 
 impl InFlight {
     /// Waits for the sum.
-    pub fn wait(self) -> Result<(Vec<f32>, Vec<usize>), CommError> {
-        let sum = self.reply.recv().unwrap_or_else(|_| {
+    pub fn wait(self) -> Result<Landed, CommError> {
+        let (sum, seconds) = self.reply.recv().unwrap_or_else(|_| {
             Err(CommError::Engine {
                 engine: "lane",
                 message: "the communication thread stopped".into(),
             })
         })?;
-        Ok((sum, self.shape))
+        Ok(Landed {
+            sum,
+            shape: self.shape,
+            seconds,
+        })
     }
 }

@@ -106,6 +106,30 @@ pub struct CpuProgram {
     arenas: Arc<Mutex<Vec<Arena>>>,
     /// What the latest run allocated.
     last_alloc: Arc<Mutex<AllocStats>>,
+    /// How the latest run's collectives went.
+    last_comm: Arc<Mutex<CommStats>>,
+}
+
+/// The collectives of a run on the communication lane (all zero outside a world of
+/// several ranks).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommStats {
+    /// Collectives run.
+    pub collectives: usize,
+    /// Seconds the lane spent in them.
+    pub seconds: f64,
+    /// Seconds the step loop stood waiting for their results.
+    pub waited: f64,
+}
+
+impl CommStats {
+    /// The share of communication time that compute hid (1 when nothing was waited).
+    pub fn hidden(&self) -> f64 {
+        if self.seconds <= 0.0 {
+            return 1.0;
+        }
+        (1.0 - self.waited / self.seconds).clamp(0.0, 1.0)
+    }
 }
 
 /// What a run returns: the outputs, and the updates in backend buffers or (with
@@ -198,12 +222,18 @@ impl CpuProgram {
             jit,
             arenas: Arc::default(),
             last_alloc: Arc::default(),
+            last_comm: Arc::default(),
         })
     }
 
     /// What the latest run allocated for step outputs (a loop's later runs: nothing).
     pub fn last_alloc(&self) -> AllocStats {
         *self.last_alloc.lock().expect("no run panicked holding it")
+    }
+
+    /// How the latest run's collectives went.
+    pub fn last_comm(&self) -> CommStats {
+        *self.last_comm.lock().expect("no run panicked holding it")
     }
 
     /// The memory plan runs with `bindings` follow.
@@ -388,10 +418,18 @@ impl CpuProgram {
     ) -> Result<Ran, RunError> {
         let g = &self.schedule.graph;
         let mut in_flight: HashMap<ValueId, comm_lane::InFlight> = HashMap::new();
+        let comm = std::cell::Cell::new(CommStats::default());
         let landed = |id: ValueId, flight: comm_lane::InFlight| {
-            flight
-                .wait()
-                .map(|(sum, shape)| Val::new(Buf::F32(sum), shape))
+            let began = std::time::Instant::now();
+            let sum = flight.wait();
+            let mut stats = comm.get();
+            stats.waited += began.elapsed().as_secs_f64();
+            stats.collectives += 1;
+            if let Ok(landed) = &sum {
+                stats.seconds += landed.seconds;
+            }
+            comm.set(stats);
+            sum.map(|l| Val::new(Buf::F32(l.sum), l.shape))
                 .map_err(|e| RunError::Eval {
                     value: id,
                     name: g.value(id).name.clone(),
@@ -580,6 +618,9 @@ impl CpuProgram {
         }
         for (id, flight) in in_flight.drain() {
             env[id.index()] = Some(landed(id, flight)?);
+        }
+        if lane.is_some() {
+            *self.last_comm.lock().expect("no run panicked holding it") = comm.get();
         }
         let kept = |id: ValueId| env[id.index()].clone().expect("kept to the end");
         let outputs = g

@@ -154,6 +154,8 @@ pub struct StepReport {
     pub tokens: usize,
     /// Where the step's time went, in order (for profiles).
     pub phases: [Phase; 3],
+    /// The step's collectives (data-parallel runs on the CPU backend; zero otherwise).
+    pub comm: crate::cpu::CommStats,
 }
 
 /// One timed part of a training step.
@@ -422,6 +424,7 @@ impl Trainer {
         );
         let batch_end = start.elapsed().as_secs_f64();
         let shard = self.shard;
+        let mut comm = crate::cpu::CommStats::default();
         let (run_end, loss) = match &self.engine {
             // The state stays in the backend's f32 buffers from step to step.
             Engine::Cpu(program) => {
@@ -435,6 +438,9 @@ impl Trainer {
                 };
                 let run = program.run_resident(&feeds, &held);
                 let run_end = start.elapsed().as_secs_f64();
+                if shard.ranks > 1 {
+                    comm = program.last_comm();
+                }
                 let held = self.held.insert(held);
                 let (outputs, updates) = run?;
                 let loss = finite_loss(step, &outputs, shard)?;
@@ -475,6 +481,7 @@ impl Trainer {
                 phase("run", batch_end, run_end),
                 phase("apply", run_end, apply_end),
             ],
+            comm,
         })
     }
 
