@@ -126,6 +126,14 @@ impl Graph {
         &self.value(id).ty
     }
 
+    /// The op that computes value `id` (`None` for inputs, parameters and state).
+    pub fn op(&self, id: ValueId) -> Option<&Op> {
+        match &self.value(id).def {
+            Def::Node { op, .. } => Some(op),
+            _ => None,
+        }
+    }
+
     /// Every value id in definition order.
     pub fn ids(&self) -> impl Iterator<Item = ValueId> + '_ {
         (0..self.values.len() as u32).map(ValueId)

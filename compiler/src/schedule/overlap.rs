@@ -9,20 +9,12 @@
 
 use super::Step;
 use crate::ir::ops::Op;
-use crate::ir::{Def, Graph};
+use crate::ir::Graph;
 
 /// `steps` with the steps downstream of a collective moved to the end.
 pub fn defer_collective_consumers(g: &Graph, steps: Vec<Step>) -> Vec<Step> {
     let mut downstream = vec![false; g.values.len()];
-    let is_collective = |v: crate::ir::ValueId| {
-        matches!(
-            &g.value(v).def,
-            Def::Node {
-                op: Op::AllReduce,
-                ..
-            }
-        )
-    };
+    let is_collective = |v| matches!(g.op(v), Some(Op::AllReduce));
     let mut now = Vec::with_capacity(steps.len());
     let mut later = Vec::new();
     for step in steps {
@@ -45,7 +37,7 @@ pub fn defer_collective_consumers(g: &Graph, steps: Vec<Step>) -> Vec<Step> {
 mod tests {
     use crate::autodiff::optimizer::{replica_training_step, Optimizer};
     use crate::ir::ops::Op;
-    use crate::ir::{text, Def};
+    use crate::ir::text;
     use crate::schedule::schedule_with;
 
     #[test]
@@ -70,15 +62,7 @@ mod tests {
         .graph;
         let step = replica_training_step(&g, &Optimizer::adamw(), 2).unwrap();
         let s = schedule_with(&step, true);
-        let collective = |v| {
-            matches!(
-                &s.graph.value(v).def,
-                Def::Node {
-                    op: Op::AllReduce,
-                    ..
-                }
-            )
-        };
+        let collective = |v| matches!(s.graph.op(v), Some(Op::AllReduce));
         let collectives: Vec<usize> = (0..s.steps.len())
             .filter(|&i| collective(s.steps[i].output()))
             .collect();

@@ -48,19 +48,14 @@ impl LocalWorld {
         slots: &Mutex<Vec<Vec<T>>>,
         values: &mut [T],
     ) -> Result<(), CommError> {
-        let lock = |s: &Mutex<Vec<Vec<T>>>| {
-            s.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        };
-        {
-            let mut s = slots
+        let lock = || {
+            slots
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            s[self.rank] = values.to_vec();
-        }
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        lock()[self.rank] = values.to_vec();
         self.meeting.barrier.wait();
-        let all = lock(slots);
+        let all = lock().clone();
         self.meeting.barrier.wait();
         let lens: Vec<usize> = all.iter().map(Vec::len).collect();
         if lens.iter().any(|&n| n != values.len()) {

@@ -107,15 +107,6 @@ pub(super) fn copy(out: Out, x: &Val) -> Buf {
     copy_buf(out, x.buf(), 0, &[1], &[n])
 }
 
-/// The sum of `buf` over the ranks of the calling thread's world (`crate::comm`).
-fn all_reduce(mut buf: Buf) -> Result<Buf, String> {
-    let Buf::F32(values) = &mut buf else {
-        return Err("all_reduce sums f32 buffers".into());
-    };
-    crate::comm::with_current(|w| w.all_reduce_f32(values)).map_err(|e| e.to_string())?;
-    Ok(buf)
-}
-
 /// Runs library op `op` on its operands `x`, read as `reads` says (a `grouped_matmul`
 /// weight may be the operand of a transpose folded into the product), into `out` (the
 /// step's planned buffer), for a result of `dtype` and `shape`.
@@ -139,7 +130,9 @@ pub(super) fn eval(
         // A loopback exchange with one rank (see `ir::ops::collective`). The runtime
         // aliases both instead (see the memory plan); this copy is for completeness.
         Op::Reshape | Op::AllToAll { .. } => copy_buf(out, x[0].buf(), 0, &[1], &[n]),
-        Op::AllReduce => all_reduce(copy_buf(out, x[0].buf(), 0, &[1], &[n]))?,
+        // The sum over one rank. With several, the run sends it to its communication
+        // lane instead (`comm_lane.rs`).
+        Op::AllReduce => copy(out, x[0]),
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
             copy_buf(

@@ -372,42 +372,28 @@ impl CpuProgram {
         bind_more(g, &mut bindings, &held_inputs)?;
         let mut arena = self.take_arena(&bindings);
         arena.stats = AllocStats::default();
-        let run = self.run_planned(&mut arena, &bindings, feeds, resident, updates_to);
+        // In a world of several ranks, collectives go to a communication lane that
+        // overlaps them with the steps that do not need their results.
+        let communicating = crate::comm::current_world().filter(|_| {
+            let g = &self.schedule.graph;
+            let collective = |s: &Step| matches!(g.op(s.output()), Some(Op::AllReduce));
+            self.schedule.steps.iter().any(collective)
+        });
+        let run = match communicating {
+            None => self.run_planned(&mut arena, &bindings, feeds, resident, updates_to, None),
+            Some(world) => std::thread::scope(|scope| {
+                let lane = comm_lane::Lane::start(scope, world);
+                let lane = Some(&lane);
+                self.run_planned(&mut arena, &bindings, feeds, resident, updates_to, lane)
+            }),
+        };
         self.keep_arena(arena);
         run
     }
 
-    /// Runs the steps with every output in the buffer `arena`'s plan gives it; in a
-    /// world of several ranks, collectives go to a communication lane that overlaps
-    /// them with the steps that do not need their results.
+    /// Runs the steps with every output in the buffer `arena`'s plan gives it, and
+    /// collectives on `lane` when there is one.
     fn run_planned(
-        &self,
-        arena: &mut Arena,
-        bindings: &Bindings,
-        feeds: &HashMap<String, Tensor>,
-        resident: &Resident,
-        updates_to: UpdatesTo,
-    ) -> Result<Ran, RunError> {
-        let g = &self.schedule.graph;
-        let communicates = self.schedule.steps.iter().any(|s| {
-            matches!(
-                &g.value(s.output()).def,
-                Def::Node {
-                    op: Op::AllReduce,
-                    ..
-                }
-            )
-        });
-        match communicates.then(crate::comm::current_world).flatten() {
-            None => self.run_steps(arena, bindings, feeds, resident, updates_to, None),
-            Some(world) => std::thread::scope(|scope| {
-                let lane = comm_lane::Lane::start(scope, world);
-                self.run_steps(arena, bindings, feeds, resident, updates_to, Some(&lane))
-            }),
-        }
-    }
-
-    fn run_steps(
         &self,
         arena: &mut Arena,
         bindings: &Bindings,
@@ -457,9 +443,12 @@ impl CpuProgram {
             let mem = &plan.steps[i];
             let out = step.output();
             let v = g.value(out);
-            for r in step.reads(g) {
-                if let Some(flight) = in_flight.remove(&r) {
-                    env[r.index()] = Some(landed(r, flight)?);
+            let reads = step.reads(g);
+            if !in_flight.is_empty() {
+                for r in &reads {
+                    if let Some(flight) = in_flight.remove(r) {
+                        env[r.index()] = Some(landed(*r, flight)?);
+                    }
                 }
             }
             let shape = v.ty.shape.eval(bindings)?;
@@ -490,7 +479,6 @@ impl CpuProgram {
                 }
                 Home::Alias(_) => Out::fresh(),
             };
-            let reads = step.reads(g);
             let live = |o: &ValueId| {
                 env[o.index()].as_ref().unwrap_or_else(|| {
                     panic!(
