@@ -364,3 +364,29 @@ fn data_parallel_outside_an_mpi_world_is_a_user_error() {
         "{err}"
     );
 }
+
+/// A smelt without MPI that an MPI launcher started several times refuses to train:
+/// each copy would train alone and overwrite the others' log and checkpoints.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_launched_world_without_mpi_is_refused() {
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args([
+                "train",
+                "examples/gpt.smelt",
+                "--data",
+                "examples/data/genesis.txt",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SMELT_CACHE_DIR", common::cache_dir())
+            .env(var, "2")
+            .output()
+            .expect("the smelt binary runs");
+        let err = expect_user_error(&out);
+        assert!(
+            err.contains("one of 2") && err.contains("without MPI"),
+            "{err}"
+        );
+    }
+}

@@ -37,7 +37,24 @@ fn mpi_world(timeout: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnost
     }
 }
 
+/// Without MPI this process cannot join the world a launcher started, but it can see
+/// that one was started (the launchers' environment), and must then refuse: each rank
+/// would train alone and overwrite the others' files.
 #[cfg(not(feature = "mpi"))]
 fn mpi_world(_: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
-    Ok(None)
+    match launched_world_size() {
+        Some(size) if size > 1 => Err(Diagnostic::plain(format!(
+            "this process is one of {size} started by an MPI launcher, but this smelt was built without MPI (cargo build --features mpi, with an MPI library such as Open MPI installed)"
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// The world size an MPI launcher announces to its processes (Open MPI, MPICH/Hydra,
+/// MVAPICH), if any.
+#[cfg(not(feature = "mpi"))]
+fn launched_world_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
 }
