@@ -390,3 +390,68 @@ fn a_launched_world_without_mpi_is_refused() {
         );
     }
 }
+
+/// A deep model's training step is optimised in windows, the repeated layers' windows
+/// reusing one optimisation (`--explain` says so); it trains as the step optimised in
+/// one e-graph does (`--opt-window 0`), to f32 rounding over 3 AdamW steps.
+#[test]
+fn a_deep_gpt_optimised_in_windows_trains_as_one_egraph_does() {
+    let narrow_deep = [
+        "--set",
+        "d_model=16",
+        "--set",
+        "heads=2",
+        "--set",
+        "head_dim=8",
+        "--set",
+        "d_mlp=32",
+        "--set",
+        "layers=64",
+    ];
+    let mut explain = vec![
+        "dump-ir",
+        "examples/gpt.smelt",
+        "--train",
+        "--stage",
+        "optimized",
+        "--explain",
+    ];
+    explain.extend_from_slice(&narrow_deep);
+    let said = ok(&explain);
+    // The second report is the training step's.
+    let step = said.lines().filter(|l| l.starts_with("e-graph:")).nth(1);
+    assert!(
+        step.is_some_and(|l| l.contains("windows (") && !l.contains("(0 reused)")),
+        "{said}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let train = |name: &str, extra: &[&str]| {
+        let log = dir.path().join(name);
+        let mut args = vec![
+            "train",
+            "examples/gpt.smelt",
+            "--data",
+            "examples/data/genesis.txt",
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--log",
+            log.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&narrow_deep);
+        args.extend_from_slice(extra);
+        ok(&args);
+        losses(&log)
+    };
+    let windowed = train("windowed.jsonl", &[]);
+    let whole = train("whole.jsonl", &["--opt-window", "0"]);
+    assert_eq!(windowed.len(), 3);
+    for ((step, a), (_, b)) in windowed.iter().zip(&whole) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "step {step}: loss {a} windowed, {b} in one e-graph"
+        );
+    }
+}

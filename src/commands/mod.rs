@@ -170,6 +170,10 @@ pub struct OptArgs {
     /// Most milliseconds of rewriting per optimiser run.
     #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
     pub opt_time_ms: u64,
+    /// Most ops per e-graph: a larger graph is optimised in windows of this many
+    /// consecutive ops, which keeps compile time linear in depth (0: one e-graph).
+    #[arg(long, value_name = "N", default_value_t = Options::default().window)]
+    pub opt_window: usize,
 }
 
 impl OptArgs {
@@ -181,6 +185,7 @@ impl OptArgs {
             opt_iters: o.iter_limit,
             opt_nodes: o.node_limit,
             opt_time_ms: o.time_limit.as_millis() as u64,
+            opt_window: o.window,
         }
     }
 
@@ -190,6 +195,7 @@ impl OptArgs {
             iter_limit: self.opt_iters,
             node_limit: self.opt_nodes,
             time_limit: std::time::Duration::from_millis(self.opt_time_ms),
+            window: self.opt_window,
             ..Options::default()
         })
     }

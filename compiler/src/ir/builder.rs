@@ -95,6 +95,11 @@ impl Builder {
         self.reserved.extend(names.into_iter().cloned());
     }
 
+    /// Whether `name` was reserved with [`Builder::reserve_names`] and is still unused.
+    pub fn is_reserved_and_free(&self, name: &str) -> bool {
+        self.reserved.contains(name) && !self.names.contains(name)
+    }
+
     /// Continues building `graph`: new values are appended after its values.
     pub fn from_graph(graph: Graph) -> Builder {
         let names = graph.values.iter().map(|v| v.name.clone()).collect();

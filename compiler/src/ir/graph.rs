@@ -167,7 +167,18 @@ impl Graph {
     /// model loses its labels and loss). Returns the new graph and, for each old
     /// value, its id in the new one.
     pub fn pruned(&self) -> (Graph, Vec<Option<ValueId>>) {
-        let mut needed = vec![false; self.values.len()];
+        self.keeping(|_| false)
+    }
+
+    /// The graph without the ops that no output or update needs; its interface (inputs,
+    /// parameters, state) is unchanged.
+    pub fn without_unused_ops(&self) -> Graph {
+        self.keeping(|v| !matches!(v.def, Def::Node { .. })).0
+    }
+
+    /// The graph with what its outputs and updates need and the values `always` keeps.
+    fn keeping(&self, always: impl Fn(&Value) -> bool) -> (Graph, Vec<Option<ValueId>>) {
+        let mut needed: Vec<bool> = self.values.iter().map(always).collect();
         for &id in self
             .outputs
             .iter()

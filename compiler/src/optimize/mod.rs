@@ -13,6 +13,7 @@ pub mod cost;
 pub mod extract;
 pub mod lang;
 pub mod rules;
+mod window;
 
 pub use analysis::{Facts, TensorAnalysis, TensorGraph};
 pub use cost::{graph_cost, CostModel, GraphCost, RooflineTarget, Work};
@@ -35,6 +36,12 @@ pub struct Options {
     pub time_limit: Duration,
     /// Also use rules that hold only for finite values (`x - x = 0`, `x * 0 = 0`).
     pub assume_finite: bool,
+    /// Most ops per e-graph: a larger graph is optimised in consecutive windows of this
+    /// many ops, so that compile time grows linearly with depth ([`window`]).
+    pub window: usize,
+    /// Optimise a window once and reuse the result for every window of equal form (the
+    /// repeated layers of a deep model); off, every window is optimised on its own.
+    pub reuse_windows: bool,
 }
 
 impl Default for Options {
@@ -44,6 +51,8 @@ impl Default for Options {
             node_limit: 100_000,
             time_limit: Duration::from_millis(1000),
             assume_finite: false,
+            window: 4096,
+            reuse_windows: true,
         }
     }
 }
@@ -65,6 +74,11 @@ pub struct Report {
     pub egraph_nodes: usize,
     /// Number of e-classes at the end.
     pub egraph_classes: usize,
+    /// Into how many windows the graph was cut (1: optimised whole).
+    pub windows: usize,
+    /// How many windows reused the optimisation of an equal one instead of their own
+    /// e-graph (the e-graph figures above cover the others).
+    pub windows_reused: usize,
     /// Wall time of the whole run.
     pub elapsed: Duration,
     /// Where that time went.
@@ -120,11 +134,15 @@ impl fmt::Display for Report {
         writeln!(f, "cost after:  {}", self.after)?;
         writeln!(
             f,
-            "e-graph: {} iterations, stopped by {}, {} nodes in {} classes, {:.1} ms",
+            "e-graph: {} iterations, stopped by {}, {} nodes in {} classes{}, {:.1} ms",
             self.iterations,
             self.stop_reason,
             self.egraph_nodes,
             self.egraph_classes,
+            match self.windows {
+                1 => String::new(),
+                n => format!(" over {n} windows ({} reused)", self.windows_reused),
+            },
             self.elapsed.as_secs_f64() * 1e3
         )?;
         writeln!(f, "phases: {}", self.phases)
@@ -144,8 +162,22 @@ fn describe(reason: Option<&StopReason>) -> String {
 
 /// Optimises `graph` (which must verify) for the target described by `model`. The
 /// result never costs more than the input under `model`: when extraction finds
-/// nothing cheaper, the input is returned unchanged.
+/// nothing cheaper, the input is returned unchanged. A graph of more than
+/// [`Options::window`] ops is optimised window by window.
 pub fn optimize(
+    graph: &Graph,
+    model: &dyn CostModel,
+    options: &Options,
+) -> Result<(Graph, Report), String> {
+    if options.window > 0 && graph.node_count() > options.window {
+        window::optimize_in_windows(graph, model, options)
+    } else {
+        optimize_whole(graph, model, options)
+    }
+}
+
+/// Optimises `graph` in one e-graph.
+fn optimize_whole(
     graph: &Graph,
     model: &dyn CostModel,
     options: &Options,
@@ -198,6 +230,8 @@ pub fn optimize(
         stop_reason: describe(runner.stop_reason.as_ref()),
         egraph_nodes: egraph.total_number_of_nodes(),
         egraph_classes: egraph.number_of_classes(),
+        windows: 1,
+        windows_reused: 0,
         elapsed: start.elapsed(),
         phases,
     };
