@@ -156,6 +156,25 @@ impl Builder {
         )
     }
 
+    /// Adds a node of type `ty` without running the op's shape rule: for copying ops of a
+    /// verified graph, whose types are known to be right. Verify the result.
+    pub fn node_of_known_type(
+        &mut self,
+        name: Option<&str>,
+        op: Op,
+        operands: &[ValueId],
+        ty: TensorType,
+    ) -> Result<ValueId, String> {
+        if let Some(bad) = operands
+            .iter()
+            .find(|o| o.index() >= self.graph.values.len())
+        {
+            return Err(format!("operand {bad} is not defined"));
+        }
+        let operands = operands.to_vec();
+        self.push(name, ty, Def::Node { op, operands })
+    }
+
     /// Adds an anonymous node whose type is inferred; panics if the op's shape rule
     /// rejects it. For code (like decompositions) that only combines well-typed values.
     pub fn add(&mut self, op: Op, operands: &[ValueId]) -> ValueId {

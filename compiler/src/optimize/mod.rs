@@ -169,18 +169,24 @@ pub fn optimize(
     model: &dyn CostModel,
     options: &Options,
 ) -> Result<(Graph, Report), String> {
+    // Built once: the composite rule caches its templates, which windows share.
+    let rules = rules::all_rules(options.assume_finite);
     if options.window > 0 && graph.node_count() > options.window {
-        window::optimize_in_windows(graph, model, options)
+        window::optimize_in_windows(graph, model, options, &rules)
     } else {
-        optimize_whole(graph, model, options)
+        optimize_whole(graph, model, options, &rules)
     }
 }
+
+/// The rewrite rules of one optimisation run.
+type Rules = [egg::Rewrite<TensorNode, TensorAnalysis>];
 
 /// Optimises `graph` in one e-graph.
 fn optimize_whole(
     graph: &Graph,
     model: &dyn CostModel,
     options: &Options,
+    rules: &Rules,
 ) -> Result<(Graph, Report), String> {
     let start = Instant::now();
     let mut phases = Phases::default();
@@ -193,7 +199,7 @@ fn optimize_whole(
         .with_node_limit(options.node_limit)
         .with_time_limit(options.time_limit)
         .with_scheduler(BackoffScheduler::default())
-        .run(&rules::all_rules(options.assume_finite));
+        .run(rules);
     let mut rules_fired = BTreeMap::new();
     for it in &runner.iterations {
         for (rule, n) in &it.applied {

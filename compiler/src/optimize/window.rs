@@ -16,8 +16,8 @@
 //! layer's forward values close to the rest of that layer, so few do (the soundness and
 //! cost tests compare against the whole-graph run).
 
-use super::{graph_cost, optimize_whole, CostModel, Options, Phases, Report};
-use crate::ir::{verify, Builder, Def, Graph, Op, ValueId};
+use super::{graph_cost, optimize_whole, CostModel, Options, Phases, Report, Rules};
+use crate::ir::{verify, Builder, Def, Graph, Op, Value, ValueId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
@@ -27,6 +27,7 @@ pub(super) fn optimize_in_windows(
     graph: &Graph,
     model: &dyn CostModel,
     options: &Options,
+    rules: &Rules,
 ) -> Result<(Graph, Report), String> {
     let start = Instant::now();
     let ops: Vec<ValueId> = graph
@@ -76,7 +77,7 @@ pub(super) fn optimize_in_windows(
                 i
             }
             None => {
-                let (optimised, report) = optimize_whole(&canonical.graph, model, options)?;
+                let (optimised, report) = optimize_whole(&canonical.graph, model, options, rules)?;
                 merged = Some(match merged {
                     None => report,
                     Some(total) => add_reports(total, report),
@@ -303,33 +304,71 @@ impl<'a> Window<'a> {
                 }
             }
         }
-        let mut b = Builder::new("window");
+        // Built directly: the ops and types come from a verified graph.
+        let mut values = Vec::with_capacity(boundary.len() + constants.len() + ops.len());
         let mut local: FxHashMap<ValueId, ValueId> = FxHashMap::default();
+        fn add(
+            values: &mut Vec<Value>,
+            local: &mut FxHashMap<ValueId, ValueId>,
+            original: ValueId,
+            value: Value,
+        ) -> ValueId {
+            let id = ValueId(values.len() as u32);
+            local.insert(original, id);
+            values.push(value);
+            id
+        }
         for (k, &o) in boundary.iter().enumerate() {
-            local.insert(o, b.input(&format!("i{k}"), graph.ty(o).clone())?);
+            let ty = graph.ty(o).clone();
+            let value = Value {
+                name: format!("i{k}"),
+                ty,
+                def: Def::Input,
+            };
+            add(&mut values, &mut local, o, value);
         }
         for (k, &o) in constants.iter().enumerate() {
-            let op = graph.op(o).expect("constants are ops").clone();
-            let id = b.node(Some(&format!("c{k}")), op, &[], Some(graph.ty(o).clone()))?;
-            local.insert(o, id);
+            let value = Value {
+                name: format!("c{k}"),
+                ..graph.value(o).clone()
+            };
+            add(&mut values, &mut local, o, value);
         }
         let mut results = Vec::new();
+        let mut outputs = Vec::new();
         for (k, &v) in ops.iter().enumerate() {
             let value = graph.value(v);
             let Def::Node { op, operands } = &value.def else {
                 unreachable!("windows hold op values only")
             };
-            let operands: Vec<ValueId> = operands.iter().map(|o| local[o]).collect();
-            let name = format!("v{k}");
-            let id = b.node(Some(&name), op.clone(), &operands, Some(value.ty.clone()))?;
-            local.insert(v, id);
+            let def = Def::Node {
+                op: op.clone(),
+                operands: operands.iter().map(|o| local[o]).collect(),
+            };
+            let ty = value.ty.clone();
+            let id = add(
+                &mut values,
+                &mut local,
+                v,
+                Value {
+                    name: format!("v{k}"),
+                    ty,
+                    def,
+                },
+            );
             if live_out.contains(&v) {
                 results.push(v);
-                b.output(id)?;
+                outputs.push(id);
             }
         }
+        let graph = Graph {
+            name: "window".into(),
+            values,
+            outputs,
+            updates: Vec::new(),
+        };
         Ok(Window {
-            graph: b.finish(),
+            graph,
             boundary,
             ops,
             results,
@@ -425,7 +464,8 @@ fn splice(
                             .original(&value.name)
                             .map(|o| graph.value(o).name.as_str())
                             .filter(|n| out.is_reserved_and_free(n));
-                        let id = out.node(name, op.clone(), &operands, Some(value.ty.clone()))?;
+                        let ty = value.ty.clone();
+                        let id = out.node_of_known_type(name, op.clone(), &operands, ty)?;
                         existing.entry(key).or_default().push(id);
                         id
                     }
