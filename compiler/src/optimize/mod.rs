@@ -181,6 +181,22 @@ pub fn optimize(
     }
 }
 
+/// `candidate` if it costs no more than `graph` under `model`, else `graph`; with the
+/// costs of `graph` and of the result.
+fn cheaper(
+    graph: &Graph,
+    candidate: Graph,
+    model: &dyn CostModel,
+) -> (Graph, GraphCost, GraphCost) {
+    let before = graph_cost(graph, model);
+    let candidate_cost = graph_cost(&candidate, model);
+    if candidate_cost.seconds <= before.seconds {
+        (candidate, before, candidate_cost)
+    } else {
+        (graph.clone(), before.clone(), before)
+    }
+}
+
 /// The rewrite rules of one optimisation run.
 type Rules = [egg::Rewrite<TensorNode, TensorAnalysis>];
 
@@ -223,13 +239,7 @@ fn optimize_whole(
     let candidate = convert::to_graph(egraph, graph, &classes, &extraction)?;
     phases.convert_back = phase_start.elapsed();
     let phase_start = Instant::now();
-    let before = graph_cost(graph, model);
-    let candidate_cost = graph_cost(&candidate, model);
-    let (result, after) = if candidate_cost.seconds <= before.seconds {
-        (candidate, candidate_cost)
-    } else {
-        (graph.clone(), before)
-    };
+    let (result, before, after) = cheaper(graph, candidate, model);
     phases.cost = phase_start.elapsed();
     let report = Report {
         rules_fired,

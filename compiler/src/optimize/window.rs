@@ -16,7 +16,7 @@
 //! layer's forward values close to the rest of that layer, so few do (the soundness and
 //! cost tests compare against the whole-graph run).
 
-use super::{graph_cost, optimize_whole, CostModel, Options, Phases, Report, Rules};
+use super::{cheaper, optimize_whole, CostModel, Options, Phases, Report, Rules};
 use crate::ir::{verify, Builder, Def, Graph, Op, Value, ValueId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::{Hash, Hasher};
@@ -126,13 +126,7 @@ pub(super) fn optimize_in_windows(
     verify(&candidate).map_err(|e| format!("the optimised graph does not verify: {e}"))?;
 
     let phase_start = Instant::now();
-    let before = graph_cost(graph, model);
-    let candidate_cost = graph_cost(&candidate, model);
-    let (result, after) = if candidate_cost.seconds <= before.seconds {
-        (candidate, candidate_cost)
-    } else {
-        (graph.clone(), before)
-    };
+    let (result, before, after) = cheaper(graph, candidate, model);
     let mut report = merged.ok_or("internal: a windowed graph without ops")?;
     report.phases.cost += phase_start.elapsed();
     report.before = before;
