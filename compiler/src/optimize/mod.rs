@@ -193,7 +193,7 @@ fn cheaper(
     if candidate_cost.seconds <= before.seconds {
         (candidate, before, candidate_cost)
     } else {
-        (graph.clone(), before.clone(), before)
+        (graph.clone(), before, before)
     }
 }
 
