@@ -170,7 +170,7 @@ pub struct OptArgs {
     /// Most milliseconds of rewriting per optimiser run.
     #[arg(long, value_name = "MS", default_value_t = Options::default().time_limit.as_millis() as u64)]
     pub opt_time_ms: u64,
-    /// Most ops per e-graph window: a graph of more than twice this many is optimised in
+    /// Most ops per e-graph window: a graph of more than three times this many is optimised in
     /// windows of consecutive ops, which keeps compile time linear in depth (0: one
     /// e-graph).
     #[arg(long, value_name = "N", default_value_t = Options::default().window)]

@@ -36,7 +36,7 @@ pub struct Options {
     pub time_limit: Duration,
     /// Also use rules that hold only for finite values (`x - x = 0`, `x * 0 = 0`).
     pub assume_finite: bool,
-    /// Most ops per window: a graph of more than twice this many ops is optimised in
+    /// Most ops per window: a graph of more than three times this many ops is optimised in
     /// consecutive windows of at most this many, so that compile time grows linearly
     /// with depth ([`window`]); a smaller one in one e-graph (0: always in one).
     pub window: usize,
@@ -164,7 +164,7 @@ fn describe(reason: Option<&StopReason>) -> String {
 /// Optimises `graph` (which must verify) for the target described by `model`. The
 /// result never costs more than the input under `model`: when extraction finds
 /// nothing cheaper, the input is returned unchanged. A graph of more than
-/// twice [`Options::window`] ops is optimised window by window.
+/// three times [`Options::window`] ops is optimised window by window.
 pub fn optimize(
     graph: &Graph,
     model: &dyn CostModel,
@@ -172,9 +172,9 @@ pub fn optimize(
 ) -> Result<(Graph, Report), String> {
     // Built once: the composite rule caches its templates, which windows share.
     let rules = rules::all_rules(options.assume_finite);
-    // Cutting a graph of two windows or fewer costs more than it saves: no window
-    // repeats.
-    if options.window > 0 && graph.node_count() > 2 * options.window {
+    // Cutting a graph of three windows or fewer costs more than it saves: at most one
+    // window repeats (measured: a 16-layer GPT step, 8.6k ops, compiled 15% slower cut).
+    if options.window > 0 && graph.node_count() > 3 * options.window {
         window::optimize_in_windows(graph, model, options, &rules)
     } else {
         optimize_whole(graph, model, options, &rules)
