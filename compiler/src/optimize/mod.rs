@@ -174,7 +174,7 @@ pub fn optimize(
     let rules = rules::all_rules(options.assume_finite);
     // Cutting a graph of three windows or fewer costs more than it saves: at most one
     // window repeats (measured: a 16-layer GPT step, 8.6k ops, compiled 15% slower cut).
-    if options.window > 0 && graph.node_count() > 3 * options.window {
+    if options.window > 0 && graph.node_count() > options.window.saturating_mul(3) {
         window::optimize_in_windows(graph, model, options, &rules)
     } else {
         optimize_whole(graph, model, options, &rules)

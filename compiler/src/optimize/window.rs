@@ -7,14 +7,15 @@
 //! [`Options::window`] ops in the graph's own order, each optimised by one bounded
 //! e-graph; the results are spliced back together in the same order.
 //!
-//! What a window sees: values defined before it are opaque inputs (named as in the
-//! graph, so leaves shared by windows stay recognisably the same), except constants
+//! What a window sees: values defined before it are opaque inputs, except constants
 //! (ops without operands), which are copied into every window that reads them so that
 //! rules matching on them (`x * 1`, a scale folded into a product) still fire. What
 //! later windows or the graph's results read is the window's outputs, so it stays
-//! materialised. Rewrites that would span a cut are given up; autodiff's order keeps a
-//! layer's forward values close to the rest of that layer, so few do (the soundness and
-//! cost tests compare against the whole-graph run).
+//! materialised. A window is optimised in a canonical form ([`Window`]), so windows of
+//! equal form (a deep model's repeated layers) share one optimisation. Equal ops are
+//! merged across windows when they are spliced, as one e-graph merges them. Rewrites
+//! that would span a cut are given up; cuts avoid splitting local computations, so few
+//! do (the soundness test compares the cost with one e-graph over the whole graph).
 
 use super::{cheaper, optimize_whole, CostModel, Options, Phases, Report, Rules};
 use crate::ir::{verify, Builder, Def, Graph, Op, Value, ValueId};
@@ -149,9 +150,9 @@ const LOCAL: usize = 64;
 /// straddle the cut ([`LOCAL`]), so that a cut does not split a pattern the rules
 /// recognise whole (a softmax, a cross-entropy and its gradient). Ties go to the op whose
 /// [`local_shape`]s of it and the [`CONTEXT`] ops before it hash smallest, then to the
-/// first: in a run of repeated layers the
-/// cut so falls at the same op of a layer every time (once half a window holds a whole
-/// layer), the windows come out equal, and their optimisation is reused.
+/// first: in a run of repeated layers the cut so falls at the same op of a layer every
+/// time (once half a window holds a whole layer), the windows come out equal, and their
+/// optimisation is reused.
 fn cut<'a>(graph: &Graph, ops: &'a [ValueId], size: usize) -> Vec<&'a [ValueId]> {
     let size = size.max(2);
     let straddling = local_values_straddling(graph, ops);
@@ -263,7 +264,8 @@ fn is_constant(graph: &Graph, v: ValueId) -> bool {
 
 /// One window as a graph of its own, in a canonical form: inputs `%i0, %i1, ...` in
 /// order of first use, copied constants `%c0, ...`, the window's ops `%v0, %v1, ...` in
-/// order, and its results as outputs. Windows with equal text are the same function.
+/// order, and its results as outputs. Windows whose canonical graphs are equal compute
+/// the same function of their inputs.
 struct Window<'a> {
     graph: Graph,
     /// The values from before the window that input `%iK` stands for.
