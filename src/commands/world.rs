@@ -42,19 +42,10 @@ fn mpi_world(timeout: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnost
 /// would train alone and overwrite the others' files.
 #[cfg(not(feature = "mpi"))]
 fn mpi_world(_: Duration) -> Result<Option<Arc<dyn Collectives>>, Diagnostic> {
-    match launched_world_size() {
+    match smelt_runtime::comm::launched().and_then(|l| l.size) {
         Some(size) if size > 1 => Err(Diagnostic::plain(format!(
             "this process is one of {size} started by an MPI launcher, but this smelt was built without MPI (cargo build --features mpi, with an MPI library such as Open MPI installed)"
         ))),
         _ => Ok(None),
     }
-}
-
-/// The world size an MPI launcher announces to its processes (Open MPI, MPICH/Hydra,
-/// MVAPICH), if any.
-#[cfg(not(feature = "mpi"))]
-fn launched_world_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
 }

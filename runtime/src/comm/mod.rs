@@ -119,3 +119,26 @@ pub fn current_world() -> Option<Arc<dyn Collectives>> {
         .with(|c| c.borrow().clone())
         .filter(|w| w.size() > 1)
 }
+
+/// What an MPI launcher told this process through its environment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Launch {
+    /// The number of processes it started, where it says (PMIx alone gives only a rank).
+    pub size: Option<usize>,
+}
+
+/// How an MPI launcher started this process (Open MPI, MPICH/Hydra and Slurm's PMI,
+/// PMIx, MVAPICH), or `None` when none did. Read without MPI too: a build without it
+/// must still refuse to run as one of several processes.
+pub fn launched() -> Option<Launch> {
+    const SIZES: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"];
+    let started = SIZES
+        .iter()
+        .chain(&["PMIX_RANK"])
+        .any(|v| std::env::var_os(v).is_some());
+    started.then(|| Launch {
+        size: SIZES
+            .iter()
+            .find_map(|v| std::env::var(v).ok()?.trim().parse().ok()),
+    })
+}

@@ -34,7 +34,7 @@ impl MpiWorld {
     /// MPI was initialised before. A collective that waits longer than `timeout` for
     /// the other ranks (one hangs, or its machine went away) stops them all.
     pub fn init(timeout: Duration) -> Result<Option<MpiWorld>, CommError> {
-        if !launched_by_mpirun() {
+        if super::launched().is_none() {
             return Ok(None);
         }
         let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized)
@@ -125,14 +125,6 @@ impl MpiWorld {
             }
         })
     }
-}
-
-/// Whether an MPI launcher started this process (Open MPI, MPICH and Slurm's PMI set
-/// these).
-fn launched_by_mpirun() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
 }
 
 impl Collectives for MpiWorld {
