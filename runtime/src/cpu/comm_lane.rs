@@ -63,10 +63,7 @@ impl Lane {
         let job = Job { values, reply };
         if let Err(unsent) = self.jobs.send(job) {
             // The lane thread is gone (it panicked): say so through the reply.
-            let _ = unsent.0.reply.send(Err(CommError::Engine {
-                engine: "lane",
-                message: "the communication thread stopped".into(),
-            }));
+            let _ = unsent.0.reply.send(Err(lane_stopped()));
         }
         InFlight {
             reply: answer,
@@ -78,16 +75,19 @@ impl Lane {
 impl InFlight {
     /// Waits for the sum.
     pub fn wait(self) -> Result<Landed, CommError> {
-        let (sum, seconds) = self.reply.recv().unwrap_or_else(|_| {
-            Err(CommError::Engine {
-                engine: "lane",
-                message: "the communication thread stopped".into(),
-            })
-        })?;
+        let (sum, seconds) = self.reply.recv().unwrap_or_else(|_| Err(lane_stopped()))?;
         Ok(Landed {
             sum,
             shape: self.shape,
             seconds,
         })
+    }
+}
+
+/// The error of a collective whose lane thread is gone (it panicked).
+fn lane_stopped() -> CommError {
+    CommError::Engine {
+        engine: "lane",
+        message: "the communication thread stopped".into(),
     }
 }

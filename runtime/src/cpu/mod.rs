@@ -108,6 +108,8 @@ pub struct CpuProgram {
     last_alloc: Arc<Mutex<AllocStats>>,
     /// How the latest run's collectives went.
     last_comm: Arc<Mutex<CommStats>>,
+    /// Whether a step is a collective (decided once, not per run).
+    communicates: bool,
 }
 
 /// The collectives of a run on the communication lane (all zero outside a world of
@@ -217,12 +219,16 @@ impl CpuProgram {
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let g = &schedule.graph;
+        let communicates =
+            (schedule.steps.iter()).any(|s| matches!(g.op(s.output()), Some(Op::AllReduce)));
         Ok(CpuProgram {
             schedule,
             jit,
             arenas: Arc::default(),
             last_alloc: Arc::default(),
             last_comm: Arc::default(),
+            communicates,
         })
     }
 
@@ -374,11 +380,7 @@ impl CpuProgram {
         arena.stats = AllocStats::default();
         // In a world of several ranks, collectives go to a communication lane that
         // overlaps them with the steps that do not need their results.
-        let communicating = crate::comm::current_world().filter(|_| {
-            let g = &self.schedule.graph;
-            let collective = |s: &Step| matches!(g.op(s.output()), Some(Op::AllReduce));
-            self.schedule.steps.iter().any(collective)
-        });
+        let communicating = crate::comm::current_world().filter(|_| self.communicates);
         let run = match communicating {
             None => self.run_planned(&mut arena, &bindings, feeds, resident, updates_to, None),
             Some(world) => std::thread::scope(|scope| {
