@@ -193,14 +193,14 @@ fn the_optimised_gpt_step_plans_no_more_memory_than_the_step_as_written() {
 /// that optimising every window on its own does; the interface and output names stay.
 #[test]
 fn windowed_optimisation_matches_one_egraph_and_reuse_is_exact() {
-    let mut sets = vec![
+    let sets = [
         ("d_model", "16"),
         ("heads", "2"),
         ("head_dim", "8"),
         ("d_mlp", "32"),
         ("vocab", "32"),
+        ("layers", "24"),
     ];
-    sets.push(("layers", "24"));
     let forward = load("examples/gpt.smelt", &sets);
     let step = decompose(&training_step(&forward, &Optimizer::adamw()).unwrap());
     let cpu = RooflineTarget::cpu();

@@ -274,19 +274,32 @@ fn bad_data_is_reported_clearly() {
     assert!(err.contains("--lr must be a positive number"), "{err}");
 }
 
-/// Trains a narrow GPT (fast in the debug profile; README's command trains the full
-/// one) for 6 steps with `extra` flags, checkpointing to `ck`; returns the losses.
-fn train_small_gpt(dir: &Path, ck: &Path, extra: &[&str]) -> Vec<(usize, f64)> {
-    let log = dir.join(format!("log{}.jsonl", extra.len()));
+/// Trains `examples/gpt.smelt` on Genesis, batch 2, for `steps` steps with `flags`,
+/// logging to `log`; returns the losses.
+fn train_gpt(log: &Path, steps: usize, flags: &[&str]) -> Vec<(usize, f64)> {
+    let steps = steps.to_string();
     let mut args = vec![
         "train",
         "examples/gpt.smelt",
         "--data",
         "examples/data/genesis.txt",
         "--steps",
-        "6",
+        &steps,
         "--batch",
         "2",
+        "--log",
+        log.to_str().unwrap(),
+    ];
+    args.extend_from_slice(flags);
+    ok(&args);
+    losses(log)
+}
+
+/// Trains a narrow GPT (fast in the debug profile; README's command trains the full
+/// one) for 6 steps with `extra` flags, checkpointing to `ck`; returns the losses.
+fn train_small_gpt(dir: &Path, ck: &Path, extra: &[&str]) -> Vec<(usize, f64)> {
+    let log = dir.join(format!("log{}.jsonl", extra.len()));
+    let mut flags = vec![
         "--set",
         "d_model=64",
         "--set",
@@ -299,12 +312,9 @@ fn train_small_gpt(dir: &Path, ck: &Path, extra: &[&str]) -> Vec<(usize, f64)> {
         "3e-3",
         "--checkpoint",
         ck.to_str().unwrap(),
-        "--log",
-        log.to_str().unwrap(),
     ];
-    args.extend_from_slice(extra);
-    ok(&args);
-    losses(&log)
+    flags.extend_from_slice(extra);
+    train_gpt(&log, 6, &flags)
 }
 
 #[test]
@@ -371,19 +381,13 @@ fn data_parallel_outside_an_mpi_world_is_a_user_error() {
 #[test]
 fn a_launched_world_without_mpi_is_refused() {
     for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .args([
-                "train",
-                "examples/gpt.smelt",
-                "--data",
-                "examples/data/genesis.txt",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("SMELT_CACHE_DIR", common::cache_dir())
-            .env(var, "2")
-            .output()
-            .expect("the smelt binary runs");
-        let err = expect_user_error(&out);
+        let train = [
+            "train",
+            "examples/gpt.smelt",
+            "--data",
+            "examples/data/genesis.txt",
+        ];
+        let err = expect_user_error(&common::smelt_with_env(&train, &[(var, "2")]));
         assert!(
             err.contains("one of 2") && err.contains("without MPI"),
             "{err}"
@@ -427,23 +431,8 @@ fn a_deep_gpt_optimised_in_windows_trains_as_one_egraph_does() {
 
     let dir = tempfile::tempdir().unwrap();
     let train = |name: &str, extra: &[&str]| {
-        let log = dir.path().join(name);
-        let mut args = vec![
-            "train",
-            "examples/gpt.smelt",
-            "--data",
-            "examples/data/genesis.txt",
-            "--steps",
-            "3",
-            "--batch",
-            "2",
-            "--log",
-            log.to_str().unwrap(),
-        ];
-        args.extend_from_slice(&narrow_deep);
-        args.extend_from_slice(extra);
-        ok(&args);
-        losses(&log)
+        let flags = [&narrow_deep[..], extra].concat();
+        train_gpt(&dir.path().join(name), 3, &flags)
     };
     let windowed = train("windowed.jsonl", &[]);
     let whole = train("whole.jsonl", &["--opt-window", "0"]);

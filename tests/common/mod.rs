@@ -11,12 +11,26 @@ pub fn smelt(args: &[&str]) -> Output {
 
 /// Runs the `smelt` binary with `args` and its compile cache in `cache`.
 pub fn smelt_with_cache(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("SMELT_CACHE_DIR", cache)
+    smelt_command(args, cache)
         .output()
         .expect("the smelt binary runs")
+}
+
+/// Runs the `smelt` binary with `args` and the environment variables `vars` set.
+pub fn smelt_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    smelt_command(args, &cache_dir())
+        .envs(vars.iter().copied())
+        .output()
+        .expect("the smelt binary runs")
+}
+
+fn smelt_command(args: &[&str], cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_smelt"));
+    command
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("SMELT_CACHE_DIR", cache);
+    command
 }
 
 /// The compile cache directory of the CLI tests (kept out of the user's cache).
