@@ -140,10 +140,10 @@ fn check(body: &str) {
 
 #[test]
 fn fused_elementwise_kernels() {
-    for op in common::UNARY_OPS {
+    for op in common::unary_ops() {
         check(&format!("input %x: f32[B, 8]\n%y = {op} %x\noutput %y"));
     }
-    for op in common::POSITIVE_UNARY_OPS {
+    for op in common::positive_unary_ops() {
         check(&format!(
             "input %x: f32[B, 5]\n%a = abs %x\n%y = {op} %a\noutput %y"
         ));

@@ -11,30 +11,27 @@ use crate::ir::ops::{BinaryOp, UnaryOp};
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 const LN_2: f32 = std::f32::consts::LN_2;
 
-/// `op x` on f32; `None` for an op with no float meaning here.
+/// `op x` on f32, by the op's table entry ([`UnaryOp::def`]).
 pub fn unary(b: &mut KernelBuilder, op: UnaryOp, x: Reg) -> Reg {
-    match op {
-        UnaryOp::Neg => b.un(UnOp::Neg, x),
-        UnaryOp::Abs => b.un(UnOp::Abs, x),
-        UnaryOp::Sqrt => b.un(UnOp::Sqrt, x),
-        UnaryOp::Rsqrt => b.un(UnOp::Rsqrt, x),
-        UnaryOp::Recip => b.un(UnOp::Rcp, x),
-        UnaryOp::Exp => exp(b, x),
-        UnaryOp::Log => {
-            let l = b.un(UnOp::Lg2, x);
-            b.mul(l, LN_2)
-        }
-        UnaryOp::Tanh => tanh(b, x),
-        UnaryOp::Erf => erf(b, x),
-        UnaryOp::Sin => {
-            let r = reduce_to_pi(b, x);
-            b.un(UnOp::Sin, r)
-        }
-        UnaryOp::Cos => {
-            let r = reduce_to_pi(b, x);
-            b.un(UnOp::Cos, r)
-        }
-    }
+    (op.def().ptx)(b, x)
+}
+
+/// `ln x = lg2(x)·ln 2`.
+pub fn log(b: &mut KernelBuilder, x: Reg) -> Reg {
+    let l = b.un(UnOp::Lg2, x);
+    b.mul(l, LN_2)
+}
+
+/// `sin x`, the argument first reduced to [-π, π].
+pub fn sin(b: &mut KernelBuilder, x: Reg) -> Reg {
+    let r = reduce_to_pi(b, x);
+    b.un(UnOp::Sin, r)
+}
+
+/// `cos x`, the argument first reduced to [-π, π].
+pub fn cos(b: &mut KernelBuilder, x: Reg) -> Reg {
+    let r = reduce_to_pi(b, x);
+    b.un(UnOp::Cos, r)
 }
 
 /// `x − 2π·round(x / 2π)`, in [-π, π], where `sin.approx`/`cos.approx` are accurate
@@ -62,7 +59,7 @@ pub fn exp(b: &mut KernelBuilder, x: Reg) -> Reg {
 
 /// `tanh x = sign(x)·(1 − e^(−2|x|)) / (1 + e^(−2|x|))`: absolute error below 1e-7
 /// (relative error grows near 0, where tanh x ≈ x is tiny).
-fn tanh(b: &mut KernelBuilder, x: Reg) -> Reg {
+pub fn tanh(b: &mut KernelBuilder, x: Reg) -> Reg {
     let a = b.un(UnOp::Abs, x);
     let m = b.mul(a, -2.0f32);
     let t = exp(b, m);
@@ -75,7 +72,7 @@ fn tanh(b: &mut KernelBuilder, x: Reg) -> Reg {
 }
 
 /// erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7), odd-extended.
-fn erf(b: &mut KernelBuilder, x: Reg) -> Reg {
+pub fn erf(b: &mut KernelBuilder, x: Reg) -> Reg {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,

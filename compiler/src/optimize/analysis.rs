@@ -10,7 +10,7 @@
 //! because it costs nothing to read.
 
 use super::lang::{Kind, OpKey, TensorNode};
-use crate::ir::ops::{BinaryOp, UnaryOp};
+use crate::ir::ops::BinaryOp;
 use crate::ir::{DType, Op, TensorType};
 use egg::{Analysis, DidMerge, EGraph, Id};
 use rustc_hash::FxHashMap;
@@ -65,22 +65,6 @@ pub fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, 
     }
 }
 
-fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
-    Some(match op {
-        UnaryOp::Neg => -x,
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Recip => 1.0 / x,
-        UnaryOp::Tanh => x.tanh(),
-        // erf, sin and cos: left to the runtime, whose libm results we would otherwise
-        // have to reproduce bit for bit.
-        UnaryOp::Erf | UnaryOp::Sin | UnaryOp::Cos => return None,
-    })
-}
-
 fn fold_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
     match op {
         BinaryOp::Add => a + b,
@@ -102,7 +86,7 @@ fn fold(egraph: &TensorGraph, node: &TensorNode, ty: &TensorType) -> Option<f64>
         // Moving a splat around leaves it a splat of the same number.
         Op::Reshape | Op::Permute { .. } | Op::Broadcast { .. } | Op::Slice { .. } => child(0),
         _ if ty.dtype != DType::F32 => None,
-        Op::Unary(u) => fold_unary(*u, child(0)?),
+        Op::Unary(u) => Some(u.eval(child(0)?)),
         Op::Binary(b) => Some(fold_binary(*b, child(0)?, child(1)?)),
         _ => None,
     }

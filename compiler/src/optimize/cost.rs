@@ -159,16 +159,7 @@ impl CostModel for RooflineTarget {
             Op::Reshape => Work::default(),
             Op::Constant { values } if values.len() == 1 => Work::default(),
             Op::Constant { .. } => kernel(0.0, self.bytes(result)),
-            Op::Unary(u) => {
-                // Transcendentals cost several multiply-adds each.
-                use crate::ir::ops::UnaryOp::*;
-                let per = match u {
-                    Neg | Abs => 1.0,
-                    Sqrt | Rsqrt | Recip => 4.0,
-                    Exp | Log | Tanh | Erf | Sin | Cos => 10.0,
-                };
-                kernel(per * n, moved)
-            }
+            Op::Unary(u) => kernel(u.def().flops * n, moved),
             Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Cast => kernel(n, moved),
             Op::Reduce { .. } => kernel(operands.first().map_or(0.0, |t| self.elements(t)), moved),
             // K multiply-adds per result element: the lhs (a grouped product's x: [T, K])

@@ -11,18 +11,10 @@ use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp}
 use smelt_compiler::ir::text::Pos;
 use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 
-/// Every built-in with its signature, as documented in `docs/language.md`.
-pub const BUILTINS: &[(&str, &str)] = &[
-    ("exp", "exp(x)"),
-    ("log", "log(x)"),
-    ("sqrt", "sqrt(x)"),
-    ("rsqrt", "rsqrt(x)"),
-    ("recip", "recip(x)"),
-    ("tanh", "tanh(x)"),
-    ("erf", "erf(x)"),
-    ("sin", "sin(x)"),
-    ("cos", "cos(x)"),
-    ("abs", "abs(x)"),
+/// The built-ins other than the unary math functions, with their signatures, as
+/// documented in `docs/language.md`. The unary math functions (`exp(x)`, `erf(x)`,
+/// ...) are the IR's unary ops, named as in the text form (see [`unary_builtin`]).
+pub const OTHER_BUILTINS: &[(&str, &str)] = &[
     ("relu", "relu(x)"),
     ("sigmoid", "sigmoid(x)"),
     ("silu", "silu(x)"),
@@ -64,22 +56,35 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("ones", "ones([dims], dtype=f32)"),
 ];
 
+/// The unary op that built-in `name` applies, if it is one. Every unary op of the IR
+/// is a built-in under its own name, except `neg` (written `-x`).
+fn unary_builtin(name: &str) -> Option<UnaryOp> {
+    UnaryOp::from_name(name).filter(|op| *op != UnaryOp::Neg)
+}
+
 /// True if `name` is a built-in function.
 pub fn is_builtin(name: &str) -> bool {
-    BUILTINS.iter().any(|(n, _)| *n == name)
+    unary_builtin(name).is_some() || OTHER_BUILTINS.iter().any(|(n, _)| *n == name)
 }
 
 /// Every built-in's name.
 pub fn builtin_names() -> Vec<String> {
-    BUILTINS.iter().map(|(n, _)| n.to_string()).collect()
+    let unary = UnaryOp::ALL.iter().map(|op| op.name());
+    unary
+        .chain(OTHER_BUILTINS.iter().map(|(n, _)| *n))
+        .filter(|n| is_builtin(n))
+        .map(str::to_string)
+        .collect()
 }
 
-fn signature(name: &str) -> &'static str {
-    BUILTINS
+fn signature(name: &str) -> String {
+    if unary_builtin(name).is_some() {
+        return format!("{name}(x)");
+    }
+    OTHER_BUILTINS
         .iter()
         .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .unwrap_or("")
+        .map_or_else(String::new, |(_, s)| s.to_string())
 }
 
 /// Evaluated arguments of one built-in call.
@@ -227,27 +232,10 @@ impl<'p> Lowerer<'p> {
 
     fn builtin(&mut self, c: &CallArgs) -> LangResult<Val> {
         let pos = c.pos;
-        let unary = |name: &str| -> Option<UnaryOp> {
-            Some(match name {
-                "exp" => UnaryOp::Exp,
-                "log" => UnaryOp::Log,
-                "sqrt" => UnaryOp::Sqrt,
-                "rsqrt" => UnaryOp::Rsqrt,
-                "recip" => UnaryOp::Recip,
-                "tanh" => UnaryOp::Tanh,
-                "erf" => UnaryOp::Erf,
-                "sin" => UnaryOp::Sin,
-                "cos" => UnaryOp::Cos,
-                "abs" => UnaryOp::Abs,
-                _ => return None,
-            })
-        };
-        if let Some(op) = unary(&c.func) {
+        if let Some(op) = unary_builtin(&c.func) {
             c.shape(1, 1, &[])?;
             if let Some(x) = c.at(0).0.as_f64() {
-                return fold_unary(op, x)
-                    .map(Val::Float)
-                    .ok_or_else(|| c.err(pos, "cannot be computed at compile time"));
+                return Ok(Val::Float(op.eval(x)));
             }
             let x = c.tensor(0)?;
             let ty = self.ty(x);
@@ -1027,20 +1015,4 @@ impl<'p> Lowerer<'p> {
         }
         Ok(mask)
     }
-}
-
-fn fold_unary(op: UnaryOp, x: f64) -> Option<f64> {
-    Some(match op {
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.ln(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-        UnaryOp::Recip => 1.0 / x,
-        UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Sin => x.sin(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Neg => -x,
-        UnaryOp::Erf => return None,
-    })
 }

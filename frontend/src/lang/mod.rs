@@ -20,7 +20,7 @@ pub mod parser;
 mod shapes;
 mod value;
 
-pub use builtins::BUILTINS;
+pub use builtins::builtin_names;
 pub use error::LangError;
 pub use init::INITIALISERS;
 pub use kv_cache::{Mode, BLOCKS_AXIS, BLOCK_POSITIONS, PAGES_AXIS};

@@ -317,35 +317,10 @@ fn numbers(dt: DType, v: impl Iterator<Item = f64>) -> Lane {
 }
 
 fn unary(op: UnaryOp, x: &Lane, dt: DType) -> Lane {
-    if let Lane::I(v) = x {
-        return Lane::I(
-            v.iter()
-                .map(|&a| {
-                    wrap_int(
-                        dt,
-                        if op == UnaryOp::Neg {
-                            a.wrapping_neg()
-                        } else {
-                            a.wrapping_abs()
-                        },
-                    )
-                })
-                .collect(),
-        );
+    if let (Lane::I(v), Some(int)) = (x, op.def().int) {
+        return Lane::I(v.iter().map(|&a| wrap_int(dt, int.apply(a))).collect());
     }
-    let f: fn(f32) -> f32 = match op {
-        UnaryOp::Neg => |a| -a,
-        UnaryOp::Abs => f32::abs,
-        UnaryOp::Exp => f32::exp,
-        UnaryOp::Log => f32::ln,
-        UnaryOp::Sqrt => f32::sqrt,
-        UnaryOp::Rsqrt => |a| 1.0 / a.sqrt(),
-        UnaryOp::Recip => |a| 1.0 / a,
-        UnaryOp::Tanh => f32::tanh,
-        UnaryOp::Erf => libm::erff,
-        UnaryOp::Sin => f32::sin,
-        UnaryOp::Cos => f32::cos,
-    };
+    let f = op.def().f32;
     Lane::F(x.f().iter().map(|&a| f(a)).collect())
 }
 

@@ -237,33 +237,15 @@ fn numbers(out: Out, dtype: DType, v: impl ExactSizeIterator<Item = f64>) -> Buf
 }
 
 fn unary(out: Out, op: UnaryOp, x: &Val, dtype: DType) -> Buf {
-    if let Buf::Int(v) = x.buf() {
-        let f = |a: i64| {
-            if op == UnaryOp::Neg {
-                a.wrapping_neg()
-            } else {
-                a.wrapping_abs()
-            }
-        };
+    if let (Buf::Int(v), Some(int)) = (x.buf(), op.def().int) {
         let mut o = out.int(v.len());
-        o.extend(v.iter().map(|&a| wrap_int(dtype, f(a))));
+        o.extend(v.iter().map(|&a| wrap_int(dtype, int.apply(a))));
         return Buf::Int(o);
     }
     let x = x.f32();
     let o = out.f32(x.len());
-    Buf::F32(match op {
-        UnaryOp::Neg => map_f32(o, x, |a| -a),
-        UnaryOp::Abs => map_f32(o, x, f32::abs),
-        UnaryOp::Exp => map_f32(o, x, f32::exp),
-        UnaryOp::Log => map_f32(o, x, f32::ln),
-        UnaryOp::Sqrt => map_f32(o, x, f32::sqrt),
-        UnaryOp::Rsqrt => map_f32(o, x, |a| 1.0 / a.sqrt()),
-        UnaryOp::Recip => map_f32(o, x, |a| 1.0 / a),
-        UnaryOp::Tanh => map_f32(o, x, f32::tanh),
-        UnaryOp::Erf => map_f32(o, x, libm::erff),
-        UnaryOp::Sin => map_f32(o, x, f32::sin),
-        UnaryOp::Cos => map_f32(o, x, f32::cos),
-    })
+    let f = op.def().f32;
+    Buf::F32(map_f32(o, x, |a| f(a)))
 }
 
 fn binary(out: Out, op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf, String> {

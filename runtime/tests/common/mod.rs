@@ -1,6 +1,8 @@
 //! Helpers shared by the runtime's integration tests.
 #![allow(dead_code)]
 
+use smelt_compiler::ir::ops::unary::Domain;
+use smelt_compiler::ir::ops::UnaryOp;
 use smelt_compiler::ir::{text, Graph};
 
 /// Reads a `.sir` example of the repository (a runtime test needs only the IR, not the
@@ -89,13 +91,24 @@ pub fn assert_close(
     }
 }
 
-/// Float unary ops (and composites) defined on every real number.
-pub const UNARY_OPS: [&str; 10] = [
-    "neg", "abs", "exp", "tanh", "erf", "sin", "cos", "relu", "sigmoid", "silu",
-];
+/// Float unary ops finite on every real number (from the op table), and the
+/// one-operand composites.
+pub fn unary_ops() -> Vec<&'static str> {
+    let primitives = UnaryOp::ALL
+        .iter()
+        .filter(|op| op.def().domain != Domain::Positive)
+        .map(|op| op.name());
+    primitives.chain(["relu", "sigmoid", "silu"]).collect()
+}
 
-/// Float unary ops defined on positive numbers (tests feed them `abs x`).
-pub const POSITIVE_UNARY_OPS: [&str; 4] = ["log", "sqrt", "rsqrt", "recip"];
+/// Float unary ops finite only on positive numbers (tests feed them `abs x`).
+pub fn positive_unary_ops() -> Vec<&'static str> {
+    UnaryOp::ALL
+        .iter()
+        .filter(|op| op.def().domain == Domain::Positive)
+        .map(|op| op.name())
+        .collect()
+}
 
 /// Binary ops and comparisons on two floats of one shape.
 pub const BINARY_OPS: [&str; 11] = [

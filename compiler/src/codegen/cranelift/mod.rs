@@ -21,13 +21,16 @@
 //! (`f32x4`) when every access allows it, and then the scalar body runs the row's tail.
 
 mod scalar;
-mod vector;
+pub(crate) mod vector;
 
+use crate::ir::ops::unary::Cranelift;
 use crate::ir::ops::UnaryOp;
 use crate::ir::DType;
 use crate::kernel::{Expr, PointwiseKernel};
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, SigRef, Type, Value,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -61,36 +64,20 @@ impl JitKernel {
     }
 }
 
-extern "C" fn smelt_expf(x: f32) -> f32 {
-    x.exp()
-}
-extern "C" fn smelt_logf(x: f32) -> f32 {
-    x.ln()
-}
-extern "C" fn smelt_tanhf(x: f32) -> f32 {
-    x.tanh()
-}
-extern "C" fn smelt_erff(x: f32) -> f32 {
-    libm::erff(x)
-}
-extern "C" fn smelt_sinf(x: f32) -> f32 {
-    x.sin()
-}
-extern "C" fn smelt_cosf(x: f32) -> f32 {
-    x.cos()
-}
 extern "C" fn smelt_powf(x: f32, y: f32) -> f32 {
     x.powf(y)
 }
 
-const UNARY_CALLS: [(UnaryOp, &str); 6] = [
-    (UnaryOp::Exp, "smelt_expf"),
-    (UnaryOp::Log, "smelt_logf"),
-    (UnaryOp::Tanh, "smelt_tanhf"),
-    (UnaryOp::Erf, "smelt_erff"),
-    (UnaryOp::Sin, "smelt_sinf"),
-    (UnaryOp::Cos, "smelt_cosf"),
-];
+/// The constant `c` of `like`'s type (an f32 or an `f32x4` splat).
+pub(crate) fn const_like(b: &mut FunctionBuilder, like: Value, c: f32) -> Value {
+    let s = b.ins().f32const(c);
+    let ty = b.func.dfg.value_type(like);
+    if ty.is_vector() {
+        b.ins().splat(ty, s)
+    } else {
+        s
+    }
+}
 
 fn ty(dt: DType) -> Type {
     if dt.is_float() {
@@ -129,12 +116,6 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
         .finish(settings::Flags::new(flags))
         .map_err(|e| err(&e))?;
     let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
-    jb.symbol("smelt_expf", smelt_expf as *const u8);
-    jb.symbol("smelt_logf", smelt_logf as *const u8);
-    jb.symbol("smelt_tanhf", smelt_tanhf as *const u8);
-    jb.symbol("smelt_erff", smelt_erff as *const u8);
-    jb.symbol("smelt_sinf", smelt_sinf as *const u8);
-    jb.symbol("smelt_cosf", smelt_cosf as *const u8);
     jb.symbol("smelt_powf", smelt_powf as *const u8);
     let mut module = JITModule::new(jb);
     let ptr = module.target_config().pointer_type();
@@ -150,15 +131,6 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
     unary_sig.returns.push(AbiParam::new(types::F32));
     let mut binary_sig = unary_sig.clone();
     binary_sig.params.push(AbiParam::new(types::F32));
-    let mut unary_ids = Vec::new();
-    for (op, name) in UNARY_CALLS {
-        unary_ids.push((
-            op,
-            module
-                .declare_function(name, Linkage::Import, &unary_sig)
-                .map_err(|e| err(&e))?,
-        ));
-    }
     let pow_id = module
         .declare_function("smelt_powf", Linkage::Import, &binary_sig)
         .map_err(|e| err(&e))?;
@@ -170,10 +142,7 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let unary_refs: Vec<_> = unary_ids
-            .iter()
-            .map(|(op, f)| (*op, module.declare_func_in_func(*f, b.func)))
-            .collect();
+        let unary_sig = b.import_signature(unary_sig);
         let pow_ref = module.declare_func_in_func(pow_id, b.func);
         let entry = b.create_block();
         let vheader = b.create_block();
@@ -206,7 +175,8 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
             outer,
             out,
             flags,
-            unary_refs,
+            ptr,
+            unary_sig,
             pow_ref,
         };
         let zero = b.ins().iconst(types::I64, 0);
@@ -266,7 +236,10 @@ pub(super) struct Env {
     out: Value,
     /// Flags of scalar accesses (aligned, non-trapping).
     flags: MemFlagsData,
-    unary_refs: Vec<(UnaryOp, FuncRef)>,
+    /// The pointer type, for the addresses of called functions.
+    ptr: Type,
+    /// `fn(f32) -> f32`, the signature of a unary op's `f32` entry.
+    unary_sig: SigRef,
     pow_ref: FuncRef,
 }
 
@@ -277,16 +250,26 @@ impl Env {
             .load(types::I64, self.flags, self.outer, (a * 8) as i32)
     }
 
-    /// Calls the Rust implementation of a transcendental unary op on an f32.
+    /// Calls the op's `f32` entry of the unary op table on an f32 (by address: the
+    /// table's functions live in this process, as the JIT code does).
     fn call_unary(&self, b: &mut FunctionBuilder, op: UnaryOp, x: Value) -> Value {
-        let f = self
-            .unary_refs
-            .iter()
-            .find(|(o, _)| *o == op)
-            .expect("every other unary op calls out")
-            .1;
-        let call = b.ins().call(f, &[x]);
+        let addr = b.ins().iconst(self.ptr, op.def().f32 as usize as i64);
+        let call = b.ins().call_indirect(self.unary_sig, addr, &[x]);
         b.inst_results(call)[0]
+    }
+
+    /// `op x` on an f32 or an `f32x4` (`vector`), as the op's table entry says.
+    fn unary(&self, b: &mut FunctionBuilder, op: UnaryOp, x: Value, vector: bool) -> Value {
+        match op.def().cranelift {
+            Cranelift::Inline(emit) => emit(b, x),
+            Cranelift::Call {
+                vector: Some(emit), ..
+            } if vector => emit(b, x),
+            Cranelift::Call { .. } if vector => {
+                vector::per_lane(b, &[x], |b, a| self.call_unary(b, op, a[0]))
+            }
+            Cranelift::Call { .. } => self.call_unary(b, op, x),
+        }
     }
 
     /// Calls `powf` on two f32s.

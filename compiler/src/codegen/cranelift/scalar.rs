@@ -2,7 +2,8 @@
 //! tail of vectorised ones).
 
 use super::{size, ty, Env};
-use crate::ir::ops::{BinaryOp, CompareOp, UnaryOp};
+use crate::ir::ops::unary::IntUnary;
+use crate::ir::ops::{BinaryOp, CompareOp};
 use crate::ir::DType;
 use crate::kernel::{Expr, PointwiseKernel};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -67,28 +68,15 @@ fn expr(
         }
         Expr::Unary(op, x) => {
             let x = vals[*x];
-            if t == types::I64 {
-                let r = match op {
-                    UnaryOp::Neg => b.ins().ineg(x),
-                    _ => b.ins().iabs(x),
-                };
-                wrap(b, r)
-            } else {
-                match op {
-                    UnaryOp::Neg => b.ins().fneg(x),
-                    UnaryOp::Abs => b.ins().fabs(x),
-                    UnaryOp::Sqrt => b.ins().sqrt(x),
-                    UnaryOp::Rsqrt => {
-                        let s = b.ins().sqrt(x);
-                        let one = b.ins().f32const(1.0);
-                        b.ins().fdiv(one, s)
-                    }
-                    UnaryOp::Recip => {
-                        let one = b.ins().f32const(1.0);
-                        b.ins().fdiv(one, x)
-                    }
-                    other => env.call_unary(b, *other, x),
+            match op.def().int {
+                Some(int) if t == types::I64 => {
+                    let r = match int {
+                        IntUnary::Neg => b.ins().ineg(x),
+                        IntUnary::Abs => b.ins().iabs(x),
+                    };
+                    wrap(b, r)
                 }
+                _ => env.unary(b, *op, x, false),
             }
         }
         Expr::Binary(op, l, r) => {

@@ -11,7 +11,7 @@
 
 use super::scalar::{float_binary, float_cc};
 use super::Env;
-use crate::ir::ops::{BinaryOp, UnaryOp};
+use crate::ir::ops::BinaryOp;
 use crate::kernel::{Expr, PointwiseKernel};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
@@ -105,26 +105,7 @@ pub(super) fn emit_quad(
                 let x = b.ins().fcvt_from_sint(types::F32, index);
                 b.ins().splat(v4, x)
             }
-            Expr::Unary(op, x) => {
-                let x = vals[*x];
-                match op {
-                    UnaryOp::Neg => b.ins().fneg(x),
-                    UnaryOp::Abs => b.ins().fabs(x),
-                    UnaryOp::Sqrt => b.ins().sqrt(x),
-                    UnaryOp::Rsqrt => {
-                        let s = b.ins().sqrt(x);
-                        let one = splat_f32(b, 1.0);
-                        b.ins().fdiv(one, s)
-                    }
-                    UnaryOp::Recip => {
-                        let one = splat_f32(b, 1.0);
-                        b.ins().fdiv(one, x)
-                    }
-                    UnaryOp::Exp => exp(b, x),
-                    UnaryOp::Tanh => tanh(b, x),
-                    other => per_lane(b, &[x], |b, a| env.call_unary(b, *other, a[0])),
-                }
-            }
+            Expr::Unary(op, x) => env.unary(b, *op, vals[*x], true),
             Expr::Binary(BinaryOp::Pow, l, r) => per_lane(b, &[vals[*l], vals[*r]], |b, a| {
                 float_binary(b, env, BinaryOp::Pow, a[0], a[1])
             }),
@@ -160,7 +141,7 @@ fn splat_f32(b: &mut FunctionBuilder, x: f32) -> Value {
 /// polynomial for `e^r` (relative error below 2e-7 before rounding), and `2^n` built
 /// in the exponent bits. Where the result would be below 2.5e-38 it gives 0, where it
 /// overflows +inf, and NaN stays NaN (Cranelift's `fmin`/`fmax` propagate it).
-fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
+pub(crate) fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     // Below LOW the result is under 2.5e-38 (flushed to 0); above HIGH it overflows.
     const LOW: f32 = -86.6;
     const HIGH: f32 = 88.72;
@@ -205,7 +186,7 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
 
 /// `tanh x = 1 − 2 / (e^(2x) + 1)` on four lanes: absolute error about 1e-7 (relative
 /// error grows near 0, where the result is tiny), exactly ±1 far out.
-fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
+pub(crate) fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let two = splat_f32(b, 2.0);
     let twice = b.ins().fmul(x, two);
     let e = exp(b, twice);
@@ -216,7 +197,7 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
 }
 
 /// Applies a scalar function lane by lane to vectors `args`.
-fn per_lane(
+pub(super) fn per_lane(
     b: &mut FunctionBuilder,
     args: &[Value],
     f: impl Fn(&mut FunctionBuilder, &[Value]) -> Value,

@@ -174,11 +174,11 @@ fn scalar(
             match reg_ty(dt) {
                 Ty::F32 => math::unary(b, *op, x),
                 _ => {
-                    use crate::ir::ops::UnaryOp;
-                    match op {
-                        UnaryOp::Neg => b.un(UnOp::Neg, x),
-                        UnaryOp::Abs => b.un(UnOp::Abs, x),
-                        other => return Err(format!("'{}' on {dt}", other.name())),
+                    use crate::ir::ops::unary::IntUnary;
+                    match op.def().int {
+                        Some(IntUnary::Neg) => b.un(UnOp::Neg, x),
+                        Some(IntUnary::Abs) => b.un(UnOp::Abs, x),
+                        None => return Err(format!("'{}' on {dt}", op.name())),
                     }
                 }
             }

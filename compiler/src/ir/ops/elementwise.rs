@@ -93,13 +93,6 @@ named_enum! {
     }
 }
 
-impl UnaryOp {
-    /// Whether the op is defined on integers (otherwise floats only).
-    pub fn accepts_ints(self) -> bool {
-        matches!(self, UnaryOp::Neg | UnaryOp::Abs)
-    }
-}
-
 pub(super) fn infer_unary(op: UnaryOp, x: &[&TensorType]) -> ShapeResult {
     expect_arity(x, 1)?;
     let ok = x[0].dtype.is_float() || (op.accepts_ints() && x[0].dtype.is_int());
@@ -165,64 +158,6 @@ pub(super) fn infer_cast(x: &[&TensorType], declared: &TensorType) -> ShapeResul
 // Gradients (vector-Jacobian products): `g` is the adjoint of the result `y`.
 
 use crate::ir::{Builder, ValueId};
-
-pub(super) fn vjp_unary(
-    op: UnaryOp,
-    b: &mut Builder,
-    x: ValueId,
-    y: ValueId,
-    g: ValueId,
-) -> ValueId {
-    use BinaryOp::{Div, Mul, Sub};
-    match op {
-        UnaryOp::Neg => b.unary(UnaryOp::Neg, g),
-        UnaryOp::Abs => {
-            let zero = b.zeros_like(x);
-            let nonneg = b.compare(CompareOp::Ge, x, zero);
-            let ng = b.unary(UnaryOp::Neg, g);
-            b.add(super::Op::Select, &[nonneg, g, ng])
-        }
-        UnaryOp::Exp => b.binary(Mul, g, y),
-        UnaryOp::Log => b.binary(Div, g, x),
-        UnaryOp::Sqrt => {
-            let t = b.binary(Div, g, y);
-            b.binary_scalar(Mul, t, 0.5)
-        }
-        UnaryOp::Rsqrt => {
-            // d/dx x^(-1/2) = -1/2 x^(-3/2) = -1/2 * y / x
-            let t = b.binary(Mul, g, y);
-            let t = b.binary(Div, t, x);
-            b.binary_scalar(Mul, t, -0.5)
-        }
-        UnaryOp::Recip => {
-            let yy = b.binary(Mul, y, y);
-            let t = b.binary(Mul, g, yy);
-            b.unary(UnaryOp::Neg, t)
-        }
-        UnaryOp::Tanh => {
-            let yy = b.binary(Mul, y, y);
-            let one = b.splat(1.0, b.ty(y).clone());
-            let d = b.binary(Sub, one, yy);
-            b.binary(Mul, g, d)
-        }
-        UnaryOp::Erf => {
-            let xx = b.binary(Mul, x, x);
-            let nxx = b.unary(UnaryOp::Neg, xx);
-            let e = b.unary(UnaryOp::Exp, nxx);
-            let d = b.binary_scalar(Mul, e, std::f64::consts::FRAC_2_SQRT_PI);
-            b.binary(Mul, g, d)
-        }
-        UnaryOp::Sin => {
-            let c = b.unary(UnaryOp::Cos, x);
-            b.binary(Mul, g, c)
-        }
-        UnaryOp::Cos => {
-            let s = b.unary(UnaryOp::Sin, x);
-            let t = b.binary(Mul, g, s);
-            b.unary(UnaryOp::Neg, t)
-        }
-    }
-}
 
 pub(super) fn vjp_binary(
     op: BinaryOp,

@@ -5,6 +5,7 @@
 //! | family | ops |
 //! |---|---|
 //! | [`elementwise`] | unary math, binary arithmetic, comparisons, `select`, `cast` |
+//! | [`unary`] | the unary op table: each unary op's meaning, gradient, cost and lowerings |
 //! | [`reduce`] | `reduce_sum`, `reduce_max`, `reduce_mean` |
 //! | [`linalg`] | `matmul` |
 //! | [`movement`] | `reshape`, `permute`, `broadcast`, `slice`, `concat`, `pad` |
@@ -28,6 +29,7 @@ pub mod reduce;
 pub mod routing;
 mod row_grad;
 pub mod source;
+pub mod unary;
 
 pub use attention::AttentionPart;
 pub use composite::Composite;
@@ -428,7 +430,7 @@ impl Op {
     ) -> Result<Option<Vec<Option<ValueId>>>, String> {
         let one = |v: ValueId| vec![Some(v)];
         Ok(Some(match self {
-            Op::Unary(u) => one(elementwise::vjp_unary(*u, b, x[0], y, g)),
+            Op::Unary(u) => one((u.def().vjp)(b, unary::Vjp { x: x[0], y, g })),
             Op::Binary(op) => elementwise::vjp_binary(*op, b, (x[0], x[1]), y, g, needs),
             Op::Compare(_) => vec![None, None],
             Op::Select => elementwise::vjp_select(b, x[0], g, needs),
