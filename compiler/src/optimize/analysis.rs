@@ -10,7 +10,6 @@
 //! because it costs nothing to read.
 
 use super::lang::{Kind, OpKey, TensorNode};
-use crate::ir::ops::BinaryOp;
 use crate::ir::{DType, Op, TensorType};
 use egg::{Analysis, DidMerge, EGraph, Id};
 use rustc_hash::FxHashMap;
@@ -65,18 +64,6 @@ pub fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, 
     }
 }
 
-fn fold_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Pow => a.powf(b),
-    }
-}
-
 /// The compile-time value of `node` if every element is one known number.
 fn fold(egraph: &TensorGraph, node: &TensorNode, ty: &TensorType) -> Option<f64> {
     let op = node.op()?;
@@ -87,7 +74,7 @@ fn fold(egraph: &TensorGraph, node: &TensorNode, ty: &TensorType) -> Option<f64>
         Op::Reshape | Op::Permute { .. } | Op::Broadcast { .. } | Op::Slice { .. } => child(0),
         _ if ty.dtype != DType::F32 => None,
         Op::Unary(u) => Some(u.eval(child(0)?)),
-        Op::Binary(b) => Some(fold_binary(*b, child(0)?, child(1)?)),
+        Op::Binary(b) => Some(b.eval(child(0)?, child(1)?)),
         _ => None,
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 /// kernel reports.
 pub fn is_fusable(g: &Graph, v: ValueId) -> bool {
     match node(g, v) {
-        Some((Op::Binary(BinaryOp::Div | BinaryOp::Pow), _)) if !g.ty(v).dtype.is_float() => false,
+        Some((Op::Binary(b), _)) if b.int_can_fail() && !g.ty(v).dtype.is_float() => false,
         Some((op, _)) => fusable_op(op),
         None => false,
     }

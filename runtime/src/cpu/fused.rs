@@ -326,14 +326,10 @@ fn unary(op: UnaryOp, x: &Lane, dt: DType) -> Lane {
 
 fn binary(op: BinaryOp, a: &Lane, b: &Lane, dt: DType) -> Lane {
     if let (Lane::I(x), Lane::I(y)) = (a, b) {
-        // Integer division and power can fail, so fusion leaves them to library kernels.
-        let f = |p: i64, q: i64| match op {
-            BinaryOp::Add => p.wrapping_add(q),
-            BinaryOp::Sub => p.wrapping_sub(q),
-            BinaryOp::Mul => p.wrapping_mul(q),
-            BinaryOp::Max => p.max(q),
-            BinaryOp::Min => p.min(q),
-            BinaryOp::Div | BinaryOp::Pow => unreachable!("integer {} is not fused", op.name()),
+        // Fusion leaves the integer ops that can fail to library kernels.
+        let f = |p: i64, q: i64| match op.eval_int(p, q) {
+            Ok(r) => r,
+            Err(_) => unreachable!("integer {} is not fused", op.name()),
         };
         return Lane::I(
             x.iter()
@@ -343,28 +339,7 @@ fn binary(op: BinaryOp, a: &Lane, b: &Lane, dt: DType) -> Lane {
         );
     }
     let (x, y) = (a.f(), b.f());
-    let f: fn(f32, f32) -> f32 = match op {
-        BinaryOp::Add => |p, q| p + q,
-        BinaryOp::Sub => |p, q| p - q,
-        BinaryOp::Mul => |p, q| p * q,
-        BinaryOp::Div => |p, q| p / q,
-        BinaryOp::Max => |p, q| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.max(q)
-            }
-        },
-        BinaryOp::Min => |p, q| {
-            if p.is_nan() || q.is_nan() {
-                f32::NAN
-            } else {
-                p.min(q)
-            }
-        },
-        BinaryOp::Pow => f32::powf,
-    };
-    Lane::F(x.iter().zip(y).map(|(&p, &q)| f(p, q)).collect())
+    Lane::F(x.iter().zip(y).map(|(&p, &q)| op.eval_f32(p, q)).collect())
 }
 
 fn compare(op: CompareOp, a: &Lane, b: &Lane, len: usize) -> Vec<bool> {

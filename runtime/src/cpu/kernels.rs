@@ -254,46 +254,22 @@ fn binary(out: Out, op: BinaryOp, a: &Val, b: &Val, dtype: DType) -> Result<Buf,
         for (&x, &y) in p.iter().zip(q) {
             r.push(wrap_int(
                 dtype,
-                match op {
-                    BinaryOp::Add => x.wrapping_add(y),
-                    BinaryOp::Sub => x.wrapping_sub(y),
-                    BinaryOp::Mul => x.wrapping_mul(y),
-                    BinaryOp::Div if y == 0 => return Err("integer division by zero".to_string()),
-                    BinaryOp::Div => x.wrapping_div(y),
-                    BinaryOp::Max => x.max(y),
-                    BinaryOp::Min => x.min(y),
-                    BinaryOp::Pow if y < 0 => {
-                        return Err(format!("integer power with negative exponent {y}"))
-                    }
-                    BinaryOp::Pow => x.wrapping_pow(y.min(u32::MAX as i64) as u32),
-                },
+                op.eval_int(x, y).map_err(|e| e.to_string())?,
             ));
         }
         return Ok(Buf::Int(r));
     }
     let (p, q) = (a.f32(), b.f32());
     let o = out.f32(p.len());
-    Ok(Buf::F32(match op {
-        BinaryOp::Add => zip_f32(o, p, q, |x, y| x + y),
-        BinaryOp::Sub => zip_f32(o, p, q, |x, y| x - y),
-        BinaryOp::Mul => zip_f32(o, p, q, |x, y| x * y),
-        BinaryOp::Div => zip_f32(o, p, q, |x, y| x / y),
-        BinaryOp::Max => zip_f32(o, p, q, |x, y| {
-            if x.is_nan() || y.is_nan() {
-                f32::NAN
-            } else {
-                x.max(y)
+    // One loop per op, so each inlines its own arithmetic (and vectorises).
+    macro_rules! each {
+        ($($op:ident),*) => {
+            match op {
+                $(BinaryOp::$op => zip_f32(o, p, q, |x, y| BinaryOp::$op.eval_f32(x, y)),)*
             }
-        }),
-        BinaryOp::Min => zip_f32(o, p, q, |x, y| {
-            if x.is_nan() || y.is_nan() {
-                f32::NAN
-            } else {
-                x.min(y)
-            }
-        }),
-        BinaryOp::Pow => zip_f32(o, p, q, f32::powf),
-    }))
+        };
+    }
+    Ok(Buf::F32(each!(Add, Sub, Mul, Div, Max, Min, Pow)))
 }
 
 fn compare(mut out: Vec<bool>, op: CompareOp, a: &Val, b: &Val) -> Buf {

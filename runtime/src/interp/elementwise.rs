@@ -21,41 +21,17 @@ pub(super) fn unary(ctx: Ctx, op: UnaryOp, x: &Tensor) -> Tensor {
     )
 }
 
-fn float_binary(op: BinaryOp, a: f64, b: f64) -> f64 {
-    match op {
-        BinaryOp::Add => a + b,
-        BinaryOp::Sub => a - b,
-        BinaryOp::Mul => a * b,
-        BinaryOp::Div => a / b,
-        BinaryOp::Max if a.is_nan() || b.is_nan() => f64::NAN,
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min if a.is_nan() || b.is_nan() => f64::NAN,
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Pow => a.powf(b),
-    }
-}
-
-fn int_binary(op: BinaryOp, a: i64, b: i64) -> Result<i64, String> {
-    Ok(match op {
-        BinaryOp::Add => a.wrapping_add(b),
-        BinaryOp::Sub => a.wrapping_sub(b),
-        BinaryOp::Mul => a.wrapping_mul(b),
-        BinaryOp::Div if b == 0 => return Err("integer division by zero".into()),
-        BinaryOp::Div => a.wrapping_div(b),
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min => a.min(b),
-        BinaryOp::Pow if b < 0 => return Err(format!("integer power with negative exponent {b}")),
-        BinaryOp::Pow => a.wrapping_pow(b.min(u32::MAX as i64) as u32),
-    })
-}
-
 pub(super) fn binary(ctx: Ctx, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     match (&a.data, &b.data) {
         (Data::Int(x), Data::Int(y)) => {
             let data = x
                 .iter()
                 .zip(y)
-                .map(|(&p, &q)| int_binary(op, p, q).map(|r| wrap_int(a.dtype, r)))
+                .map(|(&p, &q)| {
+                    op.eval_int(p, q)
+                        .map(|r| wrap_int(a.dtype, r))
+                        .map_err(|e| e.to_string())
+                })
                 .collect::<Result<_, _>>()?;
             Ok(Tensor {
                 data: Data::Int(data),
@@ -67,7 +43,7 @@ pub(super) fn binary(ctx: Ctx, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<T
                 .floats()
                 .iter()
                 .zip(b.floats())
-                .map(|(&p, &q)| float_binary(op, p, q))
+                .map(|(&p, &q)| op.eval(p, q))
                 .collect();
             Ok(ctx.floats(a.dtype, a.shape.clone(), values))
         }

@@ -93,6 +93,71 @@ named_enum! {
     }
 }
 
+/// An integer operation with no result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IntArithError {
+    /// `div` by zero.
+    #[error("integer division by zero")]
+    DivisionByZero,
+    /// `pow` with a negative exponent (no integer result).
+    #[error("integer power with negative exponent {0}")]
+    NegativeExponent(i64),
+}
+
+// The binary ops' meaning, written once: every backend and both constant folders call
+// these (the CPU kernels with `op` constant per loop, so the match folds away).
+impl BinaryOp {
+    /// `a op b` on floats, in f64: the reference. `max`/`min` propagate NaN.
+    pub fn eval(self, a: f64, b: f64) -> f64 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Max | BinaryOp::Min if a.is_nan() || b.is_nan() => f64::NAN,
+            BinaryOp::Max => a.max(b),
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Pow => a.powf(b),
+        }
+    }
+
+    /// `a op b` on f32, as the CPU backend computes it (the same rules as [`eval`](Self::eval)).
+    #[inline(always)]
+    pub fn eval_f32(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+            BinaryOp::Max | BinaryOp::Min if a.is_nan() || b.is_nan() => f32::NAN,
+            BinaryOp::Max => a.max(b),
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Pow => a.powf(b),
+        }
+    }
+
+    /// `a op b` on integers, wrapping, before narrowing to the dtype's width.
+    #[inline(always)]
+    pub fn eval_int(self, a: i64, b: i64) -> Result<i64, IntArithError> {
+        Ok(match self {
+            BinaryOp::Add => a.wrapping_add(b),
+            BinaryOp::Sub => a.wrapping_sub(b),
+            BinaryOp::Mul => a.wrapping_mul(b),
+            BinaryOp::Div if b == 0 => return Err(IntArithError::DivisionByZero),
+            BinaryOp::Div => a.wrapping_div(b),
+            BinaryOp::Max => a.max(b),
+            BinaryOp::Min => a.min(b),
+            BinaryOp::Pow if b < 0 => return Err(IntArithError::NegativeExponent(b)),
+            BinaryOp::Pow => a.wrapping_pow(b.min(u32::MAX as i64) as u32),
+        })
+    }
+
+    /// Whether the integer op can fail (so fusion leaves it to library kernels).
+    pub fn int_can_fail(self) -> bool {
+        matches!(self, BinaryOp::Div | BinaryOp::Pow)
+    }
+}
+
 pub(super) fn infer_unary(op: UnaryOp, x: &[&TensorType]) -> ShapeResult {
     expect_arity(x, 1)?;
     let ok = x[0].dtype.is_float() || (op.accepts_ints() && x[0].dtype.is_int());
