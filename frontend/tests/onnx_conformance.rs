@@ -33,6 +33,7 @@ const TARGET_OPS: &[&str] = &[
     "Sigmoid",
     "Tanh",
     "Erf",
+    "Softsign",
     "Softmax",
     "LogSoftmax",
     "LayerNormalization",

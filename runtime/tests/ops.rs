@@ -59,7 +59,7 @@ fn x4() -> Tensor {
 fn unary_math_matches_std() {
     let xs = [0.5, -1.25, 2.0, 3.5];
     // Formulas written here, independent of the op table; every op must have one.
-    let cases: [(&str, Formula); 11] = [
+    let cases: [(&str, Formula); 12] = [
         ("neg", |x| -x),
         ("abs", f64::abs),
         ("exp", f64::exp),
@@ -71,6 +71,7 @@ fn unary_math_matches_std() {
         ("erf", |x| libm_erf(x)),
         ("sin", f64::sin),
         ("cos", f64::cos),
+        ("softsign", |x| x / (1.0 + x.abs())),
     ];
     for op in UnaryOp::ALL {
         assert!(

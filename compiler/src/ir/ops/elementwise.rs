@@ -52,6 +52,8 @@ named_enum! {
         Sin = "sin",
         /// Cosine.
         Cos = "cos",
+        /// `x / (1 + |x|)`.
+        Softsign = "softsign",
     }
 }
 

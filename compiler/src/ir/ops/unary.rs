@@ -112,7 +112,7 @@ macro_rules! c_fn {
     }};
 }
 
-use BinaryOp::{Div, Mul, Sub};
+use BinaryOp::{Add, Div, Mul, Sub};
 
 impl UnaryOp {
     /// The op's entry in the table.
@@ -129,6 +129,7 @@ impl UnaryOp {
             UnaryOp::Erf => &ERF,
             UnaryOp::Sin => &SIN,
             UnaryOp::Cos => &COS,
+            UnaryOp::Softsign => &SOFTSIGN,
         }
     }
 
@@ -310,6 +311,32 @@ static COS: UnaryDef = UnaryDef {
     },
     cranelift: Cranelift::Call { vector: None },
     ptx: math::cos,
+};
+
+// softsign x = x / (1 + |x|), ONNX's `Softsign`; d/dx = 1 / (1 + |x|)^2.
+static SOFTSIGN: UnaryDef = UnaryDef {
+    int: None,
+    domain: Domain::Real,
+    reference: |x| x / (1.0 + x.abs()),
+    f32: c_fn!(|x| x / (1.0 + x.abs())),
+    flops: 3.0,
+    vjp: |b, d| {
+        let a = b.unary(UnaryOp::Abs, d.x);
+        let den = b.binary_scalar(Add, a, 1.0);
+        let t = b.binary(Div, d.g, den);
+        b.binary(Div, t, den)
+    },
+    cranelift: Cranelift::Inline(|b, x| {
+        let a = b.ins().fabs(x);
+        let one = const_like(b, x, 1.0);
+        let den = b.ins().fadd(a, one);
+        b.ins().fdiv(x, den)
+    }),
+    ptx: |b, x| {
+        let a = b.un(UnOp::Abs, x);
+        let den = b.add(a, 1.0f32);
+        b.div(x, den)
+    },
 };
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "Erf" => unary(UnaryOp::Erf),
         "Sin" => unary(UnaryOp::Sin),
         "Cos" => unary(UnaryOp::Cos),
+        "Softsign" => unary(UnaryOp::Softsign),
         _ => None,
     };
     if let Some(u) = u {
