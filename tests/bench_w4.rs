@@ -102,7 +102,6 @@ fn sparse_and_dense_w4_agree() {
 #[test]
 fn w4_matches_the_peers_reference() {
     let Some(data) = common::peers_data() else {
-        eprintln!("skipping: no peers data (bash ../shared/peers/setup.sh writes it)");
         return;
     };
     let g = common::load_example("examples/bench/moe_w4.smelt", &[]);
