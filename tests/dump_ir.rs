@@ -215,6 +215,8 @@ fn bench_harness_runs() {
         "1",
         "--warmup",
         "0",
+        "--quiet-max",
+        "0",
     ]);
     assert!(out.contains("| W3 matmul 1024³ |"), "{out}");
     assert!(out.contains("speed-up"), "{out}");

@@ -3,7 +3,8 @@
 //! with `--workload compile`, how long compiling a training step takes at growing depth,
 //! stage by stage.
 
-use super::bench_peers::{default_results, latest, minutes_ago, PeerCell};
+use super::bench_conditions::{cpu, wait_quiet, CpuSample, Quiet};
+use super::bench_peers::{default_results, latest, peers_data, record_age, PeerCell};
 use super::load_model;
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{Def, Graph};
@@ -22,12 +23,18 @@ pub struct Args {
     /// Which workloads to time.
     #[arg(long, value_enum, default_values_t = vec![Workload::Mlp, Workload::Gpt, Workload::Matmul, Workload::Moe])]
     workload: Vec<Workload>,
-    /// Timed iterations per workload (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
-    /// Untimed iterations first.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    /// Timed iterations per workload (the median is reported). Default: the peers'
+    /// counts (W1 and W3: 30, W2 and W4: 20; compile: 10; llm: 5).
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Untimed iterations first. Default: the peers' counts (W1 and W3: 5, W2 and
+    /// W4: 3).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Seconds to wait, before each workload, for the machine to be quiet (under 10%
+    /// busy), as the peers do; 0: do not wait.
+    #[arg(long, default_value_t = 90, value_name = "SECONDS")]
+    quiet_max: u64,
     /// Skip the op-by-op baseline (faster; no ratio).
     #[arg(long)]
     no_baseline: bool,
@@ -160,6 +167,59 @@ fn case(w: Workload, root: &Path) -> Result<Case, Diagnostic> {
 }
 
 impl Workload {
+    /// Warm-up and timed iterations, as the peers' harness runs them
+    /// (../shared/peers/common/harness.py).
+    fn peer_counts(self) -> (usize, usize) {
+        match self {
+            Workload::Mlp | Workload::Matmul => (5, 30),
+            _ => (3, 20),
+        }
+    }
+
+    /// The peers' fixed data of this workload: (file under the data folder, smelt's
+    /// name). W3 has none: every peer draws its own N(0, 1) matrices.
+    fn peer_files(self) -> Vec<(String, String)> {
+        let same = |dir: &str, names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .map(|n| (format!("{dir}/{n}.npy"), n.to_string()))
+                .collect()
+        };
+        match self {
+            Workload::Mlp => {
+                let mut files = vec![
+                    ("mlp/x.npy".to_string(), "x".to_string()),
+                    ("mlp/y.npy".to_string(), "labels".to_string()),
+                ];
+                for l in 1..=3 {
+                    for p in ["w", "b"] {
+                        files.push((format!("mlp/{p}{l}.npy"), format!("l{l}.{p}")));
+                    }
+                }
+                files
+            }
+            Workload::Gpt => {
+                let mut files = same(
+                    "gpt",
+                    &["tokens", "tok_emb", "pos_emb", "lnf_g", "lnf_b", "w_head"],
+                );
+                for l in 0..2 {
+                    for p in [
+                        "ln1_g", "ln1_b", "wqkv", "bqkv", "wo", "bo", "ln2_g", "ln2_b", "wfc1",
+                        "bfc1", "wfc2", "bfc2",
+                    ] {
+                        files.push((format!("gpt/l{l}_{p}.npy"), format!("layers.{l}.{p}")));
+                    }
+                }
+                files
+            }
+            Workload::Moe | Workload::MoeDense => {
+                same("moe", &["x", "target", "wg", "w1", "b1", "w2", "b2"])
+            }
+            Workload::Matmul | Workload::Compile | Workload::Llm => vec![],
+        }
+    }
+
     /// The peers' records this workload is compared with.
     fn peers(self) -> Vec<PeerCell> {
         let cell = |label, file, workload, variant| PeerCell {
@@ -193,29 +253,62 @@ impl Workload {
 /// Prints smelt's medians beside the peers' latest records in `dir`.
 fn print_peers(dir: &Path, timed: &[(Workload, &str, f64)]) {
     println!("\nPeers' latest records in {}:\n", dir.display());
-    println!("| workload | smelt median ms | peer | peer median ms | smelt ÷ peer | peer's results written |");
+    println!(
+        "| workload | smelt median ms | peer | peer median ms | smelt ÷ peer | peer measured |"
+    );
     println!("|---|---:|---|---:|---:|---|");
     for &(w, name, median) in timed {
         for cell in w.peers() {
-            let Some((record, written)) = latest(dir, &cell) else {
+            let Some(record) = latest(dir, &cell) else {
                 continue;
             };
             let Some(peer) = record["median_ms"].as_f64() else {
                 continue;
             };
             println!(
-                "| {name} | {median:.1} | {} | {peer:.1} | {:.2} | {:.0} min ago |",
+                "| {name} | {median:.1} | {} | {peer:.1} | {:.2} | {} |",
                 cell.label,
                 median / peer,
-                minutes_ago(written)
+                record_age(&record, dir, cell.file)
             );
         }
     }
     println!("\nA ratio below 1 means smelt is faster. It means something only if the peers ran in this sitting, on a quiet machine.");
 }
 
+/// The feeds of workload `w`: the peers' fixed inputs and initial parameters where
+/// their data is set up (`data`), otherwise smelt's fixed random ones; and which.
+fn feeds(
+    w: Workload,
+    graph: &Graph,
+    batch: usize,
+    data: Option<&Path>,
+) -> Result<(HashMap<String, Tensor>, &'static str), Diagnostic> {
+    let mut feeds = random_feeds(w, graph, batch);
+    let files = w.peer_files();
+    let Some(data) = data.filter(|_| !files.is_empty()) else {
+        let source = if files.is_empty() {
+            "random (as the peers)"
+        } else {
+            "random (no peers' data)"
+        };
+        return Ok((feeds, source));
+    };
+    for (file, name) in files {
+        if graph.find(&name).is_none() {
+            return Err(Diagnostic::plain(format!(
+                "the peers' {file} has no counterpart %{name} in the workload's graph"
+            )));
+        }
+        let t = smelt_runtime::io::read_npy(&data.join(&file))
+            .map_err(|e| Diagnostic::plain(format!("the peers' data: {e}")))?;
+        feeds.insert(name, t);
+    }
+    Ok((feeds, "the peers' fixed data"))
+}
+
 /// Fixed random feeds for every parameter and input of `graph`.
-fn feeds(w: Workload, graph: &Graph, batch: usize) -> HashMap<String, Tensor> {
+fn random_feeds(w: Workload, graph: &Graph, batch: usize) -> HashMap<String, Tensor> {
     let mut feeds = params::init_params(graph, 0);
     for id in graph.inputs() {
         let v = graph.value(id);
@@ -256,13 +349,14 @@ fn build(c: &Case, optimize: bool, fuse: bool) -> Result<CpuProgram, Diagnostic>
 
 /// Times `program` on `feeds` as a training loop does: parameters and optimiser state
 /// stay in the backend's buffers and each step's updates become the next step's state.
-/// Returns the median and minimum step time (ms).
+/// Returns the median and minimum step time (ms), and the share of the machine other
+/// processes used meanwhile.
 fn time(
     program: &CpuProgram,
     feeds: &HashMap<String, Tensor>,
     warmup: usize,
     iters: usize,
-) -> Result<(f64, f64), Diagnostic> {
+) -> Result<Timing, Diagnostic> {
     let fail = |e: smelt_runtime::RunError| Diagnostic::plain(e.to_string());
     let g = &program.schedule().graph;
     let (held, inputs): (HashMap<_, _>, HashMap<_, _>) =
@@ -280,13 +374,31 @@ fn time(
         step()?;
     }
     let mut ms: Vec<f64> = Vec::with_capacity(iters);
+    let before = CpuSample::now();
     for _ in 0..iters.max(1) {
         let t = Instant::now();
         step()?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let foreign = before
+        .zip(CpuSample::now())
+        .map(|(a, b)| b.foreign_since(&a));
     ms.sort_by(f64::total_cmp);
-    Ok((ms[ms.len() / 2], ms[0]))
+    Ok(Timing {
+        median: ms[ms.len() / 2],
+        min: ms[0],
+        foreign,
+    })
+}
+
+/// One program's timed steps.
+struct Timing {
+    /// Median step, ms.
+    median: f64,
+    /// Fastest step, ms.
+    min: f64,
+    /// The share of the machine (all cores = 1) other processes used while timing.
+    foreign: Option<f64>,
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
@@ -309,52 +421,83 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         };
         super::bench_llm::llm_workload(
             args.model.as_deref(),
-            args.iters.min(5),
+            args.iters.unwrap_or(5).min(5),
             storage,
             args.peers.as_deref(),
         )?;
     }
     if !compile.is_empty() {
-        compile_workload(&args.layers, !args.no_optimize, &root, args.iters)?;
+        compile_workload(
+            &args.layers,
+            !args.no_optimize,
+            &root,
+            args.iters.unwrap_or(10),
+        )?;
     }
     Ok(())
 }
 
 /// Times the run-time workloads `workloads`.
 fn run_workloads(args: &Args, workloads: &[Workload], root: &Path) -> Result<(), Diagnostic> {
-    println!("| workload | smelt median (min) ms | GFLOP/s | compile + first step s | op-by-op median ms | speed-up |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    let data = peers_data();
+    println!("CPU: {}", cpu());
+    match &data {
+        Some(d) => println!("Data: the peers' fixed inputs and initial parameters, {}", d.display()),
+        None => println!("Data: smelt's fixed random inputs (the peers' data is not set up: bash ../shared/peers/setup.sh)"),
+    }
+    println!(
+        "Before each workload: a wait of up to {} s for a quiet machine (under 10% busy), as the peers do.\n",
+        args.quiet_max
+    );
+    println!("| workload | smelt median (min) ms | GFLOP/s | compile + first step s | op-by-op median ms | speed-up | warm-up + timed | data | machine | other load |");
+    println!("|---|---:|---:|---:|---:|---:|---|---|---|---:|");
     let mut timed = Vec::new();
     for &w in workloads {
         let c = case(w, root)?;
+        let (peer_warmup, peer_iters) = w.peer_counts();
+        let (warmup, iters) = (
+            args.warmup.unwrap_or(peer_warmup),
+            args.iters.unwrap_or(peer_iters),
+        );
+        let quiet = wait_quiet(Duration::from_secs(args.quiet_max));
         let start = Instant::now();
         let fused = build(&c, !args.no_optimize, true)?;
-        let feeds = feeds(w, &fused.schedule().graph, c.batch);
+        let (feeds, source) = feeds(w, &fused.schedule().graph, c.batch, data.as_deref())?;
         fused
             .run(&feeds)
             .map_err(|e| Diagnostic::plain(e.to_string()))?;
         let first = start.elapsed().as_secs_f64();
-        let (median, min) = time(&fused, &feeds, args.warmup, args.iters)?;
+        let smelt = time(&fused, &feeds, warmup, iters)?;
         // Its buffers (kept between runs) are not the baseline's.
         drop(fused);
+        // The baseline gets the same warm-up and count as the fused program.
         let baseline = if args.no_baseline {
             None
         } else {
             let p = build(&c, false, false)?;
-            Some(time(&p, &feeds, args.warmup.min(1), args.iters)?.0)
+            Some(time(&p, &feeds, warmup, iters)?.median)
         };
         let (base, ratio) = match baseline {
-            Some(b) => (format!("{b:.1}"), format!("{:.2}×", b / median)),
+            Some(b) => (format!("{b:.1}"), format!("{:.2}×", b / smelt.median)),
             None => ("—".into(), "—".into()),
         };
+        let load = smelt
+            .foreign
+            .map_or("—".into(), |f| format!("{:.0}%", f * 100.0));
+        let machine = match quiet {
+            Quiet::Unchecked => "not checked".to_string(),
+            q => q.to_string(),
+        };
         println!(
-            "| {} | {median:.1} ({min:.1}) | {:.1} | {first:.2} | {base} | {ratio} |",
+            "| {} | {:.1} ({:.1}) | {:.1} | {first:.2} | {base} | {ratio} | {warmup} + {iters} | {source} | {machine} | {load} |",
             c.name,
-            c.gflop / (median / 1e3)
+            smelt.median,
+            smelt.min,
+            c.gflop / (smelt.median / 1e3)
         );
-        timed.push((w, c.name, median));
+        timed.push((w, c.name, smelt.median));
     }
-    println!("\nspeed-up = op-by-op CPU backend (same kernels; no e-graph optimiser, no fusion) ÷ smelt, measured in this run.");
+    println!("\nspeed-up = op-by-op CPU backend (same kernels; no e-graph optimiser, no fusion) ÷ smelt, measured in this run. other load = the share of the machine (all cores = 1) other processes used while smelt's steps were timed.");
     match args.peers.clone().or_else(default_results) {
         Some(dir) => print_peers(&dir, &timed),
         None => println!("Peers (JAX, PyTorch, tinygrad, NumPy) on the same workloads: bash ../shared/peers/run_all.sh, in the same sitting; then --peers DIR."),

@@ -122,21 +122,15 @@ pub fn llm_workload(
             .map_or("—".into(), |m| format!("{m:.0}"))
     );
     match &peer {
-        Some((_, age)) => println!("llama.cpp's record was written {age:.0} min ago; compare only within one sitting."),
+        Some((_, age)) => println!("llama.cpp's record: {age}; compare only within one sitting."),
         None => println!("No llama.cpp W5 record: bash ../shared/peers/setup.sh llamacpp && bash ../shared/peers/run_one.sh llamacpp llm, in the same sitting."),
     }
     Ok(())
 }
 
-/// llama.cpp's latest W5 record and its age in minutes.
-fn llama_cpp_record(dir: &Path) -> Option<(serde_json::Value, f64)> {
-    let path = dir.join("llamacpp.jsonl");
-    let text = std::fs::read_to_string(&path).ok()?;
-    let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    let record = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["workload"] == "llm")?;
-    Some((record, bench_peers::minutes_ago(written)))
+/// llama.cpp's latest W5 record and when it was measured.
+fn llama_cpp_record(dir: &Path) -> Option<(serde_json::Value, String)> {
+    let record = bench_peers::latest_where(dir, "llamacpp", |r| r["workload"] == "llm")?;
+    let age = bench_peers::record_age(&record, dir, "llamacpp");
+    Some((record, age))
 }

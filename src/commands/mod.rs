@@ -2,6 +2,7 @@
 //! prints before exiting with code 2.
 
 pub mod bench;
+mod bench_conditions;
 mod bench_llm;
 mod bench_peers;
 pub mod compile;
