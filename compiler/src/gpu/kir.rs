@@ -596,6 +596,39 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The buffer parameters the kernel writes (stores, atomic adds and flags into
+    /// global memory), sorted.
+    pub fn written_params(&self) -> Vec<usize> {
+        fn visit(body: &[Stmt], out: &mut Vec<usize>) {
+            for stmt in body {
+                match stmt {
+                    Stmt::Inst(
+                        Inst::St { space, .. }
+                        | Inst::AtomAdd { space, .. }
+                        | Inst::SetFlag { space, .. },
+                    ) => {
+                        if let Space::Global(p) = space {
+                            out.push(*p);
+                        }
+                    }
+                    Stmt::Inst(_) => {}
+                    Stmt::If {
+                        then, otherwise, ..
+                    } => {
+                        visit(then, out);
+                        visit(otherwise, out);
+                    }
+                    Stmt::Loop { body, .. } => visit(body, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        visit(&self.body, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The type of register `r`.
     pub fn ty(&self, r: Reg) -> Ty {
         self.regs[r.0 as usize]
