@@ -16,7 +16,7 @@ pub mod text;
 mod types;
 mod verify;
 
-pub use attr::{format_float, Attr, AttrReader};
+pub use attr::{format_float, Attr};
 pub use builder::{check_param_type, Builder};
 pub use dtype::DType;
 pub use graph::{is_value_name, Def, Graph, Init, Value, ValueId};

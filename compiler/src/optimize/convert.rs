@@ -43,7 +43,7 @@ pub fn roots(egraph: &TensorGraph, graph: &Graph, classes: &[Id]) -> Vec<Id> {
 }
 
 /// Rebuilds a graph from `extraction`, keeping `original`'s interface and names.
-pub fn to_graph(
+pub(crate) fn to_graph(
     egraph: &TensorGraph,
     original: &Graph,
     classes: &[Id],
