@@ -124,7 +124,7 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
                 path: shown.clone(),
                 source: None,
             })
-            .map_err(|m| LoadError(Diagnostic::in_file(&shown, m))),
+            .map_err(|m| LoadError(Diagnostic::in_file(&shown, m.to_string()))),
         _ => Err(LoadError(Diagnostic::in_file(
             &shown,
             "unknown model file type (expected .smelt, .sir, .json or .onnx)",
