@@ -257,7 +257,7 @@ pub fn compile_cpu(
     flags: &CacheArgs,
 ) -> Result<Compiled, Diagnostic> {
     let optimize = optimize.options();
-    let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.0);
+    let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.to_string());
     let cache = if flags.no_cache {
         None
     } else {
@@ -279,7 +279,7 @@ pub fn compile_cpu(
 
 /// Loads a compiled artefact, or returns its diagnostic.
 pub fn load_compiled(path: &Path) -> Result<Compiled, Diagnostic> {
-    Compiled::load(path).map_err(|e| Diagnostic::plain(e.0))
+    Compiled::load(path).map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// GPU options shared by `run` and `train` (`--device gpusim|cuda`).

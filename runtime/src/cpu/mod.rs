@@ -918,9 +918,9 @@ fn quant_product(
 
 /// Compiles a pointwise kernel to native code.
 fn compile_kernel(k: &PointwiseKernel) -> Result<JitKernel, Unsupported> {
-    cranelift::compile(k).map_err(|reason| Unsupported {
+    cranelift::compile(k).map_err(|e| Unsupported {
         value: k.name.clone(),
-        reason,
+        reason: e.to_string(),
     })
 }
 
