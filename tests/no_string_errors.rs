@@ -86,7 +86,10 @@ fn generic_args(ty: &str) -> Option<(String, Vec<String>)> {
 }
 
 fn is_string(ty: &str) -> bool {
-    matches!(ty, "String" | "std::string::String" | "alloc::string::String")
+    matches!(
+        ty,
+        "String" | "std::string::String" | "alloc::string::String"
+    )
 }
 
 /// Whether `ty` is `Result<_, String>` or one of the `Result<_, String>` aliases.
@@ -112,13 +115,12 @@ fn return_type(signature: &str) -> Option<&str> {
         match bytes[i] {
             b'(' | b'<' | b'[' => depth += 1,
             b')' | b']' => depth -= 1,
-            b'>' if i > 0 && bytes[i - 1] == b'-' => {
-                if depth == 0 {
-                    let rest = &signature[i + 1..];
-                    let end = rest.find(" where ").unwrap_or(rest.len());
-                    return Some(rest[..end].trim());
-                }
+            b'>' if i > 0 && bytes[i - 1] == b'-' && depth == 0 => {
+                let rest = &signature[i + 1..];
+                let end = rest.find(" where ").unwrap_or(rest.len());
+                return Some(rest[..end].trim());
             }
+            b'>' if i > 0 && bytes[i - 1] == b'-' => {}
             b'>' => depth -= 1,
             _ => {}
         }
@@ -153,7 +155,8 @@ fn pub_positions(src: &str) -> Vec<usize> {
     src.match_indices("pub")
         .map(|(i, _)| i)
         .filter(|&i| {
-            let before_ok = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+            let before_ok =
+                i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
             let after = bytes.get(i + 3).copied().unwrap_or(b' ');
             before_ok && !(after.is_ascii_alphanumeric() || after == b'_')
         })

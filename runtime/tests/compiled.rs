@@ -119,7 +119,9 @@ fn other_versions_are_refused_by_name() {
     )
     .unwrap();
     let old = text.replacen(&format!("format {FORMAT}\n"), "format 0\n", 1);
-    let e = Compiled::from_bytes(old.as_bytes()).unwrap_err().to_string();
+    let e = Compiled::from_bytes(old.as_bytes())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("format 0") && e.contains("compile the model again"),
         "{e}"

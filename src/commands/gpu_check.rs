@@ -51,7 +51,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )));
     }
     let options = args.gpu.options();
-    let target = GpuTarget::by_name(options.target).map_err(|e| Diagnostic::plain(e.to_string()))?;
+    let target =
+        GpuTarget::by_name(options.target).map_err(|e| Diagnostic::plain(e.to_string()))?;
     let comm = options.comm_sms;
     check_comm_sms(&target, comm).map_err(|e| Diagnostic::plain(e.to_string()))?;
     if comm == 0 {
@@ -326,7 +327,9 @@ fn smid_check(gpu: &Arc<Gpu>, comm: u32) -> Result<SmidResult, CudaError> {
     let ids = |b: &DeviceBuffer| -> Result<BTreeSet<i32>, CudaError> {
         match b.download()? {
             Data::I32(v) if v.iter().all(|&s| s >= 0) => Ok(v.into_iter().collect()),
-            _ => Err(CudaError::WrongResult("a %smid recorder block did not run".into())),
+            _ => Err(CudaError::WrongResult(
+                "a %smid recorder block did not run".into(),
+            )),
         }
     };
     let (comm_ids, compute_ids) = (ids(&c[0])?, ids(&k[0])?);

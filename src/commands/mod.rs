@@ -36,8 +36,8 @@ pub fn load_model(path: &Path, sets: &[String]) -> Result<Model, Diagnostic> {
     }
     let mut overrides = smelt_frontend::Overrides::new();
     for arg in sets {
-        let (name, value) = smelt_frontend::parse_override(arg)
-            .map_err(|e| Diagnostic::plain(e.to_string()))?;
+        let (name, value) =
+            smelt_frontend::parse_override(arg).map_err(|e| Diagnostic::plain(e.to_string()))?;
         overrides.insert(name, value);
     }
     smelt_frontend::load_with(path, &overrides).map_err(|e| e.0)

@@ -28,9 +28,7 @@ pub enum AutodiffError {
     #[error("autodiff: the loss must be a float scalar, found {0}")]
     LossNotScalar(TensorType),
     /// No output can be the loss.
-    #[error(
-        "autodiff: the graph has no scalar float output to use as the loss (name one %loss)"
-    )]
+    #[error("autodiff: the graph has no scalar float output to use as the loss (name one %loss)")]
     NoLoss,
     /// Several outputs could be the loss.
     #[error("autodiff: several scalar outputs could be the loss; name one %loss")]

@@ -112,9 +112,7 @@ pub fn replica_training_step(
                     d = b.binary(BinaryOp::Add, d, decay);
                 }
                 if momentum != 0.0 {
-                    let v = b
-                        .state(&format!("{name}.momentum"), pt.clone(), Init::Zeros)
-                        ?;
+                    let v = b.state(&format!("{name}.momentum"), pt.clone(), Init::Zeros)?;
                     let kept = b.binary_scalar(BinaryOp::Mul, v, momentum);
                     d = b.binary(BinaryOp::Add, kept, d);
                     b.rename(d, &format!("{name}.momentum.next"));
@@ -129,12 +127,8 @@ pub fn replica_training_step(
                 eps,
                 weight_decay,
             } => {
-                let m = b
-                    .state(&format!("{name}.m"), pt.clone(), Init::Zeros)
-                    ?;
-                let v = b
-                    .state(&format!("{name}.v"), pt.clone(), Init::Zeros)
-                    ?;
+                let m = b.state(&format!("{name}.m"), pt.clone(), Init::Zeros)?;
+                let v = b.state(&format!("{name}.v"), pt.clone(), Init::Zeros)?;
                 let m1 = moment(&mut b, m, grad, beta1);
                 let g2 = b.binary(BinaryOp::Mul, grad, grad);
                 let v1 = moment(&mut b, v, g2, beta2);

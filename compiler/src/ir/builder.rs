@@ -2,7 +2,9 @@
 //! so a builder can only make graphs that verify.
 
 use super::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
-use super::{is_value_name, BuildError, Def, Graph, Init, ParamTypeError, TensorType, Value, ValueId};
+use super::{
+    is_value_name, BuildError, Def, Graph, Init, ParamTypeError, TensorType, Value, ValueId,
+};
 use rustc_hash::FxHashSet;
 
 /// Incrementally builds a [`Graph`].
@@ -56,7 +58,12 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, name: Option<&str>, ty: TensorType, def: Def) -> Result<ValueId, BuildError> {
+    fn push(
+        &mut self,
+        name: Option<&str>,
+        ty: TensorType,
+        def: Def,
+    ) -> Result<ValueId, BuildError> {
         ty.check_size()?;
         let name = match name {
             Some(n) if !is_value_name(n) => return Err(BuildError::InvalidName(n.to_string())),
@@ -200,9 +207,7 @@ impl Builder {
     /// Marks `id` as an output.
     pub fn output(&mut self, id: ValueId) -> Result<(), BuildError> {
         if !self.outputs.insert(id) {
-            return Err(BuildError::AlreadyOutput(
-                self.graph.value(id).name.clone(),
-            ));
+            return Err(BuildError::AlreadyOutput(self.graph.value(id).name.clone()));
         }
         self.graph.outputs.push(id);
         Ok(())

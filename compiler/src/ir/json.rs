@@ -243,9 +243,7 @@ pub fn from_json(text: &str) -> Result<Graph, JsonError> {
                 }
             }
             "node" => {
-                let op_name =
-                    v.op.as_deref()
-                        .ok_or_else(|| at(&"a node needs 'op'"))?;
+                let op_name = v.op.as_deref().ok_or_else(|| at(&"a node needs 'op'"))?;
                 let attrs = v
                     .attrs
                     .iter()

@@ -102,7 +102,8 @@ pub(super) fn optimize_in_windows(
     }
 
     for &o in &graph.outputs {
-        let mut id = now[o.index()].ok_or_else(|| OptimizeError::Lost("an output was not spliced".into()))?;
+        let mut id = now[o.index()]
+            .ok_or_else(|| OptimizeError::Lost("an output was not spliced".into()))?;
         let name = &graph.value(o).name;
         if out.is_output(id) {
             // Two outputs became one value; outputs stay distinct, so copy it.
@@ -128,7 +129,8 @@ pub(super) fn optimize_in_windows(
 
     let phase_start = Instant::now();
     let (result, before, after) = cheaper(graph, candidate, model);
-    let mut report = merged.ok_or_else(|| OptimizeError::Lost("a windowed graph without ops".into()))?;
+    let mut report =
+        merged.ok_or_else(|| OptimizeError::Lost("a windowed graph without ops".into()))?;
     report.phases.cost += phase_start.elapsed();
     report.before = before;
     report.after = after;
@@ -442,7 +444,8 @@ fn splice(
                 let original = window
                     .original(&value.name)
                     .ok_or_else(|| OptimizeError::Lost("an unknown window input".into()))?;
-                now[original.index()].ok_or_else(|| OptimizeError::Lost("a window read an unspliced value".into()))?
+                now[original.index()]
+                    .ok_or_else(|| OptimizeError::Lost("a window read an unspliced value".into()))?
             }
             Def::Param(_) | Def::State(_) => unreachable!("windows have inputs only"),
             Def::Node { op, operands } => {

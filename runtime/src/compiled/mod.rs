@@ -185,7 +185,9 @@ pub enum ArtefactError {
     #[error(transparent)]
     Unsupported(#[from] Unsupported),
     /// The bytes do not start with the artefact header.
-    #[error("not a smelt compiled artefact (no 'smelt-compiled' header; make one with smelt compile)")]
+    #[error(
+        "not a smelt compiled artefact (no 'smelt-compiled' header; make one with smelt compile)"
+    )]
     NotArtefact,
     /// Written in another artefact format.
     #[error("artefact format {0}, but this smelt reads format {FORMAT}; compile the model again")]
@@ -197,7 +199,9 @@ pub enum ArtefactError {
     #[error("corrupt header: length '{0}'")]
     BadLength(String),
     /// The payload is shorter or longer than the header says.
-    #[error("truncated or corrupt: the header promises {promised} payload bytes, the file has {found}")]
+    #[error(
+        "truncated or corrupt: the header promises {promised} payload bytes, the file has {found}"
+    )]
     Truncated {
         /// Bytes the header promises.
         promised: usize,
@@ -205,7 +209,9 @@ pub enum ArtefactError {
         found: usize,
     },
     /// The payload's hash differs from the header's.
-    #[error("corrupt: the content hash does not match (the file was changed after it was written)")]
+    #[error(
+        "corrupt: the content hash does not match (the file was changed after it was written)"
+    )]
     Checksum,
     /// The payload is not JSON.
     #[error("corrupt payload: {0}")]

@@ -302,7 +302,11 @@ impl CpuProgram {
 
     /// Checks that parameter `name`, of type `f32[rows, k]`, is read only as the table
     /// of row lookups (`gather` along axis 0), what a quantised table supports.
-    pub(crate) fn read_only_as_table(&self, name: &str, [rows, k]: [usize; 2]) -> Result<(), String> {
+    pub(crate) fn read_only_as_table(
+        &self,
+        name: &str,
+        [rows, k]: [usize; 2],
+    ) -> Result<(), String> {
         self.read_only_by(name, [rows, k], "a lookup table", |g, step, id| {
             let Step::Library(v) = step else { return false };
             matches!(&g.value(*v).def,

@@ -1,7 +1,7 @@
 //! The CUDA driver: found at run time, never assumed.
 
-use cudarc::driver::{result::DriverError, sys, CudaContext};
 use super::order::OrderError;
+use cudarc::driver::{result::DriverError, sys, CudaContext};
 use smelt_compiler::gpu::plan::SmPlanError;
 use smelt_compiler::gpu::target::GpuTargetError;
 use std::sync::Arc;

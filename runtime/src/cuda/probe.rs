@@ -266,7 +266,9 @@ pub fn cross_stream_probe(gpu: &Gpu, streams: &Streams) -> Result<(), CudaError>
             "the compute stream ran before the communication stream's event (read {})",
             v[0]
         ))),
-        _ => Err(CudaError::Invalid("the probe read back the wrong type".into())),
+        _ => Err(CudaError::Invalid(
+            "the probe read back the wrong type".into(),
+        )),
     }
 }
 

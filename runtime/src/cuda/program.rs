@@ -225,11 +225,9 @@ impl CudaProgram {
             match &b.contents {
                 Contents::Given => buf.upload_on(
                     stream,
-                    given.get(&value).ok_or_else(|| {
-                        CudaError::Missing {
-                            what: "data",
-                            value: self.program.graph.value(value).name.clone(),
-                        }
+                    given.get(&value).ok_or_else(|| CudaError::Missing {
+                        what: "data",
+                        value: self.program.graph.value(value).name.clone(),
                     })?,
                 )?,
                 Contents::Constant(values) => buf.upload_on(stream, &constant(b, values))?,

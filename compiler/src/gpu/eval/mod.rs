@@ -173,7 +173,9 @@ pub enum EvalError {
         got: usize,
     },
     /// A buffer's element type or length differs from its parameter's.
-    #[error("kernel {kernel}: buffer {buffer} should hold {len} {elem:?}, got {got_len} {got_elem:?}")]
+    #[error(
+        "kernel {kernel}: buffer {buffer} should hold {len} {elem:?}, got {got_len} {got_elem:?}"
+    )]
     BufferShape {
         /// The kernel.
         kernel: String,
@@ -951,7 +953,9 @@ mod tests {
     #[test]
     fn a_missing_barrier_is_a_race() {
         let mut mem = [Data::zeros(Elem::F32, 64)];
-        let err = run(&neighbour_exchange(false), 1, 1, &mut mem).unwrap_err().to_string();
+        let err = run(&neighbour_exchange(false), 1, 1, &mut mem)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shared-memory race on s[1]"), "{err}");
         let mut mem = [Data::zeros(Elem::F32, 64)];
         run(&neighbour_exchange(true), 1, 1, &mut mem).unwrap();
@@ -969,7 +973,9 @@ mod tests {
         let t = b.special(Special::Tid);
         let low = b.setp(Cmp::Lt, t, 32);
         b.if_then(low, |b| b.bar());
-        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 1)]).unwrap_err().to_string();
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 1)])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("bar.sync reached by only part of the block"),
             "{err}"
@@ -982,7 +988,9 @@ mod tests {
             let mut b = KernelBuilder::new("access", 32);
             let buf = b.param("buf", Elem::F32, 8);
             b.ld_vec(buf, index, 4);
-            let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 8)]).unwrap_err().to_string();
+            let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 8)])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err}");
         }
     }
@@ -1005,7 +1013,9 @@ mod tests {
         b.if_then(few, |b| {
             b.shfl_xor(t, 1);
         });
-        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::I32, 1)]).unwrap_err().to_string();
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::I32, 1)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only part of a warp"), "{err}");
     }
 }

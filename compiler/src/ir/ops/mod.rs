@@ -365,7 +365,11 @@ impl Op {
 
     /// The shape rule: the result type for operands of types `operands`. Ops for which
     /// [`Op::needs_declared_type`] holds take it from `declared` and check it.
-    pub(crate) fn infer(&self, operands: &[&TensorType], declared: Option<&TensorType>) -> ShapeResult {
+    pub(crate) fn infer(
+        &self,
+        operands: &[&TensorType],
+        declared: Option<&TensorType>,
+    ) -> ShapeResult {
         let declared_ty = || {
             declared.ok_or_else(|| {
                 format!(
