@@ -12,7 +12,7 @@
 use crate::autodiff::optimizer::{replica_training_step, training_step, Optimizer};
 use crate::autodiff::{differentiate, find_loss, AutodiffError};
 use crate::ir::Graph;
-use crate::optimize::{optimize, CostModel, Options, Report};
+use crate::optimize::{optimize, CostModel, OptimizeError, Options, Report};
 use crate::passes::decompose_except;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,7 @@ pub enum PipelineError {
     Autodiff(#[from] AutodiffError),
     /// The optimiser's result could not be rebuilt into a graph (an internal error).
     #[error("optimisation failed: {0}")]
-    Optimize(String),
+    Optimize(#[from] OptimizeError),
 }
 
 /// The graph a backend runs, and what the optimiser did on the way.

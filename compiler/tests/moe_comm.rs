@@ -79,7 +79,7 @@ fn reference_dispatch(c: &Case) -> (Vec<f32>, Vec<i32>) {
 }
 
 fn run(k: &CommKernel, grid: u32, mut buffers: Vec<Data>) -> Result<Vec<Data>, String> {
-    eval::run(&k.kernel, grid, 132, &mut buffers)?;
+    eval::run(&k.kernel, grid, 132, &mut buffers).map_err(|e| e.to_string())?;
     Ok(buffers)
 }
 

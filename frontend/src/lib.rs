@@ -69,13 +69,23 @@ pub struct LoadError(pub Diagnostic);
 /// Config values given on the command line (`--set NAME=VALUE`), by name.
 pub type Overrides = HashMap<String, String>;
 
+/// A `--set` argument that is not `NAME=VALUE`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("--set expects NAME=VALUE, found '{arg}'")]
+pub struct OverrideError {
+    /// The argument as given.
+    pub arg: String,
+}
+
 /// Parses one `--set NAME=VALUE` argument.
-pub fn parse_override(arg: &str) -> Result<(String, String), String> {
+pub fn parse_override(arg: &str) -> Result<(String, String), OverrideError> {
     match arg.split_once('=') {
         Some((name, value)) if !name.trim().is_empty() => {
             Ok((name.trim().to_string(), value.trim().to_string()))
         }
-        _ => Err(format!("--set expects NAME=VALUE, found '{arg}'")),
+        _ => Err(OverrideError {
+            arg: arg.to_string(),
+        }),
     }
 }
 
@@ -124,7 +134,7 @@ pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Model, LoadError>
                 path: shown.clone(),
                 source: None,
             })
-            .map_err(|m| LoadError(Diagnostic::in_file(&shown, m))),
+            .map_err(|m| LoadError(Diagnostic::in_file(&shown, m.to_string()))),
         _ => Err(LoadError(Diagnostic::in_file(
             &shown,
             "unknown model file type (expected .smelt, .sir, .json or .onnx)",

@@ -59,8 +59,8 @@ pub enum Engine {
 }
 
 fn gpu_target(o: GpuOptions) -> Result<GpuTarget, CudaError> {
-    let target = GpuTarget::by_name(o.target).map_err(CudaError)?;
-    check_comm_sms(&target, o.comm_sms).map_err(CudaError)?;
+    let target = GpuTarget::by_name(o.target).map_err(CudaError::from)?;
+    check_comm_sms(&target, o.comm_sms).map_err(CudaError::from)?;
     Ok(target)
 }
 

@@ -76,7 +76,7 @@ pub fn execute(
         &bindings,
         target.arch,
     )
-    .map_err(fail)?;
+    .map_err(|e| fail(e.to_string()))?;
     let g = &program.graph;
     let given: HashMap<ValueId, DeviceData> = program
         .buffers
@@ -86,7 +86,7 @@ pub fn execute(
         .collect();
     let mem = program
         .simulate(&given, |call| planned_grid(target, comm_sms, call))
-        .map_err(fail)?;
+        .map_err(|e| fail(e.to_string()))?;
     let host = |v: ValueId| to_host(&mem[&v], g.ty(v).dtype, program.shapes[v.index()].clone());
     Ok(Execution {
         outputs: g.outputs.iter().map(|&o| host(o)).collect(),

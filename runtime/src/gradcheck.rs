@@ -2,9 +2,9 @@
 //! by the reference interpreter in f64. The tests of every op and every example model
 //! use this; it is public so model authors can check their own models.
 
-use crate::interp::{run, Precision};
+use crate::interp::{run, Precision, RunError};
 use crate::tensor::{Data, Tensor};
-use smelt_compiler::autodiff::differentiate;
+use smelt_compiler::autodiff::{differentiate, AutodiffError};
 use smelt_compiler::ir::{DType, Graph, ValueId};
 use std::collections::HashMap;
 
@@ -16,6 +16,37 @@ pub fn exact_f32(shape: &[usize], values: Vec<f64>) -> Tensor {
         shape: shape.to_vec(),
         data: Data::Float(values),
     }
+}
+
+/// Why a gradient check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GradcheckError {
+    /// A name in `wrt` is not a value of the graph.
+    #[error("the graph has no value %{0}")]
+    UnknownValue(String),
+    /// A value in `wrt` has no feed to perturb.
+    #[error("no feed for %{0}")]
+    NoFeed(String),
+    /// The graph cannot be differentiated.
+    #[error(transparent)]
+    Autodiff(#[from] AutodiffError),
+    /// The interpreter failed on the graph.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A gradient differs from its finite difference.
+    #[error("d/d{value}[{index}]: autodiff {autodiff} vs finite difference {finite_difference} (rel. error {relative_error:e})")]
+    Mismatch {
+        /// The value differentiated against.
+        value: String,
+        /// The flat index of the coordinate.
+        index: usize,
+        /// Autodiff's gradient.
+        autodiff: f64,
+        /// The central difference.
+        finite_difference: f64,
+        /// Their gap relative to the largest gradient seen.
+        relative_error: f64,
+    },
 }
 
 /// Checks d(loss)/d(name) for every `name` in `wrt` against central differences with
@@ -30,28 +61,28 @@ pub fn check_gradients(
     coords: Option<usize>,
     h: f64,
     tol: f64,
-) -> Result<(), String> {
+) -> Result<(), GradcheckError> {
     let ids: Vec<ValueId> = wrt
         .iter()
         .map(|n| {
             g.find(n)
-                .ok_or_else(|| format!("the graph has no value %{n}"))
+                .ok_or_else(|| GradcheckError::UnknownValue(n.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let grads = differentiate(g, loss, &ids).map_err(|e| e.to_string())?;
+    let grads = differentiate(g, loss, &ids)?;
     let mut with_grads = grads.graph.clone();
     with_grads.outputs = grads.grads.iter().map(|&(_, gr)| gr).collect();
-    let ad = run(&with_grads, feeds, Precision::F64).map_err(|e| e.to_string())?;
+    let ad = run(&with_grads, feeds, Precision::F64)?;
     let mut forward = g.clone();
     forward.outputs = vec![loss];
-    let loss_at = |f: &HashMap<String, Tensor>| -> Result<f64, String> {
-        Ok(run(&forward, f, Precision::F64).map_err(|e| e.to_string())?[0].to_f64_vec()[0])
+    let loss_at = |f: &HashMap<String, Tensor>| -> Result<f64, GradcheckError> {
+        Ok(run(&forward, f, Precision::F64)?[0].to_f64_vec()[0])
     };
     for (k, name) in wrt.iter().enumerate() {
         let ad = ad[k].to_f64_vec();
         let given = feeds
             .get(*name)
-            .ok_or_else(|| format!("no feed for %{name}"))?;
+            .ok_or_else(|| GradcheckError::NoFeed(name.to_string()))?;
         let base = given.to_f64_vec();
         let n = base.len();
         let picked: Vec<usize> = match coords {
@@ -76,10 +107,13 @@ pub fn check_gradients(
         for (j, &i) in picked.iter().enumerate() {
             let err = (ad[i] - fd[j]).abs() / scale;
             if err.is_nan() || err >= tol {
-                return Err(format!(
-                    "d/d{name}[{i}]: autodiff {} vs finite difference {} (rel. error {err:e})",
-                    ad[i], fd[j]
-                ));
+                return Err(GradcheckError::Mismatch {
+                    value: name.to_string(),
+                    index: i,
+                    autodiff: ad[i],
+                    finite_difference: fd[j],
+                    relative_error: err,
+                });
             }
         }
     }

@@ -8,7 +8,7 @@ use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{text, DType, Graph};
 use smelt_compiler::optimize::Options;
 use smelt_runtime::compiled::cache::{Cache, Outcome};
-use smelt_runtime::compiled::{Compiled, Purpose, FORMAT};
+use smelt_runtime::compiled::{ArtefactError, Compiled, Purpose, FORMAT};
 use smelt_runtime::{params, Tensor};
 use std::collections::HashMap;
 
@@ -91,7 +91,7 @@ fn every_truncation_and_every_flipped_byte_is_refused() {
         .unwrap()
         .to_bytes();
     for len in 0..bytes.len() {
-        let e = Compiled::from_bytes(&bytes[..len]).unwrap_err().0;
+        let e = Compiled::from_bytes(&bytes[..len]).unwrap_err().to_string();
         assert!(
             e.contains("truncated") || e.contains("not a smelt compiled artefact"),
             "cut at {len}: {e}"
@@ -100,7 +100,7 @@ fn every_truncation_and_every_flipped_byte_is_refused() {
     for at in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[at] ^= 0x20;
-        let e = Compiled::from_bytes(&damaged).unwrap_err().0;
+        let e = Compiled::from_bytes(&damaged).unwrap_err().to_string();
         assert!(
             ["corrupt", "truncated", "not a smelt", "format"]
                 .iter()
@@ -119,15 +119,16 @@ fn other_versions_are_refused_by_name() {
     )
     .unwrap();
     let old = text.replacen(&format!("format {FORMAT}\n"), "format 0\n", 1);
-    let e = Compiled::from_bytes(old.as_bytes()).unwrap_err().0;
+    let e = Compiled::from_bytes(old.as_bytes())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("format 0") && e.contains("compile the model again"),
         "{e}"
     );
-    assert!(Compiled::from_bytes(b"graph @m {}\n")
-        .unwrap_err()
-        .0
-        .contains("not a smelt compiled artefact"));
+    let e = Compiled::from_bytes(b"graph @m {}\n").unwrap_err();
+    assert!(matches!(e, ArtefactError::NotArtefact), "{e}");
+    assert!(e.to_string().contains("not a smelt compiled artefact"));
 }
 
 #[test]

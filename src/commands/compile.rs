@@ -84,10 +84,10 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     };
     let optimize = args.opt.options();
     let compiled = Compiled::compile(&model.graph, purpose, optimize.as_ref())
-        .map_err(|e| Diagnostic::plain(e.0))?;
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
     compiled
         .save(&args.output)
-        .map_err(|e| Diagnostic::plain(e.0))?;
+        .map_err(|e| Diagnostic::plain(e.to_string()))?;
     let (fused, library) = compiled.program.schedule().counts();
     eprintln!(
         "wrote {}: {fused} fused kernels, {library} library steps",
@@ -112,7 +112,7 @@ fn emit_ptx(
         &scheduled,
         &super::dump_ir::bind_all(&scheduled.graph, &bindings),
     )
-    .map_err(|e| Diagnostic::in_file(model_path, e))?;
+    .map_err(|e| Diagnostic::in_file(model_path, e.to_string()))?;
     let kernels = program.kernels();
     std::fs::create_dir_all(&args.output).map_err(|e| {
         Diagnostic::in_file(

@@ -267,12 +267,14 @@ pub fn gpu_plan(
     target: &GpuTarget,
     comm_sms: Option<u32>,
 ) -> Result<SmPlan, String> {
-    let program = GpuProgram::new(scheduled, &bind_all(&scheduled.graph, bindings))?;
+    let program = GpuProgram::new(scheduled, &bind_all(&scheduled.graph, bindings))
+        .map_err(|e| e.to_string())?;
     SmPlan::new(
         &program,
         target,
         comm_sms.unwrap_or(target.default_comm_sms),
     )
+    .map_err(|e| e.to_string())
 }
 
 /// The plan as a Chrome trace: one track per stream, events carrying launch parameters.

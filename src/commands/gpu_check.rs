@@ -38,7 +38,7 @@ pub struct Args {
 }
 
 fn fail(e: CudaError) -> Diagnostic {
-    Diagnostic::plain(e.0)
+    Diagnostic::plain(e.to_string())
 }
 
 pub fn main(args: Args) -> Result<(), Diagnostic> {
@@ -51,9 +51,10 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
         )));
     }
     let options = args.gpu.options();
-    let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
+    let target =
+        GpuTarget::by_name(options.target).map_err(|e| Diagnostic::plain(e.to_string()))?;
     let comm = options.comm_sms;
-    check_comm_sms(&target, comm).map_err(Diagnostic::plain)?;
+    check_comm_sms(&target, comm).map_err(|e| Diagnostic::plain(e.to_string()))?;
     if comm == 0 {
         return Err(Diagnostic::plain("gpu-check needs --comm-sms above 0"));
     }
@@ -258,7 +259,7 @@ fn verify_matmul(gpu: &Arc<Gpu>, target: &GpuTarget, size: usize) -> Result<f64,
             let got = y.get_f64(r * size + c);
             let gap = (got - want).abs() / scale;
             if gap.is_nan() || gap > MATMUL_TOLERANCE {
-                return Err(CudaError(format!(
+                return Err(CudaError::WrongResult(format!(
                     "the bf16 {size}^3 product is wrong at [{r}, {c}]: {got} against {want} on the CPU"
                 )));
             }
@@ -326,7 +327,9 @@ fn smid_check(gpu: &Arc<Gpu>, comm: u32) -> Result<SmidResult, CudaError> {
     let ids = |b: &DeviceBuffer| -> Result<BTreeSet<i32>, CudaError> {
         match b.download()? {
             Data::I32(v) if v.iter().all(|&s| s >= 0) => Ok(v.into_iter().collect()),
-            _ => Err(CudaError("a %smid recorder block did not run".into())),
+            _ => Err(CudaError::WrongResult(
+                "a %smid recorder block did not run".into(),
+            )),
         }
     };
     let (comm_ids, compute_ids) = (ids(&c[0])?, ids(&k[0])?);
@@ -369,8 +372,8 @@ fn overlap(
         capacity: 160,
         ranks: 1,
     };
-    let dispatch = Loopback.dispatch(&layout).map_err(CudaError)?;
-    let combine = Loopback.combine(&layout).map_err(CudaError)?;
+    let dispatch = Loopback.dispatch(&layout).map_err(CudaError::Kernel)?;
+    let combine = Loopback.combine(&layout).map_err(CudaError::Kernel)?;
     let mm = load_matmul(gpu, target, 4096, comm)?;
     let kernels = KernelSet::load(gpu, &[dispatch.kernel.clone(), combine.kernel.clone()])?;
     let ids: Vec<i32> = (0..(layout.tokens * layout.top_k) as u64)

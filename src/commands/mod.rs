@@ -37,7 +37,8 @@ pub fn load_model(path: &Path, sets: &[String]) -> Result<Model, Diagnostic> {
     }
     let mut overrides = smelt_frontend::Overrides::new();
     for arg in sets {
-        let (name, value) = smelt_frontend::parse_override(arg).map_err(Diagnostic::plain)?;
+        let (name, value) =
+            smelt_frontend::parse_override(arg).map_err(|e| Diagnostic::plain(e.to_string()))?;
         overrides.insert(name, value);
     }
     smelt_frontend::load_with(path, &overrides).map_err(|e| e.0)
@@ -258,7 +259,7 @@ pub fn compile_cpu(
     flags: &CacheArgs,
 ) -> Result<Compiled, Diagnostic> {
     let optimize = optimize.options();
-    let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.0);
+    let fail = |e: smelt_runtime::compiled::ArtefactError| Diagnostic::plain(e.to_string());
     let cache = if flags.no_cache {
         None
     } else {
@@ -280,7 +281,7 @@ pub fn compile_cpu(
 
 /// Loads a compiled artefact, or returns its diagnostic.
 pub fn load_compiled(path: &Path) -> Result<Compiled, Diagnostic> {
-    Compiled::load(path).map_err(|e| Diagnostic::plain(e.0))
+    Compiled::load(path).map_err(|e| Diagnostic::plain(e.to_string()))
 }
 
 /// GPU options shared by `run` and `train` (`--device gpusim|cuda`).

@@ -212,7 +212,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
                 _ => EngineDevice::GpuSim(args.gpu.options()),
             };
             let options = args.gpu.options();
-            let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
+            let target =
+                GpuTarget::by_name(options.target).map_err(|e| Diagnostic::plain(e.to_string()))?;
             let graph = prepare_for_gpu(graph, &Goal::Run, &target, &args.opt)?;
             let engine =
                 Engine::new(&graph, device).map_err(|e| Diagnostic::plain(e.to_string()))?;

@@ -216,7 +216,8 @@ fn train(args: Args) -> Result<(), Diagnostic> {
         }
         (Source::Model(g), DeviceArg::Gpusim | DeviceArg::Cuda) => {
             let options = args.gpu.options();
-            let target = GpuTarget::by_name(options.target).map_err(Diagnostic::plain)?;
+            let target =
+                GpuTarget::by_name(options.target).map_err(|e| Diagnostic::plain(e.to_string()))?;
             let step = prepare_for_gpu(&g, &Goal::Train(optimizer), &target, &args.opt)?;
             let device = match args.device {
                 DeviceArg::Cuda => Device::Cuda(options),

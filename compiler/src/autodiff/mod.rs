@@ -14,14 +14,48 @@
 pub mod optimizer;
 
 use crate::ir::ops::{BinaryOp, Op};
-use crate::ir::{verify, Builder, Def, Graph, ValueId};
+use crate::ir::{verify, BuildError, Builder, Def, Graph, TensorType, ValueId, VerifyError};
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 
-/// Why a graph could not be differentiated.
+/// Why a graph could not be differentiated (or turned into a training step).
 #[derive(Debug, Clone, PartialEq, Error)]
-#[error("autodiff: {0}")]
-pub struct AutodiffError(pub String);
+pub enum AutodiffError {
+    /// The output called `%loss` is not a float scalar.
+    #[error("autodiff: the output %loss must be a float scalar, found {0}")]
+    LossOutputNotScalar(TensorType),
+    /// The loss asked for is not a float scalar.
+    #[error("autodiff: the loss must be a float scalar, found {0}")]
+    LossNotScalar(TensorType),
+    /// No output can be the loss.
+    #[error("autodiff: the graph has no scalar float output to use as the loss (name one %loss)")]
+    NoLoss,
+    /// Several outputs could be the loss.
+    #[error("autodiff: several scalar outputs could be the loss; name one %loss")]
+    AmbiguousLoss,
+    /// Training needs something to train.
+    #[error("autodiff: the model has no parameters to train")]
+    NoParameters,
+    /// The gradient rule of the op defining `value` refused.
+    #[error("autodiff: cannot differentiate %{value}: {message}")]
+    NotDifferentiable {
+        /// The value whose op has no usable gradient.
+        value: String,
+        /// Why.
+        message: String,
+    },
+    /// A value, update or output of the gradient graph was rejected.
+    #[error("autodiff: {0}")]
+    Build(#[from] BuildError),
+    /// A bug: the graph made does not verify.
+    #[error("autodiff: internal: {graph} does not verify: {error}")]
+    Unverified {
+        /// Which graph: the gradient graph or the training step.
+        graph: &'static str,
+        /// The verifier's complaint.
+        error: VerifyError,
+    },
+}
 
 /// A graph extended with gradients.
 #[derive(Debug, Clone)]
@@ -46,21 +80,14 @@ pub fn find_loss(graph: &Graph) -> Result<ValueId, AutodiffError> {
         return if scalar(&id) {
             Ok(id)
         } else {
-            Err(AutodiffError(format!(
-                "the output %loss must be a float scalar, found {}",
-                graph.ty(id)
-            )))
+            Err(AutodiffError::LossOutputNotScalar(graph.ty(id).clone()))
         };
     }
     let scalars: Vec<ValueId> = graph.outputs.iter().copied().filter(scalar).collect();
     match scalars.as_slice() {
         [one] => Ok(*one),
-        [] => Err(AutodiffError(
-            "the graph has no scalar float output to use as the loss (name one %loss)".into(),
-        )),
-        _ => Err(AutodiffError(
-            "several scalar outputs could be the loss; name one %loss".into(),
-        )),
+        [] => Err(AutodiffError::NoLoss),
+        _ => Err(AutodiffError::AmbiguousLoss),
     }
 }
 
@@ -73,9 +100,7 @@ pub fn differentiate(
 ) -> Result<Gradients, AutodiffError> {
     let lt = graph.ty(loss);
     if lt.rank() != 0 || !lt.dtype.is_float() {
-        return Err(AutodiffError(format!(
-            "the loss must be a float scalar, found {lt}"
-        )));
+        return Err(AutodiffError::LossNotScalar(lt.clone()));
     }
     let mut b = Builder::from_graph(graph.clone());
     let forward_len = graph.values.len();
@@ -113,12 +138,14 @@ pub fn differentiate(
     for &(_, g) in &grads {
         // A gradient shared by two values (or equal to a forward value) is listed once.
         if !b.is_output(g) {
-            b.output(g).map_err(AutodiffError)?;
+            b.output(g)?;
         }
     }
     let graph = b.finish();
-    verify(&graph)
-        .map_err(|e| AutodiffError(format!("internal: the gradient graph does not verify: {e}")))?;
+    verify(&graph).map_err(|error| AutodiffError::Unverified {
+        graph: "the gradient graph",
+        error,
+    })?;
     Ok(Gradients { graph, loss, grads })
 }
 
@@ -141,7 +168,10 @@ fn backprop(
             continue;
         }
         let name = b.graph().value(id).name.clone();
-        let fail = |m: String| AutodiffError(format!("cannot differentiate %{name}: {m}"));
+        let fail = |message: String| AutodiffError::NotDifferentiable {
+            value: name.clone(),
+            message,
+        };
         let contributions = match op.vjp(b, &operands, id, g, &want).map_err(fail)? {
             Some(c) => c,
             None => {

@@ -74,15 +74,14 @@ pub fn replica_training_step(
     let loss = find_loss(graph)?;
     let params: Vec<ValueId> = graph.params().collect();
     if params.is_empty() {
-        return Err(AutodiffError("the model has no parameters to train".into()));
+        return Err(AutodiffError::NoParameters);
     }
     let grads = differentiate(graph, loss, &params)?;
     let mut g = grads.graph;
     g.outputs.truncate(graph.outputs.len());
     let mut b = Builder::from_graph(g);
-    let e = |m: String| AutodiffError(m);
-    let lr = b.input("lr", TensorType::scalar(DType::F32)).map_err(e)?;
-    let step = b.input("step", TensorType::scalar(DType::F32)).map_err(e)?;
+    let lr = b.input("lr", TensorType::scalar(DType::F32))?;
+    let step = b.input("step", TensorType::scalar(DType::F32))?;
     let mut updates = Vec::new();
     for &(p, grad) in &grads.grads {
         let grad = if replicas > 1 {
@@ -113,9 +112,7 @@ pub fn replica_training_step(
                     d = b.binary(BinaryOp::Add, d, decay);
                 }
                 if momentum != 0.0 {
-                    let v = b
-                        .state(&format!("{name}.momentum"), pt.clone(), Init::Zeros)
-                        .map_err(e)?;
+                    let v = b.state(&format!("{name}.momentum"), pt.clone(), Init::Zeros)?;
                     let kept = b.binary_scalar(BinaryOp::Mul, v, momentum);
                     d = b.binary(BinaryOp::Add, kept, d);
                     b.rename(d, &format!("{name}.momentum.next"));
@@ -130,12 +127,8 @@ pub fn replica_training_step(
                 eps,
                 weight_decay,
             } => {
-                let m = b
-                    .state(&format!("{name}.m"), pt.clone(), Init::Zeros)
-                    .map_err(e)?;
-                let v = b
-                    .state(&format!("{name}.v"), pt.clone(), Init::Zeros)
-                    .map_err(e)?;
+                let m = b.state(&format!("{name}.m"), pt.clone(), Init::Zeros)?;
+                let v = b.state(&format!("{name}.v"), pt.clone(), Init::Zeros)?;
                 let m1 = moment(&mut b, m, grad, beta1);
                 let g2 = b.binary(BinaryOp::Mul, grad, grad);
                 let v1 = moment(&mut b, v, g2, beta2);
@@ -173,11 +166,13 @@ pub fn replica_training_step(
         updates.push((p, next));
     }
     for (target, value) in updates {
-        b.update(target, value).map_err(e)?;
+        b.update(target, value)?;
     }
     let step_graph = b.finish();
-    crate::ir::verify(&step_graph)
-        .map_err(|err| AutodiffError(format!("internal: training step does not verify: {err}")))?;
+    crate::ir::verify(&step_graph).map_err(|error| AutodiffError::Unverified {
+        graph: "training step",
+        error,
+    })?;
     Ok(step_graph)
 }
 

@@ -679,7 +679,7 @@ impl Kernel {
     }
 
     /// Checks the typing invariants; the error names the offending instruction.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let checks = || -> Result<(), String> {
             for m in &self.tensor_maps {
                 check_tensor_map(self, m)?;

@@ -66,18 +66,46 @@ pub struct SmPlan {
     pub launches: Vec<Launch>,
 }
 
+/// Why SMs could not be planned.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SmPlanError {
+    /// Communication kernels pair SMs.
+    #[error("--comm-sms must be even (communication kernels pair SMs), got {0}")]
+    OddCommSms(u32),
+    /// Communication would take every SM.
+    #[error("--comm-sms {comm_sms} leaves no SM for compute ({target} has {sms} SMs)")]
+    NoComputeSms {
+        /// SMs asked for communication.
+        comm_sms: u32,
+        /// The target's name.
+        target: &'static str,
+        /// The target's SMs.
+        sms: u32,
+    },
+    /// The residency figures do not match the calls.
+    #[error("{figures} residency figures for {calls} calls")]
+    ResidencyCount {
+        /// Figures given.
+        figures: usize,
+        /// Calls of the program.
+        calls: usize,
+    },
+    /// The program communicates but no SM was set aside for it.
+    #[error("the program has communication kernels: give them SMs with --comm-sms")]
+    NoCommSms,
+}
+
 /// Checks a `--comm-sms` value against a target.
-pub fn check_comm_sms(target: &GpuTarget, n: u32) -> Result<(), String> {
+pub fn check_comm_sms(target: &GpuTarget, n: u32) -> Result<(), SmPlanError> {
     if !n.is_multiple_of(2) {
-        return Err(format!(
-            "--comm-sms must be even (communication kernels pair SMs), got {n}"
-        ));
+        return Err(SmPlanError::OddCommSms(n));
     }
     if n >= target.sms {
-        return Err(format!(
-            "--comm-sms {n} leaves no SM for compute ({} has {} SMs)",
-            target.name, target.sms
-        ));
+        return Err(SmPlanError::NoComputeSms {
+            comm_sms: n,
+            target: target.name,
+            sms: target.sms,
+        });
     }
     Ok(())
 }
@@ -160,7 +188,11 @@ pub fn planned_grid(target: &GpuTarget, comm_sms: u32, call: &KernelCall) -> u32
 impl SmPlan {
     /// Plans `program` on `target` with `comm_sms` SMs for communication, assuming
     /// `ASSUMED_REGISTERS` per thread.
-    pub fn new(program: &GpuProgram, target: &GpuTarget, comm_sms: u32) -> Result<SmPlan, String> {
+    pub fn new(
+        program: &GpuProgram,
+        target: &GpuTarget,
+        comm_sms: u32,
+    ) -> Result<SmPlan, SmPlanError> {
         let resident: Vec<u32> = program
             .calls
             .iter()
@@ -183,19 +215,16 @@ impl SmPlan {
         comm_sms: u32,
         budget: SmBudget,
         resident: &[u32],
-    ) -> Result<SmPlan, String> {
+    ) -> Result<SmPlan, SmPlanError> {
         check_comm_sms(target, comm_sms)?;
         if resident.len() != program.calls.len() {
-            return Err(format!(
-                "{} residency figures for {} calls",
-                resident.len(),
-                program.calls.len()
-            ));
+            return Err(SmPlanError::ResidencyCount {
+                figures: resident.len(),
+                calls: program.calls.len(),
+            });
         }
         if comm_sms == 0 && program.calls.iter().any(|c| c.role == Role::Comm) {
-            return Err(
-                "the program has communication kernels: give them SMs with --comm-sms".into(),
-            );
+            return Err(SmPlanError::NoCommSms);
         }
         let mut writer: HashMap<crate::ir::ValueId, usize> = HashMap::new();
         let mut stream_free = [0.0f64; 2];

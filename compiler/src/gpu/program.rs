@@ -1,7 +1,7 @@
 //! A graph compiled for the GPU: its kernels in schedule order, the buffers they bind,
 //! and the constant data uploaded before the first launch.
 
-use super::eval::{self, Data};
+use super::eval::{self, Data, EvalError};
 use super::kir::Elem;
 use super::lower::{elem_of, lower_step, KernelCall, Shapes};
 use super::target::Arch;
@@ -49,10 +49,37 @@ pub struct GpuProgram {
     pub arch: Arch,
 }
 
+/// Why a schedule could not be lowered to GPU kernels.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuProgramError {
+    /// A value's shape has a symbol without a binding.
+    #[error("%{value}: {message} (bind every symbol, e.g. --bind B=8)")]
+    Unbound {
+        /// The value.
+        value: String,
+        /// Which symbol is unbound.
+        message: String,
+    },
+    /// A step has no GPU kernel (an op, a dtype or a size the GPU backend lacks).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Why the kernel-IR evaluator could not run a program.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimulateError {
+    /// An input, parameter or state was not given.
+    #[error("no data given for %{0}")]
+    Missing(String),
+    /// A kernel failed in the evaluator.
+    #[error(transparent)]
+    Kernel(#[from] EvalError),
+}
+
 impl GpuProgram {
     /// Lowers a schedule with every symbol bound by `bindings`, for any Hopper GPU
     /// (`sm_90a` allowed, so 16-bit matmuls that fit use wgmma).
-    pub fn new(schedule: &Schedule, bindings: &Bindings) -> Result<GpuProgram, String> {
+    pub fn new(schedule: &Schedule, bindings: &Bindings) -> Result<GpuProgram, GpuProgramError> {
         GpuProgram::for_arch(schedule, bindings, Arch::Sm90a)
     }
 
@@ -62,19 +89,24 @@ impl GpuProgram {
         schedule: &Schedule,
         bindings: &Bindings,
         allowed: Arch,
-    ) -> Result<GpuProgram, String> {
+    ) -> Result<GpuProgram, GpuProgramError> {
         let g = &schedule.graph;
         let mut shapes = Vec::with_capacity(g.values.len());
         for v in &g.values {
             shapes.push(
-                v.ty.shape.eval(bindings).map_err(|e| {
-                    format!("%{}: {e} (bind every symbol, e.g. --bind B=8)", v.name)
-                })?,
+                v.ty.shape
+                    .eval(bindings)
+                    .map_err(|e| GpuProgramError::Unbound {
+                        value: v.name.clone(),
+                        message: e.to_string(),
+                    })?,
             );
         }
         let mut calls = Vec::new();
         for (i, step) in schedule.steps.iter().enumerate() {
-            calls.extend(lower_step(g, &shapes, i, step, allowed)?);
+            calls.extend(
+                lower_step(g, &shapes, i, step, allowed).map_err(GpuProgramError::Unsupported)?,
+            );
         }
         let calls = hoist_communication(calls);
         let mut used: Vec<ValueId> = calls.iter().flat_map(|c| c.args.clone()).collect();
@@ -97,7 +129,7 @@ impl GpuProgram {
             };
             buffers.push(Buffer {
                 value: v,
-                elem: elem_of(g.ty(v).dtype)?,
+                elem: elem_of(g.ty(v).dtype).map_err(GpuProgramError::Unsupported)?,
                 len: shapes[v.index()].iter().product(),
                 contents,
             });
@@ -127,12 +159,12 @@ impl GpuProgram {
         &self,
         given: &HashMap<ValueId, Data>,
         grid: impl Fn(&KernelCall) -> u32,
-    ) -> Result<HashMap<ValueId, Data>, String> {
+    ) -> Result<HashMap<ValueId, Data>, SimulateError> {
         let mut mem: HashMap<ValueId, Data> = HashMap::new();
         for buf in &self.buffers {
             let data = match &buf.contents {
                 Contents::Given => given.get(&buf.value).cloned().ok_or_else(|| {
-                    format!("no data given for %{}", self.graph.value(buf.value).name)
+                    SimulateError::Missing(self.graph.value(buf.value).name.clone())
                 })?,
                 Contents::Constant(values) => constant(buf, values),
                 Contents::Computed => Data::zeros(buf.elem, buf.len),

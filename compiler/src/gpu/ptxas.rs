@@ -59,9 +59,36 @@ pub fn find_for_test(what: &str) -> Option<PathBuf> {
     found
 }
 
+/// Why ptxas did not assemble a module.
+#[derive(Debug, thiserror::Error)]
+pub enum PtxasError {
+    /// The scratch directory or the PTX file could not be written.
+    #[error("{}: {source}", .path.display())]
+    Scratch {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// ptxas could not be started.
+    #[error("cannot run {}: {source}", .ptxas.display())]
+    Spawn {
+        /// The ptxas binary.
+        ptxas: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// ptxas rejected the module; its own output says why.
+    #[error("{output}")]
+    Rejected {
+        /// ptxas's stdout and stderr.
+        output: String,
+    },
+}
+
 /// Assembles `ptx` for `arch` (`sm_90` or `sm_90a`) with `ptxas -v`; the error carries
 /// ptxas's own message.
-pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>, String> {
+pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>, PtxasError> {
     let dir = std::env::temp_dir().join(format!(
         "smelt-ptxas-{}-{}",
         std::process::id(),
@@ -70,9 +97,15 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| PtxasError::Scratch {
+        path: dir.clone(),
+        source,
+    })?;
     let src = dir.join("module.ptx");
-    std::fs::write(&src, ptx).map_err(|e| format!("{}: {e}", src.display()))?;
+    std::fs::write(&src, ptx).map_err(|source| PtxasError::Scratch {
+        path: src.clone(),
+        source,
+    })?;
     let out = Command::new(ptxas)
         .arg(format!("-arch={arch}"))
         .arg("-v")
@@ -80,7 +113,10 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>
         .arg("-o")
         .arg(dir.join("module.cubin"))
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", ptxas.display()));
+        .map_err(|source| PtxasError::Spawn {
+            ptxas: ptxas.to_path_buf(),
+            source,
+        });
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
     let text = format!(
@@ -89,7 +125,7 @@ pub fn assemble(ptxas: &Path, ptx: &str, arch: &str) -> Result<Vec<KernelReport>
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        return Err(text);
+        return Err(PtxasError::Rejected { output: text });
     }
     Ok(parse_report(&text))
 }

@@ -5,6 +5,17 @@
 use crate::optimize::RooflineTarget;
 use std::fmt;
 
+/// A GPU target that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuTargetError {
+    /// No target has this name.
+    #[error("unknown GPU target '{name}' (known: h800, h100, h200)")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+    },
+}
+
 /// A PTX target architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Arch {
@@ -102,14 +113,14 @@ impl GpuTarget {
     }
 
     /// The target called `name`.
-    pub fn by_name(name: &str) -> Result<GpuTarget, String> {
+    pub fn by_name(name: &str) -> Result<GpuTarget, GpuTargetError> {
         match name {
             "h800" => Ok(GpuTarget::h800()),
             "h100" => Ok(GpuTarget::h100()),
             "h200" => Ok(GpuTarget::h200()),
-            _ => Err(format!(
-                "unknown GPU target '{name}' (known: h800, h100, h200)"
-            )),
+            _ => Err(GpuTargetError::Unknown {
+                name: name.to_string(),
+            }),
         }
     }
 

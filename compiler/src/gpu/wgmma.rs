@@ -57,7 +57,7 @@ pub fn encode(start: u32, layout: DescLayout) -> u64 {
 
 /// A descriptor's start address and core-matrix offsets; an error for swizzled
 /// layouts or a base offset, which the evaluator does not model.
-pub fn decode(desc: u64) -> Result<(u32, DescLayout), String> {
+pub(crate) fn decode(desc: u64) -> Result<(u32, DescLayout), String> {
     let field = |lo: u32, bits: u32| (desc >> lo) & ((1 << bits) - 1);
     let layout_type = field(62, 2);
     if layout_type != 0 {

@@ -56,14 +56,14 @@ impl fmt::Display for Attr {
 
 /// Reads typed attributes out of a parsed `key = value` list, checking that every key
 /// is known, present once, and of the right kind.
-pub struct AttrReader {
+pub(crate) struct AttrReader {
     op: String,
     attrs: BTreeMap<String, Attr>,
 }
 
 impl AttrReader {
     /// Wraps the attributes given to op `op`.
-    pub fn new(op: &str, attrs: Vec<(String, Attr)>) -> Result<AttrReader, String> {
+    pub(crate) fn new(op: &str, attrs: Vec<(String, Attr)>) -> Result<AttrReader, String> {
         let mut map = BTreeMap::new();
         for (k, v) in attrs {
             if map.insert(k.clone(), v).is_some() {
@@ -90,7 +90,7 @@ impl AttrReader {
     }
 
     /// A required integer.
-    pub fn int(&mut self, key: &str) -> Result<i64, String> {
+    pub(crate) fn int(&mut self, key: &str) -> Result<i64, String> {
         match self.take(key)? {
             Attr::Int(i) => Ok(i),
             other => Err(self.wrong(key, "an integer", &other)),
@@ -98,13 +98,13 @@ impl AttrReader {
     }
 
     /// A required non-negative integer (an axis, a size).
-    pub fn index(&mut self, key: &str) -> Result<usize, String> {
+    pub(crate) fn index(&mut self, key: &str) -> Result<usize, String> {
         let i = self.int(key)?;
         usize::try_from(i).map_err(|_| format!("attribute '{key}' must be >= 0, found {i}"))
     }
 
     /// A required float (an integer literal is accepted).
-    pub fn float(&mut self, key: &str) -> Result<f64, String> {
+    pub(crate) fn float(&mut self, key: &str) -> Result<f64, String> {
         match self.take(key)? {
             Attr::Float(x) => Ok(x),
             Attr::Int(i) => Ok(i as f64),
@@ -113,7 +113,7 @@ impl AttrReader {
     }
 
     /// A required boolean.
-    pub fn bool(&mut self, key: &str) -> Result<bool, String> {
+    pub(crate) fn bool(&mut self, key: &str) -> Result<bool, String> {
         match self.take(key)? {
             Attr::Bool(b) => Ok(b),
             other => Err(self.wrong(key, "true or false", &other)),
@@ -121,7 +121,7 @@ impl AttrReader {
     }
 
     /// A required list of non-negative integers.
-    pub fn indices(&mut self, key: &str) -> Result<Vec<usize>, String> {
+    pub(crate) fn indices(&mut self, key: &str) -> Result<Vec<usize>, String> {
         match self.take(key)? {
             Attr::Ints(xs) => xs
                 .iter()
@@ -135,7 +135,7 @@ impl AttrReader {
     }
 
     /// A required list of floats (a single number, or integers, are accepted).
-    pub fn floats(&mut self, key: &str) -> Result<Vec<f64>, String> {
+    pub(crate) fn floats(&mut self, key: &str) -> Result<Vec<f64>, String> {
         match self.take(key)? {
             Attr::Floats(xs) => Ok(xs),
             Attr::Ints(xs) => Ok(xs.iter().map(|&i| i as f64).collect()),
@@ -146,7 +146,7 @@ impl AttrReader {
     }
 
     /// A required keyword, one of `choices`.
-    pub fn word(&mut self, key: &str, choices: &[&str]) -> Result<String, String> {
+    pub(crate) fn word(&mut self, key: &str, choices: &[&str]) -> Result<String, String> {
         match self.take(key)? {
             Attr::Word(w) if choices.contains(&w.as_str()) => Ok(w),
             other => Err(self.wrong(key, &format!("one of {}", choices.join(", ")), &other)),
@@ -154,7 +154,7 @@ impl AttrReader {
     }
 
     /// Fails if any attribute was not consumed.
-    pub fn finish(self) -> Result<(), String> {
+    pub(crate) fn finish(self) -> Result<(), String> {
         match self.attrs.keys().next() {
             Some(k) => Err(format!("op '{}' has no attribute '{k}'", self.op)),
             None => Ok(()),

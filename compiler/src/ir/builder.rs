@@ -2,7 +2,9 @@
 //! so a builder can only make graphs that verify.
 
 use super::ops::{BinaryOp, CompareOp, Op, ReduceOp, UnaryOp};
-use super::{is_value_name, Def, Graph, Init, TensorType, Value, ValueId};
+use super::{
+    is_value_name, BuildError, Def, Graph, Init, ParamTypeError, TensorType, Value, ValueId,
+};
 use rustc_hash::FxHashSet;
 
 /// Incrementally builds a [`Graph`].
@@ -56,13 +58,16 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, name: Option<&str>, ty: TensorType, def: Def) -> Result<ValueId, String> {
-        ty.check_size().map_err(|e| e.to_string())?;
+    fn push(
+        &mut self,
+        name: Option<&str>,
+        ty: TensorType,
+        def: Def,
+    ) -> Result<ValueId, BuildError> {
+        ty.check_size()?;
         let name = match name {
-            Some(n) if !is_value_name(n) => return Err(format!("'{n}' is not a valid value name")),
-            Some(n) if self.names.contains(n) => {
-                return Err(format!("value '%{n}' is already defined"))
-            }
+            Some(n) if !is_value_name(n) => return Err(BuildError::InvalidName(n.to_string())),
+            Some(n) if self.names.contains(n) => return Err(BuildError::Duplicate(n.to_string())),
             Some(n) => n.to_string(),
             None => self.fresh_name(),
         };
@@ -72,19 +77,19 @@ impl Builder {
     }
 
     /// Adds an input.
-    pub fn input(&mut self, name: &str, ty: TensorType) -> Result<ValueId, String> {
+    pub fn input(&mut self, name: &str, ty: TensorType) -> Result<ValueId, BuildError> {
         self.push(Some(name), ty, Def::Input)
     }
 
     /// Adds a parameter (static float shape required).
-    pub fn param(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
+    pub fn param(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, BuildError> {
         check_param_type(&ty)?;
         init.check()?;
         self.push(Some(name), ty, Def::Param(init))
     }
 
     /// Adds a persistent state value (static float shape required).
-    pub fn state(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, String> {
+    pub fn state(&mut self, name: &str, ty: TensorType, init: Init) -> Result<ValueId, BuildError> {
         check_param_type(&ty)?;
         init.check()?;
         self.push(Some(name), ty, Def::State(init))
@@ -116,7 +121,7 @@ impl Builder {
     }
 
     /// Declares that parameter or state `target` takes `value` after a run.
-    pub fn update(&mut self, target: ValueId, value: ValueId) -> Result<(), String> {
+    pub fn update(&mut self, target: ValueId, value: ValueId) -> Result<(), BuildError> {
         let updated_before = self.updated.contains(&target);
         super::verify::check_update(&self.graph, target, value, updated_before)?;
         self.updated.insert(target);
@@ -132,18 +137,27 @@ impl Builder {
         op: Op,
         operands: &[ValueId],
         declared: Option<TensorType>,
-    ) -> Result<ValueId, String> {
+    ) -> Result<ValueId, BuildError> {
         if let Some(bad) = operands
             .iter()
             .find(|o| o.index() >= self.graph.values.len())
         {
-            return Err(format!("operand {bad} is not defined"));
+            return Err(BuildError::UndefinedOperand(*bad));
         }
         let types: Vec<&TensorType> = operands.iter().map(|&o| self.graph.ty(o)).collect();
-        let ty = op.infer(&types, declared.as_ref())?;
-        if let Some(d) = &declared {
-            if *d != ty {
-                return Err(format!("declared type {d} but '{}' gives {ty}", op.name()));
+        let ty = op
+            .infer(&types, declared.as_ref())
+            .map_err(|message| BuildError::Shape {
+                op: op.name().to_string(),
+                message,
+            })?;
+        if let Some(d) = declared {
+            if d != ty {
+                return Err(BuildError::DeclaredType {
+                    op: op.name().to_string(),
+                    declared: d,
+                    inferred: ty,
+                });
             }
         }
         self.push(
@@ -164,12 +178,12 @@ impl Builder {
         op: Op,
         operands: &[ValueId],
         ty: TensorType,
-    ) -> Result<ValueId, String> {
+    ) -> Result<ValueId, BuildError> {
         if let Some(bad) = operands
             .iter()
             .find(|o| o.index() >= self.graph.values.len())
         {
-            return Err(format!("operand {bad} is not defined"));
+            return Err(BuildError::UndefinedOperand(*bad));
         }
         let operands = operands.to_vec();
         self.push(name, ty, Def::Node { op, operands })
@@ -191,12 +205,9 @@ impl Builder {
     }
 
     /// Marks `id` as an output.
-    pub fn output(&mut self, id: ValueId) -> Result<(), String> {
+    pub fn output(&mut self, id: ValueId) -> Result<(), BuildError> {
         if !self.outputs.insert(id) {
-            return Err(format!(
-                "'%{}' is already an output",
-                self.graph.value(id).name
-            ));
+            return Err(BuildError::AlreadyOutput(self.graph.value(id).name.clone()));
         }
         self.graph.outputs.push(id);
         Ok(())
@@ -289,12 +300,12 @@ impl Builder {
 }
 
 /// Parameters are what the runtime allocates and trains: static shapes, float dtypes.
-pub fn check_param_type(ty: &TensorType) -> Result<(), String> {
+pub fn check_param_type(ty: &TensorType) -> Result<(), ParamTypeError> {
     if ty.shape.as_static().is_none() {
-        return Err(format!("a parameter needs a static shape, found {ty}"));
+        return Err(ParamTypeError::NotStatic(ty.clone()));
     }
     if !ty.dtype.is_float() {
-        return Err(format!("a parameter needs a float dtype, found {ty}"));
+        return Err(ParamTypeError::NotFloat(ty.clone()));
     }
     Ok(())
 }

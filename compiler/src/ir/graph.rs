@@ -5,7 +5,7 @@
 //! stored type is what the op's shape rule gives; parameters have static float types.
 
 use super::ops::Op;
-use super::TensorType;
+use super::{InitError, TensorType};
 use std::fmt;
 
 /// Identifies a value of one graph: its index in [`Graph::values`].
@@ -52,21 +52,17 @@ pub enum Init {
 impl Init {
     /// Checks the initialiser's numbers: `uniform` needs finite `low < high`, `normal` a
     /// finite mean and a finite std above 0 (as the `.smelt` language requires).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InitError> {
         match *self {
             Init::Zeros | Init::Ones => Ok(()),
             Init::Uniform { low, high } if low.is_finite() && high.is_finite() && low < high => {
                 Ok(())
             }
-            Init::Uniform { low, high } => Err(format!(
-                "'uniform(low, high)' needs finite low < high, found {low} and {high}"
-            )),
+            Init::Uniform { low, high } => Err(InitError::Uniform { low, high }),
             Init::Normal { mean, std } if mean.is_finite() && std.is_finite() && std > 0.0 => {
                 Ok(())
             }
-            Init::Normal { mean, std } => Err(format!(
-                "'normal(mean, std)' needs a finite mean and a finite std above 0, found {mean} and {std}"
-            )),
+            Init::Normal { mean, std } => Err(InitError::Normal { mean, std }),
         }
     }
 }

@@ -4,10 +4,11 @@
 //! (shared with the text form). Non-finite floats are written as the strings `"inf"`,
 //! `"-inf"` and `"nan"`, since JSON has no literal for them.
 
-use super::{Attr, Builder, Def, Graph, Init, Op, TensorType, ValueId};
+use super::{Attr, BuildError, Builder, Def, Graph, Init, Op, TensorType, ValueId, VerifyError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value as Json};
 use std::collections::HashMap;
+use thiserror::Error;
 
 #[derive(Serialize, Deserialize)]
 struct GraphJson {
@@ -183,27 +184,58 @@ pub fn to_json(graph: &Graph) -> String {
     s
 }
 
+/// Why a graph's JSON form was rejected.
+#[derive(Debug, Error)]
+pub enum JsonError {
+    /// Not JSON of the expected layout.
+    #[error("{}:{}: {source}", .source.line(), .source.column())]
+    Syntax {
+        /// The parser's error (with its line and column).
+        #[from]
+        source: serde_json::Error,
+    },
+    /// An entry of `values` is malformed or ill-typed.
+    #[error("value '%{value}': {message}")]
+    Value {
+        /// The entry's name.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An output or update names no value.
+    #[error("value '%{0}' is not defined")]
+    Undefined(String),
+    /// An output or update is rejected.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The graph read does not verify.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
 /// Reads the JSON form back, type-checking every value and verifying the graph.
-pub fn from_json(text: &str) -> Result<Graph, String> {
-    let g: GraphJson =
-        serde_json::from_str(text).map_err(|e| format!("{}:{}: {e}", e.line(), e.column()))?;
+pub fn from_json(text: &str) -> Result<Graph, JsonError> {
+    let g: GraphJson = serde_json::from_str(text)?;
     let mut b = Builder::new(&g.graph);
     let mut ids: HashMap<String, ValueId> = HashMap::new();
     let lookup = |ids: &HashMap<String, ValueId>, n: &str| {
         ids.get(n)
             .copied()
-            .ok_or_else(|| format!("value '%{n}' is not defined"))
+            .ok_or_else(|| JsonError::Undefined(n.to_string()))
     };
     for v in &g.values {
-        let at = |m: String| format!("value '%{}': {m}", v.name);
+        let at = |e: &dyn std::fmt::Display| JsonError::Value {
+            value: v.name.clone(),
+            message: e.to_string(),
+        };
         let id = match v.kind.as_str() {
             "input" => b.input(&v.name, v.ty.clone()),
             "param" | "state" => {
                 let init = v
                     .init
                     .as_ref()
-                    .ok_or_else(|| at(format!("a {} needs 'init'", v.kind)))?;
-                let init = json_init(init).map_err(at)?;
+                    .ok_or_else(|| at(&format!("a {} needs 'init'", v.kind)))?;
+                let init = json_init(init).map_err(|e| at(&e))?;
                 if v.kind == "param" {
                     b.param(&v.name, v.ty.clone(), init)
                 } else {
@@ -211,31 +243,29 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
                 }
             }
             "node" => {
-                let op_name =
-                    v.op.as_deref()
-                        .ok_or_else(|| at("a node needs 'op'".into()))?;
+                let op_name = v.op.as_deref().ok_or_else(|| at(&"a node needs 'op'"))?;
                 let attrs = v
                     .attrs
                     .iter()
                     .map(|(k, j)| json_attr(k, j).map(|a| (k.clone(), a)))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(at)?;
-                let op = Op::from_parts(op_name, attrs).map_err(at)?;
+                    .map_err(|e| at(&e))?;
+                let op = Op::from_parts(op_name, attrs).map_err(|e| at(&e))?;
                 let operands = v
                     .operands
                     .iter()
                     .map(|n| lookup(&ids, n))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(at)?;
+                    .map_err(|e| at(&e))?;
                 b.node(Some(&v.name), op, &operands, Some(v.ty.clone()))
             }
             other => {
-                return Err(at(format!(
+                return Err(at(&format!(
                     "unknown kind '{other}' (expected input, param, state or node)"
                 )))
             }
         }
-        .map_err(at)?;
+        .map_err(|e| at(&e))?;
         ids.insert(v.name.clone(), id);
     }
     for o in &g.outputs {
@@ -245,6 +275,6 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
         b.update(lookup(&ids, &u.target)?, lookup(&ids, &u.value)?)?;
     }
     let graph = b.finish();
-    super::verify(&graph).map_err(|e| e.message)?;
+    super::verify(&graph)?;
     Ok(graph)
 }

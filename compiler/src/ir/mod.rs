@@ -8,6 +8,7 @@
 mod attr;
 mod builder;
 mod dtype;
+mod error;
 mod graph;
 pub mod json;
 pub mod ops;
@@ -16,9 +17,10 @@ pub mod text;
 mod types;
 mod verify;
 
-pub use attr::{format_float, Attr, AttrReader};
+pub use attr::{format_float, Attr};
 pub use builder::{check_param_type, Builder};
 pub use dtype::DType;
+pub use error::{BuildError, InitError, ParamTypeError};
 pub use graph::{is_value_name, Def, Graph, Init, Value, ValueId};
 pub use ops::Op;
 pub use shape::{

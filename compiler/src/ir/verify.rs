@@ -2,7 +2,7 @@
 //! breaks which rule. Passes may assume a verified graph; every pass's output is verified
 //! again in tests.
 
-use super::{check_param_type, is_value_name, Def, Graph, TensorType, ValueId};
+use super::{check_param_type, is_value_name, BuildError, Def, Graph, TensorType, ValueId};
 use rustc_hash::FxHashSet;
 use thiserror::Error;
 
@@ -36,8 +36,8 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
         match &v.def {
             Def::Input => {}
             Def::Param(init) | Def::State(init) => {
-                check_param_type(&v.ty).map_err(fail)?;
-                init.check().map_err(fail)?;
+                check_param_type(&v.ty).map_err(|e| fail(e.to_string()))?;
+                init.check().map_err(|e| fail(e.to_string()))?;
             }
             Def::Node { op, operands } => {
                 if let Some(late) = operands.iter().find(|o| **o >= id) {
@@ -85,9 +85,9 @@ pub fn verify(graph: &Graph) -> Result<(), VerifyError> {
                 message: "an update names a value that does not exist".into(),
             });
         }
-        check_update(graph, target, value, false).map_err(|message| VerifyError {
+        check_update(graph, target, value, false).map_err(|e| VerifyError {
             value: Some(target),
-            message,
+            message: e.to_string(),
         })?;
         if !targets.insert(target) {
             return Err(VerifyError {
@@ -106,22 +106,21 @@ pub(crate) fn check_update(
     target: ValueId,
     value: ValueId,
     updated_before: bool,
-) -> Result<(), String> {
+) -> Result<(), BuildError> {
     let (t, v) = (graph.value(target), graph.value(value));
     if !matches!(t.def, Def::Param(_) | Def::State(_)) {
-        return Err(format!(
-            "'%{}' is not a param or state, so it cannot be updated",
-            t.name
-        ));
+        return Err(BuildError::NotUpdatable(t.name.clone()));
     }
     if t.ty != v.ty {
-        return Err(format!(
-            "update of '%{}' ({}) with '%{}' of type {}",
-            t.name, t.ty, v.name, v.ty
-        ));
+        return Err(BuildError::UpdateType {
+            target: t.name.clone(),
+            target_ty: t.ty.clone(),
+            value: v.name.clone(),
+            value_ty: v.ty.clone(),
+        });
     }
     if updated_before {
-        return Err(format!("'%{}' is updated twice", t.name));
+        return Err(BuildError::UpdatedTwice(t.name.clone()));
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ impl TensorAnalysis {
 }
 
 /// The type of a node from its key and its children's types, or why it is ill-typed.
-pub fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, String> {
+pub(crate) fn node_type(egraph: &TensorGraph, node: &TensorNode) -> Result<TensorType, String> {
     match node.key.kind() {
         Kind::Leaf { ty, .. } => Ok(ty.clone()),
         Kind::Op { op, declared } => {

@@ -10,6 +10,7 @@
 use super::analysis::TensorGraph;
 use super::extract::Extraction;
 use super::lang::{Kind, OpKey, TensorNode};
+use super::OptimizeError;
 use crate::ir::{verify, Builder, Def, Graph, Op, ValueId};
 use egg::Id;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -43,12 +44,12 @@ pub fn roots(egraph: &TensorGraph, graph: &Graph, classes: &[Id]) -> Vec<Id> {
 }
 
 /// Rebuilds a graph from `extraction`, keeping `original`'s interface and names.
-pub fn to_graph(
+pub(crate) fn to_graph(
     egraph: &TensorGraph,
     original: &Graph,
     classes: &[Id],
     extraction: &Extraction,
-) -> Result<Graph, String> {
+) -> Result<Graph, OptimizeError> {
     let mut b = Builder::new(&original.name);
     b.reserve_names(original.values.iter().map(|v| &v.name));
     let mut name_of: FxHashMap<Id, &str> = FxHashMap::default();
@@ -110,7 +111,7 @@ pub fn to_graph(
         b.update(target, built[&root])?;
     }
     let graph = b.finish();
-    verify(&graph).map_err(|e| format!("the optimised graph does not verify: {e}"))?;
+    verify(&graph)?;
     Ok(graph)
 }
 
@@ -118,7 +119,7 @@ pub fn to_graph(
 fn reachable(
     extraction: &Extraction,
     roots: impl Iterator<Item = Id>,
-) -> Result<FxHashSet<Id>, String> {
+) -> Result<FxHashSet<Id>, OptimizeError> {
     let mut seen = FxHashSet::default();
     let mut stack: Vec<Id> = roots.collect();
     while let Some(class) = stack.pop() {
@@ -126,7 +127,7 @@ fn reachable(
             let node = extraction
                 .choice
                 .get(&class)
-                .ok_or_else(|| format!("internal: class {class} was not extracted"))?;
+                .ok_or_else(|| OptimizeError::Lost(format!("class {class} was not extracted")))?;
             stack.extend(&node.children);
         }
     }
@@ -142,7 +143,7 @@ fn emit(
     leaf_ids: &FxHashMap<&str, ValueId>,
     built: &mut FxHashMap<Id, ValueId>,
     b: &mut Builder,
-) -> Result<(), String> {
+) -> Result<(), OptimizeError> {
     let mut stack: Vec<(Id, bool)> = vec![(root, false)];
     while let Some((class, children_done)) = stack.pop() {
         if built.contains_key(&class) {
@@ -151,7 +152,7 @@ fn emit(
         let node = extraction
             .choice
             .get(&class)
-            .ok_or_else(|| format!("internal: class {class} was not extracted"))?;
+            .ok_or_else(|| OptimizeError::Lost(format!("class {class} was not extracted")))?;
         if !children_done {
             stack.push((class, true));
             for &c in node.children.iter().rev() {
@@ -164,7 +165,7 @@ fn emit(
         let id = match node.key.kind() {
             Kind::Leaf { name, .. } => *leaf_ids
                 .get(name.as_str())
-                .ok_or_else(|| format!("internal: unknown leaf %{name}"))?,
+                .ok_or_else(|| OptimizeError::Lost(format!("unknown leaf %{name}")))?,
             Kind::Op { op, .. } => {
                 let operands: Vec<ValueId> = node.children.iter().map(|c| built[c]).collect();
                 let ty = egraph[class].data.ty.clone();

@@ -19,7 +19,7 @@ pub use analysis::{Facts, TensorAnalysis, TensorGraph};
 pub use cost::{graph_cost, CostModel, GraphCost, RooflineTarget, Work};
 pub use lang::{OpKey, TensorNode};
 
-use crate::ir::Graph;
+use crate::ir::{BuildError, Graph, VerifyError};
 use egg::{BackoffScheduler, Runner, StopReason};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -161,6 +161,21 @@ fn describe(reason: Option<&StopReason>) -> String {
     }
 }
 
+/// Why the optimiser failed. Rewrites keep graphs valid, so each of these is a bug in
+/// a rule or in extraction, not a fault of the input graph.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptimizeError {
+    /// The optimiser lost track of a value while rebuilding the graph.
+    #[error("internal: {0}")]
+    Lost(String),
+    /// A value of the rebuilt graph was rejected.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The rebuilt graph does not verify.
+    #[error("the optimised graph does not verify: {0}")]
+    Unverified(#[from] VerifyError),
+}
+
 /// Optimises `graph` (which must verify) for the target described by `model`. The
 /// result never costs more than the input under `model`: when extraction finds
 /// nothing cheaper, the input is returned unchanged. A graph of more than
@@ -169,7 +184,7 @@ pub fn optimize(
     graph: &Graph,
     model: &dyn CostModel,
     options: &Options,
-) -> Result<(Graph, Report), String> {
+) -> Result<(Graph, Report), OptimizeError> {
     // Built once: the composite rule caches its templates, which windows share.
     let rules = rules::all_rules(options.assume_finite);
     // Cutting a graph of three windows or fewer costs more than it saves: at most one
@@ -206,7 +221,7 @@ fn optimize_whole(
     model: &dyn CostModel,
     options: &Options,
     rules: &Rules,
-) -> Result<(Graph, Report), String> {
+) -> Result<(Graph, Report), OptimizeError> {
     let start = Instant::now();
     let mut phases = Phases::default();
     let mut egraph = TensorGraph::default();

@@ -17,7 +17,7 @@
 //! that would span a cut are given up; cuts avoid splitting local computations, so few
 //! do (the soundness test compares the cost with one e-graph over the whole graph).
 
-use super::{cheaper, optimize_whole, CostModel, Options, Phases, Report, Rules};
+use super::{cheaper, optimize_whole, CostModel, OptimizeError, Options, Phases, Report, Rules};
 use crate::ir::{verify, Builder, Def, Graph, Op, Value, ValueId};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::hash::{Hash, Hasher};
@@ -29,7 +29,7 @@ pub(super) fn optimize_in_windows(
     model: &dyn CostModel,
     options: &Options,
     rules: &Rules,
-) -> Result<(Graph, Report), String> {
+) -> Result<(Graph, Report), OptimizeError> {
     let start = Instant::now();
     let ops: Vec<ValueId> = graph
         .ids()
@@ -102,7 +102,8 @@ pub(super) fn optimize_in_windows(
     }
 
     for &o in &graph.outputs {
-        let mut id = now[o.index()].ok_or("internal: an output was not spliced")?;
+        let mut id = now[o.index()]
+            .ok_or_else(|| OptimizeError::Lost("an output was not spliced".into()))?;
         let name = &graph.value(o).name;
         if out.is_output(id) {
             // Two outputs became one value; outputs stay distinct, so copy it.
@@ -118,17 +119,18 @@ pub(super) fn optimize_in_windows(
     }
     for &(target, value) in &graph.updates {
         let (Some(target), Some(value)) = (now[target.index()], now[value.index()]) else {
-            return Err("internal: an update was not spliced".into());
+            return Err(OptimizeError::Lost("an update was not spliced".into()));
         };
         out.update(target, value)?;
     }
     // A window's result that later windows no longer read is dead.
     let candidate = out.finish().without_unused_ops();
-    verify(&candidate).map_err(|e| format!("the optimised graph does not verify: {e}"))?;
+    verify(&candidate)?;
 
     let phase_start = Instant::now();
     let (result, before, after) = cheaper(graph, candidate, model);
-    let mut report = merged.ok_or("internal: a windowed graph without ops")?;
+    let mut report =
+        merged.ok_or_else(|| OptimizeError::Lost("a windowed graph without ops".into()))?;
     report.phases.cost += phase_start.elapsed();
     report.before = before;
     report.after = after;
@@ -282,7 +284,7 @@ impl<'a> Window<'a> {
         ops: &'a [ValueId],
         window_of: &[Option<usize>],
         live_out: &FxHashSet<ValueId>,
-    ) -> Result<Window<'a>, String> {
+    ) -> Result<Window<'a>, OptimizeError> {
         let here = window_of[ops[0].index()];
         let mut boundary = Vec::new();
         let mut constants = Vec::new();
@@ -433,7 +435,7 @@ fn splice(
     existing: &mut Existing,
     now: &mut [Option<ValueId>],
     out: &mut Builder,
-) -> Result<(), String> {
+) -> Result<(), OptimizeError> {
     let mut mapped: Vec<Option<ValueId>> = vec![None; optimised.values.len()];
     for v in optimised.ids() {
         let value = optimised.value(v);
@@ -441,8 +443,9 @@ fn splice(
             Def::Input => {
                 let original = window
                     .original(&value.name)
-                    .ok_or("internal: an unknown window input")?;
-                now[original.index()].ok_or("internal: a window read an unspliced value")?
+                    .ok_or_else(|| OptimizeError::Lost("an unknown window input".into()))?;
+                now[original.index()]
+                    .ok_or_else(|| OptimizeError::Lost("a window read an unspliced value".into()))?
             }
             Def::Param(_) | Def::State(_) => unreachable!("windows have inputs only"),
             Def::Node { op, operands } => {

@@ -67,14 +67,27 @@ fn kernel_to_json(k: &PointwiseKernel) -> Value {
     })
 }
 
+/// Why a schedule's JSON form was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScheduleJsonError {
+    /// A required field is absent.
+    #[error("the schedule has no {0}")]
+    Missing(&'static str),
+    /// The graph text does not parse.
+    #[error("the scheduled graph does not parse: {0}")]
+    Graph(#[from] text::ParseError),
+    /// A step is malformed or does not fit the graph (a reference out of range, a
+    /// step over the wrong op, an unknown expression).
+    #[error("{0}")]
+    Step(String),
+}
+
 /// Reads a schedule written by [`to_json`], checking that every reference is in range.
-pub fn from_json(v: &Value) -> Result<Schedule, String> {
+pub fn from_json(v: &Value) -> Result<Schedule, ScheduleJsonError> {
     let graph_text = v["graph"]
         .as_str()
-        .ok_or("the schedule has no graph text")?;
-    let graph = text::parse(graph_text)
-        .map_err(|e| format!("the scheduled graph does not parse: {e}"))?
-        .graph;
+        .ok_or(ScheduleJsonError::Missing("graph text"))?;
+    let graph = text::parse(graph_text)?.graph;
     let n = graph.values.len();
     let value = |x: &Value| -> Result<ValueId, String> {
         match x.as_u64() {
@@ -85,59 +98,71 @@ pub fn from_json(v: &Value) -> Result<Schedule, String> {
         }
     };
     let mut steps = Vec::new();
-    for s in v["steps"].as_array().ok_or("the schedule has no steps")? {
-        if let Some(l) = s.get("library") {
-            let id = value(l)?;
-            if !matches!(graph.value(id).def, crate::ir::Def::Node { .. }) {
-                return Err(format!(
-                    "library step %{} is not an op",
-                    graph.value(id).name
-                ));
-            }
-            steps.push(Step::Library(id));
-        } else if let Some(k) = s.get("kernel") {
-            steps.push(Step::Pointwise(kernel_from_json(k, &value)?));
-        } else if let Some(m) = s.get("matmul") {
-            let output = value(&m["output"])?;
-            let crate::ir::Def::Node {
-                op: crate::ir::Op::MatMul,
-                operands,
-            } = &graph.value(output).def
-            else {
-                return Err(format!(
-                    "matmul step %{} is not a matmul",
-                    graph.value(output).name
-                ));
-            };
-            // Only what scheduling itself would choose: anything else could make the
-            // kernel read out of bounds.
-            let (lhs, rhs) = (
-                super::transpose::matmul_operand(&graph, operands[0]),
-                super::transpose::matmul_operand(&graph, operands[1]),
-            );
-            let stored = |x: &Value| (x[0].as_u64(), x[1].as_bool());
-            let expect = |o: super::MatMulOperand| (Some(u64::from(o.value.0)), Some(o.transposed));
-            if stored(&m["lhs"]) != expect(lhs) || stored(&m["rhs"]) != expect(rhs) {
-                return Err(format!(
-                    "matmul step %{} does not read its operands",
-                    graph.value(output).name
-                ));
-            }
-            let init = match m.get("init") {
-                None | Some(Value::Null) => None,
-                Some(k) => Some(Box::new(kernel_from_json(k, &value)?)),
-            };
-            steps.push(Step::MatMul {
-                output,
-                lhs,
-                rhs,
-                init,
-            });
-        } else {
-            return Err(format!("unknown step {s}"));
-        }
+    for s in v["steps"]
+        .as_array()
+        .ok_or(ScheduleJsonError::Missing("steps"))?
+    {
+        steps.push(step_from_json(&graph, s, &value).map_err(ScheduleJsonError::Step)?);
     }
     Ok(Schedule { graph, steps })
+}
+
+/// One step of the JSON form.
+fn step_from_json(
+    graph: &crate::ir::Graph,
+    s: &Value,
+    value: &dyn Fn(&Value) -> Result<ValueId, String>,
+) -> Result<Step, String> {
+    if let Some(l) = s.get("library") {
+        let id = value(l)?;
+        if !matches!(graph.value(id).def, crate::ir::Def::Node { .. }) {
+            return Err(format!(
+                "library step %{} is not an op",
+                graph.value(id).name
+            ));
+        }
+        Ok(Step::Library(id))
+    } else if let Some(k) = s.get("kernel") {
+        Ok(Step::Pointwise(kernel_from_json(k, value)?))
+    } else if let Some(m) = s.get("matmul") {
+        let output = value(&m["output"])?;
+        let crate::ir::Def::Node {
+            op: crate::ir::Op::MatMul,
+            operands,
+        } = &graph.value(output).def
+        else {
+            return Err(format!(
+                "matmul step %{} is not a matmul",
+                graph.value(output).name
+            ));
+        };
+        // Only what scheduling itself would choose: anything else could make the
+        // kernel read out of bounds.
+        let (lhs, rhs) = (
+            super::transpose::matmul_operand(graph, operands[0]),
+            super::transpose::matmul_operand(graph, operands[1]),
+        );
+        let stored = |x: &Value| (x[0].as_u64(), x[1].as_bool());
+        let expect = |o: super::MatMulOperand| (Some(u64::from(o.value.0)), Some(o.transposed));
+        if stored(&m["lhs"]) != expect(lhs) || stored(&m["rhs"]) != expect(rhs) {
+            return Err(format!(
+                "matmul step %{} does not read its operands",
+                graph.value(output).name
+            ));
+        }
+        let init = match m.get("init") {
+            None | Some(Value::Null) => None,
+            Some(k) => Some(Box::new(kernel_from_json(k, value)?)),
+        };
+        Ok(Step::MatMul {
+            output,
+            lhs,
+            rhs,
+            init,
+        })
+    } else {
+        Err(format!("unknown step {s}"))
+    }
 }
 
 fn kernel_from_json(
@@ -251,6 +276,6 @@ mod tests {
                 .graph;
         let mut v = to_json(&schedule(&g));
         v["steps"][0]["kernel"]["output"] = json!(99);
-        assert!(from_json(&v).unwrap_err().contains("99"));
+        assert!(from_json(&v).unwrap_err().to_string().contains("99"));
     }
 }

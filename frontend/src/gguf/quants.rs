@@ -124,7 +124,7 @@ impl GgmlType {
 
     /// Bytes of a tensor of `elements` whose rows have `row` elements; rows must be
     /// whole blocks.
-    pub fn bytes_for(self, row: u64, elements: u64) -> Result<u64, String> {
+    pub(crate) fn bytes_for(self, row: u64, elements: u64) -> Result<u64, String> {
         let block = self.block_elems();
         if !row.is_multiple_of(block) {
             return Err(format!(

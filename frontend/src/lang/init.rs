@@ -37,7 +37,7 @@ fn fans(ty: &TensorType) -> Result<(f64, f64), String> {
 
 /// The initialiser `name` applied to numeric arguments `args` (and `mean` for normal)
 /// for a parameter of type `ty`.
-pub fn initialiser(
+pub(crate) fn initialiser(
     name: &str,
     args: &[f64],
     mean: Option<f64>,

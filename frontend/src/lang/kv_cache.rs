@@ -202,7 +202,7 @@ impl Lowerer<'_> {
             let cache = self
                 .b
                 .input(&name, TensorType::new(nt.dtype, block))
-                .map_err(|e| LangError::new(pos, e))?;
+                .map_err(|e| LangError::new(pos, e.to_string()))?;
             caches.push(cache);
         }
         let attention = Composite::PagedAttention { scale };
@@ -257,7 +257,7 @@ impl Lowerer<'_> {
         let id = self
             .b
             .input("past_len", ty)
-            .map_err(|e| LangError::new(pos, e))?;
+            .map_err(|e| LangError::new(pos, e.to_string()))?;
         self.past_len = Some(id);
         Ok(id)
     }
@@ -271,7 +271,7 @@ impl Lowerer<'_> {
         let id = self
             .b
             .input("block_table", ty)
-            .map_err(|e| LangError::new(pos, e))?;
+            .map_err(|e| LangError::new(pos, e.to_string()))?;
         self.block_table = Some(id);
         Ok(id)
     }

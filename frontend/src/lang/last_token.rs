@@ -130,7 +130,7 @@ impl Lowerer<'_> {
         let ty = TensorType::new(DType::I32, Shape(vec![batch.clone()]));
         self.b
             .input(LAST_TOKEN_INPUT, ty)
-            .map_err(|e| LangError::new(pos, e))
+            .map_err(|e| LangError::new(pos, e.to_string()))
     }
 }
 

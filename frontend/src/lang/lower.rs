@@ -292,7 +292,7 @@ impl<'p> Lowerer<'p> {
                 let id = self
                     .b
                     .input(name, ty)
-                    .map_err(|e| LangError::new(stmt.pos, e))?;
+                    .map_err(|e| LangError::new(stmt.pos, e.to_string()))?;
                 env.define(name, Val::Tensor(id));
                 Ok(())
             }
@@ -459,7 +459,7 @@ impl<'p> Lowerer<'p> {
         pos: Pos,
     ) -> LangResult<()> {
         let ty = self.resolve_type(env, te, DimMode::Bound)?;
-        check_param_type(&ty).map_err(|e| LangError::new(te.pos, e))?;
+        check_param_type(&ty).map_err(|e| LangError::new(te.pos, e.to_string()))?;
         let init = self.initialiser(env, init, &ty)?;
         let full = self.scoped(name);
         let id = self.b.param(&full, ty, init).map_err(|_| {

@@ -8,7 +8,7 @@
 use smelt_compiler::ir::{Dim, Shape};
 
 /// The broadcast shape of `a` and `b`, or which axes disagree.
-pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
+pub(crate) fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let rank = a.rank().max(b.rank());
     let one = Dim::fixed(1);
     let mut dims = Vec::with_capacity(rank);
@@ -39,7 +39,7 @@ pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Result<Shape, String> {
 }
 
 /// The axis `axis` (negative counts from the end) of a tensor of rank `rank`.
-pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
+pub(crate) fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r {
@@ -53,12 +53,12 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
 }
 
 /// `a * b`, or an error if the constant factor would exceed 2^63-1.
-pub fn mul_dims(a: &Dim, b: &Dim) -> Result<Dim, String> {
+pub(crate) fn mul_dims(a: &Dim, b: &Dim) -> Result<Dim, String> {
     a.mul(b).map_err(|e| e.to_string())
 }
 
 /// Checks that the static part of the element count of `shape` stays within 2^63-1.
-pub fn check_numel(shape: &Shape) -> Result<(), String> {
+pub(crate) fn check_numel(shape: &Shape) -> Result<(), String> {
     shape.element_bound().map(|_| ()).map_err(|e| e.to_string())
 }
 

@@ -29,6 +29,12 @@ impl From<smelt_compiler::ir::SizeOverflow> for Fail {
     }
 }
 
+impl From<smelt_compiler::ir::BuildError> for Fail {
+    fn from(e: smelt_compiler::ir::BuildError) -> Fail {
+        Fail::Invalid(e.to_string())
+    }
+}
+
 impl From<&str> for Fail {
     fn from(message: &str) -> Fail {
         Fail::Invalid(message.to_string())

@@ -268,7 +268,7 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
         }
         let id =
             im.b.input(&ir, ty)
-                .map_err(|m| OnnxError::new(ErrorKind::Invalid, m))?;
+                .map_err(|m| OnnxError::new(ErrorKind::Invalid, m.to_string()))?;
         im.slots.insert(
             onnx_name.clone(),
             Slot {
@@ -318,7 +318,7 @@ pub fn import(model: &ModelProto, options: &ImportOptions) -> Result<Imported, O
             im.b.rename(id, &ir_name(&onnx_name));
         }
         im.b.output(id)
-            .map_err(|m| OnnxError::new(ErrorKind::Invalid, m))?;
+            .map_err(|m| OnnxError::new(ErrorKind::Invalid, m.to_string()))?;
         outputs.push((onnx_name, id));
     }
     Ok(Imported {

@@ -90,7 +90,7 @@ pub fn onnx_type_name(code: i32) -> String {
 }
 
 /// The IR dtype that holds ONNX element type `code`, or why there is none.
-pub fn ir_dtype(code: i32) -> Result<DType, String> {
+pub(crate) fn ir_dtype(code: i32) -> Result<DType, String> {
     use code::*;
     Ok(match code {
         FLOAT => DType::F32,
@@ -227,7 +227,7 @@ fn check_len(what: &str, have: usize, want: usize) -> Result<(), String> {
 }
 
 /// Decodes a `TensorProto` (inline data: typed fields or `raw_data`, little-endian).
-pub fn decode_tensor(t: &TensorProto) -> Result<Const, String> {
+pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Const, String> {
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return Err("tensors with external data are not supported".into());
     }

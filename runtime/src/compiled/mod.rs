@@ -24,14 +24,14 @@
 pub mod cache;
 pub mod hash;
 
-use crate::cpu::CpuProgram;
+use crate::cpu::{CpuProgram, Unsupported};
 use serde_json::{json, Value};
 use smelt_compiler::autodiff::optimizer::Optimizer;
 use smelt_compiler::ir::{text, Graph};
 use smelt_compiler::optimize::{Options, RooflineTarget};
-use smelt_compiler::pipeline::{prepare, Goal};
-use smelt_compiler::schedule::serial;
-use std::path::Path;
+use smelt_compiler::pipeline::{prepare, Goal, PipelineError};
+use smelt_compiler::schedule::serial::{self, ScheduleJsonError};
+use std::path::{Path, PathBuf};
 
 /// The first line of every artefact.
 const MAGIC: &str = "smelt-compiled\n";
@@ -176,9 +176,86 @@ fn build_id() -> String {
 }
 
 /// Why an artefact could not be made or read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ArtefactError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum ArtefactError {
+    /// The pipeline (optimiser, autodiff) failed on the model.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The CPU backend cannot run the model.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// The bytes do not start with the artefact header.
+    #[error(
+        "not a smelt compiled artefact (no 'smelt-compiled' header; make one with smelt compile)"
+    )]
+    NotArtefact,
+    /// Written in another artefact format.
+    #[error("artefact format {0}, but this smelt reads format {FORMAT}; compile the model again")]
+    WrongFormat(String),
+    /// A header line is absent or unreadable.
+    #[error("truncated or corrupt header: no '{0}' line")]
+    MissingHeader(&'static str),
+    /// The header's length is not a number.
+    #[error("corrupt header: length '{0}'")]
+    BadLength(String),
+    /// The payload is shorter or longer than the header says.
+    #[error(
+        "truncated or corrupt: the header promises {promised} payload bytes, the file has {found}"
+    )]
+    Truncated {
+        /// Bytes the header promises.
+        promised: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// The payload's hash differs from the header's.
+    #[error(
+        "corrupt: the content hash does not match (the file was changed after it was written)"
+    )]
+    Checksum,
+    /// The payload is not JSON.
+    #[error("corrupt payload: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// Compiled by another smelt version.
+    #[error("compiled by smelt {0}, but this is smelt {SMELT_VERSION}; compile the model again")]
+    WrongVersion(String),
+    /// Compiled for another target (as the payload spells it).
+    #[error("compiled for target {0}, not cpu")]
+    WrongTarget(String),
+    /// The purpose field is not one this smelt writes.
+    #[error("{0}")]
+    Purpose(String),
+    /// The model graph does not parse.
+    #[error("corrupt model graph: {0}")]
+    Graph(#[from] text::ParseError),
+    /// The schedule is malformed.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleJsonError),
+    /// The file could not be written.
+    #[error("{}: cannot write: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file's contents are rejected.
+    #[error("{}: {source}", .path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// Why its contents are rejected.
+        source: Box<ArtefactError>,
+    },
+}
 
 impl Compiled {
     /// Compiles `forward` (verified) for `purpose` through the pipeline
@@ -191,10 +268,8 @@ impl Compiled {
         optimize: Option<&Options>,
     ) -> Result<Compiled, ArtefactError> {
         let goal = purpose.goal();
-        let graph = prepare(forward, &goal, &RooflineTarget::cpu(), optimize)
-            .map_err(|e| ArtefactError(e.to_string()))?
-            .graph;
-        let program = CpuProgram::compile(&graph).map_err(|e| ArtefactError(e.to_string()))?;
+        let graph = prepare(forward, &goal, &RooflineTarget::cpu(), optimize)?.graph;
+        let program = CpuProgram::compile(&graph)?;
         Ok(Compiled {
             purpose,
             forward: forward.clone(),
@@ -239,52 +314,39 @@ impl Compiled {
 
     /// Reads an artefact file's bytes, checking its header, length, hash and version.
     pub fn from_bytes(bytes: &[u8]) -> Result<Compiled, ArtefactError> {
-        let fail = |m: String| ArtefactError(m);
         let rest = bytes
             .strip_prefix(MAGIC.as_bytes())
-            .ok_or_else(|| fail("not a smelt compiled artefact (no 'smelt-compiled' header; make one with smelt compile)".into()))?;
+            .ok_or(ArtefactError::NotArtefact)?;
         let (format, rest) = header_line(rest, "format")?;
         if format != FORMAT.to_string() {
-            return Err(fail(format!(
-                "artefact format {format}, but this smelt reads format {FORMAT}; compile the model again"
-            )));
+            return Err(ArtefactError::WrongFormat(format));
         }
         let (length, rest) = header_line(rest, "length")?;
         let (hash, payload) = header_line(rest, "fnv128")?;
         let length: usize = length
             .parse()
-            .map_err(|_| fail(format!("corrupt header: length '{length}'")))?;
+            .map_err(|_| ArtefactError::BadLength(length.clone()))?;
         if payload.len() != length {
-            return Err(fail(format!(
-                "truncated or corrupt: the header promises {length} payload bytes, the file has {}",
-                payload.len()
-            )));
+            return Err(ArtefactError::Truncated {
+                promised: length,
+                found: payload.len(),
+            });
         }
         if hash::hex(payload) != hash {
-            return Err(fail(
-                "corrupt: the content hash does not match (the file was changed after it was written)".into(),
-            ));
+            return Err(ArtefactError::Checksum);
         }
-        let v: Value =
-            serde_json::from_slice(payload).map_err(|e| fail(format!("corrupt payload: {e}")))?;
+        let v: Value = serde_json::from_slice(payload)?;
         let version = v["smelt_version"].as_str().unwrap_or("an unknown version");
         if version != SMELT_VERSION {
-            return Err(fail(format!(
-                "compiled by smelt {version}, but this is smelt {SMELT_VERSION}; compile the model again"
-            )));
+            return Err(ArtefactError::WrongVersion(version.to_string()));
         }
         if v["target"] != "cpu" {
-            return Err(fail(format!(
-                "compiled for target {}, not cpu",
-                v["target"]
-            )));
+            return Err(ArtefactError::WrongTarget(v["target"].to_string()));
         }
-        let purpose = Purpose::from_json(&v["purpose"]).map_err(fail)?;
-        let forward = text::parse(v["forward"].as_str().unwrap_or_default())
-            .map_err(|e| fail(format!("corrupt model graph: {e}")))?
-            .graph;
-        let schedule = serial::from_json(&v["schedule"]).map_err(fail)?;
-        let program = CpuProgram::from_schedule(schedule, true).map_err(|e| fail(e.to_string()))?;
+        let purpose = Purpose::from_json(&v["purpose"]).map_err(ArtefactError::Purpose)?;
+        let forward = text::parse(v["forward"].as_str().unwrap_or_default())?.graph;
+        let schedule = serial::from_json(&v["schedule"])?;
+        let program = CpuProgram::from_schedule(schedule, true)?;
         Ok(Compiled {
             purpose,
             forward,
@@ -294,16 +356,22 @@ impl Compiled {
 
     /// Writes the artefact to `path` atomically (a temporary file, then a rename).
     pub fn save(&self, path: &Path) -> Result<(), ArtefactError> {
-        write_atomic(path, &self.to_bytes())
-            .map_err(|e| ArtefactError(format!("{}: cannot write: {e}", path.display())))
+        write_atomic(path, &self.to_bytes()).map_err(|source| ArtefactError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads the artefact at `path`; errors name the file.
     pub fn load(path: &Path) -> Result<Compiled, ArtefactError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ArtefactError(format!("{}: cannot read: {e}", path.display())))?;
-        Compiled::from_bytes(&bytes)
-            .map_err(|e| ArtefactError(format!("{}: {}", path.display(), e.0)))
+        let bytes = std::fs::read(path).map_err(|source| ArtefactError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Compiled::from_bytes(&bytes).map_err(|e| ArtefactError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 }
 
@@ -317,8 +385,11 @@ pub fn is_artefact(path: &Path) -> bool {
 }
 
 /// Splits `KEY VALUE\n` off the front of `bytes`.
-fn header_line<'a>(bytes: &'a [u8], key: &str) -> Result<(String, &'a [u8]), ArtefactError> {
-    let corrupt = || ArtefactError(format!("truncated or corrupt header: no '{key}' line"));
+fn header_line<'a>(
+    bytes: &'a [u8],
+    key: &'static str,
+) -> Result<(String, &'a [u8]), ArtefactError> {
+    let corrupt = || ArtefactError::MissingHeader(key);
     let end = bytes.iter().position(|&b| b == b'\n').ok_or_else(corrupt)?;
     let line = std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt())?;
     let value = line

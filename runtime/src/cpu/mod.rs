@@ -293,7 +293,7 @@ impl CpuProgram {
 
     /// Checks that parameter `name`, of type `f32[k, n]`, is read only as the right
     /// operand of matrix products, as stored (what a quantised weight supports).
-    pub fn read_only_as_weight(&self, name: &str, [k, n]: [usize; 2]) -> Result<(), String> {
+    pub(crate) fn read_only_as_weight(&self, name: &str, [k, n]: [usize; 2]) -> Result<(), String> {
         self.read_only_by(name, [k, n], "a product's weight", |_, step, id| {
             matches!(step, Step::MatMul { rhs, lhs, .. }
                 if rhs.value == id && !rhs.transposed && lhs.value != id)
@@ -302,7 +302,11 @@ impl CpuProgram {
 
     /// Checks that parameter `name`, of type `f32[rows, k]`, is read only as the table
     /// of row lookups (`gather` along axis 0), what a quantised table supports.
-    pub fn read_only_as_table(&self, name: &str, [rows, k]: [usize; 2]) -> Result<(), String> {
+    pub(crate) fn read_only_as_table(
+        &self,
+        name: &str,
+        [rows, k]: [usize; 2],
+    ) -> Result<(), String> {
         self.read_only_by(name, [rows, k], "a lookup table", |g, step, id| {
             let Step::Library(v) = step else { return false };
             matches!(&g.value(*v).def,
@@ -771,7 +775,7 @@ impl Resident {
     /// computes them), or a lookup table `[n, k]` of the matrix's stored rows (every
     /// program must only gather its rows). Otherwise nothing is held and the reason is
     /// returned.
-    pub fn quantise(
+    pub(crate) fn quantise(
         &mut self,
         programs: &[&CpuProgram],
         name: &str,
@@ -918,9 +922,9 @@ fn quant_product(
 
 /// Compiles a pointwise kernel to native code.
 fn compile_kernel(k: &PointwiseKernel) -> Result<JitKernel, Unsupported> {
-    cranelift::compile(k).map_err(|reason| Unsupported {
+    cranelift::compile(k).map_err(|e| Unsupported {
         value: k.name.clone(),
-        reason,
+        reason: e.to_string(),
     })
 }
 

@@ -81,7 +81,7 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     /// The weight `[k, n]` whose `n` rows of `k` values are the blocks in `bytes`.
-    pub fn new(
+    pub(crate) fn new(
         format: QuantFormat,
         k: usize,
         n: usize,

@@ -49,7 +49,7 @@ fn split_one(
         )
     })?;
     if groups != 1 {
-        return Err(CudaError(format!(
+        return Err(CudaError::Invalid(format!(
             "cuDevSmResourceSplitByCount made {groups} groups of {min_count} SMs, not 1"
         )));
     }
@@ -137,7 +137,7 @@ pub fn create(
     let all = device_sms(device)?;
     let (comm, rest) = split_one(&all, split.comm)?;
     if sm_count(&comm) != split.comm {
-        return Err(CudaError(format!(
+        return Err(CudaError::Invalid(format!(
             "asked the driver for {} communication SMs and got {}",
             split.comm,
             sm_count(&comm)

@@ -44,7 +44,7 @@ impl DeviceBuffer {
     /// before `cuMemcpyHtoDAsync` returns.
     pub(crate) fn upload_on(&self, stream: sys::CUstream, data: &Data) -> Result<(), CudaError> {
         if data.elem() != self.elem || data.len() != self.len {
-            return Err(CudaError(format!(
+            return Err(CudaError::Invalid(format!(
                 "upload of {} {:?} values into a buffer of {} {:?}",
                 data.len(),
                 data.elem(),

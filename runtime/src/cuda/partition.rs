@@ -44,7 +44,7 @@ impl SmSplit {
 
 /// Splits `total` SMs so that at least `comm_request` go to communication, in groups
 /// the hardware can make; compute keeps the rest (the driver's remainder group).
-pub fn split_sms(total: u32, comm_request: u32, g: Granularity) -> Result<SmSplit, String> {
+pub(crate) fn split_sms(total: u32, comm_request: u32, g: Granularity) -> Result<SmSplit, String> {
     if comm_request == 0 {
         return Ok(SmSplit {
             compute: total,

@@ -58,7 +58,7 @@ impl KernelSet {
         let (f, block) = self
             .functions
             .get(name)
-            .ok_or_else(|| CudaError(format!("no kernel {name} loaded")))?;
+            .ok_or_else(|| CudaError::Invalid(format!("no kernel {name} loaded")))?;
         let mut addresses: Vec<sys::CUdeviceptr> = buffers.iter().map(|b| b.ptr).collect();
         let mut params: Vec<*mut c_void> = addresses
             .iter_mut()
@@ -262,11 +262,13 @@ pub fn cross_stream_probe(gpu: &Gpu, streams: &Streams) -> Result<(), CudaError>
     outcome?;
     match seen.download()? {
         Data::I32(v) if v[0] >= 0 => Ok(()),
-        Data::I32(v) => Err(CudaError(format!(
+        Data::I32(v) => Err(CudaError::WrongResult(format!(
             "the compute stream ran before the communication stream's event (read {})",
             v[0]
         ))),
-        _ => Err(CudaError("the probe read back the wrong type".into())),
+        _ => Err(CudaError::Invalid(
+            "the probe read back the wrong type".into(),
+        )),
     }
 }
 

@@ -90,7 +90,7 @@ fn occupancy(f: &CudaFunction, block: u32) -> Result<u32, CudaError> {
         result::occupancy::max_active_block_per_multiprocessor(f.cu_function(), block as i32, 0)
     })?;
     if n < 1 {
-        return Err(CudaError(format!(
+        return Err(CudaError::Invalid(format!(
             "the driver fits no block of {block} threads of this kernel on an SM"
         )));
     }
@@ -104,7 +104,7 @@ fn unique_kernels(program: &GpuProgram) -> Result<Vec<Kernel>, CudaError> {
     for call in &program.calls {
         match seen.get(call.kernel.name.as_str()) {
             Some(k) if **k != call.kernel => {
-                return Err(CudaError(format!(
+                return Err(CudaError::Invalid(format!(
                     "two different kernels are named {}",
                     call.kernel.name
                 )))
@@ -128,10 +128,12 @@ impl CudaProgram {
         comm_sms: u32,
     ) -> Result<CudaProgram, CudaError> {
         if gpu.sms != target.sms {
-            return Err(CudaError(format!(
-                "--target {} has {} SMs but {} has {}: pick the target that matches the GPU",
-                target.name, target.sms, gpu.name, gpu.sms
-            )));
+            return Err(CudaError::WrongTarget {
+                target: target.name.to_string(),
+                target_sms: target.sms,
+                gpu: gpu.name.clone(),
+                gpu_sms: gpu.sms,
+            });
         }
         check("making the context current", gpu.ctx.bind_to_thread())?;
         let text = ptx::module(&unique_kernels(&program)?);
@@ -163,9 +165,9 @@ impl CudaProgram {
             compute: streams.partition.split().compute,
             comm: comm_sms,
         };
-        let plan = SmPlan::on(&program, target, comm_sms, budget, &resident).map_err(CudaError)?;
+        let plan = SmPlan::on(&program, target, comm_sms, budget, &resident)?;
         let order = run_order(&program, &plan);
-        check_order(&program, &order).map_err(|e| CudaError(format!("unordered run: {e}")))?;
+        check_order(&program, &order)?;
         let mut buffers = HashMap::new();
         for b in &program.buffers {
             buffers.insert(b.value, DeviceBuffer::alloc(b.elem, b.len)?);
@@ -223,11 +225,9 @@ impl CudaProgram {
             match &b.contents {
                 Contents::Given => buf.upload_on(
                     stream,
-                    given.get(&value).ok_or_else(|| {
-                        CudaError(format!(
-                            "no data given for %{}",
-                            self.program.graph.value(value).name
-                        ))
+                    given.get(&value).ok_or_else(|| CudaError::Missing {
+                        what: "data",
+                        value: self.program.graph.value(value).name.clone(),
                     })?,
                 )?,
                 Contents::Constant(values) => buf.upload_on(stream, &constant(b, values))?,
@@ -263,7 +263,7 @@ impl CudaProgram {
                 })
             }
             DeviceOp::Launch { call, stream } => self.launch_call(call, self.streams.get(stream)),
-            DeviceOp::Fill { .. } => Err(CudaError("a fill among the launches".into())),
+            DeviceOp::Fill { .. } => Err(CudaError::Invalid("a fill among the launches".into())),
         }
     }
 
@@ -337,7 +337,7 @@ impl CudaProgram {
         self.buffers
             .get(&value)
             .ok_or_else(|| {
-                CudaError(format!(
+                CudaError::Invalid(format!(
                     "%{} has no device buffer",
                     self.program.graph.value(value).name
                 ))
@@ -358,7 +358,10 @@ impl CudaProgram {
                 feeds
                     .get(name)
                     .map(|t| (b.value, to_device(t, b.elem)))
-                    .ok_or_else(|| CudaError(format!("no value given for %{name}")))
+                    .ok_or_else(|| CudaError::Missing {
+                        what: "value",
+                        value: name.clone(),
+                    })
             })
             .collect::<Result<_, _>>()?;
         self.upload(&given)?;
@@ -425,12 +428,12 @@ impl CudaRunner {
         if loaded.as_ref().map(|(b, _)| b) != Some(&bindings) {
             *loaded = None; // free the old buffers before allocating new ones
             let program = GpuProgram::for_arch(&schedule(&self.graph), &bindings, self.target.arch)
-                .map_err(fail)?;
+                .map_err(|e| fail(e.to_string()))?;
             let p = CudaProgram::load(self.gpu.clone(), program, &self.target, self.comm_sms)
-                .map_err(|e| fail(e.0))?;
+                .map_err(|e| fail(e.to_string()))?;
             *loaded = Some((bindings, p));
         }
         let (_, program) = loaded.as_ref().expect("loaded above");
-        program.execute(feeds).map_err(|e| fail(e.0))
+        program.execute(feeds).map_err(|e| fail(e.to_string()))
     }
 }

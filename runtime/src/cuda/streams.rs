@@ -52,7 +52,7 @@ impl Streams {
                 drop(streams);
                 Streams::plain(Partition::PersistentGrid {
                     split: SmSplit::requested(gpu.sms, comm_sms),
-                    why: Fallback::CrossStreamEvents(e.0),
+                    why: Fallback::CrossStreamEvents(e.to_string()),
                 })
             }
         }
@@ -98,7 +98,7 @@ impl Streams {
                 Err(e) => {
                     partition = Partition::PersistentGrid {
                         split: SmSplit::requested(gpu.sms, comm_sms),
-                        why: Fallback::Unsplittable(e.0),
+                        why: Fallback::Unsplittable(e.to_string()),
                     }
                 }
             }

@@ -27,7 +27,7 @@ pub fn encode(
     address: sys::CUdeviceptr,
 ) -> Result<sys::CUtensorMap, CudaError> {
     if !has_symbol("cuTensorMapEncodeTiled") {
-        return Err(CudaError(
+        return Err(CudaError::DriverTooOld(
             "the CUDA driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12.0 or newer)".into(),
         ));
     }

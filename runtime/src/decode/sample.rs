@@ -35,26 +35,37 @@ impl Default for Sampling {
     }
 }
 
+/// A sampling setting out of range (the message starts with the setting's name).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    /// `temperature` is negative or not finite.
+    #[error("temperature must be a finite number >= 0, found {0}")]
+    Temperature(f64),
+    /// `top_p` is outside (0, 1].
+    #[error("top-p must lie in (0, 1], found {0}")]
+    TopP(f64),
+    /// `min_p` is outside [0, 1].
+    #[error("min-p must lie in [0, 1], found {0}")]
+    MinP(f64),
+    /// `repetition_penalty` is not a finite number > 0.
+    #[error("the repetition penalty must be a finite number > 0, found {0}")]
+    RepetitionPenalty(f64),
+}
+
 impl Sampling {
     /// Checks that every setting is in range, naming the first that is not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SamplingError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!(
-                "temperature must be a finite number >= 0, found {}",
-                self.temperature
-            ));
+            return Err(SamplingError::Temperature(self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top-p must lie in (0, 1], found {}", self.top_p));
+            return Err(SamplingError::TopP(self.top_p));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(format!("min-p must lie in [0, 1], found {}", self.min_p));
+            return Err(SamplingError::MinP(self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return Err(format!(
-                "the repetition penalty must be a finite number > 0, found {}",
-                self.repetition_penalty
-            ));
+            return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
         }
         Ok(())
     }

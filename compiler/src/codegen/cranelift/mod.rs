@@ -105,16 +105,31 @@ pub fn vectorized(k: &PointwiseKernel) -> bool {
     vector::vectorizable(k)
 }
 
+/// Why Cranelift could not compile a kernel, with Cranelift's own message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JitError {
+    /// This machine's instruction set or the code generator's settings were refused.
+    #[error("cranelift: {0}")]
+    Target(String),
+    /// Declaring the kernel or the math functions it calls failed.
+    #[error("cranelift: {0}")]
+    Declare(String),
+    /// Generating or linking the kernel's code failed.
+    #[error("cranelift: {0}")]
+    Codegen(String),
+}
+
 /// Compiles `k` (whose floats must all be f32) to native code for this machine.
-pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
-    let err = |e: &dyn std::fmt::Display| format!("cranelift: {e}");
+pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, JitError> {
+    let target = |e: &dyn std::fmt::Display| JitError::Target(e.to_string());
+    let declare = |e: cranelift_module::ModuleError| JitError::Declare(e.to_string());
     let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(|e| err(&e))?;
-    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    flags.set("opt_level", "speed").map_err(|e| target(&e))?;
+    flags.set("is_pic", "false").map_err(|e| target(&e))?;
     let isa = cranelift_native::builder()
-        .map_err(|e| err(&e))?
+        .map_err(|e| target(&e))?
         .finish(settings::Flags::new(flags))
-        .map_err(|e| err(&e))?;
+        .map_err(|e| target(&e))?;
     let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     jb.symbol("smelt_powf", smelt_powf as *const u8);
     let mut module = JITModule::new(jb);
@@ -133,10 +148,10 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
     binary_sig.params.push(AbiParam::new(types::F32));
     let pow_id = module
         .declare_function("smelt_powf", Linkage::Import, &binary_sig)
-        .map_err(|e| err(&e))?;
+        .map_err(declare)?;
     let id = module
         .declare_function("row", Linkage::Export, &ctx.func.signature)
-        .map_err(|e| err(&e))?;
+        .map_err(declare)?;
 
     let frontend_config = module.target_config();
     let mut fctx = FunctionBuilderContext::new();
@@ -192,7 +207,7 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
         b.ins().brif(fits, vbody, &[], header, &[j.into()]);
         b.switch_to_block(vbody);
         if vectorize {
-            vector::emit_quad(&mut b, &env, k, j)?;
+            vector::emit_quad(&mut b, &env, k, j).map_err(JitError::Codegen)?;
         }
         b.ins().jump(vheader, &[next.into()]);
 
@@ -202,7 +217,7 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
         let more = b.ins().icmp(IntCC::SignedLessThan, j, len);
         b.ins().brif(more, body, &[], exit, &[]);
         b.switch_to_block(body);
-        scalar::emit_element(&mut b, &env, k, j)?;
+        scalar::emit_element(&mut b, &env, k, j).map_err(JitError::Codegen)?;
         let next = b.ins().iadd_imm_s(j, 1);
         b.ins().jump(header, &[next.into()]);
 
@@ -213,9 +228,11 @@ pub fn compile(k: &PointwiseKernel) -> Result<JitKernel, String> {
     }
     module
         .define_function(id, &mut ctx)
-        .map_err(|e| err(&format!("{e:?}")))?;
+        .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
     module.clear_context(&mut ctx);
-    module.finalize_definitions().map_err(|e| err(&e))?;
+    module
+        .finalize_definitions()
+        .map_err(|e| JitError::Codegen(e.to_string()))?;
     let code = module.get_finalized_function(id);
     // SAFETY: the function was just defined with exactly the `RowFn` signature.
     let row = unsafe { std::mem::transmute::<*const u8, RowFn>(code) };

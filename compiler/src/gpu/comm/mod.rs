@@ -39,7 +39,7 @@ pub struct MoeLayout {
 
 impl MoeLayout {
     /// Checks the sizes fit the kernels' i32 indexing and the rank split.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.ranks == 0 || !self.experts.is_multiple_of(self.ranks) {
             return Err(format!(
                 "{} experts do not split evenly over {} ranks",

@@ -728,7 +728,7 @@ mod tests {
             Data::BF16(a),
             Data::BF16(bm),
         ];
-        run(&product_kernel(fault), 1, 1, &mut mem)?;
+        run(&product_kernel(fault), 1, 1, &mut mem).map_err(|e| e.to_string())?;
         let Data::F32(got) = &mem[0] else {
             unreachable!()
         };
@@ -831,7 +831,8 @@ mod tests {
             })
             .collect();
         let mut mem = [Data::zeros(Elem::BF16, 16 * 8), Data::BF16(src)];
-        run(&tma_kernel(wait, expect_bytes, fence_init), 1, 1, &mut mem)?;
+        run(&tma_kernel(wait, expect_bytes, fence_init), 1, 1, &mut mem)
+            .map_err(|e| e.to_string())?;
         let Data::BF16(got) = &mem[0] else {
             unreachable!()
         };

@@ -159,36 +159,81 @@ pub struct Trace {
     pub barriers: u64,
 }
 
+/// Why the evaluator could not run a kernel.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The number of buffers differs from the kernel's parameters.
+    #[error("kernel {kernel} takes {expected} buffers, got {got}")]
+    BufferCount {
+        /// The kernel.
+        kernel: String,
+        /// Its parameters.
+        expected: usize,
+        /// Buffers given.
+        got: usize,
+    },
+    /// A buffer's element type or length differs from its parameter's.
+    #[error(
+        "kernel {kernel}: buffer {buffer} should hold {len} {elem:?}, got {got_len} {got_elem:?}"
+    )]
+    BufferShape {
+        /// The kernel.
+        kernel: String,
+        /// The parameter.
+        buffer: String,
+        /// Elements the parameter holds.
+        len: usize,
+        /// Their type.
+        elem: Elem,
+        /// Elements the buffer holds.
+        got_len: usize,
+        /// Their type.
+        got_elem: Elem,
+    },
+    /// A block did something the hardware would not (a race, a divergent barrier,
+    /// an access out of bounds, a division by zero).
+    #[error("kernel {kernel}, block {block}: {message}")]
+    Fault {
+        /// The kernel.
+        kernel: String,
+        /// The block.
+        block: u32,
+        /// What went wrong, and where.
+        message: String,
+    },
+}
+
 /// Runs `k` with `grid` blocks over `buffers` (one per parameter, in order). Blocks are
 /// placed on SMs round-robin over `sms` SMs (what `%smid` reads).
-pub fn run(k: &Kernel, grid: u32, sms: u32, buffers: &mut [Data]) -> Result<Trace, String> {
+pub fn run(k: &Kernel, grid: u32, sms: u32, buffers: &mut [Data]) -> Result<Trace, EvalError> {
     if buffers.len() != k.params.len() {
-        return Err(format!(
-            "kernel {} takes {} buffers, got {}",
-            k.name,
-            k.params.len(),
-            buffers.len()
-        ));
+        return Err(EvalError::BufferCount {
+            kernel: k.name.clone(),
+            expected: k.params.len(),
+            got: buffers.len(),
+        });
     }
     for (p, b) in k.params.iter().zip(buffers.iter()) {
         if p.elem != b.elem() || p.len != b.len() {
-            return Err(format!(
-                "kernel {}: buffer {} should hold {} {:?}, got {} {:?}",
-                k.name,
-                p.name,
-                p.len,
-                p.elem,
-                b.len(),
-                b.elem()
-            ));
+            return Err(EvalError::BufferShape {
+                kernel: k.name.clone(),
+                buffer: p.name.clone(),
+                len: p.len,
+                elem: p.elem,
+                got_len: b.len(),
+                got_elem: b.elem(),
+            });
         }
     }
     let mut trace = Trace::default();
     for block in 0..grid {
         let mut b = Block::new(k, block, grid, block % sms.max(1), buffers);
         let all = vec![true; k.block as usize];
-        b.exec(&k.body, &all)
-            .map_err(|e| format!("kernel {}, block {block}: {e}", k.name))?;
+        b.exec(&k.body, &all).map_err(|message| EvalError::Fault {
+            kernel: k.name.clone(),
+            block,
+            message,
+        })?;
         trace.blocks += 1;
         trace.barriers += b.epoch;
     }
@@ -889,7 +934,7 @@ mod tests {
         };
         let xs: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 37.3).collect();
         let mut mem = [Data::F32(xs.clone()), Data::zeros(Elem::F32, 32)];
-        let err = run(&kernel(false), 1, 1, &mut mem).unwrap_err();
+        let err = run(&kernel(false), 1, 1, &mut mem).unwrap_err().to_string();
         assert!(err.contains("[-pi, pi]"), "{err}");
         let mut mem = [Data::F32(xs.clone()), Data::zeros(Elem::F32, 32)];
         run(&kernel(true), 1, 1, &mut mem).unwrap();
@@ -908,7 +953,9 @@ mod tests {
     #[test]
     fn a_missing_barrier_is_a_race() {
         let mut mem = [Data::zeros(Elem::F32, 64)];
-        let err = run(&neighbour_exchange(false), 1, 1, &mut mem).unwrap_err();
+        let err = run(&neighbour_exchange(false), 1, 1, &mut mem)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shared-memory race on s[1]"), "{err}");
         let mut mem = [Data::zeros(Elem::F32, 64)];
         run(&neighbour_exchange(true), 1, 1, &mut mem).unwrap();
@@ -926,7 +973,9 @@ mod tests {
         let t = b.special(Special::Tid);
         let low = b.setp(Cmp::Lt, t, 32);
         b.if_then(low, |b| b.bar());
-        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 1)]).unwrap_err();
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 1)])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("bar.sync reached by only part of the block"),
             "{err}"
@@ -939,7 +988,9 @@ mod tests {
             let mut b = KernelBuilder::new("access", 32);
             let buf = b.param("buf", Elem::F32, 8);
             b.ld_vec(buf, index, 4);
-            let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 8)]).unwrap_err();
+            let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::F32, 8)])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err}");
         }
     }
@@ -962,7 +1013,9 @@ mod tests {
         b.if_then(few, |b| {
             b.shfl_xor(t, 1);
         });
-        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::I32, 1)]).unwrap_err();
+        let err = run(&b.finish(), 1, 1, &mut [Data::zeros(Elem::I32, 1)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only part of a warp"), "{err}");
     }
 }

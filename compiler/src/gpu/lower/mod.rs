@@ -53,7 +53,7 @@ pub struct KernelCall {
 pub type Shapes = Vec<Vec<usize>>;
 
 /// The memory element type of a dtype on the GPU.
-pub fn elem_of(dt: DType) -> Result<Elem, String> {
+pub(crate) fn elem_of(dt: DType) -> Result<Elem, String> {
     Ok(match dt {
         DType::F32 => Elem::F32,
         DType::F16 => Elem::F16,
@@ -81,7 +81,7 @@ pub(crate) fn reg_ty(dt: DType) -> Ty {
 
 /// Lowers step `index` of a schedule of `g` (shapes in `shapes`) to kernel calls.
 /// `arch` is the newest architecture the kernels may use (`Sm90a` allows wgmma).
-pub fn lower_step(
+pub(crate) fn lower_step(
     g: &Graph,
     shapes: &Shapes,
     index: usize,

@@ -40,7 +40,7 @@ use super::attr::{Attr, AttrReader};
 use super::{Builder, TensorType, ValueId};
 
 /// The result of a shape rule: the inferred type or a message saying what is wrong.
-pub type ShapeResult = Result<TensorType, String>;
+pub(crate) type ShapeResult = Result<TensorType, String>;
 
 pub(crate) fn expect_arity(x: &[&TensorType], n: usize) -> Result<(), String> {
     if x.len() != n {
@@ -283,7 +283,7 @@ impl Op {
     }
 
     /// Rebuilds an op from its name and attributes (the inverse of [`Op::name`] + [`Op::attrs`]).
-    pub fn from_parts(name: &str, attrs: Vec<(String, Attr)>) -> Result<Op, String> {
+    pub(crate) fn from_parts(name: &str, attrs: Vec<(String, Attr)>) -> Result<Op, String> {
         let mut a = AttrReader::new(name, attrs)?;
         let op = if let Some(u) = UnaryOp::from_name(name) {
             Op::Unary(u)
@@ -367,7 +367,11 @@ impl Op {
 
     /// The shape rule: the result type for operands of types `operands`. Ops for which
     /// [`Op::needs_declared_type`] holds take it from `declared` and check it.
-    pub fn infer(&self, operands: &[&TensorType], declared: Option<&TensorType>) -> ShapeResult {
+    pub(crate) fn infer(
+        &self,
+        operands: &[&TensorType],
+        declared: Option<&TensorType>,
+    ) -> ShapeResult {
         let declared_ty = || {
             declared.ok_or_else(|| {
                 format!(
@@ -420,7 +424,7 @@ impl Op {
     /// operand for which `needs[i]` holds (others may be `None`). Returns `Ok(None)` for
     /// composites without a rule of their own ([`Composite::vjp`]), which are
     /// differentiated through their decomposition.
-    pub fn vjp(
+    pub(crate) fn vjp(
         &self,
         b: &mut Builder,
         x: &[ValueId],

@@ -2,7 +2,9 @@
 //! inferred), so errors point at the line and column where the problem is.
 
 use super::lex::{lex, Tok};
-use crate::ir::{verify, Attr, Builder, DType, Dim, Graph, Init, Op, Shape, TensorType, ValueId};
+use crate::ir::{
+    verify, Attr, BuildError, Builder, DType, Dim, Graph, Init, Op, Shape, TensorType, ValueId,
+};
 use std::collections::HashMap;
 use std::fmt;
 use thiserror::Error;
@@ -198,7 +200,7 @@ impl Parser {
                 let id = self
                     .builder
                     .input(&name, ty)
-                    .map_err(|m| ParseError::new(pos, m))?;
+                    .map_err(|m| ParseError::new(pos, m.to_string()))?;
                 self.define(name, id, pos);
             }
             Tok::Word(w) if w == "param" || w == "state" => {
@@ -210,7 +212,7 @@ impl Parser {
                 } else {
                     self.builder.state(&name, ty, init)
                 }
-                .map_err(|m| ParseError::new(pos, m))?;
+                .map_err(|m| ParseError::new(pos, m.to_string()))?;
                 self.define(name, id, pos);
             }
             Tok::Word(w) if w == "update" => {
@@ -219,13 +221,13 @@ impl Parser {
                 let (value, _) = self.operand()?;
                 self.builder
                     .update(target, value)
-                    .map_err(|m| ParseError::new(tpos, m))?;
+                    .map_err(|m| ParseError::new(tpos, m.to_string()))?;
             }
             Tok::Word(w) if w == "output" => loop {
                 let (id, opos) = self.operand()?;
                 self.builder
                     .output(id)
-                    .map_err(|m| ParseError::new(opos, m))?;
+                    .map_err(|m| ParseError::new(opos, m.to_string()))?;
                 if !self.eat(',') {
                     break;
                 }
@@ -412,15 +414,12 @@ impl Parser {
         let id = self
             .builder
             .node(Some(&name), op, &operands, declared)
-            .map_err(|m| {
-                ParseError::new(
-                    if m.contains("already defined") {
-                        pos
-                    } else {
-                        op_pos
-                    },
-                    m,
-                )
+            .map_err(|e| {
+                let at = match e {
+                    BuildError::Duplicate(_) => pos,
+                    _ => op_pos,
+                };
+                ParseError::new(at, e.to_string())
             })?;
         self.define(name, id, pos);
         Ok(())
