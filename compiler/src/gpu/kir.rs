@@ -1001,3 +1001,24 @@ impl fmt::Display for Ty {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::build::KernelBuilder;
+
+    #[test]
+    fn written_params_finds_stores_atomics_and_flags_in_nested_code() {
+        let mut b = KernelBuilder::new("k", 32);
+        let out = b.param("out", Elem::F32, 4);
+        let read = b.param("read", Elem::F32, 4);
+        let acc = b.param("acc", Elem::F32, 4);
+        let tid = b.special(Special::Tid);
+        let x = b.ld(read, tid);
+        b.st(out, tid, x);
+        let first = b.setp(Cmp::Eq, tid, 0);
+        b.if_then(first, |b| b.atom_add(acc, 0, x));
+        let k = b.finish();
+        assert_eq!(k.written_params(), [0, 2]);
+    }
+}

@@ -63,6 +63,15 @@ pub enum GpuProgramError {
     /// A step has no GPU kernel (an op, a dtype or a size the GPU backend lacks).
     #[error("{0}")]
     Unsupported(String),
+    /// A lowering wrote a buffer other than its kernel's first argument, which nothing
+    /// would read back (a bug in the lowering, not in the model).
+    #[error("internal: kernel {kernel} writes its buffer parameter {param}; a kernel of a program writes only its first argument")]
+    WritesOtherBuffer {
+        /// The kernel.
+        kernel: String,
+        /// The parameter it writes.
+        param: usize,
+    },
 }
 
 /// Why the kernel-IR evaluator could not run a program.
@@ -107,6 +116,15 @@ impl GpuProgram {
             calls.extend(
                 lower_step(g, &shapes, i, step, allowed).map_err(GpuProgramError::Unsupported)?,
             );
+        }
+        // The evaluator and the CUDA runtime read back only argument 0 of a call.
+        for call in &calls {
+            if let Some(&param) = call.kernel.written_params().iter().find(|&&p| p != 0) {
+                return Err(GpuProgramError::WritesOtherBuffer {
+                    kernel: call.kernel.name.clone(),
+                    param,
+                });
+            }
         }
         let calls = hoist_communication(calls);
         let mut used: Vec<ValueId> = calls.iter().flat_map(|c| c.args.clone()).collect();
