@@ -2,7 +2,7 @@
 //! random inputs, with the grids the SM plan gives communication kernels; and their PTX
 //! through ptxas when it is installed.
 
-use smelt_compiler::gpu::comm::loopback::Loopback;
+use smelt_compiler::gpu::comm::loopback::{identity_round_trip, Loopback};
 use smelt_compiler::gpu::comm::{CommKernel, MoeLayout, Transport};
 use smelt_compiler::gpu::eval::{self, Data};
 use smelt_compiler::gpu::{ptx, ptxas};
@@ -250,4 +250,56 @@ fn comm_kernels_assemble_with_ptxas() {
     assert!(text.contains("ld.acquire.gpu.global.s32"), "{text}");
     let reports = ptxas::assemble(&ptxas, &text, ptx::arch(&kernels)).unwrap();
     assert_eq!(reports.len(), 2);
+}
+
+#[test]
+fn an_exchange_through_identity_experts_returns_tokens_scaled_by_their_kept_gates() {
+    // As `smelt gpu-check` runs it: the combine reads the dispatch's expert buffer and
+    // waits on the flags the dispatch raised; experts may repeat within a token and
+    // overflow their capacity.
+    let l = MoeLayout {
+        tokens: 40,
+        dim: 8,
+        top_k: 3,
+        experts: 4,
+        capacity: 24,
+        ranks: 1,
+    };
+    let mut rng = Rng(5);
+    let ids: Vec<i32> = (0..l.tokens * l.top_k)
+        .map(|_| rng.below(4) as i32)
+        .collect();
+    let tokens: Vec<f32> = (0..l.tokens * l.dim).map(|_| rng.uniform()).collect();
+    let gates: Vec<f32> = (0..l.tokens * l.top_k).map(|_| rng.uniform()).collect();
+    let c = Case {
+        layout: l,
+        tokens: tokens.clone(),
+        ids: ids.clone(),
+        gates: gates.clone(),
+    };
+    let sent = dispatch(&c, 3);
+    let (expert_in, slots, ready) = (f32s(&sent[0]), i32s(&sent[1]), i32s(&sent[2]));
+    assert!(slots.contains(&-1), "some routing must overflow its expert");
+    let k = Loopback.combine(&l).unwrap();
+    let back = run(
+        &k,
+        2,
+        vec![
+            Data::F32(vec![0.0; l.tokens * l.dim]),
+            Data::F32(expert_in.to_vec()),
+            Data::I32(slots.to_vec()),
+            Data::I32(ids.clone()),
+            Data::F32(gates.clone()),
+            Data::I32(ready.to_vec()),
+            Data::I32(vec![EPOCH]),
+        ],
+    )
+    .unwrap();
+    let want = identity_round_trip(&l, &ids, &tokens, &gates);
+    for (i, (g, w)) in f32s(&back[0]).iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "element {i}: {g} vs {w}"
+        );
+    }
 }

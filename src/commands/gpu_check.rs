@@ -4,7 +4,7 @@
 //! `key value` line per result (scripts/gpu-check.sh reads them) and fails with exit
 //! code 2 when a check fails.
 
-use smelt_compiler::gpu::comm::loopback::Loopback;
+use smelt_compiler::gpu::comm::loopback::{identity_round_trip, Loopback};
 use smelt_compiler::gpu::comm::{CommKernel, MoeLayout, Transport};
 use smelt_compiler::gpu::eval::Data;
 use smelt_compiler::gpu::plan::check_comm_sms;
@@ -349,6 +349,34 @@ fn smid_check(gpu: &Arc<Gpu>, comm: u32) -> Result<SmidResult, CudaError> {
     })
 }
 
+/// Checks the last exchange against the host ([`identity_round_trip`]).
+fn check_exchange(
+    layout: &MoeLayout,
+    ids: &[i32],
+    named: &HashMap<&str, DeviceBuffer>,
+    streams: &Streams,
+) -> Result<(), CudaError> {
+    streams.synchronize()?;
+    let floats = |name: &str| -> Result<Vec<f32>, CudaError> {
+        match named[name].download()? {
+            Data::F32(v) => Ok(v),
+            _ => Err(CudaError::Invalid(format!("{name} is not f32"))),
+        }
+    };
+    let want = identity_round_trip(layout, ids, &floats("tokens")?, &floats("gates")?);
+    let worst = floats("tokens_out")?
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
+        .fold(0f32, f32::max);
+    if worst > 1e-5 {
+        return Err(CudaError::WrongResult(format!(
+            "the loopback exchange returned tokens off by {worst:.2e} (relative)"
+        )));
+    }
+    Ok(())
+}
+
 struct Overlap {
     comm: f32,
     compute: f32,
@@ -379,31 +407,38 @@ fn overlap(
     let ids: Vec<i32> = (0..(layout.tokens * layout.top_k) as u64)
         .map(|i| (uniform01(3, i) * layout.experts as f64) as i32 % layout.experts as i32)
         .collect();
-    // Named buffers shared by both kernels (slots, expert_ids, epoch).
+    // Buffers by name, shared by both kernels. The loopback's experts are the identity,
+    // so the combine reads the dispatch's expert buffer as the experts' output and
+    // waits on the flags the dispatch sets: the sender raises them, nothing is preset.
+    let key = |name: &'static str| match name {
+        "expert_out" => "expert_in",
+        "done" => "ready",
+        other => other,
+    };
     let mut named: HashMap<&str, DeviceBuffer> = HashMap::new();
     for (k, seed) in [(&dispatch, 10), (&combine, 20)] {
         for b in &k.buffers {
-            if named.contains_key(b.name) {
+            if named.contains_key(key(b.name)) {
                 continue;
             }
             let buf = DeviceBuffer::alloc(b.elem, b.len)?;
             let data = match b.name {
                 "expert_ids" => Data::I32(ids.clone()),
                 "epoch" => Data::I32(vec![1]),
-                // The experts are done (loopback: their output is the buffer itself).
-                "done" => Data::I32(vec![1; b.len]),
                 "ready" | "slots" => Data::I32(vec![0; b.len]),
                 _ => random(b.elem, b.len, seed + named.len() as u64),
             };
             buf.upload_blocking(&mm.streams, Lane::Compute, &data)?;
-            named.insert(b.name, buf);
+            named.insert(key(b.name), buf);
         }
     }
     let args = |k: &CommKernel| -> Vec<&DeviceBuffer> {
-        k.buffers.iter().map(|b| &named[b.name]).collect()
+        k.buffers.iter().map(|b| &named[key(b.name)]).collect()
     };
     let streams = &mm.streams;
     let exchange = || -> Result<(), CudaError> {
+        // Lower the flags, so this exchange's combine waits for this dispatch.
+        named["ready"].zero_in_order(streams, Lane::Comm)?;
         kernels.launch(
             &dispatch.kernel.name,
             comm,
@@ -429,6 +464,7 @@ fn overlap(
         exchange()?;
         compute()
     })?;
+    check_exchange(&layout, &ids, &named, streams)?;
     // Unclamped: below 0 the two streams slowed each other down, above 1 the timing
     // is noisy; either is worth seeing.
     let hidden = f64::from(comm_ms + compute_ms - both) / f64::from(comm_ms.min(compute_ms));

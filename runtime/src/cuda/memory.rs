@@ -39,6 +39,12 @@ impl DeviceBuffer {
         })
     }
 
+    /// Sets every byte to zero in `lane`'s order, without waiting (a reset between
+    /// runs of kernels on that lane).
+    pub fn zero_in_order(&self, streams: &Streams, lane: Lane) -> Result<(), CudaError> {
+        self.zero_on(streams.lane(lane))
+    }
+
     /// Copies host data in, in `stream`'s order; it must match the buffer's type and
     /// length. The host data may be dropped on return: pageable memory is staged
     /// before `cuMemcpyHtoDAsync` returns.

@@ -9,6 +9,30 @@ use super::{Access, CommBuffer, CommKernel, MoeLayout, Transport};
 use crate::gpu::build::{i32_of, KernelBuilder};
 use crate::gpu::kir::{Cmp, Elem, Special};
 
+/// What a dispatch, identity experts and a combine give back: each token times the
+/// sum of the gates of its routings that found a slot (a routing's slot is its rank
+/// among its expert's routings in token order; beyond `capacity` it is dropped). The
+/// host reference of `smelt gpu-check`'s exchange.
+pub fn identity_round_trip(l: &MoeLayout, ids: &[i32], tokens: &[f32], gates: &[f32]) -> Vec<f32> {
+    let (d, k) = (l.dim, l.top_k);
+    let mut filled = vec![0usize; l.experts];
+    let mut out = vec![0f32; l.tokens * d];
+    for t in 0..l.tokens {
+        let mut scale = 0f32;
+        for j in 0..k {
+            let e = ids[t * k + j] as usize;
+            if filled[e] < l.capacity {
+                scale += gates[t * k + j];
+            }
+            filled[e] += 1;
+        }
+        for c in 0..d {
+            out[t * d + c] = tokens[t * d + c] * scale;
+        }
+    }
+    out
+}
+
 /// Threads per communication block.
 const BLOCK: u32 = 128;
 
