@@ -197,6 +197,50 @@ fn string_alias_decls(src: &str) -> Vec<(usize, String, bool)> {
     found
 }
 
+/// `(name, return type)` of the signature after `fn ` if it returns a string error.
+fn string_result_fn(sig: &str, string_aliases: &BTreeSet<String>) -> Option<(String, String)> {
+    let sig = squash_spaces(&sig[..signature_end(sig)]);
+    let ret = return_type(&sig)?;
+    if !is_string_result(ret, string_aliases) {
+        return None;
+    }
+    let name = sig
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    Some((name, ret.to_string()))
+}
+
+/// The methods of the trait declared at `decl` (the text after `trait `): each `fn `
+/// in its body, as (offset into `decl` of the `fn`, text after `fn `).
+fn trait_methods(decl: &str) -> Vec<(usize, &str)> {
+    let Some(open) = decl.find('{') else {
+        return Vec::new();
+    };
+    let mut depth = 0i32;
+    let mut end = decl.len();
+    for (i, c) in decl[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    end = open + i;
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let bytes = decl.as_bytes();
+    decl[open..end]
+        .match_indices("fn ")
+        .map(|(i, _)| open + i)
+        .filter(|&i| i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+        .map(|i| (i, &decl[i + 3..]))
+        .collect()
+}
+
 fn offenders_in(files: &[(PathBuf, String)]) -> Vec<String> {
     let mut string_aliases = BTreeSet::new();
     for (_, src) in files {
@@ -228,16 +272,24 @@ fn offenders_in(files: &[(PathBuf, String)]) -> Vec<String> {
                 words = words.strip_prefix(qualifier).unwrap_or(words).trim_start();
             }
             if let Some(sig) = words.strip_prefix("fn ") {
-                let sig = squash_spaces(&sig[..signature_end(sig)]);
-                if let Some(ret) = return_type(&sig) {
-                    if is_string_result(ret, &string_aliases) {
-                        let name: String = sig
-                            .chars()
-                            .take_while(|c| c.is_alphanumeric() || *c == '_')
-                            .collect();
+                if let Some((name, ret)) = string_result_fn(sig, &string_aliases) {
+                    offenders.push(format!(
+                        "{shown}:{}: pub fn {name} -> {ret}",
+                        line_of(src, at)
+                    ));
+                }
+            } else if let Some(decl) = item.strip_prefix("trait ") {
+                // A public trait's methods are public wherever the trait is.
+                let trait_name: String = decl
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                for (offset, sig) in trait_methods(decl) {
+                    if let Some((name, ret)) = string_result_fn(sig, &string_aliases) {
+                        let line =
+                            line_of(src, decl.as_ptr() as usize - src.as_ptr() as usize + offset);
                         offenders.push(format!(
-                            "{shown}:{}: pub fn {name} -> {ret}",
-                            line_of(src, at)
+                            "{shown}:{line}: pub trait {trait_name} fn {name} -> {ret}"
                         ));
                     }
                 }
@@ -314,6 +366,11 @@ pub struct WrapError(pub String);
 pub struct Fine(pub String);
 pub fn l() -> Result<(), String> where Self: Sized;
 pub fn m(&self, [k, n]: [usize; 2]) -> Result<(), String> { todo!() }
+pub trait Shipper {
+    fn send(&self) -> Result<u8, String>;
+    fn fine(&self) -> Result<u8, MyError> { todo!() }
+}
+pub(crate) trait Inner { fn x(&self) -> Result<u8, String>; }
 "#;
     let files = vec![(PathBuf::from("x.rs"), strip_line_comments(src))];
     let found: Vec<String> = offenders_in(&files)
@@ -332,6 +389,7 @@ pub fn m(&self, [k, n]: [usize; 2]) -> Result<(), String> { todo!() }
             "pub struct WrapError(String)",
             "pub fn l -> Result<(), String>",
             "pub fn m -> Result<(), String>",
+            "pub trait Shipper fn send -> Result<u8, String>",
         ]
     );
 }

@@ -400,8 +400,12 @@ fn overlap(
         capacity: 160,
         ranks: 1,
     };
-    let dispatch = Loopback.dispatch(&layout).map_err(CudaError::Kernel)?;
-    let combine = Loopback.combine(&layout).map_err(CudaError::Kernel)?;
+    let dispatch = Loopback
+        .dispatch(&layout)
+        .map_err(|e| CudaError::Kernel(e.to_string()))?;
+    let combine = Loopback
+        .combine(&layout)
+        .map_err(|e| CudaError::Kernel(e.to_string()))?;
     let mm = load_matmul(gpu, target, 4096, comm)?;
     let kernels = KernelSet::load(gpu, &[dispatch.kernel.clone(), combine.kernel.clone()])?;
     let ids: Vec<i32> = (0..(layout.tokens * layout.top_k) as u64)

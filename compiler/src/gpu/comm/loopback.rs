@@ -5,7 +5,7 @@
 //! the routings to that expert in token-major order, so the layout does not depend on
 //! timing and matches a host reference exactly.
 
-use super::{Access, CommBuffer, CommKernel, MoeLayout, Transport};
+use super::{Access, CommBuffer, CommKernel, LayoutError, MoeLayout, Transport};
 use crate::gpu::build::{i32_of, KernelBuilder};
 use crate::gpu::kir::{Cmp, Elem, Special};
 
@@ -54,7 +54,7 @@ impl Transport for Loopback {
         "loopback"
     }
 
-    fn dispatch(&self, l: &MoeLayout) -> Result<CommKernel, String> {
+    fn dispatch(&self, l: &MoeLayout) -> Result<CommKernel, LayoutError> {
         l.check()?;
         let (n, d, k, e, cap) = (l.tokens, l.dim, l.top_k, l.experts, l.capacity);
         let buffers = vec![
@@ -115,7 +115,7 @@ impl Transport for Loopback {
         })
     }
 
-    fn combine(&self, l: &MoeLayout) -> Result<CommKernel, String> {
+    fn combine(&self, l: &MoeLayout) -> Result<CommKernel, LayoutError> {
         l.check()?;
         let (n, d, k, e, cap) = (l.tokens, l.dim, l.top_k, l.experts, l.capacity);
         let buffers = vec![

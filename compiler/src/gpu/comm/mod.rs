@@ -37,18 +37,34 @@ pub struct MoeLayout {
     pub ranks: usize,
 }
 
+/// A layout the communication kernels cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The experts do not split evenly over the ranks.
+    #[error("{experts} experts do not split evenly over {ranks} ranks")]
+    UnevenSplit {
+        /// Experts.
+        experts: usize,
+        /// Ranks.
+        ranks: usize,
+    },
+    /// A buffer too large for i32 indexing, or a `top_k` of 0 or above the experts.
+    #[error("unsupported MoE layout {0:?}")]
+    Unsupported(MoeLayout),
+}
+
 impl MoeLayout {
     /// Checks the sizes fit the kernels' i32 indexing and the rank split.
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), LayoutError> {
         if self.ranks == 0 || !self.experts.is_multiple_of(self.ranks) {
-            return Err(format!(
-                "{} experts do not split evenly over {} ranks",
-                self.experts, self.ranks
-            ));
+            return Err(LayoutError::UnevenSplit {
+                experts: self.experts,
+                ranks: self.ranks,
+            });
         }
         let largest = (self.experts * self.capacity * self.dim).max(self.tokens * self.dim);
         if largest > i32::MAX as usize || self.top_k == 0 || self.top_k > self.experts {
-            return Err(format!("unsupported MoE layout {self:?}"));
+            return Err(LayoutError::Unsupported(*self));
         }
         Ok(())
     }
@@ -104,8 +120,8 @@ pub trait Transport {
     /// Tokens `[N, dim]` routed by expert ids `[N, top_k]` into expert buffers
     /// `[E, capacity, dim]`, also writing each routing's slot (−1: dropped) and
     /// setting `ready[e]` to the epoch.
-    fn dispatch(&self, layout: &MoeLayout) -> Result<CommKernel, String>;
+    fn dispatch(&self, layout: &MoeLayout) -> Result<CommKernel, LayoutError>;
     /// Expert outputs `[E, capacity, dim]` back into `[N, dim]`, summed over each
     /// token's experts weighted by its gates, after waiting for `done[e] ≥ epoch`.
-    fn combine(&self, layout: &MoeLayout) -> Result<CommKernel, String>;
+    fn combine(&self, layout: &MoeLayout) -> Result<CommKernel, LayoutError>;
 }
