@@ -188,9 +188,13 @@ impl CostModel for RooflineTarget {
             | Op::Pad { .. }
             | Op::Gather { .. }
             | Op::ScatterAdd { .. }
-            | Op::AllToAll { .. } => kernel(0.0, moved),
+            | Op::AllToAll { .. }
+            | Op::AllGather { .. } => kernel(0.0, moved),
             // The sum over ranks: one add per element and rank; with one rank, a copy.
             Op::AllReduce => kernel(n, moved),
+            Op::ReduceScatter { .. } => {
+                kernel(operands.first().map_or(0.0, |t| self.elements(t)), moved)
+            }
             Op::Iota { .. } | Op::RandomUniform { .. } | Op::RandomNormal { .. } => {
                 kernel(n, self.bytes(result))
             }

@@ -33,6 +33,8 @@ pub const OTHER_BUILTINS: &[(&str, &str)] = &[
     ("gather", "gather(x, ids, axis=0)"),
     ("all_to_all", "all_to_all(x, axis=0)"),
     ("all_reduce", "all_reduce(x)"),
+    ("all_gather", "all_gather(x, axis=0, ranks=1)"),
+    ("reduce_scatter", "reduce_scatter(x, axis=0, ranks=1)"),
     ("rope", "rope(x, base=10000.0)"),
     ("top_k_mask", "top_k_mask(x, k)"),
     ("top_k", "top_k(x, k)"),
@@ -412,6 +414,22 @@ impl<'p> Lowerer<'p> {
                 let axis = self.axis(&self.ty(x), c.int("axis", 0)?, pos)?;
                 self.node(Op::AllToAll { axis }, &[x], None, pos)
                     .map(Val::Tensor)
+            }
+            "all_gather" | "reduce_scatter" => {
+                c.shape(1, 1, &["axis", "ranks"])?;
+                let x = self.float_tensor(c, 0)?;
+                let axis = self.axis(&self.ty(x), c.int("axis", 0)?, pos)?;
+                let ranks = c.int("ranks", 1)?;
+                if ranks < 1 {
+                    return Err(c.err(pos, format!("'ranks' must be at least 1, found {ranks}")));
+                }
+                let ranks = ranks as u64;
+                let op = if c.func == "all_gather" {
+                    Op::AllGather { axis, ranks }
+                } else {
+                    Op::ReduceScatter { axis, ranks }
+                };
+                self.node(op, &[x], None, pos).map(Val::Tensor)
             }
             "rope" => {
                 c.shape(1, 1, &["base"])?;

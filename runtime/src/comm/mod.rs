@@ -24,6 +24,14 @@ pub enum CommError {
     /// configurations on different ranks).
     #[error("ranks disagree on the size of an all_reduce: {0:?} elements by rank")]
     SizeMismatch(Vec<usize>),
+    /// A collective was compiled for another world size than the one it runs in.
+    #[error("the program was compiled for {compiled} ranks but runs in a world of {running}")]
+    WorldSize {
+        /// The `ranks` of the op.
+        compiled: u64,
+        /// The world's size.
+        running: usize,
+    },
     /// The engine reported a failure.
     #[error("{engine}: {message}")]
     Engine {
@@ -91,6 +99,68 @@ pub fn with_current<R>(f: impl FnOnce(&dyn Collectives) -> R) -> R {
         Some(w) => f(w.as_ref()),
         None => f(&Solo),
     }
+}
+
+/// The sum over the ranks of a world, in one element type.
+pub type SumFn<T> = fn(&dyn Collectives, &mut [T]) -> Result<(), CommError>;
+
+fn check_world(world: &dyn Collectives, ranks: u64) -> Result<(), CommError> {
+    if world.size() as u64 != ranks {
+        return Err(CommError::WorldSize {
+            compiled: ranks,
+            running: world.size(),
+        });
+    }
+    Ok(())
+}
+
+/// `all_gather` (see `ir::ops::collective`): every rank's `local` (row-major, `outer`
+/// rows before the gathered axis) concatenated along that axis in rank order. Built on
+/// the sum: each rank places its piece in a zeroed buffer of all the pieces and the
+/// buffers are summed (exact: every element is one piece's value plus zeros), so every
+/// engine has it; the traffic is the world's size times a native all-gather's.
+pub fn all_gather<T: Copy + Default>(
+    world: &dyn Collectives,
+    local: &[T],
+    outer: usize,
+    ranks: u64,
+    sum: SumFn<T>,
+) -> Result<Vec<T>, CommError> {
+    check_world(world, ranks)?;
+    let (size, n) = (world.size(), local.len());
+    let mut pieces = vec![T::default(); size * n];
+    pieces[world.rank() * n..][..n].copy_from_slice(local);
+    sum(world, &mut pieces)?;
+    // `pieces` is rank-major; the result is row-major with the ranks along the axis.
+    let chunk = n / outer.max(1);
+    let mut out = Vec::with_capacity(size * n);
+    for row in 0..outer {
+        for rank in 0..size {
+            out.extend_from_slice(&pieces[rank * n + row * chunk..][..chunk]);
+        }
+    }
+    Ok(out)
+}
+
+/// `reduce_scatter` (see `ir::ops::collective`): the sum of `values` (row-major, `outer`
+/// rows before the cut axis) over the ranks, of which this rank keeps its chunk along
+/// the axis. Built on the whole sum, so every engine has it.
+pub fn reduce_scatter<T: Copy>(
+    world: &dyn Collectives,
+    values: &[T],
+    outer: usize,
+    ranks: u64,
+    sum: SumFn<T>,
+) -> Result<Vec<T>, CommError> {
+    check_world(world, ranks)?;
+    let mut whole = values.to_vec();
+    sum(world, &mut whole)?;
+    let row = values.len() / outer.max(1);
+    let chunk = row / world.size();
+    let at = world.rank() * chunk;
+    Ok((0..outer)
+        .flat_map(|r| whole[r * row + at..][..chunk].iter().copied())
+        .collect())
 }
 
 /// The calling thread's rank and world size.

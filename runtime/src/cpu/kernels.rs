@@ -133,6 +133,18 @@ pub(super) fn eval(
         // The sum over one rank. With several, the run sends it to its communication
         // lane instead (`comm_lane.rs`).
         Op::AllReduce => copy(out, x[0]),
+        Op::AllGather { axis, ranks } | Op::ReduceScatter { axis, ranks } => {
+            let outer = x[0].shape[..*axis].iter().product();
+            let sum: crate::comm::SumFn<f32> = |w, v| w.all_reduce_f32(v);
+            let values = crate::comm::with_current(|w| match op {
+                Op::AllGather { .. } => crate::comm::all_gather(w, x[0].f32(), outer, *ranks, sum),
+                _ => crate::comm::reduce_scatter(w, x[0].f32(), outer, *ranks, sum),
+            })
+            .map_err(|e| e.to_string())?;
+            let mut o = out.f32(values.len());
+            o.extend_from_slice(&values);
+            Buf::F32(o)
+        }
         Op::Permute { perm } => {
             let s = strides(&x[0].shape);
             copy_buf(

@@ -450,6 +450,17 @@ impl CpuProgram {
             let out = step.output();
             let v = g.value(out);
             let reads = step.reads(g);
+            let blocking_collective = matches!(
+                g.op(out),
+                Some(Op::AllGather { .. } | Op::ReduceScatter { .. })
+            );
+            if blocking_collective {
+                // This thread's collective must follow, on every rank, the sums the
+                // lane has been given: let them land first.
+                for (id, flight) in in_flight.drain() {
+                    env[id.index()] = Some(landed(id, flight)?);
+                }
+            }
             if !in_flight.is_empty() {
                 for r in &reads {
                     if let Some(flight) = in_flight.remove(r) {

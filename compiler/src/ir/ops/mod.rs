@@ -151,6 +151,22 @@ pub enum Op {
     /// The sum of the operand over every rank of the world (data-parallel gradients);
     /// the identity with one rank.
     AllReduce,
+    /// Every rank receives the operands of all `ranks` ranks concatenated along `axis`,
+    /// in rank order (ZeRO's parameter gather).
+    AllGather {
+        /// The axis the pieces are concatenated along.
+        axis: usize,
+        /// The world's size, which the result's shape depends on.
+        ranks: u64,
+    },
+    /// The sum over the `ranks` ranks, of which rank `r` keeps chunk `r` along `axis`
+    /// (ZeRO's gradient reduction).
+    ReduceScatter {
+        /// The axis cut into one chunk per rank.
+        axis: usize,
+        /// The world's size.
+        ranks: u64,
+    },
     /// The expert-parallel exchange along `axis` (a loopback with one rank).
     AllToAll {
         /// The axis split into one chunk per rank.
@@ -197,6 +213,8 @@ impl Op {
             Op::RandomNormal { .. } => "random_normal",
             Op::AllReduce => "all_reduce",
             Op::AllToAll { .. } => "all_to_all",
+            Op::AllGather { .. } => "all_gather",
+            Op::ReduceScatter { .. } => "reduce_scatter",
             Op::TopK { .. } => "top_k",
             Op::GroupedMatMul => "grouped_matmul",
             Op::GroupedMatMulWeightGrad { .. } => "grouped_matmul_weight_grad",
@@ -268,6 +286,9 @@ impl Op {
                 ("seed", int(*seed)),
             ],
             Op::TopK { k } => vec![("k", int(*k))],
+            Op::AllGather { axis, ranks } | Op::ReduceScatter { axis, ranks } => {
+                vec![("axis", int(*axis as u64)), ("ranks", int(*ranks))]
+            }
             Op::GroupedMatMulWeightGrad { groups } => vec![("groups", int(*groups))],
             Op::Composite(c) => c.attrs(),
             Op::GroupedMatMul
@@ -341,6 +362,14 @@ impl Op {
                 "all_to_all" => Op::AllToAll {
                     axis: a.index("axis")?,
                 },
+                "all_gather" => Op::AllGather {
+                    axis: a.index("axis")?,
+                    ranks: a.index("ranks")? as u64,
+                },
+                "reduce_scatter" => Op::ReduceScatter {
+                    axis: a.index("axis")?,
+                    ranks: a.index("ranks")? as u64,
+                },
                 "top_k" => Op::TopK {
                     k: a.index("k")? as u64,
                 },
@@ -410,6 +439,10 @@ impl Op {
             }
             Op::AllReduce => collective::infer_all_reduce(operands),
             Op::AllToAll { axis } => collective::infer_all_to_all(*axis, operands),
+            Op::AllGather { axis, ranks } => collective::infer_all_gather(*axis, *ranks, operands),
+            Op::ReduceScatter { axis, ranks } => {
+                collective::infer_reduce_scatter(*axis, *ranks, operands)
+            }
             Op::TopK { k } => routing::infer_top_k(*k, operands),
             Op::GroupedMatMul => routing::infer_grouped_matmul(operands),
             Op::GroupedMatMulWeightGrad { groups } => {
@@ -463,6 +496,22 @@ impl Op {
             Op::ScatterAdd { axis } => indexing::vjp_scatter_add(*axis, b, x[1], g, needs),
             Op::AllReduce => one(collective::vjp_all_reduce(b, g)),
             Op::AllToAll { axis } => one(collective::vjp_all_to_all(*axis, b, g)),
+            // Each is the other's adjoint: the gathered adjoint summed over ranks, each
+            // keeping its own piece; the scattered adjoints gathered back.
+            Op::AllGather { axis, ranks } => one(b.add(
+                Op::ReduceScatter {
+                    axis: *axis,
+                    ranks: *ranks,
+                },
+                &[g],
+            )),
+            Op::ReduceScatter { axis, ranks } => one(b.add(
+                Op::AllGather {
+                    axis: *axis,
+                    ranks: *ranks,
+                },
+                &[g],
+            )),
             Op::TopK { .. } => vec![None],
             Op::GroupedMatMul => routing::vjp_grouped_matmul(b, (x[0], x[1], x[2]), g, needs)?,
             Op::GroupedMatMulWeightGrad { .. } => {
