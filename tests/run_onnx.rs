@@ -8,7 +8,8 @@ use common::{onnx_value_info as value_info, smelt, texts};
 use prost::Message;
 use smelt_compiler::ir::DType;
 use smelt_frontend::onnx::proto::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 use smelt_runtime::io::{read_npy, write_safetensors};
 use smelt_runtime::Tensor;
@@ -363,6 +364,139 @@ fn dynamic_axes_import_once_and_run_at_any_size() {
         close(&read("half"), values.clone(), vec![b, t, 4, 2], "half");
         close(&read("pairs"), values.clone(), vec![b, t, 4, 2], "pairs");
         close(&read("trimmed"), values.clone(), vec![b, t, 8], "trimmed");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `y = Conv(x, w, b)` with strides, asymmetric pads, a dilation and two groups.
+fn conv_model() -> Vec<u8> {
+    let ints = |name: &str, v: &[i64]| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(7), // INTS
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let graph = GraphProto {
+        name: Some("conv".into()),
+        node: vec![NodeProto {
+            op_type: Some("Conv".into()),
+            input: vec!["x".into(), "w".into(), "b".into()],
+            output: vec!["y".into()],
+            attribute: vec![
+                ints("strides", &[2, 1]),
+                ints("pads", &[1, 0, 0, 1]),
+                ints("dilations", &[1, 2]),
+                AttributeProto {
+                    name: Some("group".into()),
+                    r#type: Some(2), // INT
+                    i: Some(2),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }],
+        input: vec![
+            value_info("x", FLOAT, &[2, 4, 5, 6]),
+            value_info("w", FLOAT, &[4, 2, 3, 2]),
+            value_info("b", FLOAT, &[4]),
+        ],
+        output: vec![ValueInfoProto {
+            name: Some("y".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    opset_13_model(graph)
+}
+
+/// The convolution of `conv_model`, by its definition, in loops.
+fn conv_by_loops(x: &[f64], w: &[f64], b: &[f64]) -> (Vec<usize>, Vec<f64>) {
+    let (n, c, h, wd) = (2, 4, 5, 6);
+    let (o, cg, kh, kw) = (4, 2, 3, 2);
+    let (sh, sw, dh, dw) = (2, 1, 1, 2);
+    let (top, left, bottom, right) = (1, 0, 0, 1);
+    let oh = (h + top + bottom - dh * (kh - 1) - 1) / sh + 1;
+    let ow = (wd + left + right - dw * (kw - 1) - 1) / sw + 1;
+    let mut y = vec![0.0; n * o * oh * ow];
+    for img in 0..n {
+        for oc in 0..o {
+            let group = oc / (o / 2);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = b[oc];
+                    for ic in 0..cg {
+                        for p in 0..kh {
+                            for q in 0..kw {
+                                let row = (i * sh + p * dh) as i64 - top as i64;
+                                let col = (j * sw + q * dw) as i64 - left as i64;
+                                if row < 0 || col < 0 || row >= h as i64 || col >= wd as i64 {
+                                    continue;
+                                }
+                                let ch = group * cg + ic;
+                                let xv = x[((img * c + ch) * h + row as usize) * wd + col as usize];
+                                acc += xv * w[((oc * cg + ic) * kh + p) * kw + q];
+                            }
+                        }
+                    }
+                    y[((img * o + oc) * oh + i) * ow + j] = acc;
+                }
+            }
+        }
+    }
+    (vec![n, o, oh, ow], y)
+}
+
+#[test]
+fn an_onnx_convolution_runs_on_the_default_device_as_its_definition_says() {
+    let dir = temp_dir("conv");
+    let model = dir.join("conv.onnx");
+    std::fs::write(&model, conv_model()).expect("model written");
+    let values = |n: usize, k: u64| -> Vec<f64> {
+        (0..n as u64)
+            .map(|i| ((i * k) % 17) as f64 / 8.0 - 1.0)
+            .collect()
+    };
+    let (x, w, b) = (values(240, 7), values(48, 5), values(4, 3));
+    let inputs = dir.join("inputs.safetensors");
+    let tensors = [
+        (
+            "x".to_string(),
+            Tensor::from_f64(DType::F32, vec![2, 4, 5, 6], x.clone()),
+        ),
+        (
+            "w".to_string(),
+            Tensor::from_f64(DType::F32, vec![4, 2, 3, 2], w.clone()),
+        ),
+        (
+            "b".to_string(),
+            Tensor::from_f64(DType::F32, vec![4], b.clone()),
+        ),
+    ];
+    write_safetensors(&inputs, &tensors).expect("inputs written");
+    let given = |name: &str| format!("{name}={}", inputs.display());
+    let out_dir = dir.join("out");
+    let out = smelt(&[
+        "run",
+        model.to_str().expect("utf-8 path"),
+        "--input",
+        &given("x"),
+        "--input",
+        &given("w"),
+        "--input",
+        &given("b"),
+        "--output-dir",
+        out_dir.to_str().expect("utf-8 path"),
+    ]);
+    let (_, stderr) = texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let got = read_npy(&out_dir.join("y.npy")).expect("y written");
+    let (shape, want) = conv_by_loops(&x, &w, &b);
+    assert_eq!(got.shape, shape);
+    for (i, (g, w)) in got.to_f64_vec().iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "element {i}: {g} vs {w}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -53,6 +53,12 @@ fn check(body: &str) {
 }
 
 #[test]
+fn convolutions() {
+    check("input %x: f32[B, 4, 6, 6]\ninput %w: f32[6, 2, 3, 3]\n%y = conv %x, %w {strides = [1, 1], pads = [1, 1, 1, 1], dilations = [1, 1], groups = 2}\noutput %y");
+    check("input %x: f32[B, 3, 7, 5]\ninput %w: f32[2, 3, 2, 3]\n%y = conv %x, %w {strides = [2, 2], pads = [0, 1, 1, 0], dilations = [2, 1], groups = 1}\noutput %y");
+}
+
+#[test]
 fn elementwise_ops() {
     for op in common::unary_ops() {
         check(&format!("input %x: f32[B, 5]\n%y = {op} %x\noutput %y"));

@@ -139,6 +139,11 @@ fn check(body: &str) {
 }
 
 #[test]
+fn convolutions_through_their_decomposition() {
+    check("input %x: f32[B, 4, 6, 6]\ninput %w: f32[6, 2, 3, 3]\n%y = conv %x, %w {strides = [2, 1], pads = [1, 1, 0, 1], dilations = [1, 1], groups = 2}\noutput %y");
+}
+
+#[test]
 fn fused_elementwise_kernels() {
     for op in common::unary_ops() {
         check(&format!("input %x: f32[B, 8]\n%y = {op} %x\noutput %y"));

@@ -536,3 +536,13 @@ fn gradients_of_unused_parameters_are_zero() {
         matches!(&grads.graph.value(gw).def, smelt_compiler::ir::Def::Node { op: Op::Constant { values }, .. } if values == &[0.0])
     );
 }
+
+#[test]
+fn conv_with_strides_pads_dilations_and_groups() {
+    // Output [1, 4, 3, 4]: H (5 + 1 + 0 − 2) / 2 + 1 = 3, W (5 + 0 + 1 − 3) / 1 + 1 = 4.
+    check(
+        "  %y = conv %x, %k {strides = [2, 1], pads = [1, 0, 0, 1], dilations = [1, 2], groups = 2}",
+        &[("x", &[1, 4, 5, 5], ANY), ("k", &[4, 2, 2, 2], ANY)],
+        &["x", "k"],
+    );
+}

@@ -7,6 +7,7 @@ use super::error::{LangError, LangResult};
 use super::lower::{dim_of, Lowerer};
 use super::shapes::broadcast_shapes;
 use super::value::{Env, Val};
+use smelt_compiler::ir::ops::conv::Conv2d;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp};
 use smelt_compiler::ir::text::Pos;
 use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
@@ -34,6 +35,10 @@ pub const OTHER_BUILTINS: &[(&str, &str)] = &[
     ("all_to_all", "all_to_all(x, axis=0)"),
     ("all_reduce", "all_reduce(x)"),
     ("all_gather", "all_gather(x, axis=0, ranks=1)"),
+    (
+        "conv2d",
+        "conv2d(x, w, stride=1, padding=0, dilation=1, groups=1)",
+    ),
     ("reduce_scatter", "reduce_scatter(x, axis=0, ranks=1)"),
     ("rope", "rope(x, base=10000.0)"),
     ("top_k_mask", "top_k_mask(x, k)"),
@@ -413,6 +418,28 @@ impl<'p> Lowerer<'p> {
                 let x = c.tensor(0)?;
                 let axis = self.axis(&self.ty(x), c.int("axis", 0)?, pos)?;
                 self.node(Op::AllToAll { axis }, &[x], None, pos)
+                    .map(Val::Tensor)
+            }
+            "conv2d" => {
+                c.shape(2, 2, &["stride", "padding", "dilation", "groups"])?;
+                let (x, w) = (self.float_tensor(c, 0)?, self.float_tensor(c, 1)?);
+                let at_least = |name: &str, default: i64, least: i64| -> LangResult<u64> {
+                    let v = c.int(name, default)?;
+                    if v < least {
+                        return Err(
+                            c.err(pos, format!("'{name}' must be at least {least}, found {v}"))
+                        );
+                    }
+                    Ok(v as u64)
+                };
+                let (stride, padding) = (at_least("stride", 1, 1)?, at_least("padding", 0, 0)?);
+                let conv = Conv2d {
+                    strides: [stride; 2],
+                    pads: [padding; 4],
+                    dilations: [at_least("dilation", 1, 1)?; 2],
+                    groups: at_least("groups", 1, 1)?,
+                };
+                self.node(Op::Composite(Composite::Conv(conv)), &[x, w], None, pos)
                     .map(Val::Tensor)
             }
             "all_gather" | "reduce_scatter" => {

@@ -5,6 +5,7 @@
 //! it) but must compute what its decomposition computes.
 
 use super::attention::{self, AttentionPart};
+use super::conv::Conv2d;
 use super::elementwise::named_enum;
 use super::paged_attention;
 use super::row_grad;
@@ -55,6 +56,8 @@ named_enum! {
         RmsNormGrad = "rms_norm_grad",
         /// The adjoint of cross_entropy's logits.
         CrossEntropyGrad = "cross_entropy_grad",
+        /// 2-D convolution (see [`super::conv`]).
+        Conv = "conv",
     }
 }
 
@@ -143,6 +146,8 @@ pub enum Composite {
     },
     /// `cross_entropy_grad %logits, %labels, %dloss`: the adjoint of the logits.
     CrossEntropyGrad,
+    /// `conv %x, %w {strides, pads, dilations, groups}`: 2-D convolution, NCHW.
+    Conv(Conv2d),
 }
 
 impl Composite {
@@ -168,6 +173,7 @@ impl Composite {
         "layer_norm_grad",
         "rms_norm_grad",
         "cross_entropy_grad",
+        "conv",
     ];
 
     /// The kind of this composite.
@@ -195,6 +201,7 @@ impl Composite {
             Composite::LayerNormGrad { .. } => CompositeKind::LayerNormGrad,
             Composite::RmsNormGrad { .. } => CompositeKind::RmsNormGrad,
             Composite::CrossEntropyGrad => CompositeKind::CrossEntropyGrad,
+            Composite::Conv(_) => CompositeKind::Conv,
         }
     }
 
@@ -232,7 +239,8 @@ impl Composite {
             | Composite::Gelu { .. }
             | Composite::Attention { .. }
             | Composite::PagedAttention { .. }
-            | Composite::AttentionGrad { .. } => false,
+            | Composite::AttentionGrad { .. }
+            | Composite::Conv(_) => false,
         }
     }
 
@@ -264,6 +272,15 @@ impl Composite {
                 ]
             }
             Composite::PagedAttention { scale } => vec![("scale", Attr::Float(*scale))],
+            Composite::Conv(c) => {
+                let ints = |v: &[u64]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+                vec![
+                    ("strides", ints(&c.strides)),
+                    ("pads", ints(&c.pads)),
+                    ("dilations", ints(&c.dilations)),
+                    ("groups", Attr::Int(c.groups as i64)),
+                ]
+            }
             Composite::Relu
             | Composite::Sigmoid
             | Composite::Silu
@@ -330,6 +347,27 @@ impl Composite {
                 eps: a.float("eps")?,
             },
             CompositeKind::CrossEntropyGrad => Composite::CrossEntropyGrad,
+            CompositeKind::Conv => {
+                let mut fixed = |key: &str, n: usize| -> Result<Vec<u64>, String> {
+                    let v = a.indices(key)?;
+                    if v.len() != n {
+                        return Err(format!(
+                            "attribute '{key}' of 'conv' needs {n} values, found {}",
+                            v.len()
+                        ));
+                    }
+                    Ok(v.into_iter().map(|x| x as u64).collect())
+                };
+                let strides = fixed("strides", 2)?;
+                let pads = fixed("pads", 4)?;
+                let dilations = fixed("dilations", 2)?;
+                Composite::Conv(Conv2d {
+                    strides: [strides[0], strides[1]],
+                    pads: [pads[0], pads[1], pads[2], pads[3]],
+                    dilations: [dilations[0], dilations[1]],
+                    groups: a.index("groups")? as u64,
+                })
+            }
         }))
     }
 
@@ -392,6 +430,10 @@ impl Composite {
             }
             Composite::Attention { .. } => attention::infer_attention(x),
             Composite::PagedAttention { .. } => paged_attention::infer(x),
+            Composite::Conv(c) => {
+                expect_arity(x, 2)?;
+                c.infer(x[0], x[1])
+            }
             Composite::AttentionGrad { part, .. } => attention::infer_part(*part, x),
             Composite::SoftmaxGrad { .. }
             | Composite::LogSoftmaxGrad { .. }
@@ -442,6 +484,7 @@ impl Composite {
                 scale,
             } => attention::decompose_part(*part, b, x, *causal, *scale),
             Composite::PagedAttention { scale } => paged_attention::decompose(b, x, *scale),
+            Composite::Conv(c) => c.decompose(b, x[0], x[1]),
             Composite::SoftmaxGrad { .. }
             | Composite::LogSoftmaxGrad { .. }
             | Composite::LayerNormGrad { .. }

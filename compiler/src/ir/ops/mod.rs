@@ -14,12 +14,14 @@
 //! | [`collective`] | `all_to_all` (communication between ranks) |
 //! | [`routing`] | `top_k`, `grouped_matmul`, `grouped_matmul_weight_grad` (sparse experts) |
 //! | [`composite`] | `relu`, `softmax`, `layer_norm`, `cross_entropy`, `attention`, ... (expand to the above) |
+//! | [`conv`] | `conv` (2-D convolution; composite) |
 //! | [`attention`] | `attention` and its backward composites (`attention_lse`, `attention_grad_q`, ...) |
 //! | [`paged_attention`] | `paged_attention` (a decode step over a paged KV cache; composite) |
 
 pub mod attention;
 pub mod collective;
 pub mod composite;
+pub mod conv;
 pub mod elementwise;
 pub mod indexing;
 pub mod linalg;

@@ -1,9 +1,10 @@
 //! Neural-network ops: `Softmax`, `LogSoftmax`, `LayerNormalization`,
-//! `RMSNormalization`, `SoftmaxCrossEntropyLoss`, `Attention`, `Trilu`, `CumSum`.
+//! `RMSNormalization`, `SoftmaxCrossEntropyLoss`, `Attention`, `Trilu`, `CumSum`, `Conv`.
 
 use super::linalg::matmul;
 use super::one;
 use crate::onnx::import::{norm_axis, Importer, NodeCtx, OpResult, Out};
+use smelt_compiler::ir::ops::conv::Conv2d;
 use smelt_compiler::ir::ops::{BinaryOp, CompareOp, Composite, ReduceOp, UnaryOp};
 use smelt_compiler::ir::{DType, Dim, Op, Shape, TensorType, ValueId};
 
@@ -17,6 +18,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "Attention" => attention(im, node),
         "Trilu" => one(trilu(im, node)?),
         "CumSum" => one(cumsum(im, node)?),
+        "Conv" => one(conv(im, node)?),
         _ => Ok(None),
     }
 }
@@ -533,4 +535,97 @@ fn attention(im: &mut Importer, node: &NodeCtx) -> OpResult<Option<Vec<Out>>> {
         out.push(Out::Ir(im.cast(extra, out_dtype)?));
     }
     Ok(Some(out))
+}
+
+/// `Conv` over 1 or 2 spatial axes (a 1-D convolution runs as a 2-D one of height 1),
+/// with `auto_pad`, `pads`, `strides`, `dilations`, `group` and an optional bias.
+fn conv(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
+    let (x, w) = (im.input(node, 0)?, im.input(node, 1)?);
+    let x_dims = im.dims(x);
+    let spatial = x_dims.len().saturating_sub(2);
+    if !(1..=2).contains(&spatial) || im.dims(w).len() != x_dims.len() {
+        return Err(format!(
+            "Conv over {spatial} spatial axes is not supported (1 or 2 are), input {}, weights {}",
+            im.ty(x),
+            im.ty(w)
+        )
+        .into());
+    }
+    let w_dims = im.static_dims(w, "Conv weights")?;
+    let in_sizes = im.static_dims(x, "Conv input")?;
+    let list = |name: &str, default: i64| -> Vec<i64> {
+        node.ints(name).unwrap_or_else(|| vec![default; spatial])
+    };
+    let (strides, dilations) = (list("strides", 1), list("dilations", 1));
+    let kernel = &w_dims[2..];
+    let sizes = &in_sizes[2..];
+    let mut pads = node.ints("pads").unwrap_or_else(|| vec![0; 2 * spatial]);
+    let auto_pad = node.string("auto_pad")?.unwrap_or_else(|| "NOTSET".into());
+    if strides.len() != spatial || dilations.len() != spatial || pads.len() != 2 * spatial {
+        return Err("Conv's strides, dilations and pads must match its spatial axes".into());
+    }
+    if strides
+        .iter()
+        .chain(&dilations)
+        .chain(&pads)
+        .any(|&v| v < 0)
+    {
+        return Err("Conv's strides, dilations and pads must not be negative".into());
+    }
+    match auto_pad.as_str() {
+        "NOTSET" => {}
+        "VALID" => pads.iter_mut().for_each(|p| *p = 0),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            for a in 0..spatial {
+                let (size, stride) = (sizes[a] as i64, strides[a].max(1));
+                let reach = dilations[a] * (kernel[a] as i64 - 1) + 1;
+                let total = (((size + stride - 1) / stride - 1) * stride + reach - size).max(0);
+                let (small, large) = (total / 2, total - total / 2);
+                (pads[a], pads[spatial + a]) = if auto_pad == "SAME_UPPER" {
+                    (small, large)
+                } else {
+                    (large, small)
+                };
+            }
+        }
+        other => return Err(format!("Conv auto_pad {other} is not supported").into()),
+    }
+    // Two spatial axes: a 1-D convolution gets a height of 1.
+    let (attrs, x2, w2) = if spatial == 2 {
+        let p = |i: usize| pads[i] as u64;
+        let conv = Conv2d {
+            strides: [strides[0] as u64, strides[1] as u64],
+            pads: [p(0), p(1), p(2), p(3)],
+            dilations: [dilations[0] as u64, dilations[1] as u64],
+            groups: node.int_or("group", 1)? as u64,
+        };
+        (conv, x, w)
+    } else {
+        let conv = Conv2d {
+            strides: [1, strides[0] as u64],
+            pads: [0, pads[0] as u64, 0, pads[1] as u64],
+            dilations: [1, dilations[0] as u64],
+            groups: node.int_or("group", 1)? as u64,
+        };
+        let mut xd = x_dims.clone();
+        xd.insert(2, Dim::fixed(1));
+        let wd: Vec<Dim> = [w_dims[0], w_dims[1], 1, w_dims[2]]
+            .into_iter()
+            .map(Dim::fixed)
+            .collect();
+        (conv, im.reshape(x, xd)?, im.reshape(w, wd)?)
+    };
+    let mut y = im.op(Op::Composite(Composite::Conv(attrs)), &[x2, w2])?;
+    if spatial == 1 {
+        let mut dims = im.dims(y);
+        dims.remove(2);
+        y = im.reshape(y, dims)?;
+    }
+    if let Some(bias) = im.opt_input(node, 2)? {
+        let dims = im.dims(y);
+        let ty = im.ty(bias).with_shape(Shape(dims));
+        let b = im.op_typed(Op::Broadcast { dims: vec![1] }, &[bias], ty)?;
+        y = bin(im, BinaryOp::Add, y, b)?;
+    }
+    Ok(y)
 }
