@@ -20,11 +20,7 @@ fn check(kind: ScheduleKind, formula: impl Fn(f64, Costs) -> f64) {
         for micro_batches in [pp, pp + 3, 2 * pp, 3 * pp + 1] {
             let plan = generate(kind, pp, micro_batches).unwrap();
             for (forward, backward, weight) in COSTS {
-                let costs = Costs {
-                    forward,
-                    backward,
-                    weight,
-                };
+                let costs = Costs::new(forward, backward, weight);
                 let report = simulate(&plan, &costs).unwrap().report();
                 let want = formula((pp - 1) as f64, costs);
                 for (rank, got) in report.bubble_per_rank.iter().enumerate() {
@@ -57,11 +53,7 @@ fn zb1p_bubble_is_the_reports_formula() {
 #[test]
 fn the_chrome_trace_lists_every_pass() {
     let plan = generate(ScheduleKind::ZeroBubble, 4, 8).unwrap();
-    let costs = Costs {
-        forward: 1.0,
-        backward: 2.0,
-        weight: 1.0,
-    };
+    let costs = Costs::new(1.0, 2.0, 1.0);
     let trace = simulate(&plan, &costs).unwrap().chrome_trace();
     let events = trace["traceEvents"].as_array().unwrap();
     let slices = events.iter().filter(|e| e["ph"] == "X").count();

@@ -67,11 +67,7 @@ fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
             "--costs must give F and B (W defaults to 0)",
         ));
     };
-    let costs = Costs {
-        forward,
-        backward,
-        weight,
-    };
+    let costs = Costs::new(forward, backward, weight);
     costs
         .check()
         .map_err(|e| Diagnostic::plain(format!("--costs: {e}")))?;
