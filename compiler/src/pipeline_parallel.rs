@@ -490,7 +490,7 @@ pub fn zb1p(stages: usize, micro_batches: usize) -> Result<Plan, ScheduleError> 
 }
 
 /// DualPipe over `ranks` ranks (even), `micro_batches` of them (even, at least twice
-/// the ranks), half fed at each end. See [`dual_rank`] for each rank's order.
+/// the ranks), half fed at each end. Each rank runs the eight phases of `dualpipe.py`.
 pub fn dual_pipe(ranks: usize, micro_batches: usize) -> Result<Plan, ScheduleError> {
     check(ranks, micro_batches)?;
     if ranks % 2 == 1 {
@@ -601,8 +601,9 @@ fn dual_rank(
     }
     // 6. nB1B0: the remaining backwards of chunk 1, alternating with chunk 0's; from
     //    half-way on they are split and their weight passes deferred.
-    let split_from = (half_rank + 1) / 2;
-    for i in 0..half_rank + 1 {
+    let pairs = half_rank + 1;
+    let split_from = pairs / 2;
+    for i in 0..pairs {
         let odd = half_rank % 2 == 1;
         rank.single_backward(trail, i > split_from || (i == split_from && odd));
         rank.single_backward(lead, i >= split_from);
