@@ -69,8 +69,9 @@ enum Command {
         after_help = "Examples:\n  smelt plot train.jsonl -o loss.svg\n  smelt plot adamw.jsonl sgd.jsonl -o compare.svg"
     )]
     Plot(commands::plot::Args),
-    /// Simulate a pipeline-parallel training step: a schedule (1F1B, zero bubble) over
-    /// stages and micro-batches under given pass costs; step time, bubbles, trace.
+    /// Simulate a pipeline-parallel training step: a schedule (1F1B, zero bubble,
+    /// DualPipe, DualPipeV) over ranks and micro-batches under given pass costs; step
+    /// time, bubbles, trace.
     #[command(
         after_help = "Example:\n  smelt simulate --schedule zb1p --pp 4 --micro-batches 8 --costs F=1,B=2,W=1"
     )]

@@ -41,9 +41,79 @@ fn json_report_and_trace() {
     assert_eq!(slices, 8 * 16 * 3);
 }
 
+/// DualPipe with its own F&B cost: the largest bubble is the report's
+/// `(PP/2 - 1)(F&B + B - 3W)` when `F = B - W` and `W <= F`, as here.
+#[test]
+fn dual_pipe_json_report() {
+    for (schedule, pp, micro_batches, bubble) in [
+        // (8/2 - 1)(4 + 3 - 3)
+        ("dualpipe", "8", "20", 12.0),
+        // DualPipeV on 4 ranks is 8 stages: (8/2 - 1)(4 + 3 - 3)
+        ("dualpipev", "4", "10", 12.0),
+    ] {
+        let out = smelt(&[
+            "simulate",
+            "--schedule",
+            schedule,
+            "--pp",
+            pp,
+            "--micro-batches",
+            micro_batches,
+            "--costs",
+            "F=2,B=3,W=1,FB=4",
+            "--format",
+            "json",
+        ]);
+        let (stdout, stderr) = texts(&out);
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+        assert_eq!(report["bubble"], bubble, "{schedule}");
+        let ranks = report["ranks"].as_array().expect("ranks");
+        assert_eq!(ranks.len(), 4 + 4 * usize::from(schedule == "dualpipe"));
+        assert!(
+            ranks[0].as_str().unwrap().contains("&B"),
+            "{schedule}: {ranks:?}"
+        );
+    }
+}
+
+#[test]
+fn dual_pipe_sizes_it_cannot_run_are_user_errors() {
+    for (schedule, pp, micro_batches, says) in [
+        ("dualpipe", "3", "12", "even number of ranks"),
+        ("dualpipe", "4", "9", "even number of them"),
+        ("dualpipe", "4", "6", "at least 8"),
+        ("dualpipev", "4", "7", "at least 8"),
+    ] {
+        let out = smelt(&[
+            "simulate",
+            "--schedule",
+            schedule,
+            "--pp",
+            pp,
+            "--micro-batches",
+            micro_batches,
+            "--costs",
+            "F=1,B=2,W=1",
+        ]);
+        let err = expect_user_error(&out);
+        assert!(
+            err.contains(says),
+            "{schedule} {pp} × {micro_batches}: {err}"
+        );
+    }
+}
+
 #[test]
 fn bad_costs_are_user_errors() {
-    for costs in ["F=1", "F=1,B=2,W=2", "F=-1,B=2", "F=1,B=x", "G=1"] {
+    for costs in [
+        "F=1",
+        "F=1,B=2,W=2",
+        "F=-1,B=2",
+        "F=1,B=x",
+        "G=1",
+        "F=1,B=2,FB=-1",
+    ] {
         let out = smelt(&[
             "simulate",
             "--schedule",

@@ -1,19 +1,24 @@
 //! A discrete-event simulator of pipeline-parallel training steps.
 //!
-//! Each rank runs its schedule's pass list ([`smelt_compiler::pipeline_parallel::Plan`])
-//! in order; a pass starts when its rank is free and the passes it depends on have
-//! finished, and takes the time [`Costs`] gives it. Sends between stages are free here.
-//! The result is a [`Timeline`]: when every pass ran. From it come the step time, and
-//! each rank's *bubble*, the step time minus the time the rank computed (the quantity
-//! whose closed forms DeepSeek-V3's report gives per schedule).
+//! Each rank runs its schedule's task list ([`smelt_compiler::pipeline_parallel::Plan`])
+//! in order; a task (one pass, or DualPipe's overlapped forward-and-backward pair)
+//! starts when its rank is free and what its passes depend on has finished, and takes
+//! the time [`Costs`] gives it. Sends between stages are free here, and so is the
+//! communication an overlapped pair hides; only data dependencies order the ranks. The
+//! result is a [`Timeline`]: when every task ran. From it come the step time, and each
+//! rank's *bubble*, the step time minus the time the rank computed (the quantity whose
+//! closed forms DeepSeek-V3's report gives per schedule; `sim/tests/bubbles.rs` checks
+//! them for 1F1B, ZB1P, DualPipe and DualPipeV).
 
-use smelt_compiler::pipeline_parallel::{Pass, Plan, Step};
+use smelt_compiler::pipeline_parallel::{Dependency, Pass, Plan, Task};
 use std::collections::HashMap;
 use thiserror::Error;
 
 /// How long each pass takes, in any one unit of time. `backward` is the whole backward
 /// pass and `weight` its weight-gradient part, as in DeepSeek-V3's report, so a
-/// zero-bubble schedule's input backward takes `backward - weight`.
+/// zero-bubble schedule's input backward takes `backward - weight`. `forward_backward`
+/// is DualPipe's `F&B`, a forward and a whole backward run overlapped ([`Costs::new`]
+/// sets it to `F + B`, no gain from overlapping).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Costs {
     /// A forward pass (`F`).
@@ -22,6 +27,8 @@ pub struct Costs {
     pub backward: f64,
     /// The weight-gradient part of a backward pass (`W`).
     pub weight: f64,
+    /// A forward and a whole backward run overlapped (`F&B`).
+    pub forward_backward: f64,
 }
 
 /// Costs that cannot describe passes.
@@ -33,22 +40,33 @@ pub enum SimError {
     Costs(String),
     /// Some rank's next pass waits for a pass that can never run: the lists contradict
     /// their dependencies.
-    #[error("the schedule deadlocks: rank {rank} waits at {step} forever")]
+    #[error("the schedule deadlocks: rank {rank} waits at {task} forever")]
     Deadlock {
         /// The waiting rank.
         rank: usize,
-        /// The pass it waits to run.
-        step: String,
+        /// The task it waits to run.
+        task: String,
     },
 }
 
 impl Costs {
+    /// `F`, `B` and `W`, with `F&B` taken as `F + B`.
+    pub fn new(forward: f64, backward: f64, weight: f64) -> Costs {
+        Costs {
+            forward,
+            backward,
+            weight,
+            forward_backward: forward + backward,
+        }
+    }
+
     /// Checks that every cost is a finite non-negative time and `weight < backward`.
     pub fn check(&self) -> Result<(), SimError> {
         for (name, v) in [
             ("F", self.forward),
             ("B", self.backward),
             ("W", self.weight),
+            ("FB", self.forward_backward),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return Err(SimError::Costs(format!("{name}={v} is not a time")));
@@ -72,23 +90,31 @@ impl Costs {
             Pass::BackwardWeight => self.weight,
         }
     }
+
+    /// The time of `task`.
+    pub fn of_task(&self, task: &Task) -> f64 {
+        match task {
+            Task::Single(step) => self.of(step.pass),
+            Task::Overlapped { .. } => self.forward_backward,
+        }
+    }
 }
 
-/// One pass as it ran.
+/// One task as it ran.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Span {
-    /// The pass.
-    pub step: Step,
+    /// The task.
+    pub task: Task,
     /// When it started.
     pub start: f64,
     /// When it finished.
     pub end: f64,
 }
 
-/// When every pass of a step ran, by rank, in each rank's list order.
+/// When every task of a step ran, by rank, in each rank's list order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Timeline {
-    /// Rank `r`'s passes.
+    /// Rank `r`'s tasks.
     pub ranks: Vec<Vec<Span>>,
 }
 
@@ -106,8 +132,8 @@ pub struct Report {
 /// Plays `plan` out under `costs`.
 pub fn simulate(plan: &Plan, costs: &Costs) -> Result<Timeline, SimError> {
     costs.check()?;
-    let ranks = plan.stages();
-    let mut done: HashMap<(usize, Step), f64> = HashMap::new();
+    let ranks = plan.rank_count();
+    let mut done: HashMap<Dependency, f64> = HashMap::new();
     let mut next = vec![0usize; ranks];
     let mut free = vec![0.0f64; ranks];
     let mut spans: Vec<Vec<Span>> = vec![Vec::new(); ranks];
@@ -116,16 +142,18 @@ pub fn simulate(plan: &Plan, costs: &Costs) -> Result<Timeline, SimError> {
     while placed < total {
         let mut progressed = false;
         for r in 0..ranks {
-            while let Some(&step) = plan.ranks[r].get(next[r]) {
-                let ready = plan
-                    .dependencies(r, step)
-                    .iter()
-                    .map(|dep| done.get(dep).copied())
+            while let Some(&task) = plan.ranks[r].get(next[r]) {
+                let ready = task
+                    .steps()
+                    .flat_map(|step| plan.dependencies(r, step))
+                    .map(|dep| done.get(&dep).copied())
                     .try_fold(free[r], |t, d| d.map(|d| t.max(d)));
                 let Some(start) = ready else { break };
-                let end = start + costs.of(step.pass);
-                done.insert((r, step), end);
-                spans[r].push(Span { step, start, end });
+                let end = start + costs.of_task(&task);
+                for made in task.steps().filter_map(|step| Dependency::made_by(r, step)) {
+                    done.insert(made, end);
+                }
+                spans[r].push(Span { task, start, end });
                 free[r] = end;
                 next[r] += 1;
                 placed += 1;
@@ -138,7 +166,7 @@ pub fn simulate(plan: &Plan, costs: &Costs) -> Result<Timeline, SimError> {
                 .unwrap_or(0);
             return Err(SimError::Deadlock {
                 rank,
-                step: plan.ranks[rank][next[rank]].to_string(),
+                task: plan.ranks[rank][next[rank]].to_string(),
             });
         }
     }
@@ -170,18 +198,21 @@ impl Timeline {
     }
 
     /// The timeline in Chrome's trace format (opens in Perfetto): one track per rank,
-    /// one slice per pass, times in the costs' unit read as microseconds.
+    /// one slice per task, times in the costs' unit read as microseconds.
     pub fn chrome_trace(&self) -> serde_json::Value {
         let mut events = Vec::new();
         for (rank, spans) in self.ranks.iter().enumerate() {
             events.push(serde_json::json!({
                 "name": "thread_name", "ph": "M", "pid": 0, "tid": rank,
-                "args": {"name": format!("rank {rank} (stage {rank})")},
+                "args": {"name": format!("rank {rank}")},
             }));
             for s in spans {
                 events.push(serde_json::json!({
-                    "name": s.step.to_string(),
-                    "cat": s.step.pass.letter(),
+                    "name": s.task.to_string(),
+                    "cat": match s.task {
+                        Task::Single(step) => step.pass.letter(),
+                        Task::Overlapped { .. } => "F&B",
+                    },
                     "ph": "X",
                     "pid": 0,
                     "tid": rank,

@@ -14,6 +14,13 @@ pub enum ScheduleArg {
     OneFOneB,
     /// Zero bubble: backward split into input (B) and weight (W) passes.
     Zb1p,
+    /// DualPipe: two chunks per rank, micro-batches fed from both ends, forward and
+    /// backward overlapped (F&B).
+    #[value(name = "dualpipe")]
+    DualPipe,
+    /// DualPipeV: DualPipe cut in half, `--pp` ranks running `2 × pp` stages.
+    #[value(name = "dualpipev")]
+    DualPipeV,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -27,14 +34,15 @@ pub struct Args {
     /// The schedule.
     #[arg(long)]
     schedule: ScheduleArg,
-    /// Pipeline stages (one rank each).
+    /// Pipeline ranks: one stage each, two chunks each for dualpipe and dualpipev.
     #[arg(long)]
     pp: usize,
     /// Micro-batches per training step.
     #[arg(long)]
     micro_batches: usize,
-    /// Pass costs in any one unit: `F=…,B=…,W=…` (B the whole backward, W its
-    /// weight-gradient part). Costs taken from a compiled model are not implemented yet.
+    /// Pass costs in any one unit: `F=…,B=…,W=…,FB=…` (B the whole backward, W its
+    /// weight-gradient part, FB an overlapped forward and backward, F + B if not given).
+    /// Costs taken from a compiled model are not implemented yet.
     #[arg(long)]
     costs: String,
     /// Output format.
@@ -46,11 +54,11 @@ pub struct Args {
 }
 
 fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
-    let (mut forward, mut backward, mut weight) = (None, None, 0.0);
+    let (mut forward, mut backward, mut weight, mut forward_backward) = (None, None, 0.0, None);
     for item in text.split(',') {
         let bad = || {
             Diagnostic::plain(format!(
-                "--costs: '{item}' is not NAME=VALUE with NAME one of F, B, W and VALUE a number"
+                "--costs: '{item}' is not NAME=VALUE with NAME one of F, B, W, FB and VALUE a number"
             ))
         };
         let (name, value) = item.split_once('=').ok_or_else(bad)?;
@@ -59,19 +67,19 @@ fn parse_costs(text: &str) -> Result<Costs, Diagnostic> {
             "F" => forward = Some(value),
             "B" => backward = Some(value),
             "W" => weight = value,
+            "FB" => forward_backward = Some(value),
             _ => return Err(bad()),
         }
     }
     let (Some(forward), Some(backward)) = (forward, backward) else {
         return Err(Diagnostic::plain(
-            "--costs must give F and B (W defaults to 0)",
+            "--costs must give F and B (W defaults to 0, FB to F + B)",
         ));
     };
-    let costs = Costs {
-        forward,
-        backward,
-        weight,
-    };
+    let mut costs = Costs::new(forward, backward, weight);
+    if let Some(forward_backward) = forward_backward {
+        costs.forward_backward = forward_backward;
+    }
     costs
         .check()
         .map_err(|e| Diagnostic::plain(format!("--costs: {e}")))?;
@@ -83,6 +91,8 @@ pub fn main(args: Args) -> Result<(), Diagnostic> {
     let kind = match args.schedule {
         ScheduleArg::OneFOneB => ScheduleKind::OneFOneB,
         ScheduleArg::Zb1p => ScheduleKind::ZeroBubble,
+        ScheduleArg::DualPipe => ScheduleKind::DualPipe,
+        ScheduleArg::DualPipeV => ScheduleKind::DualPipeV,
     };
     let plan = generate(kind, args.pp, args.micro_batches)
         .map_err(|e| Diagnostic::plain(e.to_string()))?;
