@@ -15,13 +15,16 @@ use std::sync::Arc;
 
 const ROWS: usize = 2;
 
+/// One rank's outputs, each as its values.
+type Outputs = Vec<Vec<f64>>;
+
 /// Runs `g` on every rank of a world of `ranks`, each fed by `feeds(rank)`; returns
 /// per rank the interpreter's and the CPU backend's outputs.
 fn in_world(
     g: &Graph,
     ranks: usize,
     feeds: impl Fn(usize) -> HashMap<String, Tensor> + Sync,
-) -> Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+) -> Vec<(Outputs, Outputs)> {
     let program = CpuProgram::compile(g).unwrap();
     std::thread::scope(|s| {
         let handles: Vec<_> = LocalWorld::ranks(ranks)
