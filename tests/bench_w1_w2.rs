@@ -87,15 +87,7 @@ fn w1_matches_the_peers() {
     let Some(data) = common::peers_data() else {
         return;
     };
-    let mut files = vec![
-        ("mlp/x.npy".to_string(), "x".to_string()),
-        ("mlp/y.npy".to_string(), "labels".to_string()),
-    ];
-    for l in 1..=3 {
-        for p in ["w", "b"] {
-            files.push((format!("mlp/{p}{l}.npy"), format!("l{l}.{p}")));
-        }
-    }
+    let files = common::peer_files("mlp");
     let (loss0, loss1) = two_losses("examples/mlp.smelt", Optimizer::sgd(), &data, &files, 0.01);
     eprintln!("W1: loss {loss0} before the first step, {loss1} after it");
     // The float64 NumPy reference, and the step-1 loss every peer prints (7 digits).
@@ -108,19 +100,7 @@ fn w2_matches_the_peers() {
     let Some(data) = common::peers_data() else {
         return;
     };
-    let mut files: Vec<(String, String)> =
-        ["tokens", "tok_emb", "pos_emb", "lnf_g", "lnf_b", "w_head"]
-            .iter()
-            .map(|n| (format!("gpt/{n}.npy"), n.to_string()))
-            .collect();
-    for l in 0..2 {
-        for p in [
-            "ln1_g", "ln1_b", "wqkv", "bqkv", "wo", "bo", "ln2_g", "ln2_b", "wfc1", "bfc1", "wfc2",
-            "bfc2",
-        ] {
-            files.push((format!("gpt/l{l}_{p}.npy"), format!("layers.{l}.{p}")));
-        }
-    }
+    let files = common::peer_files("gpt");
     let (loss0, loss1) = two_losses(
         "examples/gpt.smelt",
         Optimizer::adamw(),

@@ -105,12 +105,9 @@ fn w4_matches_the_peers_reference() {
         return;
     };
     let g = common::load_example("examples/bench/moe_w4.smelt", &[]);
-    let feeds: HashMap<String, Tensor> = ["x", "target", "wg", "w1", "b1", "w2", "b2"]
-        .iter()
-        .map(|n| {
-            let t = io::read_npy(&data.join(format!("moe/{n}.npy"))).unwrap();
-            (n.to_string(), t)
-        })
+    let feeds: HashMap<String, Tensor> = common::peer_files("moe")
+        .into_iter()
+        .map(|(file, name)| (name, io::read_npy(&data.join(file)).unwrap()))
         .collect();
     let (loss, grads) = loss_and_gradients(&g, &feeds);
     // The float64 NumPy reference; every f32 peer is within 6.4e-7 of it.

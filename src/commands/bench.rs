@@ -177,47 +177,23 @@ impl Workload {
     }
 
     /// The peers' fixed data of this workload: (file under the data folder, smelt's
-    /// name). W3 has none: every peer draws its own N(0, 1) matrices.
+    /// name), from `examples/bench/peer_data.txt`. W3 has none: every peer draws its
+    /// own N(0, 1) matrices.
     fn peer_files(self) -> Vec<(String, String)> {
-        let same = |dir: &str, names: &[&str]| -> Vec<(String, String)> {
-            names
-                .iter()
-                .map(|n| (format!("{dir}/{n}.npy"), n.to_string()))
-                .collect()
+        let key = match self {
+            Workload::Mlp => "mlp",
+            Workload::Gpt => "gpt",
+            Workload::Moe | Workload::MoeDense => "moe",
+            Workload::Matmul | Workload::Compile | Workload::Llm => return vec![],
         };
-        match self {
-            Workload::Mlp => {
-                let mut files = vec![
-                    ("mlp/x.npy".to_string(), "x".to_string()),
-                    ("mlp/y.npy".to_string(), "labels".to_string()),
-                ];
-                for l in 1..=3 {
-                    for p in ["w", "b"] {
-                        files.push((format!("mlp/{p}{l}.npy"), format!("l{l}.{p}")));
-                    }
-                }
-                files
-            }
-            Workload::Gpt => {
-                let mut files = same(
-                    "gpt",
-                    &["tokens", "tok_emb", "pos_emb", "lnf_g", "lnf_b", "w_head"],
-                );
-                for l in 0..2 {
-                    for p in [
-                        "ln1_g", "ln1_b", "wqkv", "bqkv", "wo", "bo", "ln2_g", "ln2_b", "wfc1",
-                        "bfc1", "wfc2", "bfc2",
-                    ] {
-                        files.push((format!("gpt/l{l}_{p}.npy"), format!("layers.{l}.{p}")));
-                    }
-                }
-                files
-            }
-            Workload::Moe | Workload::MoeDense => {
-                same("moe", &["x", "target", "wg", "w1", "b1", "w2", "b2"])
-            }
-            Workload::Matmul | Workload::Compile | Workload::Llm => vec![],
-        }
+        include_str!("../../examples/bench/peer_data.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [w, file, name] if w == key => Some((file.to_string(), name.to_string())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The peers' records this workload is compared with.

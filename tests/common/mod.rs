@@ -250,6 +250,21 @@ pub fn peers_data() -> Option<std::path::PathBuf> {
     None
 }
 
+/// The peers' data files of `workload` and the values they feed, from
+/// `examples/bench/peer_data.txt` (which `smelt bench` reads too).
+pub fn peer_files(workload: &str) -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bench/peer_data.txt");
+    std::fs::read_to_string(path)
+        .expect("examples/bench/peer_data.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [w, file, name] if w == workload => Some((file.to_string(), name.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Skips a test whose data or tool is missing, saying why; under `CI` that is a
 /// failure instead.
 pub fn skip_unless_ci(why: &str) {
