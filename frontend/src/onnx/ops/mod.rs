@@ -4,6 +4,7 @@ mod elementwise;
 mod linalg;
 mod movement;
 mod nn;
+mod pool;
 mod reduce;
 
 use super::import::{unsupported, Importer, NodeCtx, OpResult, Out};
@@ -22,6 +23,9 @@ pub fn import_op(im: &mut Importer, node: &NodeCtx) -> OpResult<Vec<Out>> {
         return Ok(r);
     }
     if let Some(r) = linalg::import(im, node, op)? {
+        return Ok(r);
+    }
+    if let Some(r) = pool::import(im, node, op)? {
         return Ok(r);
     }
     if let Some(r) = nn::import(im, node, op)? {
