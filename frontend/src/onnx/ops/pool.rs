@@ -201,9 +201,9 @@ fn pool(im: &mut Importer, node: &NodeCtx, max: bool) -> OpResult<ValueId> {
     }
     let with_pads = node.int_or("count_include_pad", 0)? != 0;
     let mut counts = vec![1.0f64];
-    for a in 0..sizes.len() {
+    for (a, &size) in sizes.iter().enumerate() {
         let along: Vec<f64> = (0..w.out[a])
-            .map(|o| w.count(a, o, sizes[a], with_pads) as f64)
+            .map(|o| w.count(a, o, size, with_pads) as f64)
             .collect();
         counts = counts
             .iter()
