@@ -75,6 +75,11 @@ const TARGET_OPS: &[&str] = &[
     "GlobalMaxPool",
     "GlobalAveragePool",
     "BatchNormalization",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
 ];
 
 /// Target-op cases that cannot pass, with the reason: `(pattern, reason)`, where the

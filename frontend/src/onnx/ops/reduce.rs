@@ -1,11 +1,21 @@
-//! Reductions: `ReduceSum`, `ReduceMean`, `ReduceMax`, `ReduceMin` (as `-max(-x)`),
-//! with `keepdims` and `noop_with_empty_axes`.
+//! Reductions: `ReduceSum`, `ReduceMean`, `ReduceMax`, `ReduceMin` (as `-max(-x)`), and
+//! the sums of a map, `ReduceL1` (of `|x|`), `ReduceL2` (`sqrt` of the sum of `x²`),
+//! `ReduceSumSquare`, `ReduceLogSum` and `ReduceLogSumExp` (`log` of the sum of `eˣ`),
+//! with `keepdims` and `noop_with_empty_axes` (which still applies the maps).
 
 use super::movement::axes_operand;
 use super::one;
-use crate::onnx::import::{norm_axis, Importer, NodeCtx, OpResult, Out};
-use smelt_compiler::ir::ops::{ReduceOp, UnaryOp};
-use smelt_compiler::ir::{DType, Op};
+use crate::onnx::import::{norm_axis, unsupported, Importer, NodeCtx, OpResult, Out};
+use smelt_compiler::ir::ops::{BinaryOp, ReduceOp, UnaryOp};
+use smelt_compiler::ir::{DType, Op, ValueId};
+
+/// An elementwise map applied before a sum.
+#[derive(Clone, Copy)]
+enum Map {
+    Abs,
+    Square,
+    Exp,
+}
 
 pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>>> {
     // (IR reduction, negate around it, opset from which axes are an input)
@@ -14,10 +24,36 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "ReduceMean" => (ReduceOp::Mean, false, 18),
         "ReduceMax" => (ReduceOp::Max, false, 18),
         "ReduceMin" => (ReduceOp::Max, true, 18),
+        "ReduceL1" | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSum" | "ReduceLogSumExp" => {
+            (ReduceOp::Sum, false, 18)
+        }
         _ => return Ok(None),
+    };
+    // The map before the sum and the one after it.
+    let (before, after): (Option<Map>, Option<UnaryOp>) = match op {
+        "ReduceL1" => (Some(Map::Abs), None),
+        "ReduceL2" => (Some(Map::Square), Some(UnaryOp::Sqrt)),
+        "ReduceSumSquare" => (Some(Map::Square), None),
+        "ReduceLogSum" => (None, Some(UnaryOp::Log)),
+        "ReduceLogSumExp" => (Some(Map::Exp), Some(UnaryOp::Log)),
+        _ => (None, None),
     };
     let x = im.input(node, 0)?;
     let ty = im.ty(x);
+    let float_only = matches!(before, Some(Map::Exp)) || after.is_some();
+    if float_only && !ty.dtype.is_float() {
+        return unsupported(format!("{op} of integers is not supported"));
+    }
+    let x = match before {
+        Some(Map::Abs) => im.op(Op::Unary(UnaryOp::Abs), &[x])?,
+        Some(Map::Exp) => im.op(Op::Unary(UnaryOp::Exp), &[x])?,
+        Some(Map::Square) => im.op(Op::Binary(BinaryOp::Mul), &[x, x])?,
+        None => x,
+    };
+    let finish = |im: &mut Importer, y: ValueId| match after {
+        Some(u) => im.op(Op::Unary(u), &[y]),
+        None => Ok(y),
+    };
     let rank = ty.rank();
     let axes = axes_operand(im, node, axes_input_from)?.unwrap_or_default();
     let mut axes = axes
@@ -26,7 +62,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         .collect::<OpResult<Vec<usize>>>()?;
     if axes.is_empty() {
         if node.int_or("noop_with_empty_axes", 0)? != 0 {
-            return one(x);
+            return one(finish(im, x)?);
         }
         axes = (0..rank).collect();
     }
@@ -52,6 +88,7 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
     if negate {
         y = im.op(Op::Unary(UnaryOp::Neg), &[y])?;
     }
+    let y = finish(im, y)?;
     let y = im.cast(y, ty.dtype)?;
     let y = if node.int_or("keepdims", 1)? != 0 {
         im.keep_dims(y, rank, &axes)?
