@@ -80,6 +80,8 @@ const TARGET_OPS: &[&str] = &[
     "ReduceSumSquare",
     "ReduceLogSum",
     "ReduceLogSumExp",
+    "ArgMax",
+    "ArgMin",
 ];
 
 /// Target-op cases that cannot pass, with the reason: `(pattern, reason)`, where the

@@ -6,6 +6,7 @@
 use super::movement::axes_operand;
 use super::one;
 use crate::onnx::import::{norm_axis, unsupported, Importer, NodeCtx, OpResult, Out};
+use crate::onnx::tensor::Const;
 use smelt_compiler::ir::ops::{BinaryOp, ReduceOp, UnaryOp};
 use smelt_compiler::ir::{DType, Op, ValueId};
 
@@ -18,6 +19,9 @@ enum Map {
 }
 
 pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Option<Vec<Out>>> {
+    if op == "ArgMax" || op == "ArgMin" {
+        return one(arg_extreme(im, node, op == "ArgMin")?);
+    }
     // (IR reduction, negate around it, opset from which axes are an input)
     let (rop, negate, axes_input_from) = match op {
         "ReduceSum" => (ReduceOp::Sum, false, 13),
@@ -96,4 +100,43 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         y
     };
     one(y)
+}
+
+/// `ArgMax` / `ArgMin` along one axis: the IR's `top_k` with k = 1 (ties go to the first
+/// index, as ONNX's default; `select_last_index` reverses the axis first), after moving
+/// the axis last (and negating, for the min).
+fn arg_extreme(im: &mut Importer, node: &NodeCtx, min: bool) -> OpResult<ValueId> {
+    let last = node.int_or("select_last_index", 0)? != 0;
+    let x = im.input(node, 0)?;
+    let ty = im.ty(x);
+    if !ty.dtype.is_float() {
+        return unsupported(format!("ArgMax/ArgMin of {} is not supported", ty.dtype));
+    }
+    let rank = ty.rank();
+    let axis = norm_axis(node.int_or("axis", 0)?, rank)?;
+    let mut perm: Vec<usize> = (0..rank).filter(|&a| a != axis).collect();
+    perm.push(axis);
+    let mut y = im.permute(x, perm)?;
+    if min {
+        y = im.op(Op::Unary(UnaryOp::Neg), &[y])?;
+    }
+    // Ties to the last index: pick from the axis reversed, then map the index back.
+    let n = im.static_dims(y, "ArgMax/ArgMin's axis")?[rank - 1] as i64;
+    if last {
+        let reversed = im.constant(&Const::ints((0..n).rev().collect()))?;
+        y = im.op(Op::Gather { axis: rank - 1 }, &[y, reversed])?;
+    }
+    let mut picked = im.op(Op::TopK { k: 1 }, &[y])?;
+    if last {
+        let top = im.splat_like((n - 1) as f64, picked)?;
+        picked = im.op(Op::Binary(BinaryOp::Sub), &[top, picked])?;
+    }
+    // [..., 1] with the reduced axis last: put it back where it was, or drop it.
+    let mut dims = im.dims(picked);
+    let one_axis = dims.pop().expect("top_k keeps the last axis");
+    if node.int_or("keepdims", 1)? != 0 {
+        dims.insert(axis, one_axis);
+    }
+    let y = im.reshape(picked, dims)?;
+    im.cast(y, DType::I64)
 }
