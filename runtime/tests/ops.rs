@@ -59,7 +59,7 @@ fn x4() -> Tensor {
 fn unary_math_matches_std() {
     let xs = [0.5, -1.25, 2.0, 3.5];
     // Formulas written here, independent of the op table; every op must have one.
-    let cases: [(&str, Formula); 12] = [
+    let cases: [(&str, Formula); 16] = [
         ("neg", |x| -x),
         ("abs", f64::abs),
         ("exp", f64::exp),
@@ -72,6 +72,10 @@ fn unary_math_matches_std() {
         ("sin", f64::sin),
         ("cos", f64::cos),
         ("softsign", |x| x / (1.0 + x.abs())),
+        ("sinh", |x| (x.exp() - (-x).exp()) / 2.0),
+        ("cosh", |x| (x.exp() + (-x).exp()) / 2.0),
+        ("asinh", |x| (x + (x * x + 1.0).sqrt()).ln()),
+        ("softplus", |x| (1.0 + x.exp()).ln()),
     ];
     for op in UnaryOp::ALL {
         assert!(

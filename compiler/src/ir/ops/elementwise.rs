@@ -54,6 +54,14 @@ named_enum! {
         Cos = "cos",
         /// `x / (1 + |x|)`.
         Softsign = "softsign",
+        /// Hyperbolic sine.
+        Sinh = "sinh",
+        /// Hyperbolic cosine.
+        Cosh = "cosh",
+        /// Inverse hyperbolic sine.
+        Asinh = "asinh",
+        /// `ln(1 + e^x)`.
+        Softplus = "softplus",
     }
 }
 

@@ -20,7 +20,7 @@
 use super::{BinaryOp, CompareOp, Op, UnaryOp};
 use crate::codegen::cranelift::{const_like, vector};
 use crate::gpu::build::KernelBuilder;
-use crate::gpu::kir::{Reg, UnOp};
+use crate::gpu::kir::{BinOp, Cmp, Reg, UnOp};
 use crate::gpu::math;
 use crate::ir::{Builder, ValueId};
 use cranelift_codegen::ir::{InstBuilder, Value};
@@ -130,6 +130,10 @@ impl UnaryOp {
             UnaryOp::Sin => &SIN,
             UnaryOp::Cos => &COS,
             UnaryOp::Softsign => &SOFTSIGN,
+            UnaryOp::Sinh => &SINH,
+            UnaryOp::Cosh => &COSH,
+            UnaryOp::Asinh => &ASINH,
+            UnaryOp::Softplus => &SOFTPLUS,
         }
     }
 
@@ -338,6 +342,106 @@ static SOFTSIGN: UnaryDef = UnaryDef {
         b.div(x, den)
     },
 };
+
+// sinh x = (eˣ − e⁻ˣ) / 2. On the GPU from two exponentials: absolute error about
+// 1e-7 (relative error grows near 0, where sinh x ≈ x is small).
+static SINH: UnaryDef = UnaryDef {
+    int: None,
+    domain: Domain::Real,
+    reference: f64::sinh,
+    f32: c_fn!(|x| x.sinh()),
+    flops: 20.0,
+    vjp: |b, d| {
+        let c = b.unary(UnaryOp::Cosh, d.x);
+        b.binary(Mul, d.g, c)
+    },
+    cranelift: Cranelift::Call { vector: None },
+    ptx: |b, x| {
+        let (up, down) = exp_pair(b, x);
+        let diff = b.bin(BinOp::Sub, up, down);
+        b.mul(diff, 0.5f32)
+    },
+};
+
+// cosh x = (eˣ + e⁻ˣ) / 2.
+static COSH: UnaryDef = UnaryDef {
+    int: None,
+    domain: Domain::Real,
+    reference: f64::cosh,
+    f32: c_fn!(|x| x.cosh()),
+    flops: 20.0,
+    vjp: |b, d| {
+        let s = b.unary(UnaryOp::Sinh, d.x);
+        b.binary(Mul, d.g, s)
+    },
+    cranelift: Cranelift::Call { vector: None },
+    ptx: |b, x| {
+        let (up, down) = exp_pair(b, x);
+        let sum = b.add(up, down);
+        b.mul(sum, 0.5f32)
+    },
+};
+
+// asinh x = sign(x) · ln(|x| + √(x² + 1)) (odd, so no cancellation for x < 0);
+// d/dx = 1 / √(x² + 1).
+static ASINH: UnaryDef = UnaryDef {
+    int: None,
+    domain: Domain::Real,
+    reference: f64::asinh,
+    f32: c_fn!(|x| x.asinh()),
+    flops: 20.0,
+    vjp: |b, d| {
+        let xx = b.binary(Mul, d.x, d.x);
+        let t = b.binary_scalar(Add, xx, 1.0);
+        let r = b.unary(UnaryOp::Rsqrt, t);
+        b.binary(Mul, d.g, r)
+    },
+    cranelift: Cranelift::Call { vector: None },
+    ptx: |b, x| {
+        let a = b.un(UnOp::Abs, x);
+        let t = b.fma(a, a, 1.0f32);
+        let root = b.un(UnOp::Sqrt, t);
+        let sum = b.add(a, root);
+        let l = math::log(b, sum);
+        let negative = b.setp(Cmp::Lt, x, 0.0f32);
+        let nl = b.un(UnOp::Neg, l);
+        b.selp(negative, nl, l)
+    },
+};
+
+// softplus x = ln(1 + eˣ), as max(x, 0) + ln(1 + e^−|x|) so that it neither
+// overflows nor loses small values; d/dx = sigmoid(x) = 1 / (1 + e⁻ˣ).
+static SOFTPLUS: UnaryDef = UnaryDef {
+    int: None,
+    domain: Domain::Real,
+    reference: |x| x.max(0.0) + (-x.abs()).exp().ln_1p(),
+    f32: c_fn!(|x| x.max(0.0) + (-x.abs()).exp().ln_1p()),
+    flops: 22.0,
+    vjp: |b, d| {
+        let nx = b.unary(UnaryOp::Neg, d.x);
+        let e = b.unary(UnaryOp::Exp, nx);
+        let den = b.binary_scalar(Add, e, 1.0);
+        b.binary(Div, d.g, den)
+    },
+    cranelift: Cranelift::Call { vector: None },
+    ptx: |b, x| {
+        let a = b.un(UnOp::Abs, x);
+        let na = b.un(UnOp::Neg, a);
+        let e = math::exp(b, na);
+        let one_plus = b.add(e, 1.0f32);
+        let l = math::log(b, one_plus);
+        let positive = b.bin(BinOp::Max, x, 0.0f32);
+        b.add(positive, l)
+    },
+};
+
+/// `(eˣ, e⁻ˣ)` on the GPU.
+fn exp_pair(b: &mut KernelBuilder, x: Reg) -> (Reg, Reg) {
+    let up = math::exp(b, x);
+    let nx = b.un(UnOp::Neg, x);
+    let down = math::exp(b, nx);
+    (up, down)
+}
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,10 @@ pub(super) fn import(im: &mut Importer, node: &NodeCtx, op: &str) -> OpResult<Op
         "Sin" => unary(UnaryOp::Sin),
         "Cos" => unary(UnaryOp::Cos),
         "Softsign" => unary(UnaryOp::Softsign),
+        "Sinh" => unary(UnaryOp::Sinh),
+        "Cosh" => unary(UnaryOp::Cosh),
+        "Asinh" => unary(UnaryOp::Asinh),
+        "Softplus" => unary(UnaryOp::Softplus),
         _ => None,
     };
     if let Some(u) = u {
