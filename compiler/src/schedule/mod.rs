@@ -138,6 +138,8 @@ pub fn cpu_keeps(c: &Composite, types: &[&TensorType]) -> bool {
         }
         // Reads each row's cache blocks in place (one pass per query row).
         Composite::PagedAttention { .. } => types[0].dtype == DType::F32,
+        // One unfolded product per image and group instead of one per kernel tap.
+        Composite::Conv(_) => types.iter().all(|t| t.dtype == DType::F32),
         _ => false,
     }
 }

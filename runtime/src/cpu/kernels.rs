@@ -223,6 +223,9 @@ pub(super) fn eval(
             c @ (smelt_compiler::ir::ops::Composite::Attention { .. }
             | smelt_compiler::ir::ops::Composite::AttentionGrad { .. }),
         ) => super::attention::eval(c, x, shape, out),
+        Op::Composite(smelt_compiler::ir::ops::Composite::Conv(c)) => {
+            super::conv::eval(c, x, shape, out)
+        }
         Op::Composite(smelt_compiler::ir::ops::Composite::PagedAttention { scale }) => {
             super::paged_attention::eval(*scale as f32, x, shape, out)?
         }

@@ -17,6 +17,7 @@
 mod attention;
 mod buffers;
 mod comm_lane;
+mod conv;
 mod fused;
 mod kernels;
 mod paged_attention;

@@ -212,10 +212,11 @@ impl Composite {
 
     /// True for composites the optimiser keeps whole, so no rewrite looks inside them
     /// and none is expanded before it: `paged_attention`, whose expansion gathers every
-    /// cached block into a copy (what a backend that keeps it whole avoids), and which
-    /// no template would find again.
+    /// cached block into a copy (what a backend that keeps it whole avoids), and `conv`,
+    /// whose expansion is one strided copy and one small product per kernel tap; no
+    /// template would find either again.
     pub fn stays_whole(&self) -> bool {
-        matches!(self, Composite::PagedAttention { .. })
+        matches!(self, Composite::PagedAttention { .. } | Composite::Conv(_))
     }
 
     /// True for the row composites (softmax, log_softmax, layer_norm, rms_norm,
