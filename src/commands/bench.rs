@@ -178,12 +178,14 @@ impl Workload {
 
     /// The peers' fixed data of this workload: (file under the data folder, smelt's
     /// name), from `examples/bench/peer_data.txt`. W3 has none: every peer draws its
-    /// own N(0, 1) matrices.
+    /// own N(0, 1) matrices; W4's dense model cannot take the stacked expert arrays.
     fn peer_files(self) -> Vec<(String, String)> {
         let key = match self {
             Workload::Mlp => "mlp",
             Workload::Gpt => "gpt",
-            Workload::Moe | Workload::MoeDense => "moe",
+            Workload::Moe => "moe",
+            // The dense model holds each expert's parameters apart, not stacked.
+            Workload::MoeDense => return vec![],
             Workload::Matmul | Workload::Compile | Workload::Llm => return vec![],
         };
         include_str!("../../examples/bench/peer_data.txt")
@@ -263,10 +265,10 @@ fn feeds(
     let mut feeds = random_feeds(w, graph, batch);
     let files = w.peer_files();
     let Some(data) = data.filter(|_| !files.is_empty()) else {
-        let source = if files.is_empty() {
-            "random (as the peers)"
-        } else {
-            "random (no peers' data)"
+        let source = match w {
+            _ if !files.is_empty() => "random (no peers' data)",
+            Workload::MoeDense => "random (parameters per expert, not the peers' stacked ones)",
+            _ => "random (as the peers)",
         };
         return Ok((feeds, source));
     };
