@@ -153,7 +153,7 @@ fn fused_elementwise_kernels() {
             "input %x: f32[B, 5]\n%a = abs %x\n%y = {op} %a\noutput %y"
         ));
     }
-    for op in common::BINARY_OPS {
+    for op in common::binary_ops() {
         check(&format!(
             "input %a: f32[B, 5]\ninput %b: f32[B, 5]\n%y = {op} %a, %b\noutput %y"
         ));

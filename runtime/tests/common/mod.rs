@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use smelt_compiler::ir::ops::unary::Domain;
-use smelt_compiler::ir::ops::UnaryOp;
+use smelt_compiler::ir::ops::{BinaryOp, CompareOp, UnaryOp};
 use smelt_compiler::ir::{text, Graph};
 
 /// Reads a `.sir` example of the repository (a runtime test needs only the IR, not the
@@ -110,10 +110,13 @@ pub fn positive_unary_ops() -> Vec<&'static str> {
         .collect()
 }
 
-/// Binary ops and comparisons on two floats of one shape.
-pub const BINARY_OPS: [&str; 11] = [
-    "add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt", "ge", "ne",
-];
+/// Every binary op and comparison, on two floats of one shape.
+pub fn binary_ops() -> Vec<&'static str> {
+    let arithmetic = BinaryOp::ALL.iter().map(|op| op.name());
+    arithmetic
+        .chain(CompareOp::ALL.iter().map(|op| op.name()))
+        .collect()
+}
 
 /// Attention's backward as the gradient rule writes it: the row log-sum-exp, `delta`,
 /// and the three adjoints (as a graph body: q, k, v and dy are inputs).
