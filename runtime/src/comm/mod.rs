@@ -13,6 +13,7 @@ pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
+use smelt_compiler::ir::Op;
 use std::cell::RefCell;
 use std::sync::Arc;
 use thiserror::Error;
@@ -112,6 +113,24 @@ fn check_world(world: &dyn Collectives, ranks: u64) -> Result<(), CommError> {
         });
     }
     Ok(())
+}
+
+/// Runs `all_gather` or `reduce_scatter` (`op`) on `values` of `shape` in the calling
+/// thread's world, summing with `sum`; `None` for any other op.
+pub fn gather_or_scatter<T: Copy + Default>(
+    op: &Op,
+    values: &[T],
+    shape: &[usize],
+    sum: SumFn<T>,
+) -> Option<Result<Vec<T>, CommError>> {
+    let (Op::AllGather { axis, ranks } | Op::ReduceScatter { axis, ranks }) = op else {
+        return None;
+    };
+    let outer = shape[..*axis].iter().product();
+    Some(with_current(|w| match op {
+        Op::AllGather { .. } => all_gather(w, values, outer, *ranks, sum),
+        _ => reduce_scatter(w, values, outer, *ranks, sum),
+    }))
 }
 
 /// `all_gather` (see `ir::ops::collective`): every rank's `local` (row-major, `outer`

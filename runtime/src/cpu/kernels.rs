@@ -133,14 +133,11 @@ pub(super) fn eval(
         // The sum over one rank. With several, the run sends it to its communication
         // lane instead (`comm_lane.rs`).
         Op::AllReduce => copy(out, x[0]),
-        Op::AllGather { axis, ranks } | Op::ReduceScatter { axis, ranks } => {
-            let outer = x[0].shape[..*axis].iter().product();
+        Op::AllGather { .. } | Op::ReduceScatter { .. } => {
             let sum: crate::comm::SumFn<f32> = |w, v| w.all_reduce_f32(v);
-            let values = crate::comm::with_current(|w| match op {
-                Op::AllGather { .. } => crate::comm::all_gather(w, x[0].f32(), outer, *ranks, sum),
-                _ => crate::comm::reduce_scatter(w, x[0].f32(), outer, *ranks, sum),
-            })
-            .map_err(|e| e.to_string())?;
+            let values = crate::comm::gather_or_scatter(op, x[0].f32(), &x[0].shape, sum)
+                .expect("a gather or a scatter")
+                .map_err(|e| e.to_string())?;
             let mut o = out.f32(values.len());
             o.extend_from_slice(&values);
             Buf::F32(o)

@@ -394,15 +394,11 @@ fn eval(
                 .map_err(|e| e.to_string())?;
             ctx.numbers(dtype, shape, values)
         }
-        Op::AllGather { axis, ranks } | Op::ReduceScatter { axis, ranks } => {
-            let values = x[0].to_f64_vec();
-            let outer = x[0].shape[..*axis].iter().product();
+        Op::AllGather { .. } | Op::ReduceScatter { .. } => {
             let sum: crate::comm::SumFn<f64> = |w, v| w.all_reduce_f64(v);
-            let result = crate::comm::with_current(|w| match op {
-                Op::AllGather { .. } => crate::comm::all_gather(w, &values, outer, *ranks, sum),
-                _ => crate::comm::reduce_scatter(w, &values, outer, *ranks, sum),
-            })
-            .map_err(|e| e.to_string())?;
+            let result = crate::comm::gather_or_scatter(op, &x[0].to_f64_vec(), &x[0].shape, sum)
+                .expect("a gather or a scatter")
+                .map_err(|e| e.to_string())?;
             ctx.numbers(dtype, shape, result)
         }
         Op::Permute { perm } => movement::permute(perm, x[0], shape),

@@ -114,8 +114,9 @@ pub enum IntArithError {
     NegativeExponent(i64),
 }
 
-// The binary ops' meaning, written once: every backend and both constant folders call
-// these (the CPU kernels with `op` constant per loop, so the match folds away).
+// The binary ops' meaning, written once: the interpreter, the optimiser's folding and the
+// CPU evaluator and library kernels call these (the kernels with `op` constant per loop,
+// so the match folds away); the JIT and PTX lower each op in their own exhaustive match.
 impl BinaryOp {
     /// `a op b` on floats, in f64: the reference. `max`/`min` propagate NaN.
     pub fn eval(self, a: f64, b: f64) -> f64 {
@@ -131,19 +132,12 @@ impl BinaryOp {
         }
     }
 
-    /// `a op b` on f32, as the CPU backend computes it (the same rules as [`eval`](Self::eval)).
+    /// `a op b` on f32, as the CPU backend computes it: the reference, rounded once
+    /// (for `+ − × ÷` exactly f32's own correctly rounded result, since f64 holds the
+    /// exact value of those on f32 operands to well past double rounding's limit).
     #[inline(always)]
     pub fn eval_f32(self, a: f32, b: f32) -> f32 {
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-            BinaryOp::Max | BinaryOp::Min if a.is_nan() || b.is_nan() => f32::NAN,
-            BinaryOp::Max => a.max(b),
-            BinaryOp::Min => a.min(b),
-            BinaryOp::Pow => a.powf(b),
-        }
+        self.eval(a.into(), b.into()) as f32
     }
 
     /// `a op b` on integers, wrapping, before narrowing to the dtype's width.

@@ -3,6 +3,7 @@
 //! | field | read by |
 //! |---|---|
 //! | `int` (the dtype rule: floats only, or integers too) | shape rule, interpreter, CPU kernels, both code generators |
+//! | `domain` (where the op is finite and smooth) | the tests that sample it |
 //! | `reference` (f64) | the interpreter, constant folding in the language and the optimiser |
 //! | `f32` | the CPU evaluator and kernels, the Cranelift JIT's scalar calls |
 //! | `flops` | the cost model |
