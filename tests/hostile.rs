@@ -714,3 +714,18 @@ fn item8_all_nan_outputs_are_summarised_as_nan() {
     assert!(stdout.contains("y: f32[3] all 3 values NaN"), "{stdout}");
     assert!(!stdout.contains("inf"), "{stdout}");
 }
+
+/// Convolution and pool sizes from a model file are checked, not overflowed: a padding
+/// and dilation near 2^63 are a located error (exit 2), never a panic.
+#[test]
+fn convolution_sizes_near_the_limit_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("conv.smelt");
+    std::fs::write(
+        &model,
+        "input image: f32[1, 3, 8, 8]\nparam w: f32[4, 3, 3, 3] = kaiming\n\
+         output y = conv2d(image, w, padding=9223372036854775807, dilation=9223372036854775807)\n",
+    )
+    .unwrap();
+    refuses(&["run", path_arg(&model)], &["conv.smelt:3:12", "'conv' sizes overflow"]);
+}

@@ -40,6 +40,10 @@ impl Default for Conv2d {
     }
 }
 
+/// The most kernel taps (over all groups) a convolution may have: its decomposition
+/// adds a few nodes per tap.
+pub const MAX_TAPS: u64 = 1 << 20;
+
 /// Static sizes of one convolution.
 struct Sizes {
     channels: u64,
@@ -85,15 +89,29 @@ impl Conv2d {
             return Err("'conv' needs strides, dilations and groups of at least 1".into());
         }
         let (channels, out_channels) = (xs[0], ws[0]);
-        if channels % g != 0 || out_channels % g != 0 || ws[1] * g != channels {
+        if channels % g != 0 || out_channels % g != 0 || ws[1].checked_mul(g) != Some(channels) {
             return Err(format!(
                 "'conv' with {g} groups needs weights [O, C/{g}, KH, KW] with O and C multiples of {g}: input {x}, weights {w}"
             ));
         }
+        // Attributes come from model files: every size below is checked, and the
+        // decomposition's node count (one tap per kernel element and group) is bounded.
+        let too_large = || format!("'conv' sizes overflow: input {x}, weights {w}, {self:?}");
+        ws[2]
+            .checked_mul(ws[3])
+            .and_then(|t| t.checked_mul(g))
+            .filter(|&t| t <= MAX_TAPS)
+            .ok_or_else(|| format!("'conv' has more than {MAX_TAPS} kernel taps over its groups: weights {w}, {g} groups"))?;
         let mut output = [0; 2];
         for a in 0..2 {
-            let padded = xs[1 + a] + self.pads[a] + self.pads[2 + a];
-            let reach = self.dilations[a] * (ws[2 + a].max(1) - 1) + 1;
+            let padded = xs[1 + a]
+                .checked_add(self.pads[a])
+                .and_then(|p| p.checked_add(self.pads[2 + a]))
+                .ok_or_else(too_large)?;
+            let reach = self.dilations[a]
+                .checked_mul(ws[2 + a].max(1) - 1)
+                .and_then(|r| r.checked_add(1))
+                .ok_or_else(too_large)?;
             if ws[2 + a] == 0 || padded < reach {
                 return Err(format!(
                     "'conv' kernel {w} does not fit the padded input {x}"

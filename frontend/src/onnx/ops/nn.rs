@@ -577,15 +577,17 @@ fn conv(im: &mut Importer, node: &NodeCtx) -> OpResult<ValueId> {
         "VALID" => pads.iter_mut().for_each(|p| *p = 0),
         "SAME_UPPER" | "SAME_LOWER" => {
             for a in 0..spatial {
-                let (size, stride) = (sizes[a] as i64, strides[a].max(1));
-                let reach = dilations[a] * (kernel[a] as i64 - 1) + 1;
-                let total = (((size + stride - 1) / stride - 1) * stride + reach - size).max(0);
-                let (small, large) = (total / 2, total - total / 2);
-                (pads[a], pads[spatial + a]) = if auto_pad == "SAME_UPPER" {
-                    (small, large)
-                } else {
-                    (large, small)
-                };
+                let stride = strides[a].max(1) as u64;
+                let reach = (dilations[a] as u64)
+                    .checked_mul(kernel[a].saturating_sub(1))
+                    .and_then(|r| r.checked_add(1));
+                let split = reach.and_then(|r| {
+                    super::pool::same_padding(sizes[a], stride, r, auto_pad == "SAME_UPPER")
+                });
+                let (low, high) = split
+                    .filter(|&(l, h)| l.max(h) <= i64::MAX as u64)
+                    .ok_or("Conv sizes overflow")?;
+                (pads[a], pads[spatial + a]) = (low as i64, high as i64);
             }
         }
         other => return Err(format!("Conv auto_pad {other} is not supported").into()),

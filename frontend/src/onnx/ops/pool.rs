@@ -11,6 +11,7 @@
 use super::one;
 use crate::onnx::import::{unsupported, Importer, NodeCtx, OpResult, Out};
 use crate::onnx::tensor::{Const, ConstData};
+use smelt_compiler::ir::ops::conv::MAX_TAPS;
 use smelt_compiler::ir::ops::{BinaryOp, ReduceOp, UnaryOp};
 use smelt_compiler::ir::{DType, Op, Shape, ValueId};
 
@@ -62,26 +63,40 @@ impl Windows {
         let (mut begin, mut end) = (pads[..n].to_vec(), pads[n..].to_vec());
         let ceil = node.int_or("ceil_mode", 0)? != 0;
         let auto_pad = node.string("auto_pad")?.unwrap_or_else(|| "NOTSET".into());
+        // Attributes come from the file: every size is checked, and so is the node
+        // count of the expansion (one slice per tap).
+        kernel
+            .iter()
+            .try_fold(1u64, |t, &k| t.checked_mul(k))
+            .filter(|&t| t <= MAX_TAPS)
+            .ok_or_else(|| {
+                format!("a pool of more than {MAX_TAPS} taps ({kernel:?}) is not supported")
+            })?;
+        let overflow = || format!("pool sizes overflow (input {sizes:?}, kernel {kernel:?})");
+        let fits = |v: Option<u64>| -> OpResult<u64> { v.ok_or_else(|| overflow().into()) };
         let mut out = vec![0; n];
         let mut extra = vec![0; n];
         for a in 0..n {
-            let reach = dilations[a] * (kernel[a] - 1) + 1;
+            let reach = fits(
+                dilations[a]
+                    .checked_mul(kernel[a] - 1)
+                    .and_then(|r| r.checked_add(1)),
+            )?;
             match auto_pad.as_str() {
                 "NOTSET" => {}
                 "VALID" => (begin[a], end[a]) = (0, 0),
                 "SAME_UPPER" | "SAME_LOWER" => {
-                    let o = sizes[a].div_ceil(strides[a]);
-                    let total = ((o - 1) * strides[a] + reach).saturating_sub(sizes[a]);
-                    let (small, large) = (total / 2, total - total / 2);
-                    (begin[a], end[a]) = if auto_pad == "SAME_UPPER" {
-                        (small, large)
-                    } else {
-                        (large, small)
-                    };
+                    let upper = auto_pad == "SAME_UPPER";
+                    let split = same_padding(sizes[a], strides[a], reach, upper);
+                    (begin[a], end[a]) = split.ok_or_else(overflow)?;
                 }
                 other => return Err(format!("pool auto_pad {other} is not supported").into()),
             }
-            let padded = sizes[a] + begin[a] + end[a];
+            let padded = fits(
+                sizes[a]
+                    .checked_add(begin[a])
+                    .and_then(|p| p.checked_add(end[a])),
+            )?;
             if padded < reach {
                 return Err(format!(
                     "pool window {reach} is larger than the padded input {padded}"
@@ -90,9 +105,11 @@ impl Windows {
             }
             let span = padded - reach;
             out[a] = if ceil {
-                // The last window must start inside the input or its leading padding.
+                // The last window must start inside the input or its leading padding
+                // (both sums fit: they are at most `padded`, plus one stride).
                 let o = span.div_ceil(strides[a]) + 1;
-                if (o - 1) * strides[a] >= sizes[a] + begin[a] {
+                let last_start = fits((o - 1).checked_mul(strides[a]))?;
+                if last_start >= sizes[a] + begin[a] {
                     o - 1
                 } else {
                     o
@@ -100,7 +117,10 @@ impl Windows {
             } else {
                 span / strides[a] + 1
             };
-            extra[a] = ((out[a] - 1) * strides[a] + reach).saturating_sub(padded);
+            let last_end = (out[a] - 1)
+                .checked_mul(strides[a])
+                .and_then(|e| e.checked_add(reach));
+            extra[a] = fits(last_end)?.saturating_sub(padded);
         }
         Ok(Windows {
             kernel,
@@ -126,6 +146,25 @@ impl Windows {
             .filter(|&i| i >= low && i < high)
             .count() as u64
     }
+}
+
+/// ONNX's `SAME_UPPER`/`SAME_LOWER` padding of an axis of `size` for windows reaching
+/// `reach` elements every `stride`: as many outputs as `size / stride` rounded up, the
+/// padding split in two with the odd element at the end (`upper`) or the start.
+/// `None` if the sizes overflow.
+pub(super) fn same_padding(size: u64, stride: u64, reach: u64, upper: bool) -> Option<(u64, u64)> {
+    let outputs = size.div_ceil(stride);
+    let covered = outputs
+        .saturating_sub(1)
+        .checked_mul(stride)?
+        .checked_add(reach)?;
+    let total = covered.saturating_sub(size);
+    let (small, large) = (total / 2, total - total / 2);
+    Some(if upper {
+        (small, large)
+    } else {
+        (large, small)
+    })
 }
 
 /// `MaxPool` (`max`) or `AveragePool`.
