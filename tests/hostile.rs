@@ -727,5 +727,8 @@ fn convolution_sizes_near_the_limit_are_errors() {
          output y = conv2d(image, w, padding=9223372036854775807, dilation=9223372036854775807)\n",
     )
     .unwrap();
-    refuses(&["run", path_arg(&model)], &["conv.smelt:3:12", "'conv' sizes overflow"]);
+    refuses(
+        &["run", path_arg(&model)],
+        &["conv.smelt:3:12", "'conv' sizes overflow"],
+    );
 }
